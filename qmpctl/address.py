@@ -1,0 +1,117 @@
+"""Socket addresses as users write them: what they passed to QEMU's ``-qmp``.
+
+Accepted: ``PATH``, ``unix:PATH``, ``tcp:HOST:PORT``, ``HOST:PORT`` and
+``[IPV6]:PORT``, each optionally followed by QEMU's own options
+(``,server=on,wait=off``, ``,server,nowait``), which are ignored so a
+``-qmp`` value can be pasted as it is. QEMU escapes a comma inside a path
+as ``,,``; so does qmpctl.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qmpctl.errors import ConnectError, UsageError
+
+GLOB_CHARS = frozenset("*?[")
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where a monitor or agent socket lives: a unix path or a TCP host and port."""
+
+    path: str | None = None
+    host: str | None = None
+    port: int | None = None
+
+    @property
+    def is_unix(self) -> bool:
+        return self.path is not None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"tcp:{host}:{self.port}"
+
+
+def _strip_qemu_options(text: str) -> str:
+    """Drop ``,opt=val`` suffixes while keeping ``,,`` (an escaped comma) in the value."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == ",":
+            if text[i + 1 : i + 2] == ",":
+                out.append(",")
+                i += 2
+                continue
+            break
+        out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _parse_port(text: str, original: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise UsageError(f"invalid port {text!r} in address {original!r} (expected 1-65535)")
+    return int(text)
+
+
+def _parse_host_port(text: str, original: str) -> Address:
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise UsageError(f"invalid address {original!r}: expected [IPV6]:PORT")
+        return Address(host=host, port=_parse_port(rest[1:], original))
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise UsageError(f"invalid address {original!r}: expected HOST:PORT")
+    return Address(host=host, port=_parse_port(port, original))
+
+
+def parse_address(text: str) -> Address:
+    """Parse one address; raises :class:`UsageError` (exit 2) naming what is wrong."""
+    original = text
+    if not text or not text.strip():
+        raise UsageError("empty address: pass a socket path, unix:PATH or tcp:HOST:PORT")
+    if "\0" in text:
+        raise UsageError(f"invalid address {original!r}: contains a NUL byte")
+    text = _strip_qemu_options(text)
+    if text.startswith("unix:"):
+        path = text[5:]
+        if not path:
+            raise UsageError(f"invalid address {original!r}: unix: needs a path")
+        return Address(path=path)
+    if text.startswith("tcp:"):
+        return _parse_host_port(text[4:], original)
+    if "/" not in text and ":" in text:
+        return _parse_host_port(text, original)
+    if not text:
+        raise UsageError(f"invalid address {original!r}: no path before the options")
+    return Address(path=text)
+
+
+def has_glob(text: str) -> bool:
+    return any(ch in GLOB_CHARS for ch in text)
+
+
+def expand_addresses(values: list[str]) -> list[Address]:
+    """Parse every value, expanding unix paths with glob characters to their matches.
+
+    A pattern that matches nothing is an error: a cron job asking "all my VMs"
+    must not silently succeed on none.
+    """
+    addresses: list[Address] = []
+    for value in values:
+        address = parse_address(value)
+        if address.path is not None and has_glob(address.path):
+            import glob
+
+            matches = sorted(glob.glob(address.path))
+            if not matches:
+                raise ConnectError(f"no socket matches {address.path!r}")
+            addresses.extend(Address(path=match) for match in matches)
+        else:
+            addresses.append(address)
+    return list(dict.fromkeys(addresses))

@@ -1,0 +1,45 @@
+"""One deadline for every phase of a call.
+
+A call has several waits (connect, greeting, negotiation, sync, reply); each
+asks the same :class:`Deadline` how long it may still block, so the sum can
+never exceed ``--timeout``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from qmpctl.errors import DeadlineExceeded
+
+
+class Deadline:
+    """A point in monotonic time after which every wait fails with exit code 4."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expires_at = time.monotonic() + seconds
+
+    def remaining(self, waiting_for: str, hint: str = "") -> float:
+        """Seconds left; raises :class:`DeadlineExceeded` naming the phase when none are."""
+        left = self.expires_at - time.monotonic()
+        if left <= 0:
+            raise self.exceeded(waiting_for, hint)
+        return left
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.expires_at
+
+    def exceeded(self, waiting_for: str, hint: str = "") -> DeadlineExceeded:
+        message = f"timed out after {self.seconds:g}s waiting for {waiting_for}"
+        if hint:
+            message += f" ({hint})"
+        return DeadlineExceeded(message)
+
+    def sub(self, seconds: float | None) -> "Deadline":
+        """A deadline that ends at ``seconds`` from now or at this one, whichever is first."""
+        if seconds is None:
+            return self
+        child = Deadline(seconds)
+        if child.expires_at > self.expires_at:
+            return self
+        return child

@@ -1,0 +1,153 @@
+"""Bytes over a socket, every wait bounded by a :class:`Deadline`.
+
+This layer knows nothing about JSON: it connects, sends, and reads lines or
+delimited records, capping how much an absurd peer can make it buffer.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+
+from qmpctl.address import Address
+from qmpctl.deadline import Deadline
+from qmpctl.errors import ConnectError, ProtocolError
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""A reply bigger than this is a protocol error, not a reason to exhaust memory."""
+
+RECV_CHUNK = 256 * 1024
+
+
+def _describe_unix_failure(path: str, error: OSError) -> str:
+    """Turn a failed unix connect into a message that names the likely cause."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return f"no such socket: {path}"
+    except PermissionError:
+        return f"permission denied on {path} (run as a user who may open the socket)"
+    except OSError as exc:
+        return f"cannot reach {path}: {exc.strerror or exc}"
+    if stat.S_ISDIR(st.st_mode):
+        return f"{path} is a directory, not a socket"
+    if not stat.S_ISSOCK(st.st_mode):
+        return f"{path} is not a socket"
+    if isinstance(error, PermissionError) or error.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied on {path} (run as a user who may open the socket)"
+    if error.errno == errno.ECONNREFUSED:
+        return f"connection refused by unix:{path} (stale socket: is the VM still running?)"
+    return f"cannot connect to unix:{path}: {error.strerror or error}"
+
+
+class Connection:
+    """A connected stream socket with a read buffer."""
+
+    def __init__(self, sock: socket.socket, address: Address) -> None:
+        self.sock = sock
+        self.address = address
+        self._buffer = bytearray()
+        self._scanned = 0
+
+    @classmethod
+    def open(cls, address: Address, deadline: Deadline) -> "Connection":
+        """Connect within the deadline; failures are :class:`ConnectError` (exit 3)."""
+        waiting_for = f"a connection to {address}"
+        if address.path is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(deadline.remaining(waiting_for))
+                sock.connect(os.fsencode(address.path))
+            except socket.timeout:
+                sock.close()
+                raise deadline.exceeded(waiting_for) from None
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EINVAL and len(os.fsencode(address.path)) > 107:
+                    raise ConnectError(f"socket path too long for unix sockets: {address.path}") from exc
+                raise ConnectError(_describe_unix_failure(address.path, exc)) from exc
+            return cls(sock, address)
+        try:
+            sock = socket.create_connection(
+                (address.host, address.port), timeout=deadline.remaining(waiting_for)
+            )
+        except socket.gaierror as exc:
+            raise ConnectError(f"unknown host {address.host!r} in {address}: {exc.strerror}") from exc
+        except socket.timeout:
+            raise deadline.exceeded(waiting_for) from None
+        except OSError as exc:
+            if exc.errno == errno.ECONNREFUSED:
+                raise ConnectError(f"connection refused by {address} (nothing listening?)") from exc
+            raise ConnectError(f"cannot connect to {address}: {exc.strerror or exc}") from exc
+        return cls(sock, address)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def send(self, data: bytes, deadline: Deadline, what: str) -> None:
+        """Send all of ``data``; a peer that stops reading runs into the deadline."""
+        try:
+            self.sock.settimeout(deadline.remaining(f"{self.address} to accept {what}"))
+            self.sock.sendall(data)
+        except socket.timeout:
+            raise deadline.exceeded(f"{self.address} to accept {what}") from None
+        except OSError as exc:
+            raise ProtocolError(
+                f"connection to {self.address} closed while sending {what}: {exc.strerror or exc}"
+            ) from exc
+
+    def _fill(self, deadline: Deadline, waiting_for: str, hint: str) -> None:
+        try:
+            self.sock.settimeout(deadline.remaining(waiting_for, hint))
+            chunk = self.sock.recv(RECV_CHUNK)
+        except socket.timeout:
+            raise deadline.exceeded(waiting_for, hint) from None
+        except OSError as exc:
+            raise ProtocolError(
+                f"connection to {self.address} failed while waiting for {waiting_for}: {exc.strerror or exc}"
+            ) from exc
+        if not chunk:
+            detail = f" after {len(self._buffer)} bytes of an unfinished message" if self._buffer else ""
+            raise ProtocolError(
+                f"connection closed by {self.address} while waiting for {waiting_for}{detail}",
+                received=bytes(self._buffer[:200]),
+            )
+        self._buffer += chunk
+
+    def _take_until(self, delimiter: bytes, deadline: Deadline, waiting_for: str, hint: str) -> bytes:
+        while True:
+            index = self._buffer.find(delimiter, self._scanned)
+            if index >= 0:
+                record = bytes(self._buffer[: index + 1])
+                del self._buffer[: index + 1]
+                self._scanned = 0
+                return record
+            self._scanned = len(self._buffer)
+            if self._scanned > MAX_MESSAGE_BYTES:
+                raise ProtocolError(
+                    f"{self.address} sent a message over {MAX_MESSAGE_BYTES // (1024 * 1024)} MiB "
+                    f"without a line end while waiting for {waiting_for}",
+                    received=bytes(self._buffer[:200]),
+                )
+            self._fill(deadline, waiting_for, hint)
+
+    def read_line(self, deadline: Deadline, waiting_for: str, hint: str = "") -> bytes:
+        """One ``\\n``-terminated line (QMP ends lines with CRLF, the agent with LF)."""
+        return self._take_until(b"\n", deadline, waiting_for, hint)
+
+    def skip_to_byte(self, marker: bytes, deadline: Deadline, waiting_for: str, hint: str = "") -> None:
+        """Discard everything up to and including ``marker`` (the agent's 0xFF sync byte)."""
+        while True:
+            index = self._buffer.find(marker)
+            if index >= 0:
+                del self._buffer[: index + 1]
+                self._scanned = 0
+                return
+            self._buffer.clear()
+            self._scanned = 0
+            self._fill(deadline, waiting_for, hint)
