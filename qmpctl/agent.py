@@ -1,0 +1,102 @@
+"""A guest-agent session: resync first, then one request and its reply.
+
+qemu-ga has no greeting and no ids of its own, and a reply can be stale, left
+behind by an earlier client that gave up. So every connection starts with the
+byte 0xFF (which resets the agent's parser) and ``guest-sync-delimited`` with
+a fresh random id; everything up to the 0xFF-delimited reply carrying that id
+is discarded.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from qmpctl.address import Address
+from qmpctl.deadline import Deadline
+from qmpctl.errors import ProtocolError, VmError
+from qmpctl.qmp import decode_message, reply_error
+from qmpctl.request import Request
+from qmpctl.transport import Connection
+
+SYNC_BYTE = b"\xff"
+SILENT_HINT = "guest agent is not responding: is qemu-ga running in the guest?"
+DISABLED_CLASS = "CommandNotFound"
+
+
+def disabled_command_error(error: VmError, command: str) -> VmError:
+    """Say plainly that a command is switched off in the agent, not merely unknown."""
+    lowered = error.desc.lower()
+    if error.error_class == DISABLED_CLASS and ("disabled" in lowered or "not allowed" in lowered):
+        return VmError(
+            error.error_class,
+            f"{command} is disabled in the guest agent's configuration "
+            f"(qemu-ga --block-rpcs / BLACKLIST_RPC); the agent said: {error.desc}",
+            sent=error.sent, received=error.received,
+        )
+    return error
+
+
+class AgentSession:
+    """One short-lived, resynchronised connection to qemu-ga."""
+
+    supports_events = False
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.target = str(connection.address)
+
+    @classmethod
+    def connect(cls, address: Address, deadline: Deadline) -> "AgentSession":
+        session = cls(Connection.open(address, deadline))
+        try:
+            session.resync(deadline)
+        except BaseException:
+            session.close()
+            raise
+        return session
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> "AgentSession":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def resync(self, deadline: Deadline) -> None:
+        """Flush the channel until the agent answers our own sync id."""
+        sync_id = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF or 1
+        request = Request("guest-sync-delimited", {"id": sync_id}, protocol="qga")
+        waiting_for = f"the guest agent at {self.target} to answer guest-sync-delimited"
+        self.connection.send(SYNC_BYTE + request.wire(), deadline, "guest-sync-delimited")
+        while True:
+            self.connection.skip_to_byte(SYNC_BYTE, deadline, waiting_for, SILENT_HINT)
+            line = self.connection.read_line(deadline, waiting_for, SILENT_HINT)
+            try:
+                message = decode_message(line.lstrip(SYNC_BYTE), self.connection.address, waiting_for)
+            except ProtocolError:
+                continue  # junk between sync bytes belongs to nobody
+            if message.get("return") == sync_id:
+                return
+
+    def execute(self, request: Request, deadline: Deadline) -> dict[str, Any]:
+        """Send ``request`` and return the agent's reply object; errors raise :class:`VmError`."""
+        waiting_for = f"the reply to {request.execute} from the guest agent at {self.target}"
+        self.connection.send(request.wire(), deadline, request.execute)
+        while True:
+            line = self.connection.read_line(deadline, waiting_for, SILENT_HINT).lstrip(SYNC_BYTE)
+            if not line.strip():
+                continue
+            message = decode_message(line, self.connection.address, waiting_for)
+            if "error" in message:
+                raise disabled_command_error(reply_error(message, request), request.execute)
+            if "return" in message:
+                return message
+            raise ProtocolError(f"the guest agent at {self.target} sent a reply with neither return nor error",
+                                sent=request.as_dict(), received=message)
+
+    def execute_no_reply(self, request: Request, deadline: Deadline) -> None:
+        """For guest-shutdown and friends, which succeed without answering."""
+        self.connection.send(request.wire(), deadline, request.execute)

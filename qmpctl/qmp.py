@@ -1,0 +1,154 @@
+"""A QMP session: greeting, capabilities negotiation, ids and events.
+
+QEMU serves one client per monitor socket; a second client connects but gets
+no greeting, which is why the greeting wait carries the "busy" hint. Events may
+arrive at any point, even before a command's reply, so every line is sorted
+into "our reply", "an event", or "someone else's" and only the first answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from typing import Any, Callable
+
+from qmpctl.address import Address
+from qmpctl.deadline import Deadline
+from qmpctl.errors import ProtocolError, VmError
+from qmpctl.request import Request
+from qmpctl.transport import Connection
+
+MAX_KEPT_EVENTS = 10_000
+BUSY_HINT = "monitor busy (another client is connected) or not answering"
+
+
+def decode_message(line: bytes, source: Address, waiting_for: str) -> dict[str, Any]:
+    """Parse one line into a JSON object or raise :class:`ProtocolError` quoting it."""
+    try:
+        message = json.loads(line)
+    except ValueError:
+        excerpt = line[:80].decode("utf-8", "replace").strip()
+        raise ProtocolError(
+            f"{source} sent something that is not JSON while waiting for {waiting_for}: {excerpt!r}",
+            received=line[:200],
+        ) from None
+    if not isinstance(message, dict):
+        raise ProtocolError(
+            f"{source} sent a JSON {type(message).__name__} instead of an object while waiting for {waiting_for}",
+            received=line[:200],
+        )
+    return message
+
+
+def reply_error(reply: dict[str, Any], request: Request | dict[str, Any]) -> VmError:
+    """The :class:`VmError` for an ``{"error": ...}`` reply."""
+    error = reply.get("error")
+    if not isinstance(error, dict):
+        error = {"class": "GenericError", "desc": json.dumps(error)}
+    sent = request.as_dict() if isinstance(request, Request) else request
+    return VmError(str(error.get("class", "GenericError")), str(error.get("desc", "")), sent=sent, received=reply)
+
+
+class QmpSession:
+    """One short-lived, negotiated connection to a QEMU monitor."""
+
+    supports_events = True
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.target = str(connection.address)
+        self.greeting: dict[str, Any] = {}
+        self.events: deque[dict[str, Any]] = deque(maxlen=MAX_KEPT_EVENTS)
+        self._prefix = f"qmpctl-{os.getpid()}-"
+        self._counter = 0
+
+    @classmethod
+    def connect(cls, address: Address, deadline: Deadline) -> "QmpSession":
+        """Connect, read the greeting and negotiate, all within ``deadline``."""
+        session = cls(Connection.open(address, deadline))
+        try:
+            session._read_greeting(deadline)
+            session._negotiate(deadline)
+        except BaseException:
+            session.close()
+            raise
+        return session
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def __enter__(self) -> "QmpSession":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _read_message(self, deadline: Deadline, waiting_for: str, hint: str = "") -> dict[str, Any]:
+        line = self.connection.read_line(deadline, waiting_for, hint)
+        return decode_message(line, self.connection.address, waiting_for)
+
+    def _read_greeting(self, deadline: Deadline) -> None:
+        waiting_for = f"the QMP greeting from {self.target}"
+        while True:
+            message = self._read_message(deadline, waiting_for, BUSY_HINT)
+            if "event" in message:
+                self.events.append(message)
+                continue
+            if not isinstance(message.get("QMP"), dict):
+                raise ProtocolError(
+                    f"{self.target} is not a QMP monitor: its first message has no QMP greeting",
+                    received=message,
+                )
+            self.greeting = message
+            return
+
+    def _negotiate(self, deadline: Deadline) -> None:
+        self._exchange(Request("qmp_capabilities"), deadline)
+
+    def _next_id(self) -> str:
+        self._counter += 1
+        return f"{self._prefix}{self._counter}"
+
+    def _exchange(self, request: Request, deadline: Deadline) -> dict[str, Any]:
+        request_id = self._next_id()
+        waiting_for = f"the reply to {request.execute} from {self.target}"
+        self.connection.send(request.wire(request_id), deadline, request.execute)
+        while True:
+            message = self._read_message(deadline, waiting_for)
+            if "event" in message:
+                self.events.append(message)
+                continue
+            if "id" not in message and "error" in message:
+                error = message["error"] if isinstance(message["error"], dict) else {}
+                raise ProtocolError(
+                    f"{self.target} answered with an error that carries no id (it could not read the "
+                    f"request): {error.get('class', '?')}: {error.get('desc', '')}",
+                    sent=request.as_dict(), received=message,
+                )
+            if message.get("id") != request_id:
+                continue  # a stale or foreign reply: never ours
+            message.pop("id")
+            if "error" in message:
+                raise reply_error(message, request)
+            if "return" not in message:
+                raise ProtocolError(f"{self.target} sent a reply with neither return nor error",
+                                    sent=request.as_dict(), received=message)
+            return message
+
+    def execute(self, request: Request, deadline: Deadline) -> dict[str, Any]:
+        """Send ``request``; return the reply object without qmpctl's id. Errors raise :class:`VmError`."""
+        return self._exchange(request, deadline)
+
+    def wait_event(self, match: Callable[[dict[str, Any]], bool], deadline: Deadline, waiting_for: str) -> dict[str, Any]:
+        """Return (and consume) the first event, already seen or still to come, that ``match`` accepts."""
+        for event in list(self.events):
+            if match(event):
+                self.events.remove(event)
+                return event
+        while True:
+            message = self._read_message(deadline, waiting_for)
+            if "event" in message:
+                if match(message):
+                    return message
+                self.events.append(message)

@@ -1,0 +1,54 @@
+"""One QMP or guest-agent request: built from typed options, validated, rendered.
+
+A :class:`Request` is validated when it is made, so any request object that
+exists may be sent; ``--dry-run`` prints the same object without connecting.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from qmpctl import schema
+from qmpctl.errors import UsageError
+
+
+class Request:
+    """``{"execute": NAME, "arguments": {...}}`` checked against its schema."""
+
+    __slots__ = ("execute", "arguments", "protocol")
+
+    def __init__(self, execute: str, arguments: dict[str, Any] | None = None, *, protocol: str = "qmp",
+                 schema_name: str | None = None) -> None:
+        self.execute = execute
+        self.arguments = arguments
+        self.protocol = protocol
+        schema.validate(schema_name or f"{protocol}/{execute}", self.as_dict())
+        try:
+            self.wire()
+        except UnicodeEncodeError as exc:
+            bad = exc.object[exc.start:exc.end].encode("utf-8", "surrogateescape")
+            raise UsageError(f"invalid request ({execute}): text is not valid UTF-8 (bytes {bad!r}); "
+                             "QEMU accepts UTF-8 only") from None
+
+    @classmethod
+    def raw(cls, message: dict[str, Any], *, protocol: str = "qmp") -> "Request":
+        """A request the user wrote as JSON: only the envelope can be checked."""
+        schema.validate(f"{protocol}-request", message)
+        return cls(message["execute"], message.get("arguments"), protocol=protocol,
+                   schema_name=f"{protocol}-request")
+
+    def as_dict(self, request_id: Any = None) -> dict[str, Any]:
+        message: dict[str, Any] = {"execute": self.execute}
+        if self.arguments is not None:
+            message["arguments"] = self.arguments
+        if request_id is not None:
+            message["id"] = request_id
+        return message
+
+    def wire(self, request_id: Any = None) -> bytes:
+        """Compact UTF-8 JSON as it goes on the socket (newline-terminated)."""
+        return json.dumps(self.as_dict(request_id), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+    def __repr__(self) -> str:
+        return f"Request({self.as_dict()!r})"
