@@ -1,0 +1,83 @@
+"""Targets: what a command runs against, whatever stands behind it.
+
+A target opens a *session* with ``execute(request, deadline)``. For a socket
+that is a :class:`~qmpctl.qmp.QmpSession` or :class:`~qmpctl.agent.AgentSession`;
+for ``--domain`` it is libvirt (imported only then), so every command works
+the same way through either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from qmpctl.address import Address, expand_addresses
+from qmpctl.deadline import Deadline
+from qmpctl.errors import UsageError
+from qmpctl.request import Request
+
+MONITOR = "qmp"
+AGENT = "qga"
+
+
+class Session(Protocol):
+    target: str
+    supports_events: bool
+
+    def execute(self, request: Request, deadline: Deadline) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
+class Target(Protocol):
+    def open(self, deadline: Deadline) -> Session: ...
+
+    def __str__(self) -> str: ...
+
+    @property
+    def is_local(self) -> bool:
+        """True when the VM's files are visible to qmpctl (same machine)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SocketTarget:
+    """A QMP monitor or guest-agent socket qmpctl connects to itself."""
+
+    address: Address
+    kind: str = MONITOR
+
+    def open(self, deadline: Deadline) -> Session:
+        if self.kind == AGENT:
+            from qmpctl.agent import AgentSession
+
+            return AgentSession.connect(self.address, deadline)
+        from qmpctl.qmp import QmpSession
+
+        return QmpSession.connect(self.address, deadline)
+
+    @property
+    def is_local(self) -> bool:
+        return self.address.is_unix or self.address.host in ("localhost", "127.0.0.1", "::1") or bool(
+            self.address.host and self.address.host.startswith("127.")
+        )
+
+    def __str__(self) -> str:
+        return str(self.address)
+
+
+def resolve_targets(kind: str, sockets: list[str], domains: list[str], uri: str | None) -> list[Target]:
+    """Every target the options name; none at all is a usage error that says how to give one."""
+    targets: list[Target] = [SocketTarget(address, kind) for address in expand_addresses(sockets)]
+    if domains:
+        from qmpctl.libvirt_backend import DomainTarget
+
+        targets.extend(DomainTarget(name, uri, kind) for name in domains)
+    if not targets:
+        if kind == AGENT:
+            raise UsageError("no target: pass -a PATH (the agent channel socket), -d DOMAIN, or set QMPCTL_AGENT")
+        raise UsageError("no target: pass -s PATH (the VM's -qmp socket), -d DOMAIN, or set QMPCTL_QMP")
+    return targets
+
+
+Action = Callable[[Session, Deadline, Target], Any]
