@@ -1,0 +1,140 @@
+"""Scripted fake peers on real unix sockets, for faults real QEMU cannot be made to show.
+
+Each fake accepts connections and runs a *script* (a function of a
+:class:`Peer`) per connection; everything it received is kept, so a test can
+assert that qmpctl sent nothing when it should not have.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+GREETING = {"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": "fake"},
+                    "capabilities": ["oob"]}}
+
+
+class Peer:
+    """The server side of one accepted connection."""
+
+    def __init__(self, sock: socket.socket, log: bytearray) -> None:
+        self.sock = sock
+        self.log = log
+        self.buffer = b""
+
+    def send(self, data: bytes | dict[str, Any], end: bytes = b"\r\n") -> None:
+        if isinstance(data, dict):
+            data = json.dumps(data).encode() + end
+        self.sock.sendall(data)
+
+    def read_line(self, timeout: float = 10) -> bytes:
+        """The next line from the client ('' on close)."""
+        self.sock.settimeout(timeout)
+        while b"\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                rest, self.buffer = self.buffer, b""
+                return rest
+            self.log.extend(chunk)
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line + b"\n"
+
+    def read_request(self, timeout: float = 10) -> dict[str, Any]:
+        line = self.read_line(timeout).lstrip(b"\xff")
+        return json.loads(line) if line.strip() else {}
+
+    def reply(self, request: dict[str, Any], value: Any = None, **extra: Any) -> None:
+        message = {"return": {} if value is None else value}
+        if "id" in request:
+            message["id"] = request["id"]
+        message.update(extra)
+        self.send(message)
+
+    def handshake(self) -> None:
+        """Greeting plus a successful qmp_capabilities."""
+        self.send(GREETING)
+        self.reply(self.read_request())
+
+    def drain(self, timeout: float = 10) -> None:
+        """Keep reading (and logging) until the client goes away."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return
+                self.log.extend(chunk)
+        except OSError:
+            return
+
+
+Script = Callable[[Peer], None]
+
+
+class FakeServer:
+    """Listen on ``path``; run ``script`` for each accepted connection (``None``: accept, never answer)."""
+
+    def __init__(self, path: Path, script: Script | None, *, accept: bool = True, backlog: int = 4) -> None:
+        self.path = path
+        self.script = script
+        self.received = bytearray()
+        self.connections = 0
+        self.errors: list[BaseException] = []
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(str(path))
+        self.listener.listen(backlog)
+        self._accept = accept
+        self._stop = threading.Event()
+        self._peers: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> "FakeServer":
+        if self._accept:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            self._peers.append(conn)
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: socket.socket) -> None:
+        peer = Peer(conn, self.received)
+        try:
+            if self.script is None:
+                self._stop.wait(120)
+            else:
+                self.script(peer)
+                peer.drain(timeout=5)
+        except OSError:
+            pass
+        except BaseException as exc:  # surfaced by tests that look at .errors
+            self.errors.append(exc)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.listener.close()
+        for conn in self._peers:
+            try:
+                conn.close()
+            except OSError:
+                pass
+        if self.thread.is_alive():
+            self.thread.join(timeout=2)

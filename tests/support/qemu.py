@@ -1,0 +1,134 @@
+"""A real QEMU for tests, and a tiny independent QMP client to check its state.
+
+The checks deliberately do not use qmpctl: a test that asks qmpctl whether
+qmpctl worked could not fail.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_socket(path: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"{path} did not appear")
+
+
+class RawQmp:
+    """Just enough QMP to check a VM from a test (greeting, negotiation, one command at a time)."""
+
+    def __init__(self, path: Path, timeout: float = 20) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(timeout)
+        self.sock.connect(str(path))
+        self.file = self.sock.makefile("rb")
+        self.events: list[dict[str, Any]] = []
+        json.loads(self.file.readline())
+        self.cmd("qmp_capabilities")
+
+    def cmd(self, execute: str, **arguments: Any) -> Any:
+        message: dict[str, Any] = {"execute": execute, "id": "raw"}
+        if arguments:
+            message["arguments"] = arguments
+        self.sock.sendall(json.dumps(message).encode() + b"\n")
+        while True:
+            reply = json.loads(self.file.readline())
+            if "event" in reply:
+                self.events.append(reply)
+                continue
+            if "error" in reply:
+                raise RuntimeError(f"{execute}: {reply['error']}")
+            return reply["return"]
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def __enter__(self) -> "RawQmp":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class QemuVM:
+    """``qemu-system-x86_64 -M pc -accel tcg -nodefaults -display none -S`` with a qcow2 disk.
+
+    The disk is node ``disk0`` behind device ``vd0`` (virtio-blk). A second QMP
+    monitor (``qmp2_path``) lets tests check state while qmpctl holds the first
+    or while a test makes the first one busy.
+    """
+
+    def __init__(self, workdir: Path, tcp: bool = False, extra_args: list[str] | None = None,
+                 disk_size: str = "64M", qemu_args_disk: bool = True) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.qmp_path = workdir / "qmp.sock"
+        self.qmp2_path = workdir / "check.sock"
+        self.disk = workdir / "disk0.qcow2"
+        self.tcp_port = free_tcp_port() if tcp else None
+        self.extra_args = extra_args or []
+        self.disk_size = disk_size
+        self.with_disk = qemu_args_disk
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def tcp_address(self) -> str:
+        return f"tcp:127.0.0.1:{self.tcp_port}"
+
+    def command_line(self) -> list[str]:
+        args = ["qemu-system-x86_64", "-M", "pc", "-accel", "tcg", "-nodefaults", "-display", "none", "-S",
+                "-m", "64", "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+                "-qmp", f"unix:{self.qmp2_path},server=on,wait=off"]
+        if self.tcp_port:
+            args += ["-qmp", f"tcp:127.0.0.1:{self.tcp_port},server=on,wait=off"]
+        if self.with_disk:
+            args += ["-blockdev", f"driver=qcow2,node-name=disk0,file.driver=file,file.filename={self.disk}",
+                     "-device", "virtio-blk-pci,drive=disk0,id=vd0"]
+        return args + self.extra_args
+
+    def start(self) -> None:
+        if self.with_disk:
+            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self.disk), self.disk_size], check=True)
+        self.proc = subprocess.Popen(self.command_line(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=open(self.workdir / "qemu.log", "wb"))
+        wait_for_socket(self.qmp2_path)
+        if self.tcp_port:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", self.tcp_port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.02)
+            # That probe connection was a QMP client: wait until QEMU has let it go.
+            time.sleep(0.1)
+
+    def check(self) -> RawQmp:
+        """An independent QMP connection on the second monitor."""
+        return RawQmp(self.qmp2_path)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=10)

@@ -1,0 +1,92 @@
+"""The fast schema checker agrees with the reference jsonschema on every schema qmpctl ships."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qmpctl import schema
+
+SCHEMA_ROOT = Path(schema.schema_dir())
+SCHEMA_NAMES = sorted(str(p.relative_to(SCHEMA_ROOT).with_suffix("")) for p in SCHEMA_ROOT.rglob("*.json"))
+
+
+def keywords(node: Any, inside_properties: bool = False) -> set[str]:
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not inside_properties:
+                found.add(key)
+            if key in ("properties", "$defs"):
+                for sub in value.values():
+                    found |= keywords(sub)
+            elif key in ("items", "additionalProperties") and isinstance(value, dict):
+                found |= keywords(value)
+            elif key in ("anyOf", "oneOf"):
+                for sub in value:
+                    found |= keywords(sub)
+    return found
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_schema_is_valid_and_within_the_supported_subset(name):
+    loaded = schema.load_schema(name)
+    jsonschema.Draft202012Validator.check_schema(loaded)
+    assert keywords(loaded) <= schema.SUPPORTED_KEYWORDS
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=12),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
+
+
+def mutate(example: dict[str, Any], data) -> Any:
+    """A request close to a valid one, so both validators see interesting cases."""
+    message = json.loads(json.dumps(example))
+    arguments = message.get("arguments")
+    if isinstance(arguments, dict) and arguments and data.draw(st.booleans()):
+        key = data.draw(st.sampled_from(sorted(arguments)))
+        arguments[key] = data.draw(json_values)
+    elif data.draw(st.booleans()):
+        message[data.draw(st.text(max_size=8))] = data.draw(json_values)
+    return message
+
+
+def examples_for(name: str) -> list[dict[str, Any]]:
+    loaded = schema.load_schema(name)
+    found = loaded.get("examples") or []
+    execute = loaded.get("properties", {}).get("execute", {}).get("const", "query-status")
+    return found or [{"execute": execute}]
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_fast_checker_agrees_with_jsonschema(name, data):
+    loaded = schema.load_schema(name)
+    base = data.draw(st.sampled_from(examples_for(name)))
+    instance = mutate(base, data) if data.draw(st.booleans()) else base
+    reference = jsonschema.Draft202012Validator(loaded).is_valid(instance)
+    assert (not schema.errors(loaded, instance)) == reference, instance
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_examples_are_valid(name):
+    for example in examples_for(name):
+        if schema.load_schema(name).get("examples"):
+            assert schema.errors(schema.load_schema(name), example) == []
+
+
+def test_error_names_the_field():
+    problems = schema.errors(schema.load_schema("qmp/human-monitor-command"),
+                             {"execute": "human-monitor-command", "arguments": {"command-line": 5}})
+    assert problems == ["arguments.command-line: expected string, got integer 5"]
