@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -138,3 +139,93 @@ class FakeServer:
                 pass
         if self.thread.is_alive():
             self.thread.join(timeout=2)
+
+
+# --- Helpers for the fault suite -------------------------------------------------
+
+EVENT = {"event": "RESUME", "timestamp": {"seconds": 1, "microseconds": 2}}
+
+
+def agent_script(replies: dict[str, Any] | None = None, *, stale: bytes = b"") -> Script:
+    """A qemu-ga look-alike (no greeting, LF line ends), optionally replaying ``stale`` bytes first.
+
+    ``stale`` stands for what earlier clients that gave up left on the channel.
+    Like qemu-ga 7.2, the flush byte 0xFF earns an id-less parse error, and
+    ``guest-sync-delimited`` is answered with 0xFF before its reply; other
+    commands get ``replies[execute]`` (a dict sent as it is, the request's id
+    added) or an empty return.
+    """
+
+    def script(peer: Peer) -> None:
+        if stale:
+            peer.send(stale)
+        while True:
+            line = peer.read_line()
+            if not line:
+                return
+            if line.startswith(b"\xff"):
+                peer.send({"error": {"class": "GenericError", "desc": "JSON parse error, stray '\\uFFFD'"}},
+                          end=b"\n")
+                line = line.lstrip(b"\xff")
+            request = json.loads(line)
+            if request["execute"] == "guest-sync-delimited":
+                peer.send(b"\xff" + json.dumps({"return": request["arguments"]["id"]}).encode() + b"\n")
+                continue
+            reply = dict((replies or {}).get(request["execute"], {"return": {}}))
+            if "id" in request:
+                reply["id"] = request["id"]
+            peer.send(reply, end=b"\n")
+
+    return script
+
+
+def send_slowly(peer: Peer, data: bytes, pause: float = 0.001) -> None:
+    """One byte per write, so the reader sees a message split into many small reads."""
+    for index in range(len(data)):
+        peer.sock.sendall(data[index:index + 1])
+        time.sleep(pause)
+
+
+class FullListenQueue:
+    """A listening socket whose accept queue is full and never drained: connects cannot complete.
+
+    For a unix socket the kernel refuses further clients at once (EAGAIN); for
+    TCP it drops their SYNs, so connect() hangs. Either way only the deadline
+    can end the wait. That is what a QEMU monitor looks like with one client
+    served and others already queued.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        family = socket.AF_UNIX if path is not None else socket.AF_INET
+        self.listener = socket.socket(family)
+        self.listener.bind(str(path) if path is not None else ("127.0.0.1", 0))
+        self.listener.listen(0)
+        self.port = None if path is not None else self.listener.getsockname()[1]
+        self.queued: list[socket.socket] = []
+        self._fill()
+
+    @property
+    def address(self) -> str:
+        return str(self.path) if self.path is not None else f"tcp:127.0.0.1:{self.port}"
+
+    def _fill(self) -> None:
+        target = str(self.path) if self.path is not None else ("127.0.0.1", self.port)
+        for _ in range(8):
+            client = socket.socket(self.listener.family)
+            client.settimeout(0.3)
+            try:
+                client.connect(target)
+            except OSError:
+                client.close()
+                return
+            self.queued.append(client)
+        raise RuntimeError("the listen queue never filled up")
+
+    def __enter__(self) -> "FullListenQueue":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for client in self.queued:
+            client.close()
+        self.listener.close()
