@@ -16,7 +16,7 @@ from typing import Any, Callable
 from qmpctl.address import Address
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ProtocolError, VmError
-from qmpctl.request import Request
+from qmpctl.request import Request, parse_json
 from qmpctl.transport import Connection
 
 MAX_KEPT_EVENTS = 10_000
@@ -26,7 +26,10 @@ BUSY_HINT = "monitor busy (another client is connected) or not answering"
 def decode_message(line: bytes, source: Address, waiting_for: str) -> dict[str, Any]:
     """Parse one line into a JSON object or raise :class:`ProtocolError` quoting it."""
     try:
-        message = json.loads(line)
+        message = parse_json(line)
+    except RecursionError:
+        raise ProtocolError(f"{source} sent JSON nested too deeply to read while waiting for {waiting_for}",
+                            received=line[:200]) from None
     except ValueError:
         excerpt = line[:80].decode("utf-8", "replace").strip()
         raise ProtocolError(

@@ -7,18 +7,19 @@ its arguments written as JSON object members (without the braces).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from qmpctl.errors import UsageError
-from qmpctl.request import Request
+from qmpctl.request import Request, parse_json
 
 
 def _parse_json(text: str, what: str) -> Any:
     try:
-        return json.loads(text)
+        return parse_json(text)
     except ValueError as exc:
         raise UsageError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise UsageError(f"{what} is nested too deeply") from None
 
 
 def parse_raw_command(words: list[str], protocol: str = "qmp") -> Request:

@@ -13,6 +13,28 @@ from qmpctl import schema
 from qmpctl.errors import UsageError
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def parse_json(text: str | bytes) -> Any:
+    """Strict JSON, as QEMU and qemu-ga read it: Python's NaN and Infinity extensions are refused.
+
+    Raises ValueError for text that is not JSON and RecursionError for nesting
+    deeper than Python can follow (QEMU itself stops at 1024 levels).
+    """
+    return json.loads(text, parse_constant=_not_json)
+
+
+def _undecodable(error: UnicodeEncodeError) -> str:
+    """Show what could not be encoded: the original bytes of a non-UTF-8 argument, else the escape."""
+    text = error.object[error.start:error.end]
+    try:
+        return f"bytes {text.encode('utf-8', 'surrogateescape')!r}"  # undecodable argv bytes come back as-is
+    except UnicodeEncodeError:
+        return f"lone surrogate {ascii(text)}"  # e.g. a "\ud800" JSON escape
+
+
 class Request:
     """``{"execute": NAME, "arguments": {...}}`` checked against its schema."""
 
@@ -27,9 +49,10 @@ class Request:
         try:
             self.wire()
         except UnicodeEncodeError as exc:
-            bad = exc.object[exc.start:exc.end].encode("utf-8", "surrogateescape")
-            raise UsageError(f"invalid request ({execute}): text is not valid UTF-8 (bytes {bad!r}); "
+            raise UsageError(f"invalid request ({execute}): text is not valid UTF-8 ({_undecodable(exc)}); "
                              "QEMU accepts UTF-8 only") from None
+        except RecursionError:
+            raise UsageError(f"invalid request ({execute}): nested too deeply") from None
 
     @classmethod
     def raw(cls, message: dict[str, Any], *, protocol: str = "qmp") -> "Request":
