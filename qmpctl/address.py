@@ -53,7 +53,8 @@ def _strip_qemu_options(text: str) -> str:
 
 
 def _parse_port(text: str, original: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    # isdigit() alone would accept "²" or "١": only ASCII digits make a port.
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise UsageError(f"invalid port {text!r} in address {original!r} (expected 1-65535)")
     return int(text)
 
