@@ -10,6 +10,7 @@ import errno
 import os
 import socket
 import stat
+import time
 
 from qmpctl.address import Address
 from qmpctl.deadline import Deadline
@@ -19,6 +20,10 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """A reply bigger than this is a protocol error, not a reason to exhaust memory."""
 
 RECV_CHUNK = 256 * 1024
+UNIX_PATH_MAX = 107
+"""sun_path holds 108 bytes including the terminating NUL."""
+QUEUE_FULL_RETRY_SECONDS = 0.05
+QUEUE_FULL_HINT = "its listen queue is full: busy serving other clients"
 
 
 def _describe_unix_failure(path: str, error: OSError) -> str:
@@ -42,6 +47,38 @@ def _describe_unix_failure(path: str, error: OSError) -> str:
     return f"cannot connect to unix:{path}: {error.strerror or error}"
 
 
+def _connect_unix(path: str, deadline: Deadline, waiting_for: str) -> socket.socket:
+    """Connect to a unix socket; a full listen queue is waited out, within the deadline.
+
+    QEMU listens with a backlog of 1 and serves one client: with one client
+    served and others queued, the kernel refuses a new one at once (EAGAIN)
+    instead of letting it wait. That is a busy monitor (exit 4), not a missing
+    one (exit 3), so retry until the queue drains or the deadline ends.
+    """
+    encoded = os.fsencode(path)
+    if len(encoded) > UNIX_PATH_MAX:  # Python's own error for this carries no errno to recognise
+        raise ConnectError(f"socket path too long for unix sockets ({len(encoded)} bytes, the limit is "
+                           f"{UNIX_PATH_MAX}): {path}")
+    hint = ""
+    while True:
+        left = deadline.remaining(waiting_for, hint)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(left)
+        try:
+            sock.connect(encoded)
+            return sock
+        except BlockingIOError:
+            sock.close()
+            hint = QUEUE_FULL_HINT
+            time.sleep(min(QUEUE_FULL_RETRY_SECONDS, left))
+        except socket.timeout:
+            sock.close()
+            raise deadline.exceeded(waiting_for, hint) from None
+        except OSError as exc:
+            sock.close()
+            raise ConnectError(_describe_unix_failure(path, exc)) from exc
+
+
 class Connection:
     """A connected stream socket with a read buffer."""
 
@@ -56,19 +93,7 @@ class Connection:
         """Connect within the deadline; failures are :class:`ConnectError` (exit 3)."""
         waiting_for = f"a connection to {address}"
         if address.path is not None:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.settimeout(deadline.remaining(waiting_for))
-                sock.connect(os.fsencode(address.path))
-            except socket.timeout:
-                sock.close()
-                raise deadline.exceeded(waiting_for) from None
-            except OSError as exc:
-                sock.close()
-                if exc.errno == errno.EINVAL and len(os.fsencode(address.path)) > 107:
-                    raise ConnectError(f"socket path too long for unix sockets: {address.path}") from exc
-                raise ConnectError(_describe_unix_failure(address.path, exc)) from exc
-            return cls(sock, address)
+            return cls(_connect_unix(address.path, deadline, waiting_for), address)
         try:
             sock = socket.create_connection(
                 (address.host, address.port), timeout=deadline.remaining(waiting_for)
