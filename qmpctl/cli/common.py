@@ -24,6 +24,7 @@ from qmpctl.targets import AGENT, MONITOR, Action, Target, resolve_targets
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_JOBS = 16
+MAX_TIMEOUT = 365 * 24 * 3600.0
 
 
 def complete_socket(incomplete: str) -> list[str]:
@@ -116,8 +117,9 @@ def command(kind: str = MONITOR) -> Callable[[Callable[..., Any]], Callable[...,
         @functools.wraps(function)
         def wrapper(**kwargs: Any) -> Any:
             shared = {name: kwargs.pop(name) for name in SHARED_NAMES}
-            if shared["timeout"] <= 0:
-                raise UsageError(f"--timeout must be more than 0 seconds, got {shared['timeout']:g}")
+            if not 0 < shared["timeout"] <= MAX_TIMEOUT:  # also refuses nan and inf, which sockets cannot wait for
+                raise UsageError(f"--timeout must be more than 0 and at most {MAX_TIMEOUT:.0f} seconds (a year), "
+                                 f"got {shared['timeout']:g}")
             if shared["jobs"] < 1:
                 raise UsageError(f"--jobs must be at least 1, got {shared['jobs']}")
             common = Common(
