@@ -24,10 +24,23 @@ SILENT_HINT = "guest agent is not responding: is qemu-ga running in the guest?"
 DISABLED_CLASS = "CommandNotFound"
 
 
+def _random_id() -> int:
+    """A positive 31-bit id no earlier client can have left behind on the channel."""
+    return int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF or 1
+
+
+def _says_disabled(error: VmError) -> bool:
+    """qemu-ga 7.2: CommandNotFound "Command guest-exec has been disabled"; later releases may say
+    "not allowed"; old ones (QEMU 2.x) used GenericError "The command ... has been disabled for this instance"."""
+    lowered = error.desc.lower()
+    if error.error_class == DISABLED_CLASS:
+        return "disabled" in lowered or "not allowed" in lowered
+    return error.error_class == "GenericError" and lowered.startswith("the command ") and "has been disabled" in lowered
+
+
 def disabled_command_error(error: VmError, command: str) -> VmError:
     """Say plainly that a command is switched off in the agent, not merely unknown."""
-    lowered = error.desc.lower()
-    if error.error_class == DISABLED_CLASS and ("disabled" in lowered or "not allowed" in lowered):
+    if _says_disabled(error):
         return VmError(
             error.error_class,
             f"{command} is disabled in the guest agent's configuration "
@@ -66,30 +79,46 @@ class AgentSession:
         self.close()
 
     def resync(self, deadline: Deadline) -> None:
-        """Flush the channel until the agent answers our own sync id."""
-        sync_id = int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF or 1
+        """Flush the channel until the agent answers our own sync id.
+
+        Only a line holding a 0xFF can carry the answer, and only what follows
+        its last 0xFF: valid UTF-8 JSON never contains that byte, so anything
+        before it is junk (a partial line, a stale reply, the agent's error for
+        our flush byte) whatever it looks like.
+        """
+        sync_id = _random_id()
         request = Request("guest-sync-delimited", {"id": sync_id}, protocol="qga")
         waiting_for = f"the guest agent at {self.target} to answer guest-sync-delimited"
         self.connection.send(SYNC_BYTE + request.wire(), deadline, "guest-sync-delimited")
         while True:
-            self.connection.skip_to_byte(SYNC_BYTE, deadline, waiting_for, SILENT_HINT)
             line = self.connection.read_line(deadline, waiting_for, SILENT_HINT)
+            marker = line.rfind(SYNC_BYTE)
+            if marker < 0:
+                continue  # not delimited: stale output of an earlier client
             try:
-                message = decode_message(line.lstrip(SYNC_BYTE), self.connection.address, waiting_for)
+                message = decode_message(line[marker + 1:], self.connection.address, waiting_for)
             except ProtocolError:
                 continue  # junk between sync bytes belongs to nobody
             if message.get("return") == sync_id:
                 return
 
     def execute(self, request: Request, deadline: Deadline) -> dict[str, Any]:
-        """Send ``request`` and return the agent's reply object; errors raise :class:`VmError`."""
+        """Send ``request`` and return the agent's reply object; errors raise :class:`VmError`.
+
+        The request carries a fresh id, which qemu-ga echoes: a reply with some
+        other id is someone else's and is skipped. A reply without any id is
+        taken as ours, for agents that do not echo ids.
+        """
+        request_id = _random_id()
         waiting_for = f"the reply to {request.execute} from the guest agent at {self.target}"
-        self.connection.send(request.wire(), deadline, request.execute)
+        self.connection.send(request.wire(request_id), deadline, request.execute)
         while True:
             line = self.connection.read_line(deadline, waiting_for, SILENT_HINT).lstrip(SYNC_BYTE)
             if not line.strip():
                 continue
             message = decode_message(line, self.connection.address, waiting_for)
+            if message.pop("id", request_id) != request_id:
+                continue
             if "error" in message:
                 raise disabled_command_error(reply_error(message, request), request.execute)
             if "return" in message:
