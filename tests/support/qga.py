@@ -1,0 +1,130 @@
+"""The real qemu-ga, run on the host, and helpers for scripted fake agents.
+
+qemu-ga in ``unix-listen`` mode speaks exactly the protocol it speaks inside a
+guest, so tests exercise qmpctl against the real agent without booting one.
+It runs as whoever runs the tests (here root) and guest-exec starts HOST
+programs: tests must only run harmless ones (true, cat, printf, sh -c ...).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from support.fakes import Peer
+
+QGA = "qemu-ga"
+AGENT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
+"""The environment guest-exec programs inherit when qmpctl passes no --env."""
+
+
+def have_qemu_ga() -> bool:
+    return shutil.which(QGA) is not None
+
+
+def qemu_ga_version() -> str:
+    """``7.2.22`` from ``QEMU Guest Agent 7.2.22``: what guest-info must report."""
+    out = subprocess.run([QGA, "--version"], capture_output=True, text=True, check=True).stdout
+    return out.split("QEMU Guest Agent", 1)[1].split()[0]
+
+
+class HostAgent:
+    """``qemu-ga -m unix-listen -p SOCK -t STATEDIR`` (``-b`` for disabled commands), torn down by :meth:`stop`."""
+
+    def __init__(self, workdir: Path, block: list[str] | None = None) -> None:
+        self.workdir = workdir
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.path = workdir / "qga.sock"
+        self.block = block or []
+        self.proc: subprocess.Popen | None = None
+
+    def command_line(self) -> list[str]:
+        args = [QGA, "-m", "unix-listen", "-p", str(self.path), "-t", str(self.workdir),
+                "-f", str(self.workdir / "qemu-ga.pid")]
+        if self.block:
+            args += ["-b", ",".join(self.block)]
+        return args
+
+    def start(self, timeout: float = 10) -> "HostAgent":
+        self.path.unlink(missing_ok=True)
+        with open(self.workdir / "qemu-ga.log", "ab") as log:
+            self.proc = subprocess.Popen(self.command_line(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=log, env=AGENT_ENV, cwd=self.workdir)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"qemu-ga exited with {self.proc.returncode}: see {self.workdir}/qemu-ga.log")
+            if self._listening():
+                return self
+            time.sleep(0.01)
+        raise TimeoutError(f"qemu-ga did not listen on {self.path}")
+
+    def _listening(self) -> bool:
+        """Connect and leave at once: qemu-ga takes that as a client that said nothing."""
+        if not self.path.exists():
+            return False
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(str(self.path))
+            except OSError:
+                return False
+        return True
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def raw(self, data: bytes, read: bool = False, timeout: float = 5) -> bytes:
+        """A client of our own: send ``data``, optionally read one line, and go away."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(self.path))
+            sock.sendall(data)
+            if not read:
+                return b""
+            with sock.makefile("rb") as stream:
+                return stream.readline()
+
+
+# --- scripted fake agents (for faults the real agent cannot show) ---
+
+def send_line(peer: Peer, message: dict[str, Any], prefix: bytes = b"") -> None:
+    """One agent output line: qemu-ga ends lines with a bare LF."""
+    peer.send(prefix + json.dumps(message).encode() + b"\n")
+
+
+def answer_sync(peer: Peer, junk: bytes = b"") -> dict[str, Any]:
+    """Read qmpctl's 0xFF + guest-sync-delimited and answer it after ``junk``; returns the request."""
+    request = peer.read_request()
+    assert request.get("execute") == "guest-sync-delimited", request
+    send_line(peer, {"return": request["arguments"]["id"]}, prefix=junk + b"\xff")
+    return request
+
+
+def answer(peer: Peer, expected: str, value: Any = None, *, error: dict[str, str] | None = None) -> dict[str, Any]:
+    """Read the next request, check its command, and answer it (echoing its id) with ``value`` or ``error``."""
+    request = peer.read_request()
+    assert request.get("execute") == expected, request
+    message: dict[str, Any] = {"error": error} if error else {"return": {} if value is None else value}
+    if "id" in request:
+        message["id"] = request["id"]
+    send_line(peer, message)
+    return request
