@@ -146,39 +146,6 @@ class FakeServer:
 EVENT = {"event": "RESUME", "timestamp": {"seconds": 1, "microseconds": 2}}
 
 
-def agent_script(replies: dict[str, Any] | None = None, *, stale: bytes = b"") -> Script:
-    """A qemu-ga look-alike (no greeting, LF line ends), optionally replaying ``stale`` bytes first.
-
-    ``stale`` stands for what earlier clients that gave up left on the channel.
-    Like qemu-ga 7.2, the flush byte 0xFF earns an id-less parse error, and
-    ``guest-sync-delimited`` is answered with 0xFF before its reply; other
-    commands get ``replies[execute]`` (a dict sent as it is, the request's id
-    added) or an empty return.
-    """
-
-    def script(peer: Peer) -> None:
-        if stale:
-            peer.send(stale)
-        while True:
-            line = peer.read_line()
-            if not line:
-                return
-            if line.startswith(b"\xff"):
-                peer.send({"error": {"class": "GenericError", "desc": "JSON parse error, stray '\\uFFFD'"}},
-                          end=b"\n")
-                line = line.lstrip(b"\xff")
-            request = json.loads(line)
-            if request["execute"] == "guest-sync-delimited":
-                peer.send(b"\xff" + json.dumps({"return": request["arguments"]["id"]}).encode() + b"\n")
-                continue
-            reply = dict((replies or {}).get(request["execute"], {"return": {}}))
-            if "id" in request:
-                reply["id"] = request["id"]
-            peer.send(reply, end=b"\n")
-
-    return script
-
-
 def send_slowly(peer: Peer, data: bytes, pause: float = 0.001) -> None:
     """One byte per write, so the reader sees a message split into many small reads."""
     for index in range(len(data)):
