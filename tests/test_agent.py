@@ -7,6 +7,7 @@ harmless ones appear here. Results are checked against independent sources
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from support.qga import HostAgent, have_qemu_ga, qemu_ga_version
+from support.qga import ChannelAgent, HostAgent, have_qemu_ga, qemu_ga_version
 
 pytestmark = [pytest.mark.agent, pytest.mark.skipif(not have_qemu_ga(), reason="qemu-ga is not installed")]
 
@@ -108,6 +109,40 @@ def test_agent_restarted_between_calls(cli, own_agent):
     assert json.loads(second.out) == {"return": {}}
 
 
+@pytest.fixture
+def channel_agent(tmp_path):
+    """The real qemu-ga behind a channel that keeps its output for the next client, as a guest's does."""
+    host_agent = ChannelAgent(tmp_path / "channel").start()
+    yield host_agent
+    host_agent.close()
+
+
+def test_stale_replies_of_several_earlier_clients_on_a_guest_like_channel(cli, channel_agent):
+    channel_agent.raw(b'{"execute":"guest-info"}\n')
+    channel_agent.raw(b'{"execute":"guest-exec-status","arguments":{"pid":1}}\n')
+    channel_agent.raw(b'\xff{"execute":"guest-sync-delimited","arguments":{"id":4242}}\n')
+    channel_agent.raw(b'{"execute":"guest-exec","arguments":{"path":"printf","arg":["stale"]}}\n')
+    channel_agent.raw(b'{"execute": "guest-exec", "argu')  # a client cut off mid-request
+    time.sleep(0.3)  # the agent answers them all into the channel, for nobody
+    result = agent_cli(cli, channel_agent, "info", "--return-value", "--timeout", "5")
+    assert result.code == 0, result
+    assert json.loads(result.out)["version"] == qemu_ga_version()
+    executed = exec_cli(cli, channel_agent, "--timeout", "5", "--", "printf", "mine")
+    assert (executed.code, executed.out_bytes) == (0, b"mine"), executed
+
+
+def test_agent_restarted_behind_a_channel(cli, channel_agent):
+    assert agent_cli(cli, channel_agent, "ping").code == 0
+    channel_agent.stop()
+    down = agent_cli(cli, channel_agent, "ping", "--timeout", "1")
+    assert down.code == 4, down
+    assert "guest agent is not responding" in down.err
+    channel_agent.start()  # finds the unanswered request of the client that gave up
+    up = agent_cli(cli, channel_agent, "ping", "--timeout", "5")
+    assert up.code == 0, up
+    assert json.loads(up.out) == {"return": {}}
+
+
 # --- exec: output, exit codes, stdin, env ---
 
 def test_exec_passes_stdout_stderr_and_exit_code(cli, agent):
@@ -139,6 +174,16 @@ def test_exec_stdin_round_trips_binary(cli, agent):
     result = exec_cli(cli, agent, "--stdin", "--", "cat", input=data)
     assert result.code == 0, result
     assert result.out_bytes == data
+
+
+def test_exec_stdin_up_to_16_mib(cli, agent):
+    data = os.urandom(16 * MIB)
+    result = exec_cli(cli, agent, "--stdin", "--", "sha256sum", input=data, timeout=120)
+    assert result.code == 0, result
+    assert result.out.split()[0] == hashlib.sha256(data).hexdigest()
+    over = exec_cli(cli, agent, "--stdin", "--", "wc", "-c", input=data + b"!")
+    assert over.code == 125, over
+    assert "over 16 MiB" in over.err
 
 
 def test_exec_without_stdin_reads_empty_input(cli, agent):

@@ -9,11 +9,16 @@ programs: tests must only run harmless ones (true, cat, printf, sh -c ...).
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
+import tty
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +107,86 @@ class HostAgent:
                 return b""
             with sock.makefile("rb") as stream:
                 return stream.readline()
+
+
+class ChannelAgent(HostAgent):
+    """The real qemu-ga behind a channel that, like QEMU's chardev, outlives its clients.
+
+    qemu-ga runs in ``isa-serial`` mode on a pty; a bridge serves one unix-socket
+    client at a time and copies bytes both ways. What the agent writes while no
+    client is connected stays in the pty for the next one, and requests a client
+    sent before leaving are still answered: the stale replies a guest channel has.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.path = workdir / "channel.sock"
+        self.master, self.slave = pty.openpty()
+        tty.setraw(self.master)
+        self.tty_name = os.ttyname(self.slave)
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(str(self.path))
+        self.listener.listen(8)
+        self.listener.settimeout(0.1)
+        self._stop = threading.Event()
+        self.bridge = threading.Thread(target=self._serve, daemon=True)
+        self.bridge.start()
+
+    def command_line(self) -> list[str]:
+        return [QGA, "-m", "isa-serial", "-p", self.tty_name, "-t", str(self.workdir),
+                "-f", str(self.workdir / "qemu-ga.pid")]
+
+    def start(self, timeout: float = 10) -> "ChannelAgent":
+        with open(self.workdir / "qemu-ga.log", "ab") as log:
+            self.proc = subprocess.Popen(self.command_line(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=log, env=AGENT_ENV, cwd=self.workdir)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._has_tty_open():
+                return self
+            time.sleep(0.01)
+        raise TimeoutError(f"qemu-ga did not open {self.tty_name}")
+
+    def _has_tty_open(self) -> bool:
+        try:
+            fds = os.listdir(f"/proc/{self.proc.pid}/fd")
+            return any(os.readlink(f"/proc/{self.proc.pid}/fd/{fd}") == self.tty_name for fd in fds)
+        except OSError:
+            return False
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with client:
+                self._copy_both_ways(client)
+
+    def _copy_both_ways(self, client: socket.socket) -> None:
+        while not self._stop.is_set():
+            readable, _, _ = select.select([client, self.master], [], [], 0.1)
+            if client in readable:
+                data = client.recv(65536)
+                if not data:
+                    return
+                while data:
+                    data = data[os.write(self.master, data):]
+            if self.master in readable:
+                try:
+                    client.sendall(os.read(self.master, 65536))
+                except OSError:
+                    return
+
+    def close(self) -> None:
+        self.stop()
+        self._stop.set()
+        self.listener.close()
+        self.bridge.join(timeout=2)
+        os.close(self.master)
+        os.close(self.slave)
 
 
 # --- scripted fake agents (for faults the real agent cannot show) ---
