@@ -196,3 +196,40 @@ class FullListenQueue:
         for client in self.queued:
             client.close()
         self.listener.close()
+
+
+class Tripwire:
+    """A listening unix socket nobody should touch: no thread, so cheap enough for wide tables.
+
+    It never accepts while the test runs (a client that connects would wait);
+    :meth:`touched` then collects whatever connected and what it sent.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.listener = socket.socket(socket.AF_UNIX)
+        self.listener.bind(str(path))
+        self.listener.listen(16)
+
+    def touched(self) -> tuple[int, bytes]:
+        """(connections, bytes received) since the socket was made."""
+        self.listener.setblocking(False)
+        connections, received = 0, b""
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except BlockingIOError:
+                return connections, received
+            connections += 1
+            with conn:
+                conn.setblocking(False)
+                try:
+                    received += conn.recv(1 << 20)
+                except BlockingIOError:
+                    pass
+
+    def __enter__(self) -> "Tripwire":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.listener.close()

@@ -1,0 +1,309 @@
+"""The bad-input table: every mistake is exit 2 with a message naming it, and nothing reaches the socket.
+
+Most rows run the CLI in-process (``run_cli``), so the table can be wide and
+still fast; rows that need real argv bytes (non-UTF-8, megabyte arguments)
+run ``python -m qmpctl`` as a child process. Every row points the targets at a
+listening fake server and then asserts it saw no connection and no byte.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Iterator
+
+import click
+import pytest
+import typer
+
+from qmpctl.cli import app, run_cli
+from support.fakes import FakeServer, Tripwire
+
+pytestmark = pytest.mark.fault
+
+USAGE = 2
+EXEC_USAGE = 125
+"""``agent exec`` reports its own usage errors as 125: its exit status is the guest program's."""
+
+
+@pytest.fixture
+def server(tmp_path, monkeypatch) -> Iterator[Tripwire]:
+    """A listening socket every command is pointed at (through the environment): it must stay untouched."""
+    with Tripwire(tmp_path / "target.sock") as tripwire:
+        for name in ("QMPCTL_QMP", "QMPCTL_AGENT"):
+            monkeypatch.setenv(name, str(tripwire.path))
+        for name in ("QMPCTL_TIMEOUT", "LIBVIRT_DEFAULT_URI"):
+            monkeypatch.delenv(name, raising=False)
+        yield tripwire
+        assert tripwire.touched() == (0, b""), "qmpctl connected or sent although the input was invalid"
+
+
+def qmpctl(capsys, *argv: str) -> tuple[int, str]:
+    """Run one command line in this process; returns (exit code, stderr)."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        code = run_cli(list(argv))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return code, capsys.readouterr().err
+
+
+def usage_exit(path: tuple[str, ...]) -> int:
+    return EXEC_USAGE if path == ("agent", "exec") else USAGE
+
+
+# --- every typed option of every command -------------------------------------
+
+def commands() -> list[tuple[tuple[str, ...], click.Command]]:
+    found = []
+
+    def walk(command: click.Command, path: tuple[str, ...]) -> None:
+        if isinstance(command, click.Group):
+            for name, sub in sorted(command.commands.items()):
+                walk(sub, path + (name,))
+        else:
+            found.append((path, command))
+
+    walk(typer.main.get_command(app), ())
+    return found
+
+
+TYPED = (click.types.IntParamType, click.types.FloatParamType, click.Choice)
+
+
+def typed_parameters() -> list[tuple[tuple[str, ...], list[str], str, str]]:
+    """(command path, bad words, expected phrase, parameter name) for each int, float, choice or flag parameter."""
+    rows = []
+    for path, command in commands():
+        arguments = [p for p in command.params if isinstance(p, click.Argument)]
+        for param in command.params:
+            if isinstance(param, click.Option) and param.is_flag:
+                rows.append((path, [f"{param.opts[-1]}=maybe"], "does not take a value", param.opts[-1]))
+            elif isinstance(param, click.Option) and isinstance(param.type, TYPED):
+                rows.append((path, [param.opts[0], "abc"], "Invalid value", param.opts[0]))
+            elif isinstance(param, click.Argument) and isinstance(param.type, TYPED) and param is arguments[0]:
+                rows.append((path, ["abc"], "Invalid value", param.human_readable_name))
+    return rows
+
+
+def filler(param: click.Parameter, tmp_path: Path) -> str:
+    """A well-typed value for a required parameter, so parsing reaches the check under test."""
+    if isinstance(param.type, click.Choice):
+        return str(param.type.choices[0])
+    if isinstance(param.type, (click.types.IntParamType, click.types.FloatParamType)):
+        return "1"
+    if isinstance(param.type, click.Path):
+        existing = tmp_path / "filler.img"
+        existing.touch()
+        return str(existing)
+    return "x"
+
+
+def required_values(command: click.Command, tmp_path: Path) -> list[str]:
+    values: list[str] = []
+    for param in command.params:
+        if not param.required:
+            continue
+        if isinstance(param, click.Argument):
+            values.append(filler(param, tmp_path))
+        else:
+            values += [param.opts[0], filler(param, tmp_path)]
+    return values
+
+
+@pytest.mark.parametrize("path, words, phrase, name", typed_parameters(),
+                         ids=lambda value: " ".join(value) if isinstance(value, (tuple, list)) else "")
+def test_wrong_type_in_a_typed_parameter(capsys, server, path, words, phrase, name):
+    code, err = qmpctl(capsys, *path, *words)
+    assert code == usage_exit(path), err
+    assert phrase in err and name in err
+
+
+SHARED_BAD_VALUES = [
+    ("--timeout", "0", "--timeout must be more than 0"),
+    ("--timeout", "-1", "--timeout must be more than 0"),
+    ("--timeout", "nan", "--timeout must be more than 0"),
+    ("--timeout", "inf", "at most 31536000 seconds"),
+    ("--timeout", "1e12", "at most 31536000 seconds"),
+    ("--timeout", "", "Invalid value for '--timeout'"),
+    ("--jobs", "0", "--jobs must be at least 1"),
+    ("--jobs", "-4", "--jobs must be at least 1"),
+    ("--jobs", "1.5", "Invalid value for '--jobs'"),
+]
+
+
+@pytest.mark.parametrize("path", [path for path, command in commands()
+                                  if any("--timeout" in p.opts for p in command.params)], ids=" ".join)
+@pytest.mark.parametrize("option, value, phrase", SHARED_BAD_VALUES)
+def test_out_of_range_shared_option(capsys, server, tmp_path, path, option, value, phrase):
+    command = dict(commands())[path]
+    code, err = qmpctl(capsys, *path, option, value, *required_values(command, tmp_path))
+    assert code == usage_exit(path), err
+    assert phrase in err
+
+
+def test_bad_timeout_from_the_environment(capsys, server, monkeypatch):
+    monkeypatch.setenv("QMPCTL_TIMEOUT", "soon")
+    code, err = qmpctl(capsys, "status")
+    assert code == USAGE
+    assert "QMPCTL_TIMEOUT" in err and "'soon' is not a valid float" in err
+
+
+# --- raw requests (monitor-command, agent command) ------------------------------
+
+RAW_COMMANDS = [("monitor-command",), ("agent", "command")]
+
+BAD_REQUESTS = [
+    (['{"execute": "stop"'], "the request is not valid JSON"),
+    (["{'execute': 'stop'}"], "the request is not valid JSON"),
+    (['{"execute": "stop"} trailing'], "the request is not valid JSON"),
+    (['[{"execute": "stop"}]'], "not a JSON array"),
+    (['"stop"'], "not a JSON string"),
+    (['{"execute": "stop", "bogus": 1}'], "bogus: unknown field"),
+    (['{"execute": "stop", "arguments": [1]}'], "arguments: expected object"),
+    (['{"execute": "stop", "arguments": null}'], "arguments: expected object"),
+    (['{"execute": 5}'], "execute: expected string"),
+    (['{"arguments": {}}'], "execute: is required"),
+    (['{"execute": ""}'], "does not match"),
+    (['{"execute": "x" }', "extra"], "not valid JSON"),
+    (["1abc"], "does not match"),
+    (["query;reboot"], "does not match"),
+    (["a" * 300], "must not be longer than 256 characters"),
+    (["query-block", '"flat": tru'], "the arguments of query-block is not valid JSON"),
+    (["query-block", '"flat": true,'], "the arguments of query-block is not valid JSON"),
+    (["query-block", "flat"], "the arguments of query-block is not valid JSON"),
+    (["query-block", '"x": NaN'], "NaN is not JSON"),
+    (["query-block", '"x": -Infinity'], "-Infinity is not JSON"),
+    (["query-block", '"x": "\\ud800"'], "lone surrogate '\\ud800'"),
+    (["query-block", '"x": ' + "[" * 5000 + "]" * 5000], "nested too deeply"),
+    (["  "], "no command given"),
+]
+
+
+@pytest.mark.parametrize("path", RAW_COMMANDS, ids=" ".join)
+@pytest.mark.parametrize("words, phrase", BAD_REQUESTS, ids=lambda v: repr(v)[:40] if isinstance(v, list) else v)
+def test_bad_raw_request_sends_nothing(capsys, server, path, words, phrase):
+    code, err = qmpctl(capsys, *path, *words)
+    assert code == USAGE, err
+    assert phrase in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("path", RAW_COMMANDS, ids=" ".join)
+def test_dry_run_validates_first(capsys, server, path):
+    code, err = qmpctl(capsys, *path, "--dry-run", '{"execute": "stop", "bogus": 1}')
+    assert code == USAGE and "bogus: unknown field" in err
+
+
+def test_hmp_command_line_over_the_schema_limit(capsys, server):
+    """A 1 MiB HMP line: the schema caps command-line at 64 KiB, so it is refused before connecting."""
+    code, err = qmpctl(capsys, "monitor-command", "--hmp", "x" * (1024 * 1024))
+    assert code == USAGE
+    assert "arguments.command-line: must not be longer than 65536 characters" in err
+
+
+def test_empty_hmp_command_line(capsys, server):
+    code, err = qmpctl(capsys, "monitor-command", "--hmp", "")
+    assert code == USAGE
+    assert "command-line: must not be shorter than 1" in err
+
+
+# --- targets and command lines ------------------------------------------------------
+
+@pytest.mark.parametrize("address, phrase", [
+    ("", "empty address"),
+    ("unix:", "unix: needs a path"),
+    ("tcp:localhost", "expected HOST:PORT"),
+    ("tcp:localhost:0", "invalid port '0'"),
+    ("tcp:localhost:65536", "invalid port '65536'"),
+    ("tcp:localhost:²", "invalid port '²'"),
+    ("localhost:qmp", "invalid port 'qmp'"),
+    ("[::1]4444", "expected [IPV6]:PORT"),
+    (",server=on", "no path before the options"),
+    ("/tmp/a\0b.sock", "contains a NUL byte"),
+])
+def test_bad_address(capsys, server, address, phrase):
+    code, err = qmpctl(capsys, "status", "-s", address)
+    assert code == USAGE, err
+    assert phrase in err
+
+
+@pytest.mark.parametrize("argv, phrase", [
+    (["no-such-command"], "No such command"),
+    (["status", "--no-such-option"], "No such option"),
+    (["status", "extra"], "Got unexpected extra argument"),
+    (["monitor-command"], "Missing argument"),
+    (["agent", "command"], "Missing argument"),
+    (["status", "--timeout"], "requires an argument"),
+])
+def test_malformed_command_line(capsys, server, argv, phrase):
+    code, err = qmpctl(capsys, *argv)
+    assert code == USAGE, err
+    assert phrase in err
+
+
+def test_no_target_at_all(capsys, monkeypatch):
+    monkeypatch.delenv("QMPCTL_QMP", raising=False)
+    code, err = qmpctl(capsys, "stop")
+    assert code == USAGE
+    assert "no target" in err
+
+
+# --- real argv bytes: run as a child process --------------------------------------------
+
+@pytest.mark.parametrize("words, phrase", [
+    ([b"\xff\xfe"], "does not match"),
+    ([b"query-block", b'"x": "caf\xe9"'], "not valid UTF-8 (bytes b'\\xe9')"),
+    ([b'{"execute": "qom-get", "arguments": {"path": "\xc3\x28"}}'], "not valid UTF-8"),
+])
+def test_non_utf8_bytes_in_a_raw_request(cli, tmp_path, words, phrase):
+    with FakeServer(tmp_path / "m.sock", lambda peer: peer.handshake()) as fake:
+        result = cli(b"monitor-command", b"-s", str(fake.path).encode(), *words)
+        assert fake.connections == 0 and fake.received == b""
+    assert result.code == USAGE, result
+    assert phrase in result.err
+
+
+def test_non_utf8_bytes_in_an_hmp_line_and_an_agent_command(cli, tmp_path):
+    with FakeServer(tmp_path / "m.sock", lambda peer: peer.handshake()) as fake:
+        hmp = cli(b"monitor-command", b"-s", str(fake.path).encode(), b"--hmp", b"info \xff")
+        agent = cli(b"agent", b"command", b"-a", str(fake.path).encode(), b"guest-ping", b'"x": "\x80"')
+        assert fake.connections == 0 and fake.received == b""
+    assert hmp.code == USAGE and "not valid UTF-8 (bytes b'\\xff')" in hmp.err, hmp
+    assert agent.code == USAGE and "not valid UTF-8 (bytes b'\\x80')" in agent.err, agent
+
+
+def test_non_utf8_socket_path_is_a_valid_path(cli, tmp_path):
+    """Unix paths are bytes: a socket whose name is not UTF-8 is reached, not refused."""
+    from support.fakes import Peer
+
+    def script(peer: Peer) -> None:
+        peer.handshake()
+        peer.reply(peer.read_request(), {"status": "running", "running": True})
+
+    path = tmp_path / "vm-\udcff.sock"  # str for b"vm-\xff.sock", as Python maps undecodable bytes
+    with FakeServer(path, script):
+        result = cli(b"status", b"-s", bytes(tmp_path) + b"/vm-\xff.sock", b"--return-value")
+    assert result.code == 0, result
+    assert '"running":true' in result.out
+
+
+def test_megabyte_hmp_line_in_many_words(cli, tmp_path):
+    """The realistic form of a huge argument: many argv words (one word is capped at 128 KiB by Linux)."""
+    words = [b"x" * 65536] * 16
+    with FakeServer(tmp_path / "m.sock", lambda peer: peer.handshake()) as fake:
+        result = cli(b"monitor-command", b"-s", str(fake.path).encode(), b"--hmp", *words)
+        assert fake.connections == 0 and fake.received == b""
+    assert result.code == USAGE, result
+    assert "must not be longer than 65536 characters" in result.err
+    assert result.seconds < 5
+
+
+def test_the_tripwire_notices_a_client(capsys, tmp_path, monkeypatch):
+    """The table's 'nothing sent' check can fail: a valid agent call against it is seen."""
+    monkeypatch.delenv("QMPCTL_TIMEOUT", raising=False)
+    with Tripwire(tmp_path / "target.sock") as tripwire:
+        code, err = qmpctl(capsys, "agent", "ping", "-a", str(tripwire.path), "--timeout", "0.3")
+        connections, received = tripwire.touched()
+    assert code == 4, err
+    assert connections == 1 and received.startswith(b"\xff{")
