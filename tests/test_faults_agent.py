@@ -1,0 +1,157 @@
+"""Agent sessions that break: a frozen or dying qemu-ga, and channels that close or babble.
+
+tests/test_agent_faults.py and tests/test_agent.py cover stale replies, foreign
+ids, a restart between calls and disabled commands; this module covers the
+agent failing *during* a call, and output that never becomes a reply.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+
+import pytest
+
+from support.fakes import FakeServer, Peer
+from support.qga import HostAgent, answer, answer_sync, have_qemu_ga
+
+pytestmark = pytest.mark.fault
+
+TIMEOUT = 1
+BOUND = TIMEOUT + 3
+
+
+def ping(cli, path, *extra: str):
+    return cli("agent", "ping", "-a", str(path), "--timeout", str(TIMEOUT), *extra)
+
+
+@pytest.fixture
+def host_agent(tmp_path):
+    if not have_qemu_ga():
+        pytest.skip("qemu-ga is not installed (run tests/setup-host)")
+    agent = HostAgent(tmp_path / "agent").start()
+    yield agent
+    if agent.proc and agent.proc.poll() is None:
+        agent.proc.send_signal(signal.SIGCONT)
+    agent.stop()
+
+
+@pytest.mark.agent
+def test_frozen_agent_times_out_then_recovers(cli, host_agent):
+    """A stopped qemu-ga still accepts (kernel backlog): only the deadline tells. After SIGCONT it answers again."""
+    host_agent.proc.send_signal(signal.SIGSTOP)
+    frozen = ping(cli, host_agent.path)
+    assert frozen.code == 4, frozen
+    assert "guest agent is not responding" in frozen.err
+    assert TIMEOUT <= frozen.seconds < BOUND
+    host_agent.proc.send_signal(signal.SIGCONT)
+    thawed = ping(cli, host_agent.path, "--timeout", "5")
+    assert thawed.code == 0, thawed
+    assert json.loads(thawed.out) == {"return": {}}
+
+
+@pytest.mark.agent
+def test_agent_killed_during_a_call_is_a_fast_protocol_error(cli, host_agent):
+    host_agent.proc.send_signal(signal.SIGSTOP)
+    proc = cli.popen("agent", "ping", "-a", str(host_agent.path), "--timeout", "30")
+    time.sleep(0.5)
+    host_agent.proc.kill()
+    host_agent.proc.wait(timeout=5)
+    started = time.monotonic()
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 5, err
+    assert b"guest-sync-delimited" in err
+    assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("stage, phrase", [
+    ("during the sync", "connection closed"),
+    ("before the reply", "reply to guest-ping"),
+])
+def test_agent_closing_the_channel_is_protocol_error(cli, tmp_path, stage, phrase):
+    def script(peer: Peer) -> None:
+        if stage == "during the sync":
+            peer.read_request()
+            peer.send(b"\xff{\"return\": ")
+        else:
+            answer_sync(peer)
+            peer.read_request()
+        peer.sock.close()
+
+    with FakeServer(tmp_path / "qga.sock", script):
+        result = ping(cli, tmp_path / "qga.sock")
+    assert result.code == 5, result
+    assert "connection closed" in result.err and phrase in result.err
+    assert result.seconds < BOUND
+
+
+def test_agent_that_hangs_on_the_command_times_out_with_the_hint(cli, tmp_path):
+    def script(peer: Peer) -> None:
+        answer_sync(peer)
+        peer.read_request()
+
+    with FakeServer(tmp_path / "qga.sock", script):
+        result = ping(cli, tmp_path / "qga.sock")
+    assert result.code == 4, result
+    assert "reply to guest-ping" in result.err and "not responding" in result.err
+    assert TIMEOUT <= result.seconds < BOUND
+
+
+def test_garbage_instead_of_the_reply_is_protocol_error(cli, tmp_path):
+    def script(peer: Peer) -> None:
+        answer_sync(peer)
+        peer.read_request()
+        peer.send(b"Welcome to the serial console\n")
+
+    with FakeServer(tmp_path / "qga.sock", script):
+        result = ping(cli, tmp_path / "qga.sock")
+    assert result.code == 5, result
+    assert "not JSON" in result.err and "serial console" in result.err
+
+
+def test_endless_lines_without_a_sync_byte_are_bounded_by_the_deadline(cli, tmp_path):
+    """Something else on the channel (a console, a log) that never answers the sync: a timeout, not a hang."""
+    stop = threading.Event()
+
+    def script(peer: Peer) -> None:
+        peer.read_request()
+        while not stop.is_set():
+            peer.sock.sendall(b"[    1.234] kernel: something happened\n" * 100)
+            time.sleep(0.01)
+
+    with FakeServer(tmp_path / "qga.sock", script):
+        result = ping(cli, tmp_path / "qga.sock")
+        stop.set()
+    assert result.code == 4, result
+    assert "guest-sync-delimited" in result.err
+    assert TIMEOUT <= result.seconds < BOUND
+
+
+def test_endless_bytes_without_a_line_end_hit_the_size_cap(cli, tmp_path):
+    """Memory stays bounded: 64 MiB without a line end is a protocol error, however fast it comes."""
+    def script(peer: Peer) -> None:
+        peer.read_request()
+        chunk = b"\xff" + b"x" * (1024 * 1024)
+        for _ in range(70):
+            peer.sock.sendall(chunk)
+
+    with FakeServer(tmp_path / "qga.sock", script):
+        result = cli("agent", "ping", "-a", str(tmp_path / "qga.sock"), "--timeout", "20")
+    assert result.code == 5, result
+    assert "64 MiB" in result.err
+    assert result.seconds < 20
+
+
+def test_agent_error_reply_is_vm_error(cli, tmp_path):
+    failure = {"class": "GenericError", "desc": "Guest agent command failed, error was 'boom'"}
+
+    def script(peer: Peer) -> None:
+        answer_sync(peer)
+        answer(peer, "guest-ping", error=failure)
+
+    with FakeServer(tmp_path / "qga.sock", script):
+        result = ping(cli, tmp_path / "qga.sock")
+    assert result.code == 1, result
+    assert "GenericError: Guest agent command failed, error was 'boom'" in result.err
