@@ -56,11 +56,14 @@ class HostAgent:
             args += ["-b", ",".join(self.block)]
         return args
 
-    def start(self, timeout: float = 10) -> "HostAgent":
-        self.path.unlink(missing_ok=True)
+    def _spawn(self) -> None:
         with open(self.workdir / "qemu-ga.log", "ab") as log:
             self.proc = subprocess.Popen(self.command_line(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=log, env=AGENT_ENV, cwd=self.workdir)
+
+    def start(self, timeout: float = 10) -> "HostAgent":
+        self.path.unlink(missing_ok=True)
+        self._spawn()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -137,9 +140,7 @@ class ChannelAgent(HostAgent):
                 "-f", str(self.workdir / "qemu-ga.pid")]
 
     def start(self, timeout: float = 10) -> "ChannelAgent":
-        with open(self.workdir / "qemu-ga.log", "ab") as log:
-            self.proc = subprocess.Popen(self.command_line(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=log, env=AGENT_ENV, cwd=self.workdir)
+        self._spawn()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._has_tty_open():
