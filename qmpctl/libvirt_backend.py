@@ -1,0 +1,330 @@
+"""``--domain``: the monitor and guest agent of a libvirt-managed VM, through libvirtd.
+
+libvirtd holds the VM's QMP socket itself, so a direct client cannot use it;
+libvirt passes a request on instead (``virDomainQemuMonitorCommand``,
+``virDomainQemuAgentCommand``). The sessions here give every command the same
+``execute(request, deadline)`` as the socket sessions, with libvirt's own reply
+id removed, so output and exit codes do not depend on the way in.
+
+libvirt-python is an optional extra and loads slowly, so it is imported only
+here, only when ``--domain`` is used. Its C calls release the GIL but have no
+timeouts of their own that follow ``--timeout`` (opening a remote URI, a busy
+domain job lock, libvirt's own 5 s agent sync), so each one runs in a daemon
+thread that the caller waits for no longer than the deadline allows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Callable, TypeVar
+from urllib.parse import urlsplit
+
+from qmpctl.agent import disabled_command_error
+from qmpctl.deadline import Deadline
+from qmpctl.errors import ConnectError, DeadlineExceeded, ProtocolError, QmpctlError, UsageError, VmError
+from qmpctl.qmp import reply_error
+from qmpctl.request import Request
+from qmpctl.targets import AGENT, MONITOR
+
+DEFAULT_URI = "qemu:///system"
+INSTALL_HINT = (
+    "--domain needs libvirt-python: pip install 'qmpctl[libvirt]' (it compiles against the host's "
+    "libvirt: on Debian first apt-get install libvirt-dev pkg-config gcc python3-dev), or use the "
+    "distribution's build (Debian: apt-get install python3-libvirt) from a Python that can see it"
+)
+LOOPBACK_HOSTS = ("", "localhost", "127.0.0.1", "::1", "[::1]")
+NO_REPLY_GRACE_SECONDS = 1
+"""How long libvirt waits for an answer to a command that answers only when it fails
+(guest-shutdown): long enough for a quick refusal, libvirt's smallest timeout."""
+
+AGENT_COMMAND_ERROR = re.compile(r"unable to execute QEMU agent command '(?P<name>[^']*)': (?P<desc>.*)", re.S)
+"""libvirt turns an agent's ``{"error": ...}`` into this text and drops the class."""
+
+# Error codes by name, resolved against the installed libvirt (names are stable, numbers too,
+# but a name missing from an old libvirt must not break the import).
+_TIMEOUT_CODES = ("VIR_ERR_OPERATION_TIMEOUT", "VIR_ERR_AGENT_UNRESPONSIVE")
+_UNREACHABLE_CODES = (
+    "VIR_ERR_NO_DOMAIN", "VIR_ERR_OPERATION_INVALID", "VIR_ERR_SYSTEM_ERROR", "VIR_ERR_NO_CONNECT",
+    "VIR_ERR_INVALID_CONN", "VIR_ERR_INVALID_DOMAIN", "VIR_ERR_AUTH_FAILED", "VIR_ERR_AUTH_CANCELLED",
+    "VIR_ERR_AUTH_UNAVAILABLE", "VIR_ERR_ACCESS_DENIED", "VIR_ERR_OPERATION_DENIED", "VIR_ERR_RPC",
+    "VIR_ERR_ARGUMENT_UNSUPPORTED", "VIR_ERR_NO_SUPPORT",
+)
+
+T = TypeVar("T")
+_loaded: tuple[ModuleType, ModuleType] | None = None
+_load_lock = threading.Lock()
+
+
+def _ignore_error(context: object, error: object) -> None:
+    """libvirt's default handler prints every error on stderr; qmpctl reports them itself."""
+
+
+def load_libvirt() -> tuple[ModuleType, ModuleType]:
+    """``(libvirt, libvirt_qemu)``, imported on first use; missing bindings are a usage error (exit 2)."""
+    global _loaded
+    with _load_lock:
+        if _loaded is None:
+            try:
+                import libvirt
+                import libvirt_qemu
+            except ImportError as exc:
+                raise UsageError(f"{INSTALL_HINT} [{exc}]") from None
+            libvirt.registerErrorHandler(_ignore_error, None)
+            _loaded = (libvirt, libvirt_qemu)
+        return _loaded
+
+
+def _codes(libvirt: ModuleType, names: tuple[str, ...]) -> set[int]:
+    return {getattr(libvirt, name) for name in names if hasattr(libvirt, name)}
+
+
+def _bounded(deadline: Deadline, waiting_for: str, call: Callable[..., T], *args: Any) -> T:
+    """Run a blocking libvirt call in a daemon thread; give up on it when the deadline ends.
+
+    An abandoned call keeps running in its thread until libvirt returns; the
+    process does not wait for it.
+    """
+    outcome: dict[str, Any] = {}
+
+    def runner() -> None:
+        try:
+            outcome["value"] = call(*args)
+        except BaseException as exc:  # handed to the waiting thread below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=runner, name="qmpctl-libvirt", daemon=True)
+    worker.start()
+    worker.join(deadline.remaining(waiting_for))
+    if worker.is_alive():
+        raise deadline.exceeded(waiting_for, "libvirtd or the VM did not answer in time")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def agent_error(message: str) -> VmError | None:
+    """Recover the agent's error from libvirt's wording, or None when it is not an agent error.
+
+    libvirt keeps only ``desc``. The class comes back where QEMU's dispatcher
+    fixes the wording (unknown and disabled commands are ``CommandNotFound``);
+    anything else is what the agent uses for nearly everything, ``GenericError``.
+    """
+    found = AGENT_COMMAND_ERROR.search(message)
+    if found is None:
+        return None
+    desc = found.group("desc").strip()
+    lowered = desc.lower()
+    disabled_or_unknown = "has not been found" in lowered or "has been disabled" in lowered or "not allowed" in lowered
+    return VmError("CommandNotFound" if disabled_or_unknown else "GenericError", desc)
+
+
+def translate(libvirt: ModuleType, exc: Exception, what: str) -> QmpctlError:
+    """Map a libvirtError to qmpctl's exit codes, keeping libvirt's own reason in the message."""
+    if isinstance(exc, QmpctlError):
+        return exc
+    if not isinstance(exc, libvirt.libvirtError):
+        raise exc
+    code = exc.get_error_code()
+    reason = (exc.get_error_message() or str(exc)).strip()
+    if code in _codes(libvirt, _TIMEOUT_CODES):
+        return DeadlineExceeded(f"{what}: {reason}")
+    if code in _codes(libvirt, _UNREACHABLE_CODES):
+        return ConnectError(f"{what}: {reason}")
+    if code == libvirt.VIR_ERR_INTERNAL_ERROR:
+        error = agent_error(reason)
+        if error is not None:
+            return error
+    return ProtocolError(f"{what}: libvirt failed: {reason}")
+
+
+def _lookup(libvirt: ModuleType, connection: Any, name: str) -> Any:
+    """Find a domain by id, UUID or name, in that order, like virsh does."""
+    if name.isdigit():
+        try:
+            return connection.lookupByID(int(name))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+    if re.fullmatch(r"[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}", name):
+        try:
+            return connection.lookupByUUIDString(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+    return connection.lookupByName(name)
+
+
+@dataclass(frozen=True)
+class DomainTarget:
+    """A libvirt domain (name, UUID or id) on a connection URI; its monitor or its guest agent."""
+
+    name: str
+    uri: str | None = None
+    kind: str = MONITOR
+
+    @property
+    def connect_uri(self) -> str:
+        return self.uri or DEFAULT_URI
+
+    @property
+    def is_local(self) -> bool:
+        """True for URIs without a remote host (qemu:///system, qemu+unix:///...), where the VM's files are ours too."""
+        host = urlsplit(self.connect_uri).hostname or ""
+        return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+    def __str__(self) -> str:
+        return f"domain:{self.name}"
+
+    def describe(self) -> str:
+        """How error messages name the domain: with the URI, since the same name can live on many hosts."""
+        return f"domain {self.name} ({self.connect_uri})"
+
+    def open(self, deadline: Deadline) -> "DomainSession":
+        libvirt, libvirt_qemu = load_libvirt()
+        waiting_for = f"libvirt to open domain {self.name}"
+
+        def connect() -> tuple[Any, Any]:
+            connection = libvirt.open(self.connect_uri)
+            try:
+                return connection, _lookup(libvirt, connection, self.name)
+            except BaseException:
+                connection.close()
+                raise
+
+        try:
+            connection, domain = _bounded(deadline, waiting_for, connect)
+        except Exception as exc:
+            raise translate(libvirt, exc, self.describe()) from None
+        session_class = DomainAgentSession if self.kind == AGENT else DomainMonitorSession
+        return session_class(self, libvirt, libvirt_qemu, connection, domain)
+
+
+class DomainSession:
+    """What monitor and agent sessions through libvirt share: the connection and bounded calls."""
+
+    supports_events = False
+
+    def __init__(self, target: DomainTarget, libvirt: ModuleType, libvirt_qemu: ModuleType,
+                 connection: Any, domain: Any) -> None:
+        self.domain_target = target
+        self.target = str(target)
+        self.libvirt = libvirt
+        self.libvirt_qemu = libvirt_qemu
+        self.connection = connection
+        self.domain = domain
+        self._abandoned = False
+        self.what = target.describe()
+
+    def _call(self, deadline: Deadline, waiting_for: str, call: Callable[..., T], *args: Any) -> T:
+        try:
+            return _bounded(deadline, waiting_for, call, *args)
+        except DeadlineExceeded:
+            self._abandoned = True  # the call still holds the connection: leave it alone
+            raise
+        except Exception as exc:
+            raise translate(self.libvirt, exc, self.what) from None
+
+    def _parse(self, text: str, request: Request) -> dict[str, Any]:
+        """The reply object libvirt passed on, without libvirt's ``"id": "libvirt-N"``."""
+        try:
+            reply = json.loads(text)
+        except (TypeError, ValueError):
+            raise ProtocolError(f"libvirt passed on a reply to {request.execute} that is not JSON: {text!r:.200}",
+                                sent=request.as_dict(), received=text) from None
+        if not isinstance(reply, dict):
+            raise ProtocolError(f"libvirt passed on a reply to {request.execute} that is not a JSON object",
+                                sent=request.as_dict(), received=reply)
+        reply.pop("id", None)
+        return reply
+
+    def _check(self, reply: dict[str, Any], request: Request) -> dict[str, Any]:
+        if "error" in reply:
+            raise reply_error(reply, request)
+        if "return" not in reply:
+            raise ProtocolError(f"{self.target} sent a reply with neither return nor error",
+                                sent=request.as_dict(), received=reply)
+        return reply
+
+    @staticmethod
+    def _text(request: Request) -> str:
+        return request.wire().decode("utf-8").rstrip("\n")
+
+    def close(self) -> None:
+        if self._abandoned:
+            return
+        try:
+            self.connection.close()
+        except self.libvirt.libvirtError:
+            pass
+
+    def __enter__(self) -> "DomainSession":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class DomainMonitorSession(DomainSession):
+    """QMP through ``virDomainQemuMonitorCommand``; HMP lines through its HMP flag, like virsh --hmp."""
+
+    def execute(self, request: Request, deadline: Deadline) -> dict[str, Any]:
+        waiting_for = f"the reply to {request.execute} from {self.target}"
+        command = self.libvirt_qemu.qemuMonitorCommand
+        hmp_line = _hmp_line(request)
+        if hmp_line is not None:
+            text = self._call(deadline, waiting_for, command, self.domain, hmp_line,
+                              self.libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+            return {"return": text}
+        text = self._call(deadline, waiting_for, command, self.domain, self._text(request), 0)
+        return self._check(self._parse(text, request), request)
+
+
+def _hmp_line(request: Request) -> str | None:
+    """The command line of a plain human-monitor-command (no cpu-index, which the HMP flag cannot carry)."""
+    arguments = request.arguments or {}
+    if request.execute == "human-monitor-command" and set(arguments) == {"command-line"}:
+        return arguments["command-line"]
+    return None
+
+
+class DomainAgentSession(DomainSession):
+    """qemu-ga through ``virDomainQemuAgentCommand``; libvirt does the guest-sync itself."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.what = f"guest agent of {self.what}"
+
+    def _agent_call(self, request: Request, deadline: Deadline, seconds: int) -> str:
+        waiting_for = f"the reply to {request.execute} from the guest agent of {self.target}"
+        try:
+            return self._call(deadline, waiting_for, self.libvirt_qemu.qemuAgentCommand, self.domain,
+                              self._text(request), seconds, 0)
+        except VmError as exc:
+            exc.sent = request.as_dict()
+            raise disabled_command_error(exc, request.execute) from None
+
+    def execute(self, request: Request, deadline: Deadline) -> dict[str, Any]:
+        seconds = max(1, math.ceil(deadline.remaining(f"the guest agent of {self.target}")))
+        text = self._agent_call(request, deadline, seconds)
+        return self._check(self._parse(text, request), request)
+
+    def execute_no_reply(self, request: Request, deadline: Deadline) -> None:
+        """For guest-shutdown and friends, which answer only when they fail.
+
+        libvirt waits for an answer to everything, so qmpctl first proves the
+        agent is there (guest-ping), then treats "no answer within a second" and
+        "the agent went away" as the command taking effect. An error reply still
+        raises :class:`VmError`.
+        """
+        self.execute(Request("guest-ping", protocol="qga"), deadline)
+        seconds = min(NO_REPLY_GRACE_SECONDS, max(1, math.floor(deadline.remaining(request.execute))))
+        try:
+            text = self._agent_call(request, deadline, seconds)
+        except (DeadlineExceeded, ConnectError):
+            return  # silent, or the guest (and its channel) went down: the command was taken
+        self._check(self._parse(text, request), request)
