@@ -37,7 +37,16 @@ class RawQmp:
     def __init__(self, path: Path, timeout: float = 20) -> None:
         self.sock = socket.socket(socket.AF_UNIX)
         self.sock.settimeout(timeout)
-        self.sock.connect(str(path))
+        # QEMU binds the socket file before it listens: a connect in between is refused.
+        refused_until = time.monotonic() + 2
+        while True:
+            try:
+                self.sock.connect(str(path))
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() > refused_until:
+                    raise
+                time.sleep(0.01)
         self.file = self.sock.makefile("rb")
         self.events: list[dict[str, Any]] = []
         json.loads(self.file.readline())
