@@ -7,6 +7,7 @@ exists may be sent; ``--dry-run`` prints the same object without connecting.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from qmpctl import schema
@@ -17,13 +18,21 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")
 
 
+def _finite(number: str) -> float:
+    value = float(number)
+    if not math.isfinite(value):  # 1e999 would be sent on as Infinity, which is not JSON
+        raise ValueError(f"{number} is too large for a JSON number")
+    return value
+
+
 def parse_json(text: str | bytes) -> Any:
     """Strict JSON, as QEMU and qemu-ga read it: Python's NaN and Infinity extensions are refused.
 
-    Raises ValueError for text that is not JSON and RecursionError for nesting
-    deeper than Python can follow (QEMU itself stops at 1024 levels).
+    Raises ValueError for text that is not JSON (or a number that only fits
+    as infinity) and RecursionError for nesting deeper than Python can follow
+    (QEMU itself stops at 1024 levels).
     """
-    return json.loads(text, parse_constant=_not_json)
+    return json.loads(text, parse_constant=_not_json, parse_float=_finite)
 
 
 def _undecodable(error: UnicodeEncodeError) -> str:
