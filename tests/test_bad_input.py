@@ -174,6 +174,7 @@ BAD_REQUESTS = [
     (["query-block", "flat"], "the arguments of query-block is not valid JSON"),
     (["query-block", '"x": NaN'], "NaN is not JSON"),
     (["query-block", '"x": -Infinity'], "-Infinity is not JSON"),
+    (["query-block", '"x": 1e999'], "1e999 is too large for a JSON number"),
     (["query-block", '"x": "\\ud800"'], "lone surrogate '\\ud800'"),
     (["query-block", '"x": ' + "[" * 5000 + "]" * 5000], "nested too deeply"),
     (["  "], "no command given"),

@@ -233,3 +233,39 @@ class Tripwire:
 
     def __exit__(self, *exc: object) -> None:
         self.listener.close()
+
+
+class ScriptedSocket:
+    """Stands in for a connected socket: ``recv`` hands out ``chunks`` one at a time, then EOF (or ``end``).
+
+    For driving :class:`qmpctl.transport.Connection` and the sessions over
+    exact chunkings in fuzz tests, with no threads or real sockets involved.
+    ``chunks`` may be any iterable, even an endless generator.
+    """
+
+    def __init__(self, chunks: Any, end: BaseException | None = None) -> None:
+        self.chunks = iter(chunks)
+        self.pending = b""
+        self.end = end
+        self.sent = bytearray()
+        self.received = 0
+
+    def settimeout(self, value: float) -> None:
+        assert value > 0, "a wait with no time left must raise DeadlineExceeded before reaching the socket"
+
+    def recv(self, size: int) -> bytes:
+        if not self.pending:
+            self.pending = next(self.chunks, b"")
+            if not self.pending:
+                if self.end is not None:
+                    raise self.end
+                return b""
+        chunk, self.pending = self.pending[:size], self.pending[size:]
+        self.received += len(chunk)
+        return chunk
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+
+    def close(self) -> None:
+        pass
