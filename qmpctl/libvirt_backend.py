@@ -24,7 +24,7 @@ from types import ModuleType
 from typing import Any, Callable, TypeVar
 from urllib.parse import urlsplit
 
-from qmpctl.agent import disabled_command_error
+from qmpctl.agent import SILENT_HINT, disabled_command_error
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectError, DeadlineExceeded, ProtocolError, QmpctlError, UsageError, VmError
 from qmpctl.qmp import reply_error
@@ -38,6 +38,8 @@ INSTALL_HINT = (
     "distribution's build (Debian: apt-get install python3-libvirt) from a Python that can see it"
 )
 LOOPBACK_HOSTS = ("", "localhost", "127.0.0.1", "::1", "[::1]")
+LIBVIRTD_HINT = "libvirtd is not answering"
+MONITOR_HINT = "libvirtd or QEMU's monitor is busy or not answering"
 NO_REPLY_GRACE_SECONDS = 1
 """How long libvirt waits for an answer to a command that answers only when it fails
 (guest-shutdown): long enough for a quick refusal, libvirt's smallest timeout."""
@@ -83,7 +85,7 @@ def _codes(libvirt: ModuleType, names: tuple[str, ...]) -> set[int]:
     return {getattr(libvirt, name) for name in names if hasattr(libvirt, name)}
 
 
-def _bounded(deadline: Deadline, waiting_for: str, call: Callable[..., T], *args: Any) -> T:
+def _bounded(deadline: Deadline, waiting_for: str, hint: str, call: Callable[..., T], *args: Any) -> T:
     """Run a blocking libvirt call in a daemon thread; give up on it when the deadline ends.
 
     An abandoned call keeps running in its thread until libvirt returns; the
@@ -101,7 +103,7 @@ def _bounded(deadline: Deadline, waiting_for: str, call: Callable[..., T], *args
     worker.start()
     worker.join(deadline.remaining(waiting_for))
     if worker.is_alive():
-        raise deadline.exceeded(waiting_for, "libvirtd or the VM did not answer in time")
+        raise deadline.exceeded(waiting_for, hint)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
@@ -197,7 +199,7 @@ class DomainTarget:
                 raise
 
         try:
-            connection, domain = _bounded(deadline, waiting_for, connect)
+            connection, domain = _bounded(deadline, waiting_for, LIBVIRTD_HINT, connect)
         except Exception as exc:
             raise translate(libvirt, exc, self.describe()) from None
         session_class = DomainAgentSession if self.kind == AGENT else DomainMonitorSession
@@ -219,10 +221,11 @@ class DomainSession:
         self.domain = domain
         self._abandoned = False
         self.what = target.describe()
+        self.hint = MONITOR_HINT
 
     def _call(self, deadline: Deadline, waiting_for: str, call: Callable[..., T], *args: Any) -> T:
         try:
-            return _bounded(deadline, waiting_for, call, *args)
+            return _bounded(deadline, waiting_for, self.hint, call, *args)
         except DeadlineExceeded:
             self._abandoned = True  # the call still holds the connection: leave it alone
             raise
@@ -298,6 +301,7 @@ class DomainAgentSession(DomainSession):
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
         self.what = f"guest agent of {self.what}"
+        self.hint = SILENT_HINT
 
     def _agent_call(self, request: Request, deadline: Deadline, seconds: int) -> str:
         waiting_for = f"the reply to {request.execute} from the guest agent of {self.target}"

@@ -1,0 +1,184 @@
+"""``--domain`` agent commands against a real qemu-ga inside the lab guest, run by libvirt.
+
+The lab guest (tests/lab) boots a Debian kernel whose initramfs runs qemu-ga
+on ``org.qemu.guest_agent.0``; libvirtd owns that channel, so qmpctl reaches
+the agent only through ``virDomainQemuAgentCommand``. The reference is
+``virsh qemu-agent-command`` for the same domain.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Iterator
+
+import pytest
+
+from support.libvirt import LibvirtUnavailable, TestDomain, ensure_libvirtd, remove_stale_test_domains, virsh
+from support.runner import CliRunner
+
+pytestmark = [pytest.mark.lab, pytest.mark.libvirt]
+
+LAB = Path(__file__).resolve().parent / "lab"
+AGENT_READY_SECONDS = 120
+
+
+def _lab_guest_module() -> ModuleType:
+    """tests/lab/guest.py by path (it imports its own build.py); a plain import could find other packages."""
+    name = "qmpctl_lab_guest"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, LAB / "guest.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up while it executes
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _wait_for_agent(domain: TestDomain) -> None:
+    """Retry ``agent ping --domain`` until the guest's qemu-ga answers (boot takes seconds under TCG)."""
+    cli = CliRunner()
+    deadline = time.monotonic() + AGENT_READY_SECONDS
+    while True:
+        result = cli("agent", "ping", "--domain", domain.name, "--timeout", "3")
+        if result.code == 0:
+            return
+        if result.code not in (4,) or time.monotonic() > deadline:
+            console = domain.workdir / "console.log"
+            tail = console.read_text(errors="replace")[-2000:] if console.exists() else "(no console log)"
+            raise AssertionError(f"agent never answered through libvirt: {result}\nconsole: {tail}")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def lab_domain() -> Iterator[TestDomain]:
+    try:
+        ensure_libvirtd()
+    except LibvirtUnavailable as exc:
+        pytest.skip(f"libvirtd cannot run here: {exc}")
+    remove_stale_test_domains()
+    lab = _lab_guest_module()
+    kernel, initrd = lab.lab_build.build()
+    domain = TestDomain("lab")
+    xml = lab.libvirt_domain_xml(
+        domain.name, kernel, initrd, domain.disk, console_log=domain.workdir / "console.log")
+    domain.start(xml)
+    try:
+        _wait_for_agent(domain)
+        yield domain
+    finally:
+        if domain.state() == "paused":
+            virsh("resume", domain.name, check=False)
+        domain.remove()
+
+
+def _virsh_agent(domain: TestDomain, request: str) -> str:
+    return virsh("qemu-agent-command", domain.name, request).stdout
+
+
+def test_agent_ping_equals_virsh(cli, lab_domain):
+    reference = _virsh_agent(lab_domain, '{"execute":"guest-ping"}')
+    result = cli("agent", "ping", "--domain", lab_domain.name)
+    assert result.code == 0, result
+    assert result.out == reference == '{"return":{}}\n'
+
+
+def test_agent_info_equals_virsh(cli, lab_domain):
+    reference = _virsh_agent(lab_domain, '{"execute":"guest-info"}')
+    result = cli("agent", "info", "--domain", lab_domain.name)
+    assert result.code == 0, result
+    assert result.out == reference
+    info = json.loads(result.out)["return"]
+    assert info["version"].startswith("7.2")
+    assert {"name": "guest-exec", "enabled": True, "success-response": True} in info["supported_commands"]
+
+
+def test_agent_interfaces_match_virsh(cli, lab_domain):
+    """Names and addresses; traffic counters may move between the two calls."""
+
+    def stable(text: str) -> list[tuple]:
+        return [(i["name"], i.get("hardware-address"), json.dumps(i.get("ip-addresses"), sort_keys=True))
+                for i in json.loads(text)["return"]]
+
+    reference = _virsh_agent(lab_domain, '{"execute":"guest-network-get-interfaces"}')
+    result = cli("agent", "interfaces", "--domain", lab_domain.name, "--pretty")
+    assert result.code == 0, result
+    assert stable(result.out) == stable(reference)
+    assert ("lo", "00:00:00:00:00:00") in [name_and_mac[:2] for name_and_mac in stable(result.out)]
+
+
+def test_agent_exec_uname_through_the_domain(cli, lab_domain):
+    result = cli("agent", "exec", "--domain", lab_domain.name, "--", "uname", "-a")
+    assert result.code == 0, result
+    assert result.out.startswith("Linux ") and "x86_64" in result.out
+
+
+def test_agent_exec_exit_code_and_stderr_through_the_domain(cli, lab_domain):
+    result = cli("agent", "exec", "-d", lab_domain.name, "--", "sh", "-c", "echo oops >&2; exit 7")
+    assert result.code == 7, result
+    assert result.err == "oops\n"
+
+
+def test_agent_command_error_keeps_class_and_desc(cli, lab_domain):
+    """libvirt reports agent errors as text; qmpctl gives them back as exit 1 with QEMU's class."""
+    result = cli("agent", "command", "-d", lab_domain.name, '{"execute":"guest-no-such-command"}')
+    assert result.code == 1, result
+    assert "CommandNotFound: The command guest-no-such-command has not been found" in result.err
+
+
+def test_paused_domain_refuses_agent_commands_with_exit_3(cli, lab_domain):
+    """libvirt does not even try the agent of a domain that is not running; qmpctl keeps libvirt's reason."""
+    virsh("suspend", lab_domain.name)
+    try:
+        result = cli("agent", "ping", "-d", lab_domain.name)
+    finally:
+        virsh("resume", lab_domain.name)
+    assert result.code == 3, result
+    assert "domain is not running" in result.err
+
+
+FROZEN_AGENT_SECONDS = 20
+
+
+def test_frozen_agent_is_exit_4_from_the_deadline_and_from_libvirt(cli, lab_domain):
+    """A running guest whose qemu-ga is stopped (SIGSTOP by its own child, thawed by a timer).
+
+    With a short --timeout qmpctl's deadline ends the wait, not libvirt's 5 s
+    guest-sync; with a long one libvirt gives up first and says why. Both are
+    exit 4, and the agent answers again once it is thawed.
+    """
+    freeze = f"sleep 1; kill -STOP $PPID; sleep {FROZEN_AGENT_SECONDS}; kill -CONT $PPID"
+    started = cli("agent", "exec", "-d", lab_domain.name, "--no-wait", "--", "sh", "-c", freeze)
+    assert started.code == 0, started
+    time.sleep(2)
+    ours = cli("agent", "ping", "-d", lab_domain.name, "--timeout", "1.5")
+    libvirts = cli("agent", "ping", "-d", lab_domain.name, "--timeout", "15")
+    assert ours.code == 4, ours
+    assert "timed out after 1.5s" in ours.err and "is qemu-ga running in the guest?" in ours.err
+    assert ours.seconds < 4
+    assert libvirts.code == 4, libvirts
+    assert "Guest agent" in libvirts.err and "timed out after" not in libvirts.err  # libvirt's own reason
+    assert libvirts.seconds < 15
+    _wait_for_agent(lab_domain)
+
+
+def test_guest_shutdown_without_reply_powers_the_guest_off(lab_domain):
+    """guest-shutdown answers only on failure; through libvirt it must still count as done. Runs last."""
+    from qmpctl.deadline import Deadline
+    from qmpctl.libvirt_backend import DomainTarget
+    from qmpctl.request import Request
+    from qmpctl.targets import AGENT
+
+    session = DomainTarget(lab_domain.name, lab_domain.uri, AGENT).open(Deadline(10))
+    try:
+        session.execute_no_reply(Request.raw({"execute": "guest-shutdown"}, protocol="qga"), Deadline(10))
+    finally:
+        session.close()
+    deadline = time.monotonic() + 60
+    while lab_domain.state() != "shut off":
+        assert time.monotonic() < deadline, f"guest still {lab_domain.state()} after guest-shutdown"
+        time.sleep(0.5)
