@@ -9,16 +9,19 @@ as ``,,``; so does qmpctl.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from qmpctl.errors import ConnectError, UsageError
 
 GLOB_CHARS = frozenset("*?[")
 
 
-@dataclass(frozen=True)
-class Address:
-    """Where a monitor or agent socket lives: a unix path or a TCP host and port."""
+class Address(NamedTuple):
+    """Where a monitor or agent socket lives: a unix path or a TCP host and port.
+
+    A NamedTuple rather than a dataclass: ``dataclasses`` imports ``inspect``,
+    a few milliseconds every ``qmpctl status`` would pay.
+    """
 
     path: str | None = None
     host: str | None = None

@@ -8,8 +8,7 @@ the same way through either.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 from qmpctl.address import Address, expand_addresses
 from qmpctl.deadline import Deadline
@@ -40,9 +39,8 @@ class Target(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class SocketTarget:
-    """A QMP monitor or guest-agent socket qmpctl connects to itself."""
+class SocketTarget(NamedTuple):
+    """A QMP monitor or guest-agent socket qmpctl connects to itself (a NamedTuple: cheap to import)."""
 
     address: Address
     kind: str = MONITOR
