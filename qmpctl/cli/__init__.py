@@ -1,55 +1,30 @@
 """The qmpctl command line: the only place that prints diagnostics and exits.
 
-Command modules register themselves on :data:`app`; heavy work (block jobs,
-agent exec, libvirt) is imported inside the commands that need it, so
-``qmpctl status`` pays only for what it uses.
+The Typer application (:data:`app`, defined in :mod:`qmpctl.cli.root`) is
+built on first use: the commands scripts run most take a shortcut past Typer
+(:mod:`qmpctl.cli.fastpath`), and Typer with click costs more to import than
+a whole ``virsh`` call. Command modules register themselves on ``app``; heavy
+work (block jobs, agent exec, libvirt) is imported inside the commands that
+need it, so ``qmpctl status`` pays only for what it uses.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
-from typing import Any, Optional
+from typing import Any
 
-import typer
-
-from qmpctl import __version__
 from qmpctl.errors import ExitCode, QmpctlError
 
-app = typer.Typer(
-    name="qmpctl",
-    help="Talk to QEMU VMs over QMP and to their guest agents, one command at a time, "
-    "with validated requests and exit codes scripts can trust.",
-    no_args_is_help=True,
-    add_completion=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
 
+def __getattr__(name: str) -> Any:
+    """``from qmpctl.cli import app`` builds the Typer application when first asked for."""
+    if name == "app":
+        from qmpctl.cli.root import app
 
-def _show_version(value: bool) -> None:
-    if value:
-        print(f"qmpctl {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: Optional[bool] = typer.Option(
-        None, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
-    ),
-) -> None:
-    """Talk to QEMU VMs over QMP and to their guest agents.
-
-    Exit codes: 0 success, 1 the VM or agent answered with an error, 2 bad usage or
-    invalid input (nothing sent), 3 could not connect, 4 timed out (also a busy
-    monitor), 5 protocol error, 6 a block job failed, 124 agent exec: program outlived
-    --wait-timeout, 125 agent exec: qmpctl could not run it, 130 interrupted.
-    """
-
-
-from qmpctl.cli import agent as _agent  # noqa: E402,F401  (registers commands)
-from qmpctl.cli import block as _block  # noqa: E402,F401
-from qmpctl.cli import vm as _vm  # noqa: E402,F401
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -68,17 +43,36 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(run_cli(argv))
 
 
-def run_cli(argv: list[str] | None = None) -> int:
-    """Run one command line and return its exit code (the in-process form tests use)."""
-    import click
+def run_cli(argv: list[str] | None = None, *, fast_path: bool = True) -> int:
+    """Run one command line and return its exit code (the in-process form tests use).
+
+    ``fast_path=False`` sends every command line through Typer, so tests can compare both paths.
+    """
+    from qmpctl.cli import fastpath
 
     signal.signal(signal.SIGTERM, _terminate)
-    command = typer.main.get_command(app)
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        result = command.main(args=argv, prog_name="qmpctl", standalone_mode=False)
+        invocation = fastpath.parse(args, os.environ) if fast_path else None
+        return int(fastpath.run_invocation(invocation) if invocation else _run_typer(args))
     except QmpctlError as exc:
         report(exc.message)
         return int(exc.exit_code)
+    except KeyboardInterrupt:
+        report("interrupted")
+        return ExitCode.INTERRUPTED
+
+
+def _run_typer(args: list[str]) -> int:
+    """Every command line the fast path does not take: Typer parses it, helps and explains mistakes."""
+    import click
+    import typer
+
+    from qmpctl.cli.root import app
+
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=args, prog_name="qmpctl", standalone_mode=False)
     except click.exceptions.Exit as exc:
         if exc.exit_code == ExitCode.INTERRUPTED:  # Typer's own translation of KeyboardInterrupt
             report("interrupted")
@@ -86,9 +80,8 @@ def run_cli(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return ExitCode.USAGE if exc.exit_code == 2 else exc.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        report("interrupted")
-        return ExitCode.INTERRUPTED
+    except click.exceptions.Abort:
+        raise KeyboardInterrupt from None
     if result == ExitCode.INTERRUPTED:  # Typer turns a Ctrl-C outside a command into a plain 130
         report("interrupted")
     return int(result) if isinstance(result, int) else ExitCode.OK

@@ -7,7 +7,6 @@ exit 125, usage mistakes included, since a guest program may exit 2 itself.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import sys
 from typing import Any, BinaryIO, Callable, Optional
@@ -225,5 +224,5 @@ def agent_exec_status(
         return {"return": status.to_json()} if json_output else reply
 
     if json_output:  # the decoded object alone, like agent exec --json
-        common = dataclasses.replace(common, return_value=True)
+        common = common._replace(return_value=True)
     return run(common, action, [request])

@@ -9,18 +9,17 @@ place that turns them into exit codes.
 from __future__ import annotations
 
 import functools
-import inspect
 import sys
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
-
-import typer
+from typing import Any, Callable, NamedTuple, Optional
 
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ExitCode, Interrupted, QmpctlError, UsageError
 from qmpctl.output import hmp_text, render_reply, to_json
 from qmpctl.request import Request
 from qmpctl.targets import AGENT, MONITOR, Action, Target, resolve_targets
+
+# Typer (and inspect) are imported only inside the functions that build Typer
+# options: the fast path (qmpctl/cli/fastpath.py) runs commands without them.
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_JOBS = 16
@@ -47,12 +46,15 @@ def complete_socket(incomplete: str) -> list[str]:
     return found
 
 
-@dataclass
-class Common:
-    """The shared options, gathered from the command line by :func:`command`."""
+class Common(NamedTuple):
+    """The shared options, gathered from the command line by :func:`command` or the fast path.
 
-    sockets: list[str] = field(default_factory=list)
-    domains: list[str] = field(default_factory=list)
+    A NamedTuple (``common._replace(...)`` makes a changed copy) rather than a
+    dataclass: ``dataclasses`` imports ``inspect``, which the fast path avoids.
+    """
+
+    sockets: list[str]
+    domains: list[str]
     uri: Optional[str] = None
     timeout: float = DEFAULT_TIMEOUT
     pretty: bool = False
@@ -65,68 +67,95 @@ class Common:
         return resolve_targets(self.kind, self.sockets, self.domains, self.uri)
 
 
-def _option(default: Any, *names: str, **kwargs: Any) -> Any:
-    return typer.Option(default, *names, show_default=kwargs.pop("show_default", True), **kwargs)
+class SharedOption(NamedTuple):
+    """One option every command takes: both the Typer options and the fast path are built from these."""
+
+    name: str
+    """The keyword the command wrapper receives."""
+    flags: tuple[str, ...]
+    value: str
+    """``list`` (repeatable text), ``text``, ``float``, ``int`` or ``flag``."""
+    default: Any
+    envvar: str | None
+    metavar: str | None
+    help: str
 
 
-def _shared_parameters(kind: str) -> list[inspect.Parameter]:
+def shared_options(kind: str) -> tuple[SharedOption, ...]:
+    """The shared options of a monitor command (``-s``) or an agent command (``-a``)."""
     if kind == AGENT:
-        target = _option(
-            None, "-a", "--agent", envvar="QMPCTL_AGENT", show_default=False, metavar="ADDR",
-            autocompletion=complete_socket,
-            help="Guest-agent channel socket: PATH, unix:PATH, tcp:HOST:PORT. Repeat it, or use a glob, for many VMs.",
-        )
+        target = SharedOption(
+            "target_sockets", ("-a", "--agent"), "list", None, "QMPCTL_AGENT", "ADDR",
+            "Guest-agent channel socket: PATH, unix:PATH, tcp:HOST:PORT. Repeat it, or use a glob, for many VMs.")
     else:
-        target = _option(
-            None, "-s", "--qmp", envvar="QMPCTL_QMP", show_default=False, metavar="ADDR",
-            autocompletion=complete_socket,
-            help="QMP socket, as given to QEMU's -qmp: PATH, unix:PATH, tcp:HOST:PORT, HOST:PORT. "
-            "Repeat it, or use a glob, for many VMs.",
-        )
-    specs: list[tuple[str, Any, Any]] = [
-        ("target_sockets", Optional[list[str]], target),
-        ("domain", Optional[list[str]], _option(
-            None, "-d", "--domain", show_default=False, metavar="DOMAIN",
-            help="libvirt domain name, UUID or id (needs the libvirt extra). Repeatable.")),
-        ("connect_uri", Optional[str], _option(
-            None, "-c", "--connect", envvar="LIBVIRT_DEFAULT_URI", show_default=False, metavar="URI",
-            help="libvirt connection URI for --domain [default: qemu:///system].")),
-        ("timeout", float, _option(
-            DEFAULT_TIMEOUT, "--timeout", envvar="QMPCTL_TIMEOUT", metavar="SECONDS",
-            help="One deadline for connect, greeting, negotiation and reply.")),
-        ("pretty", bool, _option(False, "--pretty", help="Indent the JSON by 2, like virsh --pretty.")),
-        ("return_value", bool, _option(False, "--return-value", help="Print only the reply's return value.")),
-        ("dry_run", bool, _option(False, "--dry-run", help="Print the validated request(s) and connect to nothing.")),
-        ("jobs", int, _option(DEFAULT_JOBS, "--jobs", "-j", metavar="N",
-                              help="With many targets: how many to talk to at once.")),
-    ]
-    return [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
-            for name, annotation, default in specs]
+        target = SharedOption(
+            "target_sockets", ("-s", "--qmp"), "list", None, "QMPCTL_QMP", "ADDR",
+            "QMP socket, as given to QEMU's -qmp: PATH, unix:PATH, tcp:HOST:PORT, HOST:PORT. "
+            "Repeat it, or use a glob, for many VMs.")
+    return (
+        target,
+        SharedOption("domain", ("-d", "--domain"), "list", None, None, "DOMAIN",
+                     "libvirt domain name, UUID or id (needs the libvirt extra). Repeatable."),
+        SharedOption("connect_uri", ("-c", "--connect"), "text", None, "LIBVIRT_DEFAULT_URI", "URI",
+                     "libvirt connection URI for --domain [default: qemu:///system]."),
+        SharedOption("timeout", ("--timeout",), "float", DEFAULT_TIMEOUT, "QMPCTL_TIMEOUT", "SECONDS",
+                     "One deadline for connect, greeting, negotiation and reply."),
+        SharedOption("pretty", ("--pretty",), "flag", False, None, None, "Indent the JSON by 2, like virsh --pretty."),
+        SharedOption("return_value", ("--return-value",), "flag", False, None, None,
+                     "Print only the reply's return value."),
+        SharedOption("dry_run", ("--dry-run",), "flag", False, None, None,
+                     "Print the validated request(s) and connect to nothing."),
+        SharedOption("jobs", ("--jobs", "-j"), "int", DEFAULT_JOBS, None, "N",
+                     "With many targets: how many to talk to at once."),
+    )
 
 
-SHARED_NAMES = ("target_sockets", "domain", "connect_uri", "timeout", "pretty", "return_value", "dry_run", "jobs")
+SHARED_NAMES = tuple(option.name for option in shared_options(MONITOR))
+
+
+def _shared_parameters(kind: str) -> list[Any]:
+    """The shared options as keyword-only parameters with Typer defaults, for the command's signature."""
+    import inspect
+
+    import typer
+
+    annotations = {"list": Optional[list[str]], "text": Optional[str], "float": float, "int": int, "flag": bool}
+    parameters = []
+    for option in shared_options(kind):
+        completion = {"autocompletion": complete_socket} if option.name == "target_sockets" else {}
+        default = typer.Option(option.default, *option.flags, envvar=option.envvar, metavar=option.metavar,
+                               show_default=option.default is not None, help=option.help, **completion)
+        parameters.append(inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                                            annotation=annotations[option.value]))
+    return parameters
+
+
+def make_common(kind: str, shared: dict[str, Any]) -> Common:
+    """Check the shared option values and gather them, whichever parser read them."""
+    if not 0 < shared["timeout"] <= MAX_TIMEOUT:  # also refuses nan and inf, which sockets cannot wait for
+        raise UsageError(f"--timeout must be more than 0 and at most {MAX_TIMEOUT:.0f} seconds (a year), "
+                         f"got {shared['timeout']:g}")
+    if shared["jobs"] < 1:
+        raise UsageError(f"--jobs must be at least 1, got {shared['jobs']}")
+    return Common(
+        sockets=list(shared["target_sockets"] or []), domains=list(shared["domain"] or []),
+        uri=shared["connect_uri"], timeout=shared["timeout"], pretty=shared["pretty"],
+        return_value=shared["return_value"], dry_run=shared["dry_run"], jobs=shared["jobs"], kind=kind,
+    )
 
 
 def command(kind: str = MONITOR) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Add the shared options to a command whose last parameter is ``common: Common``."""
 
     def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
+        import inspect
+
         signature = inspect.signature(function)
         own = [p for p in signature.parameters.values() if p.name != "common"]
 
         @functools.wraps(function)
         def wrapper(**kwargs: Any) -> Any:
-            shared = {name: kwargs.pop(name) for name in SHARED_NAMES}
-            if not 0 < shared["timeout"] <= MAX_TIMEOUT:  # also refuses nan and inf, which sockets cannot wait for
-                raise UsageError(f"--timeout must be more than 0 and at most {MAX_TIMEOUT:.0f} seconds (a year), "
-                                 f"got {shared['timeout']:g}")
-            if shared["jobs"] < 1:
-                raise UsageError(f"--jobs must be at least 1, got {shared['jobs']}")
-            common = Common(
-                sockets=list(shared["target_sockets"] or []), domains=list(shared["domain"] or []),
-                uri=shared["connect_uri"], timeout=shared["timeout"], pretty=shared["pretty"],
-                return_value=shared["return_value"], dry_run=shared["dry_run"], jobs=shared["jobs"], kind=kind,
-            )
+            common = make_common(kind, {name: kwargs.pop(name) for name in SHARED_NAMES})
             try:
                 return function(common=common, **kwargs)
             except KeyboardInterrupt:

@@ -1,0 +1,47 @@
+"""The Typer application: the root command, its options, and every command module registered on it.
+
+Imported only when a command line needs Typer (see :mod:`qmpctl.cli.fastpath`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from qmpctl import __version__
+
+app = typer.Typer(
+    name="qmpctl",
+    help="Talk to QEMU VMs over QMP and to their guest agents, one command at a time, "
+    "with validated requests and exit codes scripts can trust.",
+    no_args_is_help=True,
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        print(f"qmpctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(
+        None, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Talk to QEMU VMs over QMP and to their guest agents.
+
+    Exit codes: 0 success, 1 the VM or agent answered with an error, 2 bad usage or
+    invalid input (nothing sent), 3 could not connect, 4 timed out (also a busy
+    monitor), 5 protocol error, 6 a block job failed, 124 agent exec: program outlived
+    --wait-timeout, 125 agent exec: qmpctl could not run it, 130 interrupted.
+    """
+
+
+from qmpctl.cli import agent as _agent  # noqa: E402,F401  (registers commands)
+from qmpctl.cli import block as _block  # noqa: E402,F401
+from qmpctl.cli import vm as _vm  # noqa: E402,F401
