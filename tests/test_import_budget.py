@@ -1,0 +1,131 @@
+"""The start-up budget: what a command imports decides how long every call takes.
+
+Each check runs the command in a fresh interpreter through ``run_cli`` against
+a real QEMU or qemu-ga, then lists ``sys.modules``. ``import jsonschema``
+alone costs more than a whole ``virsh`` call; Typer and click together about
+three; ``dataclasses`` drags in ``inspect``. The commands scripts run most
+(status, stop, cont, agent ping/info/interfaces) take the fast path and need
+none of them; every command stays clear of the heavy ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support.qga import HostAgent, have_qemu_ga
+
+REPO = Path(__file__).resolve().parent.parent
+
+HEAVY = {
+    "jsonschema": "validation uses qmpctl.schema; jsonschema is for the test suite only",
+    "rich": "typer-slim without rich is the point of the Typer pin",
+    "pydantic": "typer-slim without pydantic is the point of the Typer pin",
+    "asyncio": "qmpctl talks over plain blocking sockets with deadlines",
+    "libvirt": "only --domain needs libvirt",
+    "libvirt_qemu": "only --domain needs libvirt",
+    "qmpctl.libvirt_backend": "only --domain needs libvirt",
+    "qmpctl.block": "only the block commands need it",
+    "qmpctl.backup": "only backup needs it",
+    "qmpctl.jobs": "only the job commands need it",
+    "qmpctl.progress": "only progress bars need it",
+    "qmpctl.guest_exec": "only agent exec needs it",
+}
+FAST_PATH_EXTRA = {
+    "typer": "the fast path (qmpctl/cli/fastpath.py) runs these commands without Typer",
+    "click": "the fast path (qmpctl/cli/fastpath.py) runs these commands without click",
+    "dataclasses": "dataclasses imports inspect: a few ms per call (use a NamedTuple on the hot path)",
+    "inspect": "inspect costs a few ms per call and the hot path does not need it",
+}
+
+PROBE = """
+import json, sys
+from qmpctl.cli import run_cli
+code = run_cli(sys.argv[2:])
+with open(sys.argv[1], "w") as handle:
+    json.dump({"code": code, "modules": sorted(sys.modules)}, handle)
+"""
+
+
+def imported_by(tmp_path: Path, *argv: str) -> tuple[int, str, set[str]]:
+    """Run one command line in a fresh interpreter; its exit code, stdout and every module it imported."""
+    report = tmp_path / "modules.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("QMPCTL_", "LIBVIRT_DEFAULT_URI", "_QMPCTL"))}
+    env["PYTHONPATH"] = str(REPO)
+    proc = subprocess.run([sys.executable, "-c", PROBE, str(report), *argv], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=60)
+    assert report.exists(), proc.stderr
+    found = json.loads(report.read_text())
+    return found["code"], proc.stdout, set(found["modules"])
+
+
+def offenders(modules: set[str], budget: dict[str, str]) -> list[str]:
+    """Each forbidden module found (a package counts when any of its submodules was imported)."""
+    return [f"{name}: {why}" for name, why in budget.items()
+            if any(module == name or module.startswith(name + ".") for module in modules)]
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory) -> HostAgent:
+    if not have_qemu_ga():
+        pytest.skip("qemu-ga is not installed (run tests/setup-host)")
+    running = HostAgent(tmp_path_factory.mktemp("qga")).start()
+    yield running
+    running.stop()
+
+
+@pytest.mark.qemu
+def test_status_against_a_real_vm_stays_light(vm, tmp_path):
+    code, out, modules = imported_by(tmp_path, "status", "-s", str(vm.qmp_path))
+    assert code == 0 and json.loads(out)["return"]["status"] == "prelaunch", out
+    assert offenders(modules, {**HEAVY, **FAST_PATH_EXTRA}) == []
+    assert "qmpctl.qmp" in modules  # it really connected: the probe sees imports
+
+
+@pytest.mark.qemu
+def test_status_of_a_fleet_stays_light(vm_factory, tmp_path):
+    vms = [vm_factory() for _ in range(2)]
+    code, out, modules = imported_by(tmp_path, "status", "-s", str(vms[0].workdir.parent / "vm*" / "qmp.sock"))
+    assert code == 0 and len(out.splitlines()) == 2, out
+    assert offenders(modules, {**HEAVY, **FAST_PATH_EXTRA}) == []
+
+
+def test_status_dry_run_stays_light(tmp_path):
+    code, out, modules = imported_by(tmp_path, "status", "-s", str(tmp_path / "vm.sock"), "--dry-run")
+    assert code == 0 and json.loads(out) == {"execute": "query-status"}, out
+    assert offenders(modules, {**HEAVY, **FAST_PATH_EXTRA}) == []
+
+
+@pytest.mark.qemu
+def test_monitor_command_stays_clear_of_heavy_modules(vm, tmp_path):
+    code, out, modules = imported_by(tmp_path, "monitor-command", "-s", str(vm.qmp_path), '{"execute":"query-status"}')
+    assert code == 0 and "return" in json.loads(out), out
+    assert offenders(modules, HEAVY) == []
+    assert "typer" in modules  # this one goes through Typer: the probe does see what a command imports
+
+
+@pytest.mark.qemu
+def test_hmp_monitor_command_stays_clear_of_heavy_modules(vm, tmp_path):
+    code, out, modules = imported_by(tmp_path, "monitor-command", "-s", str(vm.qmp_path), "--hmp", "info status")
+    assert code == 0 and "VM status" in out, out
+    assert offenders(modules, HEAVY) == []
+
+
+@pytest.mark.agent
+def test_agent_ping_against_a_real_agent_stays_light(agent, tmp_path):
+    code, out, modules = imported_by(tmp_path, "agent", "ping", "-a", str(agent.path))
+    assert code == 0 and json.loads(out) == {"return": {}}, out
+    assert offenders(modules, {**HEAVY, **FAST_PATH_EXTRA}) == []
+    assert "qmpctl.agent" in modules
+
+
+def test_a_heavy_import_is_caught(tmp_path):
+    """The budget can fail: help goes through Typer, and the probe sees it."""
+    code, _, modules = imported_by(tmp_path, "status", "--help")
+    assert code == 0
+    assert offenders(modules, FAST_PATH_EXTRA)
