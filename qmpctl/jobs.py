@@ -1,0 +1,116 @@
+"""QEMU jobs (backup, blockdev-create): wait for the end, read the outcome, cancel, dismiss.
+
+qmpctl starts its jobs with auto-dismiss off. A job that dismissed itself is
+gone from query-jobs, and a client that polls (a libvirt session has no
+events) could no longer tell success from failure. So the final status and
+error are read from query-jobs first, and only then is the job dismissed: no
+job of qmpctl's is left behind, and no outcome is lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from qmpctl.deadline import Deadline
+from qmpctl.errors import JobFailed, ProtocolError, VmError
+from qmpctl.request import Request
+from qmpctl.targets import Session
+from qmpctl.waiting import CHECK_EVERY, event_named, wait_until
+
+@dataclass(frozen=True)
+class JobState:
+    """One entry of query-jobs."""
+
+    id: str
+    type: str
+    status: str
+    done: int
+    total: int
+    error: Optional[str] = None
+
+    @classmethod
+    def from_info(cls, info: dict[str, Any]) -> "JobState":
+        error = info.get("error")
+        return cls(str(info.get("id", "")), str(info.get("type", "")), str(info.get("status", "")),
+                   int(info.get("current-progress") or 0), int(info.get("total-progress") or 0),
+                   str(error) if error is not None else None)
+
+    @property
+    def concluded(self) -> bool:
+        return self.status == "concluded"
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.done / self.total if self.total else 0.0
+
+
+Progress = Callable[[JobState], None]
+
+
+def list_jobs(session: Session, deadline: Deadline) -> dict[str, JobState]:
+    reply = session.execute(Request("query-jobs"), deadline).get("return")
+    if not isinstance(reply, list):
+        raise ProtocolError(f"{session.target} answered query-jobs with something that is not a list",
+                            received=reply)
+    states = (JobState.from_info(info) for info in reply if isinstance(info, dict))
+    return {state.id: state for state in states}
+
+
+def find_job(session: Session, job_id: str, deadline: Deadline) -> Optional[JobState]:
+    return list_jobs(session, deadline).get(job_id)
+
+
+def wait_for_end(session: Session, job_id: str, wait: Deadline, request_timeout: float,
+                 progress: Optional[Progress] = None, every: float = CHECK_EVERY) -> JobState:
+    """Block until ``job_id`` has concluded and return its final state (``error`` set when it failed).
+
+    ``progress`` sees every state read while waiting. Each request gets its
+    own ``request_timeout``; the wait as a whole is bounded by ``wait``.
+    """
+    def check() -> Optional[JobState]:
+        state = find_job(session, job_id, Deadline(request_timeout))
+        if state is None:
+            raise JobFailed(f"job {job_id} disappeared before qmpctl saw it end (did another client dismiss it?)")
+        if state.concluded:
+            return state
+        if progress is not None:
+            progress(state)
+        return None
+
+    concluded = event_named("JOB_STATUS_CHANGE", id=job_id, status="concluded")
+    return wait_until(session, check, wait, f"job {job_id} to finish", event=concluded, every=every)
+
+
+def dismiss(session: Session, job_id: str, deadline: Deadline) -> None:
+    session.execute(Request("job-dismiss", {"id": job_id}), deadline)
+
+
+def finish(session: Session, job_id: str, grace: Deadline) -> Optional[JobState]:
+    """Cancel ``job_id`` if it still runs, wait for it to conclude, dismiss it; None if it is not there.
+
+    Bounded by ``grace`` as a whole, so a cleanup cannot hang; a cancellation takes milliseconds.
+    """
+    state = find_job(session, job_id, grace)
+    if state is None:
+        return None
+    if not state.concluded:
+        try:
+            session.execute(Request("job-cancel", {"id": job_id}), grace)
+        except VmError:
+            pass  # it concluded meanwhile; the wait below sees that
+        state = wait_for_end(session, job_id, grace, grace.seconds)
+    dismiss(session, job_id, grace)
+    return state
+
+
+def failure_detail(session: Session, job_id: str) -> str:
+    """What BLOCK_JOB_ERROR said about ``job_id`` (which side failed), where events were seen."""
+    for event in getattr(session, "events", ()):
+        if event_named("BLOCK_JOB_ERROR", device=job_id)(event):
+            operation = event["data"].get("operation")
+            if operation == "read":
+                return " (reading the source failed)"
+            if operation == "write":
+                return " (writing the target failed)"
+    return ""

@@ -1,0 +1,73 @@
+"""Wait for something QEMU will do: by its event where the session delivers events, else by polling.
+
+A socket session sees QEMU's events on the same connection, so qmpctl learns
+of a finished job or a released device the moment it happens. A libvirt
+session has no events; there a check is polled, starting fast and backing off
+so short waits stay short and long ones stay cheap. Either way the check is
+what decides, so both paths end on the same, freshly read state.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Optional, TypeVar
+
+from qmpctl.deadline import Deadline
+from qmpctl.errors import DeadlineExceeded
+from qmpctl.targets import Session
+
+T = TypeVar("T")
+
+POLL_FIRST = 0.01
+POLL_MAX = 0.2
+POLL_GROWTH = 1.5
+CHECK_EVERY = 1.0
+"""With events: how often the check runs anyway (progress, and a guard against a missed event)."""
+
+EventMatch = Callable[[dict[str, Any]], bool]
+
+
+class Backoff:
+    """Pauses of 10 ms growing by half each time up to 200 ms."""
+
+    def __init__(self, first: float = POLL_FIRST, longest: float = POLL_MAX) -> None:
+        self.pause = first
+        self.longest = longest
+
+    def next(self) -> float:
+        pause = self.pause
+        self.pause = min(self.pause * POLL_GROWTH, self.longest)
+        return pause
+
+
+def event_named(name: str, **data: Any) -> EventMatch:
+    """A matcher for event ``name`` whose data has all the given members."""
+    def match(event: dict[str, Any]) -> bool:
+        found = event.get("data")
+        return event.get("event") == name and isinstance(found, dict) and all(
+            found.get(key) == value for key, value in data.items())
+    return match
+
+
+def wait_until(session: Session, check: Callable[[], Optional[T]], wait: Deadline, waiting_for: str, *,
+               event: EventMatch, every: float = CHECK_EVERY) -> T:
+    """Return the first value ``check`` gives that is not None, bounded by ``wait``.
+
+    With events, ``check`` runs as soon as a matching ``event`` arrives, and
+    every ``every`` seconds in between; without, it is polled with
+    :class:`Backoff`. ``wait`` running out raises :class:`DeadlineExceeded`.
+    """
+    backoff = Backoff()
+    while True:
+        if session.supports_events:
+            window = wait.sub(every)
+            try:
+                session.wait_event(event, window, waiting_for)  # type: ignore[attr-defined]
+            except DeadlineExceeded:
+                if window is wait:
+                    raise
+        else:
+            time.sleep(min(backoff.next(), wait.remaining(waiting_for)))
+        result = check()
+        if result is not None:
+            return result
