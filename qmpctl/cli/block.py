@@ -1,12 +1,32 @@
-"""Block-device commands: block, jobs (hotplug-disk, unplug-disk, backup live in their own modules)."""
+"""Block-device commands: block, jobs, hotplug-disk, unplug-disk, backup.
+
+The work happens in :mod:`qmpctl.block` and :mod:`qmpctl.backup`, imported
+inside the commands so that other commands do not pay for them.
+"""
 
 from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Optional
 
 import typer
 
 from qmpctl.cli import app
 from qmpctl.cli.common import Common, command, execute_one, run
+from qmpctl.errors import UsageError
 from qmpctl.request import Request
+
+
+def _choice(*values: str) -> Any:
+    """A choice option's type: the value stays a plain str."""
+    import click
+
+    return click.Choice(values)
+
+
+BAR_EVERY = 0.25
+JSON_EVERY = 1.0
 
 
 @app.command("block", epilog="Example: qmpctl block -s /tmp/vm.sock --pretty")
@@ -23,7 +43,191 @@ def block(
 
 @app.command("jobs", epilog="Example: qmpctl jobs -s /tmp/vm.sock --return-value")
 @command()
-def jobs(*, common: Common) -> int:
-    """Show the VM's jobs (query-jobs): id, type, status, progress, error."""
-    request = Request("query-jobs")
-    return run(common, execute_one(request), [request])
+def jobs(
+    dismiss: Optional[str] = typer.Option(None, "--dismiss", metavar="JOB_ID", help="Instead, dismiss a concluded "
+                                          "job (job-dismiss) and delete the target nodes a backup --no-wait "
+                                          "added for it."),
+    *, common: Common,
+) -> int:
+    """Show the VM's jobs (query-jobs): id, type, status, progress, error.
+
+    A job qmpctl started (backup) stays listed once it has ended, with status
+    "concluded" and an "error" member when it failed, until it is dismissed:
+    that is how a script checks a backup --no-wait later.
+    """
+    if dismiss is None:
+        request = Request("query-jobs")
+        return run(common, execute_one(request), [request])
+    request = Request("job-dismiss", {"id": dismiss})
+
+    def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
+        from qmpctl.backup import dismiss_job
+
+        return dismiss_job(session, deadline, dismiss)
+
+    return run(common, action, [request])
+
+
+def _only_target_is_local(common: Common, why: str) -> bool:
+    """Whether qmpctl can see the VM's files; the command works on exactly one VM."""
+    if common.dry_run:
+        return True
+    targets = common.targets()
+    if len(targets) > 1:
+        raise UsageError(f"{why}: give exactly one VM, not {len(targets)}")
+    return targets[0].is_local
+
+
+@app.command("hotplug-disk", epilog="Example: qmpctl hotplug-disk -s /tmp/vm.sock /var/lib/vm/data.qcow2 --id data0 "
+             "--return-value")
+@command()
+def hotplug_disk(
+    file: str = typer.Argument(..., metavar="FILE", help="The image to attach (a path on the VM's host)."),
+    bus: str = typer.Option("virtio", "--bus", click_type=_choice("virtio", "scsi"), help="virtio: a virtio-blk-pci disk; scsi: a scsi-hd on a "
+                            "virtio-scsi-pci controller (added when the VM has none)."),
+    device_id: Optional[str] = typer.Option(None, "--id", metavar="NAME", show_default=False,
+                                            help="The device id; its nodes are NAME-format and NAME-file "
+                                            "[default: the first free diskN]."),
+    image_format: Optional[str] = typer.Option(None, "--format", click_type=_choice("qcow2", "raw"),
+                                               show_default=False,
+                                               help="The image format [default: read from its header]."),
+    readonly: bool = typer.Option(False, "--readonly", help="Attach the image read-only."),
+    *, common: Common,
+) -> int:
+    """Attach an image as a new disk (blockdev-add + device_add), all or nothing.
+
+    Prints the device id and node names. When a step fails, everything this
+    call added is removed again and the exit code says why: 2 for what qmpctl
+    can tell before sending (no such file, not a qcow2, an id in use), 1 when
+    QEMU refused.
+    """
+    from qmpctl import block as block_lib
+
+    is_local = _only_target_is_local(common, "hotplug-disk attaches one image")
+    filename, detected = block_lib.check_image(file, image_format, is_local=is_local)
+    plan = block_lib.HotplugPlan(filename, detected, bus, device_id, readonly)
+    return run(common, lambda session, deadline, target: block_lib.hotplug(session, deadline, plan),
+               plan.requests())
+
+
+@app.command("unplug-disk", epilog="Example: qmpctl unplug-disk -s /tmp/vm.sock disk1 --wait-timeout 60")
+@command()
+def unplug_disk(
+    device_id: str = typer.Argument(..., metavar="ID", help="The disk's device id (as hotplug-disk printed it)."),
+    wait_timeout: float = typer.Option(30.0, "--wait-timeout", metavar="SECONDS",
+                                       help="How long the guest may take to release the device."),
+    *, common: Common,
+) -> int:
+    """Detach a disk: device_del, wait for the guest to release it, then blockdev-del its nodes.
+
+    A PCI disk (virtio) needs the guest's cooperation; a guest that does not
+    release it in time ends in exit 4 with nothing deleted (the request stays
+    pending in QEMU). A SCSI disk is released at once.
+    """
+    from qmpctl import block as block_lib
+
+    if not wait_timeout > 0:
+        raise UsageError(f"--wait-timeout must be more than 0 seconds, got {wait_timeout:g}")
+    request = Request("device_del", {"id": device_id})
+    return run(common, lambda session, deadline, target: block_lib.unplug(session, deadline, device_id,
+                                                                          wait_timeout), [request])
+
+
+class _ProgressPrinter:
+    """Renders job progress on stderr: a redrawn bar, or one JSON line per change (at most one a second)."""
+
+    def __init__(self, mode: str) -> None:
+        from qmpctl.progress import Meter
+
+        self.mode = mode
+        self.meter = Meter()
+        self.shown_at = float("-inf")
+        self.shown_done: Optional[int] = None
+        self.drawn = False
+
+    def __call__(self, state: Any) -> None:
+        from qmpctl.progress import bar_text, json_text
+
+        reading = self.meter.read(state)
+        now = time.monotonic()
+        if self.mode == "bar":
+            if not (state.concluded or now - self.shown_at >= BAR_EVERY):
+                return
+            self._write("\r" + bar_text(reading) + "\x1b[K" + ("\n" if state.concluded else ""))
+            self.drawn = not state.concluded  # a finished bar ends its line before the result is printed
+        else:
+            if not (state.concluded or (state.done != self.shown_done and now - self.shown_at >= JSON_EVERY)):
+                return
+            self._write(json_text(reading) + "\n")
+        self.shown_at, self.shown_done = now, state.done
+
+    def close(self) -> None:
+        """End a bar that did not finish (an error message follows it)."""
+        if self.drawn:
+            self._write("\n")
+
+    @staticmethod
+    def _write(text: str) -> None:
+        try:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        except OSError:
+            pass  # a closed stderr must not cost the backup
+
+
+@app.command("backup", epilog="Example: qmpctl backup -s /tmp/vm.sock vd0 /backup/vd0-$(date +%F).qcow2 "
+             "--progress json")
+@command()
+def backup(
+    device: str = typer.Argument(..., metavar="DEVICE", help="The disk: its device id (vd0), drive name or "
+                                 "node name."),
+    target: str = typer.Argument(..., metavar="TARGET", help="The image file to create; it must not exist."),
+    sync: str = typer.Option("full", "--sync", click_type=_choice("full", "top"), help="full: the whole disk; top: only what the top "
+                                  "image holds (the target then names the source's backing file)."),
+    image_format: str = typer.Option("qcow2", "--format", click_type=_choice("qcow2", "raw"),
+                                     help="The target's format."),
+    speed: Optional[str] = typer.Option(None, "--speed", metavar="BYTES_PER_SEC", show_default=False,
+                                        help="Limit the copy rate, e.g. 10M [default: no limit]."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing TARGET; also needed when the VM "
+                               "runs on another host, where qmpctl cannot check it."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the job has finished (default), or "
+                              "return once it started and print its job id."),
+    wait_timeout: Optional[float] = typer.Option(None, "--wait-timeout", metavar="SECONDS", show_default=False,
+                                                 help="Cancel the job and exit 4 when it takes longer "
+                                                 "[default: one day]."),
+    progress: str = typer.Option("auto", "--progress", click_type=_choice("auto", "bar", "json", "none"), help="While waiting, show progress on "
+                                          "stderr: bar, json (one line per update), none; auto: a bar when "
+                                          "stderr is a terminal."),
+    job_id: Optional[str] = typer.Option(None, "--job-id", metavar="ID", show_default=False,
+                                         help="Name the job [default: backup-DEVICE]."),
+    *, common: Common,
+) -> int:
+    """Back a disk up to a new image file, and wait until the copy is complete.
+
+    Exit 0 only when the job finished without error. Exit 2: TARGET exists
+    (untouched; --force overwrites) or cannot be written. Exit 6: the job
+    failed (the reason follows). Exit 4 (--wait-timeout) and 130 (Ctrl-C,
+    SIGTERM): the job was cancelled first. An incomplete TARGET qmpctl created
+    is removed. Uses drive-backup, or the blockdev flow where QEMU refuses it.
+    """
+    from qmpctl import backup as backup_lib
+
+    options = backup_lib.BackupOptions(
+        device, target, image_format, sync, backup_lib.parse_speed(speed) if speed else None, force,
+        wait, backup_lib.DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout, job_id)
+    is_local = _only_target_is_local(common, "a backup writes one TARGET")
+    backup_lib.check_target(target, is_local=is_local, force=force)  # before connecting to anything
+    mode = progress
+    if mode == "auto":
+        mode = "bar" if sys.stderr.isatty() else "none"
+    printer = _ProgressPrinter(mode) if wait and mode != "none" else None
+
+    def action(session: Any, deadline: Any, vm: Any) -> dict[str, Any]:
+        return backup_lib.backup(session, deadline, options, target_is_local=vm.is_local, progress=printer,
+                                 progress_every=BAR_EVERY if mode == "bar" else JSON_EVERY)
+
+    try:
+        return run(common, action, options.requests(is_local))
+    finally:
+        if printer is not None:
+            printer.close()
