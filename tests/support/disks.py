@@ -1,0 +1,73 @@
+"""Disk helpers for the block tests: images, data patterns written through QEMU, the VM's block state.
+
+Everything here talks to QEMU over the test's own monitor (``vm.check()``)
+or runs qemu-img / qemu-io, never through qmpctl.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+VD0_BACKEND = "/machine/peripheral/vd0/virtio-backend"
+
+
+def make_image(path: Path, image_format: str = "qcow2", size: str = "16M") -> Path:
+    subprocess.run(["qemu-img", "create", "-q", "-f", image_format, str(path), size], check=True)
+    return path
+
+
+def hmp(vm, command_line: str) -> str:
+    with vm.check() as qmp:
+        return qmp.cmd("human-monitor-command", **{"command-line": command_line})
+
+
+def write_pattern(vm, writes: list[tuple[int, int, int]], device: str = VD0_BACKEND) -> None:
+    """Write (pattern byte, offset, length) through the running QEMU, flush, and check the image holds it."""
+    for pattern, offset, length in writes:
+        hmp(vm, f'qemu-io -d {device} "write -P {pattern:#x} {offset} {length}"')
+    flush(vm, device)
+    assert all(reads_pattern(vm.disk, *write) for write in writes)
+
+
+def flush(vm, device: str = VD0_BACKEND) -> None:
+    hmp(vm, f'qemu-io -d {device} "flush"')
+
+
+def images_identical(first: Path, second: Path) -> subprocess.CompletedProcess:
+    """qemu-img compare (-U: the source is still open in QEMU, which has flushed it)."""
+    return subprocess.run(["qemu-img", "compare", "-U", str(first), str(second)], capture_output=True, text=True)
+
+
+def reads_pattern(image: Path, pattern: int, offset: int, length: int) -> bool:
+    result = subprocess.run(["qemu-io", "-U", "-r", "-c", f"read -P {pattern:#x} {offset} {length}", str(image)],
+                            capture_output=True, text=True)
+    return result.returncode == 0 and "verification failed" not in result.stdout + result.stderr
+
+
+def block_state(vm) -> dict[str, Any]:
+    """What a failed or cleaned-up operation must leave as it was: node names, devices, jobs."""
+    with vm.check() as qmp:
+        return {
+            "nodes": sorted(n["node-name"] for n in qmp.cmd("query-named-block-nodes")),
+            "devices": sorted(c["name"] for c in qmp.cmd("qom-list", path="/machine/peripheral")
+                              if c["type"].startswith("child<")),
+            "jobs": qmp.cmd("query-jobs"),
+        }
+
+
+def jobs(vm) -> list[dict[str, Any]]:
+    with vm.check() as qmp:
+        return qmp.cmd("query-jobs")
+
+
+def wait_for_job(vm, status: str = "running", job_type: str = "backup", timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for job in jobs(vm):
+            if job["status"] == status and job["type"] == job_type:
+                return job
+        time.sleep(0.02)
+    raise TimeoutError(f"no {job_type} job reached {status}: {jobs(vm)}")
