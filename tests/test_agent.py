@@ -137,7 +137,7 @@ def test_agent_restarted_behind_a_channel(cli, channel_agent):
     down = agent_cli(cli, channel_agent, "ping", "--timeout", "1")
     assert down.code == 4, down
     assert "guest agent is not responding" in down.err
-    channel_agent.start()  # finds the unanswered request of the client that gave up
+    channel_agent.start()
     up = agent_cli(cli, channel_agent, "ping", "--timeout", "5")
     assert up.code == 0, up
     assert json.loads(up.out) == {"return": {}}

@@ -101,10 +101,25 @@ class HostAgent:
         return self.proc is not None and self.proc.poll() is None
 
     def raw(self, data: bytes, read: bool = False, timeout: float = 5) -> bytes:
-        """A client of our own: send ``data``, optionally read one line, and go away."""
-        with socket.socket(socket.AF_UNIX) as sock:
+        """A client of our own: send ``data``, optionally read one line, and go away.
+
+        qemu-ga listens with a backlog of 1 and serves one client at a time, so
+        while it is still busy with the previous client a connect can fail with
+        EAGAIN: wait for the queue to drain, as a patient client would.
+        """
+        give_up = time.monotonic() + timeout
+        while True:
+            sock = socket.socket(socket.AF_UNIX)
             sock.settimeout(timeout)
-            sock.connect(str(self.path))
+            try:
+                sock.connect(str(self.path))
+                break
+            except BlockingIOError:
+                sock.close()
+                if time.monotonic() > give_up:
+                    raise
+                time.sleep(0.01)
+        with sock:
             sock.sendall(data)
             if not read:
                 return b""
@@ -170,7 +185,10 @@ class ChannelAgent(HostAgent):
         while not self._stop.is_set():
             readable, _, _ = select.select([client, self.master], [], [], 0.1)
             if client in readable:
-                data = client.recv(65536)
+                try:
+                    data = client.recv(65536)
+                except OSError:  # reset: a client that left with replies unread
+                    return
                 if not data:
                     return
                 while data:
