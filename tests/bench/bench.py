@@ -1,0 +1,654 @@
+#!/usr/bin/env python3
+"""How fast qmpctl is next to virsh: start-up, fleet mode, agent exec, backup completion.
+
+Not part of the test suite (pytest does not collect this file). Run it from the
+repository with the project's venv:
+
+    .venv/bin/python tests/bench/bench.py            # everything, about 1-2 minutes
+    .venv/bin/python tests/bench/bench.py --quick    # fewer runs, 20 VMs in the fleet
+    .venv/bin/python tests/bench/bench.py --typer-versions   # pick the Typer/click releases
+
+It starts its own QEMU VMs (TCG, paused), a host qemu-ga, and a transient
+libvirt domain named ``qmpctl-bench-*`` (starting virtlogd and libvirtd when
+they are not running and we are root), and tears them all down at the end.
+Commands being compared run alternately (A, B, A, B, ...) so that load from
+elsewhere on the machine hits them all alike; it prints medians, ratios and
+each program's peak RSS (from wait4, per call).
+
+It measures the INSTALLED qmpctl (``.venv/bin/qmpctl``) and warns when the
+installed copy differs from the source tree (``.venv/bin/pip install --no-deps .``);
+``--source`` runs the same console script on the source tree instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+QMPCTL = VENV_BIN / "qmpctl"
+PYTHON = VENV_BIN / "python"
+LIBVIRT_URI = "qemu:///system"
+DOMAIN_PREFIX = "qmpctl-bench-"
+QUERY_STATUS = '{"execute":"query-status"}'
+MIB = 1024.0
+
+sys.path.insert(0, str(REPO / "tests"))
+
+BARE_QMP_SCRIPT = '''\
+"""The least a Python client can do: connect, greeting, qmp_capabilities, query-status, print."""
+import json, socket, sys
+sock = socket.socket(socket.AF_UNIX)
+sock.connect(sys.argv[1])
+stream = sock.makefile("rwb")
+stream.readline()
+stream.write(b'{"execute":"qmp_capabilities"}\\n'); stream.flush(); stream.readline()
+stream.write(b'{"execute":"query-status"}\\n'); stream.flush()
+print(json.dumps(json.loads(stream.readline()), separators=(",", ":")))
+'''
+
+
+# --- measuring -------------------------------------------------------------------------------
+
+@dataclass
+class Case:
+    """One command line to time; ``check`` inspects the output of the first (warm-up) run."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] | None = None
+    cwd: Path | None = None
+    check: Callable[[bytes], None] | None = None
+
+
+@dataclass
+class Samples:
+    seconds: list[float] = field(default_factory=list)
+    max_rss_kib: list[int] = field(default_factory=list)
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.seconds) * 1000
+
+    @property
+    def peak_rss_mib(self) -> float:
+        return max(self.max_rss_kib) / MIB
+
+
+QMPCTL_ENV: dict[str, str] = {}
+"""Set to ``{"PYTHONPATH": REPO}`` by --source: the console script then imports the source tree."""
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """What a user's shell would pass: no test-only Python settings, no qmpctl defaults."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH", "LIBVIRT_DEFAULT_URI") and not k.startswith("QMPCTL_")}
+    env.update(QMPCTL_ENV)
+    env.update(extra or {})
+    return env
+
+
+def run_once(case: Case, output: Path) -> tuple[float, int, int]:
+    """Wall seconds, peak RSS (KiB, the child and its reaped children) and exit code of one run."""
+    with open(output, "wb") as out:
+        started = time.perf_counter()
+        proc = subprocess.Popen(case.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                env=case.env or child_env(), cwd=case.cwd)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return elapsed, usage.ru_maxrss, proc.returncode
+
+
+def alternate(cases: list[Case], runs: int, scratch: Path) -> dict[str, Samples]:
+    """Run every case once to warm up and check it, then ``runs`` rounds of A, B, C, A, B, C, ..."""
+    output = scratch / "bench-output"
+    for case in cases:
+        _, _, code = run_once(case, output)
+        text = output.read_bytes()
+        if code != 0:
+            raise SystemExit(f"bench: {case.name} failed (exit {code}): {' '.join(case.argv)}\n"
+                             f"{text.decode(errors='replace')[:2000]}")
+        if case.check:
+            case.check(text)
+    samples = {case.name: Samples() for case in cases}
+    for _ in range(runs):
+        for case in cases:
+            seconds, rss, code = run_once(case, output)
+            if code != 0:
+                raise SystemExit(f"bench: {case.name} failed (exit {code}) during the runs: "
+                                 f"{output.read_bytes()[:2000].decode(errors='replace')}")
+            samples[case.name].seconds.append(seconds)
+            samples[case.name].max_rss_kib.append(rss)
+    return samples
+
+
+def print_table(title: str, samples: dict[str, Samples], baseline: str | None) -> None:
+    print(f"\n## {title}")
+    base = samples[baseline].median_ms if baseline else None
+    width = max(len(name) for name in samples)
+    print(f"{'command':<{width}}  {'median':>9}  {'min':>8}  {'ratio':>6}  {'peak RSS':>9}  runs")
+    for name, s in samples.items():
+        ratio = f"{s.median_ms / base:5.2f}x" if base else "     -"
+        print(f"{name:<{width}}  {s.median_ms:7.1f}ms  {min(s.seconds) * 1000:6.1f}ms  {ratio:>6}  "
+              f"{s.peak_rss_mib:6.1f}MiB  {len(s.seconds)}")
+
+
+def verdict(what: str, value: float, limit: float, unit: str = "x") -> bool:
+    ok = value <= limit
+    print(f"TARGET {what}: {value:.2f}{unit} (limit {limit:g}{unit}) {'PASS' if ok else 'MISS'}")
+    return ok
+
+
+def skip(what: str, why: str) -> None:
+    print(f"SKIP {what}: {why}")
+
+
+# --- the things we measure against -----------------------------------------------------------
+
+def qemu_argv(qmp: Path, *extra: str, memory: str = "16") -> list[str]:
+    return ["qemu-system-x86_64", "-M", "pc", "-accel", "tcg", "-nodefaults", "-display", "none", "-S",
+            "-m", memory, "-qmp", f"unix:{qmp},server=on,wait=off", *extra]
+
+
+class Processes:
+    """Every process the bench starts, killed at the end whatever happens."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, argv: list[str], log: Path, **kwargs: object) -> subprocess.Popen:
+        with open(log, "ab") as handle:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=handle,
+                                    **kwargs)  # type: ignore[call-overload]
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def wait_for_sockets(paths: list[Path], procs: list[subprocess.Popen], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    for path, proc in zip(paths, procs):
+        while not path.exists():
+            if proc.poll() is not None:
+                raise SystemExit(f"bench: QEMU for {path} exited with {proc.returncode}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: {path} did not appear within {timeout:g}s")
+            time.sleep(0.01)
+
+
+def start_vms(processes: Processes, folder: Path, count: int, *extra: str) -> list[Path]:
+    """``count`` paused TCG VMs started all at once; returns their QMP sockets (``folder/vmN.sock``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sockets = [folder / f"vm{index:02d}.sock" for index in range(count)]
+    procs = [processes.start(qemu_argv(path, *extra), folder / f"vm{index:02d}.log")
+             for index, path in enumerate(sockets)]
+    wait_for_sockets(sockets, procs)
+    return sockets
+
+
+def virsh(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run(["virsh", "-c", LIBVIRT_URI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def ensure_libvirtd() -> str | None:
+    """None when libvirtd answers (started here if needed and possible), else why not."""
+    if shutil.which("virsh") is None:
+        return "virsh is not installed"
+    if virsh("version").returncode == 0:
+        return None
+    if os.geteuid() != 0:
+        return "libvirtd is not running and starting it needs root"
+    for daemon in ("virtlogd", "libvirtd"):
+        if shutil.which(daemon) is None and not Path(f"/usr/sbin/{daemon}").exists():
+            return f"{daemon} is not installed"
+        subprocess.run([shutil.which(daemon) or f"/usr/sbin/{daemon}", "-d"], capture_output=True, timeout=30)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if virsh("version").returncode == 0:
+            return None
+        time.sleep(0.2)
+    return "libvirtd did not come up"
+
+
+DOMAIN_XML = """<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>32</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <emulator>{emulator}</emulator>
+    <video><model type='none'/></video>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+def remove_stale_domains() -> None:
+    """Domains an interrupted earlier bench left behind (only ours: the qmpctl-bench- prefix)."""
+    listing = virsh("list", "--all", "--name")
+    for name in listing.stdout.split():
+        if name.startswith(DOMAIN_PREFIX):
+            virsh("destroy", name)
+            virsh("undefine", name)
+
+
+def create_domain(scratch: Path) -> str:
+    """A transient, paused TCG domain without disks: virsh's side of every comparison."""
+    remove_stale_domains()
+    name = f"{DOMAIN_PREFIX}{os.getpid()}"
+    xml = scratch / "domain.xml"
+    xml.write_text(DOMAIN_XML.format(name=name, emulator=shutil.which("qemu-system-x86_64")))
+    created = virsh("create", str(xml), "--paused", timeout=180)
+    if created.returncode != 0:
+        raise RuntimeError(created.stderr.strip() or created.stdout.strip())
+    return name
+
+
+def qmpctl_has(*command: str) -> bool:
+    """Whether the installed qmpctl knows a command (``agent exec``, ``backup``) yet."""
+    probe = subprocess.run([str(QMPCTL), *command, "--help"], capture_output=True, env=child_env(), timeout=60)
+    return probe.returncode == 0
+
+
+def installed_copy_is_stale() -> list[str]:
+    """Source files that differ from what pip installed: the bench would measure old code."""
+    import sysconfig
+
+    installed = Path(sysconfig.get_paths()["purelib"]) / "qmpctl"
+    differing = []
+    for source in sorted((REPO / "qmpctl").rglob("*.py")):
+        copy = installed / source.relative_to(REPO / "qmpctl")
+        if not copy.exists() or not filecmp.cmp(source, copy, shallow=False):
+            differing.append(str(source.relative_to(REPO)))
+    return differing
+
+
+# --- output checks ---------------------------------------------------------------------------
+
+def expect_status_reply(text: bytes) -> None:
+    lines = [line for line in text.splitlines() if line.strip()]
+    try:
+        reply = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        reply = {}
+    if not isinstance(reply, dict) or "status" not in reply.get("return", {}):
+        raise SystemExit(f"bench: unexpected reply {text[:300]!r}")
+
+
+def expect_fleet(count: int) -> Callable[[bytes], None]:
+    def check(text: bytes) -> None:
+        lines = [json.loads(line) for line in text.splitlines()]
+        good = [line for line in lines if "status" in line.get("return", {})]
+        if len(good) != count:
+            raise SystemExit(f"bench: fleet answered {len(good)} of {count}: {text[:500]!r}")
+
+    return check
+
+
+# --- the comparisons -------------------------------------------------------------------------
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    scratch: Path
+    processes: Processes
+    domain: str | None
+    libvirt_problem: str | None
+    results: dict[str, dict[str, Samples]] = field(default_factory=dict)
+    verdicts: list[bool] = field(default_factory=list)
+
+
+def virsh_case(domain: str) -> Case:
+    return Case("virsh qemu-monitor-command", ["virsh", "-c", LIBVIRT_URI, "qemu-monitor-command", domain,
+                                               QUERY_STATUS], check=expect_status_reply)
+
+
+def bench_single(ctx: Context) -> None:
+    """One call: qmpctl status next to virsh, a bare Python client and the interpreter itself."""
+    [sock] = start_vms(ctx.processes, ctx.scratch / "single", 1)
+    bare = ctx.scratch / "bare_qmp.py"
+    bare.write_text(BARE_QMP_SCRIPT)
+    cases = []
+    if ctx.domain:
+        cases.append(virsh_case(ctx.domain))
+    cases += [
+        Case("qmpctl status (console script)", [str(QMPCTL), "status", "-s", str(sock)], check=expect_status_reply),
+        Case("python -m qmpctl status", [str(PYTHON), "-m", "qmpctl", "status", "-s", str(sock)],
+             cwd=ctx.scratch, check=expect_status_reply),
+        Case("bare Python socket script", [str(PYTHON), str(bare), str(sock)], check=expect_status_reply),
+        Case("python -c pass (interpreter only)", [str(PYTHON), "-c", "pass"]),
+    ]
+    samples = alternate(cases, ctx.args.runs, ctx.scratch)
+    ctx.results["single"] = samples
+    baseline = cases[0].name if ctx.domain else None
+    print_table("1. one call: query-status", samples, baseline)
+    if not ctx.domain:
+        skip("qmpctl status vs virsh", f"no libvirt domain ({ctx.libvirt_problem})")
+    else:
+        virsh_ms = samples[baseline].median_ms
+        for name in ("qmpctl status (console script)", "python -m qmpctl status"):
+            ctx.verdicts.append(verdict(f"{name} / virsh", samples[name].median_ms / virsh_ms, 2.5))
+    ctx.verdicts.append(verdict("qmpctl status peak RSS", samples["qmpctl status (console script)"].peak_rss_mib,
+                                30, " MiB"))
+
+
+def bench_fleet(ctx: Context) -> None:
+    """Many VMs: one qmpctl call over a glob next to a shell loop of virsh calls."""
+    count = ctx.args.fleet
+    started = time.monotonic()
+    folder = ctx.scratch / "fleet"
+    start_vms(ctx.processes, folder, count)
+    print(f"\n(started {count} QEMU VMs in {time.monotonic() - started:.1f}s)")
+    glob_pattern = str(folder / "*.sock")
+    cases = [Case(f"qmpctl status -s 'DIR/*.sock' ({count} VMs)", [str(QMPCTL), "status", "-s", glob_pattern],
+                  check=expect_fleet(count))]
+    if ctx.domain:
+        loop = (f"for i in $(seq {count}); do virsh -c {LIBVIRT_URI} qemu-monitor-command {ctx.domain} "
+                f"'{QUERY_STATUS}' >/dev/null || exit 1; done")
+        cases.append(Case(f"shell loop: {count} x virsh qemu-monitor-command", ["sh", "-c", loop]))
+    runs = max(3, ctx.args.runs // 3)
+    samples = alternate(cases, runs, ctx.scratch)
+    ctx.results["fleet"] = samples
+    print_table(f"2. fleet: {count} VMs", samples, cases[-1].name if ctx.domain else None)
+    fleet_ms = samples[cases[0].name].median_ms
+    print(f"per VM inside the fleet call: {fleet_ms / count:.1f}ms")
+    if not ctx.domain:
+        skip("fleet vs virsh loop", f"no libvirt domain ({ctx.libvirt_problem})")
+        return
+    print(f"(the virsh loop asks one libvirt domain {count} times: {count} domains would not fit this machine; "
+          f"{count} x the single virsh median would be {count * ctx.results['single']['virsh qemu-monitor-command'].median_ms:.0f}ms)"
+          if "single" in ctx.results else
+          f"(the virsh loop asks one libvirt domain {count} times: {count} domains would not fit this machine)")
+    ctx.verdicts.append(verdict("fleet call / virsh loop", fleet_ms / samples[cases[1].name].median_ms, 0.1))
+
+
+def bench_agent(ctx: Context) -> None:
+    """agent exec -- true next to agent ping, against a real qemu-ga on the host.
+
+    ``agent ping`` takes the fast path past Typer, ``agent exec`` cannot, so
+    the exec protocol's own cost (guest-exec, then polling guest-exec-status)
+    is also shown against ``agent command guest-ping``, one request through
+    Typer like exec.
+    """
+    from support.qga import HostAgent, have_qemu_ga
+
+    if not have_qemu_ga():
+        skip("agent exec vs agent ping", "qemu-ga is not installed")
+        return
+    if not qmpctl_has("agent", "exec"):
+        skip("agent exec vs agent ping", "the installed qmpctl has no 'agent exec' yet")
+        return
+    agent = HostAgent(ctx.scratch / "qga").start()
+    try:
+        sock = str(agent.path)
+        cases = [Case("qmpctl agent ping", [str(QMPCTL), "agent", "ping", "-a", sock]),
+                 Case("qmpctl agent command guest-ping", [str(QMPCTL), "agent", "command", "-a", sock, "guest-ping"]),
+                 Case("qmpctl agent exec -- true", [str(QMPCTL), "agent", "exec", "-a", sock, "--", "true"])]
+        samples = alternate(cases, ctx.args.runs, ctx.scratch)
+    finally:
+        agent.stop()
+    ctx.results["agent"] = samples
+    print_table("3. agent exec -- true vs agent ping (host qemu-ga)", samples, cases[0].name)
+    exec_ms = samples[cases[2].name].median_ms
+    ctx.verdicts.append(verdict("agent exec / agent ping", exec_ms / samples[cases[0].name].median_ms, 1.5))
+    ctx.verdicts.append(verdict("agent exec / agent command guest-ping (both through Typer)",
+                                exec_ms / samples[cases[1].name].median_ms, 1.5))
+
+
+class EventMonitor:
+    """A second QMP monitor that only collects events, so timestamps come from QEMU itself."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.settimeout(10)
+        self.sock.connect(str(path))
+        self.stream = self.sock.makefile("rwb")
+        self.stream.readline()
+        self.stream.write(b'{"execute":"qmp_capabilities"}\n')
+        self.stream.flush()
+        self.stream.readline()
+
+    def next_event(self, name: str) -> dict:
+        while True:
+            message = json.loads(self.stream.readline())
+            if message.get("event") == name:
+                return message
+
+    def close(self) -> None:
+        self.stream.close()
+        self.sock.close()
+
+
+def bench_backup(ctx: Context) -> None:
+    """How long after QEMU's BLOCK_JOB_COMPLETED qmpctl backup has exited (QEMU's clock vs ours)."""
+    if not qmpctl_has("backup"):
+        skip("backup completion latency", "the installed qmpctl has no 'backup' yet")
+        return
+    folder = ctx.scratch / "backup"
+    folder.mkdir()
+    disk = folder / "disk0.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "32M"], check=True)
+    events_path = folder / "events.sock"
+    [sock] = start_vms(ctx.processes, folder, 1,
+                       "-qmp", f"unix:{events_path},server=on,wait=off",
+                       "-blockdev", f"driver=qcow2,node-name=disk0,file.driver=file,file.filename={disk}",
+                       "-device", "virtio-blk-pci,drive=disk0,id=vd0")
+    wait_for_sockets([events_path], ctx.processes.procs[-1:])
+    monitor = EventMonitor(events_path)
+    latencies = []
+    try:
+        for run in range(max(3, ctx.args.runs // 2)):
+            target = folder / f"backup{run}.qcow2"
+            case = Case("qmpctl backup", [str(QMPCTL), "backup", "-s", str(sock), "vd0", str(target)])
+            seconds, _, code = run_once(case, folder / "backup.out")
+            exited_at = time.time()
+            if code != 0:
+                skip("backup completion latency", f"qmpctl backup exited {code}: "
+                     f"{(folder / 'backup.out').read_text(errors='replace')[:500]}")
+                return
+            event = monitor.next_event("BLOCK_JOB_COMPLETED")
+            stamp = event["timestamp"]["seconds"] + event["timestamp"]["microseconds"] / 1e6
+            latencies.append(exited_at - stamp)
+    finally:
+        monitor.close()
+    print("\n## 4. backup: qmpctl's exit after QEMU's BLOCK_JOB_COMPLETED (32 MiB qcow2, idle disk)")
+    print(f"latency median {statistics.median(latencies) * 1000:.1f}ms, max {max(latencies) * 1000:.1f}ms, "
+          f"runs {len(latencies)} (includes qmpctl's own exit)")
+    ctx.verdicts.append(verdict("backup notices completion (median)", statistics.median(latencies) * 1000, 50, " ms"))
+
+
+# --- choosing the Typer release --------------------------------------------------------------
+
+TYPER_CANDIDATES = [
+    "typer-slim==0.16.1 click==8.1.8",
+    "typer-slim==0.17.5 click==8.1.8",
+    "typer-slim==0.19.2 click==8.3.1",
+    "typer-slim==0.21.2 click==8.1.8",
+    "typer-slim==0.21.2 click==8.4.2",
+    "typer==0.29.2",  # what typer-slim 0.22 and later install: rich, pydantic, a vendored click
+]
+
+MINIMAL_TYPER_APP = '''\
+"""One Typer command doing the bare QMP exchange: the floor for any Typer CLI."""
+import json, socket
+import typer
+app = typer.Typer()
+@app.callback()
+def root() -> None:
+    pass
+@app.command()
+def status(qmp: str = typer.Option(..., "-s", "--qmp")) -> None:
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(qmp)
+    stream = sock.makefile("rwb")
+    stream.readline()
+    stream.write(b'{"execute":"qmp_capabilities"}\\n'); stream.flush(); stream.readline()
+    stream.write(b'{"execute":"query-status"}\\n'); stream.flush()
+    print(json.dumps(json.loads(stream.readline()), separators=(",", ":")))
+app()
+'''
+
+
+def typer_venv(spec: str, root: Path) -> Path:
+    """A cached venv with exactly these Typer/click releases (qmpctl itself runs from the source tree)."""
+    folder = root / spec.replace(" ", "_").replace("==", "-")
+    python = folder / "bin" / "python"
+    if not python.exists():
+        print(f"(creating {folder} with {spec})", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+        installed = subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+                                    *spec.split()], capture_output=True, text=True)
+        if installed.returncode != 0:
+            shutil.rmtree(folder)
+            raise SystemExit(f"bench: pip could not install {spec}:\n{installed.stderr[-2000:]}")
+    return python
+
+
+def bench_typer_versions(ctx: Context) -> None:
+    """Typer's cost differs a lot between releases: time a minimal Typer app and qmpctl's Typer path on each."""
+    [sock] = start_vms(ctx.processes, ctx.scratch / "typer", 1)
+    root = Path(tempfile.gettempdir()) / "qmpctl-bench-venvs"
+    minimal = ctx.scratch / "minimal_typer_app.py"
+    minimal.write_text(MINIMAL_TYPER_APP)
+    env = child_env({"PYTHONPATH": str(REPO)})
+    cases = [Case("python -c pass", [str(PYTHON), "-c", "pass"])]
+    for spec in TYPER_CANDIDATES:
+        python = typer_venv(spec, root)
+        cases.append(Case(f"{spec}: minimal Typer app", [str(python), str(minimal), "status", "-s", str(sock)],
+                          cwd=ctx.scratch, check=expect_status_reply))
+        # monitor-command always goes through Typer: it measures the framework, not the fast path.
+        qmpctl = [str(python), "-m", "qmpctl", "monitor-command", "-s", str(sock), "query-status"]
+        probe = subprocess.run(qmpctl, capture_output=True, text=True, env=env, cwd=ctx.scratch, timeout=60)
+        if probe.returncode == 0:
+            cases.append(Case(f"{spec}: qmpctl monitor-command", qmpctl, env=env, cwd=ctx.scratch,
+                              check=expect_status_reply))
+        else:
+            last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+            print(f"qmpctl does not run with {spec}: {last}")
+    samples = alternate(cases, ctx.args.runs, ctx.scratch)
+    print_table("Typer/click releases (qmpctl from the source tree)", samples, cases[0].name)
+
+
+# --- main ------------------------------------------------------------------------------------
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=21, help="rounds of each comparison (default 21)")
+    parser.add_argument("--fleet", type=int, default=50, help="VMs in the fleet comparison (default 50)")
+    parser.add_argument("--quick", action="store_true", help="7 rounds and 20 fleet VMs: a smoke run")
+    parser.add_argument("--only", default="single,fleet,agent,backup",
+                        help="comma-separated subset of: single, fleet, agent, backup")
+    parser.add_argument("--source", action="store_true",
+                        help="run qmpctl from the source tree (PYTHONPATH) instead of the installed copy")
+    parser.add_argument("--typer-versions", action="store_true",
+                        help="instead, compare Typer/click releases (creates venvs under $TMPDIR, needs PyPI)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.runs, args.fleet = min(args.runs, 7), min(args.fleet, 20)
+    return args
+
+
+def describe_machine() -> str:
+    versions = []
+    for argv in (["qemu-system-x86_64", "--version"], ["virsh", "--version"]):
+        try:
+            versions.append(subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout.splitlines()[0])
+        except (OSError, IndexError):
+            pass
+    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    return f"{os.cpu_count()} cores, load {load}; Python {sys.version.split()[0]}; " + "; ".join(versions)
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+
+    def run(self) -> int:
+        stale = [] if self.args.source else installed_copy_is_stale()
+        if self.args.source:
+            QMPCTL_ENV["PYTHONPATH"] = str(REPO)
+            print("(qmpctl runs from the source tree)")
+        if stale:
+            print("WARNING: the installed qmpctl differs from the source tree in " + ", ".join(stale[:6])
+                  + (" ..." if len(stale) > 6 else "") + ": run `.venv/bin/pip install --no-deps .` first")
+        print(f"# qmpctl bench: {describe_machine()}")
+        with self.workspace() as ctx:
+            if self.args.typer_versions:
+                bench_typer_versions(ctx)
+                return 0
+            wanted = set(self.args.only.split(","))
+            for name, step in (("single", bench_single), ("fleet", bench_fleet), ("agent", bench_agent),
+                               ("backup", bench_backup)):
+                if name in wanted:
+                    step(ctx)
+            print(f"\n{sum(ctx.verdicts)} of {len(ctx.verdicts)} targets met")
+        return 0
+
+    def workspace(self) -> "_Workspace":
+        return _Workspace(self.args)
+
+
+class _Workspace:
+    """Scratch folder, VMs and the libvirt domain: set up on enter, all torn down on exit."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.tmp = tempfile.TemporaryDirectory(prefix="qmpctl-bench-", dir="/tmp")
+        self.processes = Processes()
+        self.domain: str | None = None
+
+    def __enter__(self) -> Context:
+        scratch = Path(self.tmp.name)
+        problem = None if self.args.typer_versions else ensure_libvirtd()
+        if problem is None and not self.args.typer_versions:
+            try:
+                self.domain = create_domain(scratch)
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                problem = f"could not start a libvirt domain: {exc}"
+        return Context(self.args, scratch, self.processes, self.domain, problem)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.domain:
+            virsh("destroy", self.domain)
+        self.processes.stop_all()
+        self.tmp.cleanup()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM tears down like Ctrl-C: no VM or domain is left behind."""
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+    return Bench(args).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
