@@ -19,10 +19,8 @@ import json
 import math
 import re
 import threading
-from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Callable, TypeVar
-from urllib.parse import urlsplit
+from typing import Any, Callable, NamedTuple, TypeVar
 
 from qmpctl.agent import SILENT_HINT, disabled_command_error
 from qmpctl.deadline import Deadline
@@ -37,7 +35,7 @@ INSTALL_HINT = (
     "libvirt: on Debian first apt-get install libvirt-dev pkg-config gcc python3-dev), or use the "
     "distribution's build (Debian: apt-get install python3-libvirt) from a Python that can see it"
 )
-LOOPBACK_HOSTS = ("", "localhost", "127.0.0.1", "::1", "[::1]")
+LOOPBACK_HOSTS = ("", "localhost", "127.0.0.1", "::1")
 LIBVIRTD_HINT = "libvirtd is not answering"
 MONITOR_HINT = "libvirtd or QEMU's monitor is busy or not answering"
 NO_REPLY_GRACE_SECONDS = 1
@@ -161,9 +159,23 @@ def _lookup(libvirt: ModuleType, connection: Any, name: str) -> Any:
     return connection.lookupByName(name)
 
 
-@dataclass(frozen=True)
-class DomainTarget:
-    """A libvirt domain (name, UUID or id) on a connection URI; its monitor or its guest agent."""
+def uri_host(uri: str) -> str:
+    """The host part of a libvirt URI (``driver[+transport]://[user@]host[:port]/path?query``), '' for none.
+
+    Parsed by hand: ``urllib.parse`` costs more to import than this whole function is worth.
+    """
+    authority = uri.partition("://")[2].split("/", 1)[0].split("?", 1)[0]
+    host = authority.rpartition("@")[2]
+    if host.startswith("["):
+        return host[1:host.find("]")].lower()
+    return host.partition(":")[0].lower()
+
+
+class DomainTarget(NamedTuple):
+    """A libvirt domain (name, UUID or id) on a connection URI; its monitor or its guest agent.
+
+    A NamedTuple like SocketTarget: immutable and cheap to import (dataclasses pulls in inspect).
+    """
 
     name: str
     uri: str | None = None
@@ -176,7 +188,7 @@ class DomainTarget:
     @property
     def is_local(self) -> bool:
         """True for URIs without a remote host (qemu:///system, qemu+unix:///...), where the VM's files are ours too."""
-        host = urlsplit(self.connect_uri).hostname or ""
+        host = uri_host(self.connect_uri)
         return host in LOOPBACK_HOSTS or host.startswith("127.")
 
     def __str__(self) -> str:
