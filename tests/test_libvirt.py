@@ -1,6 +1,6 @@
 """``--domain``: qmpctl against a libvirt-managed QEMU, compared with virsh itself.
 
-One TCG domain (no OS, a qcow2 disk) serves the whole module. The reference
+One TCG domain (no OS, a qcow2 disk) serves most of the module. The reference
 output is always ``virsh qemu-monitor-command`` run by the test; qmpctl must
 print the same reply with libvirt's ``"id": "libvirt-N"`` removed.
 
@@ -15,32 +15,16 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from support.fakes import FakeServer
-from support.libvirt import LibvirtUnavailable, TestDomain, ensure_libvirtd, remove_stale_test_domains, \
-    strip_libvirt_id, virsh
+from support.libvirt import TestDomain, domain, libvirtd, strip_libvirt_id, virsh  # noqa: F401 (fixtures)
 from support.runner import REPO
 
 pytestmark = pytest.mark.libvirt
 
 NO_DAEMON_URI = "qemu+unix:///system?socket=/nonexistent/libvirt-sock"
-
-
-@pytest.fixture(scope="module")
-def domain() -> Iterator[TestDomain]:
-    try:
-        ensure_libvirtd()
-    except LibvirtUnavailable as exc:
-        pytest.skip(f"libvirtd cannot run here: {exc}")
-    remove_stale_test_domains()
-    started = TestDomain("mon").start()
-    try:
-        yield started
-    finally:
-        started.remove()
 
 
 def _running(domain: TestDomain) -> None:
@@ -165,6 +149,27 @@ def test_fleet_of_domains_one_line_each_worst_exit(cli, domain):
     assert second["exit"] == 3 and "Domain not found" in second["error"]["desc"]
 
 
+def test_second_qmp_socket_from_qemu_commandline_serves_the_socket_path(cli, libvirtd):
+    """The alternative to --domain: a -qmp of qmpctl's own added through <qemu:commandline>.
+
+    libvirt keeps its monitor; QEMU creates the second socket as libvirt-qemu,
+    so its folder must be writable by that user. Both ways see the same VM.
+    """
+    vm = TestDomain("qmp")
+    socket_path = vm.qemu_folder("sockets") / "qmp.sock"
+    vm.start(qemu_args=("-qmp", f"unix:{socket_path},server=on,wait=off"))
+    try:
+        direct = cli("status", "-s", str(socket_path))
+        through_libvirt = cli("status", "-d", vm.name)
+        assert direct.code == 0 and through_libvirt.code == 0, (direct, through_libvirt)
+        assert direct.out == through_libvirt.out
+        paused = cli("stop", "-s", str(socket_path))
+        assert paused.code == 0, paused
+        assert vm.state().startswith("paused")  # libvirt sees the STOP event on its own monitor
+    finally:
+        vm.remove()
+
+
 # --- Errors and exit codes ------------------------------------------------------------
 
 
@@ -189,7 +194,7 @@ def test_libvirtd_that_never_answers_is_bounded_by_the_timeout(cli, tmp_path):
     with FakeServer(path, None) as server:
         result = cli("status", "-d", "vm", "-c", f"qemu+unix:///system?socket={path}", "--timeout", "1")
     assert result.code == 4, result
-    assert "timed out after 1s waiting for libvirt to open domain vm" in result.err
+    assert "timed out after 1s waiting for libvirt to open domain vm (libvirtd is not answering)" in result.err
     assert result.seconds < 5
     assert server.connections == 1
 
@@ -242,6 +247,8 @@ def test_dry_run_with_domain_needs_no_libvirt_python(cli, without_libvirt_python
     (None, True), ("qemu:///system", True), ("qemu:///session", True),
     ("qemu+unix:///system?socket=/run/x", True), ("qemu+ssh://localhost/system", True),
     ("qemu+ssh://root@virthost.example/system", False), ("qemu+tls://10.0.0.5/system", False),
+    ("qemu+tcp://[::1]:16509/system", True), ("qemu+ssh://admin@[2001:db8::5]:2222/system", False),
+    ("qemu+ssh://LOCALHOST:22/system?keyfile=/k", True), ("qemu+tcp://127.0.0.2/system", True),
 ])
 def test_is_local_follows_the_uri_host(uri, local):
     from qmpctl.libvirt_backend import DomainTarget

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from support.libvirt import LibvirtUnavailable, TestDomain, ensure_libvirtd, remove_stale_test_domains, virsh
+from support.libvirt import TestDomain, libvirtd, virsh  # noqa: F401 (fixtures)
 from support.runner import CliRunner
 
 pytestmark = [pytest.mark.lab, pytest.mark.libvirt]
@@ -55,12 +55,7 @@ def _wait_for_agent(domain: TestDomain) -> None:
 
 
 @pytest.fixture(scope="module")
-def lab_domain() -> Iterator[TestDomain]:
-    try:
-        ensure_libvirtd()
-    except LibvirtUnavailable as exc:
-        pytest.skip(f"libvirtd cannot run here: {exc}")
-    remove_stale_test_domains()
+def lab_domain(libvirtd: None) -> Iterator[TestDomain]:
     lab = _lab_guest_module()
     kernel, initrd = lab.lab_build.build()
     domain = TestDomain("lab")

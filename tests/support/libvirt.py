@@ -34,6 +34,10 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
+from xml.sax.saxutils import quoteattr
+
+import pytest
 
 SYSTEM_URI = "qemu:///system"
 IMAGES_ROOT = Path("/var/lib/libvirt/images")
@@ -151,14 +155,21 @@ def remove_stale_test_domains() -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def domain_xml(name: str, disk: Path, extra_devices: str = "", os_extra: str = "", memory_mb: int = 64) -> str:
-    """A minimal TCG domain: one qcow2 virtio disk, no graphics, no video, no balloon, no USB."""
-    return f"""<domain type='qemu'>
+def domain_xml(name: str, disk: Path, qemu_args: tuple[str, ...] = (), memory_mb: int = 64) -> str:
+    """A minimal TCG domain: one qcow2 virtio disk, no graphics, no video, no balloon, no USB.
+
+    ``qemu_args`` go to QEMU as they are, through libvirt's ``<qemu:commandline>``.
+    """
+    commandline = ""
+    if qemu_args:
+        args = "".join(f"\n    <qemu:arg value={quoteattr(arg)}/>" for arg in qemu_args)
+        commandline = f"\n  <qemu:commandline>{args}\n  </qemu:commandline>"
+    return f"""<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>{name}</name>
   <memory unit='MiB'>{memory_mb}</memory>
   <vcpu>1</vcpu>
   <os>
-    <type arch='x86_64' machine='pc'>hvm</type>{os_extra}
+    <type arch='x86_64' machine='pc'>hvm</type>
   </os>
   <features><acpi/></features>
   <on_poweroff>destroy</on_poweroff>
@@ -173,8 +184,8 @@ def domain_xml(name: str, disk: Path, extra_devices: str = "", os_extra: str = "
     </disk>
     <controller type='usb' model='none'/>
     <video><model type='none'/></video>
-    <memballoon model='none'/>{extra_devices}
-  </devices>
+    <memballoon model='none'/>
+  </devices>{commandline}
 </domain>
 """
 
@@ -191,16 +202,22 @@ class TestDomain:
         self.disk = self.workdir / "disk.qcow2"
         self.uri = SYSTEM_URI
 
+    def qemu_folder(self, name: str) -> Path:
+        """A folder in the workdir where QEMU (as libvirt-qemu) may create files and sockets."""
+        folder = self.workdir / name
+        folder.mkdir(exist_ok=True)
+        return self.qemu_writable(folder)
+
     def qemu_writable(self, path: Path) -> Path:
         """Hand a file QEMU will open itself (hotplug, backup) to QEMU's user, as libvirt would not."""
         entry = pwd.getpwnam(QEMU_USER)
         os.chown(path, entry.pw_uid, entry.pw_gid)
         return path
 
-    def start(self, xml: str | None = None, disk_size: str = "64M") -> "TestDomain":
+    def start(self, xml: str | None = None, disk_size: str = "64M", qemu_args: tuple[str, ...] = ()) -> "TestDomain":
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self.disk), disk_size], check=True)
         xml_path = self.workdir / "domain.xml"
-        xml_path.write_text(xml or domain_xml(self.name, self.disk))
+        xml_path.write_text(xml or domain_xml(self.name, self.disk, qemu_args))
         virsh("define", str(xml_path))
         try:
             virsh("start", self.name)
@@ -220,3 +237,26 @@ class TestDomain:
         virsh("destroy", self.name, check=False)
         virsh("undefine", self.name, "--nvram", check=False)
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+# --- pytest fixtures (import them into a test module to use them) -----------------
+
+
+@pytest.fixture(scope="module")
+def libvirtd() -> None:
+    """A running system libvirtd (started if need be), with leftovers of dead test runs removed."""
+    try:
+        ensure_libvirtd()
+    except LibvirtUnavailable as exc:
+        pytest.skip(f"libvirtd cannot run here: {exc}")
+    remove_stale_test_domains()
+
+
+@pytest.fixture(scope="module")
+def domain(libvirtd: None) -> Iterator[TestDomain]:
+    """One running TCG domain without an OS for the whole test module; removed afterwards."""
+    started = TestDomain("mon").start()
+    try:
+        yield started
+    finally:
+        started.remove()
