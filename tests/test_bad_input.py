@@ -308,3 +308,47 @@ def test_the_tripwire_notices_a_client(capsys, tmp_path, monkeypatch):
         connections, received = tripwire.touched()
     assert code == 4, err
     assert connections == 1 and received.startswith(b"\xff{")
+
+
+# --- block commands: what qmpctl can tell from the files alone ---------------------------------
+
+def block_case(tmp_path: Path, name: str) -> tuple[list[str], str]:
+    """Build the files one bad block command line needs; returns (argv, expected phrase)."""
+    existing = tmp_path / "yesterday.qcow2"
+    existing.write_bytes(b"yesterday's backup")
+    vmdk = tmp_path / "disk.vmdk"
+    vmdk.write_bytes(b"KDMV" + bytes(1020))
+    raw = tmp_path / "plain.img"
+    raw.write_bytes(bytes(4096))
+    cases = {
+        "backup into a missing directory": (["backup", "vd0", str(tmp_path / "no" / "dir" / "b.qcow2")],
+                                            "does not exist"),
+        "backup onto an existing file": (["backup", "vd0", str(existing)], "pass --force"),
+        "backup onto a directory": (["backup", "vd0", str(tmp_path)], "is a directory"),
+        "backup at zero speed": (["backup", "vd0", str(tmp_path / "b.qcow2"), "--speed", "0"], "--speed"),
+        "backup with a bad speed": (["backup", "vd0", str(tmp_path / "b.qcow2"), "--speed", "fast"], "--speed"),
+        "backup with a bad job id": (["backup", "vd0", str(tmp_path / "b.qcow2"), "--job-id", "a b"], "--job-id"),
+        "hotplug a missing file": (["hotplug-disk", str(tmp_path / "absent.qcow2")], "no such image file"),
+        "hotplug a directory": (["hotplug-disk", str(tmp_path)], "not an image file"),
+        "hotplug another format": (["hotplug-disk", str(vmdk)], "looks like a vmdk image"),
+        "hotplug raw bytes as qcow2": (["hotplug-disk", str(raw), "--format", "qcow2"], "not a qcow2 image"),
+        "hotplug with a bad id": (["hotplug-disk", str(raw), "--id", "9lives"], "--id '9lives'"),
+        "unplug a bad id": (["unplug-disk", "bad id"], "does not match"),
+    }
+    return cases[name]
+
+
+BLOCK_CASES = ["backup into a missing directory", "backup onto an existing file", "backup onto a directory",
+               "backup at zero speed", "backup with a bad speed", "backup with a bad job id",
+               "hotplug a missing file", "hotplug a directory", "hotplug another format",
+               "hotplug raw bytes as qcow2", "hotplug with a bad id", "unplug a bad id"]
+
+
+@pytest.mark.parametrize("case", BLOCK_CASES)
+def test_bad_block_input_sends_nothing(capsys, server, tmp_path, case):
+    argv, phrase = block_case(tmp_path, case)
+    before = {path: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()}
+    code, err = qmpctl(capsys, *argv)
+    assert code == USAGE, err
+    assert phrase in err
+    assert {path: path.read_bytes() for path in tmp_path.iterdir() if path.is_file()} == before

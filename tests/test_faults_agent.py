@@ -11,6 +11,7 @@ import json
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -155,3 +156,34 @@ def test_agent_error_reply_is_vm_error(cli, tmp_path):
         result = ping(cli, tmp_path / "qga.sock")
     assert result.code == 1, result
     assert "GenericError: Guest agent command failed, error was 'boom'" in result.err
+
+
+def wait_for_child(parent: int, timeout: float = 10) -> None:
+    """Until ``parent`` has a child process (qemu-ga runs guest-exec programs as its children)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                return
+        time.sleep(0.02)
+    raise TimeoutError(f"process {parent} started no child")
+
+
+@pytest.mark.agent
+def test_agent_restarted_while_exec_waits_is_125_at_once(cli, host_agent):
+    """qemu-ga restarting mid-exec (an upgrade in the guest): exec ends at once, exit 125, and says where."""
+    proc = cli.popen("agent", "exec", "-a", str(host_agent.path), "--timeout", "30", "--", "sleep", "5")
+    wait_for_child(host_agent.proc.pid)  # guest-exec has started the program: qmpctl is polling now
+    time.sleep(0.2)
+    host_agent.restart()
+    restarted = time.monotonic()
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 125, err
+    assert b"guest-exec-status" in err and (b"closed" in err or b"reset" in err)
+    assert time.monotonic() - restarted < 3
+    again = ping(cli, host_agent.path, "--timeout", "5")
+    assert again.code == 0, again
