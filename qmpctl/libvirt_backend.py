@@ -42,6 +42,11 @@ NO_REPLY_GRACE_SECONDS = 1
 """How long libvirt waits for an answer to a command that answers only when it fails
 (guest-shutdown): long enough for a quick refusal, libvirt's smallest timeout."""
 
+LIBVIRT_STRING_MAX = 4 * 1024 * 1024
+"""libvirt's RPC carries a command or a reply as one string of at most 4 MiB
+(REMOTE_STRING_MAX); anything larger fails as "Unable to encode message payload"."""
+TOO_LARGE_FOR_LIBVIRT = "Unable to encode message payload"
+
 AGENT_COMMAND_ERROR = re.compile(r"unable to execute QEMU agent command '(?P<name>[^']*)': (?P<desc>.*)", re.S)
 """libvirt turns an agent's ``{"error": ...}`` into this text and drops the class."""
 
@@ -133,6 +138,10 @@ def translate(libvirt: ModuleType, exc: Exception, what: str) -> QmpctlError:
     reason = (exc.get_error_message() or str(exc)).strip()
     if code in _codes(libvirt, _TIMEOUT_CODES):
         return DeadlineExceeded(f"{what}: {reason}")
+    if TOO_LARGE_FOR_LIBVIRT in reason:
+        return ProtocolError(f"{what}: {reason}: the reply is larger than libvirt passes on "
+                             f"({LIBVIRT_STRING_MAX // (1024 * 1024)} MiB); for this, talk to the VM's socket "
+                             "directly (-s/-a, see <qemu:commandline>)")
     if code in _codes(libvirt, _UNREACHABLE_CODES):
         return ConnectError(f"{what}: {reason}")
     if code == libvirt.VIR_ERR_INTERNAL_ERROR:
@@ -265,9 +274,15 @@ class DomainSession:
                                 sent=request.as_dict(), received=reply)
         return reply
 
-    @staticmethod
-    def _text(request: Request) -> str:
-        return request.wire().decode("utf-8").rstrip("\n")
+    def _text(self, request: Request) -> str:
+        """The request as libvirt takes it; one it could not carry is refused before anything is sent."""
+        text = request.wire().decode("utf-8").rstrip("\n")
+        size = len(text.encode("utf-8"))
+        if size > LIBVIRT_STRING_MAX:
+            raise UsageError(f"the {request.execute} request is {size} bytes, more than libvirt passes on to "
+                             f"{self.target} ({LIBVIRT_STRING_MAX // (1024 * 1024)} MiB); for this, talk to the "
+                             "VM's socket directly (-s/-a)")
+        return text
 
     def close(self) -> None:
         if self._abandoned:

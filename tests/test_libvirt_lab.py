@@ -125,6 +125,20 @@ def test_agent_command_error_keeps_class_and_desc(cli, lab_domain):
     assert "CommandNotFound: The command guest-no-such-command has not been found" in result.err
 
 
+def test_output_beyond_libvirts_4_mib_string_limit_is_reported(cli, lab_domain):
+    """libvirt's RPC carries a reply of at most 4 MiB; 3.5 MB of output is 4.7 MB of base64."""
+    result = cli("agent", "exec", "-d", lab_domain.name, "--", "head", "-c", "3500000", "/dev/zero")
+    assert result.code == 125, result
+    assert "Unable to encode message payload" in result.err and "larger than libvirt passes on" in result.err
+
+
+def test_input_beyond_libvirts_limit_is_refused_before_sending(cli, lab_domain):
+    result = cli("agent", "exec", "-d", lab_domain.name, "--stdin", "--", "wc", "-c", input=b"x" * (4 << 20))
+    assert result.code == 125, result
+    assert "more than libvirt passes on" in result.err
+    assert cli("agent", "ping", "-d", lab_domain.name).code == 0
+
+
 def test_paused_domain_refuses_agent_commands_with_exit_3(cli, lab_domain):
     """libvirt does not even try the agent of a domain that is not running; qmpctl keeps libvirt's reason."""
     virsh("suspend", lab_domain.name)
