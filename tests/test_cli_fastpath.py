@@ -15,7 +15,7 @@ import click
 import pytest
 import typer
 
-from qmpctl.cli import app, common, fastpath, run_cli
+from qmpctl.cli import app, common, fastpath, root, run_cli
 from qmpctl.errors import QmpctlError
 
 TARGET_VARIABLES = ("QMPCTL_QMP", "QMPCTL_AGENT", "QMPCTL_TIMEOUT", "LIBVIRT_DEFAULT_URI", "_QMPCTL_COMPLETE")
@@ -184,3 +184,29 @@ def test_both_paths_fail_alike(vm, tmp_path, capsys, monkeypatch):
     fast = capsys.readouterr()
     assert run_cli(single, fast_path=False) == 3
     assert capsys.readouterr() == fast and "no such socket" in fast.err
+
+
+TYPER_LINES = [
+    [], ["--version"], ["--help"], ["nope"], ["stat"], ["status", "--bogus"], ["status", "extra", "-s", "x"],
+    ["status", "--timeout", "soon", "-s", "x"], ["monitor-command"], ["monitor-command", "-s", "/nowhere", "query-status"],
+    ["monitor-command", "--help"], ["block", "-s", "/nowhere"], ["jobs", "-s", "/nowhere", "--dry-run"],
+    ["agent"], ["agent", "--help"], ["agent", "pin"], ["agent", "exec"], ["agent", "exec", "-a", "/nowhere", "--", "true"],
+    ["agent", "exec-status", "-a", "/nowhere", "x"], ["agent", "command", "-a", "/nowhere", "--dry-run", "guest-ping"],
+]
+
+
+@pytest.mark.parametrize("argv", TYPER_LINES, ids=[" ".join(a) or "-" for a in TYPER_LINES])
+def test_typer_building_only_the_invoked_command_changes_nothing(argv, capsys, monkeypatch):
+    set_environment(monkeypatch, {})
+    pruned = run_cli(argv, fast_path=False), capsys.readouterr()
+    monkeypatch.setattr(root, "command_tree_for", lambda args: root.app)
+    whole = run_cli(argv, fast_path=False), capsys.readouterr()
+    assert pruned == whole
+
+
+def test_typer_builds_only_the_invoked_command():
+    assert [info.name for info in root.command_tree_for(["status", "-s", "x"]).registered_commands] == ["status"]
+    agent_only = root.command_tree_for(["agent", "exec", "--", "true"])
+    assert agent_only.registered_commands == [] and len(agent_only.registered_groups) == 1
+    assert [info.name for info in agent_only.registered_groups[0].typer_instance.registered_commands] == ["exec"]
+    assert root.command_tree_for(["--help"]) is root.app and root.command_tree_for(["nope"]) is root.app

@@ -68,9 +68,9 @@ def _run_typer(args: list[str]) -> int:
     import click
     import typer
 
-    from qmpctl.cli.root import app
+    from qmpctl.cli.root import command_tree_for
 
-    command = typer.main.get_command(app)
+    command = typer.main.get_command(command_tree_for(args))
     try:
         result = command.main(args=args, prog_name="qmpctl", standalone_mode=False)
     except click.exceptions.Exit as exc:
