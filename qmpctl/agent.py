@@ -17,11 +17,12 @@ from qmpctl.deadline import Deadline
 from qmpctl.errors import ProtocolError, VmError
 from qmpctl.qmp import decode_message, reply_error
 from qmpctl.request import Request
-from qmpctl.transport import Connection
+from qmpctl.transport import RECV_CHUNK, Connection
 
 SYNC_BYTE = b"\xff"
 SILENT_HINT = "guest agent is not responding: is qemu-ga running in the guest?"
 DISABLED_CLASS = "CommandNotFound"
+MAX_DRAIN_READS = 64
 
 
 def _random_id() -> int:
@@ -70,6 +71,16 @@ class AgentSession:
         return session
 
     def close(self) -> None:
+        """Read what is pending first: a unix socket closed with unread data resets the
+        connection, and qemu-ga 7.2 in unix-listen mode exits when its read fails so."""
+        sock = self.connection.sock
+        try:
+            sock.setblocking(False)
+            for _ in range(MAX_DRAIN_READS):
+                if not sock.recv(RECV_CHUNK):
+                    break
+        except OSError:
+            pass
         self.connection.close()
 
     def __enter__(self) -> "AgentSession":
