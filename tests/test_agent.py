@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from qmpctl.request import Request
 from support.qga import ChannelAgent, HostAgent, have_qemu_ga, qemu_ga_version
 
 pytestmark = [pytest.mark.agent, pytest.mark.skipif(not have_qemu_ga(), reason="qemu-ga is not installed")]
@@ -87,13 +88,26 @@ def test_command_passthrough_like_virsh(cli, agent):
     assert "Invalid parameter 'pid'" in words.err
 
 
-def test_resync_after_earlier_clients_left_requests_unread(cli, agent):
-    agent.raw(b'{"execute":"guest-info"}\n')
-    agent.raw(b'{"execute":"guest-exec-status","arguments":{"pid":1}}\n')
-    agent.raw(b'{"execute": "guest-exec", "argu')  # cut off mid-request
+def test_an_earlier_client_that_left_half_a_request(cli, agent):
+    agent.raw(b'{"execute": "guest-exec", "argu')
     result = agent_cli(cli, agent, "info", "--return-value")
     assert result.code == 0, result
     assert json.loads(result.out)["version"] == qemu_ga_version()
+
+
+def test_qmpctl_leaves_no_unread_reply_behind(own_agent):
+    """qemu-ga 7.2 in unix-listen mode exits when a client closes with a reply unread."""
+    from qmpctl.address import parse_address
+    from qmpctl.agent import AgentSession
+    from qmpctl.deadline import Deadline
+
+    session = AgentSession.connect(parse_address(str(own_agent.path)), Deadline(5))
+    session.execute_no_reply(Request("guest-info", protocol="qga"), Deadline(5))  # its reply goes unread
+    time.sleep(0.2)
+    session.close()
+    time.sleep(0.3)
+    assert own_agent.alive()
+    assert own_agent.raw(b'{"execute":"guest-ping"}\n', read=True) == b'{"return": {}}\n'
 
 
 def test_agent_restarted_between_calls(cli, own_agent):
