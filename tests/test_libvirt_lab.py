@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -116,6 +117,24 @@ def test_agent_exec_exit_code_and_stderr_through_the_domain(cli, lab_domain):
     result = cli("agent", "exec", "-d", lab_domain.name, "--", "sh", "-c", "echo oops >&2; exit 7")
     assert result.code == 7, result
     assert result.err == "oops\n"
+
+
+def test_hotplugged_virtio_disk_is_seen_by_the_guest_and_released_on_unplug(cli, lab_domain):
+    """A PCI unplug needs the guest's consent (ACPI); through libvirt qmpctl polls for it to finish."""
+    image = lab_domain.workdir / "hotplug.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "8M"], check=True)
+    lab_domain.qemu_writable(image)
+    plugged = cli("hotplug-disk", "-d", lab_domain.name, str(image), "--id", "labhp0")
+    assert plugged.code == 0, plugged
+    deadline = time.monotonic() + 20
+    while "vdb" not in cli("agent", "exec", "-d", lab_domain.name, "--", "ls", "/dev").out:
+        assert time.monotonic() < deadline, "the guest never saw the hotplugged disk as /dev/vdb"
+        time.sleep(0.5)
+    unplugged = cli("unplug-disk", "-d", lab_domain.name, "labhp0", "--wait-timeout", "30")
+    assert unplugged.code == 0, unplugged
+    assert "vdb" not in cli("agent", "exec", "-d", lab_domain.name, "--", "ls", "/dev").out
+    blocks = json.loads(virsh("qemu-monitor-command", lab_domain.name, '{"execute":"query-block"}').stdout)
+    assert not [b for b in blocks["return"] if "labhp0" in b.get("qdev", "")]
 
 
 def test_agent_command_error_keeps_class_and_desc(cli, lab_domain):
