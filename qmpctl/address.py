@@ -65,7 +65,7 @@ def _parse_port(text: str, original: str) -> int:
 def _parse_host_port(text: str, original: str) -> Address:
     if text.startswith("["):
         host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
+        if not sep or not host or not rest.startswith(":"):
             raise UsageError(f"invalid address {original!r}: expected [IPV6]:PORT")
         return Address(host=host, port=_parse_port(rest[1:], original))
     host, sep, port = text.rpartition(":")
