@@ -220,6 +220,7 @@ def test_empty_hmp_command_line(capsys, server):
     ("tcp:localhost:²", "invalid port '²'"),
     ("localhost:qmp", "invalid port 'qmp'"),
     ("[::1]4444", "expected [IPV6]:PORT"),
+    ("[]:4444", "expected [IPV6]:PORT"),
     (",server=on", "no path before the options"),
     ("/tmp/a\0b.sock", "contains a NUL byte"),
 ])
