@@ -12,8 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ExecTimeout, ProtocolError, UsageError, VmError
@@ -69,8 +68,7 @@ def status_request(pid: int) -> Request:
     return Request("guest-exec-status", {"pid": pid}, protocol="qga")
 
 
-@dataclass
-class ExecStatus:
+class ExecStatus(NamedTuple):
     """What guest-exec-status said about one program, with its output decoded."""
 
     pid: int

@@ -69,7 +69,6 @@ LEFT_TO_TYPER: list[tuple[list[str], dict[str, str]]] = [
     (["monitor-command", "-s", "x", "query-status"], {}),
     (["block", "-s", "x"], {}),
     (["agent", "command", "-a", "x", "guest-ping"], {}),
-    (["agent", "exec", "-a", "x", "--", "true"], {}),
 ]
 
 

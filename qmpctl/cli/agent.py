@@ -8,18 +8,17 @@ exit 125, usage mistakes included, since a guest program may exit 2 itself.
 from __future__ import annotations
 
 import functools
-import sys
-from typing import Any, BinaryIO, Callable, Optional
+from typing import Any, Callable, Optional
 
 import click
 import typer
 from typer.core import TyperCommand
 
 from qmpctl.cli import app
-from qmpctl.cli.common import Common, command, emit, execute_one, print_dry_run, run
-from qmpctl.deadline import Deadline
-from qmpctl.errors import ExecFailed, ExecTimeout, ExitCode, Interrupted, QmpctlError, UsageError
-from qmpctl.output import render_reply, to_json
+from qmpctl.cli.common import Common, SharedOption, command, execute_one, run
+from qmpctl.cli.exec_run import (EXEC_OPTIONS, JSON_HELP, ExecOptions, check_wait_timeout, execute_exec,
+                                 own_failures_exit_125)
+from qmpctl.errors import ExitCode
 from qmpctl.request import Request
 from qmpctl.targets import AGENT, Target
 
@@ -73,53 +72,22 @@ class _ExecCommand(TyperCommand):
 
 
 def _own_failures_exit_125(function: Callable[..., Any]) -> Callable[..., Any]:
-    """Report every failure of qmpctl itself as ExecFailed, so it cannot pass for the program's exit code."""
+    """Checks of the shared options happen around the command: they are qmpctl's own failures too."""
 
     @functools.wraps(function)
     def wrapper(**kwargs: Any) -> Any:
-        try:
+        with own_failures_exit_125():
             return function(**kwargs)
-        except (ExecFailed, ExecTimeout, Interrupted):
-            raise
-        except QmpctlError as exc:
-            raise ExecFailed(exc.message, sent=exc.sent, received=exc.received) from exc
 
     return wrapper
 
 
-def _write_bytes(stream: BinaryIO, data: bytes) -> None:
-    """Raw guest output; a reader that went away (``| head``) is not an error."""
-    if not data:
-        return
-    try:
-        stream.write(data)
-        stream.flush()
-    except BrokenPipeError:
-        pass
+def _typer_option(option: SharedOption) -> Any:
+    """A Typer option from ``agent exec``'s option table (shared with the fast path)."""
+    return typer.Option(option.default, *option.flags, metavar=option.metavar, help=option.help, show_default=False)
 
 
-def _report(message: str) -> None:
-    from qmpctl.cli import report
-
-    report(message)
-
-
-def _only_target(common: Common) -> Target:
-    targets = common.targets()
-    if len(targets) > 1:
-        raise UsageError(f"agent exec runs a program on one guest, but {len(targets)} targets were given; "
-                         "loop over them in the shell, or use 'agent exec --no-wait' per guest")
-    return targets[0]
-
-
-def _check_wait_timeout(wait_timeout: float | None) -> None:
-    if wait_timeout is not None and wait_timeout < 0:
-        raise UsageError(f"--wait-timeout must not be negative, got {wait_timeout:g}")
-
-
-WAIT_TIMEOUT_HELP = "Give up waiting after this long: exit 124, the program keeps running [default: no limit]."
-JSON_HELP = ("Print the decoded result as one JSON object: pid, exited, exitcode, signal, stdout, stderr "
-             "(UTF-8 text, invalid bytes as U+FFFD), out-truncated, err-truncated.")
+_STDIN, _ENV, _WAIT_TIMEOUT, _NO_WAIT, _JSON = (_typer_option(option) for option in EXEC_OPTIONS)
 
 
 @agent_app.command(
@@ -131,16 +99,11 @@ JSON_HELP = ("Print the decoded result as one JSON object: pid, exited, exitcode
 def agent_exec(
     program: list[str] = typer.Argument(..., metavar="PROGRAM [ARGS]...", help="The program to run in the guest "
                                         "(looked up in the agent's PATH) and its arguments; put -- before it."),
-    stdin: bool = typer.Option(False, "--stdin", help="Send qmpctl's standard input (up to 16 MiB) to the "
-                               "program; without it the program reads an empty input."),
-    env: Optional[list[str]] = typer.Option(None, "--env", metavar="NAME=VALUE", help="Set an environment "
-                                            "variable (repeatable). The guest agent then REPLACES the whole "
-                                            "environment with these: include PATH=... if the program needs it."),
-    wait_timeout: Optional[float] = typer.Option(None, "--wait-timeout", metavar="SECONDS", help=WAIT_TIMEOUT_HELP,
-                                                 show_default=False),
-    no_wait: bool = typer.Option(False, "--no-wait", help="Print the agent's reply with the guest pid "
-                                 '({"return":{"pid":N}}) and return; read the result with agent exec-status.'),
-    json_output: bool = typer.Option(False, "--json", help=JSON_HELP),
+    stdin: bool = _STDIN,
+    env: Optional[list[str]] = _ENV,
+    wait_timeout: Optional[float] = _WAIT_TIMEOUT,
+    no_wait: bool = _NO_WAIT,
+    json_output: bool = _JSON,
     *, common: Common,
 ) -> int:
     """Run a program in the guest like ssh would (guest-exec + guest-exec-status).
@@ -152,45 +115,9 @@ def agent_exec(
     guest-exec disabled, program cannot be started), with the reason on stderr.
     Each exchange with the agent is bounded by --timeout; the program may run longer.
     """
-    from qmpctl import guest_exec
-
-    _check_wait_timeout(wait_timeout)
-    if no_wait and wait_timeout is not None:
-        raise UsageError("--no-wait and --wait-timeout contradict each other")
-    input_data = sys.stdin.buffer.read(guest_exec.MAX_INPUT_BYTES + 1) if stdin else None
-    request = guest_exec.exec_request(program, env=env, input_data=input_data)
-    if common.dry_run:
-        print_dry_run(common, [request])
-        return ExitCode.OK
-    target = _only_target(common)
-    deadline = Deadline(common.timeout)
-    session = target.open(deadline)
-    try:
-        pid = guest_exec.start(session, request, deadline)
-        if no_wait:
-            emit(render_reply({"return": {"pid": pid}}, pretty=common.pretty, return_value=common.return_value))
-            return ExitCode.OK
-        try:
-            status, _ = guest_exec.wait_for_exit(session, pid, reply_timeout=common.timeout,
-                                                 wait_timeout=wait_timeout)
-        except ExecTimeout as exc:
-            if json_output:
-                emit(to_json(guest_exec.ExecStatus(pid, exited=False).to_json(), common.pretty))
-            raise ExecTimeout(f"{exc.message} and keeps running; read its result later with "
-                              f"'qmpctl agent exec-status {pid}'") from None
-        except KeyboardInterrupt:
-            raise Interrupted(f"interrupted; the program keeps running in the guest as pid {pid}") from None
-    finally:
-        session.close()
-    if json_output:
-        emit(to_json(status.to_json(), common.pretty))
-    else:
-        _write_bytes(sys.stdout.buffer, status.stdout)
-        _write_bytes(sys.stderr.buffer, status.stderr)
-    for stream, truncated in (("stdout", status.out_truncated), ("stderr", status.err_truncated)):
-        if truncated:
-            _report(f"the guest agent truncated the program's {stream} at 16 MiB")
-    return status.exit_status
+    options = ExecOptions(program=program, stdin=stdin, env=env, wait_timeout=wait_timeout, no_wait=no_wait,
+                          json_output=json_output)
+    return execute_exec(options, common)
 
 
 @agent_app.command("exec-status", epilog="Example: qmpctl agent exec-status -a /tmp/channel.sock 1234 --wait --json")
@@ -212,7 +139,7 @@ def agent_exec_status(
     """
     from qmpctl import guest_exec
 
-    _check_wait_timeout(wait_timeout)
+    check_wait_timeout(wait_timeout)
     request = guest_exec.status_request(pid)
 
     def action(session: Any, deadline: Any, target: Target) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The shortcut past Typer for the commands scripts run most: status, stop, cont, agent ping/info/interfaces.
+"""The shortcut past Typer for the commands scripts run most: status, stop, cont, agent ping/info/interfaces/exec.
 
 Importing Typer and click costs about 50 ms, three whole ``virsh`` calls,
 before qmpctl has done anything. The commands in :data:`SIMPLE_COMMANDS` send
@@ -68,25 +68,44 @@ def _from_environment(option: SharedOption, environ: Mapping[str, str]) -> Any:
     return _convert(option, text)
 
 
-def parse(argv: list[str], environ: Mapping[str, str]) -> Invocation | None:
-    """The invocation ``argv`` asks for, or None when Typer must handle it."""
+def parse(argv: list[str], environ: Mapping[str, str]) -> Any:
+    """The invocation ``argv`` asks for (an :class:`Invocation`, or ``agent exec``'s own), or None for Typer."""
     if COMPLETION_VARIABLE in environ:
         return None
+    if argv[:2] == ["agent", "exec"]:
+        from qmpctl.cli.exec_run import parse_exec
+
+        return parse_exec(argv[2:], environ)
     for words in (tuple(argv[:2]), tuple(argv[:1])):
         if words in SIMPLE_COMMANDS:
             break
     else:
         return None
     kind, execute = SIMPLE_COMMANDS[words]
-    options = shared_options(kind)
+    read = read_command_line(shared_options(kind), argv[len(words):], environ)
+    return None if read is None else Invocation(kind, execute, read[0])
+
+
+def read_command_line(options: tuple[SharedOption, ...], tokens: list[str], environ: Mapping[str, str], *,
+                      positionals: bool = False) -> tuple[dict[str, Any], list[str]] | None:
+    """The values of ``options`` (from ``tokens``, else the environment, else defaults), and the positional words.
+
+    Without ``positionals`` any positional word sends the line to Typer. With
+    it, ``--`` or the first word that is not an option ends the options and
+    everything from there on is positional (click's ``allow_interspersed_args``
+    off, as ``agent exec`` uses it).
+    """
     by_flag = {flag: option for option in options for flag in option.flags}
     given: dict[str, Any] = {}
-    rest = argv[len(words):]
+    rest: list[str] = []
     index = 0
-    while index < len(rest):
-        token = rest[index]
+    while index < len(tokens):
+        token = tokens[index]
         index += 1
         attached: str | None = None
+        if positionals and token == "--":
+            rest = tokens[index:]
+            break
         if token.startswith("--"):
             flag, equals, value_part = token.partition("=")
             if equals:
@@ -95,6 +114,9 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Invocation | None:
             flag = token[:2]
             if len(token) > 2:
                 attached = token[2:]
+        elif positionals:
+            rest = tokens[index - 1:]
+            break
         else:
             return None  # a positional argument: these commands take none
         option = by_flag.get(flag)
@@ -106,9 +128,9 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Invocation | None:
             given[option.name] = True
             continue
         if attached is None:
-            if index >= len(rest):
+            if index >= len(tokens):
                 return None
-            attached = rest[index]
+            attached = tokens[index]
             index += 1
         if not attached or attached.startswith("-"):
             return None  # an empty value or one that looks like an option: let Typer decide
@@ -119,24 +141,26 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Invocation | None:
             given.setdefault(option.name, []).append(value)
         else:
             given[option.name] = value
-    shared: dict[str, Any] = {}
+    values: dict[str, Any] = {}
     for option in options:
         if option.name in given:
-            shared[option.name] = given[option.name]
+            values[option.name] = given[option.name]
         elif option.envvar is not None and option.envvar in environ:
             if not environ[option.envvar].strip():
                 return None  # click's reading of an empty variable has changed between releases
             value = _from_environment(option, environ)
             if value is None:
                 return None
-            shared[option.name] = value
+            values[option.name] = value
         else:
-            shared[option.name] = option.default
-    return Invocation(kind, execute, shared)
+            values[option.name] = option.default
+    return values, rest
 
 
-def run_invocation(invocation: Invocation) -> int:
+def run_invocation(invocation: Any) -> int:
     """Do what the Typer command would do with the same options."""
+    if not isinstance(invocation, Invocation):
+        return invocation.run()  # agent exec (qmpctl.cli.exec_run)
     common = make_common(invocation.kind, invocation.shared)
     request = Request(invocation.execute, protocol=invocation.kind)
     return run(common, execute_one(request), [request])
