@@ -10,12 +10,13 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from support.fakes import FakeServer, FullListenQueue
+from support.fakes import GREETING, FakeServer, FullListenQueue, Peer
 
 pytestmark = pytest.mark.fault
 
@@ -118,24 +119,35 @@ def test_unix_listen_queue_full_is_busy_not_unreachable(cli, tmp_path):
 
 def test_unix_listen_queue_that_drains_in_time_is_not_an_error(cli, tmp_path):
     """A queue that frees up before the deadline lets qmpctl in: it retried instead of failing."""
-    from support.fakes import Peer
-
-    def script(peer: Peer) -> None:
-        peer.handshake()
-        peer.reply(peer.read_request(), {"status": "running", "running": True})
-
-    path = tmp_path / "qmp.sock"
-    queue = FullListenQueue(path)
-    popen = cli.popen("status", "-s", str(path), "--timeout", "5")
-    time.sleep(0.5)
-    for client in queue.queued:  # free the queue and serve whoever comes next
-        client.close()
-    queue.listener.close()
-    path.unlink()
-    with FakeServer(path, script):
+    with FullListenQueue(tmp_path / "qmp.sock") as queue:
+        popen = cli.popen("status", "-s", str(queue.path), "--timeout", "5")
+        time.sleep(0.5)  # qmpctl is being turned away now
+        for client in queue.queued:
+            client.close()
+        served = threading.Thread(target=serve_first_real_client, args=(queue.listener,), daemon=True)
+        served.start()
         out, err = popen.communicate(timeout=10)
     assert popen.returncode == 0, err
     assert b'"running":true' in out
+
+
+def serve_first_real_client(listener: socket.socket) -> None:
+    """Accept until a client that speaks (queued ones that already left are skipped) and answer its status."""
+    listener.settimeout(10)
+    while True:
+        conn, _ = listener.accept()
+        with conn:
+            peer = Peer(conn, bytearray())
+            try:
+                peer.send(GREETING)
+                negotiation = peer.read_request()
+            except OSError:
+                continue
+            if not negotiation:
+                continue
+            peer.reply(negotiation)
+            peer.reply(peer.read_request(), {"status": "running", "running": True})
+            return
 
 
 def test_tcp_port_with_nothing_listening(cli):
