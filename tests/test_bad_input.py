@@ -38,11 +38,15 @@ def server(tmp_path, monkeypatch) -> Iterator[Tripwire]:
         assert tripwire.touched() == (0, b""), "qmpctl connected or sent although the input was invalid"
 
 
-def qmpctl(capsys, *argv: str) -> tuple[int, str]:
-    """Run one command line in this process; returns (exit code, stderr)."""
+def qmpctl(capsys, *argv: str, fast_path: bool = True) -> tuple[int, str]:
+    """Run one command line in this process; returns (exit code, stderr).
+
+    ``fast_path=False`` forces the full Typer parser for commands the
+    start-up fast path would otherwise handle, so both are held to the table.
+    """
     previous = signal.getsignal(signal.SIGTERM)
     try:
-        code = run_cli(list(argv))
+        code = run_cli(list(argv), fast_path=fast_path)
     finally:
         signal.signal(signal.SIGTERM, previous)
     return code, capsys.readouterr().err
@@ -111,10 +115,11 @@ def required_values(command: click.Command, tmp_path: Path) -> list[str]:
     return values
 
 
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "typer"])
 @pytest.mark.parametrize("path, words, phrase, name", typed_parameters(),
                          ids=lambda value: " ".join(value) if isinstance(value, (tuple, list)) else "")
-def test_wrong_type_in_a_typed_parameter(capsys, server, path, words, phrase, name):
-    code, err = qmpctl(capsys, *path, *words)
+def test_wrong_type_in_a_typed_parameter(capsys, server, path, words, phrase, name, fast_path):
+    code, err = qmpctl(capsys, *path, *words, fast_path=fast_path)
     assert code == usage_exit(path), err
     assert phrase in err and name in err
 
@@ -135,9 +140,10 @@ SHARED_BAD_VALUES = [
 @pytest.mark.parametrize("path", [path for path, command in commands()
                                   if any("--timeout" in p.opts for p in command.params)], ids=" ".join)
 @pytest.mark.parametrize("option, value, phrase", SHARED_BAD_VALUES)
-def test_out_of_range_shared_option(capsys, server, tmp_path, path, option, value, phrase):
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "typer"])
+def test_out_of_range_shared_option(capsys, server, tmp_path, path, option, value, phrase, fast_path):
     command = dict(commands())[path]
-    code, err = qmpctl(capsys, *path, option, value, *required_values(command, tmp_path))
+    code, err = qmpctl(capsys, *path, option, value, *required_values(command, tmp_path), fast_path=fast_path)
     assert code == usage_exit(path), err
     assert phrase in err
 
@@ -211,6 +217,7 @@ def test_empty_hmp_command_line(capsys, server):
 
 # --- targets and command lines ------------------------------------------------------
 
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "typer"])
 @pytest.mark.parametrize("address, phrase", [
     ("", "empty address"),
     ("unix:", "unix: needs a path"),
@@ -224,8 +231,8 @@ def test_empty_hmp_command_line(capsys, server):
     (",server=on", "no path before the options"),
     ("/tmp/a\0b.sock", "contains a NUL byte"),
 ])
-def test_bad_address(capsys, server, address, phrase):
-    code, err = qmpctl(capsys, "status", "-s", address)
+def test_bad_address(capsys, server, address, phrase, fast_path):
+    code, err = qmpctl(capsys, "status", "-s", address, fast_path=fast_path)
     assert code == USAGE, err
     assert phrase in err
 
