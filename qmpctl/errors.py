@@ -66,6 +66,10 @@ class ProtocolError(QmpctlError):
     exit_code = ExitCode.PROTOCOL
 
 
+class ConnectionClosed(ProtocolError):
+    """The peer closed the connection (or reset it) before qmpctl had its answer."""
+
+
 class VmError(QmpctlError):
     """QEMU (or the guest agent) answered the command with an error object."""
 

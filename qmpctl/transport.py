@@ -14,7 +14,7 @@ import time
 
 from qmpctl.address import Address
 from qmpctl.deadline import Deadline
-from qmpctl.errors import ConnectError, ProtocolError
+from qmpctl.errors import ConnectError, ConnectionClosed, ProtocolError
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """A reply bigger than this is a protocol error, not a reason to exhaust memory."""
@@ -122,7 +122,7 @@ class Connection:
         except socket.timeout:
             raise deadline.exceeded(f"{self.address} to accept {what}") from None
         except OSError as exc:
-            raise ProtocolError(
+            raise ConnectionClosed(
                 f"connection to {self.address} closed while sending {what}: {exc.strerror or exc}"
             ) from exc
 
@@ -133,12 +133,12 @@ class Connection:
         except socket.timeout:
             raise deadline.exceeded(waiting_for, hint) from None
         except OSError as exc:
-            raise ProtocolError(
+            raise ConnectionClosed(
                 f"connection to {self.address} failed while waiting for {waiting_for}: {exc.strerror or exc}"
             ) from exc
         if not chunk:
             detail = f" after {len(self._buffer)} bytes of an unfinished message" if self._buffer else ""
-            raise ProtocolError(
+            raise ConnectionClosed(
                 f"connection closed by {self.address} while waiting for {waiting_for}{detail}",
                 received=bytes(self._buffer[:200]),
             )
