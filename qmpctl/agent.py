@@ -14,7 +14,7 @@ from typing import Any
 
 from qmpctl.address import Address
 from qmpctl.deadline import Deadline
-from qmpctl.errors import ProtocolError, VmError
+from qmpctl.errors import ConnectionClosed, DeadlineExceeded, ProtocolError, VmError
 from qmpctl.qmp import decode_message, reply_error
 from qmpctl.request import Request
 from qmpctl.transport import RECV_CHUNK, Connection
@@ -23,6 +23,9 @@ SYNC_BYTE = b"\xff"
 SILENT_HINT = "guest agent is not responding: is qemu-ga running in the guest?"
 DISABLED_CLASS = "CommandNotFound"
 MAX_DRAIN_READS = 64
+NO_REPLY_COMMANDS = frozenset({"guest-shutdown", "guest-suspend-disk", "guest-suspend-ram", "guest-suspend-hybrid"})
+"""Commands qemu-ga answers only when they fail: on success the guest goes away instead."""
+NO_REPLY_GRACE_SECONDS = 1.0
 
 
 def _random_id() -> int:
@@ -138,5 +141,26 @@ class AgentSession:
                                 sent=request.as_dict(), received=message)
 
     def execute_no_reply(self, request: Request, deadline: Deadline) -> None:
-        """For guest-shutdown and friends, which succeed without answering."""
-        self.connection.send(request.wire(), deadline, request.execute)
+        """For guest-shutdown and friends, which answer only when they fail.
+
+        A short grace period catches a refusal (a disabled command, bad
+        arguments); silence, or the channel closing as the guest goes down,
+        means the agent took the command.
+        """
+        request_id = _random_id()
+        self.connection.send(request.wire(request_id), deadline, request.execute)
+        grace = deadline.sub(NO_REPLY_GRACE_SECONDS)
+        waiting_for = f"a refusal of {request.execute} from the guest agent at {self.target}"
+        try:
+            while True:
+                line = self.connection.read_line(grace, waiting_for).lstrip(SYNC_BYTE)
+                if not line.strip():
+                    continue
+                message = decode_message(line, self.connection.address, waiting_for)
+                if message.pop("id", request_id) != request_id:
+                    continue
+                if "error" in message:
+                    raise disabled_command_error(reply_error(message, request), request.execute)
+                return
+        except (DeadlineExceeded, ConnectionClosed):
+            return

@@ -53,10 +53,17 @@ def agent_command(
                                       "followed by its arguments as JSON members."),
     *, common: Common,
 ) -> int:
-    """Send any guest-agent command, like virsh qemu-agent-command."""
+    """Send any guest-agent command, like virsh qemu-agent-command.
+
+    guest-shutdown and guest-suspend-* answer only when they fail: for them
+    qmpctl waits a second for a refusal and prints nothing on success.
+    """
+    from qmpctl.agent import NO_REPLY_COMMANDS
     from qmpctl.rawcommand import parse_raw_command
 
     request = parse_raw_command(words, protocol="qga")
+    if request.execute in NO_REPLY_COMMANDS:
+        return run(common, lambda session, deadline, target: session.execute_no_reply(request, deadline), [request])
     return run(common, execute_one(request), [request])
 
 
