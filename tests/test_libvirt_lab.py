@@ -8,36 +8,22 @@ the agent only through ``virDomainQemuAgentCommand``. The reference is
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import ModuleType
 from typing import Iterator
 
 import pytest
 
 from support.libvirt import TestDomain, libvirtd, virsh  # noqa: F401 (fixtures)
+from support.lab import lab_guest_module as _lab_guest_module
 from support.runner import CliRunner
 
 pytestmark = [pytest.mark.lab, pytest.mark.libvirt]
 
-LAB = Path(__file__).resolve().parent / "lab"
 AGENT_READY_SECONDS = 120
-
-
-def _lab_guest_module() -> ModuleType:
-    """tests/lab/guest.py by path (it imports its own build.py); a plain import could find other packages."""
-    name = "qmpctl_lab_guest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, LAB / "guest.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up while it executes
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 def _wait_for_agent(domain: TestDomain) -> None:

@@ -1,0 +1,123 @@
+"""End to end against the lab guest: a real Linux whose qemu-ga sits behind QEMU's virtio-serial channel.
+
+This is exactly the path users have: QMP to QEMU, and the agent inside a guest
+that boots, answers late while booting, sees hotplugged disks and powers off.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from typing import Iterator
+
+import pytest
+
+from support.lab import lab_guest_module
+from support.runner import CliRunner
+
+pytestmark = pytest.mark.lab
+
+BOOT_SECONDS = 120
+
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """One booted lab guest for the module (booting takes seconds under TCG)."""
+    lab = lab_guest_module()
+    workdir = tmp_path_factory.mktemp("lab")
+    with lab.LabGuest(workdir) as booted:
+        yield booted
+
+
+@pytest.fixture
+def run() -> CliRunner:
+    return CliRunner()
+
+
+def guest_exec(run: CliRunner, guest, *command: str, **kwargs):
+    return run("agent", "exec", "-a", str(guest.agent_path), "--", *command, **kwargs)
+
+
+def test_agent_ping_info_interfaces_through_the_channel(run, guest):
+    ping = run("agent", "ping", "-a", str(guest.agent_path))
+    assert ping.code == 0 and json.loads(ping.out) == {"return": {}}, ping
+    info = run("agent", "info", "-a", str(guest.agent_path), "--return-value")
+    assert info.code == 0, info
+    names = {command["name"] for command in json.loads(info.out)["supported_commands"]}
+    assert {"guest-exec", "guest-ping", "guest-network-get-interfaces"} <= names
+    interfaces = run("agent", "interfaces", "-a", str(guest.agent_path), "--return-value")
+    assert interfaces.code == 0, interfaces
+    assert "lo" in {interface["name"] for interface in json.loads(interfaces.out)}
+
+
+def test_exec_output_streams_and_exit_codes(run, guest):
+    uname = guest_exec(run, guest, "uname", "-s")
+    assert uname.code == 0 and uname.out == "Linux\n", uname
+    mixed = guest_exec(run, guest, "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (mixed.code, mixed.out, mixed.err) == (3, "out\n", "err\n")
+    killed = guest_exec(run, guest, "sh", "-c", "kill -9 $$")
+    assert killed.code == 128 + 9, killed
+    echoed = run("agent", "exec", "-a", str(guest.agent_path), "--stdin", "--", "cat", input=b"bytes \x00\xff in\n")
+    assert echoed.code == 0 and echoed.out_bytes == b"bytes \x00\xff in\n", echoed
+
+
+def _guest_disks(run: CliRunner, guest) -> set[str]:
+    listing = guest_exec(run, guest, "ls", "/sys/block")
+    assert listing.code == 0, listing
+    return {name for name in listing.out.split() if name.startswith("vd")}
+
+
+def _wait_until(predicate, seconds: float = 15) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return predicate()
+
+
+def test_hotplug_then_unplug_a_disk_the_guest_really_sees(run, guest, tmp_path):
+    image = tmp_path / "extra.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
+    before = _guest_disks(run, guest)
+    plugged = run("hotplug-disk", "-s", str(guest.qmp_path), str(image), "--id", "extra0")
+    assert plugged.code == 0, plugged
+    assert _wait_until(lambda: len(_guest_disks(run, guest)) == len(before) + 1), "the guest never saw the disk"
+    unplugged = run("unplug-disk", "-s", str(guest.qmp_path), "extra0", "--wait-timeout", "20")
+    assert unplugged.code == 0, unplugged
+    assert _guest_disks(run, guest) == before
+    nodes = run("block", "-s", str(guest.qmp_path), "--nodes", "--return-value")
+    assert not any(node["node-name"].startswith("extra0") for node in json.loads(nodes.out))
+
+
+def test_backup_of_a_disk_the_guest_wrote_to(run, guest, tmp_path):
+    marker = f"written by the guest at {time.time()}"
+    wrote = guest_exec(run, guest, "sh", "-c", f"echo '{marker}' | dd of=/dev/vda conv=fsync 2>/dev/null")
+    assert wrote.code == 0, wrote
+    target = tmp_path / "backup.qcow2"
+    backup = run("backup", "-s", str(guest.qmp_path), guest.data_disk_device_id, str(target), "--progress", "none")
+    assert backup.code == 0, backup
+    same = subprocess.run(["qemu-img", "compare", "-U", str(guest.data_disk), str(target)], capture_output=True)
+    assert same.returncode == 0, same.stdout
+    raw = tmp_path / "backup.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(target), str(raw)], check=True)
+    assert raw.read_bytes()[: len(marker)] == marker.encode()
+
+
+def test_resync_while_the_guest_is_still_booting_and_shutdown(run, tmp_path_factory):
+    """qmpctl connects before the agent runs: its bytes wait in the channel and are answered late."""
+    lab = lab_guest_module()
+    booting = lab.LabGuest(tmp_path_factory.mktemp("boot"), name="early")
+    booting.start()
+    try:
+        ping = run("agent", "ping", "-a", str(booting.agent_path), "--timeout", str(BOOT_SECONDS))
+        assert ping.code == 0 and json.loads(ping.out) == {"return": {}}, ping
+        assert ping.seconds > 1, "the agent answered at once: this test did not catch the guest booting"
+        again = run("agent", "ping", "-a", str(booting.agent_path), "--timeout", "10")
+        assert again.code == 0, again
+        shutdown = run("agent", "command", "-a", str(booting.agent_path), "guest-shutdown")
+        assert shutdown.code == 0 and shutdown.out == "", shutdown
+        assert _wait_until(lambda: not booting.is_running(), 20), "the guest did not power off"
+    finally:
+        booting.stop()
