@@ -21,6 +21,7 @@ class ExitCode(IntEnum):
     TIMEOUT = 4
     PROTOCOL = 5
     JOB_FAILED = 6
+    INTERNAL = 70
     EXEC_TIMEOUT = 124
     EXEC_FAILED = 125
     INTERRUPTED = 130

@@ -61,6 +61,14 @@ def run_cli(argv: list[str] | None = None, *, fast_path: bool = True) -> int:
     except KeyboardInterrupt:
         report("interrupted")
         return ExitCode.INTERRUPTED
+    except Exception as exc:  # a bug in qmpctl: never let scripts read it as "the VM said no" (exit 1)
+        if os.environ.get("QMPCTL_TRACEBACK"):
+            import traceback
+
+            traceback.print_exc()
+        report(f"internal error: {type(exc).__name__}: {exc} (a bug in qmpctl; "
+               "set QMPCTL_TRACEBACK=1 to see where)")
+        return ExitCode.INTERNAL
 
 
 def _run_typer(args: list[str]) -> int:

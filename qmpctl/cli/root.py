@@ -39,8 +39,9 @@ def _root(
 
     Exit codes: 0 success, 1 the VM or agent answered with an error, 2 bad usage or
     invalid input (nothing sent), 3 could not connect, 4 timed out (also a busy
-    monitor), 5 protocol error, 6 a block job failed, 124 agent exec: program outlived
-    --wait-timeout, 125 agent exec: qmpctl could not run it, 130 interrupted.
+    monitor), 5 protocol error, 6 a block job failed, 70 internal error (a bug in
+    qmpctl), 124 agent exec: program outlived --wait-timeout, 125 agent exec: qmpctl
+    could not run it, 130 interrupted.
     """
 
 
