@@ -15,7 +15,7 @@ from typing import Any
 from qmpctl.address import Address
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectionClosed, DeadlineExceeded, ProtocolError, VmError
-from qmpctl.qmp import decode_message, reply_error
+from qmpctl.qmp import checked_reply, decode_message
 from qmpctl.request import Request
 from qmpctl.transport import RECV_CHUNK, Connection
 
@@ -126,19 +126,23 @@ class AgentSession:
         request_id = _random_id()
         waiting_for = f"the reply to {request.execute} from the guest agent at {self.target}"
         self.connection.send(request.wire(request_id), deadline, request.execute)
+        return self._checked(self._our_reply(request_id, deadline, waiting_for, SILENT_HINT), request)
+
+    def _our_reply(self, request_id: int, deadline: Deadline, waiting_for: str, hint: str) -> dict[str, Any]:
+        """The next reply that is ours (its id removed), past blank lines, sync bytes and others' replies."""
         while True:
-            line = self.connection.read_line(deadline, waiting_for, SILENT_HINT).lstrip(SYNC_BYTE)
+            line = self.connection.read_line(deadline, waiting_for, hint).lstrip(SYNC_BYTE)
             if not line.strip():
                 continue
             message = decode_message(line, self.connection.address, waiting_for)
-            if message.pop("id", request_id) != request_id:
-                continue
-            if "error" in message:
-                raise disabled_command_error(reply_error(message, request), request.execute)
-            if "return" in message:
+            if message.pop("id", request_id) == request_id:
                 return message
-            raise ProtocolError(f"the guest agent at {self.target} sent a reply with neither return nor error",
-                                sent=request.as_dict(), received=message)
+
+    def _checked(self, reply: dict[str, Any], request: Request) -> dict[str, Any]:
+        try:
+            return checked_reply(reply, request, f"the guest agent at {self.target}")
+        except VmError as error:
+            raise disabled_command_error(error, request.execute) from None
 
     def execute_no_reply(self, request: Request, deadline: Deadline) -> None:
         """For guest-shutdown and friends, which answer only when they fail.
@@ -152,15 +156,7 @@ class AgentSession:
         grace = deadline.sub(NO_REPLY_GRACE_SECONDS)
         waiting_for = f"a refusal of {request.execute} from the guest agent at {self.target}"
         try:
-            while True:
-                line = self.connection.read_line(grace, waiting_for).lstrip(SYNC_BYTE)
-                if not line.strip():
-                    continue
-                message = decode_message(line, self.connection.address, waiting_for)
-                if message.pop("id", request_id) != request_id:
-                    continue
-                if "error" in message:
-                    raise disabled_command_error(reply_error(message, request), request.execute)
-                return
+            reply = self._our_reply(request_id, grace, waiting_for, "")
         except (DeadlineExceeded, ConnectionClosed):
             return
+        self._checked(reply, request)

@@ -25,7 +25,7 @@ from typing import Any, Callable, NamedTuple, TypeVar
 from qmpctl.agent import SILENT_HINT, disabled_command_error
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectError, DeadlineExceeded, ProtocolError, QmpctlError, UsageError, VmError
-from qmpctl.qmp import reply_error
+from qmpctl.qmp import checked_reply
 from qmpctl.request import Request
 from qmpctl.targets import AGENT, MONITOR
 
@@ -267,12 +267,7 @@ class DomainSession:
         return reply
 
     def _check(self, reply: dict[str, Any], request: Request) -> dict[str, Any]:
-        if "error" in reply:
-            raise reply_error(reply, request)
-        if "return" not in reply:
-            raise ProtocolError(f"{self.target} sent a reply with neither return nor error",
-                                sent=request.as_dict(), received=reply)
-        return reply
+        return checked_reply(reply, request, self.target)
 
     def _text(self, request: Request) -> str:
         """The request as libvirt takes it; one it could not carry is refused before anything is sent."""

@@ -53,6 +53,16 @@ def reply_error(reply: dict[str, Any], request: Request | dict[str, Any]) -> VmE
     return VmError(str(error.get("class", "GenericError")), str(error.get("desc", "")), sent=sent, received=reply)
 
 
+def checked_reply(reply: dict[str, Any], request: Request, source: str) -> dict[str, Any]:
+    """``reply`` when it carries a ``return``; its error as :class:`VmError`; anything else is a protocol error."""
+    if "error" in reply:
+        raise reply_error(reply, request)
+    if "return" not in reply:
+        raise ProtocolError(f"{source} sent a reply with neither return nor error",
+                            sent=request.as_dict(), received=reply)
+    return reply
+
+
 class QmpSession:
     """One short-lived, negotiated connection to a QEMU monitor."""
 
@@ -132,12 +142,7 @@ class QmpSession:
             if message.get("id") != request_id:
                 continue  # a stale or foreign reply: never ours
             message.pop("id")
-            if "error" in message:
-                raise reply_error(message, request)
-            if "return" not in message:
-                raise ProtocolError(f"{self.target} sent a reply with neither return nor error",
-                                    sent=request.as_dict(), received=message)
-            return message
+            return checked_reply(message, request, self.target)
 
     def execute(self, request: Request, deadline: Deadline) -> dict[str, Any]:
         """Send ``request``; return the reply object without qmpctl's id. Errors raise :class:`VmError`."""
