@@ -129,3 +129,13 @@ def test_a_heavy_import_is_caught(tmp_path):
     code, _, modules = imported_by(tmp_path, "status", "--help")
     assert code == 0
     assert offenders(modules, FAST_PATH_EXTRA)
+
+
+@pytest.mark.agent
+def test_agent_exec_stays_clear_of_typer_and_heavy_modules(agent, tmp_path):
+    code, out, modules = imported_by(tmp_path, "agent", "exec", "-a", str(agent.path), "--", "echo", "hi")
+    assert code == 0 and out == "hi\n", out
+    exec_budget = {name: why for name, why in HEAVY.items() if name != "qmpctl.guest_exec"}
+    exec_budget.update({name: FAST_PATH_EXTRA[name] for name in ("typer", "click")})
+    assert offenders(modules, exec_budget) == []
+    assert "qmpctl.guest_exec" in modules
