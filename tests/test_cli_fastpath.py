@@ -131,7 +131,7 @@ def typer_command(words: tuple[str, ...]) -> click.Command:
 @pytest.mark.parametrize("words", list(fastpath.SIMPLE_COMMANDS), ids=" ".join)
 def test_fast_commands_take_only_the_shared_options(words):
     """A command that grows its own option must leave the fast path, or the option would be ignored."""
-    kind, _ = fastpath.SIMPLE_COMMANDS[words]
+    kind = fastpath.SIMPLE_COMMANDS[words].kind
     params = {param.name: param for param in typer_command(words).params}
     shared = {option.name: option for option in common.shared_options(kind)}
     assert set(params) == set(shared), "a fast-path command has options of its own: drop it from SIMPLE_COMMANDS"
@@ -147,14 +147,14 @@ def test_fast_commands_take_only_the_shared_options(words):
 @pytest.mark.parametrize("words", list(fastpath.SIMPLE_COMMANDS), ids=" ".join)
 def test_fast_path_sends_the_request_typer_would(words, capsys, monkeypatch):
     set_environment(monkeypatch, {})
-    flag = "-a" if fastpath.SIMPLE_COMMANDS[words][0] == "qga" else "-s"
+    flag = "-a" if fastpath.SIMPLE_COMMANDS[words].kind == "qga" else "-s"
     argv = [*words, flag, "/tmp/nowhere.sock", "--dry-run"]
     assert fastpath.parse(argv, {}) is not None
     assert run_cli(argv) == 0
     fast = capsys.readouterr()
     assert run_cli(argv, fast_path=False) == 0
     slow = capsys.readouterr()
-    assert fast.out == slow.out and json.loads(fast.out)["execute"] == fastpath.SIMPLE_COMMANDS[words][1]
+    assert fast.out == slow.out and json.loads(fast.out)["execute"] == fastpath.SIMPLE_COMMANDS[words].execute
 
 
 @pytest.mark.qemu

@@ -15,34 +15,20 @@ import typer
 from typer.core import TyperCommand
 
 from qmpctl.cli import app
-from qmpctl.cli.common import Common, SharedOption, command, execute_one, run
+from qmpctl.cli.common import Common, SharedOption, command, execute_one, register_simple, run
 from qmpctl.cli.exec_run import (EXEC_OPTIONS, JSON_HELP, ExecOptions, check_wait_timeout, execute_exec,
                                  own_failures_exit_125)
+from qmpctl.cli.simple import SIMPLE_COMMANDS
 from qmpctl.errors import ExitCode
-from qmpctl.request import Request
 from qmpctl.targets import AGENT, Target
 
 agent_app = typer.Typer(help="Guest-agent (qemu-ga) commands.", no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
 
 
-def _simple(name: str, execute: str, summary: str, example: str) -> None:
-    @command(AGENT)
-    def handler(common: Common) -> int:
-        request = Request(execute, protocol="qga")
-        return run(common, execute_one(request), [request])
-
-    handler.__doc__ = summary
-    handler.__name__ = f"agent_{name}"
-    agent_app.command(name, epilog=f"Example: {example}")(handler)
-
-
-_simple("ping", "guest-ping", "Check that the guest agent answers (guest-ping).",
-        "qmpctl agent ping -a /tmp/channel.sock")
-_simple("info", "guest-info", "Show the agent's version and supported commands (guest-info).",
-        "qmpctl agent info -a /tmp/channel.sock --pretty")
-_simple("interfaces", "guest-network-get-interfaces", "Show the guest's network interfaces "
-        "(guest-network-get-interfaces).", "qmpctl agent interfaces -a /tmp/channel.sock --pretty")
+for _words, _simple in SIMPLE_COMMANDS.items():
+    if _words[0] == "agent":
+        register_simple(agent_app, _words, _simple)
 
 
 @agent_app.command("command", epilog="Example: qmpctl agent command -a /tmp/channel.sock "

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any, Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ExitCode, Interrupted, QmpctlError, UsageError
 from qmpctl.output import hmp_text, render_reply, to_json
 from qmpctl.request import Request
 from qmpctl.targets import AGENT, MONITOR, Action, Target, resolve_targets
+
+if TYPE_CHECKING:
+    from qmpctl.cli.simple import SimpleCommand
 
 # Typer (and inspect) are imported only inside the functions that build Typer
 # options: the fast path (qmpctl/cli/fastpath.py) runs commands without them.
@@ -167,6 +170,19 @@ def command(kind: str = MONITOR) -> Callable[[Callable[..., Any]], Callable[...,
         return wrapper
 
     return decorate
+
+
+def register_simple(typer_app: Any, words: tuple[str, ...], simple: "SimpleCommand") -> None:
+    """Register one argument-less command of :data:`qmpctl.cli.simple.SIMPLE_COMMANDS` on ``typer_app``."""
+
+    @command(simple.kind)
+    def handler(common: Common) -> int:
+        request = Request(simple.execute, protocol=simple.kind)
+        return run(common, execute_one(request), [request])
+
+    handler.__doc__ = simple.summary
+    handler.__name__ = "_".join(words).replace("-", "_")
+    typer_app.command(words[-1], epilog=f"Example: {simple.example}")(handler)
 
 
 def emit(text: str) -> None:

@@ -21,18 +21,9 @@ from __future__ import annotations
 from typing import Any, Mapping, NamedTuple
 
 from qmpctl.cli.common import SharedOption, execute_one, make_common, run, shared_options
+from qmpctl.cli.simple import SIMPLE_COMMANDS
 from qmpctl.request import Request
-from qmpctl.targets import AGENT, MONITOR
 
-SIMPLE_COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
-    ("status",): (MONITOR, "query-status"),
-    ("stop",): (MONITOR, "stop"),
-    ("cont",): (MONITOR, "cont"),
-    ("agent", "ping"): (AGENT, "guest-ping"),
-    ("agent", "info"): (AGENT, "guest-info"),
-    ("agent", "interfaces"): (AGENT, "guest-network-get-interfaces"),
-}
-"""Command words -> (target kind, command to send without arguments)."""
 
 COMPLETION_VARIABLE = "_QMPCTL_COMPLETE"
 """Set by the shell-completion scripts Typer installs: completion is Typer's business."""
@@ -81,9 +72,9 @@ def parse(argv: list[str], environ: Mapping[str, str]) -> Any:
             break
     else:
         return None
-    kind, execute = SIMPLE_COMMANDS[words]
-    read = read_command_line(shared_options(kind), argv[len(words):], environ)
-    return None if read is None else Invocation(kind, execute, read[0])
+    simple = SIMPLE_COMMANDS[words]
+    read = read_command_line(shared_options(simple.kind), argv[len(words):], environ)
+    return None if read is None else Invocation(simple.kind, simple.execute, read[0])
 
 
 def read_command_line(options: tuple[SharedOption, ...], tokens: list[str], environ: Mapping[str, str], *,

@@ -45,9 +45,10 @@ def _root(
     """
 
 
-from qmpctl.cli import agent as _agent  # noqa: E402,F401  (registers commands)
+# Registration order is the order of the help listing: VM-wide first, then disks, then the agent.
+from qmpctl.cli import vm as _vm  # noqa: E402,F401  (registers commands)
 from qmpctl.cli import block as _block  # noqa: E402,F401
-from qmpctl.cli import vm as _vm  # noqa: E402,F401
+from qmpctl.cli import agent as _agent  # noqa: E402,F401
 
 
 def command_tree_for(args: list[str]) -> typer.Typer:

@@ -7,27 +7,14 @@ from typing import Optional
 import typer
 
 from qmpctl.cli import app
-from qmpctl.cli.common import Common, command, execute_one, run
+from qmpctl.cli.common import Common, command, execute_one, register_simple, run
+from qmpctl.cli.simple import SIMPLE_COMMANDS
 from qmpctl.request import Request
 
 
-def _simple(name: str, execute: str, summary: str, example: str) -> None:
-    """Register a command that sends one argument-less request."""
-
-    @command()
-    def handler(common: Common) -> int:
-        request = Request(execute)
-        return run(common, execute_one(request), [request])
-
-    handler.__doc__ = summary
-    handler.__name__ = name.replace("-", "_")
-    app.command(name, epilog=f"Example: {example}")(handler)
-
-
-_simple("status", "query-status", "Show the VM's run state (query-status).",
-        "qmpctl status -s /tmp/vm.sock --return-value")
-_simple("stop", "stop", "Pause the VM's CPUs (stop).", "qmpctl stop -s /tmp/vm.sock")
-_simple("cont", "cont", "Resume a paused VM (cont).", "qmpctl cont -s /tmp/vm.sock")
+for _words, _simple in SIMPLE_COMMANDS.items():
+    if len(_words) == 1:
+        register_simple(app, _words, _simple)
 
 
 @app.command("monitor-command", epilog="Examples: qmpctl monitor-command -s /tmp/vm.sock "
