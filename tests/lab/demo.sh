@@ -7,8 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-echo "== installing what is missing (Debian packages, .venv) ..."
-bash tests/setup-host
+# QMPCTL_DEMO_SKIP_SETUP=1 skips the installation (the test suite runs the demo on a set-up machine).
+if [ "${QMPCTL_DEMO_SKIP_SETUP:-}" != 1 ]; then
+  echo "== installing what is missing (Debian packages, .venv) ..."
+  bash tests/setup-host
+fi
 python=$PWD/.venv/bin/python
 export PATH="$PWD/.venv/bin:$PATH"
 
