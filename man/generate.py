@@ -7,7 +7,7 @@ guarantees, troubleshooting and the examples (the README's runnable blocks,
 which tests/test_docs.py executes). ``qmpctl.1.in`` beside this file holds the
 page's frame with ``@NAME@`` placeholders.
 
-Usage: python3 man/generate.py [--check]
+Usage: .venv/bin/python man/generate.py [--check]
 """
 
 from __future__ import annotations
@@ -336,7 +336,7 @@ def main() -> int:
     page = generate()
     if "--check" in sys.argv[1:]:
         if PAGE.read_text(encoding="utf-8") != page:
-            print("man/qmpctl.1 is out of date: run python3 man/generate.py", file=sys.stderr)
+            print("man/qmpctl.1 is out of date: run .venv/bin/python man/generate.py", file=sys.stderr)
             return 1
         return 0
     PAGE.write_text(page, encoding="utf-8")

@@ -46,7 +46,7 @@ def commands() -> list:
 
 def test_committed_page_is_what_the_generator_makes():
     assert PAGE.read_text(encoding="utf-8") == generate.generate(), (
-        "man/qmpctl.1 is out of date with the Typer app or README.md: run python3 man/generate.py")
+        "man/qmpctl.1 is out of date with the Typer app or README.md: run .venv/bin/python man/generate.py")
 
 
 def test_mandoc_lint_is_clean():
