@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from qmpctl.cli import app
@@ -40,5 +38,3 @@ def monitor_command(
     request = parse_raw_command(words)
     return run(common, execute_one(request), [request])
 
-
-_ = Optional  # keeps the typing import explicit for Typer's annotation resolution
