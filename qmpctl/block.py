@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from qmpctl.deadline import Deadline
+from qmpctl.deadline import Deadline, backoff
 from qmpctl.errors import DeadlineExceeded, QmpctlError, UsageError, VmError
 from qmpctl.request import Request
 from qmpctl.targets import Session
-from qmpctl.waiting import Backoff, event_named, wait_until
+from qmpctl.waiting import POLL_FIRST, POLL_MAX, event_named, wait_until
 
 PERIPHERAL = "/machine/peripheral"
 PERIPHERAL_ANON = "/machine/peripheral-anon"
@@ -297,7 +297,7 @@ def _delete_released_node(session: Session, node: str, deadline: Deadline) -> bo
     QOM tree a moment earlier, so the node may still be in use: retry briefly.
     """
     release = Deadline(NODE_RELEASE_GRACE)
-    backoff = Backoff()
+    pauses = backoff(POLL_FIRST, POLL_MAX)
     while node in named_nodes(session, deadline):
         try:
             blockdev_del(session, node, deadline)
@@ -305,7 +305,7 @@ def _delete_released_node(session: Session, node: str, deadline: Deadline) -> bo
         except VmError:
             if release.expired():
                 raise
-            time.sleep(backoff.next())
+            time.sleep(next(pauses))
     return False
 
 

@@ -8,6 +8,7 @@ never exceed ``--timeout``.
 from __future__ import annotations
 
 import time
+from typing import Iterator
 
 from qmpctl.errors import DeadlineExceeded
 
@@ -43,3 +44,15 @@ class Deadline:
         if child.expires_at > self.expires_at:
             return self
         return child
+
+
+def backoff(first: float, longest: float, growth: float = 1.5) -> Iterator[float]:
+    """Pauses between polls: ``first``, then growing by ``growth`` up to ``longest``.
+
+    Short waits stay short and long ones stay cheap; every poll loop in qmpctl
+    (job and device waits without events, agent exec status) paces itself so.
+    """
+    pause = first
+    while True:
+        yield pause
+        pause = min(pause * growth, longest)

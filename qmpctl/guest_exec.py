@@ -14,7 +14,7 @@ import binascii
 import time
 from typing import Any, Callable, Iterator, NamedTuple
 
-from qmpctl.deadline import Deadline
+from qmpctl.deadline import Deadline, backoff
 from qmpctl.errors import ExecTimeout, ProtocolError, UsageError, VmError
 from qmpctl.request import Request
 from qmpctl.targets import Session
@@ -24,17 +24,12 @@ MAX_INPUT_BYTES = 16 * 1024 * 1024
 JSON parser refuses single tokens over 64 MiB."""
 
 FIRST_POLL_DELAY = 0.001
-POLL_BACKOFF = 1.5
 MAX_POLL_DELAY = 0.2
 
 
-def poll_delays(first: float = FIRST_POLL_DELAY, factor: float = POLL_BACKOFF,
-                cap: float = MAX_POLL_DELAY) -> Iterator[float]:
-    """Pauses between status polls: a millisecond first, growing by ``factor`` up to ``cap``."""
-    delay = first
-    while True:
-        yield delay
-        delay = min(delay * factor, cap)
+def poll_delays() -> Iterator[float]:
+    """Pauses between status polls: a millisecond first, growing by half up to 200 ms."""
+    return backoff(FIRST_POLL_DELAY, MAX_POLL_DELAY)
 
 
 def parse_env(assignments: list[str]) -> list[str]:

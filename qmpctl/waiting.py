@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Optional, TypeVar
 
-from qmpctl.deadline import Deadline
+from qmpctl.deadline import Deadline, backoff
 from qmpctl.errors import DeadlineExceeded
 from qmpctl.targets import Session
 
@@ -20,24 +20,10 @@ T = TypeVar("T")
 
 POLL_FIRST = 0.01
 POLL_MAX = 0.2
-POLL_GROWTH = 1.5
 CHECK_EVERY = 1.0
 """With events: how often the check runs anyway (progress, and a guard against a missed event)."""
 
 EventMatch = Callable[[dict[str, Any]], bool]
-
-
-class Backoff:
-    """Pauses of 10 ms growing by half each time up to 200 ms."""
-
-    def __init__(self, first: float = POLL_FIRST, longest: float = POLL_MAX) -> None:
-        self.pause = first
-        self.longest = longest
-
-    def next(self) -> float:
-        pause = self.pause
-        self.pause = min(self.pause * POLL_GROWTH, self.longest)
-        return pause
 
 
 def event_named(name: str, **data: Any) -> EventMatch:
@@ -54,10 +40,10 @@ def wait_until(session: Session, check: Callable[[], Optional[T]], wait: Deadlin
     """Return the first value ``check`` gives that is not None, bounded by ``wait``.
 
     With events, ``check`` runs as soon as a matching ``event`` arrives, and
-    every ``every`` seconds in between; without, it is polled with
-    :class:`Backoff`. ``wait`` running out raises :class:`DeadlineExceeded`.
+    every ``every`` seconds in between; without, it is polled, pausing
+    10 ms at first and backing off to 200 ms. ``wait`` running out raises :class:`DeadlineExceeded`.
     """
-    backoff = Backoff()
+    pauses = backoff(POLL_FIRST, POLL_MAX)
     while True:
         if session.supports_events:
             window = wait.sub(every)
@@ -67,7 +53,7 @@ def wait_until(session: Session, check: Callable[[], Optional[T]], wait: Deadlin
                 if window is wait:
                     raise
         else:
-            time.sleep(min(backoff.next(), wait.remaining(waiting_for)))
+            time.sleep(min(next(pauses), wait.remaining(waiting_for)))
         result = check()
         if result is not None:
             return result
