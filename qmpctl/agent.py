@@ -17,6 +17,7 @@ from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectionClosed, DeadlineExceeded, ProtocolError, VmError
 from qmpctl.qmp import checked_reply, decode_message
 from qmpctl.request import Request
+from qmpctl.session import WithoutEvents
 from qmpctl.transport import RECV_CHUNK, Connection
 
 SYNC_BYTE = b"\xff"
@@ -54,10 +55,8 @@ def disabled_command_error(error: VmError, command: str) -> VmError:
     return error
 
 
-class AgentSession:
-    """One short-lived, resynchronised connection to qemu-ga."""
-
-    supports_events = False
+class AgentSession(WithoutEvents):
+    """One short-lived, resynchronised connection to qemu-ga (which has no events)."""
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection

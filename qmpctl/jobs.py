@@ -106,7 +106,7 @@ def finish(session: Session, job_id: str, grace: Deadline) -> Optional[JobState]
 
 def failure_detail(session: Session, job_id: str) -> str:
     """What BLOCK_JOB_ERROR said about ``job_id`` (which side failed), where events were seen."""
-    for event in getattr(session, "events", ()):
+    for event in session.events:
         if event_named("BLOCK_JOB_ERROR", device=job_id)(event):
             operation = event["data"].get("operation")
             if operation == "read":

@@ -27,7 +27,7 @@ from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectError, DeadlineExceeded, ProtocolError, QmpctlError, UsageError, VmError
 from qmpctl.qmp import checked_reply
 from qmpctl.request import Request
-from qmpctl.targets import AGENT, MONITOR
+from qmpctl.session import AGENT, MONITOR, WithoutEvents
 
 DEFAULT_URI = "qemu:///system"
 INSTALL_HINT = (
@@ -207,7 +207,7 @@ class DomainTarget(NamedTuple):
         """How error messages name the domain: with the URI, since the same name can live on many hosts."""
         return f"domain {self.name} ({self.connect_uri})"
 
-    def open(self, deadline: Deadline) -> "DomainSession":
+    def open(self, deadline: Deadline) -> "DomainMonitorSession | DomainAgentSession":
         libvirt, libvirt_qemu = load_libvirt()
         waiting_for = f"libvirt to open domain {self.name}"
 
@@ -223,14 +223,17 @@ class DomainTarget(NamedTuple):
             connection, domain = _bounded(deadline, waiting_for, LIBVIRTD_HINT, connect)
         except Exception as exc:
             raise translate(libvirt, exc, self.describe()) from None
-        session_class = DomainAgentSession if self.kind == AGENT else DomainMonitorSession
-        return session_class(self, libvirt, libvirt_qemu, connection, domain)
+        if self.kind == AGENT:
+            return DomainAgentSession(self, libvirt, libvirt_qemu, connection, domain)
+        return DomainMonitorSession(self, libvirt, libvirt_qemu, connection, domain)
 
 
-class DomainSession:
-    """What monitor and agent sessions through libvirt share: the connection and bounded calls."""
+class DomainSession(WithoutEvents):
+    """What monitor and agent sessions through libvirt share: the connection and bounded calls.
 
-    supports_events = False
+    libvirt keeps QEMU's events to itself (qmpctl would need an event loop and
+    virConnectDomainQemuMonitorEventRegister to see them), so these sessions have none.
+    """
 
     def __init__(self, target: DomainTarget, libvirt: ModuleType, libvirt_qemu: ModuleType,
                  connection: Any, domain: Any) -> None:
@@ -307,6 +310,10 @@ class DomainMonitorSession(DomainSession):
             return {"return": text}
         text = self._call(deadline, waiting_for, command, self.domain, self._text(request), 0)
         return self._check(self._parse(text, request), request)
+
+    def execute_no_reply(self, request: Request, deadline: Deadline) -> None:
+        """Every QMP command answers, so this is :meth:`execute` with the reply dropped."""
+        self.execute(request, deadline)
 
 
 def _hmp_line(request: Request) -> str | None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
-from typing import Any, Callable
+from typing import Any
 
 from qmpctl.address import Address
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ProtocolError, VmError
 from qmpctl.request import Request, parse_json
+from qmpctl.session import EventMatch
 from qmpctl.transport import Connection
 
 MAX_KEPT_EVENTS = 10_000
@@ -148,7 +149,11 @@ class QmpSession:
         """Send ``request``; return the reply object without qmpctl's id. Errors raise :class:`VmError`."""
         return self._exchange(request, deadline)
 
-    def wait_event(self, match: Callable[[dict[str, Any]], bool], deadline: Deadline, waiting_for: str) -> dict[str, Any]:
+    def execute_no_reply(self, request: Request, deadline: Deadline) -> None:
+        """Every QMP command answers, so this is :meth:`execute` with the reply dropped."""
+        self.execute(request, deadline)
+
+    def wait_event(self, match: EventMatch, deadline: Deadline, waiting_for: str) -> dict[str, Any]:
         """Return (and consume) the first event, already seen or still to come, that ``match`` accepts."""
         for event in list(self.events):
             if match(event):
