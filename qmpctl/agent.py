@@ -18,6 +18,7 @@ from qmpctl.errors import ConnectionClosed, DeadlineExceeded, ProtocolError, VmE
 from qmpctl.qmp import checked_reply, decode_message
 from qmpctl.request import Request
 from qmpctl.session import WithoutEvents
+from qmpctl.trace import Exchange
 from qmpctl.transport import RECV_CHUNK, Connection
 
 SYNC_BYTE = b"\xff"
@@ -101,6 +102,10 @@ class AgentSession(WithoutEvents):
         """
         sync_id = _random_id()
         request = Request("guest-sync-delimited", {"id": sync_id}, protocol="qga")
+        with Exchange(self.target, request.as_dict()):
+            self._sync(sync_id, request, deadline)
+
+    def _sync(self, sync_id: int, request: Request, deadline: Deadline) -> None:
         waiting_for = f"the guest agent at {self.target} to answer guest-sync-delimited"
         self.connection.send(SYNC_BYTE + request.wire(), deadline, "guest-sync-delimited")
         while True:
@@ -124,8 +129,9 @@ class AgentSession(WithoutEvents):
         """
         request_id = _random_id()
         waiting_for = f"the reply to {request.execute} from the guest agent at {self.target}"
-        self.connection.send(request.wire(request_id), deadline, request.execute)
-        return self._checked(self._our_reply(request_id, deadline, waiting_for, SILENT_HINT), request)
+        with Exchange(self.target, request.as_dict()):
+            self.connection.send(request.wire(request_id), deadline, request.execute)
+            return self._checked(self._our_reply(request_id, deadline, waiting_for, SILENT_HINT), request)
 
     def _our_reply(self, request_id: int, deadline: Deadline, waiting_for: str, hint: str) -> dict[str, Any]:
         """The next reply that is ours (its id removed), past blank lines, sync bytes and others' replies."""
@@ -151,11 +157,12 @@ class AgentSession(WithoutEvents):
         means the agent took the command.
         """
         request_id = _random_id()
-        self.connection.send(request.wire(request_id), deadline, request.execute)
-        grace = deadline.sub(NO_REPLY_GRACE_SECONDS)
-        waiting_for = f"a refusal of {request.execute} from the guest agent at {self.target}"
-        try:
-            reply = self._our_reply(request_id, grace, waiting_for, "")
-        except (DeadlineExceeded, ConnectionClosed):
-            return
-        self._checked(reply, request)
+        with Exchange(self.target, request.as_dict()):
+            self.connection.send(request.wire(request_id), deadline, request.execute)
+            grace = deadline.sub(NO_REPLY_GRACE_SECONDS)
+            waiting_for = f"a refusal of {request.execute} from the guest agent at {self.target}"
+            try:
+                reply = self._our_reply(request_id, grace, waiting_for, "")
+            except (DeadlineExceeded, ConnectionClosed):
+                return
+            self._checked(reply, request)

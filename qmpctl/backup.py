@@ -226,12 +226,14 @@ class _BackupRun:
     def _create(self, options: dict[str, Any], what: str) -> None:
         job_id = f"{self.job_id}-create-{what}"
         self.jobs.append(job_id)
-        self.session.execute(Request("blockdev-create", {"job-id": job_id, "options": options}), self.deadline)
+        request = Request("blockdev-create", {"job-id": job_id, "options": options})
+        self.session.execute(request, self.deadline)
         state = wait_for_end(self.session, job_id, self.deadline, self.deadline.seconds)
         dismiss(self.session, job_id, self.deadline)
         self.jobs.remove(job_id)
         if state.error:
-            raise VmError("GenericError", f"could not create {self.path}: {state.error}")
+            raise VmError("GenericError", f"could not create {self.path}: {state.error}",
+                          sent=request.as_dict(), received=vars(state))
 
     def _add(self, options: dict[str, Any]) -> None:
         node = options["node-name"]
@@ -320,7 +322,8 @@ def backup(session: Session, deadline: Deadline, options: BackupOptions, *, targ
         final = wait_for_end(session, job_id, wait, deadline.seconds, progress, progress_every)
     except ProtocolError as exc:
         raise run.fail(ProtocolError(
-            f"the VM went away while backup job {job_id} was running ({exc.message})")) from None
+            f"the VM went away while backup job {job_id} was running ({exc.message})",
+            sent=exc.sent, received=exc.received)) from None
     except (DeadlineExceeded, KeyboardInterrupt) as exc:
         state = run.end()
         completed = state is not None and not state.error
@@ -344,7 +347,8 @@ def backup(session: Session, deadline: Deadline, options: BackupOptions, *, targ
         raise run.fail(exc)
     run.end()
     if final.error:
-        raise run.fail(JobFailed(f"backup job {job_id} failed{failure_detail(session, job_id)}: {final.error}"))
+        raise run.fail(JobFailed(f"backup job {job_id} failed{failure_detail(session, job_id)}: {final.error}",
+                                 sent=Request("query-jobs").as_dict(), received=vars(final)))
     if progress is not None:
         progress(final)
     summary.update({"bytes": final.total, "seconds": round(time.monotonic() - started, 3)})

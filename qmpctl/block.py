@@ -314,7 +314,8 @@ def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: f
     if device_id not in qom_children(session, PERIPHERAL, deadline):
         raise UsageError(f"the VM has no device with id {device_id!r} (qmpctl block lists the disks)")
     nodes = _disk_nodes(session, device_id, deadline)
-    session.execute(Request("device_del", {"id": device_id}), deadline)
+    request = Request("device_del", {"id": device_id})
+    session.execute(request, deadline)
 
     def gone() -> Optional[bool]:
         return True if device_id not in qom_children(session, PERIPHERAL, Deadline(deadline.seconds)) else None
@@ -330,7 +331,7 @@ def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: f
         raise DeadlineExceeded(
             f"the guest did not release {device_id} within {wait_seconds:g}s (a guest without an OS, or "
             f"without hotplug support, never does); nothing was deleted: the device stays attached with "
-            f"its unplug request pending{kept}") from None
+            f"its unplug request pending{kept}", sent=request.as_dict()) from None
     deleted, kept_nodes = [], []
     for node in nodes:
         try:

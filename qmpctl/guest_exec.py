@@ -115,6 +115,14 @@ def _optional_int(result: dict[str, Any], key: str, reply: dict[str, Any]) -> in
 
 def parse_status(pid: int, reply: dict[str, Any]) -> ExecStatus:
     """Turn a guest-exec-status reply into an :class:`ExecStatus`; anything malformed is a ProtocolError."""
+    try:
+        return _parse_status(pid, reply)
+    except ProtocolError as exc:
+        exc.sent = status_request(pid).as_dict()
+        raise
+
+
+def _parse_status(pid: int, reply: dict[str, Any]) -> ExecStatus:
     result = reply.get("return")
     if not isinstance(result, dict) or not isinstance(result.get("exited"), bool):
         raise ProtocolError("the guest agent's guest-exec-status reply has no 'exited' flag", received=reply)
@@ -138,7 +146,7 @@ def start(session: Session, request: Request, deadline: Deadline) -> int:
     except VmError as exc:
         if exc.error_class == "CommandNotFound":
             raise
-        raise VmError(exc.error_class, f"the guest agent could not start {request.arguments['path']!r}: {exc.desc}",
+        raise VmError(exc.error_class, f"the guest agent could not start {(request.arguments or {}).get('path')!r}: {exc.desc}",
                       sent=exc.sent, received=exc.received) from exc
     result = reply.get("return")
     pid = result.get("pid") if isinstance(result, dict) else None
@@ -176,7 +184,8 @@ def wait_for_exit(session: Session, pid: int, *, reply_timeout: float, wait_time
             return status, reply
         if wait_deadline is not None:
             if wait_deadline.expired():
-                raise ExecTimeout(f"the program (guest pid {pid}) is still running after --wait-timeout {wait_timeout:g}s")
+                raise ExecTimeout(f"the program (guest pid {pid}) is still running after --wait-timeout "
+                                  f"{wait_timeout:g}s", sent=status_request(pid).as_dict(), received=reply)
             delay = min(delay, max(wait_deadline.expires_at - time.monotonic(), 0.0))
         sleep(delay)
     raise AssertionError("unreachable: poll_delays never ends")

@@ -49,10 +49,11 @@ Progress = Callable[[JobState], None]
 
 
 def list_jobs(session: Session, deadline: Deadline) -> dict[str, JobState]:
-    reply = session.execute(Request("query-jobs"), deadline).get("return")
+    request = Request("query-jobs")
+    reply = session.execute(request, deadline).get("return")
     if not isinstance(reply, list):
         raise ProtocolError(f"{session.target} answered query-jobs with something that is not a list",
-                            received=reply)
+                            sent=request.as_dict(), received=reply)
     states = (JobState.from_info(info) for info in reply if isinstance(info, dict))
     return {state.id: state for state in states}
 
@@ -71,7 +72,8 @@ def wait_for_end(session: Session, job_id: str, wait: Deadline, request_timeout:
     def check() -> Optional[JobState]:
         state = find_job(session, job_id, Deadline(request_timeout))
         if state is None:
-            raise JobFailed(f"job {job_id} disappeared before qmpctl saw it end (did another client dismiss it?)")
+            raise JobFailed(f"job {job_id} disappeared before qmpctl saw it end (did another client dismiss it?)",
+                            sent=Request("query-jobs").as_dict())
         if state.concluded:
             return state
         if progress is not None:

@@ -27,6 +27,7 @@ from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectError, DeadlineExceeded, ProtocolError, QmpctlError, UsageError, VmError
 from qmpctl.qmp import checked_reply
 from qmpctl.request import Request
+from qmpctl import trace
 from qmpctl.session import AGENT, MONITOR, WithoutEvents
 
 DEFAULT_URI = "qemu:///system"
@@ -247,14 +248,22 @@ class DomainSession(WithoutEvents):
         self.what = target.describe()
         self.hint = MONITOR_HINT
 
-    def _call(self, deadline: Deadline, waiting_for: str, call: Callable[..., T], *args: Any) -> T:
+    def _call(self, request: Request, deadline: Deadline, waiting_for: str, call: Callable[..., str],
+              text: str, *args: Any) -> str:
+        """libvirt's ``call(domain, text, *args)`` for ``request``: bounded, traced, its errors translated."""
+        trace.sent(self.target, text)
         try:
-            return _bounded(deadline, waiting_for, self.hint, call, *args)
+            reply = _bounded(deadline, waiting_for, self.hint, call, self.domain, text, *args)
         except DeadlineExceeded:
             self._abandoned = True  # the call still holds the connection: leave it alone
             raise
         except Exception as exc:
-            raise translate(self.libvirt, exc, self.what) from None
+            error = translate(self.libvirt, exc, self.what)
+            if error.received is None and error is not exc:
+                error.received = str(exc)  # libvirt's own words: all qmpctl received
+            raise error from None
+        trace.received(self.target, reply)
+        return reply
 
     def _parse(self, text: str, request: Request) -> dict[str, Any]:
         """The reply object libvirt passed on, without libvirt's ``"id": "libvirt-N"``."""
@@ -301,14 +310,18 @@ class DomainMonitorSession(DomainSession):
     """QMP through ``virDomainQemuMonitorCommand``; HMP lines through its HMP flag, like virsh --hmp."""
 
     def execute(self, request: Request, deadline: Deadline) -> dict[str, Any]:
+        with trace.Exchange(self.target, request.as_dict()):
+            return self._execute(request, deadline)
+
+    def _execute(self, request: Request, deadline: Deadline) -> dict[str, Any]:
         waiting_for = f"the reply to {request.execute} from {self.target}"
         command = self.libvirt_qemu.qemuMonitorCommand
         hmp_line = _hmp_line(request)
         if hmp_line is not None:
-            text = self._call(deadline, waiting_for, command, self.domain, hmp_line,
+            text = self._call(request, deadline, waiting_for, command, hmp_line,
                               self.libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
             return {"return": text}
-        text = self._call(deadline, waiting_for, command, self.domain, self._text(request), 0)
+        text = self._call(request, deadline, waiting_for, command, self._text(request), 0)
         return self._check(self._parse(text, request), request)
 
     def execute_no_reply(self, request: Request, deadline: Deadline) -> None:
@@ -335,16 +348,16 @@ class DomainAgentSession(DomainSession):
     def _agent_call(self, request: Request, deadline: Deadline, seconds: int) -> str:
         waiting_for = f"the reply to {request.execute} from the guest agent of {self.target}"
         try:
-            return self._call(deadline, waiting_for, self.libvirt_qemu.qemuAgentCommand, self.domain,
+            return self._call(request, deadline, waiting_for, self.libvirt_qemu.qemuAgentCommand,
                               self._text(request), seconds, 0)
         except VmError as exc:
-            exc.sent = request.as_dict()
             raise disabled_command_error(exc, request.execute) from None
 
     def execute(self, request: Request, deadline: Deadline) -> dict[str, Any]:
-        seconds = max(1, math.ceil(deadline.remaining(f"the guest agent of {self.target}")))
-        text = self._agent_call(request, deadline, seconds)
-        return self._check(self._parse(text, request), request)
+        with trace.Exchange(self.target, request.as_dict()):
+            seconds = max(1, math.ceil(deadline.remaining(f"the guest agent of {self.target}")))
+            text = self._agent_call(request, deadline, seconds)
+            return self._check(self._parse(text, request), request)
 
     def execute_no_reply(self, request: Request, deadline: Deadline) -> None:
         """For guest-shutdown and friends, which answer only when they fail.
@@ -355,9 +368,10 @@ class DomainAgentSession(DomainSession):
         raises :class:`VmError`.
         """
         self.execute(Request("guest-ping", protocol="qga"), deadline)
-        seconds = min(NO_REPLY_GRACE_SECONDS, max(1, math.floor(deadline.remaining(request.execute))))
-        try:
-            text = self._agent_call(request, deadline, seconds)
-        except (DeadlineExceeded, ConnectError):
-            return  # silent, or the guest (and its channel) went down: the command was taken
-        self._check(self._parse(text, request), request)
+        with trace.Exchange(self.target, request.as_dict()):
+            seconds = min(NO_REPLY_GRACE_SECONDS, max(1, math.floor(deadline.remaining(request.execute))))
+            try:
+                text = self._agent_call(request, deadline, seconds)
+            except (DeadlineExceeded, ConnectError):
+                return  # silent, or the guest (and its channel) went down: the command was taken
+            self._check(self._parse(text, request), request)

@@ -18,6 +18,7 @@ from qmpctl.deadline import Deadline
 from qmpctl.errors import ProtocolError, VmError
 from qmpctl.request import Request, parse_json
 from qmpctl.session import EventMatch
+from qmpctl.trace import Exchange
 from qmpctl.transport import Connection
 
 MAX_KEPT_EVENTS = 10_000
@@ -82,7 +83,8 @@ class QmpSession:
         """Connect, read the greeting and negotiate, all within ``deadline``."""
         session = cls(Connection.open(address, deadline))
         try:
-            session._read_greeting(deadline)
+            with Exchange(session.target, None):
+                session._read_greeting(deadline)
             session._negotiate(deadline)
         except BaseException:
             session.close()
@@ -125,6 +127,10 @@ class QmpSession:
         return f"{self._prefix}{self._counter}"
 
     def _exchange(self, request: Request, deadline: Deadline) -> dict[str, Any]:
+        with Exchange(self.target, request.as_dict()):
+            return self._send_and_read(request, deadline)
+
+    def _send_and_read(self, request: Request, deadline: Deadline) -> dict[str, Any]:
         request_id = self._next_id()
         waiting_for = f"the reply to {request.execute} from {self.target}"
         self.connection.send(request.wire(request_id), deadline, request.execute)
@@ -159,6 +165,10 @@ class QmpSession:
             if match(event):
                 self.events.remove(event)
                 return event
+        with Exchange(self.target, None):
+            return self._read_event(match, deadline, waiting_for)
+
+    def _read_event(self, match: EventMatch, deadline: Deadline, waiting_for: str) -> dict[str, Any]:
         while True:
             message = self._read_message(deadline, waiting_for)
             if "event" in message:

@@ -12,6 +12,7 @@ import socket
 import stat
 import time
 
+from qmpctl import trace
 from qmpctl.address import Address
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectError, ConnectionClosed, ProtocolError
@@ -116,6 +117,7 @@ class Connection:
 
     def send(self, data: bytes, deadline: Deadline, what: str) -> None:
         """Send all of ``data``; a peer that stops reading runs into the deadline."""
+        trace.sent(str(self.address), data)
         try:
             self.sock.settimeout(deadline.remaining(f"{self.address} to accept {what}"))
             self.sock.sendall(data)
@@ -131,10 +133,14 @@ class Connection:
             self.sock.settimeout(deadline.remaining(waiting_for, hint))
             chunk = self.sock.recv(RECV_CHUNK)
         except socket.timeout:
-            raise deadline.exceeded(waiting_for, hint) from None
+            timeout = deadline.exceeded(waiting_for, hint)
+            if self._buffer:
+                timeout.received = bytes(self._buffer[:200])  # the start of a message that never ended
+            raise timeout from None
         except OSError as exc:
             raise ConnectionClosed(
-                f"connection to {self.address} failed while waiting for {waiting_for}: {exc.strerror or exc}"
+                f"connection to {self.address} failed while waiting for {waiting_for}: {exc.strerror or exc}",
+                received=bytes(self._buffer[:200]) or None,
             ) from exc
         if not chunk:
             detail = f" after {len(self._buffer)} bytes of an unfinished message" if self._buffer else ""
@@ -151,6 +157,7 @@ class Connection:
                 record = bytes(self._buffer[: index + 1])
                 del self._buffer[: index + 1]
                 self._scanned = 0
+                trace.received(str(self.address), record)
                 return record
             self._scanned = len(self._buffer)
             if self._scanned > MAX_MESSAGE_BYTES:

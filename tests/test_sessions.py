@@ -8,13 +8,15 @@ held to all of them here, against the real peer behind it.
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import pytest
 
+from qmpctl import trace
 from qmpctl.address import Address
 from qmpctl.deadline import Deadline
-from qmpctl.errors import DeadlineExceeded
+from qmpctl.errors import DeadlineExceeded, VmError
 from qmpctl.libvirt_backend import DomainTarget
 from qmpctl.request import Request
 from qmpctl.session import AGENT, MONITOR, Session
@@ -116,3 +118,25 @@ def test_libvirt_monitor_session_keeps_the_contract(domain):  # noqa: F811 (fixt
         _check_without_events(agent_session)
     finally:
         agent_session.close()
+
+
+@pytest.mark.libvirt
+def test_libvirt_sessions_trace_what_they_pass_on(domain):  # noqa: F811 (fixture)
+    """The wire trace covers the libvirt way in too: the command text libvirt gets, and its reply."""
+    lines: list[str] = []
+    saved, trace.sink = trace.sink, lines.append
+    try:
+        with DomainTarget(domain.name, domain.uri, MONITOR).open(Deadline(20)) as session:
+            session.execute(Request("query-status"), Deadline(20))
+            with pytest.raises(VmError) as caught:
+                session.execute(Request("job-dismiss", {"id": "nojob"}), Deadline(20))
+    finally:
+        trace.sink = saved
+    shown = [line.split(" ", 3)[1:] for line in lines]
+    assert [(target, arrow) for target, arrow, _ in shown] == [(f"domain:{domain.name}", arrow)
+                                                               for arrow in ("-->", "<--", "-->", "<--", "!!!")]
+    assert shown[0][2] == '{"execute":"query-status"}'
+    assert json.loads(shown[1][2])["return"]["status"] in ("running", "paused")
+    assert caught.value.sent == {"execute": "job-dismiss", "arguments": {"id": "nojob"}}
+    assert json.loads(shown[3][2])["error"]["class"] == "GenericError"
+    assert shown[4][2].startswith("VmError: GenericError: ") and '| sent {"execute":"job-dismiss"' in shown[4][2]
