@@ -63,6 +63,45 @@ def load_schema(name: str) -> dict[str, Any]:
     return schema
 
 
+def _end_anchored(pattern: str) -> str:
+    """``pattern`` with each ``$`` outside a character class (``[...]``) replaced by ``\\Z``."""
+    out: list[str] = []
+    class_start = -1  # index of the class's first member while inside [...], else -1
+    index = 0
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\":
+            out.append(pattern[index:index + 2])
+            index += 2
+            continue
+        if class_start >= 0:
+            if char == "^" and index == class_start:
+                class_start += 1
+            elif char == "]" and index > class_start:  # a ] first in the class is a member (Python's re)
+                class_start = -1
+        elif char == "[":
+            class_start = index + 1
+        elif char == "$":
+            char = r"\Z"
+        out.append(char)
+        index += 1
+    return "".join(out)
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """A schema ``pattern`` as JSON Schema means it: ``$`` is the end of the string, as in ECMA-262.
+
+    Python's ``$`` also matches before a final newline, so ``^[A-Za-z]+$``
+    would let ``"backup\\n"`` through to QEMU; each ``$`` outside a character
+    class becomes ``\\Z``. (The schemas write ``$(?!\\n)`` as well, so the
+    reference ``jsonschema``, which uses Python's ``re`` as it is, agrees.)
+    """
+    compiled = _patterns.get(pattern)
+    if compiled is None:
+        compiled = _patterns[pattern] = re.compile(_end_anchored(pattern))
+    return compiled
+
+
 def _where(path: str) -> str:
     return path or "the request"
 
@@ -106,10 +145,7 @@ def errors(schema: dict[str, Any], instance: Any, root: dict[str, Any] | None = 
         if "maxLength" in schema and len(instance) > schema["maxLength"]:
             problems.append(f"{_where(path)}: must not be longer than {schema['maxLength']} characters")
         if "pattern" in schema:
-            pattern = _patterns.get(schema["pattern"])
-            if pattern is None:
-                pattern = _patterns[schema["pattern"]] = re.compile(schema["pattern"])
-            if not pattern.search(instance):
+            if not compile_pattern(schema["pattern"]).search(instance):
                 problems.append(f"{_where(path)}: {_short(instance)} does not match {schema['pattern']}")
     if _TYPE_CHECKS["number"](instance):
         if "minimum" in schema and instance < schema["minimum"]:

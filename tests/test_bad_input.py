@@ -171,6 +171,7 @@ BAD_REQUESTS = [
     (['{"execute": 5}'], "execute: expected string"),
     (['{"arguments": {}}'], "execute: is required"),
     (['{"execute": ""}'], "does not match"),
+    (['{"execute": "stop\\n"}'], "does not match"),
     (['{"execute": "x" }', "extra"], "not valid JSON"),
     (["1abc"], "does not match"),
     (["query;reboot"], "does not match"),
@@ -342,6 +343,10 @@ def block_case(tmp_path: Path, name: str) -> tuple[list[str], str]:
         "hotplug raw bytes as qcow2": (["hotplug-disk", str(raw), "--format", "qcow2"], "not a qcow2 image"),
         "hotplug with a bad id": (["hotplug-disk", str(raw), "--id", "9lives"], "--id '9lives'"),
         "unplug a bad id": (["unplug-disk", "bad id"], "does not match"),
+        "unplug an id ending in a newline": (["unplug-disk", "vd0\n"], "does not match"),
+        "backup with a job id ending in a newline": (["backup", "vd0", str(tmp_path / "b.qcow2"), "--job-id",
+                                                      "b\n"], "--job-id"),
+        "dismiss a job id ending in a newline": (["jobs", "--dismiss", "backup\n"], "does not match"),
     }
     return cases[name]
 
@@ -349,7 +354,9 @@ def block_case(tmp_path: Path, name: str) -> tuple[list[str], str]:
 BLOCK_CASES = ["backup into a missing directory", "backup onto an existing file", "backup onto a directory",
                "backup at zero speed", "backup with a bad speed", "backup with a bad job id",
                "hotplug a missing file", "hotplug a directory", "hotplug another format",
-               "hotplug raw bytes as qcow2", "hotplug with a bad id", "unplug a bad id"]
+               "hotplug raw bytes as qcow2", "hotplug with a bad id", "unplug a bad id",
+               "unplug an id ending in a newline", "backup with a job id ending in a newline",
+               "dismiss a job id ending in a newline"]
 
 
 @pytest.mark.parametrize("case", BLOCK_CASES)

@@ -37,7 +37,7 @@ LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
 FUZZ = settings(max_examples=20_000 if LONG else 200, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 ADDRESS = parse_address("unix:/fuzz.sock")
-NAME_PATTERN = re.compile(r"^(?:[A-Za-z]|__)[A-Za-z0-9_.-]*$")
+NAME_PATTERN = re.compile(r"^(?:[A-Za-z]|__)[A-Za-z0-9_.-]*\Z")  # \Z: Python's $ allows a final newline
 
 
 def connection(chunks: Any, end: BaseException | None = None) -> Connection:
