@@ -35,25 +35,41 @@ def _random_id() -> int:
     return int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF or 1
 
 
+DISABLED_HINT = ("enable it in qemu-ga's configuration: the --block-rpcs (-b) and --allow-rpcs options, "
+                 "the block-rpcs= and allow-rpcs= keys of qemu-ga.conf, or BLACKLIST_RPC / ALLOW_RPC in "
+                 "/etc/sysconfig/qemu-ga")
+UNKNOWN_HINT = "not known to this guest agent: an older qemu-ga, or one built without it"
+
+
 def _says_disabled(error: VmError) -> bool:
-    """qemu-ga 7.2: CommandNotFound "Command guest-exec has been disabled"; later releases may say
-    "not allowed"; old ones (QEMU 2.x) used GenericError "The command ... has been disabled for this instance"."""
+    """A command the agent has but refuses to run, in every wording qemu-ga has used.
+
+    qemu-ga 7.2: CommandNotFound "Command guest-exec has been disabled";
+    qemu-ga 8.0 to 10 (which added --allow-rpcs): CommandNotFound "Command
+    guest-exec has been disabled: the command is not allowed"; QEMU 2.x:
+    GenericError "The command guest-exec has been disabled for this instance".
+    """
     lowered = error.desc.lower()
     if error.error_class == DISABLED_CLASS:
-        return "disabled" in lowered or "not allowed" in lowered
+        return "has been disabled" in lowered or "not allowed" in lowered
     return error.error_class == "GenericError" and lowered.startswith("the command ") and "has been disabled" in lowered
 
 
+def _says_unknown(error: VmError) -> bool:
+    """qemu-ga's CommandNotFound "The command guest-get-devices has not been found": not built in, not disabled."""
+    return error.error_class == DISABLED_CLASS and "has not been found" in error.desc.lower()
+
+
 def disabled_command_error(error: VmError, command: str) -> VmError:
-    """Say plainly that a command is switched off in the agent, not merely unknown."""
+    """Say plainly that a command is switched off in the agent (and where), or that the agent lacks it."""
     if _says_disabled(error):
-        return VmError(
-            error.error_class,
-            f"{command} is disabled in the guest agent's configuration "
-            f"(qemu-ga --block-rpcs / BLACKLIST_RPC); the agent said: {error.desc}",
-            sent=error.sent, received=error.received,
-        )
-    return error
+        desc = (f"{command} is disabled in the guest agent's configuration ({DISABLED_HINT}); "
+                f"the agent said: {error.desc}")
+    elif _says_unknown(error):
+        desc = f"{error.desc} ({command} is {UNKNOWN_HINT})"
+    else:
+        return error
+    return VmError(error.error_class, desc, sent=error.sent, received=error.received)
 
 
 class AgentSession(WithoutEvents):
