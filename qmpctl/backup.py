@@ -311,7 +311,7 @@ def backup(session: Session, deadline: Deadline, options: BackupOptions, *, targ
         run.end()
         if isinstance(exc, KeyboardInterrupt):
             raise run.fail(Interrupted(f"interrupted while backup job {job_id} was being set up")) from None
-        raise run.fail(exc)
+        raise run.fail(exc)  # noqa: B904 (the same exception, its message amended)
     summary: dict[str, Any] = {"job-id": job_id, "device": source.device, "target": path,
                                "format": options.format, "sync": options.sync, "method": run.method}
     if not options.wait:
@@ -344,7 +344,7 @@ def backup(session: Session, deadline: Deadline, options: BackupOptions, *, targ
         raise run.fail(kind(message), target_done=completed) from None
     except BaseException as exc:  # e.g. the job vanished, or query-jobs failed: still take back what is ours
         run.end()
-        raise run.fail(exc)
+        raise run.fail(exc)  # noqa: B904 (the same exception, its message amended)
     run.end()
     if final.error:
         raise run.fail(JobFailed(f"backup job {job_id} failed{failure_detail(session, job_id)}: {final.error}",

@@ -254,7 +254,7 @@ def hotplug(session: Session, deadline: Deadline, plan: HotplugPlan) -> dict[str
                 result["scsi-bus"] = bus
         session.execute(plan.device_add(device_id, bus), deadline)
     except BaseException as exc:
-        raise with_notes(exc, undo_all(undo))
+        raise with_notes(exc, undo_all(undo))  # noqa: B904 (the same exception, its message amended)
     return {"return": result}
 
 

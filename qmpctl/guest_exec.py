@@ -146,7 +146,8 @@ def start(session: Session, request: Request, deadline: Deadline) -> int:
     except VmError as exc:
         if exc.error_class == "CommandNotFound":
             raise
-        raise VmError(exc.error_class, f"the guest agent could not start {(request.arguments or {}).get('path')!r}: {exc.desc}",
+        program = (request.arguments or {}).get("path")
+        raise VmError(exc.error_class, f"the guest agent could not start {program!r}: {exc.desc}",
                       sent=exc.sent, received=exc.received) from exc
     result = reply.get("return")
     pid = result.get("pid") if isinstance(result, dict) else None

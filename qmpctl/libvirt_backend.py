@@ -95,7 +95,7 @@ def _bounded(deadline: Deadline, waiting_for: str, hint: str, call: Callable[...
     An abandoned call keeps running in its thread until libvirt returns; the
     process does not wait for it.
     """
-    outcome: dict[str, Any] = {}
+    outcome: dict[str, Any] = {}  # "value": T or "error": BaseException
 
     def runner() -> None:
         try:
@@ -110,7 +110,8 @@ def _bounded(deadline: Deadline, waiting_for: str, hint: str, call: Callable[...
         raise deadline.exceeded(waiting_for, hint)
     if "error" in outcome:
         raise outcome["error"]
-    return outcome["value"]
+    value: T = outcome["value"]
+    return value
 
 
 def agent_error(message: str) -> VmError | None:
@@ -332,8 +333,9 @@ class DomainMonitorSession(DomainSession):
 def _hmp_line(request: Request) -> str | None:
     """The command line of a plain human-monitor-command (no cpu-index, which the HMP flag cannot carry)."""
     arguments = request.arguments or {}
-    if request.execute == "human-monitor-command" and set(arguments) == {"command-line"}:
-        return arguments["command-line"]
+    line = arguments.get("command-line")
+    if request.execute == "human-monitor-command" and set(arguments) == {"command-line"} and isinstance(line, str):
+        return line
     return None
 
 

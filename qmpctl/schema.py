@@ -194,8 +194,8 @@ def _object_errors(schema: dict[str, Any], instance: dict[str, Any], root: dict[
 def _equal(a: Any, b: Any) -> bool:
     """JSON equality: booleans are not numbers, 1 == 1.0."""
     if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    return a == b
+        return type(a) is type(b) and bool(a == b)
+    return bool(a == b)
 
 
 def validate(name: str, instance: Any) -> None:

@@ -101,7 +101,7 @@ def test_running_program_has_no_exit_status_yet():
     status = guest_exec.parse_status(7, reply(exited=False))
     assert not status.exited
     with pytest.raises(ValueError):
-        status.exit_status
+        _ = status.exit_status
 
 
 @pytest.mark.parametrize("bad", [{"return": []}, {"return": {"exited": "yes"}},
@@ -138,7 +138,7 @@ class ScriptedSession:
 def test_poll_delays_start_at_a_millisecond_and_cap():
     delays = list(itertools.islice(guest_exec.poll_delays(), 30))
     assert delays[0] <= 0.002
-    assert all(later >= earlier for earlier, later in zip(delays, delays[1:]))
+    assert all(later >= earlier for earlier, later in itertools.pairwise(delays))
     assert delays[-1] == guest_exec.MAX_POLL_DELAY <= 0.25
     assert sum(delays[:5]) < 0.02  # a short program is noticed within a few ms
 

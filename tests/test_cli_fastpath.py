@@ -187,9 +187,11 @@ def test_both_paths_fail_alike(vm, tmp_path, capsys, monkeypatch):
 
 TYPER_LINES = [
     [], ["--version"], ["--help"], ["nope"], ["stat"], ["status", "--bogus"], ["status", "extra", "-s", "x"],
-    ["status", "--timeout", "soon", "-s", "x"], ["monitor-command"], ["monitor-command", "-s", "/nowhere", "query-status"],
+    ["status", "--timeout", "soon", "-s", "x"], ["monitor-command"],
+    ["monitor-command", "-s", "/nowhere", "query-status"],
     ["monitor-command", "--help"], ["block", "-s", "/nowhere"], ["jobs", "-s", "/nowhere", "--dry-run"],
-    ["agent"], ["agent", "--help"], ["agent", "pin"], ["agent", "exec"], ["agent", "exec", "-a", "/nowhere", "--", "true"],
+    ["agent"], ["agent", "--help"], ["agent", "pin"], ["agent", "exec"],
+    ["agent", "exec", "-a", "/nowhere", "--", "true"],
     ["agent", "exec-status", "-a", "/nowhere", "x"], ["agent", "command", "-a", "/nowhere", "--dry-run", "guest-ping"],
 ]
 

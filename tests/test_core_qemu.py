@@ -171,7 +171,8 @@ def test_installed_console_script_finds_its_schemas(tmp_path, vm):
     proc = subprocess.run([str(script), "status", "-s", str(vm.qmp_path)], capture_output=True, cwd=tmp_path,
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, timeout=30)
     assert proc.returncode == 0, proc.stderr
-    installed = subprocess.run([str(script.parent / "python"), "-c", "import qmpctl.schema as s; print(s.schema_dir())"],
+    installed = subprocess.run([str(script.parent / "python"), "-c",
+                                "import qmpctl.schema as s; print(s.schema_dir())"],
                                capture_output=True, text=True, cwd=tmp_path, timeout=30,
                                env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert "site-packages" in installed.stdout, installed

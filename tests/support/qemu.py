@@ -7,7 +7,6 @@ qmpctl worked could not fail.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
