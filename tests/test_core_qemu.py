@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from support.qemu import RawQmp
+from support.waits import wait_until_blocked_on_a_socket
 
 pytestmark = pytest.mark.qemu
 
@@ -145,7 +146,7 @@ def test_non_positive_timeout_is_usage_error(cli, vm, value):
 def test_signal_during_wait_is_exit_130(cli, vm, sig):
     with RawQmp(vm.qmp_path):
         proc = cli.popen("status", "-s", str(vm.qmp_path), "--timeout", "60")
-        time.sleep(1.0)
+        wait_until_blocked_on_a_socket(proc.pid)  # waiting for the greeting of a monitor someone else holds
         started = time.monotonic()
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=10)
