@@ -22,6 +22,7 @@ from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError, UsageError, VmError
 from qmpctl.jobs import JobState, Progress, dismiss, failure_detail, finish, list_jobs, wait_for_end
 from qmpctl.request import Request
+from qmpctl.signals import shielded
 from qmpctl.targets import Session
 from qmpctl.waiting import CHECK_EVERY
 
@@ -257,7 +258,8 @@ class _BackupRun:
         if not self.target_is_new:
             return f"{self.path} is incomplete" if self.options.force else ""
         try:
-            os.unlink(self.path)
+            with shielded():
+                os.unlink(self.path)
         except FileNotFoundError:
             return ""
         except OSError as exc:

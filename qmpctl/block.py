@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional
 from qmpctl.deadline import Deadline, backoff
 from qmpctl.errors import DeadlineExceeded, QmpctlError, UsageError, VmError
 from qmpctl.request import Request
+from qmpctl.signals import shielded
 from qmpctl.targets import Session
 from qmpctl.waiting import POLL_FIRST, POLL_MAX, event_named, wait_until
 
@@ -146,13 +147,14 @@ def undo_all(steps: list[UndoStep]) -> list[str]:
     """Run undo steps newest first, within one short grace; return notes and what could not be undone."""
     grace = Deadline(ROLLBACK_GRACE)
     notes = []
-    for what, step in reversed(steps):
-        try:
-            note = step(grace)
-        except QmpctlError as exc:
-            note = f"could not {what}: {exc.message}"
-        if note:
-            notes.append(note)
+    with shielded():  # a Ctrl-C now waits until what this call added is taken back (within the grace)
+        for what, step in reversed(steps):
+            try:
+                note = step(grace)
+            except QmpctlError as exc:
+                note = f"could not {what}: {exc.message}"
+            if note:
+                notes.append(note)
     return notes
 
 

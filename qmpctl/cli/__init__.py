@@ -11,7 +11,6 @@ need it, so ``qmpctl status`` pays only for what it uses.
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from typing import Any
 
@@ -25,11 +24,6 @@ def __getattr__(name: str) -> Any:
 
         return app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    """SIGTERM ends qmpctl the way Ctrl-C does, so cleanup code runs for both."""
-    raise KeyboardInterrupt
 
 
 def report(message: str) -> None:
@@ -48,9 +42,10 @@ def run_cli(argv: list[str] | None = None, *, fast_path: bool = True) -> int:
 
     ``fast_path=False`` sends every command line through Typer, so tests can compare both paths.
     """
+    from qmpctl import signals
     from qmpctl.cli import fastpath
 
-    signal.signal(signal.SIGTERM, _terminate)
+    signals.install()  # SIGTERM ends qmpctl as Ctrl-C does; a second signal cannot cut the cleanup short
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         invocation = fastpath.parse(args, os.environ) if fast_path else None
