@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from qmpctl.deadline import Deadline, backoff
-from qmpctl.errors import DeadlineExceeded, QmpctlError, UsageError, VmError
+from qmpctl.errors import DeadlineExceeded, Interrupted, QmpctlError, UsageError, VmError
 from qmpctl.request import Request
 from qmpctl.signals import shielded
 from qmpctl.targets import Session
@@ -43,6 +43,8 @@ BUSES = {"virtio": "virtio-blk-pci", "scsi": "scsi-hd"}
 SCSI_CONTROLLER = "virtio-scsi-pci"
 ROLLBACK_GRACE = 5.0
 NODE_RELEASE_GRACE = 2.0
+INTERRUPTED_UNPLUG_GRACE = 3.0
+"""After Ctrl-C or SIGTERM following device_del: how long the guest may take to release the device."""
 
 
 # -- what the VM has -----------------------------------------------------------------------------
@@ -311,20 +313,98 @@ def _delete_released_node(session: Session, node: str, deadline: Deadline) -> bo
     return False
 
 
-def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: float) -> dict[str, Any]:
-    """device_del, wait until the guest released the device, then delete the nodes behind it."""
-    if device_id not in qom_children(session, PERIPHERAL, deadline):
+def _delete_nodes(session: Session, nodes: list[str], deadline: Deadline) -> tuple[list[str], list[dict[str, str]]]:
+    """Delete ``nodes`` in order; returns the deleted ones and, with the reason, the ones that stay."""
+    deleted: list[str] = []
+    kept: list[dict[str, str]] = []
+    for node in nodes:
+        try:
+            if _delete_released_node(session, node, deadline):
+                deleted.append(node)
+        except VmError as exc:  # QEMU said no (a job or another device uses it); a timeout ends the call
+            kept.append({"node-name": node, "reason": exc.message})
+    return deleted, kept
+
+
+def _nodes_result(device_id: str, deleted: list[str], kept: list[dict[str, str]]) -> dict[str, Any]:
+    result: dict[str, Any] = {"device": device_id, "deleted-nodes": deleted}
+    if kept:
+        result["kept-nodes"] = kept
+    return result
+
+
+def _left_behind(session: Session, device_id: str, deadline: Deadline) -> list[str]:
+    """The nodes hotplug-disk named after ``device_id`` that are still there (a device gone without them)."""
+    nodes = named_nodes(session, deadline)
+    return [node for node in HotplugPlan.node_names(device_id) if node in nodes]
+
+
+def _remove_left_behind(session: Session, device_id: str, deadline: Deadline) -> dict[str, Any]:
+    """``unplug-disk ID`` of a device already gone: delete the nodes it left, which hold the image's lock."""
+    nodes = _left_behind(session, device_id, deadline)
+    if not nodes:
         raise UsageError(f"the VM has no device with id {device_id!r} (qmpctl block lists the disks)")
+    deleted, kept = _delete_nodes(session, nodes, deadline)
+    if kept:
+        raise VmError("GenericError", f"device {device_id} is gone, but its block node(s) "
+                      f"{', '.join(item['node-name'] for item in kept)} could not be deleted: "
+                      + "; ".join(item["reason"] for item in kept))
+    result = _nodes_result(device_id, deleted, kept)
+    result["note"] = (f"device {device_id} was already gone; deleted the block node(s) it left behind: "
+                      + ", ".join(deleted))
+    return {"return": result}
+
+
+def _after_interrupt(session: Session, device_id: str, nodes: list[str]) -> str:
+    """Ctrl-C or SIGTERM after device_del: give the guest a moment, then take the nodes, or say what is left.
+
+    A guest usually releases the device within a second; the nodes would then
+    stay behind, holding the image's write lock, with no device to unplug.
+    """
+    grace = Deadline(INTERRUPTED_UNPLUG_GRACE)
+    again = f"'qmpctl unplug-disk {device_id}'"
+    try:
+        wait_until(session, lambda: _gone(session, device_id, grace), grace,
+                   f"the guest to release {device_id}", event=event_named("DEVICE_DELETED", device=device_id))
+    except QmpctlError:
+        listed = f"; its block node(s) {', '.join(nodes)} stay with it" if nodes else ""
+        return (f"device {device_id} stays attached with its unplug request pending{listed}; once the guest "
+                f"has released it, {again} deletes what is left")
+    try:
+        deleted, kept = _delete_nodes(session, nodes, grace)
+    except QmpctlError as exc:
+        return f"the guest released {device_id}, but deleting its block node(s) failed ({exc.message}); {again} " \
+               "deletes what is left"
+    if kept:
+        return (f"the guest released {device_id}, but block node(s) "
+                f"{', '.join(item['node-name'] for item in kept)} stay; {again} deletes them")
+    return f"the guest released {device_id}; deleted its block node(s) {', '.join(deleted) or '(none left)'}"
+
+
+def _gone(session: Session, device_id: str, deadline: Deadline) -> Optional[bool]:
+    return True if device_id not in qom_children(session, PERIPHERAL, deadline) else None
+
+
+def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: float) -> dict[str, Any]:
+    """device_del, wait until the guest released the device, then delete the nodes behind it.
+
+    ``deadline`` (``--timeout``) bounds the exchanges; the wait for the guest
+    is bounded by ``wait_seconds`` and does not count against it. A device
+    already gone whose nodes stayed behind (an unplug cut short) has them deleted.
+    """
+    if device_id not in qom_children(session, PERIPHERAL, deadline):
+        return _remove_left_behind(session, device_id, deadline)
     nodes = _disk_nodes(session, device_id, deadline)
-    session.execute(Request("device_del", {"id": device_id}), deadline)
-
-    def gone() -> Optional[bool]:
-        return True if device_id not in qom_children(session, PERIPHERAL, Deadline(deadline.seconds)) else None
-
     wait = Deadline(wait_seconds)
     try:
-        wait_until(session, gone, wait, f"the guest to release {device_id}",
-                   event=event_named("DEVICE_DELETED", device=device_id))
+        session.execute(Request("device_del", {"id": device_id}), deadline)
+        with deadline.paused():
+            wait_until(session, lambda: _gone(session, device_id, wait.within(deadline)), wait,
+                       f"the guest to release {device_id}", event=event_named("DEVICE_DELETED", device=device_id))
+    except KeyboardInterrupt:
+        with shielded():
+            note = _after_interrupt(session, device_id, nodes)
+        raise Interrupted(f"interrupted while unplugging {device_id}: {note}") from None
     except DeadlineExceeded:
         if not wait.expired():
             raise
@@ -333,14 +413,5 @@ def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: f
             f"the guest did not release {device_id} within {wait_seconds:g}s (a guest without an OS, or "
             f"without hotplug support, never does); nothing was deleted: the device stays attached with "
             f"its unplug request pending{kept}") from None
-    deleted, kept_nodes = [], []
-    for node in nodes:
-        try:
-            if _delete_released_node(session, node, Deadline(deadline.seconds)):
-                deleted.append(node)
-        except QmpctlError as exc:
-            kept_nodes.append({"node-name": node, "reason": exc.message})
-    result: dict[str, Any] = {"device": device_id, "deleted-nodes": deleted}
-    if kept_nodes:
-        result["kept-nodes"] = kept_nodes
-    return {"return": result}
+    deleted, kept_nodes = _delete_nodes(session, nodes, deadline)
+    return {"return": _nodes_result(device_id, deleted, kept_nodes)}
