@@ -28,6 +28,8 @@ PERIPHERAL = "/machine/peripheral"
 PERIPHERAL_ANON = "/machine/peripheral-anon"
 
 QCOW2_MAGIC = b"QFI\xfb"
+QCOW2_HEADER_READ = 64 * 1024
+"""Enough for the header, its extensions and a backing file name (QEMU caps names at 1023 bytes)."""
 OTHER_IMAGE_MAGICS = (
     (0, b"KDMV", "vmdk"), (0, b"# Disk DescriptorFile", "vmdk"), (0, b"vhdxfile", "vhdx"),
     (0, b"conectix", "vpc"), (0, b"QED\x00", "qed"), (0, b"LUKS\xba\xbe", "luks"),
@@ -116,6 +118,66 @@ def detect_format(path: str) -> str:
     return "raw"
 
 
+QCOW2_INCOMPAT_DATA_FILE = 1 << 2
+QCOW2_EXT_DATA_FILE = 0x44415441
+QCOW2_EXT_END = 0
+
+
+def qcow2_external_files(header: bytes) -> list[str]:
+    """What a qcow2 header makes QEMU open besides the image: ``backing file X``, ``data file Y``.
+
+    Read from the header only (backing file name, the external-data-file
+    feature bit, the data file header extension), so nothing else is opened.
+    """
+    found: list[str] = []
+    if len(header) < 72:
+        return found
+    version = int.from_bytes(header[4:8], "big")
+    backing_offset = int.from_bytes(header[8:16], "big")
+    backing_size = int.from_bytes(header[16:20], "big")
+    if backing_offset:
+        name = header[backing_offset:backing_offset + backing_size].decode("utf-8", "replace")
+        found.append(f"backing file {name!r}" if name else "a backing file")
+    if version < 3 or len(header) < 104:
+        return found
+    data_file: Optional[str] = None
+    external = bool(int.from_bytes(header[72:80], "big") & QCOW2_INCOMPAT_DATA_FILE)
+    offset = int.from_bytes(header[100:104], "big")
+    while 0 < offset and offset + 8 <= len(header):
+        kind = int.from_bytes(header[offset:offset + 4], "big")
+        length = int.from_bytes(header[offset + 4:offset + 8], "big")
+        if kind == QCOW2_EXT_END:
+            break
+        if kind == QCOW2_EXT_DATA_FILE:
+            data_file = header[offset + 8:offset + 8 + length].decode("utf-8", "replace")
+        offset += 8 + (length + 7) // 8 * 8
+    if external or data_file is not None:
+        found.append(f"data file {data_file!r}" if data_file else "an external data file")
+    return found
+
+
+def _refuse_probed_references(path: str) -> None:
+    """A probed qcow2 that names other files is refused: the guest may have written that header.
+
+    A guest owns the bytes of a raw disk; it can make them look like a qcow2
+    header naming any host file as backing or data file. Attached with a
+    probed format, the guest would then read that file. So such an image
+    needs --format qcow2, given by someone who knows what it is (libvirt
+    refuses to probe for the same reason).
+    """
+    try:
+        with open(path, "rb") as image:
+            header = image.read(QCOW2_HEADER_READ)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    names = qcow2_external_files(header)
+    if names:
+        raise UsageError(f"{path} looks like a qcow2 image that makes QEMU open another file ({', '.join(names)}); "
+                         "a probed format never attaches such an image, since a guest writing a raw disk can "
+                         "forge that header to read host files: pass --format qcow2 if you know it is a qcow2 "
+                         "image, or --format raw")
+
+
 def check_image(path: str, image_format: Optional[str], *, is_local: bool) -> tuple[str, str]:
     """The absolute path and format to attach, or :class:`UsageError` for what qmpctl can tell in advance."""
     if not is_local:
@@ -136,6 +198,8 @@ def check_image(path: str, image_format: Optional[str], *, is_local: bool) -> tu
     detected = detect_format(path) if image_format in (None, "qcow2") else image_format
     if image_format == "qcow2" and detected != "qcow2":
         raise UsageError(f"{path} is not a qcow2 image (its header lacks the QFI\\xfb magic)")
+    if image_format is None and detected == "qcow2":
+        _refuse_probed_references(path)
     return path, detected
 
 
