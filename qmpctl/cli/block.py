@@ -63,7 +63,7 @@ def jobs(
     def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
         from qmpctl.backup import dismiss_job
 
-        return dismiss_job(session, deadline, dismiss)
+        return dismiss_job(session, deadline, dismiss, target_is_local=target.is_local)
 
     return run(common, action, [request])
 
