@@ -23,9 +23,9 @@ import signal
 import threading
 from contextlib import contextmanager
 from types import FrameType
-from typing import Iterator, Optional
+from typing import Any, Iterator, Optional
 
-SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 _caught: Optional[int] = None
 """The signal that interrupted this process, once one has."""
@@ -52,14 +52,33 @@ def _interrupt(signum: int, frame: Optional[FrameType]) -> None:
     raise KeyboardInterrupt
 
 
-def install() -> None:
-    """Route SIGINT and SIGTERM through :func:`_interrupt` (called once, at the start of a command line)."""
+def install() -> Optional[list[Any]]:
+    """Route SIGINT and SIGTERM through :func:`_interrupt`, at the start of a command line.
+
+    Returns the handlers it replaced, for :func:`restore`; None where Python
+    lets no handler be set (not the main thread: a library caller keeps its own).
+    """
     global _caught, _closed
     _caught, _closed = None, False
     if not _in_main_thread():
-        return  # Python lets only the main thread set handlers; a library caller keeps its own
-    for signum in SIGNALS:
-        signal.signal(signum, _interrupt)
+        return None
+    previous = [signal.getsignal(number) for number in SIGNALS]
+    for number in SIGNALS:
+        signal.signal(number, _interrupt)
+    return previous
+
+
+def restore(previous: Optional[list[Any]]) -> None:
+    """Put a caller's handlers back (an in-process run); a signal still pending is dropped, not raised."""
+    global _caught, _closed
+    _caught, _closed = None, False
+    if previous is None:
+        return
+    for number in SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(SIGNALS))
+    for number, handler in zip(SIGNALS, previous):
+        signal.signal(number, handler if handler is not None else signal.SIG_DFL)
 
 
 def interrupted_by() -> Optional[int]:
