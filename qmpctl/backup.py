@@ -20,7 +20,8 @@ from qmpctl.block import (UndoStep, block_devices, blockdev_del, check_id, devic
                           undo_all, with_notes)
 from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError, UsageError, VmError
-from qmpctl.jobs import JobState, Progress, dismiss, failure_detail, find_job, finish, list_jobs, wait_for_end
+from qmpctl.jobs import (JobState, Progress, cancel_job, dismiss, failure_detail, find_job, finish, list_jobs,
+                         wait_for_end)
 from qmpctl.request import Request
 from qmpctl.signals import shielded
 from qmpctl.targets import Session
@@ -403,26 +404,55 @@ def dismiss_job(session: Session, deadline: Deadline, job_id: str, *, target_is_
     """
     state = find_job(session, job_id, deadline)
     dismiss(session, job_id, deadline)  # QEMU refuses a job that has not concluded: exit 1, nothing changed
+    result, notes = _drop_target(session, deadline, job_id, state, target_is_local)
+    result = {"dismissed": job_id, **result}
+    if state is None or not state.error:
+        return {"return": result}
+    raise JobFailed(f"job {job_id} had failed: {state.error}; " + "; ".join(["dismissed it"] + notes))
+
+
+def cancel_backup_job(session: Session, deadline: Deadline, job_id: str, *,
+                      target_is_local: bool) -> dict[str, Any]:
+    """``jobs --cancel``: end a job someone left running (a qmpctl killed by SIGKILL or the OOM killer).
+
+    Cancels it, waits until it is gone, dismisses it, and deletes what a
+    ``--no-wait`` backup added for it, with its partial target file.
+    """
+    state = cancel_job(session, job_id, deadline)
+    if state is None:
+        raise VmError("GenericError", f"the VM has no job {job_id!r} (qmpctl jobs lists them)")
+    result, _ = _drop_target(session, deadline, job_id, state, target_is_local)
+    return {"return": {"cancelled": job_id, **result}}
+
+
+def _drop_target(session: Session, deadline: Deadline, job_id: str, state: Optional[JobState],
+                 target_is_local: bool) -> tuple[dict[str, Any], list[str]]:
+    """Delete the target nodes of an ended backup job; remove its target file if it is incomplete and ours.
+
+    Only a file node named ``-target-file`` marks a file this backup created.
+    Returns the result members (status, error, deleted nodes, removed file) and notes for a message.
+    """
     nodes = named_nodes(session, deadline)
-    created = nodes.get(target_nodes(job_id)[1], {}).get("file")
+    created = str(nodes.get(target_nodes(job_id)[1], {}).get("file") or "")
     deleted = []
     with shielded():
         for node in target_nodes(job_id):
             if node in nodes:
                 blockdev_del(session, node, deadline)
                 deleted.append(node)
-    result: dict[str, Any] = {"dismissed": job_id, "status": state.status if state else "concluded",
-                              "deleted-nodes": deleted}
-    if state is None or not state.error:
-        return {"return": result}
-    notes = ["dismissed it"] + ([f"deleted block node(s) {', '.join(deleted)}"] if deleted else [])
-    if created and target_is_local and os.path.isabs(str(created)):
+    result: dict[str, Any] = {"status": state.status if state else "concluded"}
+    if state is not None and state.error:
+        result["error"] = state.error
+    result["deleted-nodes"] = deleted
+    notes = [f"deleted block node(s) {', '.join(deleted)}"] if deleted else []
+    if state is not None and state.error and created and target_is_local and os.path.isabs(created):
         try:
             with shielded():
-                os.unlink(str(created))
+                os.unlink(created)
+            result["removed"] = created
             notes.append(f"removed the incomplete {created}")
         except FileNotFoundError:
             pass
         except OSError as exc:
             notes.append(f"could not remove the incomplete {created}: {exc.strerror or exc}")
-    raise JobFailed(f"job {job_id} had failed: {state.error}; " + "; ".join(notes))
+    return result, notes

@@ -102,3 +102,31 @@ def test_dismissing_a_backup_that_succeeded_is_exit_0_with_its_status(cli, vm):
     reply = json.loads(result.out)
     assert (reply["dismissed"], reply["status"]) == ("backup-vd0", "concluded") and "error" not in reply
     assert block_state(vm) == before and (vm.workdir / "ok.qcow2").exists()
+
+
+def test_jobs_cancel_ends_a_leftover_job_so_the_next_backup_runs(cli, vm):
+    left_by_a_killed_qmpctl(cli, vm)
+    result = cli("jobs", "-s", str(vm.qmp_path), "--cancel", "backup-vd0", "--return-value")
+    assert result.code == 0, result
+    reply = json.loads(result.out)
+    assert (reply["cancelled"], reply["status"], reply["error"]) == ("backup-vd0", "concluded", "Operation canceled")
+    assert jobs(vm) == []
+    again = cli("backup", "-s", str(vm.qmp_path), "vd0", str(vm.workdir / "again.qcow2"))
+    assert again.code == 0, again
+
+
+def test_jobs_cancel_of_a_no_wait_backup_removes_its_nodes_and_partial_target(cli, vm):
+    before = block_state(vm)
+    target = vm.workdir / "slow.qcow2"
+    started = cli("backup", "-s", str(vm.qmp_path), "vd0", str(target), "--no-wait", "--speed", "1M")
+    assert started.code == 0, started
+    result = cli("jobs", "-s", str(vm.qmp_path), "--cancel", "backup-vd0", "--return-value")
+    assert result.code == 0, result
+    assert json.loads(result.out)["removed"] == str(target) and not target.exists()
+    assert block_state(vm) == before
+
+
+def test_jobs_cancel_of_no_such_job_is_exit_1(cli, vm):
+    result = cli("jobs", "-s", str(vm.qmp_path), "--cancel", "nosuch")
+    assert result.code == 1, result
+    assert "no job 'nosuch'" in result.err

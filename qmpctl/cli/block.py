@@ -24,22 +24,27 @@ def block(common: Common, *, nodes: bool) -> int:
     return run(common, execute_one(request), [request])
 
 
-def jobs(common: Common, *, dismiss: Optional[str]) -> int:
-    """Show the VM's jobs (query-jobs): id, type, status, progress, error.
+def jobs(common: Common, *, dismiss: Optional[str], cancel: Optional[str]) -> int:
+    """Show the VM's jobs (query-jobs); or dismiss one that ended, or cancel one that runs.
 
     A job qmpctl started (backup) stays listed once it has ended, with status
     "concluded" and an "error" member when it failed, until it is dismissed:
     that is how a script checks a backup --no-wait later.
     """
-    if dismiss is None:
+    if dismiss is not None and cancel is not None:
+        raise UsageError("--dismiss and --cancel contradict each other: give one")
+    if dismiss is None and cancel is None:
         request = Request("query-jobs")
         return run(common, execute_one(request), [request])
-    request = Request("job-dismiss", {"id": dismiss})
+    from qmpctl import backup as backup_lib
+
+    job_id = dismiss if dismiss is not None else cancel
+    assert job_id is not None
+    end = backup_lib.dismiss_job if dismiss is not None else backup_lib.cancel_backup_job
+    request = Request("job-dismiss" if dismiss is not None else "job-cancel", {"id": job_id})
 
     def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
-        from qmpctl.backup import dismiss_job
-
-        return dismiss_job(session, deadline, dismiss, target_is_local=target.is_local)
+        return end(session, deadline, job_id, target_is_local=target.is_local)
 
     return run(common, action, [request])
 
