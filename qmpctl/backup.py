@@ -75,7 +75,24 @@ class BackupOptions:
     def requests(self, is_local: bool = True) -> list[Request]:
         """The request as --dry-run shows it: DEVICE as given (the real run resolves it to a node name)."""
         path = os.path.abspath(self.target) if is_local else self.target
-        return [drive_backup_request(self, self.job_id or self.default_job_id(), self.device, path)]
+        job_id = self.job_id or self.default_job_id()
+        if not self.wait:
+            target = target_nodes(job_id)[0] if self.format == "qcow2" else target_nodes(job_id)[1]
+            return [Request("blockdev-backup", _backup_arguments(self, job_id, self.device, target))]
+        return [drive_backup_request(self, job_id, self.device, path)]
+
+    def plan_note(self) -> str:
+        """Why --dry-run shows a plan: what the real run learns from the VM first (--dry-run connects to nothing)."""
+        job = self.job_id or self.default_job_id()
+        note = (f"a plan, not the exact requests: the run first asks the VM, resolves {self.device} to its drive "
+                "or node name")
+        if self.job_id is None:
+            note += f", and picks the job id {job} or, when that is taken, {job[:MAX_JOB_ID - 5]}-2 and so on"
+        if self.wait:
+            return note + ("; where QEMU refuses drive-backup it creates the target with blockdev-create, adds "
+                           "it with blockdev-add and runs blockdev-backup instead")
+        return note + ("; before blockdev-backup it creates the target with blockdev-create and adds it with "
+                       "blockdev-add (a --no-wait backup always takes this flow)")
 
 
 def _backup_arguments(options: BackupOptions, job_id: str, device: str, target: str) -> dict[str, Any]:

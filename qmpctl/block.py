@@ -276,6 +276,18 @@ class HotplugPlan:
         device_id = self.device_id or "disk1"
         return [self.blockdev_add(device_id), self.device_add(device_id)]
 
+    def plan_note(self) -> Optional[str]:
+        """None when :meth:`requests` are exactly what a run sends; else what the run decides with the VM."""
+        unknown = []
+        if self.device_id is None:
+            unknown.append("the device id is the first free diskN of the VM (disk1 stands for it here)")
+        if self.bus == "scsi":
+            unknown.append(f"device_add gets the bus of the VM's {SCSI_CONTROLLER}, and a {SCSI_CONTROLLER} "
+                           "controller is added first when the VM has none")
+        if not unknown:
+            return None
+        return "a plan, not the exact requests (--dry-run connects to nothing): " + "; ".join(unknown)
+
 
 def _scsi_bus(session: Session, devices: dict[str, str], deadline: Deadline) -> tuple[Optional[str], bool]:
     """(bus, found): the bus of a virtio-scsi controller the VM has; bus None lets QEMU pick an anonymous one."""

@@ -10,8 +10,9 @@ import sys
 import time
 from typing import Any, Optional
 
-from qmpctl.cli.common import Common, execute_one, run
-from qmpctl.errors import UsageError
+from qmpctl.cli.common import Common, emit, execute_one, run
+from qmpctl.errors import ExitCode, UsageError
+from qmpctl.output import to_json
 from qmpctl.request import Request
 
 BAR_EVERY = 0.25
@@ -73,8 +74,22 @@ def hotplug_disk(common: Common, *, file: str, bus: str, device_id: Optional[str
     is_local = _only_target_is_local(common, "hotplug-disk attaches one image")
     filename, detected = block_lib.check_image(file, image_format, is_local=is_local)
     plan = block_lib.HotplugPlan(filename, detected, bus, device_id, readonly)
+    if _printed_plan(common, plan.requests(), plan.plan_note()):
+        return ExitCode.OK
     return run(common, lambda session, deadline, target: block_lib.hotplug(session, deadline, plan),
                plan.requests())
+
+
+def _printed_plan(common: Common, requests: list[Request], note: Optional[str]) -> bool:
+    """--dry-run of requests that depend on the VM: print them as a labelled plan, never as the real thing.
+
+    One JSON object, ``{"plan": [requests...], "note": "what the run decides with the VM"}``;
+    False (nothing printed) when not a dry run, or when the requests are exact.
+    """
+    if not common.dry_run or note is None:
+        return False
+    emit(to_json({"plan": [request.as_dict() for request in requests], "note": note}, common.pretty), final=True)
+    return True
 
 
 def unplug_disk(common: Common, *, device_id: str, wait_timeout: float) -> int:
@@ -155,6 +170,8 @@ def backup(common: Common, *, device: str, target: str, sync: str, image_format:
     mode = progress
     if mode == "auto":
         mode = "bar" if sys.stderr.isatty() else "none"
+    if _printed_plan(common, options.requests(is_local), options.plan_note()):
+        return ExitCode.OK
     printer = _ProgressPrinter(mode) if wait and mode != "none" else None
 
     def action(session: Any, deadline: Any, vm: Any) -> dict[str, Any]:
