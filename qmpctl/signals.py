@@ -37,7 +37,7 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _block() -> set[signal.Signals]:
+def _block() -> set[int]:
     """Block SIGINT and SIGTERM in this thread; returns the mask before."""
     return signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
 
