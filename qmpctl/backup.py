@@ -31,6 +31,9 @@ DEFAULT_WAIT_TIMEOUT = 86400.0
 MAX_JOB_ID = 19
 """Target node names add up to 12 characters to the job id, and QEMU allows 31."""
 
+END_JOB_PLAN_NOTE = ("a plan, not all the requests (--dry-run connects to nothing): the run reads the job's state "
+                     "first (query-jobs), then deletes the target nodes a backup --no-wait added for it "
+                     "(blockdev-del), and removes the target file when the job failed and the backup created it")
 BUSY_MARK = "is busy: block device is in use by block job"
 """QEMU's words for a disk a job holds (block_job_add_bdrv / bdrv_op_is_blocked)."""
 

@@ -45,6 +45,8 @@ BUSES = {"virtio": "virtio-blk-pci", "scsi": "scsi-hd"}
 SCSI_CONTROLLER = "virtio-scsi-pci"
 ROLLBACK_GRACE = 5.0
 NODE_RELEASE_GRACE = 2.0
+UNPLUG_PLAN_NOTE = ("a plan, not all the requests (--dry-run connects to nothing): once the guest has released "
+                    "the device, blockdev-del deletes its block nodes, which the run finds by asking the VM")
 INTERRUPTED_UNPLUG_GRACE = 3.0
 """After Ctrl-C or SIGTERM following device_del: how long the guest may take to release the device."""
 

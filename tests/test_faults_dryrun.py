@@ -42,3 +42,16 @@ def test_hotplug_dry_run_that_depends_on_the_vm_is_a_plan(cli, tmp_path, args, p
     shown = dry(cli, tmp_path, "hotplug-disk", str(image), *args)
     assert [request["execute"] for request in shown["plan"]] == ["blockdev-add", "device_add"]
     assert phrase in shown["note"]
+
+
+@pytest.mark.parametrize("args, first", [(["unplug-disk", "disk1"], "device_del"),
+                                         (["jobs", "--dismiss", "nightly"], "job-dismiss"),
+                                         (["jobs", "--cancel", "nightly"], "job-cancel")])
+def test_commands_of_several_requests_show_a_plan(cli, tmp_path, args, first):
+    shown = dry(cli, tmp_path, *args)
+    assert [request["execute"] for request in shown["plan"]] == [first]
+    assert "blockdev-del" in shown["note"]
+
+
+def test_a_plain_jobs_listing_is_still_its_one_request(cli, tmp_path):
+    assert dry(cli, tmp_path, "jobs") == {"execute": "query-jobs"}

@@ -47,6 +47,8 @@ def jobs(common: Common, *, dismiss: Optional[str], cancel: Optional[str]) -> in
     def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
         return end(session, deadline, job_id, target_is_local=target.is_local)
 
+    if _printed_plan(common, [request], backup_lib.END_JOB_PLAN_NOTE):
+        return ExitCode.OK
     return run(common, action, [request])
 
 
@@ -104,6 +106,8 @@ def unplug_disk(common: Common, *, device_id: str, wait_timeout: float) -> int:
     if not wait_timeout > 0:
         raise UsageError(f"--wait-timeout must be more than 0 seconds, got {wait_timeout:g}")
     request = Request("device_del", {"id": device_id})
+    if _printed_plan(common, [request], block_lib.UNPLUG_PLAN_NOTE):
+        return ExitCode.OK
     return run(common, lambda session, deadline, target: block_lib.unplug(session, deadline, device_id,
                                                                           wait_timeout), [request])
 
