@@ -49,6 +49,22 @@ def test_a_second_signal_during_cleanup_leaves_no_job_and_no_file(cli, vm, case)
     assert not target.exists()
 
 
+@pytest.mark.qemu
+def test_a_second_signal_during_the_blockdev_flows_cleanup_leaves_no_node(cli, vm_factory):
+    """The blockdev flow has more to take back (two nodes as well as the job) and the same guarantee."""
+    vm = vm_factory(extra_args=["-compat", "deprecated-input=reject"])
+    before = block_state(vm)
+    target = vm.workdir / "backup.qcow2"
+    process = cli.popen("backup", "-s", str(vm.qmp_path), "vd0", str(target), "--speed", "1M")
+    wait_for_job(vm)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.003)  # the gap between two key presses
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=15)
+    assert process.returncode == 130, err
+    assert block_state(vm) == before and not target.exists()
+
+
 def run_in_child(code: str) -> subprocess.CompletedProcess:
     """Signal handlers and masks are per process: try them in a fresh interpreter."""
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], check=False, capture_output=True, text=True,
