@@ -476,20 +476,22 @@ def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: f
     wait = Deadline(wait_seconds)
     try:
         session.execute(Request("device_del", {"id": device_id}), deadline)
-        with deadline.paused():
-            wait_until(session, lambda: _gone(session, device_id, wait.within(deadline)), wait,
-                       f"the guest to release {device_id}", event=event_named("DEVICE_DELETED", device=device_id))
-    except KeyboardInterrupt:
+        try:
+            with deadline.paused():
+                wait_until(session, lambda: _gone(session, device_id, wait.within(deadline)), wait,
+                           f"the guest to release {device_id}",
+                           event=event_named("DEVICE_DELETED", device=device_id))
+        except DeadlineExceeded:
+            if not wait.expired():
+                raise
+            kept = f"; its block node {nodes[0]} stays" if nodes else ""
+            raise DeadlineExceeded(
+                f"the guest did not release {device_id} within {wait_seconds:g}s (a guest without an OS, or "
+                f"without hotplug support, never does); nothing was deleted: the device stays attached with "
+                f"its unplug request pending{kept}") from None
+        deleted, kept_nodes = _delete_nodes(session, nodes, deadline)
+    except KeyboardInterrupt:  # from device_del on: the device may go, and its nodes must not stay behind
         with shielded():
             note = _after_interrupt(session, device_id, nodes)
         raise Interrupted(f"interrupted while unplugging {device_id}: {note}") from None
-    except DeadlineExceeded:
-        if not wait.expired():
-            raise
-        kept = f"; its block node {nodes[0]} stays" if nodes else ""
-        raise DeadlineExceeded(
-            f"the guest did not release {device_id} within {wait_seconds:g}s (a guest without an OS, or "
-            f"without hotplug support, never does); nothing was deleted: the device stays attached with "
-            f"its unplug request pending{kept}") from None
-    deleted, kept_nodes = _delete_nodes(session, nodes, deadline)
     return {"return": _nodes_result(device_id, deleted, kept_nodes)}

@@ -8,10 +8,12 @@ so the test does not depend on timing.
 from __future__ import annotations
 
 import json
+import signal
+import time
 
 import pytest
 
-from support.disks import block_state, make_image
+from support.disks import block_state, hmp, make_image
 
 pytestmark = pytest.mark.qemu
 
@@ -96,3 +98,49 @@ def test_unplug_of_an_unknown_id_with_no_nodes_is_still_exit_2(cli, vm):
     assert result.code == 2, result
     assert "has no device with id 'nosuch'" in result.err
     assert block_state(vm) == before
+
+
+def pending_unplugs(vm) -> int:
+    """The slots the VM's ACPI PCI hotplug controller asks the guest to eject (0xae04, PCI_DOWN_BASE)."""
+    reply = hmp(vm, "i /w 0xae04")
+    return int(reply.split("=")[-1], 16)
+
+
+def wait_for_pending_unplug(vm, timeout: float = 20) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        slots = pending_unplugs(vm)
+        if slots:
+            return slots
+        time.sleep(0.02)
+    raise TimeoutError("device_del never reached the VM")
+
+
+def test_sigterm_twice_after_device_del_then_the_guest_lets_go(cli, vm):
+    """The fault as reported: TERM (twice) after device_del, and the guest releases the disk a moment later.
+
+    No OS runs in the VM, so the test plays the guest's part with QEMU's own
+    hotplug controller: it writes the pending slots to the eject register
+    (0xae08), exactly what a guest's ACPI code does.
+    """
+    before = block_state(vm)
+    hotplugged(cli, vm, "vd1", "virtio")
+    process = cli.popen("unplug-disk", "-s", str(vm.qmp_path), "vd1", "--wait-timeout", "60")
+    slots = wait_for_pending_unplug(vm)  # device_del was sent; qmpctl waits for the guest
+    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGTERM)
+    hmp(vm, f"o /w 0xae08 {slots}")  # the guest lets go
+    _, err = process.communicate(timeout=15)
+    assert process.returncode == 130, err
+    assert b"interrupted while unplugging vd1: the guest released vd1; deleted its block node(s) vd1-format" in err
+    assert block_state(vm) == before  # no vd1-format / vd1-file left holding the image's lock
+
+
+def test_sigterm_after_device_del_with_a_guest_that_holds_on_names_what_stays(cli, vm):
+    hotplugged(cli, vm, "vd1", "virtio")
+    process = cli.popen("unplug-disk", "-s", str(vm.qmp_path), "vd1", "--wait-timeout", "60")
+    wait_for_pending_unplug(vm)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=15)
+    assert process.returncode == 130, err
+    assert b"'qmpctl unplug-disk vd1' deletes what is left" in err
