@@ -77,7 +77,7 @@ def restore(previous: Optional[list[Any]]) -> None:
     for number in SIGNALS:
         signal.signal(number, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, set(SIGNALS))
-    for number, handler in zip(SIGNALS, previous):
+    for number, handler in zip(SIGNALS, previous, strict=True):
         signal.signal(number, handler if handler is not None else signal.SIG_DFL)
 
 
