@@ -432,7 +432,8 @@ def dismiss_job(session: Session, deadline: Deadline, job_id: str, *, target_is_
     result = {"dismissed": job_id, **result}
     if state is None or not state.error:
         return {"return": result}
-    raise JobFailed(f"job {job_id} had failed: {state.error}; " + "; ".join(["dismissed it"] + notes))
+    raise JobFailed(f"job {job_id} had failed: {state.error}; " + "; ".join(["dismissed it"] + notes),
+                    sent=Request("query-jobs").as_dict(), received=vars(state))
 
 
 def cancel_backup_job(session: Session, deadline: Deadline, job_id: str, *,
@@ -444,7 +445,8 @@ def cancel_backup_job(session: Session, deadline: Deadline, job_id: str, *,
     """
     state = cancel_job(session, job_id, deadline)
     if state is None:
-        raise VmError("GenericError", f"the VM has no job {job_id!r} (qmpctl jobs lists them)")
+        raise VmError("GenericError", f"the VM has no job {job_id!r} (qmpctl jobs lists them)",
+                      sent=Request("query-jobs").as_dict())
     result, _ = _drop_target(session, deadline, job_id, state, target_is_local)
     return {"return": {"cancelled": job_id, **result}}
 

@@ -426,7 +426,8 @@ def _remove_left_behind(session: Session, device_id: str, deadline: Deadline) ->
     if kept:
         raise VmError("GenericError", f"device {device_id} is gone, but its block node(s) "
                       f"{', '.join(item['node-name'] for item in kept)} could not be deleted: "
-                      + "; ".join(item["reason"] for item in kept))
+                      + "; ".join(item["reason"] for item in kept),
+                      sent=Request("blockdev-del", {"node-name": kept[0]["node-name"]}).as_dict())
     result = _nodes_result(device_id, deleted, kept)
     result["note"] = (f"device {device_id} was already gone; deleted the block node(s) it left behind: "
                       + ", ".join(deleted))
