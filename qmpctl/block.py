@@ -15,13 +15,16 @@ import re
 import stat
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from qmpctl.deadline import Deadline, backoff
 from qmpctl.errors import DeadlineExceeded, QmpctlError, UsageError, VmError
 from qmpctl.request import Request
 from qmpctl.targets import Session
 from qmpctl.waiting import POLL_FIRST, POLL_MAX, event_named, wait_until
+
+if TYPE_CHECKING:
+    from qmpctl.ssh import RemoteFiles
 
 PERIPHERAL = "/machine/peripheral"
 PERIPHERAL_ANON = "/machine/peripheral-anon"
@@ -97,13 +100,18 @@ def check_id(value: str, what: str, longest: int) -> str:
 
 # -- images -----------------------------------------------------------------------------------------
 
-def detect_format(path: str) -> str:
-    """``qcow2`` when the header says so, ``raw`` otherwise; other image formats are refused."""
-    try:
-        with open(path, "rb") as image:
-            header = image.read(512)
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+def detect_format(path: str, header: Optional[bytes] = None, side: str = "") -> str:
+    """``qcow2`` when the header says so, ``raw`` otherwise; other image formats are refused.
+
+    ``header`` is the first 512 bytes when they were read elsewhere (on the VM's host, ``side``).
+    """
+    if header is None:
+        try:
+            with open(path, "rb") as image:
+                header = image.read(512)
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    path += side
     if header.startswith(QCOW2_MAGIC):
         return "qcow2"
     for offset, magic, name in OTHER_IMAGE_MAGICS:
@@ -113,8 +121,14 @@ def detect_format(path: str) -> str:
     return "raw"
 
 
-def check_image(path: str, image_format: Optional[str], *, is_local: bool) -> tuple[str, str]:
-    """The absolute path and format to attach, or :class:`UsageError` for what qmpctl can tell in advance."""
+def check_image(path: str, image_format: Optional[str], *, is_local: bool, files: Optional["RemoteFiles"] = None,
+                deadline: Optional[Deadline] = None) -> tuple[str, str]:
+    """The absolute path and format to attach, or :class:`UsageError` for what qmpctl can tell in advance.
+
+    ``files`` is the VM host's file system when it is reached over SSH: the same checks run there.
+    """
+    if files is not None and deadline is not None:
+        return _check_remote_image(path, image_format, files, deadline)
     if not is_local:
         if not os.path.isabs(path):
             raise UsageError(f"{path}: give an absolute path: the VM runs on another host")
@@ -130,10 +144,29 @@ def check_image(path: str, image_format: Optional[str], *, is_local: bool) -> tu
         raise UsageError(f"cannot use {path}: {exc.strerror or exc}") from None
     if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
         raise UsageError(f"{path} is not an image file (neither a regular file nor a block device)")
-    detected = detect_format(path) if image_format in (None, "qcow2") else image_format
+    return path, _checked_format(path, image_format, lambda: detect_format(path))
+
+
+def _checked_format(path: str, image_format: Optional[str], detect: Callable[[], str]) -> str:
+    detected = detect() if image_format in (None, "qcow2") else image_format
     if image_format == "qcow2" and detected != "qcow2":
         raise UsageError(f"{path} is not a qcow2 image (its header lacks the QFI\\xfb magic)")
-    return path, detected
+    return str(detected)
+
+
+def _check_remote_image(path: str, image_format: Optional[str], files: "RemoteFiles",
+                        deadline: Deadline) -> tuple[str, str]:
+    """check_image on the VM's host: the path is QEMU's, so it is looked up there, not here."""
+    if not path.startswith("/"):
+        raise UsageError(f"{path}: give an absolute path {files.side}, where the VM runs")
+    (kind,) = files.kinds([path], deadline)
+    if kind == "missing":
+        raise UsageError(f"no such image file {files.side}: {path}")
+    if kind not in ("file", "block"):
+        raise UsageError(f"{path} {files.side} is not an image file (neither a regular file nor a block device)")
+    side = f" {files.side}"
+    return path, _checked_format(path + side, image_format,
+                                 lambda: detect_format(path, files.head(path, 512, deadline), side))
 
 
 # -- undo --------------------------------------------------------------------------------------------

@@ -1,0 +1,224 @@
+"""VMs on "another host": ssh:// addresses through a real OpenSSH server on 127.0.0.1.
+
+The sshd (tests/support/sshd.py) has its own port, throw-away keys and
+known_hosts; qmpctl reaches it with ``QMPCTL_SSH="ssh -F CONFIG"``. Behind it
+are real QEMUs, a real qemu-ga, and real files: the remote host is this
+machine, so tests check results on the file system directly. Connections are
+counted in sshd's log: a fleet on one host is one SSH login.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from support.disks import jobs
+from support.qemu import QemuVM
+from support.qga import HostAgent, have_qemu_ga
+from support.sshd import Sshd, sshd  # noqa: F401  (a fixture)
+
+pytestmark = pytest.mark.qemu
+
+FLEET = 4
+
+
+@pytest.fixture(scope="module")
+def vms(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[QemuVM]]:
+    """A small fleet in one folder, as a hypervisor keeps its monitors (/run/qemu/*.qmp)."""
+    folder = tmp_path_factory.mktemp("hv")
+    started = []
+    try:
+        for number in range(FLEET):
+            vm = QemuVM(folder / f"vm{number}")
+            vm.start()
+            started.append(vm)
+        yield started
+    finally:
+        for vm in started:
+            vm.kill()
+
+
+def ssh_cli(cli, sshd: Sshd, *args: str, config: Path | None = None, **kwargs):
+    result = cli(*args, env=sshd.env(config), **kwargs)
+    sshd.wait_all_closed()  # qmpctl stopped its master connection on the way out
+    return result
+
+
+def test_status_over_ssh(cli, sshd, vms):
+    result = ssh_cli(cli, sshd, "status", "-s", sshd.url(vms[0].qmp_path))
+    assert result.code == 0, result
+    assert json.loads(result.out)["return"]["status"] == "prelaunch"
+    with vms[0].check() as qmp:
+        assert qmp.cmd("query-status")["status"] == "prelaunch"
+
+
+def test_monitor_command_over_ssh(cli, sshd, vms):
+    result = ssh_cli(cli, sshd, "monitor-command", "-s", sshd.url(vms[1].qmp_path),
+                     '{"execute":"query-block"}', "--return-value")
+    assert result.code == 0, result
+    assert [entry["qdev"] for entry in json.loads(result.out)] == ["/machine/peripheral/vd0/virtio-backend"]
+    hmp = ssh_cli(cli, sshd, "monitor-command", "-s", sshd.url(vms[1].qmp_path), "--hmp", "info", "status")
+    assert hmp.code == 0 and "prelaunch" in hmp.out, hmp
+
+
+def test_fleet_behind_one_host_is_one_ssh_connection(cli, sshd, vms):
+    before = sshd.accepted()
+    folder = vms[0].workdir.parent
+    result = ssh_cli(cli, sshd, "status", "-s", sshd.url(f"{folder}/vm*/qmp.sock"))
+    assert result.code == 0, result
+    lines = [json.loads(line) for line in result.out.splitlines()]
+    assert [line["target"] for line in lines] == [sshd.url(vm.qmp_path) for vm in vms]
+    assert all(line["return"]["status"] == "prelaunch" for line in lines)
+    assert sshd.accepted() - before == 1
+
+
+def test_repeated_addresses_on_one_host_share_the_connection(cli, sshd, vms):
+    before = sshd.accepted()
+    result = ssh_cli(cli, sshd, "status", *[arg for vm in vms for arg in ("-s", sshd.url(vm.qmp_path))])
+    assert result.code == 0, result
+    assert len(result.out.splitlines()) == FLEET
+    assert sshd.accepted() - before == 1
+
+
+def test_glob_matching_nothing_on_the_host_is_exit_3(cli, sshd, tmp_path):
+    result = ssh_cli(cli, sshd, "status", "-s", sshd.url(f"{tmp_path}/none-*.sock"))
+    assert result.code == 3, result
+    assert "no socket matches" in result.err and sshd.destination in result.err
+
+
+def test_missing_remote_socket_is_exit_3_naming_the_host(cli, sshd, tmp_path):
+    result = ssh_cli(cli, sshd, "status", "-s", sshd.url(tmp_path / "gone.sock"))
+    assert result.code == 3, result
+    assert result.err == f"qmpctl: no such socket on {sshd.destination}: {tmp_path}/gone.sock " \
+                         "(or the login user may not see it)\n"
+
+
+def test_a_remote_path_that_is_no_socket(cli, sshd, tmp_path):
+    result = ssh_cli(cli, sshd, "status", "-s", sshd.url(tmp_path))
+    assert result.code == 3, result
+    assert "is not a socket" in result.err
+
+
+def test_refused_authentication_is_exit_3_at_once_without_a_prompt(cli, sshd, vms):
+    before = sshd.accepted()
+    result = cli("status", "--timeout", "30", "-s", sshd.url(vms[0].qmp_path),
+                 env=sshd.env(sshd.wrong_key_config()))
+    assert result.code == 3, result
+    assert "refused the SSH authentication" in result.err and "Permission denied" in result.err
+    assert len(result.err.splitlines()) == 1
+    assert result.seconds < 10
+    assert sshd.accepted() == before
+
+
+def test_unreachable_host_is_exit_3(cli, sshd, vms):
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    result = cli("status", "-s", f"ssh://root@127.0.0.1:{port}{vms[0].qmp_path}", env=sshd.env())
+    assert result.code == 3, result
+    assert result.err == f"qmpctl: cannot reach root@127.0.0.1:{port}: connection refused (is it up, and is " \
+                         "sshd on that port?)\n"
+
+
+def test_unknown_host_key_is_exit_3(cli, sshd, vms, tmp_path):
+    config = tmp_path / "config"
+    config.write_text(sshd.config.read_text().replace(str(sshd.known_hosts), str(tmp_path / "empty")))
+    result = cli("status", "-s", sshd.url(vms[0].qmp_path), env=sshd.env(config))
+    assert result.code == 3, result
+    assert "host key" in result.err and len(result.err.splitlines()) == 1
+
+
+def test_host_that_never_answers_ssh_is_exit_4_at_the_deadline(cli, sshd, vms):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts TCP (the kernel completes the handshake) but never says a word
+    port = silent.getsockname()[1]
+    try:
+        result = cli("status", "--timeout", "1.5", "-s", f"ssh://root@127.0.0.1:{port}{vms[0].qmp_path}",
+                     env=sshd.env())
+    finally:
+        silent.close()
+    assert result.code == 4, result
+    assert "timed out after 1.5s waiting for an SSH connection" in result.err
+    assert 1.5 <= result.seconds < 4.5
+
+
+def test_remote_backup_is_written_on_the_host_and_never_overwrites(cli, sshd, vms):
+    vm = vms[2]
+    target = vm.workdir / "remote-backup.qcow2"
+    result = ssh_cli(cli, sshd, "backup", "-s", sshd.url(vm.qmp_path), "vd0", str(target))
+    assert result.code == 0, result
+    assert json.loads(result.out)["return"]["target"] == str(target)
+    assert target.exists()
+    written = target.read_bytes()
+    again = ssh_cli(cli, sshd, "backup", "-s", sshd.url(vm.qmp_path), "vd0", str(target))
+    assert again.code == 2, again
+    assert f"{target} exists on {sshd.destination}" in again.err
+    assert target.read_bytes() == written
+    assert jobs(vm) == []
+
+
+def test_remote_backup_into_a_missing_folder_names_the_host(cli, sshd, vms, tmp_path):
+    target = tmp_path / "no" / "backup.qcow2"
+    result = ssh_cli(cli, sshd, "backup", "-s", sshd.url(vms[2].qmp_path), "vd0", str(target))
+    assert result.code == 2, result
+    assert f"{target} on {sshd.destination}: the directory" in result.err
+
+
+def test_remote_backup_target_must_be_absolute(cli, sshd, vms):
+    result = ssh_cli(cli, sshd, "backup", "-s", sshd.url(vms[2].qmp_path), "vd0", "backup.qcow2")
+    assert result.code == 2, result
+    assert f"absolute path on {sshd.destination}" in result.err
+
+
+def test_hotplug_reads_the_image_on_the_host(cli, sshd, vms, tmp_path):
+    import subprocess
+
+    image = tmp_path / "data.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
+    vm = vms[3]
+    missing = ssh_cli(cli, sshd, "hotplug-disk", "-s", sshd.url(vm.qmp_path), str(tmp_path / "none.qcow2"))
+    assert missing.code == 2, missing
+    assert f"no such image file on {sshd.destination}" in missing.err
+    result = ssh_cli(cli, sshd, "hotplug-disk", "-s", sshd.url(vm.qmp_path), str(image), "--id", "remote0")
+    assert result.code == 0, result
+    with vm.check() as qmp:
+        nodes = {node["node-name"]: node for node in qmp.cmd("query-named-block-nodes")}
+    assert nodes["remote0-format"]["drv"] == "qcow2" and nodes["remote0-file"]["file"] == str(image)
+
+
+@pytest.mark.agent
+@pytest.mark.skipif(not have_qemu_ga(), reason="qemu-ga is not installed")
+def test_agent_over_ssh(cli, sshd, tmp_path):
+    agent = HostAgent(tmp_path / "qga").start()
+    try:
+        result = ssh_cli(cli, sshd, "agent", "ping", "-a", sshd.url(agent.path))
+        assert result.code == 0, result
+        assert result.out == '{"return":{}}\n'
+        info = ssh_cli(cli, sshd, "agent", "info", "-a", sshd.url(agent.path))
+        assert info.code == 0 and json.loads(info.out)["return"]["version"], info
+    finally:
+        agent.stop()
+
+
+def test_one_timeout_per_target_even_when_one_host_hangs(cli, sshd, vms):
+    """A silent host costs its targets the deadline; targets on a good host answer meanwhile."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    port = silent.getsockname()[1]
+    done = threading.Event()
+    try:
+        result = ssh_cli(cli, sshd, "status", "--timeout", "2", "-s", sshd.url(vms[0].qmp_path),
+                         "-s", f"ssh://root@127.0.0.1:{port}/run/vm.qmp")
+    finally:
+        done.set()
+        silent.close()
+    lines = [json.loads(line) for line in result.out.splitlines()]
+    assert [line.get("exit", 0) for line in lines] == [0, 4]
+    assert result.code == 4
