@@ -91,6 +91,24 @@ class Sshd:
         path.write_text(self.client_config(self.wrong_key))
         return path
 
+    def ssh_wrapper(self) -> Path:
+        """An ``ssh`` that uses this client set-up: libvirt's ``command=`` for qemu+ssh:// URIs.
+
+        libvirt 9.0's ssh transport passes ``keyfile`` on but ignores ``known_hosts`` (only its
+        libssh/libssh2 transports read it), so the URI names this command instead.
+        """
+        path = self.folder / "ssh"
+        path.write_text(f'#!/bin/sh\nexec ssh -F {self.config} "$@"\n')
+        path.chmod(0o755)
+        return path
+
+    def libvirt_uri(self, transport: str = "ssh") -> str:
+        """``qemu+ssh://root@127.0.0.1:PORT/system?...`` reaching the system libvirtd through this sshd."""
+        base = f"qemu+{transport}://{self.destination}/system?keyfile={self.client_key}"
+        if transport == "ssh":
+            return f"{base}&command={self.ssh_wrapper()}"
+        return f"{base}&known_hosts={self.known_hosts}&sshauth=privkey"
+
     def log_text(self) -> str:
         try:
             return self.log.read_text(errors="replace")
