@@ -226,7 +226,8 @@ COMMANDS: tuple[Command, ...] = (
         example="qmpctl backup -s /tmp/vm.sock vd0 /backup/vd0-$(date +%F).qcow2 --progress json",
         arguments=(
             Argument("device", "DEVICE", "The disk: its device id (vd0), drive name or node name."),
-            Argument("target", "TARGET", "The image file to create, a path on the VM's host (checked there over ssh://); it must not exist."),
+            Argument("target", "TARGET", "The image file to create, a path on the VM's host (checked there "
+                     "over ssh://); it must not exist."),
         ),
         options=(
             Option("sync", ("--sync",), "choice", "full",
