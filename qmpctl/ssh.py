@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import math
 import os
 import posixpath
 import shlex
@@ -34,7 +35,7 @@ from typing import Any, Optional
 
 from qmpctl.address import Address, SshHost
 from qmpctl.deadline import Deadline
-from qmpctl.errors import ConnectError, ConnectionClosed, QmpctlError, UsageError
+from qmpctl.errors import ConnectError, ConnectionClosed, Interrupted, QmpctlError, UsageError
 from qmpctl.transport import Connection, _connect_unix
 
 SSH_ENV = "QMPCTL_SSH"
@@ -90,6 +91,29 @@ def summarise(stderr: str, host: SshHost, returncode: int) -> str:
     return f"ssh to {host} failed: {last}"
 
 
+_children: set["subprocess.Popen[Any]"] = set()
+"""ssh processes still running: an interrupt in one fleet thread leaves the others' to :func:`close_all`."""
+_children_lock = threading.Lock()
+_closing = threading.Event()
+"""Set by :func:`close_all`: a fleet thread still running then starts no new ssh."""
+
+
+def _spawn(argv: list[str], at_exit: bool = False, **kwargs: Any) -> "subprocess.Popen[bytes]":
+    """Start an ssh step, recorded until reaped; none but ``at_exit`` ones once :func:`close_all` runs."""
+    if _closing.is_set() and not at_exit:
+        raise Interrupted("qmpctl is exiting: no new SSH step")
+    try:
+        proc: subprocess.Popen[bytes] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, **kwargs)
+    except OSError as exc:
+        raise ConnectError(f"cannot run {argv[0]}: {exc.strerror or exc} (install OpenSSH's client, "
+                           f"or point {SSH_ENV} at it)") from exc
+    with _children_lock:
+        _children.add(proc)
+        if _closing.is_set() and not at_exit:  # close_all ran meanwhile: it did not see this one
+            proc.kill()
+    return proc
+
+
 def _kill(proc: "subprocess.Popen[Any]") -> None:
     """Kill and reap an ssh child; nothing of it outlives the step that started it."""
     if proc.poll() is None:
@@ -101,16 +125,18 @@ def _kill(proc: "subprocess.Popen[Any]") -> None:
         proc.wait()
     except BaseException:  # a second Ctrl-C: the child is killed already, reaping is not worth hanging for
         pass
+    _reaped(proc)
+
+
+def _reaped(proc: "subprocess.Popen[Any]") -> None:
+    with _children_lock:
+        _children.discard(proc)
 
 
 def _communicate(argv: list[str], deadline: Deadline, waiting_for: str,
                  hint: str = "") -> "subprocess.CompletedProcess[bytes]":
     """Run a short ssh step (mux command or remote script) within the deadline; output captured."""
-    try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    except OSError as exc:
-        raise ConnectError(f"cannot run {argv[0]}: {exc.strerror or exc} (install OpenSSH's client, "
-                           f"or point {SSH_ENV} at it)") from exc
+    proc = _spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         out, err = proc.communicate(timeout=deadline.remaining(waiting_for, hint))
     except subprocess.TimeoutExpired:
@@ -119,6 +145,7 @@ def _communicate(argv: list[str], deadline: Deadline, waiting_for: str,
     except BaseException:
         _kill(proc)
         raise
+    _reaped(proc)
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
@@ -154,20 +181,20 @@ class _Master:
 
     def _start(self, deadline: Deadline, waiting_for: str) -> None:
         error_path = self.control + ".err"
-        argv = self._ssh("-M", "-N", "-f", "-o", f"ControlPersist={CONTROL_PERSIST_SECONDS}",
-                         "-o", "ServerAliveInterval=15")
-        with open(error_path, "wb") as errors:
-            try:
-                # With -f, ssh forks into the background once authenticated: the foreground's exit is
-                # the "ready" signal, and its exit status says whether the connection stands.
-                proc: subprocess.Popen[bytes] = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors)
-            except OSError as exc:
-                self.failure = ConnectError(f"cannot run {argv[0]}: {exc.strerror or exc} (install OpenSSH's "
-                                            f"client, or point {SSH_ENV} at it)")
-                raise self.failure from exc
-        self.started = True
         hint = "the host accepted no SSH session in time: down, filtered, or not an SSH server"
+        # ConnectTimeout only backs the deadline up, for an ssh that outlives qmpctl (SIGKILL).
+        connect_timeout = math.ceil(deadline.remaining(waiting_for, hint)) + 1
+        argv = self._ssh("-M", "-N", "-f", "-o", f"ControlPersist={CONTROL_PERSIST_SECONDS}",
+                         "-o", "ServerAliveInterval=15", "-o", f"ConnectTimeout={connect_timeout}")
+        with open(error_path, "wb") as errors:
+            # With -f, ssh forks into the background once authenticated: the foreground's exit is
+            # the "ready" signal, and its exit status says whether the connection stands.
+            try:
+                proc = _spawn(argv, stdout=subprocess.DEVNULL, stderr=errors)
+            except ConnectError as exc:
+                self.failure = exc
+                raise
+        self.started = True
         try:
             returncode = proc.wait(timeout=deadline.remaining(waiting_for, hint))
         except subprocess.TimeoutExpired:
@@ -177,6 +204,7 @@ class _Master:
         except BaseException:
             _kill(proc)
             raise
+        _reaped(proc)
         if returncode != 0:
             with open(error_path, "rb") as errors:
                 stderr = errors.read(64 * 1024).decode("utf-8", "replace")
@@ -210,14 +238,15 @@ class _Master:
         if not self.started:
             return
         try:
-            proc = subprocess.Popen(self._ssh("-O", "exit"), stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        except OSError:
+            proc = _spawn(self._ssh("-O", "exit"), at_exit=True, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+        except ConnectError:
             return
         try:
             proc.wait(timeout=EXIT_SECONDS)
         except BaseException:
             _kill(proc)
+        _reaped(proc)
 
 
 class _Registry:
@@ -255,7 +284,12 @@ def close_all() -> None:
         folder = _registry.folder
         _registry.masters.clear()
         _registry.folder = None
+    with _children_lock:
+        _closing.set()
+        children = list(_children)
     try:
+        for proc in children:  # steps of fleet threads an interrupt left running
+            _kill(proc)
         for master in masters:
             master.stop()
     finally:

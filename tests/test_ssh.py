@@ -10,8 +10,10 @@ counted in sshd's log: a fleet on one host is one SSH login.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -222,3 +224,41 @@ def test_one_timeout_per_target_even_when_one_host_hangs(cli, sshd, vms):
     lines = [json.loads(line) for line in result.out.splitlines()]
     assert [line.get("exit", 0) for line in lines] == [0, 4]
     assert result.code == 4
+
+
+def ssh_processes(port: int) -> list[str]:
+    """Command lines of ssh clients still running against ``port`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if words and words[0].endswith(b"ssh") and str(port).encode() in words:
+            found.append(b" ".join(words).decode(errors="replace"))
+    return found
+
+
+def wait_for(condition, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_sigterm_while_logging_in_to_a_fleet_kills_every_ssh(cli, sshd, tmp_path):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    try:
+        # Several hosts (user names make them distinct), each logging in on its own fleet thread.
+        targets = [arg for user in ("a", "b", "c") for arg in ("-s", f"ssh://{user}@127.0.0.1:{port}/run/vm.qmp")]
+        proc = cli.popen("status", "--timeout", "60", *targets, env=sshd.env())
+        wait_for(lambda: len(ssh_processes(port)) == 3)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        silent.close()
+    assert proc.returncode == 130, err
+    assert ssh_processes(port) == []
