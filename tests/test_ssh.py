@@ -19,7 +19,7 @@ from typing import Iterator
 
 import pytest
 
-from support.disks import jobs
+from support.disks import jobs, wait_for_job
 from support.qemu import QemuVM
 from support.qga import HostAgent, have_qemu_ga
 from support.sshd import Sshd, sshd  # noqa: F401  (a fixture)
@@ -172,10 +172,12 @@ def test_remote_backup_into_a_missing_folder_names_the_host(cli, sshd, vms, tmp_
     assert f"{target} on {sshd.destination}: the directory" in result.err
 
 
-def test_remote_backup_target_must_be_absolute(cli, sshd, vms):
+def test_remote_backup_target_must_be_absolute_said_before_logging_in(cli, sshd, vms):
+    before = sshd.accepted()
     result = ssh_cli(cli, sshd, "backup", "-s", sshd.url(vms[2].qmp_path), "vd0", "backup.qcow2")
     assert result.code == 2, result
-    assert f"absolute path on {sshd.destination}" in result.err
+    assert "give an absolute path: the VM runs on another host" in result.err
+    assert sshd.accepted() == before
 
 
 def test_hotplug_reads_the_image_on_the_host(cli, sshd, vms, tmp_path):
@@ -262,3 +264,28 @@ def test_sigterm_while_logging_in_to_a_fleet_kills_every_ssh(cli, sshd, tmp_path
         silent.close()
     assert proc.returncode == 130, err
     assert ssh_processes(port) == []
+
+
+def test_interrupted_remote_backup_cancels_the_job_and_removes_the_target_on_the_host(cli, sshd, vms):
+    vm = vms[2]
+    target = vm.workdir / "interrupted.qcow2"
+    process = cli.popen("backup", "-s", sshd.url(vm.qmp_path), "vd0", str(target), "--speed", "1M",
+                        env=sshd.env())
+    wait_for_job(vm)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=15)
+    assert process.returncode == 130, err
+    assert b"was cancelled" in err and f"removed the incomplete {target} on {sshd.destination}".encode() in err
+    assert jobs(vm) == [] and not target.exists()
+    sshd.wait_all_closed()
+
+
+def test_dry_run_of_a_remote_backup_connects_to_nothing(cli, sshd, vms):
+    before = sshd.accepted()
+    result = cli("backup", "--dry-run", "-s", sshd.url(vms[2].qmp_path), "vd0", "/var/backups/x.qcow2",
+                 env=sshd.env())
+    assert result.code == 0, result
+    assert json.loads(result.out)["arguments"]["target"] == "/var/backups/x.qcow2"
+    relative = cli("backup", "--dry-run", "-s", sshd.url(vms[2].qmp_path), "vd0", "x.qcow2", env=sshd.env())
+    assert relative.code == 2 and "absolute path" in relative.err, relative
+    assert sshd.accepted() == before

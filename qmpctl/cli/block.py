@@ -44,10 +44,14 @@ def jobs(common: Common, *, dismiss: Optional[str]) -> int:
     return run(common, action, [request])
 
 
+def _names_ssh(common: Common) -> bool:
+    return any(socket.startswith("ssh://") for socket in common.sockets)
+
+
 def _only_target_is_local(common: Common, why: str) -> bool:
     """Whether qmpctl can see the VM's files; the command works on exactly one VM."""
     if common.dry_run:
-        return not any(socket.startswith("ssh://") for socket in common.sockets)
+        return not _names_ssh(common)
     targets = common.targets()
     if len(targets) > 1:
         raise UsageError(f"{why}: give exactly one VM, not {len(targets)}")
@@ -56,7 +60,7 @@ def _only_target_is_local(common: Common, why: str) -> bool:
 
 def _over_ssh(common: Common) -> bool:
     """The one VM is reached over SSH: its file checks run on its host, within the call's deadline."""
-    return not common.dry_run and any(socket.startswith("ssh://") for socket in common.sockets)
+    return not common.dry_run and _names_ssh(common)
 
 
 def hotplug_disk(common: Common, *, file: str, bus: str, device_id: Optional[str],
@@ -162,7 +166,9 @@ def backup(common: Common, *, device: str, target: str, sync: str, image_format:
         wait, backup_lib.DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout, job_id)
     is_local = _only_target_is_local(common, "a backup writes one TARGET")
     over_ssh = _over_ssh(common)
-    if not over_ssh:  # over SSH the check runs on the VM's host, through the session's connection
+    if not is_local and _names_ssh(common):  # the VM's host is checked through the session's connection
+        backup_lib.check_target(target, is_local=False, force=True)  # here: only that the path is absolute
+    else:
         backup_lib.check_target(target, is_local=is_local, force=force)  # before connecting to anything
     mode = progress
     if mode == "auto":
