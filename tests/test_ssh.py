@@ -275,7 +275,8 @@ def test_interrupted_remote_backup_cancels_the_job_and_removes_the_target_on_the
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=15)
     assert process.returncode == 130, err
-    assert b"was cancelled" in err and f"removed the incomplete {target} on {sshd.destination}".encode() in err
+    # Cancelled while running, or taken back while being set up (the SIGINT may beat the reply): either way
+    assert f"removed the incomplete {target} on {sshd.destination}".encode() in err
     assert jobs(vm) == [] and not target.exists()
     sshd.wait_all_closed()
 
