@@ -290,3 +290,14 @@ def test_dry_run_of_a_remote_backup_connects_to_nothing(cli, sshd, vms):
     relative = cli("backup", "--dry-run", "-s", sshd.url(vms[2].qmp_path), "vd0", "x.qcow2", env=sshd.env())
     assert relative.code == 2 and "absolute path" in relative.err, relative
     assert sshd.accepted() == before
+
+
+def test_busy_remote_monitor_runs_into_the_same_deadline(cli, sshd, vms):
+    """SSH login, channel and the wait for QEMU's greeting share one --timeout."""
+    from support.qemu import RawQmp
+
+    with RawQmp(vms[0].qmp_path):  # QEMU serves one client per monitor: the next one gets no greeting
+        result = ssh_cli(cli, sshd, "status", "--timeout", "1.5", "-s", sshd.url(vms[0].qmp_path))
+    assert result.code == 4, result
+    assert "timed out after 1.5s" in result.err and "busy" in result.err
+    assert 1.5 <= result.seconds < 4.5
