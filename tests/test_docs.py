@@ -87,6 +87,7 @@ class World:
     sshd: Sshd | None = None
     ssh_bin: Path | None = None
     """A folder with an ``ssh`` that uses the sshd's client set-up, as ~/.ssh/config would."""
+    second_host: str = ""
 
     def scratch(self, name: str) -> Path:
         """A new empty folder."""
@@ -110,7 +111,7 @@ class World:
             values["/var/backups/vms"] = str(self.scratch(f"{name}-backups"))
         if self.sshd is not None:
             values["root@hv1"] = self.sshd.destination
-            values["root@hv2"] = f"root@localhost:{self.sshd.port}"
+            values["root@hv2"] = self.second_host
         return values
 
 
@@ -204,14 +205,7 @@ def ssh_world(world: World) -> Iterator[World]:
     if not Path("/usr/sbin/sshd").exists() and os.environ.get("CI") != "true":
         pytest.skip("openssh-server is not installed (run tests/setup-host)")
     sshd = Sshd(world.root / "sshd").start()
-    host_key = sshd.known_hosts.read_text().split(maxsplit=1)[1]
-    with open(sshd.known_hosts, "a") as known:
-        known.write(f"[localhost]:{sshd.port} {host_key}")
-    ssh_bin = world.root / "ssh-bin"
-    ssh_bin.mkdir()
-    (ssh_bin / "ssh").write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F {sshd.config} "$@"\n')
-    (ssh_bin / "ssh").chmod(0o755)
-    world.sshd, world.ssh_bin = sshd, ssh_bin
+    world.sshd, world.ssh_bin, world.second_host = sshd, sshd.ssh_wrapper().parent, sshd.also_known_as("localhost")
     try:
         yield world
     finally:

@@ -44,9 +44,7 @@ def test_a_uri_without_a_domain_is_a_usage_error(cli):
 
 def test_refused_ssh_login_through_libvirt_is_exit_3(cli, sshd, domain):
     uri = sshd.libvirt_uri().replace(f"keyfile={sshd.client_key}", f"keyfile={sshd.wrong_key}")
-    uri = uri.replace(str(sshd.ssh_wrapper()), str(sshd.folder / "ssh-wrong"))
-    (sshd.folder / "ssh-wrong").write_text(f'#!/bin/sh\nexec ssh -F {sshd.wrong_key_config()} "$@"\n')
-    (sshd.folder / "ssh-wrong").chmod(0o755)
+    uri = uri.replace(str(sshd.ssh_wrapper()), str(sshd.ssh_wrapper(sshd.wrong_key_config())))
     result = cli("status", "--timeout", "20", "-c", uri, "-d", domain.name)
     assert result.code == 3, result
     assert result.seconds < 15

@@ -91,16 +91,27 @@ class Sshd:
         path.write_text(self.client_config(self.wrong_key))
         return path
 
-    def ssh_wrapper(self) -> Path:
-        """An ``ssh`` that uses this client set-up: libvirt's ``command=`` for qemu+ssh:// URIs.
+    def ssh_wrapper(self, config: Path | None = None) -> Path:
+        """An ``ssh`` (alone in its folder, so it can go first on PATH) that uses this client set-up.
 
+        What ~/.ssh/config would do for a user. Also libvirt's ``command=`` for qemu+ssh:// URIs:
         libvirt 9.0's ssh transport passes ``keyfile`` on but ignores ``known_hosts`` (only its
-        libssh/libssh2 transports read it), so the URI names this command instead.
+        libssh/libssh2 transports read it).
         """
-        path = self.folder / "ssh"
-        path.write_text(f'#!/bin/sh\nexec ssh -F {self.config} "$@"\n')
-        path.chmod(0o755)
+        config = config or self.config
+        path = self.folder / f"bin-{config.name}" / "ssh"
+        if not path.exists():
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(f'#!/bin/sh\nexec {shutil.which("ssh")} -F {config} "$@"\n')
+            path.chmod(0o755)
         return path
+
+    def also_known_as(self, host: str) -> str:
+        """Let the client accept this server under another host name too; returns ``root@HOST:PORT``."""
+        host_key = self.known_hosts.read_text().split(maxsplit=1)[1]
+        with open(self.known_hosts, "a") as known:
+            known.write(f"[{host}]:{self.port} {host_key}")
+        return f"root@{host}:{self.port}"
 
     def libvirt_uri(self, transport: str = "ssh") -> str:
         """``qemu+ssh://root@127.0.0.1:PORT/system?...`` reaching the system libvirtd through this sshd."""
