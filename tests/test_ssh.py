@@ -301,3 +301,12 @@ def test_busy_remote_monitor_runs_into_the_same_deadline(cli, sshd, vms):
     assert result.code == 4, result
     assert "timed out after 1.5s" in result.err and "busy" in result.err
     assert 1.5 <= result.seconds < 4.5
+
+
+def test_many_missing_sockets_on_one_host_are_each_diagnosed(cli, sshd, tmp_path):
+    """More failures at once than sshd's MaxSessions (10): every one still gets its diagnosis."""
+    targets = [arg for number in range(14) for arg in ("-s", sshd.url(tmp_path / f"gone{number}.sock"))]
+    result = ssh_cli(cli, sshd, "status", "--timeout", "30", *targets)
+    lines = [json.loads(line) for line in result.out.splitlines()]
+    assert len(lines) == 14
+    assert all(line["exit"] == 3 and "no such socket on" in line["error"]["desc"] for line in lines), result.out

@@ -64,8 +64,7 @@ class Sshd:
             f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {host_key}\n"
             f"AuthorizedKeysFile {self.folder}/authorized_keys\nPidFile {self.folder}/sshd.pid\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
-            "UsePAM no\nStrictModes no\nLogLevel VERBOSE\nAllowStreamLocalForwarding yes\n"
-            "MaxStartups 100:30:200\nMaxSessions 100\n")
+            "UsePAM no\nStrictModes no\nLogLevel VERBOSE\nAllowStreamLocalForwarding yes\n")
         host_public = " ".join(host_key.with_suffix(".pub").read_text().split()[:2])
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {host_public}\n")
         self.config.write_text(self.client_config(self.client_key))
