@@ -310,3 +310,29 @@ def test_many_missing_sockets_on_one_host_are_each_diagnosed(cli, sshd, tmp_path
     lines = [json.loads(line) for line in result.out.splitlines()]
     assert len(lines) == 14
     assert all(line["exit"] == 3 and "no such socket on" in line["error"]["desc"] for line in lines), result.out
+
+
+@pytest.mark.parametrize("stderr, expected", [
+    ("ssh: Could not resolve hostname hv9: Name or service not known\r\n",
+     "cannot reach root@hv9: unknown host name (ssh: Could not resolve hostname hv9: Name or service not known)"),
+    ("ssh: connect to host hv9 port 22: No route to host\r\n",
+     "cannot reach root@hv9: no route to host (is it up, and is sshd on that port?)"),
+    ("kex_exchange_identification: Connection closed by remote host\r\nConnection closed by 10.0.0.9 port 22\r\n",
+     "root@hv9 closed the SSH connection during the handshake (Connection closed by 10.0.0.9 port 22)"),
+    ("Warning: Permanently added 'hv9' (ED25519) to the list of known hosts.\r\n"
+     "root@hv9: Permission denied (publickey,password).\r\n",
+     "root@hv9 refused the SSH authentication (root@hv9: Permission denied (publickey,password).)"),
+    ("", "ssh to root@hv9 failed: ssh exited with 255"),
+])
+def test_ssh_diagnostics_are_summarised_in_one_line(stderr, expected):
+    from qmpctl.address import SshHost
+    from qmpctl.ssh import summarise
+
+    summary = summarise(stderr, SshHost("hv9", "root"), 255)
+    assert summary.startswith(expected) and "\n" not in summary
+
+
+def test_a_missing_ssh_client_is_exit_3(cli, vms):
+    result = cli("status", "-s", f"ssh://hv1{vms[0].qmp_path}", env={"QMPCTL_SSH": "/nonexistent/ssh"})
+    assert result.code == 3, result
+    assert result.err.startswith("qmpctl: cannot run /nonexistent/ssh: No such file or directory")
