@@ -16,7 +16,7 @@ exit (and the folder removed) when qmpctl exits. ``ControlPersist`` makes a
 master that outlives a killed qmpctl go away by itself once idle.
 
 ``QMPCTL_SSH`` replaces the ``ssh`` command, like ``GIT_SSH_COMMAND``: e.g.
-``QMPCTL_SSH="ssh -F ~/.ssh/vms.conf"``. Its options win over qmpctl's.
+``QMPCTL_SSH="ssh -F /etc/qmpctl/ssh_config"``. Its options win over qmpctl's.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import atexit
 import itertools
 import math
 import os
-import posixpath
 import shlex
 import shutil
 import subprocess
@@ -297,11 +296,6 @@ def close_all() -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def connection_count() -> int:
-    """How many SSH connections this process opened (masters started): one per host."""
-    return sum(1 for master in _registry.masters.values() if master.started)
-
-
 def _remote_kinds(master: _Master, paths: list[str], deadline: Deadline) -> list[str]:
     out = master.shell(KINDS_SCRIPT, paths, deadline, "check " + ", ".join(paths))
     kinds = out.decode("utf-8", "replace").split()
@@ -403,8 +397,3 @@ def remote_files(target: object) -> Optional[RemoteFiles]:
     if isinstance(address, Address) and address.via is not None:
         return RemoteFiles(address.via)
     return None
-
-
-def parent(path: str) -> str:
-    return posixpath.dirname(path) or "/"
-
