@@ -50,12 +50,16 @@ def ssh_cli(cli, sshd: Sshd, *args: str, config: Path | None = None, **kwargs):
     return result
 
 
-def test_status_over_ssh(cli, sshd, vms):
-    result = ssh_cli(cli, sshd, "status", "-s", sshd.url(vms[0].qmp_path))
+def test_status_over_ssh_leaves_nothing_behind(cli, sshd, vms, tmp_path):
+    own_tmp = tmp_path / "tmp"
+    own_tmp.mkdir()
+    result = cli("status", "-s", sshd.url(vms[0].qmp_path), env={**sshd.env(), "TMPDIR": str(own_tmp)})
     assert result.code == 0, result
     assert json.loads(result.out)["return"]["status"] == "prelaunch"
     with vms[0].check() as qmp:
         assert qmp.cmd("query-status")["status"] == "prelaunch"
+    sshd.wait_all_closed()  # the master connection was told to exit
+    assert list(own_tmp.iterdir()) == []  # its ControlPath folder and forwarded sockets are gone
 
 
 def test_monitor_command_over_ssh(cli, sshd, vms):
@@ -198,15 +202,22 @@ def test_hotplug_reads_the_image_on_the_host(cli, sshd, vms, tmp_path):
 @pytest.mark.agent
 @pytest.mark.skipif(not have_qemu_ga(), reason="qemu-ga is not installed")
 def test_agent_over_ssh(cli, sshd, tmp_path):
-    agent = HostAgent(tmp_path / "qga").start()
+    agents = [HostAgent(tmp_path / f"qga{number}").start() for number in range(2)]
     try:
-        result = ssh_cli(cli, sshd, "agent", "ping", "-a", sshd.url(agent.path))
+        result = ssh_cli(cli, sshd, "agent", "ping", "-a", sshd.url(agents[0].path))
         assert result.code == 0, result
         assert result.out == '{"return":{}}\n'
-        info = ssh_cli(cli, sshd, "agent", "info", "-a", sshd.url(agent.path))
+        info = ssh_cli(cli, sshd, "agent", "info", "-a", sshd.url(agents[0].path))
         assert info.code == 0 and json.loads(info.out)["return"]["version"], info
+        before = sshd.accepted()
+        fleet = ssh_cli(cli, sshd, "agent", "ping", "-a", sshd.url(f"{tmp_path}/qga*/qga.sock"))
+        assert fleet.code == 0, fleet
+        assert [json.loads(line)["target"] for line in fleet.out.splitlines()] == [
+            sshd.url(agent.path) for agent in agents]
+        assert sshd.accepted() - before == 1
     finally:
-        agent.stop()
+        for agent in agents:
+            agent.stop()
 
 
 def test_one_timeout_per_target_even_when_one_host_hangs(cli, sshd, vms):
