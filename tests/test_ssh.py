@@ -199,6 +199,19 @@ def test_hotplug_reads_the_image_on_the_host(cli, sshd, vms, tmp_path):
     assert nodes["remote0-format"]["drv"] == "qcow2" and nodes["remote0-file"]["file"] == str(image)
 
 
+def test_a_probed_remote_image_naming_another_file_is_refused(cli, sshd, vms, tmp_path):
+    """The header is read on the host, and a qcow2 that makes QEMU open another file needs --format."""
+    import subprocess
+
+    (tmp_path / "base.raw").write_bytes(bytes(1 << 20))
+    image = tmp_path / "top.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(tmp_path / "base.raw"), "-F", "raw",
+                    str(image)], check=True)
+    result = ssh_cli(cli, sshd, "hotplug-disk", "-s", sshd.url(vms[3].qmp_path), str(image))
+    assert result.code == 2, result
+    assert f"{image} on {sshd.destination} looks like a qcow2 image that makes QEMU open another file" in result.err
+
+
 @pytest.mark.agent
 @pytest.mark.skipif(not have_qemu_ga(), reason="qemu-ga is not installed")
 def test_agent_over_ssh(cli, sshd, tmp_path):
@@ -294,7 +307,7 @@ def test_dry_run_of_a_remote_backup_connects_to_nothing(cli, sshd, vms):
     result = cli("backup", "--dry-run", "-s", sshd.url(vms[2].qmp_path), "vd0", "/var/backups/x.qcow2",
                  env=sshd.env())
     assert result.code == 0, result
-    assert json.loads(result.out)["arguments"]["target"] == "/var/backups/x.qcow2"
+    assert json.loads(result.out)["plan"][0]["arguments"]["target"] == "/var/backups/x.qcow2"
     relative = cli("backup", "--dry-run", "-s", sshd.url(vms[2].qmp_path), "vd0", "x.qcow2", env=sshd.env())
     assert relative.code == 2 and "absolute path" in relative.err, relative
     assert sshd.accepted() == before
