@@ -82,3 +82,10 @@ def test_ssh_forms(text, expected):
 def test_ssh_invalid(text):
     with pytest.raises(UsageError):
         parse_address(text)
+
+
+def test_the_same_path_on_another_host_is_another_socket():
+    addresses = expand_addresses(["/run/vm.qmp", "ssh://hv1/run/vm.qmp", "ssh://hv2/run/vm.qmp",
+                                  "ssh://hv1/run/vm.qmp"])
+    assert [str(address) for address in addresses] == ["unix:/run/vm.qmp", "ssh://hv1/run/vm.qmp",
+                                                       "ssh://hv2/run/vm.qmp"]
