@@ -277,7 +277,17 @@ _registry = _Registry()
 
 
 def close_all() -> None:
-    """Stop every master this process started and remove the folder of control and forwarded sockets."""
+    """Stop every master this process started and remove the folder of control and forwarded sockets.
+
+    Shielded: a Ctrl-C meanwhile waits (each step is bounded), so no connection or folder is left.
+    """
+    from qmpctl.signals import shielded
+
+    with shielded():
+        _close_all()
+
+
+def _close_all() -> None:
     with _registry.lock:
         masters = list(_registry.masters.values())
         folder = _registry.folder
