@@ -137,6 +137,8 @@ def _parse_ssh(text: str, original: str) -> Address:
         raise UsageError(f"invalid address {original!r}: {host!r} is not a host name")
     if user and (user.startswith("-") or any(ch.isspace() for ch in user)):
         raise UsageError(f"invalid address {original!r}: {user!r} is not a user name")
+    if ":" in path:  # ssh -L reads LOCAL:REMOTE and cannot escape a colon
+        raise UsageError(f"invalid address {original!r}: ssh cannot forward a socket whose path contains ':'")
     return Address(path="/" + path, via=SshHost(host, user or None, port))
 
 

@@ -78,7 +78,7 @@ def test_ssh_forms(text, expected):
 
 @pytest.mark.parametrize("text", ["ssh://hv1", "ssh://hv1/", "ssh:///run/vm.qmp", "ssh://@hv1/x", "ssh://hv1:0/x",
                                   "ssh://hv1:ssh/x", "ssh://-oProxyCommand=x/y", "ssh://-l@hv1/x",
-                                  "ssh://[::1/x", "ssh://h v/x"])
+                                  "ssh://[::1/x", "ssh://h v/x", "ssh://hv1/run/a:b.sock"])
 def test_ssh_invalid(text):
     with pytest.raises(UsageError):
         parse_address(text)

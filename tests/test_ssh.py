@@ -357,3 +357,14 @@ def test_a_missing_ssh_client_is_exit_3(cli, vms):
     result = cli("status", "-s", f"ssh://hv1{vms[0].qmp_path}", env={"QMPCTL_SSH": "/nonexistent/ssh"})
     assert result.code == 3, result
     assert result.err.startswith("qmpctl: cannot run /nonexistent/ssh: No such file or directory")
+
+
+def test_remote_glob_and_paths_with_spaces_and_quotes(cli, sshd, vms, tmp_path):
+    folder = tmp_path / "vms of 'hv1' $HOME"
+    folder.mkdir()
+    (folder / "web 1.sock").symlink_to(vms[0].qmp_path)
+    (folder / "db*.sock").symlink_to(vms[1].qmp_path)
+    result = ssh_cli(cli, sshd, "status", "-s", sshd.url(f"{folder}/*.sock"))
+    assert result.code == 0, result
+    assert [json.loads(line)["target"] for line in result.out.splitlines()] == [
+        sshd.url(folder / "db*.sock"), sshd.url(folder / "web 1.sock")]
