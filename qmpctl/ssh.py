@@ -40,6 +40,8 @@ from qmpctl.transport import Connection, _connect_unix
 SSH_ENV = "QMPCTL_SSH"
 CONTROL_PERSIST_SECONDS = 15
 """How long an idle master stays up: covers the gaps of one call, ends masters a killed qmpctl left behind."""
+CHECK_SECONDS = 2.0
+"""How long asking a master whether it still stands may take, when a channel ended unexpectedly."""
 EXIT_SECONDS = 2.0
 """How long ``ssh -O exit`` may take at exit; a master that does not answer expires by ControlPersist."""
 NOISE = ("Warning: Permanently added", "debug", "Transferred:", "Bytes per second", "Exit request sent",
@@ -232,6 +234,15 @@ class _Master:
                                f"{summarise(done.stderr.decode('utf-8', 'replace'), self.host, done.returncode)}")
         return done.stdout
 
+    def alive(self) -> bool:
+        """Whether the master still holds its connection (``ssh -O check``, briefly bounded)."""
+        try:
+            done = _communicate(self._ssh("-O", "check"), Deadline(CHECK_SECONDS),
+                                f"the SSH master for {self.host}")
+        except QmpctlError:
+            return False
+        return done.returncode == 0
+
     def stop(self) -> None:
         """``ssh -O exit``: the master closes its connection; failures are left to ControlPersist."""
         if not self.started:
@@ -337,21 +348,27 @@ class SshConnection(Connection):
         return ConnectError(f"{host} could not connect to its socket {path}: stale (is the VM still "
                             f"running?) or not allowed for the login user")
 
+    def _explain(self, error: ConnectionClosed, deadline: Deadline) -> QmpctlError:
+        """An end before the first byte: what the path is on the host; a later one: was it SSH that broke?"""
+        if not self._heard:
+            return self._diagnose(error, deadline)
+        if self.master.alive():
+            return error
+        return ConnectionClosed(f"the SSH connection to {self.master.host} was lost ({error.message}); "
+                                "the VM there may still be running, and anything it was doing with it",
+                                sent=error.sent, received=error.received)
+
     def send(self, data: bytes, deadline: Deadline, what: str) -> None:
         try:
             super().send(data, deadline, what)
         except ConnectionClosed as exc:
-            if self._heard:
-                raise
-            raise self._diagnose(exc, deadline) from None
+            raise self._explain(exc, deadline) from None
 
     def _fill(self, deadline: Deadline, waiting_for: str, hint: str) -> None:
         try:
             super()._fill(deadline, waiting_for, hint)
         except ConnectionClosed as exc:
-            if self._heard:
-                raise
-            raise self._diagnose(exc, deadline) from None
+            raise self._explain(exc, deadline) from None
         self._heard = True
 
 

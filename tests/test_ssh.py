@@ -368,3 +368,32 @@ def test_remote_glob_and_paths_with_spaces_and_quotes(cli, sshd, vms, tmp_path):
     assert result.code == 0, result
     assert [json.loads(line)["target"] for line in result.out.splitlines()] == [
         sshd.url(folder / "db*.sock"), sshd.url(folder / "web 1.sock")]
+
+
+def test_a_lost_ssh_connection_is_told_apart_from_a_vm_that_went_away(cli, sshd, vms, tmp_path):
+    import os
+    import re
+    import subprocess
+
+    vm = vms[2]
+    own_tmp = tmp_path / "tmp"
+    own_tmp.mkdir()
+    process = cli.popen("backup", "-s", sshd.url(vm.qmp_path), "vd0", str(vm.workdir / "lost.qcow2"),
+                        "--speed", "1M", env={**sshd.env(), "TMPDIR": str(own_tmp)})
+    try:
+        wait_for_job(vm)
+        [control] = [path for path in own_tmp.glob("qmpctl-ssh-*/m*") if path.suffix != ".err"]
+        check = subprocess.run(["ssh", "-S", str(control), "-O", "check", "hv"], capture_output=True, text=True)
+        os.kill(int(re.search(r"pid=(\d+)", check.stderr).group(1)), signal.SIGKILL)  # the network "drops"
+        _, err = process.communicate(timeout=15)
+        assert process.returncode == 5, err
+        assert f"the SSH connection to {sshd.destination} was lost".encode() in err
+    finally:
+        process.kill()
+        process.wait()
+        if jobs(vm):  # the job outlived the connection, as it would on a real host: end it
+            with vm.check() as qmp:
+                qmp.cmd("job-cancel", id="backup-vd0")
+            wait_for_job(vm, status="concluded")
+            with vm.check() as qmp:
+                qmp.cmd("job-dismiss", id="backup-vd0")
