@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from qmpctl.address import Address
+from qmpctl.connect import open_connection
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectionClosed, DeadlineExceeded, ProtocolError, VmError
 from qmpctl.qmp import checked_reply, decode_message
@@ -81,7 +82,7 @@ class AgentSession(WithoutEvents):
 
     @classmethod
     def connect(cls, address: Address, deadline: Deadline) -> "AgentSession":
-        session = cls(Connection.open(address, deadline))
+        session = cls(open_connection(address, deadline))
         try:
             session.resync(deadline)
         except BaseException:

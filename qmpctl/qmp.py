@@ -14,6 +14,7 @@ from collections import deque
 from typing import Any
 
 from qmpctl.address import Address
+from qmpctl.connect import open_connection
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ProtocolError, VmError
 from qmpctl.request import Request, parse_json
@@ -81,7 +82,7 @@ class QmpSession:
     @classmethod
     def connect(cls, address: Address, deadline: Deadline) -> "QmpSession":
         """Connect, read the greeting and negotiate, all within ``deadline``."""
-        session = cls(Connection.open(address, deadline))
+        session = cls(open_connection(address, deadline))
         try:
             with Exchange(session.target, None):
                 session._read_greeting(deadline)

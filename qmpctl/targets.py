@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
-from qmpctl.address import Address, expand_addresses
+from qmpctl.address import Address
+from qmpctl.connect import expand_addresses
 from qmpctl.deadline import Deadline
 from qmpctl.errors import UsageError
 from qmpctl.session import AGENT, MONITOR, Session, Target

@@ -30,13 +30,18 @@ PROTOCOL_MEMBERS = ("target", "supports_events", "events", "execute", "execute_n
 
 
 def _library_imports() -> dict[str, set[str]]:
-    """Module -> the qmpctl modules it imports anywhere in its text (lazy imports included), outside cli/."""
+    """Module -> the qmpctl modules it imports anywhere in its text (lazy imports included), outside cli/.
+
+    Imports under ``if TYPE_CHECKING:`` count as well.
+    """
     graph: dict[str, set[str]] = {}
     for path in PACKAGE.glob("*.py"):
         name = f"qmpctl.{path.stem}"
         found: set[str] = set()
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("qmpctl."):
+            if isinstance(node, ast.ImportFrom) and node.module == "qmpctl":  # from qmpctl import trace
+                found.update(f"qmpctl.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("qmpctl."):
                 found.add(node.module)
             elif isinstance(node, ast.Import):
                 found.update(alias.name for alias in node.names if alias.name.startswith("qmpctl."))
