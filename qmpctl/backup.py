@@ -20,6 +20,7 @@ from qmpctl.block import (UndoStep, block_devices, blockdev_del, check_id, devic
                           undo_all, with_notes)
 from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError, UsageError, VmError
+from qmpctl.files import check_new_file
 from qmpctl.jobs import JobState, Progress, dismiss, failure_detail, finish, list_jobs, wait_for_end
 from qmpctl.request import Request
 from qmpctl.targets import Session
@@ -102,16 +103,9 @@ def check_target(path: str, *, is_local: bool, force: bool) -> str:
         if not os.path.isabs(path):
             raise UsageError(f"{path}: give an absolute path: the VM runs on another host")
         return path
-    path = os.path.abspath(path)
-    folder = os.path.dirname(path)
-    if not os.path.isdir(folder):
-        raise UsageError(f"cannot back up to {path}: the directory {folder} does not exist")
-    if os.path.isdir(path):
-        raise UsageError(f"cannot back up to {path}: it is a directory")
-    if os.path.lexists(path) and not force:
-        raise UsageError(f"{path} exists; qmpctl does not overwrite backups (QEMU would truncate it): "
-                         "choose a new name, or pass --force to overwrite it")
-    return path
+    return check_new_file(path, force=force, doing="back up to",
+                          refusal="qmpctl does not overwrite backups (QEMU would truncate it): "
+                          "choose a new name, or pass --force to overwrite it")
 
 
 @dataclass(frozen=True)
