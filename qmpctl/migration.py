@@ -587,12 +587,16 @@ def cancel(session: QmpSession, deadline: Deadline) -> dict[str, Any]:
 # ------------------------------------------------------------------ saved state
 
 
+def fd_passing_refused(what: str, where: str) -> UsageError:
+    return UsageError(f"{what} needs the VM's unix QMP socket: qmpctl hands the file to QEMU as a file "
+                      f"descriptor, which cannot travel over TCP ({where}); on QEMU 8.2 and later QEMU can "
+                      "open the file itself (migrate with a file: URI)")
+
+
 def require_fd_passing(session: QmpSession, what: str) -> None:
     """Saved state needs a unix monitor socket: a file descriptor cannot travel over TCP."""
     if not session.connection.passes_fds:
-        raise UsageError(f"{what} needs the VM's unix QMP socket: qmpctl hands the file to QEMU as a file "
-                         f"descriptor, which cannot travel over TCP ({session.target}); on QEMU 8.2 and later "
-                         "use the file: URI there instead")
+        raise fd_passing_refused(what, session.target)
 
 
 @dataclass
@@ -665,18 +669,20 @@ def save_requests() -> list[Request]:
             Request("getfd", {"fdname": FD_NAME}), Request("migrate", {"uri": f"fd:{FD_NAME}"})]
 
 
-def save(session: QmpSession, deadline: Deadline, target: SaveTarget, *, then: str = "stay",
+def save(session: QmpSession, deadline: Deadline, path: str, *, force: bool = False, then: str = "stay",
          speed: Optional[int] = None, wait_timeout: float = DEFAULT_WAIT_TIMEOUT, progress: Optional[Progress] = None,
          progress_every: float = CHECK_EVERY) -> dict[str, Any]:
-    """Pause the VM and write its whole state into ``target``; then leave it paused, ``cont`` or ``quit`` it.
+    """Pause the VM and write its whole state into a new file ``path``; then leave it paused, ``cont`` or ``quit`` it.
 
-    On any failure the VM runs again if it was running, the incomplete file
-    is removed and an existing FILE (``--force``) is as it was.
+    The file is created (never over an existing one unless ``force``) before
+    the VM is touched. On any failure the VM runs again if it was running, the
+    incomplete file is removed and an existing FILE (``--force``) is as it was.
     """
     if then not in THEN:
         raise UsageError(f"--then must be one of {', '.join(THEN)}, got {then!r}")
+    require_fd_passing(session, "saving the VM's state")
+    target = SaveTarget.create(path, force)
     try:
-        require_fd_passing(session, "saving the VM's state")
         was_running = _check_source(session, deadline)
     except BaseException:
         target.discard()
@@ -733,14 +739,22 @@ def restore_requests() -> list[Request]:
             Request("migrate-incoming", {"uri": f"fd:{FD_NAME}"}), Request("cont")]
 
 
-def restore(session: QmpSession, deadline: Deadline, fd: int, *, paused: bool = False,
+def restore(session: QmpSession, deadline: Deadline, path: str, *, paused: bool = False,
             wait_timeout: float = DEFAULT_WAIT_TIMEOUT) -> dict[str, Any]:
-    """Load a saved state into a QEMU started with ``-incoming defer``, then ``cont`` it unless ``paused``.
+    """Load the state saved in ``path`` into a QEMU started with ``-incoming defer``; ``cont`` it unless ``paused``.
 
     A load that fails or is interrupted leaves the file untouched and tells a
     QEMU that never ran to quit (QEMU 7.2 exits by itself after a failed load).
     """
     require_fd_passing(session, "restoring a saved state")
+    fd = open_saved(path)
+    try:
+        return _restore(session, deadline, fd, paused, wait_timeout)
+    finally:
+        os.close(fd)
+
+
+def _restore(session: QmpSession, deadline: Deadline, fd: int, paused: bool, wait_timeout: float) -> dict[str, Any]:
     _check_destination(session, deadline)
     started = time.monotonic()
     try:

@@ -20,7 +20,7 @@ import pytest
 from qmpctl.address import parse_address
 from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded, Interrupted, UsageError
-from qmpctl.migration import MigrateOptions, SaveTarget, migrate, open_saved, restore, save
+from qmpctl.migration import MigrateOptions, migrate, restore, save
 from qmpctl.qmp import QmpSession
 from support.qemu import QemuVM, RawQmp
 
@@ -157,20 +157,15 @@ def test_save_quit_and_restore_into_a_new_qemu(make_vm, tmp_path):
     source = make_vm()
     saved = tmp_path / "vm.state"
     with session(source) as src:
-        result = save(src, Deadline(10), SaveTarget.create(str(saved), force=False), then="quit")
+        result = save(src, Deadline(10), str(saved), then="quit")
     assert result["return"]["run-state"] == "exited" and result["return"]["bytes"] == saved.stat().st_size
     assert saved.stat().st_size > BLOB_BYTES
     assert wait_for(lambda: not source.alive())
     destination = make_vm(incoming=True)
-    # The destination's RAM starts with the same blob: scribble over it so only the restore can bring it back.
     with destination.check() as qmp:
         assert qmp.cmd("query-status")["status"] == "inmigrate"
-    fd = open_saved(str(saved))
-    try:
-        with session(destination) as dst:
-            restored = restore(dst, Deadline(10), fd)
-    finally:
-        os.close(fd)
+    with session(destination) as dst:
+        restored = restore(dst, Deadline(10), str(saved))
     assert restored["return"]["run-state"] == "running"
     assert state(destination) == "running"
 
@@ -180,15 +175,11 @@ def test_restored_memory_is_the_saved_memory(vm_factory, blob, tmp_path):
     source = vm_factory(extra_args=["-device", f"loader,file={blob},addr={BLOB_ADDRESS:#x}"], paused=False)
     saved = tmp_path / "vm.state"
     with session(source) as src:
-        save(src, Deadline(10), SaveTarget.create(str(saved), force=False), then="stay")
+        save(src, Deadline(10), str(saved), then="stay")
     assert state(source) == "postmigrate"
     destination = vm_factory(extra_args=["-incoming", "defer"], paused=False)
-    fd = open_saved(str(saved))
-    try:
-        with session(destination) as dst:
-            restore(dst, Deadline(10), fd, paused=True)
-    finally:
-        os.close(fd)
+    with session(destination) as dst:
+        restore(dst, Deadline(10), str(saved), paused=True)
     assert state(destination) == "paused"
     assert memory_of(destination, tmp_path) == blob.read_bytes()
 
@@ -197,8 +188,9 @@ def test_an_existing_file_is_refused_and_kept_byte_for_byte(make_vm, tmp_path):
     source = make_vm()
     saved = tmp_path / "vm.state"
     saved.write_bytes(b"precious\x00\xff")
-    with pytest.raises(UsageError) as failure:
-        SaveTarget.create(str(saved), force=False)
+    with session(source) as src:
+        with pytest.raises(UsageError) as failure:
+            save(src, Deadline(10), str(saved))
     assert "exists" in failure.value.message
     assert saved.read_bytes() == b"precious\x00\xff"
     assert state(source) == "running" and migration_status(source) == {}
@@ -214,14 +206,14 @@ def test_force_replaces_only_once_the_new_state_is_complete(make_vm, tmp_path):
 
     with session(source) as src:
         with pytest.raises(Interrupted) as failure:
-            save(src, Deadline(10), SaveTarget.create(str(saved), force=True), speed=1024 * 1024,
+            save(src, Deadline(10), str(saved), force=True, speed=1024 * 1024,
                  progress=interrupt, progress_every=0.05)
     assert "is as it was" in failure.value.message, failure.value.message
     assert saved.read_bytes() == b"old state" and os.listdir(tmp_path).count("vm.state") == 1
     assert not [name for name in os.listdir(tmp_path) if name.startswith(".vm.state")]
     assert state(source) == "running", "the save paused it; the cleanup resumed it"
     with session(source) as src:
-        save(src, Deadline(10), SaveTarget.create(str(saved), force=True), then="cont")
+        save(src, Deadline(10), str(saved), force=True, then="cont")
     assert saved.stat().st_size > BLOB_BYTES and state(source) == "running"
 
 
@@ -229,7 +221,7 @@ def test_saved_state_is_refused_over_tcp(make_vm, tmp_path):
     source = make_vm(tcp=True)
     with QmpSession.connect(parse_address(source.tcp_address), Deadline(10)) as src:
         with pytest.raises(UsageError) as failure:
-            save(src, Deadline(10), SaveTarget.create(str(tmp_path / "vm.state"), force=False))
+            save(src, Deadline(10), str(tmp_path / "vm.state"))
     assert "TCP" in failure.value.message and "file: URI" in failure.value.message
     assert not (tmp_path / "vm.state").exists()
     assert state(source) == "running"
