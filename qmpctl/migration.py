@@ -24,11 +24,11 @@ import shutil
 import tempfile
 import time
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Callable, Optional
 
-from qmpctl.deadline import Deadline
+from qmpctl.deadline import Deadline, backoff
 from qmpctl.errors import (ConnectionClosed, DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError,
                            UsageError, VmError)
 from qmpctl.files import check_new_file
@@ -376,9 +376,25 @@ def wait_for_source(source: QmpSession, wait: Deadline, request_timeout: float, 
     watch = _Watch(source, request_timeout, options, progress, what)
     ended = wait_until(source, watch.check, wait, f"the {what} to finish", event=_migration_event_ended,
                        every=every)
+    if ended.status == "completed":
+        ended = _settled(source, wait.sub(request_timeout), ended)
     if progress is not None:
         progress(ended)
     return ended
+
+
+def _settled(source: QmpSession, deadline: Deadline, reading: MigrationReading) -> MigrationReading:
+    """The final reading, once QEMU has finished with a completed migration.
+
+    QEMU reports ``completed`` a moment before it stops the clock (total
+    time and downtime still read 0) and puts the source in ``postmigrate``;
+    no event marks that, so it is polled briefly.
+    """
+    for pause in backoff(0.005, 0.1):
+        if run_state(source, deadline) == "postmigrate":
+            return replace(query_migrate(source, deadline), elapsed=reading.elapsed)
+        time.sleep(min(pause, deadline.remaining("the source to settle after the migration")))
+    raise AssertionError("unreachable")
 
 
 def _failure(reading: MigrationReading, what: str) -> JobFailed:
