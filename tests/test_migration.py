@@ -22,7 +22,7 @@ from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded, Interrupted, UsageError
 from qmpctl.migration import MigrateOptions, migrate, restore, save
 from qmpctl.qmp import QmpSession
-from support.qemu import QemuVM, RawQmp
+from support.qemu import QemuVM
 
 pytestmark = pytest.mark.qemu
 
@@ -226,3 +226,116 @@ def test_saved_state_is_refused_over_tcp(make_vm, tmp_path):
     assert "TCP" in failure.value.message and "file: URI" in failure.value.message
     assert not (tmp_path / "vm.state").exists()
     assert state(source) == "running"
+
+
+# ------------------------------------------------------------------ through the command line
+
+
+def test_cli_migrates_with_json_progress_ending_in_completed(cli, make_vm):
+    source, destination = make_vm(), make_vm(incoming=True)
+    result = cli("migrate", "-s", str(source.qmp_path), "--to", str(destination.qmp_path), "--progress", "json",
+                 "--speed", "8M")
+    assert result.code == 0, result
+    summary = json.loads(result.out)["return"]
+    assert summary["source"]["status"] == "postmigrate" and summary["destination"]["status"] == "running"
+    lines = [json.loads(line) for line in result.err.splitlines()]
+    assert len(lines) >= 2, result.err
+    assert lines[-1]["status"] == "completed" and lines[-1]["remaining"] == 0
+    assert {"transferred", "remaining", "dirty-rate", "expected-downtime", "pass"} <= set(lines[0])
+
+
+def test_cli_refuses_a_destination_that_does_not_wait(cli, make_vm):
+    source, destination = make_vm(), make_vm()
+    result = cli("migrate", "-s", str(source.qmp_path), "--to", str(destination.qmp_path))
+    assert result.code == 2, result
+    assert "-incoming defer" in result.err and "source was not touched" in result.err
+    with source.check() as qmp:
+        assert qmp.cmd("query-migrate") == {} and qmp.cmd("query-status")["status"] == "running"
+
+
+def test_cli_sigint_cancels_and_the_source_runs_again(cli, make_vm):
+    source, destination = make_vm(), make_vm(incoming=True)
+    process = cli.popen("migrate", "-s", str(source.qmp_path), "--to", str(destination.qmp_path),
+                        "--speed", "1M", "--progress", "json")
+    first = process.stderr.readline()
+    assert json.loads(first)["status"] == "active", first
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130, err
+    assert b"the source is running" in err, err
+    assert state(source) == "running" and migration_status(source)["status"] == "cancelled"
+    assert wait_for(lambda: not_waiting(destination))
+
+
+def test_cli_stall_timeout_cancels_when_the_destination_hangs(cli, make_vm):
+    """A destination that stops reading (here SIGSTOP) leaves ram.remaining where it was."""
+    source, destination = make_vm(), make_vm(incoming=True)
+    process = cli.popen("migrate", "-s", str(source.qmp_path), "--to", str(destination.qmp_path),
+                        "--speed", "4M", "--stall-timeout", "1.5", "--progress", "json")
+    try:
+        assert json.loads(process.stderr.readline())["status"] == "active"
+        destination.proc.send_signal(signal.SIGSTOP)
+        # The cleanup asks the destination how it is; let it answer once the source has given up.
+        assert wait_for(lambda: migration_status(source).get("status") == "cancelled", 30)
+    finally:
+        destination.proc.send_signal(signal.SIGCONT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 4, err
+    assert b"stalled" in err and b"the source is running" in err, err
+    assert state(source) == "running"
+    assert wait_for(lambda: not_waiting(destination))
+
+
+def test_cli_no_wait_status_and_cancel(cli, make_vm):
+    source, destination = make_vm(), make_vm(incoming=True)
+    started = cli("migrate", "-s", str(source.qmp_path), "--to", str(destination.qmp_path), "--speed", "1M",
+                  "--no-wait")
+    assert started.code == 0, started
+    assert json.loads(started.out)["return"]["status"] == "active"
+    shown = cli("migrate", "-s", str(source.qmp_path), "--status", "--return-value")
+    assert shown.code == 0, shown
+    assert json.loads(shown.out)["migration"]["status"] == "active"
+    cancelled = cli("migrate", "-s", str(source.qmp_path), "--cancel", "--return-value")
+    assert cancelled.code == 0, cancelled
+    assert json.loads(cancelled.out) == {"migration": "cancelled", "run-state": "running"}
+    assert wait_for(lambda: not_waiting(destination))
+
+
+def test_cli_save_quit_restore(cli, make_vm, vm_factory, blob, tmp_path):
+    source = make_vm()
+    saved = tmp_path / "vm.state"
+    result = cli("migrate", "-s", str(source.qmp_path), "--to-file", str(saved), "--then", "quit")
+    assert result.code == 0, result
+    assert json.loads(result.out)["return"]["bytes"] == saved.stat().st_size
+    assert wait_for(lambda: not source.alive())
+    destination = vm_factory(extra_args=["-incoming", "defer"], paused=False)
+    restored = cli("migrate", "--from-file", str(saved), "-s", str(destination.qmp_path), "--return-value")
+    assert restored.code == 0, restored
+    assert json.loads(restored.out)["run-state"] == "running"
+    assert memory_of(destination, tmp_path) == blob.read_bytes()
+
+
+def test_cli_refuses_an_existing_file_and_tcp(cli, make_vm, tmp_path):
+    source = make_vm(tcp=True)
+    saved = tmp_path / "vm.state"
+    saved.write_bytes(b"keep me")
+    exists = cli("migrate", "-s", str(source.qmp_path), "--to-file", str(saved))
+    assert exists.code == 2 and "exists" in exists.err, exists
+    assert saved.read_bytes() == b"keep me"
+    over_tcp = cli("migrate", "-s", source.tcp_address, "--to-file", str(tmp_path / "new.state"))
+    assert over_tcp.code == 2 and "TCP" in over_tcp.err, over_tcp
+    assert not (tmp_path / "new.state").exists()
+    assert state(source) == "running" and migration_status(source) == {}
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["-d", "vm1", "--to", "/tmp/b.sock"], "virsh migrate"),
+    (["-s", "/tmp/a.sock"], "give one of"),
+    (["-s", "/tmp/a.sock", "--to", "/tmp/b.sock", "--to-file", "/tmp/x"], "--to and --to-file"),
+    (["-s", "/tmp/a.sock", "--to-file", "/tmp/x", "--auto-converge"], "--auto-converge does not go"),
+    (["-s", "/tmp/a.sock", "--to", "/tmp/b.sock", "--uri", "exec:cat > /tmp/x"], "tcp:HOST:PORT"),
+    (["-s", "/tmp/a.sock", "--to", "/tmp/a.sock"], "the source itself"),
+])
+def test_cli_usage_mistakes_exit_2_before_connecting(cli, argv, says):
+    result = cli("migrate", *argv)
+    assert result.code == 2 and says in result.err, result

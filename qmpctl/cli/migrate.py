@@ -10,10 +10,10 @@ import os
 from typing import Any, Optional
 
 from qmpctl.cli.common import Common, run
+from qmpctl.cli.progress import CHECK_EVERY
 from qmpctl.errors import UsageError
 from qmpctl.request import Request
 
-CHECK_EVERY = 1.0
 
 
 def _progress_printer(mode: str) -> Any:
@@ -187,8 +187,7 @@ def _require_unix_socket(common: Common, flag: str) -> None:
 def _status_or_cancel(common: Common, cancel: bool) -> int:
     from qmpctl import migration
 
-    if cancel:
-        return run(common, lambda session, deadline, target: migration.cancel(session, deadline),
-                   [Request("migrate_cancel")])
-    return run(common, lambda session, deadline, target: migration.status(session, deadline),
-               [Request("query-migrate")])
+    def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
+        return migration.cancel(session, deadline) if cancel else migration.status(session, deadline)
+
+    return run(common, action, [Request("migrate_cancel" if cancel else "query-migrate")])

@@ -16,6 +16,8 @@ BAR_EVERY = 0.25
 """A bar is redrawn at most this often (seconds)."""
 JSON_EVERY = 1.0
 """A JSON line is written at most this often, and only when the reading changed."""
+CHECK_EVERY = 1.0
+"""Without a printer: how often a wait reads the state anyway (a guard against a missed event)."""
 
 
 class ProgressPrinter(Generic[T]):
