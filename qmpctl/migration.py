@@ -540,8 +540,15 @@ def migrate(source: QmpSession, destination: QmpSession, deadline: Deadline, opt
     try:
         destination_state = _wait_destination(destination, Deadline(max(deadline.seconds, CLEANUP_SECONDS)),
                                               deadline.seconds)
-    except (JobFailed, ConnectionClosed, DeadlineExceeded) as exc:
+    except (JobFailed, ConnectionClosed) as exc:
         raise _destination_failed(source, was_running, exc) from None
+    except DeadlineExceeded as exc:  # it may still start the VM: resuming the source could run it twice
+        raise DeadlineExceeded(f"the source sent everything but the destination has not reported the VM "
+                               f"started ({exc.message}); the source stays {_safe_state(source, deadline)} "
+                               "and is not resumed while the destination may still start it") from None
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted after the source had sent everything: the VM belongs to the "
+                          "destination now (qmpctl status there says whether it runs)") from None
     if was_running and destination_state in ("paused", "prelaunch"):
         destination.execute(Request("cont"), deadline)  # a destination started with -S waits for it
         destination_state = run_state(destination, deadline)

@@ -19,7 +19,7 @@ import pytest
 
 from qmpctl.address import parse_address
 from qmpctl.deadline import Deadline
-from qmpctl.errors import DeadlineExceeded, Interrupted, UsageError
+from qmpctl.errors import DeadlineExceeded, Interrupted, JobFailed, UsageError
 from qmpctl.migration import MigrateOptions, migrate, restore, save
 from qmpctl.qmp import QmpSession
 from support.qemu import QemuVM
@@ -339,3 +339,25 @@ def test_cli_refuses_an_existing_file_and_tcp(cli, make_vm, tmp_path):
 def test_cli_usage_mistakes_exit_2_before_connecting(cli, argv, says):
     result = cli("migrate", *argv)
     assert result.code == 2 and says in result.err, result
+
+
+def test_cli_postcopy_after_finishes_a_throttled_migration(cli, make_vm):
+    """At 1 MiB/s the RAM would take about 16 s; postcopy moves the VM at once and pulls the rest unthrottled."""
+    source, destination = make_vm(), make_vm(incoming=True)
+    result = cli("migrate", "-s", str(source.qmp_path), "--to", str(destination.qmp_path), "--speed", "1M",
+                 "--postcopy-after", "0.5", "--progress", "none")
+    assert result.code == 0, result
+    summary = json.loads(result.out)["return"]
+    assert summary["destination"]["status"] == "running" and summary["seconds"] < 8, summary
+    assert (state(source), state(destination)) == ("postmigrate", "running")
+
+
+def test_a_destination_that_cannot_load_the_state_gives_the_vm_back(make_vm):
+    """Everything is sent, then the destination (lacking the source's disk) fails: the intact source resumes."""
+    source, destination = make_vm(), make_vm(incoming=True, qemu_args_disk=False)
+    with session(source) as src, session(destination) as dst:
+        with pytest.raises(JobFailed) as failure:
+            migrate(src, dst, Deadline(10), MigrateOptions())
+    assert "the source is running" in failure.value.message, failure.value.message
+    assert state(source) == "running"
+    assert wait_for(lambda: not destination.alive())
