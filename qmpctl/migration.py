@@ -397,6 +397,15 @@ def _settled(source: QmpSession, deadline: Deadline, reading: MigrationReading) 
     raise AssertionError("unreachable")
 
 
+def after_wait(deadline: Deadline) -> Deadline:
+    """The deadline of the requests that follow a long wait: --timeout again, as each request had during it.
+
+    The call's own deadline covers connecting and setting up; a migration
+    may take hours, and the last requests must not fail for that.
+    """
+    return Deadline(deadline.seconds)
+
+
 def _failure(reading: MigrationReading, what: str) -> JobFailed:
     detail = f": {reading.error}" if reading.error else ""
     return JobFailed(f"the {what} {reading.status}{detail}")
@@ -537,6 +546,7 @@ def migrate(source: QmpSession, destination: QmpSession, deadline: Deadline, opt
             handover.completed = True
     finally:
         channel.remove()
+    finishing = after_wait(deadline)
     try:
         destination_state = _wait_destination(destination, Deadline(max(deadline.seconds, CLEANUP_SECONDS)),
                                               deadline.seconds)
@@ -544,16 +554,16 @@ def migrate(source: QmpSession, destination: QmpSession, deadline: Deadline, opt
         raise _destination_failed(source, was_running, exc) from None
     except DeadlineExceeded as exc:  # it may still start the VM: resuming the source could run it twice
         raise DeadlineExceeded(f"the source sent everything but the destination has not reported the VM "
-                               f"started ({exc.message}); the source stays {_safe_state(source, deadline)} "
+                               f"started ({exc.message}); the source stays {_safe_state(source, finishing)} "
                                "and is not resumed while the destination may still start it") from None
     except KeyboardInterrupt:
         raise Interrupted("interrupted after the source had sent everything: the VM belongs to the "
                           "destination now (qmpctl status there says whether it runs)") from None
     if was_running and destination_state in ("paused", "prelaunch"):
-        destination.execute(Request("cont"), deadline)  # a destination started with -S waits for it
-        destination_state = run_state(destination, deadline)
+        destination.execute(Request("cont"), finishing)  # a destination started with -S waits for it
+        destination_state = run_state(destination, finishing)
     return {"return": {
-        "source": {"status": run_state(source, deadline), "migration": final.status},
+        "source": {"status": run_state(source, finishing), "migration": final.status},
         "destination": {"status": destination_state},
         "uri": uri, "bytes": final.transferred, "total-time-ms": final.total_time,
         "downtime-ms": final.downtime, "setup-time-ms": final.setup_time,
@@ -737,14 +747,15 @@ def save(session: QmpSession, deadline: Deadline, path: str, *, force: bool = Fa
         if isinstance(exc, QmpctlError):
             add_note(exc, f"; {note}")
         raise
+    finishing = after_wait(deadline)
     if then == "cont":
-        session.execute(Request("cont"), deadline)
+        session.execute(Request("cont"), finishing)
     elif then == "quit":
         try:
-            session.execute(Request("quit"), deadline)
+            session.execute(Request("quit"), finishing)
         except ConnectionClosed:
             pass
-    state = "exited" if then == "quit" else run_state(session, deadline)
+    state = "exited" if then == "quit" else run_state(session, finishing)
     return {"return": {"file": target.path, "bytes": os.path.getsize(target.path), "run-state": state,
                        "downtime-ms": final.downtime, "seconds": round(time.monotonic() - started, 3)}}
 
@@ -798,6 +809,7 @@ def _restore(session: QmpSession, deadline: Deadline, fd: int, paused: bool, wai
             add_note(exc, f"; {note}")
         raise
     if not paused and state != "running":
-        session.execute(Request("cont"), deadline)
-        state = run_state(session, deadline)
+        finishing = after_wait(deadline)
+        session.execute(Request("cont"), finishing)
+        state = run_state(session, finishing)
     return {"return": {"run-state": state, "seconds": round(time.monotonic() - started, 3)}}

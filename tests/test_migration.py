@@ -361,3 +361,16 @@ def test_a_destination_that_cannot_load_the_state_gives_the_vm_back(make_vm):
     assert "the source is running" in failure.value.message, failure.value.message
     assert state(source) == "running"
     assert wait_for(lambda: not destination.alive())
+
+
+def test_cli_a_migration_may_take_longer_than_timeout(cli, make_vm, tmp_path):
+    """--timeout bounds each exchange; the migration (4 s at 4 MiB/s) and the save are bounded by --wait-timeout."""
+    source, destination = make_vm(), make_vm(incoming=True)
+    result = cli("migrate", "-s", str(source.qmp_path), "--to", str(destination.qmp_path), "--speed", "4M",
+                 "--timeout", "1", "--progress", "none")
+    assert result.code == 0, result
+    assert json.loads(result.out)["return"]["seconds"] > 1
+    saved = cli("migrate", "-s", str(destination.qmp_path), "--to-file", str(tmp_path / "vm.state"), "--speed", "4M",
+                "--then", "cont", "--timeout", "1", "--return-value")
+    assert saved.code == 0, saved
+    assert json.loads(saved.out)["run-state"] == "running"
