@@ -253,13 +253,14 @@ def test_cli_refuses_a_destination_that_does_not_wait(cli, make_vm):
         assert qmp.cmd("query-migrate") == {} and qmp.cmd("query-status")["status"] == "running"
 
 
-def test_cli_sigint_cancels_and_the_source_runs_again(cli, make_vm):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_cli_sigint_cancels_and_the_source_runs_again(cli, make_vm, signum):
     source, destination = make_vm(), make_vm(incoming=True)
     process = cli.popen("migrate", "-s", str(source.qmp_path), "--to", str(destination.qmp_path),
                         "--speed", "1M", "--progress", "json")
     first = process.stderr.readline()
     assert json.loads(first)["status"] == "active", first
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 130, err
     assert b"the source is running" in err, err

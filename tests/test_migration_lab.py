@@ -1,9 +1,10 @@
 """Live migration of the lab guest, a real Linux whose agent must answer on the destination's channel.
 
-One guest boots for the module. The tests that must leave it on the source
-(a throttled migration cut short) run first; the last one moves it for good.
-Each test gets a fresh destination: the same hardware and data disk, waiting
-with ``-incoming defer`` (tests/lab/guest.py ``incoming_twin``).
+One guest boots for the module and travels: the tests that must leave it
+where it is (a throttled migration cut short) run first, then it migrates to
+a new QEMU, and from there is saved to a file and restored into another.
+Each destination has the same hardware and data disk, waiting with
+``-incoming defer`` (tests/lab/guest.py ``incoming_twin``).
 """
 
 from __future__ import annotations
@@ -23,21 +24,43 @@ from support.runner import CliRunner
 pytestmark = [pytest.mark.lab, pytest.mark.qemu]
 
 
+class Journey:
+    """Where the lab guest lives now, and every QEMU it lived in (all stopped at the end)."""
+
+    def __init__(self, guest, folders: pytest.TempPathFactory) -> None:
+        self.current = guest
+        self.folders = folders
+        self.started = [guest]
+
+    def twin(self):
+        """A new destination for the guest: its current home's hardware and data disk, waiting."""
+        twin = self.current.incoming_twin(self.folders.mktemp("twin"))
+        self.started.append(twin)
+        twin.start()
+        return twin
+
+
 @pytest.fixture(scope="module")
-def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+def journey(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Journey]:
     lab = lab_guest_module()
-    with lab.LabGuest(tmp_path_factory.mktemp("lab")) as booted:
-        yield booted
+    booted = lab.LabGuest(tmp_path_factory.mktemp("lab"))
+    with booted:
+        trip = Journey(booted, tmp_path_factory)
+        try:
+            yield trip
+        finally:
+            for qemu in trip.started[1:]:
+                qemu.stop()
 
 
 @pytest.fixture
-def destination(guest, tmp_path: Path) -> Iterator:
-    twin = guest.incoming_twin(tmp_path)
-    twin.start()
-    try:
-        yield twin
-    finally:
-        twin.stop()
+def guest(journey: Journey):
+    return journey.current
+
+
+@pytest.fixture
+def destination(journey: Journey):
+    return journey.twin()
 
 
 @pytest.fixture
@@ -99,7 +122,7 @@ def test_sigint_during_a_migration_gives_the_guest_back(run, guest, destination)
     assert wait_for(lambda: not left_waiting(destination))
 
 
-def test_the_guest_moves_with_its_memory_and_keeps_counting(run, guest, destination):
+def test_the_guest_moves_with_its_memory_and_keeps_counting(run, journey, guest, destination):
     marker = f"in guest RAM only {os.urandom(8).hex()}"
     wrote = agent(run, guest.agent_path, "sh", "-c", f"echo '{marker}' > /tmp/marker; cat /proc/uptime")
     assert wrote.code == 0, wrote
@@ -119,3 +142,28 @@ def test_the_guest_moves_with_its_memory_and_keeps_counting(run, guest, destinat
     kept, uptime = after.out.splitlines()
     assert kept == marker
     assert float(uptime.split()[0]) > uptime_before
+    journey.current = destination
+
+
+def test_saved_state_restored_into_a_new_qemu_continues_the_guest(run, journey, tmp_path):
+    guest = journey.current
+    marker = f"saved with the state {os.urandom(8).hex()}"
+    wrote = agent(run, guest.agent_path, "sh", "-c", f"echo '{marker}' > /tmp/saved; cat /proc/uptime")
+    assert wrote.code == 0, wrote
+    uptime_before = float(wrote.out.split()[0])
+    state_file = tmp_path / "lab.state"
+    saved = run("migrate", "-s", str(guest.qmp_path), "--to-file", str(state_file), "--then", "quit",
+                "--progress", "none", "--return-value")
+    assert saved.code == 0, saved
+    assert wait_for(lambda: not guest.is_running()), "--then quit did not end the QEMU"
+    print(f"lab guest saved: {state_file.stat().st_size} bytes, downtime {json.loads(saved.out)['downtime-ms']} ms")
+    home = journey.twin()
+    restored = run("migrate", "--from-file", str(state_file), "-s", str(home.qmp_path), "--return-value")
+    assert restored.code == 0, restored
+    assert json.loads(restored.out)["run-state"] == "running"
+    journey.current = home
+    after = agent(run, home.agent_path, "sh", "-c", "cat /tmp/saved; cat /proc/uptime")
+    assert after.code == 0, after
+    kept, uptime = after.out.splitlines()
+    assert kept == marker
+    assert float(uptime.split()[0]) >= uptime_before
