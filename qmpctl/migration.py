@@ -343,6 +343,7 @@ class _Watch:
         self.started = time.monotonic()
         self.lowest: Optional[int] = None
         self.lowest_at = self.started
+        self.pass_seen = 0
         self.postcopy_sent = False
 
     def check(self) -> Optional[MigrationReading]:
@@ -363,8 +364,14 @@ class _Watch:
         return None
 
     def _watch_stall(self, reading: MigrationReading, now: float) -> None:
-        if self.lowest is None or reading.remaining < self.lowest:
-            self.lowest, self.lowest_at = reading.remaining, now
+        """Stalled: ``remaining`` has not shrunk for ``stall_timeout`` within one pass.
+
+        Each pass starts again from what the guest dirtied meanwhile, so
+        ``remaining`` grows at a pass boundary; within a pass it only shrinks
+        while data flows.
+        """
+        if self.lowest is None or reading.remaining < self.lowest or reading.passes != self.pass_seen:
+            self.lowest, self.lowest_at, self.pass_seen = reading.remaining, now, reading.passes
         elif self.stall_timeout is not None and now - self.lowest_at >= self.stall_timeout:
             raise DeadlineExceeded(f"the {self.what} stalled: {reading.remaining} bytes have remained for "
                                    f"{now - self.lowest_at:.1f}s (--stall-timeout {self.stall_timeout:g}s)")

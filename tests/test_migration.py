@@ -375,3 +375,20 @@ def test_cli_a_migration_may_take_longer_than_timeout(cli, make_vm, tmp_path):
                 "--then", "cont", "--timeout", "1", "--return-value")
     assert saved.code == 0, saved
     assert json.loads(saved.out)["run-state"] == "running"
+
+
+def test_stall_is_judged_within_one_pass():
+    """A new pass starts from what the guest dirtied: remaining grows then, which is progress, not a stall."""
+    from qmpctl.migration import MigrationReading, _Watch
+
+    watch = _Watch(None, 1.0, MigrateOptions(stall_timeout=1.0), None, "migration")  # type: ignore[arg-type]
+
+    def reading(passes: int, remaining: int) -> MigrationReading:
+        return MigrationReading("active", remaining=remaining, total=100, passes=passes)
+
+    watch._watch_stall(reading(1, 100), 0.0)
+    watch._watch_stall(reading(1, 10), 0.5)
+    watch._watch_stall(reading(2, 50), 2.0)  # above pass 1's lowest, but a new pass
+    watch._watch_stall(reading(2, 40), 2.9)
+    with pytest.raises(DeadlineExceeded, match="stalled"):
+        watch._watch_stall(reading(2, 40), 4.0)
