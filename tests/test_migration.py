@@ -234,8 +234,13 @@ def test_saved_state_is_refused_over_tcp(make_vm, tmp_path):
 def test_cli_migrates_with_json_progress_ending_in_completed(cli, make_vm):
     source, destination = make_vm(), make_vm(incoming=True)
     result = cli("migrate", "-s", str(source.qmp_path), "--to", str(destination.qmp_path), "--progress", "json",
-                 "--speed", "8M")
+                 "--speed", "8M", "--downtime", "500", "--auto-converge")
     assert result.code == 0, result
+    with source.check() as qmp:
+        parameters = qmp.cmd("query-migrate-parameters")
+        capabilities = {entry["capability"]: entry["state"] for entry in qmp.cmd("query-migrate-capabilities")}
+    assert (parameters["max-bandwidth"], parameters["downtime-limit"]) == (8 * 1024 * 1024, 500)
+    assert capabilities["auto-converge"] and capabilities["events"] and not capabilities["postcopy-ram"]
     summary = json.loads(result.out)["return"]
     assert summary["source"]["status"] == "postmigrate" and summary["destination"]["status"] == "running"
     lines = [json.loads(line) for line in result.err.splitlines()]
@@ -392,3 +397,14 @@ def test_stall_is_judged_within_one_pass():
     watch._watch_stall(reading(2, 40), 2.9)
     with pytest.raises(DeadlineExceeded, match="stalled"):
         watch._watch_stall(reading(2, 40), 4.0)
+
+
+def test_cli_tcp_channel_on_a_port_the_destination_picks(cli, make_vm):
+    source, destination = make_vm(), make_vm(incoming=True)
+    result = cli("migrate", "-s", str(source.qmp_path), "--to", str(destination.qmp_path),
+                 "--uri", "tcp:127.0.0.1:0", "--return-value")
+    assert result.code == 0, result
+    summary = json.loads(result.out)
+    host, port = summary["uri"][4:].rsplit(":", 1)
+    assert host == "127.0.0.1" and int(port) > 0, summary
+    assert (state(source), state(destination)) == ("postmigrate", "running")
