@@ -252,7 +252,7 @@ class Handover:
         grace = Deadline(CLEANUP_SECONDS)
         status = "unknown"
         try:
-            status = self._cancel(grace)
+            status = cancel_and_wait(self.source, grace, self.what)
         except QmpctlError as exc:
             self.notes.append(f"could not cancel the migration ({exc.message})")
         if status == "completed" and self.hands_over:
@@ -275,13 +275,19 @@ class Handover:
             self.notes.append(dismiss_destination(self.destination, grace))
         return state
 
-    def _cancel(self, grace: Deadline) -> str:
-        reading = query_migrate(self.source, grace)
-        if reading.ended or reading.status == "none" or reading.status in POSTCOPY:
-            return reading.status
-        self.source.execute(Request("migrate_cancel"), grace)
-        return wait_until(self.source, lambda: _ended_status(self.source, grace), grace,
-                          f"the {self.what} to be cancelled", event=_migration_event_ended, every=0.1)
+
+def cancel_and_wait(source: QmpSession, deadline: Deadline, what: str = "migration") -> str:
+    """``migrate_cancel`` an outgoing migration still under way and return its final status.
+
+    One that already ended, or is in postcopy (where the VM already runs on
+    the destination and cancelling would lose it), is left alone.
+    """
+    reading = query_migrate(source, deadline)
+    if reading.ended or reading.status == "none" or reading.status in POSTCOPY:
+        return reading.status
+    source.execute(Request("migrate_cancel"), deadline)
+    return wait_until(source, lambda: _ended_status(source, deadline), deadline, f"the {what} to be cancelled",
+                      event=_migration_event_ended, every=0.1)
 
 
 def _migration_event_ended(event: dict[str, Any]) -> bool:
@@ -305,8 +311,10 @@ def dismiss_destination(destination: QmpSession, grace: Deadline) -> str:
     """``quit`` a destination that never ran (still ``inmigrate``); one that exited by itself is left alone."""
     try:
         state = run_state(destination, grace)
-    except (ConnectionClosed, DeadlineExceeded):
+    except ConnectionClosed:
         return "the destination QEMU has exited"
+    except DeadlineExceeded:
+        return "the destination does not answer; left as it is"
     except QmpctlError as exc:
         return f"could not ask the destination for its state ({exc.message})"
     if state != "inmigrate":
@@ -615,8 +623,7 @@ def cancel(session: QmpSession, deadline: Deadline) -> dict[str, Any]:
     QEMU resumes a source that was running when the migration started; qmpctl
     cannot know that state afterwards, so it does not ``cont`` a paused one.
     """
-    handover = Handover(session, None, False, "migration")
-    status_after = handover._cancel(deadline)
+    status_after = cancel_and_wait(session, deadline)
     state = run_state(session, deadline)
     result: dict[str, Any] = {"migration": status_after, "run-state": state}
     if status_after == "completed":

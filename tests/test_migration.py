@@ -154,23 +154,6 @@ def test_a_destination_not_waiting_is_refused_before_the_source_is_touched(make_
         assert qmp.cmd("query-migrate-capabilities") == capabilities_before
 
 
-def test_save_quit_and_restore_into_a_new_qemu(make_vm, tmp_path):
-    source = make_vm()
-    saved = tmp_path / "vm.state"
-    with session(source) as src:
-        result = save(src, Deadline(10), str(saved), then="quit")
-    assert result["return"]["run-state"] == "exited" and result["return"]["bytes"] == saved.stat().st_size
-    assert saved.stat().st_size > BLOB_BYTES
-    assert wait_for(lambda: not source.alive())
-    destination = make_vm(incoming=True)
-    with destination.check() as qmp:
-        assert qmp.cmd("query-status")["status"] == "inmigrate"
-    with session(destination) as dst:
-        restored = restore(dst, Deadline(10), str(saved))
-    assert restored["return"]["run-state"] == "running"
-    assert state(destination) == "running"
-
-
 def test_restored_memory_is_the_saved_memory(vm_factory, blob, tmp_path):
     """The destination has no blob of its own: what pmemsave reads there came from the file."""
     source = vm_factory(extra_args=["-device", f"loader,file={blob},addr={BLOB_ADDRESS:#x}"], paused=False)
@@ -370,13 +353,13 @@ def test_a_destination_that_cannot_load_the_state_gives_the_vm_back(make_vm):
 
 
 def test_cli_a_migration_may_take_longer_than_timeout(cli, make_vm, tmp_path):
-    """--timeout bounds each exchange; the migration (4 s at 4 MiB/s) and the save are bounded by --wait-timeout."""
+    """--timeout bounds each exchange; the migration (2 s at 8 MiB/s) and the save are bounded by --wait-timeout."""
     source, destination = make_vm(), make_vm(incoming=True)
-    result = cli("migrate", "-s", str(source.qmp_path), "--to", str(destination.qmp_path), "--speed", "4M",
+    result = cli("migrate", "-s", str(source.qmp_path), "--to", str(destination.qmp_path), "--speed", "8M",
                  "--timeout", "1", "--progress", "none")
     assert result.code == 0, result
     assert json.loads(result.out)["return"]["seconds"] > 1
-    saved = cli("migrate", "-s", str(destination.qmp_path), "--to-file", str(tmp_path / "vm.state"), "--speed", "4M",
+    saved = cli("migrate", "-s", str(destination.qmp_path), "--to-file", str(tmp_path / "vm.state"), "--speed", "8M",
                 "--then", "cont", "--timeout", "1", "--return-value")
     assert saved.code == 0, saved
     assert json.loads(saved.out)["run-state"] == "running"
