@@ -314,6 +314,8 @@ def test_cli_refuses_an_existing_file_and_tcp(cli, make_vm, tmp_path):
     over_tcp = cli("migrate", "-s", source.tcp_address, "--to-file", str(tmp_path / "new.state"))
     assert over_tcp.code == 2 and "TCP" in over_tcp.err, over_tcp
     assert not (tmp_path / "new.state").exists()
+    restore_over_tcp = cli("migrate", "--from-file", str(saved), "-s", source.tcp_address)
+    assert restore_over_tcp.code == 2 and "TCP" in restore_over_tcp.err, restore_over_tcp
     assert state(source) == "running" and migration_status(source) == {}
 
 
