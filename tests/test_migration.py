@@ -284,6 +284,8 @@ def test_cli_no_wait_status_and_cancel(cli, make_vm):
     shown = cli("migrate", "-s", str(source.qmp_path), "--status", "--return-value")
     assert shown.code == 0, shown
     assert json.loads(shown.out)["migration"]["status"] == "active"
+    second = cli("migrate", "-s", str(source.qmp_path), "--to", str(make_vm(incoming=True).qmp_path))
+    assert second.code == 2 and "already under way" in second.err, second
     cancelled = cli("migrate", "-s", str(source.qmp_path), "--cancel", "--return-value")
     assert cancelled.code == 0, cancelled
     assert json.loads(cancelled.out) == {"migration": "cancelled", "run-state": "running"}
