@@ -11,10 +11,8 @@ destination that never ran to quit. After ``completed`` the VM belongs to the
 destination and the source is never resumed: two copies running on the same
 disks would corrupt them.
 
-Saved state (``virsh save``) is the same stream written into a file qmpctl
-opens itself and hands to QEMU over the monitor socket (``getfd`` with
-SCM_RIGHTS, then an ``fd:`` URI): no ``exec:`` shell, and it works where QEMU
-runs as another user. Facts: qapi/migration.json, PROTOCOL-NOTES "Migration".
+Saved state (``virsh save``) is the same stream into a file:
+:mod:`qmpctl.savedstate`. Facts: qapi/migration.json, PROTOCOL-NOTES "Migration".
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ from typing import Any, Callable, Optional
 from qmpctl.deadline import Deadline, backoff
 from qmpctl.errors import (ConnectionClosed, DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError,
                            UsageError, VmError)
-from qmpctl.files import check_new_file
 from qmpctl.qmp import QmpSession
 from qmpctl.request import Request
 from qmpctl.waiting import event_named, wait_until
@@ -42,7 +39,6 @@ UNLIMITED_BANDWIDTH = 1 << 40
 busy guest never converge; 1 TiB/s is "as fast as the channel goes" on every version."""
 CLEANUP_SECONDS = 15.0
 """The most one cleanup step may take: a cancel takes milliseconds, a destination that hangs must not hang us."""
-FD_NAME = "qmpctl-state"
 CHECK_EVERY = 1.0
 
 ENDED = frozenset({"completed", "failed", "cancelled"})
@@ -51,7 +47,7 @@ RESTARTABLE = frozenset({"paused", "postmigrate", "finish-migrate"})
 """Run states a source may be left in after a failed or cancelled migration, from which ``cont`` resumes it."""
 
 
-def _shielded() -> AbstractContextManager[None]:
+def shielded() -> AbstractContextManager[None]:
     """Signals held back while a cleanup runs (qmpctl.signals where the CLI installed it)."""
     try:
         from qmpctl.signals import shielded  # type: ignore[import-untyped, import-not-found, unused-ignore]
@@ -239,7 +235,7 @@ class Handover:
                  traceback: Optional[TracebackType]) -> None:
         if error is None or self.completed:
             return
-        with _shielded():
+        with shielded():
             final = self.give_back()
         tail = f"; the source is {final}" + "".join(f"; {note}" for note in self.notes if note)
         if isinstance(error, KeyboardInterrupt):
@@ -421,12 +417,12 @@ def after_wait(deadline: Deadline) -> Deadline:
     return Deadline(deadline.seconds)
 
 
-def _failure(reading: MigrationReading, what: str) -> JobFailed:
+def failure(reading: MigrationReading, what: str) -> JobFailed:
     detail = f": {reading.error}" if reading.error else ""
     return JobFailed(f"the {what} {reading.status}{detail}")
 
 
-def _wait_destination(destination: QmpSession, wait: Deadline, request_timeout: float) -> str:
+def wait_destination(destination: QmpSession, wait: Deadline, request_timeout: float) -> str:
     """Wait until the destination has loaded everything; returns its run state then."""
     def check() -> Optional[str]:
         deadline = Deadline(request_timeout)
@@ -441,7 +437,7 @@ def _wait_destination(destination: QmpSession, wait: Deadline, request_timeout: 
                       event=event_named("MIGRATION", status="completed"), every=0.1)
 
 
-def _interpret_wait_error(error: BaseException, wait: Deadline, options_wait_timeout: float, what: str) -> None:
+def name_wait_timeout(error: BaseException, wait: Deadline, options_wait_timeout: float, what: str) -> None:
     """Name --wait-timeout when that is what ran out."""
     if isinstance(error, DeadlineExceeded) and wait.expired() and "stalled" not in error.message:
         raise DeadlineExceeded(f"the {what} did not finish within --wait-timeout {options_wait_timeout:g}s") \
@@ -468,7 +464,7 @@ class Channel:
             shutil.rmtree(self.private_dir, ignore_errors=True)
 
 
-def _check_destination(destination: QmpSession, deadline: Deadline) -> None:
+def check_destination(destination: QmpSession, deadline: Deadline) -> None:
     state = run_state(destination, deadline)
     if state != "inmigrate":
         raise UsageError(f"the destination {destination.target} is {state}, not waiting for a migration: start "
@@ -479,7 +475,7 @@ def _check_destination(destination: QmpSession, deadline: Deadline) -> None:
                          "(migrate-incoming was sent before): restart it with -incoming defer")
 
 
-def _check_source(source: QmpSession, deadline: Deadline) -> bool:
+def check_source(source: QmpSession, deadline: Deadline) -> bool:
     """Whether the source runs; refuses a source that cannot be migrated now."""
     state = run_state(source, deadline)
     if state in ("inmigrate", "postmigrate", "finish-migrate"):
@@ -530,8 +526,8 @@ def migrate(source: QmpSession, destination: QmpSession, deadline: Deadline, opt
     :raise DeadlineExceeded: --wait-timeout or --stall-timeout; the source has the VM again.
     :raise Interrupted: Ctrl-C or SIGTERM; the source has the VM again.
     """
-    _check_destination(destination, deadline)
-    was_running = _check_source(source, deadline)
+    check_destination(destination, deadline)
+    was_running = check_source(source, deadline)
     _set_capabilities(source, destination, deadline, options)
     source.execute(parameters_request(options.speed, options.downtime), deadline)
     channel = Channel(options.uri) if options.uri else Channel.private()
@@ -547,23 +543,23 @@ def migrate(source: QmpSession, destination: QmpSession, deadline: Deadline, opt
                                        every=0.05)
                 handover.completed = connected.status != "failed"  # left to run: nothing to take back
                 if connected.status == "failed":
-                    raise _failure(connected, "migration")
+                    raise failure(connected, "migration")
                 return {"return": {"status": connected.status, "uri": uri}}
             wait = Deadline(options.wait_timeout)
             try:
                 final = wait_for_source(source, wait, deadline.seconds, options, progress, progress_every,
                                         "migration")
             except DeadlineExceeded as exc:
-                _interpret_wait_error(exc, wait, options.wait_timeout, "migration")
+                name_wait_timeout(exc, wait, options.wait_timeout, "migration")
                 raise
             if final.status != "completed":
-                raise _failure(final, "migration")
+                raise failure(final, "migration")
             handover.completed = True
     finally:
         channel.remove()
     finishing = after_wait(deadline)
     try:
-        destination_state = _wait_destination(destination, Deadline(max(deadline.seconds, CLEANUP_SECONDS)),
+        destination_state = wait_destination(destination, Deadline(max(deadline.seconds, CLEANUP_SECONDS)),
                                               deadline.seconds)
     except (JobFailed, ConnectionClosed) as exc:
         raise _destination_failed(source, was_running, exc) from None
@@ -597,7 +593,7 @@ def _connected(source: QmpSession, deadline: Deadline) -> Optional[MigrationRead
 
 def _destination_failed(source: QmpSession, was_running: bool, error: QmpctlError) -> JobFailed:
     """Everything was sent but the destination did not start the VM: the source, intact, takes it back."""
-    with _shielded():
+    with shielded():
         grace = Deadline(CLEANUP_SECONDS)
         note = ""
         if was_running and _safe_state(source, grace) in RESTARTABLE:
@@ -629,201 +625,3 @@ def cancel(session: QmpSession, deadline: Deadline) -> dict[str, Any]:
     if status_after == "completed":
         result["note"] = "the migration had completed: the VM runs on the destination"
     return {"return": result}
-
-
-# ------------------------------------------------------------------ saved state
-
-
-def fd_passing_refused(what: str, where: str) -> UsageError:
-    return UsageError(f"{what} needs the VM's unix QMP socket: qmpctl hands the file to QEMU as a file "
-                      f"descriptor, which cannot travel over TCP ({where}); on QEMU 8.2 and later QEMU can "
-                      "open the file itself (migrate with a file: URI)")
-
-
-def require_fd_passing(session: QmpSession, what: str) -> None:
-    """Saved state needs a unix monitor socket: a file descriptor cannot travel over TCP."""
-    if not session.connection.passes_fds:
-        raise fd_passing_refused(what, session.target)
-
-
-@dataclass
-class SaveTarget:
-    """The file qmpctl creates for a saved state; with --force it replaces FILE only once complete."""
-
-    path: str
-    force: bool = False
-    writing: str = ""
-    fd: int = -1
-
-    @classmethod
-    def create(cls, path: str, force: bool) -> "SaveTarget":
-        """Open a new file for writing; an existing FILE is refused (exit 2) unless ``force``, and never touched."""
-        path = check_new_file(path, force=force, doing="save to",
-                              refusal="qmpctl does not overwrite saved state: choose a new name, or pass "
-                              "--force to replace it once the new state is complete")
-        folder = os.path.dirname(path)
-        writing = path if not force else os.path.join(folder, f".{os.path.basename(path)}.qmpctl-{os.getpid()}")
-        try:
-            fd = os.open(writing, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            raise UsageError(f"{path} exists; qmpctl does not overwrite saved state (pass --force)") from None
-        except OSError as exc:
-            raise UsageError(f"cannot create {writing}: {exc.strerror or exc}") from None
-        return cls(path, force, writing, fd)
-
-    def finish(self) -> None:
-        """Flush to disk and put the file in place."""
-        os.fsync(self.fd)
-        os.close(self.fd)
-        self.fd = -1
-        if self.writing != self.path:
-            os.replace(self.writing, self.path)
-
-    def discard(self) -> str:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        try:
-            os.unlink(self.writing)
-        except OSError:
-            return f"could not remove the incomplete {self.writing}"
-        return f"removed the incomplete {self.writing}" + (f"; {self.path} is as it was" if self.force else "")
-
-
-def _hand_fd(session: QmpSession, deadline: Deadline, fd: int) -> None:
-    """``getfd`` with ``fd`` attached; a stale descriptor of the same name (an earlier run) is closed first."""
-    try:
-        session.execute(Request("closefd", {"fdname": FD_NAME}), deadline)
-    except VmError:
-        pass  # none left over: the usual case
-    session.execute(Request("getfd", {"fdname": FD_NAME}), deadline, fds=[fd])
-
-
-def _close_fd(session: QmpSession, deadline: Deadline) -> None:
-    """Close the named descriptor if QEMU did not take it (a migrate that was refused)."""
-    try:
-        session.execute(Request("closefd", {"fdname": FD_NAME}), deadline)
-    except QmpctlError:
-        pass  # taken by migrate, or the monitor is gone
-
-
-THEN = ("stay", "cont", "quit")
-
-
-def save_requests() -> list[Request]:
-    """The requests of a save, as --dry-run shows them."""
-    return [Request("stop"), capabilities_request({"events": True}), parameters_request(None, None),
-            Request("getfd", {"fdname": FD_NAME}), Request("migrate", {"uri": f"fd:{FD_NAME}"})]
-
-
-def save(session: QmpSession, deadline: Deadline, path: str, *, force: bool = False, then: str = "stay",
-         speed: Optional[int] = None, wait_timeout: float = DEFAULT_WAIT_TIMEOUT, progress: Optional[Progress] = None,
-         progress_every: float = CHECK_EVERY) -> dict[str, Any]:
-    """Pause the VM and write its whole state into a new file ``path``; then leave it paused, ``cont`` or ``quit`` it.
-
-    The file is created (never over an existing one unless ``force``) before
-    the VM is touched. On any failure the VM runs again if it was running, the
-    incomplete file is removed and an existing FILE (``--force``) is as it was.
-    """
-    if then not in THEN:
-        raise UsageError(f"--then must be one of {', '.join(THEN)}, got {then!r}")
-    require_fd_passing(session, "saving the VM's state")
-    target = SaveTarget.create(path, force)
-    try:
-        was_running = _check_source(session, deadline)
-    except BaseException:
-        target.discard()
-        raise
-    started = time.monotonic()
-    try:
-        with Handover(session, None, was_running, "save", hands_over=False) as handover:
-            session.execute(Request("stop"), deadline)
-            session.execute(capabilities_request({"events": True}), deadline)
-            session.execute(parameters_request(speed, None), deadline)
-            _hand_fd(session, deadline, target.fd)
-            try:
-                session.execute(Request("migrate", {"uri": f"fd:{FD_NAME}"}), deadline)
-            except BaseException:
-                _close_fd(session, Deadline(CLEANUP_SECONDS))
-                raise
-            wait = Deadline(wait_timeout)
-            try:
-                final = wait_for_source(session, wait, deadline.seconds, None, progress, progress_every, "save")
-            except DeadlineExceeded as exc:
-                _interpret_wait_error(exc, wait, wait_timeout, "save")
-                raise
-            if final.status != "completed":
-                raise _failure(final, "save")
-            target.finish()
-            handover.completed = True
-    except BaseException as exc:
-        note = target.discard()
-        if isinstance(exc, QmpctlError):
-            add_note(exc, f"; {note}")
-        raise
-    finishing = after_wait(deadline)
-    if then == "cont":
-        session.execute(Request("cont"), finishing)
-    elif then == "quit":
-        try:
-            session.execute(Request("quit"), finishing)
-        except ConnectionClosed:
-            pass
-    state = "exited" if then == "quit" else run_state(session, finishing)
-    return {"return": {"file": target.path, "bytes": os.path.getsize(target.path), "run-state": state,
-                       "downtime-ms": final.downtime, "seconds": round(time.monotonic() - started, 3)}}
-
-
-def open_saved(path: str) -> int:
-    """Open FILE for reading before any monitor is touched; a missing one is exit 2."""
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-
-
-def restore_requests() -> list[Request]:
-    return [capabilities_request({"events": True}), Request("getfd", {"fdname": FD_NAME}),
-            Request("migrate-incoming", {"uri": f"fd:{FD_NAME}"}), Request("cont")]
-
-
-def restore(session: QmpSession, deadline: Deadline, path: str, *, paused: bool = False,
-            wait_timeout: float = DEFAULT_WAIT_TIMEOUT) -> dict[str, Any]:
-    """Load the state saved in ``path`` into a QEMU started with ``-incoming defer``; ``cont`` it unless ``paused``.
-
-    A load that fails or is interrupted leaves the file untouched and tells a
-    QEMU that never ran to quit (QEMU 7.2 exits by itself after a failed load).
-    """
-    require_fd_passing(session, "restoring a saved state")
-    fd = open_saved(path)
-    try:
-        return _restore(session, deadline, fd, paused, wait_timeout)
-    finally:
-        os.close(fd)
-
-
-def _restore(session: QmpSession, deadline: Deadline, fd: int, paused: bool, wait_timeout: float) -> dict[str, Any]:
-    _check_destination(session, deadline)
-    started = time.monotonic()
-    try:
-        session.execute(capabilities_request({"events": True}), deadline)
-        _hand_fd(session, deadline, fd)
-        session.execute(Request("migrate-incoming", {"uri": f"fd:{FD_NAME}"}), deadline)
-        try:
-            state = _wait_destination(session, Deadline(wait_timeout), deadline.seconds)
-        except ConnectionClosed:
-            raise JobFailed(f"{session.target} exited while loading the saved state: it is not a state this "
-                            "QEMU can load (other hardware or version?); its log says why") from None
-    except BaseException as exc:
-        with _shielded():
-            note = dismiss_destination(session, Deadline(CLEANUP_SECONDS))
-        if isinstance(exc, KeyboardInterrupt):
-            raise Interrupted(f"interrupted while restoring; {note}") from None
-        if isinstance(exc, QmpctlError):
-            add_note(exc, f"; {note}")
-        raise
-    if not paused and state != "running":
-        finishing = after_wait(deadline)
-        session.execute(Request("cont"), finishing)
-        state = run_state(session, finishing)
-    return {"return": {"run-state": state, "seconds": round(time.monotonic() - started, 3)}}

@@ -20,7 +20,8 @@ import pytest
 from qmpctl.address import parse_address
 from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded, Interrupted, JobFailed, UsageError
-from qmpctl.migration import MigrateOptions, migrate, restore, save
+from qmpctl.migration import MigrateOptions, migrate
+from qmpctl.savedstate import restore, save
 from qmpctl.qmp import QmpSession
 from support.qemu import QemuVM
 

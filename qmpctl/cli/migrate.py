@@ -138,27 +138,25 @@ def _is_local(address: Any) -> bool:
 
 def _save(common: Common, path: str, then: str, force: bool, speed: Optional[str], wait_timeout: Optional[float],
           progress: str) -> int:
-    from qmpctl import migration
+    from qmpctl import savedstate
     from qmpctl.backup import parse_speed
-    from qmpctl.files import check_new_file
 
     rate = parse_speed(speed) if speed else None
     timeout = _wait_timeout(wait_timeout)
     _require_unix_socket(common, "--to-file")
-    check_new_file(path, force=force, doing="save to", refusal="qmpctl does not overwrite saved state: choose "
-                   "a new name, or pass --force to replace it once the new state is complete")
+    savedstate.check_save_path(path, force)  # before connecting to anything
     printer = _progress_printer(progress)
     every = printer.every if printer is not None else CHECK_EVERY
 
     def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
-        return migration.save(session, deadline, path, force=force, then=then, speed=rate, wait_timeout=timeout,
-                              progress=printer, progress_every=every)
+        return savedstate.save(session, deadline, path, force=force, then=then, speed=rate, wait_timeout=timeout,
+                               progress=printer, progress_every=every)
 
-    return _run_with_progress(common, action, migration.save_requests(), printer)
+    return _run_with_progress(common, action, savedstate.save_requests(), printer)
 
 
 def _restore(common: Common, path: str, paused: bool, wait_timeout: Optional[float]) -> int:
-    from qmpctl import migration
+    from qmpctl import savedstate
 
     timeout = _wait_timeout(wait_timeout)
     _require_unix_socket(common, "--from-file")
@@ -167,9 +165,10 @@ def _restore(common: Common, path: str, paused: bool, wait_timeout: Optional[flo
                                                     "no such file, or no permission"))
 
     def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
-        return migration.restore(session, deadline, path, paused=paused, wait_timeout=timeout)
+        return savedstate.restore(session, deadline, path, paused=paused, wait_timeout=timeout)
 
-    return run(common, action, migration.restore_requests()[:-1] if paused else migration.restore_requests())
+    requests = savedstate.restore_requests()
+    return run(common, action, requests[:-1] if paused else requests)
 
 
 def _require_unix_socket(common: Common, flag: str) -> None:
@@ -179,7 +178,7 @@ def _require_unix_socket(common: Common, flag: str) -> None:
     (target,) = common.targets()
     address = getattr(target, "address", None)
     if address is not None and not address.is_unix:
-        from qmpctl.migration import fd_passing_refused
+        from qmpctl.savedstate import fd_passing_refused
 
         raise fd_passing_refused(flag, str(address))
 
