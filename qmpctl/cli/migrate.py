@@ -1,7 +1,8 @@
 """The ``migrate`` command: live migration (--to), saved state (--to-file, --from-file), --status, --cancel.
 
-The work, and every cleanup, happens in :mod:`qmpctl.migration`; this module
-checks the combination of options, prints progress and the result.
+The work, and every cleanup, happens in :mod:`qmpctl.migration` and
+:mod:`qmpctl.savedstate`; this module checks the combination of options
+before anything is contacted, and shows progress.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from qmpctl.cli.common import Common, run
 from qmpctl.cli.progress import CHECK_EVERY
 from qmpctl.errors import UsageError
 from qmpctl.request import Request
-
 
 
 def _progress_printer(mode: str) -> Any:
@@ -41,8 +41,8 @@ def _refuse_options(mode: str, given: dict[str, bool]) -> None:
             raise UsageError(f"{flag} does not go with {mode}")
 
 
-def _only_unix_target(common: Common, what: str) -> None:
-    """Exactly one VM, reached through its own socket (never --domain, and a unix one where fds must pass)."""
+def _one_socket_target(common: Common, what: str) -> None:
+    """Exactly one VM, reached through its own monitor socket: never through libvirt (--domain)."""
     if common.domains:
         raise UsageError("migrate does not take --domain: libvirt owns the migration of its domains and would "
                          "lose track of one moved behind its back; use virsh migrate DOMAIN DEST_URI "
@@ -61,7 +61,7 @@ def migrate(common: Common, *, to: Optional[str], uri: Optional[str], speed: Opt
             force: bool, paused: bool) -> int:
     """Dispatch to the mode the options name; each refuses options that belong to another."""
     mode = _one_mode(to, to_file, from_file, status, cancel)
-    _only_unix_target(common, "migrate")
+    _one_socket_target(common, "migrate")
     live_only = {"--uri": uri is not None, "--downtime": downtime is not None, "--auto-converge": auto_converge,
                  "--postcopy-after": postcopy_after is not None, "--stall-timeout": stall_timeout is not None,
                  "--no-wait": not wait}
