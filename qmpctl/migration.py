@@ -21,7 +21,6 @@ import os
 import shutil
 import tempfile
 import time
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, Callable, Optional
@@ -31,6 +30,7 @@ from qmpctl.errors import (ConnectionClosed, DeadlineExceeded, Interrupted, JobF
                            UsageError, VmError)
 from qmpctl.qmp import QmpSession
 from qmpctl.request import Request
+from qmpctl.signals import shielded
 from qmpctl.waiting import event_named, wait_until
 
 DEFAULT_WAIT_TIMEOUT = 86400.0
@@ -45,15 +45,6 @@ ENDED = frozenset({"completed", "failed", "cancelled"})
 POSTCOPY = frozenset({"postcopy-active", "postcopy-paused", "postcopy-recover"})
 RESTARTABLE = frozenset({"paused", "postmigrate", "finish-migrate"})
 """Run states a source may be left in after a failed or cancelled migration, from which ``cont`` resumes it."""
-
-
-def shielded() -> AbstractContextManager[None]:
-    """Signals held back while a cleanup runs (qmpctl.signals where the CLI installed it)."""
-    try:
-        from qmpctl.signals import shielded  # type: ignore[import-untyped, import-not-found, unused-ignore]
-    except ImportError:
-        return nullcontext()
-    return shielded()  # type: ignore[no-any-return, unused-ignore]
 
 
 # ------------------------------------------------------------------ readings

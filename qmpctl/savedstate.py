@@ -20,9 +20,10 @@ from qmpctl.files import check_new_file
 from qmpctl.migration import (CHECK_EVERY, CLEANUP_SECONDS, DEFAULT_WAIT_TIMEOUT, Handover, Progress, add_note,
                               after_wait, capabilities_request, check_destination, check_source,
                               dismiss_destination, failure, name_wait_timeout, parameters_request, run_state,
-                              shielded, wait_destination, wait_for_source)
+                              wait_destination, wait_for_source)
 from qmpctl.qmp import QmpSession
 from qmpctl.request import Request
+from qmpctl.signals import shielded
 
 FD_NAME = "qmpctl-state"
 """The name the file descriptor gets in QEMU (``getfd``), for the ``fd:`` URI."""

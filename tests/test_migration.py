@@ -23,6 +23,7 @@ from qmpctl.errors import DeadlineExceeded, Interrupted, JobFailed, UsageError
 from qmpctl.migration import MigrateOptions, migrate
 from qmpctl.savedstate import restore, save
 from qmpctl.qmp import QmpSession
+from support.polling import eventually
 from support.qemu import QemuVM
 
 pytestmark = pytest.mark.qemu
@@ -65,15 +66,6 @@ def state(vm: QemuVM) -> str:
 def migration_status(vm: QemuVM) -> dict[str, Any]:
     with vm.check() as qmp:
         return qmp.cmd("query-migrate")
-
-
-def wait_for(predicate: Callable[[], bool], seconds: float = 15) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
 
 
 def not_waiting(vm: QemuVM) -> bool:
@@ -124,7 +116,7 @@ def test_wait_timeout_gives_the_vm_back_to_the_source(make_vm):
     assert "--wait-timeout 2s" in failure.value.message and "the source is running" in failure.value.message
     assert state(source) == "running"
     assert migration_status(source)["status"] == "cancelled"
-    assert wait_for(lambda: not_waiting(destination)), "the destination is left waiting"
+    assert eventually(lambda: not_waiting(destination)), "the destination is left waiting"
 
 
 def test_interrupt_gives_the_vm_back_and_a_paused_source_stays_paused(make_vm):
@@ -139,7 +131,7 @@ def test_interrupt_gives_the_vm_back_and_a_paused_source_stays_paused(make_vm):
                     progress_every=0.1)
     assert "the source is paused" in failure.value.message
     assert state(source) == "paused", "a source that was paused is not started by the cleanup"
-    assert wait_for(lambda: not_waiting(destination))
+    assert eventually(lambda: not_waiting(destination))
 
 
 def test_a_destination_not_waiting_is_refused_before_the_source_is_touched(make_vm):
@@ -254,7 +246,7 @@ def test_cli_sigint_cancels_and_the_source_runs_again(cli, make_vm, signum):
     assert process.returncode == 130, err
     assert b"the source is running" in err, err
     assert state(source) == "running" and migration_status(source)["status"] == "cancelled"
-    assert wait_for(lambda: not_waiting(destination))
+    assert eventually(lambda: not_waiting(destination))
 
 
 def test_cli_stall_timeout_cancels_when_the_destination_hangs(cli, make_vm):
@@ -266,14 +258,14 @@ def test_cli_stall_timeout_cancels_when_the_destination_hangs(cli, make_vm):
         assert json.loads(process.stderr.readline())["status"] == "active"
         destination.proc.send_signal(signal.SIGSTOP)
         # The cleanup asks the destination how it is; let it answer once the source has given up.
-        assert wait_for(lambda: migration_status(source).get("status") == "cancelled", 30)
+        assert eventually(lambda: migration_status(source).get("status") == "cancelled", 30)
     finally:
         destination.proc.send_signal(signal.SIGCONT)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 4, err
     assert b"stalled" in err and b"the source is running" in err, err
     assert state(source) == "running"
-    assert wait_for(lambda: not_waiting(destination))
+    assert eventually(lambda: not_waiting(destination))
 
 
 def test_cli_no_wait_status_and_cancel(cli, make_vm):
@@ -290,7 +282,7 @@ def test_cli_no_wait_status_and_cancel(cli, make_vm):
     cancelled = cli("migrate", "-s", str(source.qmp_path), "--cancel", "--return-value")
     assert cancelled.code == 0, cancelled
     assert json.loads(cancelled.out) == {"migration": "cancelled", "run-state": "running"}
-    assert wait_for(lambda: not_waiting(destination))
+    assert eventually(lambda: not_waiting(destination))
 
 
 def test_cli_save_quit_restore(cli, make_vm, vm_factory, blob, tmp_path):
@@ -299,7 +291,7 @@ def test_cli_save_quit_restore(cli, make_vm, vm_factory, blob, tmp_path):
     result = cli("migrate", "-s", str(source.qmp_path), "--to-file", str(saved), "--then", "quit")
     assert result.code == 0, result
     assert json.loads(result.out)["return"]["bytes"] == saved.stat().st_size
-    assert wait_for(lambda: not source.alive())
+    assert eventually(lambda: not source.alive())
     destination = vm_factory(extra_args=["-incoming", "defer"], paused=False)
     restored = cli("migrate", "--from-file", str(saved), "-s", str(destination.qmp_path), "--return-value")
     assert restored.code == 0, restored
@@ -354,7 +346,7 @@ def test_a_destination_that_cannot_load_the_state_gives_the_vm_back(make_vm):
             migrate(src, dst, Deadline(10), MigrateOptions())
     assert "the source is running" in failure.value.message, failure.value.message
     assert state(source) == "running"
-    assert wait_for(lambda: not destination.alive())
+    assert eventually(lambda: not destination.alive())
 
 
 def test_cli_a_migration_may_take_longer_than_timeout(cli, make_vm, tmp_path):
@@ -396,3 +388,14 @@ def test_cli_tcp_channel_on_a_port_the_destination_picks(cli, make_vm):
     host, port = summary["uri"][4:].rsplit(":", 1)
     assert host == "127.0.0.1" and int(port) > 0, summary
     assert (state(source), state(destination)) == ("postmigrate", "running")
+
+
+@pytest.mark.parametrize("mode, first", [(["--to", "/tmp/b.sock"], "migrate-set-capabilities"),
+                                         (["--to-file", "vm.state"], "stop"),
+                                         (["--cancel"], "migrate_cancel")])
+def test_dry_run_is_a_labelled_plan_and_connects_to_nothing(cli, tmp_path, mode, first):
+    result = cli("migrate", "-s", str(tmp_path / "absent.sock"), *mode, "--dry-run")
+    assert result.code == 0, result
+    shown = json.loads(result.out)
+    assert shown["plan"][0]["execute"] == first and "a plan" in shown["note"]
+    assert not (tmp_path / "vm.state").exists()

@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from support.lab import lab_guest_module
+from support.polling import eventually
 from support.runner import CliRunner
 
 pytestmark = [pytest.mark.lab, pytest.mark.qemu]
@@ -76,15 +76,6 @@ def agent(run: CliRunner, agent_path: Path, *command: str):
     return run("agent", "exec", "-a", str(agent_path), "--", *command)
 
 
-def wait_for(predicate, seconds: float = 20) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return predicate()
-
-
 def left_waiting(vm) -> bool:
     if not vm.is_running():
         return False
@@ -104,7 +95,7 @@ def test_a_throttled_migration_cut_short_leaves_the_guest_running_on_the_source(
     assert "--wait-timeout 2s" in result.err and "the source is running" in result.err, result.err
     assert qmp(guest, "query-status")["status"] == "running"
     assert qmp(guest, "query-migrate")["status"] == "cancelled"
-    assert wait_for(lambda: not left_waiting(destination)), "the destination is left waiting"
+    assert eventually(lambda: not left_waiting(destination)), "the destination is left waiting"
     alive = agent(run, guest.agent_path, "echo", "still here")
     assert alive.code == 0 and alive.out == "still here\n", alive
 
@@ -119,7 +110,7 @@ def test_sigint_during_a_migration_gives_the_guest_back(run, guest, destination)
     assert process.returncode == 130, err
     assert b"the source is running" in err, err
     assert qmp(guest, "query-status")["status"] == "running"
-    assert wait_for(lambda: not left_waiting(destination))
+    assert eventually(lambda: not left_waiting(destination))
 
 
 def test_the_guest_moves_with_its_memory_and_keeps_counting(run, journey, guest, destination):
@@ -155,7 +146,7 @@ def test_saved_state_restored_into_a_new_qemu_continues_the_guest(run, journey, 
     saved = run("migrate", "-s", str(guest.qmp_path), "--to-file", str(state_file), "--then", "quit",
                 "--progress", "none", "--return-value")
     assert saved.code == 0, saved
-    assert wait_for(lambda: not guest.is_running()), "--then quit did not end the QEMU"
+    assert eventually(lambda: not guest.is_running()), "--then quit did not end the QEMU"
     print(f"lab guest saved: {state_file.stat().st_size} bytes, downtime {json.loads(saved.out)['downtime-ms']} ms")
     home = journey.twin()
     restored = run("migrate", "--from-file", str(state_file), "-s", str(home.qmp_path), "--return-value")

@@ -10,10 +10,29 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from qmpctl.cli.common import Common, run
+from qmpctl.cli.common import Common, printed_plan, run
+from qmpctl.errors import ExitCode
 from qmpctl.cli.progress import CHECK_EVERY
 from qmpctl.errors import UsageError
 from qmpctl.request import Request
+
+
+LIVE_PLAN_NOTE = (
+    "a plan, not all the requests (--dry-run connects to nothing): the run first checks that the destination "
+    "waits (query-status: inmigrate) and the source can go, sends the same migrate-set-capabilities to both, "
+    "listens on a private unix socket in a new directory unless --uri says otherwise (tcp:HOST:0: the port the "
+    "destination picks), then polls query-migrate on both until they agree; on a failure, a timeout or a "
+    "signal it sends migrate_cancel, cont to a source that ran, and quit to a destination that never ran")
+SAVE_PLAN_NOTE = (
+    "a plan (--dry-run connects to nothing): the run first creates FILE, then checks the VM (query-status, "
+    "query-migrate), passes FILE's descriptor with getfd (SCM_RIGHTS), polls query-migrate until completed "
+    "and then applies --then; on a failure or a signal it sends migrate_cancel and cont, and removes FILE")
+RESTORE_PLAN_NOTE = (
+    "a plan (--dry-run connects to nothing): the run first checks that the QEMU waits (query-status: "
+    "inmigrate), passes FILE's descriptor with getfd (SCM_RIGHTS), waits for completed (query-migrate), and "
+    "sends cont only when the restored VM is not already running")
+CANCEL_PLAN_NOTE = ("a plan (--dry-run connects to nothing): the run sends migrate_cancel only when a migration "
+                    "is under way (query-migrate), then waits until QEMU reports it cancelled")
 
 
 def _progress_printer(mode: str) -> Any:
@@ -116,6 +135,8 @@ def _live(common: Common, to: str, uri: Optional[str], speed: Optional[str], dow
         if uri is None and not (source_target.is_local and _is_local(destination_address)):
             raise UsageError("the destination is on another host: give --uri tcp:HOST:PORT, an address the "
                              "destination QEMU can listen on and the source can reach")
+    if printed_plan(common, options.setup_requests(uri or "unix:PRIVATE_DIR/channel.sock"), LIVE_PLAN_NOTE):
+        return ExitCode.OK
     printer = _progress_printer(progress) if wait else None
     every = printer.every if printer is not None else CHECK_EVERY
 
@@ -145,6 +166,8 @@ def _save(common: Common, path: str, then: str, force: bool, speed: Optional[str
     timeout = _wait_timeout(wait_timeout)
     _require_unix_socket(common, "--to-file")
     savedstate.check_save_path(path, force)  # before connecting to anything
+    if printed_plan(common, savedstate.save_requests(), SAVE_PLAN_NOTE):
+        return ExitCode.OK
     printer = _progress_printer(progress)
     every = printer.every if printer is not None else CHECK_EVERY
 
@@ -168,7 +191,9 @@ def _restore(common: Common, path: str, paused: bool, wait_timeout: Optional[flo
         return savedstate.restore(session, deadline, path, paused=paused, wait_timeout=timeout)
 
     requests = savedstate.restore_requests()
-    return run(common, action, requests[:-1] if paused else requests)
+    if printed_plan(common, requests[:-1] if paused else requests, RESTORE_PLAN_NOTE):
+        return ExitCode.OK
+    return run(common, action, requests)
 
 
 def _require_unix_socket(common: Common, flag: str) -> None:
@@ -189,4 +214,8 @@ def _status_or_cancel(common: Common, cancel: bool) -> int:
     def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
         return migration.cancel(session, deadline) if cancel else migration.status(session, deadline)
 
-    return run(common, action, [Request("migrate_cancel" if cancel else "query-migrate")])
+    if cancel:
+        if printed_plan(common, [Request("migrate_cancel")], CANCEL_PLAN_NOTE):
+            return ExitCode.OK
+        return run(common, action, [])
+    return run(common, action, [Request("query-migrate"), Request("query-status")])
