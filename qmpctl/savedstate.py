@@ -32,13 +32,13 @@ THEN = ("stay", "cont", "quit")
 
 
 def fd_passing_refused(what: str, where: str) -> UsageError:
-    return UsageError(f"{what} needs the VM's unix QMP socket: qmpctl hands the file to QEMU as a file "
-                      f"descriptor, which cannot travel over TCP ({where}); on QEMU 8.2 and later QEMU can "
-                      "open the file itself (migrate with a file: URI)")
+    return UsageError(f"{what} needs the VM's unix QMP socket on this machine: qmpctl hands the file to QEMU as "
+                      f"a file descriptor, which cannot travel over TCP or SSH ({where}); on QEMU 8.2 and later "
+                      "QEMU can open the file itself (migrate with a file: URI)")
 
 
 def require_fd_passing(session: QmpSession, what: str) -> None:
-    """Saved state needs a unix monitor socket: a file descriptor cannot travel over TCP."""
+    """Saved state needs a unix monitor socket on this machine: a file descriptor cannot travel over TCP or SSH."""
     if not session.connection.passes_fds:
         raise fd_passing_refused(what, session.target)
 

@@ -98,6 +98,10 @@ class Connection:
     def open(cls, address: Address, deadline: Deadline) -> "Connection":
         """Connect within the deadline; failures are :class:`ConnectError` (exit 3)."""
         waiting_for = f"a connection to {address}"
+        if address.via is not None:
+            from qmpctl.ssh import open_channel
+
+            return open_channel(address, deadline)
         if address.path is not None:
             return cls(_connect_unix(address.path, deadline, waiting_for, address.uncut), address)
         try:
@@ -122,8 +126,8 @@ class Connection:
 
     @property
     def passes_fds(self) -> bool:
-        """Whether file descriptors can go along with a message: only a unix socket carries them."""
-        return self.address.path is not None
+        """Whether file descriptors can go along with a message: only a unix socket on this machine carries them."""
+        return self.address.is_unix
 
     def send(self, data: bytes, deadline: Deadline, what: str, fds: Sequence[int] = ()) -> None:
         """Send all of ``data``; a peer that stops reading runs into the deadline.
@@ -133,7 +137,8 @@ class Connection:
         keeps its own copies and closes them.
         """
         if fds and not self.passes_fds:
-            raise UsageError(f"cannot pass a file descriptor to {self.address}: only a unix socket carries them")
+            raise UsageError(f"cannot pass a file descriptor to {self.address}: only a unix socket on this machine "
+                             "carries them")
         try:
             self.sock.settimeout(deadline.remaining(f"{self.address} to accept {what}"))
             sent = socket.send_fds(self.sock, [data], list(fds)) if fds else 0

@@ -25,6 +25,7 @@ from qmpctl.savedstate import restore, save
 from qmpctl.qmp import QmpSession
 from support.polling import eventually
 from support.qemu import QemuVM
+from support.sshd import sshd  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.qemu
 
@@ -399,3 +400,20 @@ def test_dry_run_is_a_labelled_plan_and_connects_to_nothing(cli, tmp_path, mode,
     shown = json.loads(result.out)
     assert shown["plan"][0]["execute"] == first and "a plan" in shown["note"]
     assert not (tmp_path / "vm.state").exists()
+
+
+def test_cli_migrates_between_monitors_reached_over_ssh(cli, sshd, make_vm, tmp_path):
+    """Both monitors through ssh://: the channel is named with --uri; saved state is refused (no fd over SSH)."""
+    source, destination = make_vm(), make_vm(incoming=True)
+    refused = cli("migrate", "-s", sshd.url(source.qmp_path), "--to", sshd.url(destination.qmp_path),
+                  env=sshd.env())
+    assert refused.code == 2 and "--uri" in refused.err, refused
+    moved = cli("migrate", "-s", sshd.url(source.qmp_path), "--to", sshd.url(destination.qmp_path),
+                "--uri", f"unix:{tmp_path / 'channel.sock'}", "--return-value", env=sshd.env())
+    assert moved.code == 0, moved
+    assert json.loads(moved.out)["destination"]["status"] == "running"
+    assert (state(source), state(destination)) == ("postmigrate", "running")
+    saved = cli("migrate", "-s", sshd.url(destination.qmp_path), "--to-file", str(tmp_path / "vm.state"),
+                env=sshd.env())
+    assert saved.code == 2 and "TCP or SSH" in saved.err, saved
+    assert not (tmp_path / "vm.state").exists() and state(destination) == "running"

@@ -197,7 +197,7 @@ def _restore(common: Common, path: str, paused: bool, wait_timeout: Optional[flo
 
 
 def _require_unix_socket(common: Common, flag: str) -> None:
-    """Refused before connecting: a file descriptor cannot travel over TCP."""
+    """Refused before connecting: a file descriptor cannot travel over TCP or SSH."""
     if common.dry_run:
         return
     (target,) = common.targets()
