@@ -16,7 +16,6 @@ from typing import Any, Optional
 
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectionClosed, DeadlineExceeded, Interrupted, JobFailed, QmpctlError, UsageError, VmError
-from qmpctl.files import check_new_file
 from qmpctl.migration import (CHECK_EVERY, CLEANUP_SECONDS, DEFAULT_WAIT_TIMEOUT, Handover, Progress, add_note,
                               after_wait, capabilities_request, check_destination, check_source,
                               dismiss_destination, failure, name_wait_timeout, parameters_request, run_state,
@@ -45,9 +44,16 @@ def require_fd_passing(session: QmpSession, what: str) -> None:
 
 def check_save_path(path: str, force: bool) -> str:
     """The absolute path to save to, or :class:`UsageError` (exit 2): checked before any VM is touched."""
-    return check_new_file(path, force=force, doing="save to",
-                          refusal="qmpctl does not overwrite saved state: choose a new name, or pass --force "
-                          "to replace it once the new state is complete")
+    path = os.path.abspath(path)
+    folder = os.path.dirname(path)
+    if not os.path.isdir(folder):
+        raise UsageError(f"cannot save to {path}: the directory {folder} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"cannot save to {path}: it is a directory")
+    if os.path.lexists(path) and not force:
+        raise UsageError(f"{path} exists; qmpctl does not overwrite saved state: choose a new name, or pass "
+                         "--force to replace it once the new state is complete")
+    return path
 
 
 @dataclass
