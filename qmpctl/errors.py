@@ -61,6 +61,12 @@ class DeadlineExceeded(QmpctlError):
     exit_code = ExitCode.TIMEOUT
 
 
+class Busy(QmpctlError):
+    """Someone else is doing the same thing right now (another backup of the same disk); nothing was changed."""
+
+    exit_code = ExitCode.TIMEOUT
+
+
 class ProtocolError(QmpctlError):
     """The peer broke the protocol: garbage, no greeting, closed before the reply."""
 
@@ -87,6 +93,12 @@ class VmError(QmpctlError):
 
 class JobFailed(QmpctlError):
     """A block job ended with an error or was cancelled by someone else."""
+
+    exit_code = ExitCode.JOB_FAILED
+
+
+class VerificationFailed(QmpctlError):
+    """A backup image does not match what was recorded, or a restored guest did not come up."""
 
     exit_code = ExitCode.JOB_FAILED
 
