@@ -179,9 +179,22 @@ class _ProgressPrinter:
              "--progress json")
 @command()
 def backup(
-    device: str = typer.Argument(..., metavar="DEVICE", help="The disk: its device id (vd0), drive name or "
-                                 "node name."),
-    target: str = typer.Argument(..., metavar="TARGET", help="The image file to create; it must not exist."),
+    words: list[str] = typer.Argument(..., metavar="DEVICE... [TARGET]", help="The disk: its device id (vd0), drive "
+                                      "name or node name; then the image file to create (it must not exist). With "
+                                      "--into: one or more disks, no TARGET."),
+    into: Optional[str] = typer.Option(None, "--into", metavar="DIR", show_default=False,
+                                       help="Chain mode: extend each disk's backup chain in DIR by an incremental "
+                                       "(the first run makes a full one)."),
+    full: bool = typer.Option(False, "--full", help="With --into: start a new chain with a full backup."),
+    keep_chains: Optional[int] = typer.Option(None, "--keep-chains", metavar="N", show_default=False,
+                                              help="With --into: after success, delete the oldest chains beyond N."),
+    freeze: Optional[str] = typer.Option(None, "--freeze", metavar="[try]", show_default=False,
+                                         help="With --into: freeze the guest's filesystems through the guest agent "
+                                         "while the jobs start; try: back up unfrozen when the agent is not there."),
+    freeze_timeout: Optional[float] = typer.Option(None, "--freeze-timeout", metavar="SECONDS", show_default=False,
+                                                   help="How long the freeze may take [default: 10]."),
+    agent: Optional[str] = typer.Option(None, "-a", "--agent", metavar="ADDR", show_default=False,
+                                        help="The guest agent for --freeze."),
     sync: str = typer.Option("full", "--sync", click_type=_choice("full", "top"), help="full: the whole disk; top: only what the top "
                                   "image holds (the target then names the source's backing file)."),
     image_format: str = typer.Option("qcow2", "--format", click_type=_choice("qcow2", "raw"),
@@ -210,6 +223,15 @@ def backup(
     SIGTERM): the job was cancelled first. An incomplete TARGET qmpctl created
     is removed. Uses drive-backup, or the blockdev flow where QEMU refuses it.
     """
+    if into is not None:
+        from qmpctl.cli.chain import backup_into
+
+        return backup_into(common, devices=words, into=into, full=full, keep_chains=keep_chains, speed=speed,
+                           wait=wait, wait_timeout=wait_timeout, progress=progress, freeze=freeze,
+                           freeze_timeout=freeze_timeout, agent=agent)
+    if len(words) != 2:
+        raise UsageError("give DEVICE TARGET, or DEVICE... --into DIR for a backup chain")
+    device, target = words
     from qmpctl import backup as backup_lib
 
     options = backup_lib.BackupOptions(
@@ -231,3 +253,44 @@ def backup(
     finally:
         if printer is not None:
             printer.close()
+
+
+@app.command("backup-verify", epilog="Example: qmpctl backup-verify /backup/vm1 --json")
+@command()
+def backup_verify(
+    path: str = typer.Argument(..., metavar="DIR", help="A folder of chains (backup --into DIR), or one chain folder."),
+    json_lines: bool = typer.Option(False, "--json", help="One JSON line per image."),
+    wait_timeout: Optional[float] = typer.Option(None, "--wait-timeout", metavar="SECONDS", show_default=False,
+                                                 help="[default: one day]"),
+    *, common: Common,
+) -> int:
+    """Check every image of every chain offline: qemu-img check, backing links, sizes, sha256."""
+    from qmpctl.cli.chain import backup_verify as handler
+
+    return handler(common, path=path, json_lines=json_lines, wait_timeout=wait_timeout)
+
+
+@app.command("restore", epilog="Example: qmpctl restore /backup/vm1/20261201T030000Z /tmp/vd0.qcow2 --point 3")
+@command()
+def restore(
+    chain: str = typer.Argument(..., metavar="CHAIN", help="A chain folder (or a folder of one disk's chains: the latest)."),
+    target: str = typer.Argument(..., metavar="TARGET", help="The image to write; it must not exist."),
+    point: Optional[int] = typer.Option(None, "--point", metavar="N", show_default=False, help="Backup N (1: the full)."),
+    at: Optional[str] = typer.Option(None, "--at", metavar="TIME", show_default=False, help="The last backup started at or before TIME."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing TARGET."),
+    image_format: str = typer.Option("qcow2", "--format", click_type=_choice("qcow2", "raw"), help="TARGET's format."),
+    progress: str = typer.Option("auto", "--progress", click_type=_choice("auto", "bar", "json", "none"), help="progress"),
+    wait_timeout: Optional[float] = typer.Option(None, "--wait-timeout", metavar="SECONDS", show_default=False, help="[default: one day]"),
+    boot_check: bool = typer.Option(False, "--boot-check", help="Boot the restored image and wait for its guest agent."),
+    qemu_args: Optional[list[str]] = typer.Option(None, "--qemu-arg", metavar="ARG", help="Repeatable."),
+    boot_timeout: float = typer.Option(120.0, "--boot-timeout", metavar="SECONDS", help="boot timeout"),
+    check_command: Optional[str] = typer.Option(None, "--check-command", metavar="CMD", help="run in the guest"),
+    *, common: Common,
+) -> int:
+    """Write a standalone image of the disk as it was at one backup of a chain."""
+    from qmpctl.cli.chain import restore_chain
+
+    return restore_chain(common, chain=chain, target=target, point=point, at=at, force=force, image_format=image_format,
+                         progress=progress, wait_timeout=wait_timeout,
+                         boot_check=boot_check, qemu_args=list(qemu_args or []), boot_timeout=boot_timeout,
+                         check_command=check_command)
