@@ -188,7 +188,8 @@ def backup(
     full: bool = typer.Option(False, "--full", help="With --into: start a new chain with a full backup."),
     keep_chains: Optional[int] = typer.Option(None, "--keep-chains", metavar="N", show_default=False,
                                               help="With --into: after success, delete the oldest chains beyond N."),
-    freeze: Optional[str] = typer.Option(None, "--freeze", metavar="[try]", show_default=False,
+    freeze: Optional[str] = typer.Option(None, "--freeze", is_flag=False, flag_value="yes", metavar="[=try]",
+                                         show_default=False,
                                          help="With --into: freeze the guest's filesystems through the guest agent "
                                          "while the jobs start; try: back up unfrozen when the agent is not there."),
     freeze_timeout: Optional[float] = typer.Option(None, "--freeze-timeout", metavar="SECONDS", show_default=False,

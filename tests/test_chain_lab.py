@@ -1,0 +1,139 @@
+"""Backup chains of a real guest: --freeze through its agent, and a restore that boots and reads back its data."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from support.lab import lab_guest_module
+from support.runner import CliRunner
+
+pytestmark = pytest.mark.lab
+
+MARKER = "written before the backup, never synced by the guest"
+
+
+def agent_call(path: Path, execute: str, timeout: float = 10) -> Any:
+    """One request to the guest agent on a fresh, resynchronised connection (independent of qmpctl)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sync_id = random.randrange(1, 1 << 30)
+        sock.sendall(b"\xff" + json.dumps({"execute": "guest-sync-delimited", "arguments": {"id": sync_id}}).encode())
+        reader = sock.makefile("rb")
+        while True:
+            line = reader.readline().lstrip(b"\xff")
+            try:
+                if json.loads(line).get("return") == sync_id:
+                    break
+            except ValueError:
+                continue
+        sock.sendall(json.dumps({"execute": execute}).encode())
+        return json.loads(reader.readline())["return"]
+
+
+def in_guest(run: CliRunner, guest, script: str) -> str:
+    result = run("agent", "exec", "-a", str(guest.agent_path), "--wait-timeout", "30", "--", "sh", "-c", script)
+    assert result.code == 0, result
+    return result.out
+
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """One booted lab guest with an ext2 filesystem on its data disk, mounted at /mnt."""
+    lab = lab_guest_module()
+    with lab.LabGuest(tmp_path_factory.mktemp("lab")) as booted:
+        in_guest(CliRunner(), booted, "mke2fs -q /dev/vda && mount -t ext2 /dev/vda /mnt")
+        yield booted
+
+
+@pytest.fixture
+def run() -> CliRunner:
+    return CliRunner()
+
+
+def chain_backup(run: CliRunner, guest, into: Path, *arguments: str):
+    return run("backup", "-s", str(guest.qmp_path), guest.data_disk_device_id, "--into", str(into),
+               "--progress", "none", *arguments)
+
+
+def read_file_from(image: Path, name: str, workdir: Path) -> str:
+    raw = workdir / "restored.raw"
+    raw.unlink(missing_ok=True)
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(raw)], check=True)
+    shown = subprocess.run(["debugfs", "-R", f"cat /{name}", str(raw)], capture_output=True, text=True)
+    return shown.stdout
+
+
+def test_freeze_brackets_the_job_start_and_the_image_holds_what_the_guest_had_not_synced(run, guest, tmp_path):
+    into = tmp_path / "b"
+    assert chain_backup(run, guest, into).code == 0
+    in_guest(run, guest, f"echo '{MARKER}' > /mnt/marker")  # in the guest's page cache only
+    result = chain_backup(run, guest, into, "--freeze", "-a", str(guest.agent_path))
+    assert result.code == 0, result
+    reply = json.loads(result.out)["return"]
+    assert reply["level"] == "incremental" and reply["freeze"] == {"frozen": 1, "thawed": True}
+    assert agent_call(guest.agent_path, "guest-fsfreeze-status") == "thawed"
+    restored = tmp_path / "restored.qcow2"
+    assert run("restore", reply["chain"], str(restored)).code == 0
+    assert read_file_from(restored, "marker", tmp_path).strip() == MARKER  # the freeze flushed it first
+
+
+def test_freeze_without_an_agent_starts_nothing_and_try_backs_up_unfrozen(run, guest, tmp_path):
+    into = tmp_path / "b"
+    missing = tmp_path / "no-agent.sock"
+    refused = chain_backup(run, guest, into, "--freeze", "-a", str(missing))
+    assert refused.code == 3 and "agent" in refused.err, refused
+    assert not any(into.glob("*/*.qcow2"))
+    tried = chain_backup(run, guest, into, "--freeze=try", "-a", str(missing))
+    assert tried.code == 0, tried
+    reply = json.loads(tried.out)["return"]
+    assert reply["freeze"]["frozen"] is False and "cannot be reached" in reply["freeze"]["reason"]
+
+
+def test_an_interrupted_frozen_backup_leaves_the_guest_thawed(run, guest, tmp_path):
+    into = tmp_path / "b"
+    assert chain_backup(run, guest, into).code == 0
+    in_guest(run, guest, "dd if=/dev/urandom of=/mnt/big bs=1M count=4 2>/dev/null && sync")
+    child = run.popen("backup", "-s", str(guest.qmp_path), guest.data_disk_device_id, "--into", str(into),
+                      "--freeze", "-a", str(guest.agent_path), "--speed", "128K", "--progress", "none")
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        jobs = json.loads(run("jobs", "-s", str(guest.qmp_path), "--return-value").out or "[]")
+        if any(job["status"] == "running" for job in jobs):
+            break
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == 130, err
+    assert agent_call(guest.agent_path, "guest-fsfreeze-status") == "thawed"
+    assert json.loads(run("jobs", "-s", str(guest.qmp_path), "--return-value").out) == []
+    in_guest(run, guest, "echo still writable > /mnt/after && sync")
+
+
+def test_restore_boot_check_boots_the_restored_disk_and_reads_back_the_data(run, guest, tmp_path):
+    into = tmp_path / "b"
+    in_guest(run, guest, f"echo '{MARKER}' > /mnt/drill && sync")
+    backed = chain_backup(run, guest, into, "--freeze", "-a", str(guest.agent_path))
+    assert backed.code == 0, backed
+    kernel, initrd = lab_guest_module().lab_build.build()
+    boot = ["--qemu-arg=-kernel", f"--qemu-arg={kernel}", "--qemu-arg=-initrd", f"--qemu-arg={initrd}",
+            "--qemu-arg=-append", "--qemu-arg=console=ttyS0 quiet panic=-1", "--qemu-arg=-m", "--qemu-arg=256",
+            "--qemu-arg=-M", "--qemu-arg=pc", "--qemu-arg=-accel", "--qemu-arg=tcg", "--boot-timeout", "90"]
+    chain = json.loads(backed.out)["return"]["chain"]
+    drill = run("restore", chain, str(tmp_path / "drill.qcow2"), "--boot-check", *boot,
+                "--check-command", "mount -t ext2 /dev/vda /mnt && cat /mnt/drill", timeout=150)
+    assert drill.code == 0, drill
+    checked = json.loads(drill.out)["return"]["boot-check"]
+    assert checked["booted"] and checked["check"]["stdout"].strip() == MARKER
+    failing = run("restore", chain, str(tmp_path / "drill2.qcow2"), "--boot-check", *boot,
+                  "--check-command", "mount -t ext2 /dev/vda /mnt && cat /mnt/not-there", timeout=150)
+    assert failing.code == 6 and "check command exited with 1" in failing.err, failing
