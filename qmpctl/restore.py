@@ -243,7 +243,7 @@ def boot_check(image: str, *, qemu_args: list[str], boot_timeout: float, check_c
     agent_path = os.path.join(workdir, "qga.sock")
     console = os.path.join(workdir, "console.log")
     command = [qemu_binary, "-nodefaults", "-display", "none", "-no-reboot",
-               "-drive", _drive_option(image, image_format), "-device", "virtio-blk-pci,drive=restored,bootindex=0",
+               "-drive", _drive_option(image, image_format), "-device", "virtio-blk-pci,drive=restored",
                "-chardev", f"socket,path={agent_path},server=on,wait=off,id=qga0",
                "-device", "virtio-serial", "-device", f"virtserialport,chardev=qga0,name={AGENT_CHANNEL}",
                "-serial", f"file:{console}", *qemu_args]
@@ -260,7 +260,9 @@ def boot_check(image: str, *, qemu_args: list[str], boot_timeout: float, check_c
 
         def failed(why: str) -> VerificationFailed:
             tail = _console_tail(console) or _console_tail(log)
-            return VerificationFailed(f"{why}" + (f"; the console's last lines:\n{tail}" if tail else ""))
+            if not tail:
+                return VerificationFailed(f"{why}; the serial console stayed empty (does the guest log to ttyS0?)")
+            return VerificationFailed(f"{why}; the console's last lines:\n{tail}")
 
         session = None
         while session is None:

@@ -125,6 +125,7 @@ def test_after_a_kill_the_inconsistent_bitmap_gives_a_new_full_chain(cli, vm_fac
     into = tmp_path / "b"
     full = ok(cli, vm, into)
     relaunch(vm, "quit")  # the bitmap is stored in the image at a clean close, and marked in use at open
+    assert not bitmaps(vm)[full["bitmap"]].get("inconsistent")  # the image is open: QEMU answers QMP after that
     relaunch(vm, "kill")
     assert bitmaps(vm)[full["bitmap"]]["inconsistent"]
     again = ok(cli, vm, into)

@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import pytest
 
 from support.lab import lab_guest_module
+from support.qemu import RawQmp
 from support.runner import CliRunner
 
 pytestmark = pytest.mark.lab
@@ -50,7 +51,10 @@ def in_guest(run: CliRunner, guest, script: str) -> str:
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """One booted lab guest with an ext2 filesystem on its data disk, mounted at /mnt."""
     lab = lab_guest_module()
-    with lab.LabGuest(tmp_path_factory.mktemp("lab")) as booted:
+    workdir = tmp_path_factory.mktemp("lab")
+    check = ["-qmp", f"unix:{workdir}/check.sock,server=on,wait=off"]  # QMP takes one client at a time
+    with lab.LabGuest(workdir, extra_qemu_args=check) as booted:
+        booted.check_path = workdir / "check.sock"
         in_guest(CliRunner(), booted, "mke2fs -q /dev/vda && mount -t ext2 /dev/vda /mnt")
         yield booted
 
@@ -93,7 +97,7 @@ def test_freeze_without_an_agent_starts_nothing_and_try_backs_up_unfrozen(run, g
     refused = chain_backup(run, guest, into, "--freeze", "-a", str(missing))
     assert refused.code == 3 and "agent" in refused.err, refused
     assert not any(into.glob("*/*.qcow2"))
-    tried = chain_backup(run, guest, into, "--freeze=try", "-a", str(missing))
+    tried = chain_backup(run, guest, into, "--freeze-try", "-a", str(missing))
     assert tried.code == 0, tried
     reply = json.loads(tried.out)["return"]
     assert reply["freeze"]["frozen"] is False and "cannot be reached" in reply["freeze"]["reason"]
@@ -106,16 +110,16 @@ def test_an_interrupted_frozen_backup_leaves_the_guest_thawed(run, guest, tmp_pa
     child = run.popen("backup", "-s", str(guest.qmp_path), guest.data_disk_device_id, "--into", str(into),
                       "--freeze", "-a", str(guest.agent_path), "--speed", "128K", "--progress", "none")
 
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        jobs = json.loads(run("jobs", "-s", str(guest.qmp_path), "--return-value").out or "[]")
-        if any(job["status"] == "running" for job in jobs):
-            break
-    child.send_signal(signal.SIGINT)
+    with RawQmp(guest.check_path) as qmp:
+        deadline = time.monotonic() + 30
+        while not any(job["status"] == "running" for job in qmp.cmd("query-jobs")):
+            assert time.monotonic() < deadline and child.poll() is None
+        child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=30)
     assert child.returncode == 130, err
     assert agent_call(guest.agent_path, "guest-fsfreeze-status") == "thawed"
-    assert json.loads(run("jobs", "-s", str(guest.qmp_path), "--return-value").out) == []
+    with RawQmp(guest.check_path) as qmp:
+        assert qmp.cmd("query-jobs") == []
     in_guest(run, guest, "echo still writable > /mnt/after && sync")
 
 
@@ -134,6 +138,14 @@ def test_restore_boot_check_boots_the_restored_disk_and_reads_back_the_data(run,
     assert drill.code == 0, drill
     checked = json.loads(drill.out)["return"]["boot-check"]
     assert checked["booted"] and checked["check"]["stdout"].strip() == MARKER
-    failing = run("restore", chain, str(tmp_path / "drill2.qcow2"), "--boot-check", *boot,
-                  "--check-command", "mount -t ext2 /dev/vda /mnt && cat /mnt/not-there", timeout=150)
-    assert failing.code == 6 and "check command exited with 1" in failing.err, failing
+
+
+def test_restore_boot_check_of_a_guest_that_never_answers_is_exit_6_with_the_console(run, guest, tmp_path):
+    backed = chain_backup(run, guest, tmp_path / "b")
+    assert backed.code == 0, backed
+    chain = json.loads(backed.out)["return"]["chain"]
+    silent = run("restore", chain, str(tmp_path / "r.qcow2"), "--boot-check", "--boot-timeout", "3",
+                 "--qemu-arg=-accel", "--qemu-arg=tcg", "--check-command", "true")
+    assert silent.code == 6 and "did not answer within --boot-timeout 3s" in silent.err, silent
+    assert "serial console stayed empty" in silent.err  # SeaBIOS alone prints nothing on ttyS0
+    assert (tmp_path / "r.qcow2").exists()  # the restore itself stays

@@ -1,4 +1,4 @@
-"""Block-device commands: block, jobs, hotplug-disk, unplug-disk, backup.
+"""Block-device commands: block, jobs, hotplug-disk, unplug-disk, backup (declared in :mod:`qmpctl.cli.spec`).
 
 The work happens in :mod:`qmpctl.block` and :mod:`qmpctl.backup`, imported
 inside the commands so that other commands do not pay for them.
@@ -10,45 +10,21 @@ import sys
 import time
 from typing import Any, Optional
 
-import typer
-
-from qmpctl.cli import app
-from qmpctl.cli.common import Common, command, execute_one, run
+from qmpctl.cli.common import Common, execute_one, run
 from qmpctl.errors import UsageError
 from qmpctl.request import Request
-
-
-def _choice(*values: str) -> Any:
-    """A choice option's type: the value stays a plain str."""
-    import click
-
-    return click.Choice(values)
-
 
 BAR_EVERY = 0.25
 JSON_EVERY = 1.0
 
 
-@app.command("block", epilog="Example: qmpctl block -s /tmp/vm.sock --pretty")
-@command()
-def block(
-    nodes: bool = typer.Option(False, "--nodes", help="List every named block node (query-named-block-nodes), "
-                               "including nodes no device uses yet."),
-    *, common: Common,
-) -> int:
+def block(common: Common, *, nodes: bool) -> int:
     """Show the VM's block devices (query-block)."""
     request = Request("query-named-block-nodes" if nodes else "query-block")
     return run(common, execute_one(request), [request])
 
 
-@app.command("jobs", epilog="Example: qmpctl jobs -s /tmp/vm.sock --return-value")
-@command()
-def jobs(
-    dismiss: Optional[str] = typer.Option(None, "--dismiss", metavar="JOB_ID", help="Instead, dismiss a concluded "
-                                          "job (job-dismiss) and delete the target nodes a backup --no-wait "
-                                          "added for it."),
-    *, common: Common,
-) -> int:
+def jobs(common: Common, *, dismiss: Optional[str]) -> int:
     """Show the VM's jobs (query-jobs): id, type, status, progress, error.
 
     A job qmpctl started (backup) stays listed once it has ended, with status
@@ -78,22 +54,8 @@ def _only_target_is_local(common: Common, why: str) -> bool:
     return targets[0].is_local
 
 
-@app.command("hotplug-disk", epilog="Example: qmpctl hotplug-disk -s /tmp/vm.sock /var/lib/vm/data.qcow2 --id data0 "
-             "--return-value")
-@command()
-def hotplug_disk(
-    file: str = typer.Argument(..., metavar="FILE", help="The image to attach (a path on the VM's host)."),
-    bus: str = typer.Option("virtio", "--bus", click_type=_choice("virtio", "scsi"), help="virtio: a virtio-blk-pci disk; scsi: a scsi-hd on a "
-                            "virtio-scsi-pci controller (added when the VM has none)."),
-    device_id: Optional[str] = typer.Option(None, "--id", metavar="NAME", show_default=False,
-                                            help="The device id; its nodes are NAME-format and NAME-file "
-                                            "[default: the first free diskN]."),
-    image_format: Optional[str] = typer.Option(None, "--format", click_type=_choice("qcow2", "raw"),
-                                               show_default=False,
-                                               help="The image format [default: read from its header]."),
-    readonly: bool = typer.Option(False, "--readonly", help="Attach the image read-only."),
-    *, common: Common,
-) -> int:
+def hotplug_disk(common: Common, *, file: str, bus: str, device_id: Optional[str],
+                 image_format: Optional[str], readonly: bool) -> int:
     """Attach an image as a new disk (blockdev-add + device_add), all or nothing.
 
     Prints the device id and node names. When a step fails, everything this
@@ -110,14 +72,7 @@ def hotplug_disk(
                plan.requests())
 
 
-@app.command("unplug-disk", epilog="Example: qmpctl unplug-disk -s /tmp/vm.sock disk1 --wait-timeout 60")
-@command()
-def unplug_disk(
-    device_id: str = typer.Argument(..., metavar="ID", help="The disk's device id (as hotplug-disk printed it)."),
-    wait_timeout: float = typer.Option(30.0, "--wait-timeout", metavar="SECONDS",
-                                       help="How long the guest may take to release the device."),
-    *, common: Common,
-) -> int:
+def unplug_disk(common: Common, *, device_id: str, wait_timeout: float) -> int:
     """Detach a disk: device_del, wait for the guest to release it, then blockdev-del its nodes.
 
     A PCI disk (virtio) needs the guest's cooperation; a guest that does not
@@ -175,63 +130,29 @@ class _ProgressPrinter:
             pass  # a closed stderr must not cost the backup
 
 
-@app.command("backup", epilog="Example: qmpctl backup -s /tmp/vm.sock vd0 /backup/vd0-$(date +%F).qcow2 "
-             "--progress json")
-@command()
-def backup(
-    words: list[str] = typer.Argument(..., metavar="DEVICE... [TARGET]", help="The disk: its device id (vd0), drive "
-                                      "name or node name; then the image file to create (it must not exist). With "
-                                      "--into: one or more disks, no TARGET."),
-    into: Optional[str] = typer.Option(None, "--into", metavar="DIR", show_default=False,
-                                       help="Chain mode: extend each disk's backup chain in DIR by an incremental "
-                                       "(the first run makes a full one)."),
-    full: bool = typer.Option(False, "--full", help="With --into: start a new chain with a full backup."),
-    keep_chains: Optional[int] = typer.Option(None, "--keep-chains", metavar="N", show_default=False,
-                                              help="With --into: after success, delete the oldest chains beyond N."),
-    freeze: Optional[str] = typer.Option(None, "--freeze", is_flag=False, flag_value="yes", metavar="[=try]",
-                                         show_default=False,
-                                         help="With --into: freeze the guest's filesystems through the guest agent "
-                                         "while the jobs start; try: back up unfrozen when the agent is not there."),
-    freeze_timeout: Optional[float] = typer.Option(None, "--freeze-timeout", metavar="SECONDS", show_default=False,
-                                                   help="How long the freeze may take [default: 10]."),
-    agent: Optional[str] = typer.Option(None, "-a", "--agent", metavar="ADDR", show_default=False,
-                                        help="The guest agent for --freeze."),
-    sync: str = typer.Option("full", "--sync", click_type=_choice("full", "top"), help="full: the whole disk; top: only what the top "
-                                  "image holds (the target then names the source's backing file)."),
-    image_format: str = typer.Option("qcow2", "--format", click_type=_choice("qcow2", "raw"),
-                                     help="The target's format."),
-    speed: Optional[str] = typer.Option(None, "--speed", metavar="BYTES_PER_SEC", show_default=False,
-                                        help="Limit the copy rate, e.g. 10M [default: no limit]."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing TARGET; also needed when the VM "
-                               "runs on another host, where qmpctl cannot check it."),
-    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the job has finished (default), or "
-                              "return once it started and print its job id."),
-    wait_timeout: Optional[float] = typer.Option(None, "--wait-timeout", metavar="SECONDS", show_default=False,
-                                                 help="Cancel the job and exit 4 when it takes longer "
-                                                 "[default: one day]."),
-    progress: str = typer.Option("auto", "--progress", click_type=_choice("auto", "bar", "json", "none"), help="While waiting, show progress on "
-                                          "stderr: bar, json (one line per update), none; auto: a bar when "
-                                          "stderr is a terminal."),
-    job_id: Optional[str] = typer.Option(None, "--job-id", metavar="ID", show_default=False,
-                                         help="Name the job [default: backup-DEVICE]."),
-    *, common: Common,
-) -> int:
-    """Back a disk up to a new image file, and wait until the copy is complete.
-
-    Exit 0 only when the job finished without error. Exit 2: TARGET exists
-    (untouched; --force overwrites) or cannot be written. Exit 6: the job
-    failed (the reason follows). Exit 4 (--wait-timeout) and 130 (Ctrl-C,
-    SIGTERM): the job was cancelled first. An incomplete TARGET qmpctl created
-    is removed. Uses drive-backup, or the blockdev flow where QEMU refuses it.
-    """
+def backup(common: Common, *, words: list[str], into: Optional[str], full: bool, keep_chains: Optional[int],
+           freeze: bool, freeze_try: bool, freeze_timeout: Optional[float], agent: Optional[str], sync: str,
+           image_format: str, speed: Optional[str], force: bool, wait: bool, wait_timeout: Optional[float],
+           progress: str, job_id: Optional[str]) -> int:
+    """Back a disk up to a new image file (DEVICE TARGET), or extend its backup chain (DEVICE... --into DIR)."""
     if into is not None:
         from qmpctl.cli.chain import backup_into
 
+        single = {"--sync": sync != "full", "--format": image_format != "qcow2", "--force": force,
+                  "--job-id": job_id is not None}
+        if any(single.values()):
+            raise UsageError(f"{', '.join(flag for flag, given in single.items() if given)}: not with --into "
+                             "(a chain's images are qcow2 files qmpctl names itself)")
         return backup_into(common, devices=words, into=into, full=full, keep_chains=keep_chains, speed=speed,
-                           wait=wait, wait_timeout=wait_timeout, progress=progress, freeze=freeze,
+                           wait=wait, wait_timeout=wait_timeout, progress=progress,
+                           freeze="try" if freeze_try else "yes" if freeze else "no",
                            freeze_timeout=freeze_timeout, agent=agent)
+    chained = {"--full": full, "--keep-chains": keep_chains is not None, "--freeze": freeze,
+               "--freeze-try": freeze_try, "--freeze-timeout": freeze_timeout is not None, "-a": agent is not None}
+    if any(chained.values()):
+        raise UsageError(f"{', '.join(flag for flag, given in chained.items() if given)}: only with --into DIR")
     if len(words) != 2:
-        raise UsageError("give DEVICE TARGET, or DEVICE... --into DIR for a backup chain")
+        raise UsageError(f"give DEVICE TARGET (got {len(words)} word(s)), or DEVICE... --into DIR for a backup chain")
     device, target = words
     from qmpctl import backup as backup_lib
 
@@ -254,44 +175,3 @@ def backup(
     finally:
         if printer is not None:
             printer.close()
-
-
-@app.command("backup-verify", epilog="Example: qmpctl backup-verify /backup/vm1 --json")
-@command()
-def backup_verify(
-    path: str = typer.Argument(..., metavar="DIR", help="A folder of chains (backup --into DIR), or one chain folder."),
-    json_lines: bool = typer.Option(False, "--json", help="One JSON line per image."),
-    wait_timeout: Optional[float] = typer.Option(None, "--wait-timeout", metavar="SECONDS", show_default=False,
-                                                 help="[default: one day]"),
-    *, common: Common,
-) -> int:
-    """Check every image of every chain offline: qemu-img check, backing links, sizes, sha256."""
-    from qmpctl.cli.chain import backup_verify as handler
-
-    return handler(common, path=path, json_lines=json_lines, wait_timeout=wait_timeout)
-
-
-@app.command("restore", epilog="Example: qmpctl restore /backup/vm1/20261201T030000Z /tmp/vd0.qcow2 --point 3")
-@command()
-def restore(
-    chain: str = typer.Argument(..., metavar="CHAIN", help="A chain folder (or a folder of one disk's chains: the latest)."),
-    target: str = typer.Argument(..., metavar="TARGET", help="The image to write; it must not exist."),
-    point: Optional[int] = typer.Option(None, "--point", metavar="N", show_default=False, help="Backup N (1: the full)."),
-    at: Optional[str] = typer.Option(None, "--at", metavar="TIME", show_default=False, help="The last backup started at or before TIME."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing TARGET."),
-    image_format: str = typer.Option("qcow2", "--format", click_type=_choice("qcow2", "raw"), help="TARGET's format."),
-    progress: str = typer.Option("auto", "--progress", click_type=_choice("auto", "bar", "json", "none"), help="progress"),
-    wait_timeout: Optional[float] = typer.Option(None, "--wait-timeout", metavar="SECONDS", show_default=False, help="[default: one day]"),
-    boot_check: bool = typer.Option(False, "--boot-check", help="Boot the restored image and wait for its guest agent."),
-    qemu_args: Optional[list[str]] = typer.Option(None, "--qemu-arg", metavar="ARG", help="Repeatable."),
-    boot_timeout: float = typer.Option(120.0, "--boot-timeout", metavar="SECONDS", help="boot timeout"),
-    check_command: Optional[str] = typer.Option(None, "--check-command", metavar="CMD", help="run in the guest"),
-    *, common: Common,
-) -> int:
-    """Write a standalone image of the disk as it was at one backup of a chain."""
-    from qmpctl.cli.chain import restore_chain
-
-    return restore_chain(common, chain=chain, target=target, point=point, at=at, force=force, image_format=image_format,
-                         progress=progress, wait_timeout=wait_timeout,
-                         boot_check=boot_check, qemu_args=list(qemu_args or []), boot_timeout=boot_timeout,
-                         check_command=check_command)

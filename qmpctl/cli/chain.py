@@ -13,9 +13,6 @@ from qmpctl.cli.common import Common, emit, run
 from qmpctl.errors import ExitCode, UsageError
 from qmpctl.output import render_reply, to_json
 
-FREEZE_MODES = {None: "no", "": "yes", "yes": "yes", "try": "try"}
-
-
 def progress_mode(progress: str) -> str:
     if progress == "auto":
         return "bar" if sys.stderr.isatty() else "none"
@@ -43,18 +40,16 @@ def _agent_target(common: Common, agent: Optional[str]) -> Any:
 
 def backup_into(common: Common, *, devices: list[str], into: str, full: bool, keep_chains: Optional[int],
                 speed: Optional[str], wait: bool, wait_timeout: Optional[float], progress: str,
-                freeze: Optional[str], freeze_timeout: Optional[float], agent: Optional[str]) -> int:
+                freeze: str, freeze_timeout: Optional[float], agent: Optional[str]) -> int:
     """``backup DEVICE... --into DIR``: extend each disk's chain, or start one."""
     from qmpctl import chain
     from qmpctl.backup import DEFAULT_WAIT_TIMEOUT, parse_speed
 
     if not wait:
         raise UsageError("--no-wait is refused with --into: a chain is only extended by a backup qmpctl saw finish")
-    if freeze not in FREEZE_MODES:
-        raise UsageError(f"--freeze takes no value or 'try', got {freeze!r}")
     options = chain.ChainOptions(
         tuple(devices), into, full, keep_chains, parse_speed(speed) if speed else None,
-        DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout, FREEZE_MODES[freeze],
+        DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout, freeze,
         chain.DEFAULT_FREEZE_TIMEOUT if freeze_timeout is None else freeze_timeout)
     if common.dry_run:
         return run(common, lambda *_: None, options.requests())
@@ -86,16 +81,16 @@ def backup_verify(common: Common, *, path: str, json_lines: bool, wait_timeout: 
     from qmpctl.deadline import Deadline
 
     checks = restore.verify(path, Deadline(wait_timeout or OFFLINE_TIMEOUT))
-    if json_lines:
-        for check in checks:
-            emit(to_json(check.to_json(), False))
     broken = restore.first_broken(checks)
+    if json_lines:
+        for number, check in enumerate(checks, 1):
+            emit(to_json(check.to_json(), False), final=broken is None and number == len(checks))
     if broken is not None:
         raise broken
     if not json_lines:
         chains = sorted({check.chain for check in checks})
         emit(render_reply({"return": {"chains": chains, "images": len(checks), "ok": True}}, pretty=common.pretty,
-                          return_value=common.return_value))
+                          return_value=common.return_value), final=True)
     return ExitCode.OK
 
 
@@ -121,5 +116,5 @@ def restore_chain(common: Common, *, chain: str, target: str, point: Optional[in
         checked = restore.boot_check(reply["return"]["target"], qemu_args=qemu_args, boot_timeout=boot_timeout,
                                      check_command=check_command, reply_timeout=common.timeout)
         reply["return"]["boot-check"] = checked["return"]
-    emit(render_reply(reply, pretty=common.pretty, return_value=common.return_value))
+    emit(render_reply(reply, pretty=common.pretty, return_value=common.return_value), final=True)
     return ExitCode.OK
