@@ -298,7 +298,7 @@ COMMANDS: tuple[Command, ...] = (
         "then boots the restored image in a throwaway QEMU (-snapshot: nothing is written to it) with a guest "
         "agent channel, waits for guest-ping, runs --check-command in the guest, and exits 6 with the console's "
         "last lines when the guest did not come up or the check failed.",
-        example="qmpctl restore /backup/vm1/20261201T030000Z /tmp/vd0.qcow2 --point 3",
+        example="qmpctl restore /backup/vm1 /backup/vd0-restored.qcow2 --point 1",
         arguments=(
             Argument("chain", "CHAIN", "A chain folder, or a folder of one disk's chains (then the latest chain)."),
             Argument("target", "TARGET", "The image file to write; it must not exist."),
