@@ -469,8 +469,21 @@ class ChainRun:
             descriptor = os.open(disk.image, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never overwrite
             os.close(descriptor)
             disk.image_created = True
+            self._owned_like_into(disk.image, disk.chain_dir if disk.new_dir else None)
             backing = None if disk.full else str(images[-1]["file"])
             qemu_img.create(disk.image, disk.size, self.deadline, backing)
+
+    def _owned_like_into(self, *paths: Optional[str]) -> None:
+        """Root backing up a VM whose QEMU runs as another user (libvirt's): the files QEMU must open
+        belong to DIR's owner, as DIR is the folder that user was given."""
+        if os.geteuid() != 0:
+            return
+        owner = os.stat(self.into)
+        if owner.st_uid == 0 and owner.st_gid == 0:
+            return
+        for path in paths:
+            if path is not None:
+                os.chown(path, owner.st_uid, owner.st_gid)
 
     def add_targets(self) -> None:
         for disk in self.disks:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from support.disks import flush, hmp, images_identical, make_image, reads_pattern, wait_for_job, write_pattern
+from support.libvirt import domain, libvirtd  # noqa: F401 (fixtures)
 from support.qemu import wait_for_socket
 
 pytestmark = pytest.mark.qemu
@@ -245,3 +246,26 @@ def test_backup_verify_names_a_flipped_byte_and_a_deleted_image(cli, vm_factory,
     assert deleted.code == 6 and "0003-inc.qcow2" in deleted.err and "missing" in deleted.err, deleted
     refused = cli("restore", chain, str(tmp_path / "r.qcow2"))
     assert refused.code == 6 and not (tmp_path / "r.qcow2").exists()
+
+
+@pytest.mark.libvirt
+def test_a_chain_through_libvirt(cli, domain, tmp_path):
+    """QEMU runs as libvirt-qemu there: the images qmpctl creates belong to the owner of DIR, which QEMU can write."""
+    disk = [entry for entry in json.loads(domain.monitor('{"execute":"query-block"}').stdout)["return"]
+            if entry["inserted"]["file"] == str(domain.disk)][0]
+    device_id = disk["qdev"].split("/")[3]  # /machine/peripheral/virtio-disk0/virtio-backend
+    into = domain.qemu_folder("chains")
+    full = ok_domain(cli, domain, device_id, into)
+    domain.monitor("--hmp", f'qemu-io -d {disk["qdev"]} "write -P 0x6b 2M 1M"')
+    domain.monitor("--hmp", f'qemu-io -d {disk["qdev"]} "flush"')
+    incremental = ok_domain(cli, domain, device_id, into)
+    assert (full["level"], incremental["level"], incremental["bytes"]) == ("full", "incremental", MiB)
+    restored_image = restored(cli, full["chain"], tmp_path / "r.qcow2")
+    assert reads_pattern(restored_image, 0x6b, 2 * MiB, MiB)
+    assert images_identical(domain.disk, restored_image).returncode == 0
+
+
+def ok_domain(cli, domain, device_id: str, into: Path) -> dict:
+    result = cli("backup", "--domain", domain.name, device_id, "--into", str(into), "--progress", "none")
+    assert result.code == 0, result
+    return json.loads(result.out)["return"]
