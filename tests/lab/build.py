@@ -56,6 +56,8 @@ WANTED_MODULES = (
     "virtio_scsi",
     "sd_mod",
     "virtio_net",
+    "button",  # ACPI power button: QMP system_powerdown reaches acpid through it
+    "evdev",  # /dev/input/event*, which busybox acpid reads
 )
 # Shipped but not loaded at boot (they would slow it down); the kernel loads
 # them through modprobe when needed, e.g. `mount -t ext2 /dev/vda /mnt`.
@@ -427,6 +429,10 @@ done < /etc/lab-modules
 
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 
+# QMP system_powerdown presses the ACPI power button: button.ko turns it into
+# an input event, busybox acpid runs /etc/acpi/PWRF/00000080 for it.
+acpid -c /etc/acpi -l /run/acpid.log
+
 # Every port named org.qemu.guest_agent.* gets its own qemu-ga: .0 is the one
 # QEMU users expect; extra ones let a client talk to the agent directly while
 # libvirt holds the connection to .0.
@@ -490,6 +496,12 @@ echo "lab: shutdown $action" > /dev/console
 $action -f
 """
 
+POWER_BUTTON_ACTION = r"""#!/bin/sh
+# busybox acpid runs this for the ACPI power button (QMP system_powerdown).
+echo "lab: power button" > /dev/console
+exec /sbin/shutdown -P
+"""
+
 
 def shared_libraries(binary: Path) -> list[Path]:
     """Everything the dynamic loader will open for binary, plus the loader itself."""
@@ -508,7 +520,8 @@ def shared_libraries(binary: Path) -> list[Path]:
 def build_initramfs(busybox: Path, agent: Path, modules: list[KernelModule], kernel_release: str) -> bytes:
     archive = Cpio()
     for directory in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "run", "tmp",
-                      "root", "var", "lib64", "lib/x86_64-linux-gnu", f"lib/modules/{kernel_release}", "mnt"):
+                      "root", "var", "lib64", "lib/x86_64-linux-gnu", f"lib/modules/{kernel_release}", "mnt",
+                      "etc/acpi/PWRF"):
         archive.directory(directory)
     archive.symlink("var/run", "../run")
     archive.char_device("dev/console", 5, 1)
@@ -550,6 +563,7 @@ def build_initramfs(busybox: Path, agent: Path, modules: list[KernelModule], ker
     ).encode())
     archive.file("init", render_init().encode(), 0o755)
     archive.file("sbin/shutdown", SHUTDOWN_SHIM.encode(), 0o755)
+    archive.file("etc/acpi/PWRF/00000080", POWER_BUTTON_ACTION.encode(), 0o755)
     return archive.finish()
 
 
