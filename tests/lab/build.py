@@ -433,6 +433,8 @@ ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 # an input event, busybox acpid runs /etc/acpi/PWRF/00000080 for it.
 acpid -c /etc/acpi -l /run/acpid.log
 
+chown 1000:1000 /home/lab
+
 # Every port named org.qemu.guest_agent.* gets its own qemu-ga: .0 is the one
 # QEMU users expect; extra ones let a client talk to the agent directly while
 # libvirt holds the connection to .0.
@@ -502,6 +504,31 @@ echo "lab: power button" > /dev/console
 exec /sbin/shutdown -P
 """
 
+CHPASSWD_SHIM = r"""#!/bin/sh
+# Debian's busybox-static has no chpasswd.  qemu-ga's guest-set-user-password
+# runs `chpasswd [-e]` with "user:password" lines on stdin; -e means the
+# password is already hashed.  The password never appears in an argv.
+encrypted=
+case "$1" in -e|--encrypted) encrypted=1 ;; esac
+status=0
+while IFS= read -r line; do
+    user=${line%%:*}
+    password=${line#*:}
+    if ! grep -q "^$user:" /etc/shadow; then
+        echo "chpasswd: unknown user $user" >&2
+        status=1
+        continue
+    fi
+    if [ -z "$encrypted" ]; then
+        password=$(printf '%s' "$password" | mkpasswd -m sha512) || exit 1
+    fi
+    LAB_USER=$user LAB_HASH=$password awk -F: -v OFS=: \
+        '$1 == ENVIRON["LAB_USER"] { $2 = ENVIRON["LAB_HASH"] } { print }' /etc/shadow > /etc/shadow.new \
+        && chmod 600 /etc/shadow.new && mv /etc/shadow.new /etc/shadow || status=1
+done
+exit $status
+"""
+
 
 def shared_libraries(binary: Path) -> list[Path]:
     """Everything the dynamic loader will open for binary, plus the loader itself."""
@@ -521,7 +548,7 @@ def build_initramfs(busybox: Path, agent: Path, modules: list[KernelModule], ker
     archive = Cpio()
     for directory in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "run", "tmp",
                       "root", "var", "lib64", "lib/x86_64-linux-gnu", f"lib/modules/{kernel_release}", "mnt",
-                      "etc/acpi/PWRF"):
+                      "home/lab", "etc/acpi/PWRF"):
         archive.directory(directory)
     archive.symlink("var/run", "../run")
     archive.char_device("dev/console", 5, 1)
@@ -551,9 +578,10 @@ def build_initramfs(busybox: Path, agent: Path, modules: list[KernelModule], ker
     boot_modules = [module.name for module in modules if module.load_at_boot]
     archive.file("etc/lab-modules", ("\n".join(boot_modules) + "\n").encode())
 
-    archive.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
-    archive.file("etc/group", b"root:x:0:\n")
-    archive.file("etc/shadow", b"root::19000:0:99999:7:::\n", 0o600)
+    # "lab" is an ordinary user whose password tests may change (guest-set-user-password).
+    archive.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nlab:x:1000:1000:lab user:/home/lab:/bin/sh\n")
+    archive.file("etc/group", b"root:x:0:\nlab:x:1000:\n")
+    archive.file("etc/shadow", b"root::19000:0:99999:7:::\nlab:!:19000:0:99999:7:::\n", 0o600)
     archive.file("etc/hostname", b"lab\n")
     archive.file("etc/hosts", b"127.0.0.1 localhost lab\n::1 localhost\n")
     archive.file("etc/profile", f"export PATH={GUEST_PATH}\n".encode())
@@ -563,6 +591,7 @@ def build_initramfs(busybox: Path, agent: Path, modules: list[KernelModule], ker
     ).encode())
     archive.file("init", render_init().encode(), 0o755)
     archive.file("sbin/shutdown", SHUTDOWN_SHIM.encode(), 0o755)
+    archive.file("usr/sbin/chpasswd", CHPASSWD_SHIM.encode(), 0o755)
     archive.file("etc/acpi/PWRF/00000080", POWER_BUTTON_ACTION.encode(), 0o755)
     return archive.finish()
 
