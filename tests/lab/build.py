@@ -59,8 +59,8 @@ WANTED_MODULES = (
     "button",  # ACPI power button: QMP system_powerdown reaches acpid through it
     "evdev",  # /dev/input/event*, which busybox acpid reads
 )
-# Shipped but not loaded at boot (they would slow it down); the kernel loads
-# them through modprobe when needed, e.g. `mount -t ext2 /dev/vda /mnt`.
+# Shipped but not loaded by the module list; the kernel loads them through
+# modprobe when needed, e.g. when /init mounts the ext2 data filesystem.
 ON_DEMAND_MODULES = ("crc32c_generic", "ext4")
 # Needed for the guest to reach the agent at all; the build fails without them.
 ESSENTIAL_MODULES = frozenset({"virtio_ring", "virtio", "virtio_pci", "virtio_console", "virtio_blk"})
@@ -435,6 +435,24 @@ acpid -c /etc/acpi -l /run/acpid.log
 
 chown 1000:1000 /home/lab
 
+# guest.py attaches an ext2 image and names its device on the command line
+# (lab.datafs=/dev/sda), so guest-fsfreeze-* has a real filesystem to freeze.
+datafs=$(sed -n 's/.*lab\.datafs=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$datafs" ]; then
+    tries=0
+    until [ -b "$datafs" ] || [ "$tries" -gt 200 ]; do
+        tries=$((tries + 1))
+        sleep 0.05
+    done
+    if mount -t ext2 "$datafs" /mnt/data; then
+        echo "lab: $datafs on /mnt/data at $(cut -d' ' -f1 /proc/uptime)s"
+    else
+        echo "lab: mounting $datafs on /mnt/data failed"
+    fi
+fi
+# A read-only mount, for "the guest refused the write" cases.
+mount -t tmpfs -o ro,size=16k tmpfs /mnt/ro
+
 # Every port named org.qemu.guest_agent.* gets its own qemu-ga: .0 is the one
 # QEMU users expect; extra ones let a client talk to the agent directly while
 # libvirt holds the connection to .0.
@@ -494,6 +512,7 @@ for argument in "$@"; do
     esac
 done
 sync
+umount /mnt/data 2>/dev/null
 echo "lab: shutdown $action" > /dev/console
 $action -f
 """
@@ -548,7 +567,7 @@ def build_initramfs(busybox: Path, agent: Path, modules: list[KernelModule], ker
     archive = Cpio()
     for directory in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "run", "tmp",
                       "root", "var", "lib64", "lib/x86_64-linux-gnu", f"lib/modules/{kernel_release}", "mnt",
-                      "home/lab", "etc/acpi/PWRF"):
+                      "mnt/data", "mnt/ro", "home/lab", "etc/acpi/PWRF"):
         archive.directory(directory)
     archive.symlink("var/run", "../run")
     archive.char_device("dev/console", 5, 1)
