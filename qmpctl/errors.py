@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     PROTOCOL = 5
     JOB_FAILED = 6
     INTERNAL = 70
+    OUTPUT = 74
     EXEC_TIMEOUT = 124
     EXEC_FAILED = 125
     INTERRUPTED = 130
@@ -89,6 +90,18 @@ class JobFailed(QmpctlError):
     """A block job ended with an error or was cancelled by someone else."""
 
     exit_code = ExitCode.JOB_FAILED
+
+
+class VerificationFailed(QmpctlError):
+    """A copy arrived but its checksum differs from the source's: the data cannot be trusted."""
+
+    exit_code = ExitCode.JOB_FAILED
+
+
+class OutputError(QmpctlError):
+    """qmpctl could not write where it was told to (a local file, stdout): EX_IOERR."""
+
+    exit_code = ExitCode.OUTPUT
 
 
 class Interrupted(QmpctlError):
