@@ -110,6 +110,15 @@ class Interrupted(QmpctlError):
     exit_code = ExitCode.INTERRUPTED
 
 
+class OutputError(QmpctlError):
+    """The result could not be written (stdout closed, full disk): the command itself may have succeeded.
+
+    Not exit 5 (the peer did nothing wrong) and not 70 (no bug): sysexits' EX_IOERR.
+    """
+
+    exit_code = ExitCode.OUTPUT
+
+
 class ExecFailed(QmpctlError):
     """``agent exec`` could not run the program (qmpctl's own failure, not the guest program's)."""
 
