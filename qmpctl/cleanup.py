@@ -9,7 +9,8 @@ resynchronises the agent channel first, and runs shielded from signals.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ContextManager
+from contextlib import AbstractContextManager as ContextManager
+from typing import Any
 
 from qmpctl.deadline import Deadline
 from qmpctl.targets import Session

@@ -98,12 +98,6 @@ class VerificationFailed(QmpctlError):
     exit_code = ExitCode.JOB_FAILED
 
 
-class OutputError(QmpctlError):
-    """qmpctl could not write where it was told to (a local file, stdout): EX_IOERR."""
-
-    exit_code = ExitCode.OUTPUT
-
-
 class Interrupted(QmpctlError):
     """SIGINT or SIGTERM arrived; whatever qmpctl started was cleaned up first."""
 

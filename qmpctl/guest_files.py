@@ -21,13 +21,21 @@ import hashlib
 import os
 import re
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, BinaryIO, Callable, Iterator, NamedTuple, Optional
+from typing import Any, BinaryIO, NamedTuple
 
 from qmpctl.cleanup import cleanup_deadline, recover_channel, shielded
 from qmpctl.deadline import Deadline
-from qmpctl.errors import (Interrupted, OutputError, ProtocolError, QmpctlError, UsageError, VerificationFailed,
-                           VmError)
+from qmpctl.errors import (
+    Interrupted,
+    OutputError,
+    ProtocolError,
+    QmpctlError,
+    UsageError,
+    VerificationFailed,
+    VmError,
+)
 from qmpctl.request import Request
 from qmpctl.targets import Session
 
@@ -44,7 +52,7 @@ MAX_READ_COUNT = 48 * MiB
 GUEST_PREFIX = "guest:"
 HEX_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
-Progress = Callable[[int, Optional[int]], None]
+Progress = Callable[[int, int | None], None]
 """Called with (bytes done, total bytes or None) after every chunk."""
 
 
@@ -317,9 +325,9 @@ class CopyResult(NamedTuple):
     bytes: int
     seconds: float
     sha256: str
-    verified: Optional[bool] = None
+    verified: bool | None = None
     """True: the guest's sha256sum matches; None: not checked (see verify_note)."""
-    verify_note: Optional[str] = None
+    verify_note: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         rate = self.bytes / self.seconds if self.seconds > 0 else None
