@@ -188,6 +188,7 @@ def fsfreeze(common: Common, *, action: str, mountpoint: list[str], for_seconds:
 
     def hold(session: Any, deadline: Deadline, target: Target) -> dict[str, Any]:
         with guest_freeze.frozen(session, deadline, mountpoint, thaw_timeout=thaw_timeout) as frozen:
+            report(f"froze {frozen.frozen} filesystem(s); thawing in {for_seconds:g}s (Ctrl-C thaws now)")
             time.sleep(for_seconds)
         return {"return": frozen.to_json()}
 
