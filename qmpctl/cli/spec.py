@@ -328,7 +328,7 @@ COMMANDS: tuple[Command, ...] = (
         "unless the file itself goes to stdout. --timeout bounds each exchange with the agent; "
         "--wait-timeout the whole copy. The guest's own errors (no such file, permission denied, "
         "read-only filesystem, a directory) exit 1.",
-        example="qmpctl agent cp -a /tmp/channel.sock guest:/etc/os-release -",
+        example="qmpctl agent cp -a /tmp/channel.sock --dry-run guest:/etc/os-release -",
         kind=AGENT,
         arguments=(
             Argument("source", "SRC", "guest:/PATH, a local PATH, or - (stdin)."),
@@ -376,7 +376,7 @@ COMMANDS: tuple[Command, ...] = (
         "on errors and Ctrl-C, with --thaw-timeout of its own; it prints how many were frozen and thawed "
         "and for how long, for scripts that snapshot storage outside QEMU. While frozen the agent refuses "
         "agent exec and agent cp; qmpctl says why (exit 1, 125 for exec).",
-        example="qmpctl agent fsfreeze -a /tmp/channel.sock status",
+        example="qmpctl agent fsfreeze -a /tmp/channel.sock --dry-run freeze --mountpoint /srv --for 5",
         kind=AGENT,
         arguments=(Argument("action", "ACTION", "status, freeze or thaw."),),
         options=(
