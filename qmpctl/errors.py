@@ -99,7 +99,8 @@ class JobFailed(QmpctlError):
 
 
 class VerificationFailed(QmpctlError):
-    """A backup image does not match what was recorded, or a restored guest did not come up."""
+    """Data cannot be trusted: a copy or a backup image differs from what was recorded, or a restored
+    guest did not come up."""
 
     exit_code = ExitCode.JOB_FAILED
 
