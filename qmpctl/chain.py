@@ -33,6 +33,7 @@ from qmpctl import qemu_img
 from qmpctl.backup import DEFAULT_WAIT_TIMEOUT, MAX_JOB_ID, find_disk, target_nodes
 from qmpctl.block import ROLLBACK_GRACE, UndoStep, blockdev_del, named_nodes, undo_all, with_notes
 from qmpctl.deadline import Deadline
+from qmpctl.guest_freeze import FreezeReport
 from qmpctl.errors import (Busy, ConnectError, DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError,
                            UsageError, VmError)
 from qmpctl.jobs import JobState, Progress, failure_detail, finish, list_jobs, wait_for_end
@@ -222,15 +223,22 @@ def device_locks(into: str, devices: tuple[str, ...]) -> Iterator[None]:
 # -- the guest's filesystems ------------------------------------------------------------------------
 
 class Freezer:
-    """guest-fsfreeze-freeze just before the jobs start, guest-fsfreeze-thaw right after, on every path."""
+    """The guest's filesystems frozen while the jobs start (:func:`qmpctl.guest_freeze.frozen` thaws them on
+    every path), with the agent reached before anything starts and ``try`` falling back to no freeze."""
 
     def __init__(self, agent: Optional[Target], mode: str, timeout: float) -> None:
         self.agent = agent
         self.mode = mode
         self.timeout = timeout
         self.session: Optional[Session] = None
-        self.report: dict[str, Any] = {}
-        self.notes: list[str] = []
+        self.done: Optional[FreezeReport] = None
+        self.skipped: Optional[str] = None
+
+    @property
+    def report(self) -> dict[str, Any]:
+        if self.skipped is not None:
+            return {"frozen": False, "reason": self.skipped}
+        return self.done.to_json() if self.done is not None else {}
 
     def connect(self) -> None:
         """Reach the agent before anything starts: exit 3 without one, unless ``try``."""
@@ -238,66 +246,45 @@ class Freezer:
             return
         if self.agent is None:
             if self.mode == "try":
-                self._skip("no guest agent was given (-a AGENT or --domain)")
+                self.skipped = "no guest agent was given (-a AGENT or --domain)"
                 return
             raise UsageError("--freeze needs the guest agent: pass -a AGENT (its channel socket) or --domain")
         try:
             self.session = self.agent.open(Deadline(self.timeout))
         except (ConnectError, DeadlineExceeded, ProtocolError) as exc:
             if self.mode == "try":
-                self._skip(f"the guest agent at {self.agent} cannot be reached: {exc.message}")
+                self.skipped = f"the guest agent at {self.agent} cannot be reached: {exc.message}"
                 return
             raise ConnectError(f"--freeze: cannot reach the guest agent at {self.agent}: {exc.message}; "
-                               "nothing was started (--freeze=try backs up without freezing)") from None
-
-    def _skip(self, why: str) -> None:
-        self.report = {"frozen": False, "reason": why}
+                               "nothing was started (--freeze-try backs up without freezing)") from None
 
     @contextlib.contextmanager
     def frozen(self) -> Iterator[None]:
         if self.session is None:
             yield
             return
+        from qmpctl import guest_freeze
+
+        entered = False
         try:
-            reply = self.session.execute(Request("guest-fsfreeze-freeze", protocol="qga"), Deadline(self.timeout))
-        except BaseException as exc:
-            note = self.thaw(fresh=True)
-            if isinstance(exc, KeyboardInterrupt):
+            with guest_freeze.frozen(self.session, Deadline(self.timeout), thaw_timeout=THAW_GRACE) as done:
+                entered, self.done = True, done
+                yield
+        except QmpctlError as exc:
+            if isinstance(exc, ProtocolError):  # the agent broke off, not the VM: QEMU still needs cleaning up
+                raise ConnectError(f"the guest agent at {self.agent} broke off: {exc.message}") from None
+            if entered or isinstance(exc, Interrupted):
                 raise
-            if self.mode == "try" and isinstance(exc, QmpctlError):
-                self._skip(f"the guest did not freeze ({exc.message}); {note}")
+            if self.mode == "try":
+                self.skipped = f"the guest did not freeze: {exc.message}"
+                self.done = None
                 yield
                 return
             if isinstance(exc, DeadlineExceeded):
                 raise DeadlineExceeded(f"the guest agent did not freeze the guest's filesystems within "
-                                       f"--freeze-timeout {self.timeout:g}s; {note}; nothing was started") from None
-            raise with_notes(exc, [note, "nothing was started"])
-        self.report = {"frozen": reply.get("return")}
-        try:
-            yield
-        finally:
-            note = self.thaw(fresh=False)
-            self.report["thawed"] = note == "thawed"
-            if note != "thawed":
-                self.notes.append(note)
-
-    def thaw(self, fresh: bool) -> str:
-        """Thaw within its own deadline; a fresh connection when the last reply may still be pending."""
-        assert self.agent is not None
-        grace = Deadline(THAW_GRACE)
-        last = ""
-        for attempt in range(2):
-            session = self.session
-            try:
-                if fresh or attempt or session is None:
-                    if session is not None:
-                        session.close()
-                    session = self.session = self.agent.open(grace)
-                session.execute(Request("guest-fsfreeze-thaw", protocol="qga"), grace)
-                return "thawed"
-            except QmpctlError as exc:
-                last = exc.message
-        return f"COULD NOT THAW the guest's filesystems ({last}): run qmpctl agent fsfreeze-thaw now"
+                                       f"--freeze-timeout {self.timeout:g}s; they were thawed and nothing was "
+                                       f"started ({exc.message})") from None
+            raise with_notes(exc, ["nothing was started"])
 
     def close(self) -> None:
         if self.session is not None:
@@ -700,7 +687,7 @@ def backup_chain(session: Session, deadline: Deadline, options: ChainOptions, *,
         result["freeze"] = freezer.report
     if deleted:
         result["deleted-chains"] = deleted
-    warnings = run.notes + freezer.notes
+    warnings = run.notes
     if warnings:
         result["warnings"] = warnings
     return {"return": result}

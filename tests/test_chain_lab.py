@@ -20,6 +20,8 @@ from support.runner import CliRunner
 pytestmark = pytest.mark.lab
 
 MARKER = "written before the backup, never synced by the guest"
+FS_DEVICE = "fs0"
+"""The lab guest's ext2 filesystem, /mnt/data (a raw image: its bitmap lives as long as the QEMU)."""
 
 
 def agent_call(path: Path, execute: str, timeout: float = 10) -> Any:
@@ -49,13 +51,12 @@ def in_guest(run: CliRunner, guest, script: str) -> str:
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    """One booted lab guest with an ext2 filesystem on its data disk, mounted at /mnt."""
+    """One booted lab guest; its ext2 filesystem (device fs0) is mounted at /mnt/data."""
     lab = lab_guest_module()
     workdir = tmp_path_factory.mktemp("lab")
     check = ["-qmp", f"unix:{workdir}/check.sock,server=on,wait=off"]  # QMP takes one client at a time
     with lab.LabGuest(workdir, extra_qemu_args=check) as booted:
         booted.check_path = workdir / "check.sock"
-        in_guest(CliRunner(), booted, "mke2fs -q /dev/vda && mount -t ext2 /dev/vda /mnt")
         yield booted
 
 
@@ -65,7 +66,7 @@ def run() -> CliRunner:
 
 
 def chain_backup(run: CliRunner, guest, into: Path, *arguments: str):
-    return run("backup", "-s", str(guest.qmp_path), guest.data_disk_device_id, "--into", str(into),
+    return run("backup", "-s", str(guest.qmp_path), FS_DEVICE, "--into", str(into),
                "--progress", "none", *arguments)
 
 
@@ -80,11 +81,12 @@ def read_file_from(image: Path, name: str, workdir: Path) -> str:
 def test_freeze_brackets_the_job_start_and_the_image_holds_what_the_guest_had_not_synced(run, guest, tmp_path):
     into = tmp_path / "b"
     assert chain_backup(run, guest, into).code == 0
-    in_guest(run, guest, f"echo '{MARKER}' > /mnt/marker")  # in the guest's page cache only
+    in_guest(run, guest, f"echo '{MARKER}' > /mnt/data/marker")  # in the guest's page cache only
     result = chain_backup(run, guest, into, "--freeze", "-a", str(guest.agent_path))
     assert result.code == 0, result
     reply = json.loads(result.out)["return"]
-    assert reply["level"] == "incremental" and reply["freeze"] == {"frozen": 1, "thawed": True}
+    assert reply["level"] == "incremental" and reply["freeze"]["frozen"] >= 1
+    assert reply["freeze"]["thawed"] == reply["freeze"]["frozen"]
     assert agent_call(guest.agent_path, "guest-fsfreeze-status") == "thawed"
     restored = tmp_path / "restored.qcow2"
     assert run("restore", reply["chain"], str(restored)).code == 0
@@ -106,8 +108,8 @@ def test_freeze_without_an_agent_starts_nothing_and_try_backs_up_unfrozen(run, g
 def test_an_interrupted_frozen_backup_leaves_the_guest_thawed(run, guest, tmp_path):
     into = tmp_path / "b"
     assert chain_backup(run, guest, into).code == 0
-    in_guest(run, guest, "dd if=/dev/urandom of=/mnt/big bs=1M count=4 2>/dev/null && sync")
-    child = run.popen("backup", "-s", str(guest.qmp_path), guest.data_disk_device_id, "--into", str(into),
+    in_guest(run, guest, "dd if=/dev/urandom of=/mnt/data/big bs=1M count=4 2>/dev/null && sync")
+    child = run.popen("backup", "-s", str(guest.qmp_path), FS_DEVICE, "--into", str(into),
                       "--freeze", "-a", str(guest.agent_path), "--speed", "128K", "--progress", "none")
 
     with RawQmp(guest.check_path) as qmp:
@@ -120,12 +122,12 @@ def test_an_interrupted_frozen_backup_leaves_the_guest_thawed(run, guest, tmp_pa
     assert agent_call(guest.agent_path, "guest-fsfreeze-status") == "thawed"
     with RawQmp(guest.check_path) as qmp:
         assert qmp.cmd("query-jobs") == []
-    in_guest(run, guest, "echo still writable > /mnt/after && sync")
+    in_guest(run, guest, "echo still writable > /mnt/data/after && sync")
 
 
 def test_restore_boot_check_boots_the_restored_disk_and_reads_back_the_data(run, guest, tmp_path):
     into = tmp_path / "b"
-    in_guest(run, guest, f"echo '{MARKER}' > /mnt/drill && sync")
+    in_guest(run, guest, f"echo '{MARKER}' > /mnt/data/drill && sync")
     backed = chain_backup(run, guest, into, "--freeze", "-a", str(guest.agent_path))
     assert backed.code == 0, backed
     kernel, initrd = lab_guest_module().lab_build.build()
