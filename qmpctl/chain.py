@@ -82,12 +82,12 @@ class ChainOptions:
 
     def requests(self) -> list[Request]:
         """What --dry-run shows: the transaction of a first run (images and nodes are only known at run time)."""
-        actions: list[dict[str, Any]] = []
-        for device in self.devices:
-            job_id = job_id_for(device)
-            actions.append(bitmap_add_action(device, f"{BITMAP_PREFIX}CHAIN", True))
-            actions.append(backup_action(job_id, device, target_nodes(job_id)[0], None, self.speed))
-        return [transaction(actions, grouped=False)]
+        adds = [bitmap_add_action(device, f"{BITMAP_PREFIX}CHAIN", True) for device in self.devices]
+        backups = [backup_action(job_id_for(device), device, target_nodes(job_id_for(device))[0], None, self.speed)
+                   for device in self.devices]
+        if len(self.devices) == 1:
+            return [transaction(adds + backups, grouped=False)]
+        return [transaction(adds, grouped=False), transaction(backups, grouped=True)]
 
 
 def _label(device: str) -> str:

@@ -67,11 +67,13 @@ def check(path: str, deadline: Deadline) -> Optional[str]:
 
 
 def convert(source: str, target: str, target_format: str, wait: Deadline,
-            progress: Optional[Callable[[JobState], None]] = None) -> None:
+            progress: Optional[Callable[[JobState], None]] = None, size: int = 0) -> None:
     """Write ``source`` (read through its backing chain) to ``target`` as one standalone image.
 
-    Progress comes from qemu-img's own ``-p`` output, as job states.
+    Progress comes from qemu-img's own ``-p`` output (percent), as job states
+    in bytes of the disk's ``size`` where it is known.
     """
+    scale = size or PROGRESS_SCALE
     arguments = ["qemu-img", "convert", "-f", "qcow2", "-O", target_format]
     if progress is not None:
         arguments.append("-p")
@@ -98,8 +100,8 @@ def convert(source: str, target: str, target_format: str, wait: Deadline,
                     found = PROGRESS.findall(pending)
                     pending = pending[-64:]
                     if found and progress is not None:
-                        done = int(float(found[-1]) * PROGRESS_SCALE / 100)
-                        progress(JobState("restore", "convert", "running", done, PROGRESS_SCALE))
+                        done = int(float(found[-1]) * scale / 100)
+                        progress(JobState("restore", "convert", "running", done, scale))
         code = child.wait(timeout=wait.remaining(f"qemu-img convert to {target}"))
     finally:
         if child.poll() is None:
@@ -110,4 +112,4 @@ def convert(source: str, target: str, target_format: str, wait: Deadline,
     if code != 0:
         raise JobFailed(f"qemu-img convert to {target} failed: {errors.decode('utf-8', 'replace').strip()}")
     if progress is not None:
-        progress(JobState("restore", "convert", "concluded", PROGRESS_SCALE, PROGRESS_SCALE))
+        progress(JobState("restore", "convert", "concluded", scale, scale))

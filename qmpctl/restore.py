@@ -177,7 +177,7 @@ def restore(chain: str, target: str, deadline: Deadline, *, point: Optional[int]
                                            dir=os.path.dirname(target))
     os.close(descriptor)  # a name of qmpctl's own, which qemu-img then writes
     try:
-        qemu_img.convert(source, partial, target_format, deadline, progress)
+        qemu_img.convert(source, partial, target_format, deadline, progress, int(manifest.get("size") or 0))
         if force:
             os.replace(partial, target)
         else:

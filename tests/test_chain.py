@@ -269,3 +269,33 @@ def ok_domain(cli, domain, device_id: str, into: Path) -> dict:
     result = cli("backup", "--domain", domain.name, device_id, "--into", str(into), "--progress", "none")
     assert result.code == 0, result
     return json.loads(result.out)["return"]
+
+
+MISUSE = {
+    "chain options without --into": (["vd0", "{tmp}/t.qcow2", "--full"], "only with --into"),
+    "freeze without --into": (["vd0", "{tmp}/t.qcow2", "--freeze", "-a", "{tmp}/qga.sock"], "only with --into"),
+    "three words without --into": (["vd0", "vd1", "{tmp}/t.qcow2"], "give DEVICE TARGET"),
+    "single-backup options with --into": (["vd0", "--into", "{tmp}/b", "--sync", "top"], "not with --into"),
+    "no-wait with --into": (["vd0", "--into", "{tmp}/b", "--no-wait"], "--no-wait"),
+    "a disk twice": (["vd0", "vd0", "--into", "{tmp}/b"], "once"),
+    "keep no chain": (["vd0", "--into", "{tmp}/b", "--keep-chains", "0"], "--keep-chains"),
+    "into a missing folder's child": (["vd0", "--into", "{tmp}/no/such/b"], "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", MISUSE)
+def test_misuse_is_exit_2_before_connecting(cli, tmp_path, case):
+    arguments, message = MISUSE[case]
+    result = cli("backup", "-s", str(tmp_path / "absent.sock"), *(a.format(tmp=tmp_path) for a in arguments))
+    assert result.code == 2 and message in result.err, result
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+def test_dry_run_shows_the_transaction_and_creates_nothing(cli, tmp_path):
+    result = cli("backup", "--dry-run", "-s", str(tmp_path / "absent.sock"), "vd0", "vd1", "--into", str(tmp_path / "b"))
+    assert result.code == 0, result
+    bitmaps, jobs = (json.loads(line) for line in result.out.splitlines())
+    assert [action["type"] for action in bitmaps["arguments"]["actions"]] == ["block-dirty-bitmap-add"] * 2
+    assert [action["type"] for action in jobs["arguments"]["actions"]] == ["blockdev-backup"] * 2
+    assert jobs["arguments"]["properties"] == {"completion-mode": "grouped"}  # QEMU refuses bitmaps in those
+    assert not (tmp_path / "b").exists()
