@@ -48,6 +48,8 @@ DEFAULT_FREEZE_TIMEOUT = 10.0
 THAW_GRACE = 10.0
 """The thaw's own deadline: it must run even when the call's deadline is spent."""
 HASH_CHUNK = 1 << 20
+CANCELLED = "Operation canceled"
+"""The error of a job QEMU cancelled because another of its grouped transaction failed."""
 
 
 # -- options ----------------------------------------------------------------------------------------
@@ -505,11 +507,18 @@ class ChainRun:
     def wait(self, wait: Deadline, progress: Optional[Progress], every: float) -> None:
         for disk in self.disks:
             disk.state = wait_for_end(self.session, disk.job_id, wait, self.deadline.seconds, progress, every)
-        for disk in self.disks:
-            assert disk.state is not None
-            if disk.state.error:
-                detail = failure_detail(self.session, disk.job_id)
-                raise JobFailed(f"backup job {disk.job_id} of {disk.name} failed{detail}: {disk.state.error}")
+        failed = [disk for disk in self.disks if disk.state is not None and disk.state.error]
+        if not failed:
+            return
+        failed.sort(key=lambda disk: disk.state is not None and disk.state.error == CANCELLED)  # the cause first
+        cause = failed[0]
+        assert cause.state is not None
+        message = (f"backup job {cause.job_id} of {cause.name} failed{failure_detail(self.session, cause.job_id)}: "
+                   f"{cause.state.error}")
+        others = [disk.name for disk in failed[1:]]
+        if others:
+            message += f" (and so the jobs of {', '.join(others)}, started with it, were cancelled)"
+        raise JobFailed(message)
 
     def end_jobs(self) -> None:
         """Cancel what still runs, dismiss every job, delete the target nodes (bounded, never raises)."""

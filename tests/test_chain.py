@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from support.disks import flush, hmp, images_identical, make_image, reads_pattern, wait_for_job, write_pattern
+from support.disks import block_state, flush, hmp, images_identical, make_image, reads_pattern, wait_for_job, write_pattern
 from support.libvirt import domain, libvirtd  # noqa: F401 (fixtures)
 from support.qemu import wait_for_socket
 
@@ -299,3 +299,21 @@ def test_dry_run_shows_the_transaction_and_creates_nothing(cli, tmp_path):
     assert [action["type"] for action in jobs["arguments"]["actions"]] == ["blockdev-backup"] * 2
     assert jobs["arguments"]["properties"] == {"completion-mode": "grouped"}  # QEMU refuses bitmaps in those
     assert not (tmp_path / "b").exists()
+
+
+FAILING_DISK = ["-blockdev", json.dumps({"driver": "raw", "node-name": "bad", "file": {
+    "driver": "blkdebug", "inject-error": [{"event": "read_aio", "errno": 5}],
+    "image": {"driver": "null-co", "size": 8 << 20}}})]
+
+
+def test_several_disks_fail_together_and_leave_nothing(cli, vm_factory, tmp_path):
+    vm = vm_factory(disk_size="16M", extra_args=FAILING_DISK)
+    into = tmp_path / "b"
+    before = block_state(vm)
+    code, _, err = backup(cli, vm, into, device=("vd0", "bad"))
+    assert code == 6 and "failed" in err and "Input/output error" in err, err
+    assert sorted(path.name for path in into.iterdir()) == [".bad.lock", ".vd0.lock"]  # no chain, no image
+    assert bitmaps(vm) == {}  # the new bitmaps went with the failed run
+    assert block_state(vm) == before  # no job, no target node
+    assert "the jobs of vd0, started with it, were cancelled" in err
+    assert ok(cli, vm, into)["level"] == "full"
