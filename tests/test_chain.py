@@ -317,3 +317,14 @@ def test_several_disks_fail_together_and_leave_nothing(cli, vm_factory, tmp_path
     assert block_state(vm) == before  # no job, no target node
     assert "the jobs of vd0, started with it, were cancelled" in err
     assert ok(cli, vm, into)["level"] == "full"
+
+
+def test_wait_timeout_cancels_the_incremental_and_the_next_run_catches_up(cli, vm_factory, tmp_path):
+    vm = vm_factory(disk_size="16M")
+    into = tmp_path / "b"
+    full = ok(cli, vm, into)
+    write_pattern(vm, [(0x4D, 2 * MiB, 2 * MiB)])
+    code, _, err = backup(cli, vm, into, "--speed", "64K", "--wait-timeout", "1")
+    assert code == 4 and "--wait-timeout" in err and "removed the incomplete" in err, err
+    assert [image["file"] for image in manifest(full["chain"])["images"]] == ["0001-full.qcow2"]
+    assert ok(cli, vm, into)["bytes"] == 2 * MiB
