@@ -38,6 +38,7 @@ from qmpctl.errors import (Busy, ConnectError, DeadlineExceeded, Interrupted, Jo
                            UsageError, VmError)
 from qmpctl.jobs import JobState, Progress, failure_detail, finish, list_jobs, wait_for_end
 from qmpctl.request import Request
+from qmpctl.signals import shielded
 from qmpctl.targets import Session, Target
 from qmpctl.waiting import CHECK_EVERY
 
@@ -476,7 +477,7 @@ class ChainRun:
 
     def add_targets(self) -> None:
         for disk in self.disks:
-            target, file_node = target_nodes(disk.job_id)
+            target, file_node, _ = target_nodes(disk.job_id)
             disk.target_added = True  # before sending: an interrupt may come between request and reply
             self.session.execute(Request("blockdev-add", {
                 "driver": "qcow2", "node-name": target, "backing": None,
@@ -505,8 +506,9 @@ class ChainRun:
             disk.started = started
 
     def wait(self, wait: Deadline, progress: Optional[Progress], every: float) -> None:
-        for disk in self.disks:
-            disk.state = wait_for_end(self.session, disk.job_id, wait, self.deadline.seconds, progress, every)
+        with self.deadline.paused():  # the copy has its own bound, --wait-timeout
+            for disk in self.disks:
+                disk.state = wait_for_end(self.session, disk.job_id, wait, self.deadline, progress, every)
         failed = [disk for disk in self.disks if disk.state is not None and disk.state.error]
         if not failed:
             return
@@ -683,10 +685,13 @@ def backup_chain(session: Session, deadline: Deadline, options: ChainOptions, *,
             with freezer.frozen():
                 run.start_jobs()
             run.wait(wait, progress, progress_every)
-            run.end_jobs()
-            deleted = run.commit()
+            with shielded():  # the jobs are done: record them whole, a Ctrl-C waits (the steps are bounded)
+                run.end_jobs()
+                deleted = run.commit()
         except BaseException as exc:
-            raise _failed(run, exc, wait, options) from None
+            with shielded():  # a second Ctrl-C must not cut the taking back short; every step has a deadline
+                failure = _failed(run, exc, wait, options)
+            raise failure from None
         finally:
             freezer.close()
     seconds = round(time.monotonic() - started, 3)
