@@ -238,7 +238,9 @@ def boot_check(image: str, *, qemu_args: list[str], boot_timeout: float, check_c
 
     if not boot_timeout > 0:
         raise UsageError(f"--boot-timeout must be more than 0 seconds, got {boot_timeout:g}")
-    image_format = "qcow2" if open(image, "rb").read(4) == b"QFI\xfb" else "raw"
+    from qmpctl.block import detect_format
+
+    image_format = detect_format(image)
     workdir = tempfile.mkdtemp(prefix="qmpctl-boot-")
     agent_path = os.path.join(workdir, "qga.sock")
     console = os.path.join(workdir, "console.log")

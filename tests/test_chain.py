@@ -6,7 +6,6 @@ import fcntl
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
