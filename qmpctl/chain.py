@@ -243,8 +243,9 @@ class Freezer:
             return {"frozen": False, "reason": self.skipped}
         return self.done.to_json() if self.done is not None else {}
 
-    def connect(self) -> None:
-        """Reach the agent before anything starts: exit 3 without one, unless ``try``."""
+    def connect(self, deadline: Deadline) -> None:
+        """Reach the agent (within the call's ``deadline``) before anything starts: exit 3 without one,
+        unless ``try``."""
         if self.mode == "no":
             return
         if self.agent is None:
@@ -253,7 +254,7 @@ class Freezer:
                 return
             raise UsageError("--freeze needs the guest agent: pass -a AGENT (its channel socket) or --domain")
         try:
-            self.session = self.agent.open(Deadline(self.timeout))
+            self.session = self.agent.open(deadline)
         except (ConnectError, DeadlineExceeded, ProtocolError) as exc:
             if self.mode == "try":
                 self.skipped = f"the guest agent at {self.agent} cannot be reached: {exc.message}"
@@ -675,7 +676,7 @@ def backup_chain(session: Session, deadline: Deadline, options: ChainOptions, *,
         run.check_not_busy()
         run.plan(time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
         freezer = Freezer(agent, options.freeze, options.freeze_timeout)
-        freezer.connect()
+        freezer.connect(deadline)
         started = time.monotonic()
         wait = Deadline(options.wait_timeout)
         try:

@@ -151,3 +151,16 @@ def test_restore_boot_check_of_a_guest_that_never_answers_is_exit_6_with_the_con
     assert silent.code == 6 and "did not answer within --boot-timeout 3s" in silent.err, silent
     assert "serial console stayed empty" in silent.err  # SeaBIOS alone prints nothing on ttyS0
     assert (tmp_path / "r.qcow2").exists()  # the restore itself stays
+
+
+def test_a_freeze_that_takes_too_long_is_thawed_and_nothing_starts(run, guest, tmp_path):
+    into = tmp_path / "b"
+    in_guest(run, guest, "dd if=/dev/urandom of=/mnt/data/dirty bs=1M count=4 2>/dev/null")  # the freeze syncs it
+    result = chain_backup(run, guest, into, "--freeze", "-a", str(guest.agent_path), "--freeze-timeout", "0.01")
+    assert result.code == 4 and "did not freeze" in result.err and "nothing was started" in result.err, result
+    assert agent_call(guest.agent_path, "guest-fsfreeze-status") == "thawed"
+    assert not list(into.glob("2*"))
+    with RawQmp(guest.check_path) as qmp:
+        assert qmp.cmd("query-jobs") == []
+        assert not [node for node in qmp.cmd("query-named-block-nodes") if node["node-name"].startswith("chain-")]
+    in_guest(run, guest, "rm /mnt/data/dirty && sync")
