@@ -49,6 +49,7 @@ DEFAULT_FREEZE_TIMEOUT = 10.0
 THAW_GRACE = 10.0
 """The thaw's own deadline: it must run even when the call's deadline is spent."""
 HASH_CHUNK = 1 << 20
+IMAGE_NAME = re.compile(r"\d{4}-(full|inc)\.qcow2\Z")
 CANCELLED = "Operation canceled"
 """The error of a job QEMU cancelled because another of its grouped transaction failed."""
 
@@ -353,7 +354,8 @@ def _why_not_incremental(disk: Disk, chain_dir: str, manifest: dict[str, Any]) -
     info = disk.bitmaps.get(bitmap)
     if info is None:
         return (f"bitmap {bitmap} is not on {disk.name}: QEMU was restarted and the disk is not qcow2 (bitmaps of "
-                "raw disks live in memory only), or the bitmap was removed")
+                "raw disks live in memory only), QEMU was killed before it ever closed the disk cleanly, or the "
+                "bitmap was removed")
     if info.get("busy"):
         raise Busy(f"busy: bitmap {bitmap} of {disk.name} is in use by a running job (another backup?); "
                    "nothing was changed")
@@ -366,6 +368,11 @@ def _why_not_incremental(disk: Disk, chain_dir: str, manifest: dict[str, Any]) -
     images = manifest["images"]
     if not images:
         return f"the chain {chain_dir} lists no image"
+    listed = {str(entry.get("file")) for entry in images}
+    unlisted = sorted(name for name in os.listdir(chain_dir) if IMAGE_NAME.match(name) and name not in listed)
+    if unlisted:
+        return (f"{os.path.join(chain_dir, unlisted[0])} is not in the chain's manifest: a run was killed after "
+                "its job started, and QEMU may have cleared the bitmap when that job completed")
     for entry in images:
         path = os.path.join(chain_dir, str(entry.get("file")))
         try:
@@ -480,9 +487,12 @@ class ChainRun:
         for disk in self.disks:
             target, file_node, _ = target_nodes(disk.job_id)
             disk.target_added = True  # before sending: an interrupt may come between request and reply
-            self.session.execute(Request("blockdev-add", {
-                "driver": "qcow2", "node-name": target, "backing": None,
-                "file": {"driver": "file", "node-name": file_node, "filename": disk.image}}), self.deadline)
+            # Two nodes, as backup's blockdev flow adds them: jobs --dismiss of a job left behind by a killed
+            # qmpctl then deletes them (and the image, when the job failed) the same way.
+            self.session.execute(Request("blockdev-add", {"driver": "file", "node-name": file_node,
+                                                          "filename": disk.image}), self.deadline)
+            self.session.execute(Request("blockdev-add", {"driver": "qcow2", "node-name": target, "backing": None,
+                                                          "file": file_node}), self.deadline)
 
     def start_jobs(self) -> None:
         """Bitmaps and jobs in one transaction; several disks: all jobs grouped, from the same instant.
@@ -541,8 +551,9 @@ class ChainRun:
 
     def _del_target(self, disk: Disk) -> Any:
         def step(grace: Deadline) -> None:
-            if disk.target in named_nodes(self.session, grace):
-                blockdev_del(self.session, disk.target, grace)
+            for node in target_nodes(disk.job_id)[:2]:  # the qcow2 node, then the file node under it
+                if node in named_nodes(self.session, grace):
+                    blockdev_del(self.session, node, grace)
             disk.target_added = False
         return step
 

@@ -327,3 +327,26 @@ def test_wait_timeout_cancels_the_incremental_and_the_next_run_catches_up(cli, v
     assert code == 4 and "--wait-timeout" in err and "removed the incomplete" in err, err
     assert [image["file"] for image in manifest(full["chain"])["images"]] == ["0001-full.qcow2"]
     assert ok(cli, vm, into)["bytes"] == 2 * MiB
+
+
+def test_a_killed_run_whose_job_completed_later_starts_a_new_chain(cli, vm_factory, tmp_path):
+    """QEMU finishes a job qmpctl no longer waits for, and clears the bitmap: that chain must not go on."""
+    vm = vm_factory(disk_size="16M")
+    into = tmp_path / "b"
+    full = ok(cli, vm, into)
+    write_pattern(vm, [(0x6E, 4 * MiB, 2 * MiB)])
+    child = cli.popen("backup", "-s", str(vm.qmp_path), "vd0", "--into", str(into), "--speed", "64K",
+                      "--progress", "none")
+    job = wait_for_job(vm, "running")
+    child.kill()
+    child.wait(timeout=10)
+    with vm.check() as qmp:
+        qmp.cmd("block-job-set-speed", device=job["id"], speed=0)
+    wait_for_job(vm, "concluded")
+    code, _, err = backup(cli, vm, into)
+    assert code == 4 and "jobs --dismiss chain-vd0" in err, err  # the job is still there: busy, not guessed
+    assert cli("jobs", "-s", str(vm.qmp_path), "--dismiss", job["id"]).code == 0
+    again = ok(cli, vm, into)
+    assert again["level"] == "full" and "not in the chain's manifest" in again["reason"], again
+    assert again["chain"] != full["chain"]
+    assert images_identical(vm.disk, restored(cli, again["chain"], tmp_path / "r.qcow2")).returncode == 0
