@@ -447,12 +447,25 @@ class ChainRun:
         """A bitmap that is inconsistent or disabled is useless and blocks nothing but itself: remove it now."""
         for disk in self.disks:
             stale = disk.stale_bitmap
-            if stale is None:
-                continue
-            info = disk.bitmaps[stale]
-            if info.get("inconsistent") or not info.get("recording", True):
-                bitmap_remove(self.session, disk.device, stale, self.deadline)
-                disk.stale_bitmap = None
+            if stale is not None:
+                info = disk.bitmaps[stale]
+                if info.get("inconsistent") or not info.get("recording", True):
+                    bitmap_remove(self.session, disk.device, stale, self.deadline)
+                    disk.stale_bitmap = None
+            for name in self._unborn_chains(disk):
+                bitmap_remove(self.session, disk.device, name, self.deadline)
+                self.notes.append(f"removed bitmap {name} of {disk.name}: its chain never got a manifest "
+                                  "(a first run that was killed)")
+
+    def _unborn_chains(self, disk: Disk) -> list[str]:
+        """Bitmaps of this folder's chains whose full backup never completed: they would record for nothing."""
+        unborn = []
+        for name, info in disk.bitmaps.items():
+            folder = os.path.join(self.into, name[len(BITMAP_PREFIX):])
+            if (name.startswith(BITMAP_PREFIX) and not info.get("busy") and os.path.isdir(folder)
+                    and not os.path.exists(os.path.join(folder, MANIFEST)) and folder != disk.chain_dir):
+                unborn.append(name)
+        return unborn
 
     # the run
 

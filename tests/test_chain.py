@@ -350,3 +350,21 @@ def test_a_killed_run_whose_job_completed_later_starts_a_new_chain(cli, vm_facto
     assert again["level"] == "full" and "not in the chain's manifest" in again["reason"], again
     assert again["chain"] != full["chain"]
     assert images_identical(vm.disk, restored(cli, again["chain"], tmp_path / "r.qcow2")).returncode == 0
+
+
+def test_a_killed_first_run_leaves_the_chain_going_and_its_bitmap_is_removed(cli, vm_factory, tmp_path):
+    vm = vm_factory(disk_size="16M")
+    into = tmp_path / "b"
+    full = ok(cli, vm, into)
+    write_pattern(vm, [(0x71, 0, MiB)])
+    child = cli.popen("backup", "-s", str(vm.qmp_path), "vd0", "--into", str(into), "--full", "--speed", "64K",
+                      "--progress", "none")
+    job = wait_for_job(vm, "running")
+    child.kill()
+    child.wait(timeout=10)
+    assert cli("jobs", "-s", str(vm.qmp_path), "--cancel", job["id"]).code == 0
+    assert len(bitmaps(vm)) == 2  # the old chain's, and the one of the full that never finished
+    then = ok(cli, vm, into)
+    assert then["level"] == "incremental" and then["chain"] == full["chain"] and then["bytes"] == MiB
+    assert list(bitmaps(vm)) == [full["bitmap"]]
+    assert any("never got a manifest" in warning for warning in then["warnings"])
