@@ -104,8 +104,11 @@ def test_restore_never_overwrites_and_force_does(cli, vm_factory, tmp_path):
     refused = cli("restore", chain, str(target))
     assert refused.code == 2 and "exists" in refused.err and target.read_bytes() == b"precious"
     assert list(tmp_path.glob(".keep*")) == []
-    restored(cli, chain, target, "--force")
+    forced = cli("restore", chain, str(target), "--force", "--progress", "json")
+    assert forced.code == 0, forced
     assert images_identical(vm.disk, target).returncode == 0
+    last = json.loads(forced.err.splitlines()[-1])  # qemu-img's own progress, in bytes of the disk
+    assert (last["status"], last["done"], last["total"]) == ("concluded", 16 * MiB, 16 * MiB)
 
 
 def test_bitmap_survives_a_clean_restart(cli, vm_factory, tmp_path):
