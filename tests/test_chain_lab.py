@@ -44,7 +44,8 @@ def agent_call(path: Path, execute: str, timeout: float = 10) -> Any:
 
 
 def in_guest(run: CliRunner, guest, script: str) -> str:
-    result = run("agent", "exec", "-a", str(guest.agent_path), "--wait-timeout", "120", "--", "sh", "-c", script)
+    result = run("agent", "exec", "-a", str(guest.agent_path), "--wait-timeout", "120", "--", "sh", "-c", script,
+                 timeout=150)
     assert result.code == 0, result
     return result.out
 
