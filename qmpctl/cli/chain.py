@@ -13,18 +13,17 @@ from qmpctl.cli.common import Common, emit, run
 from qmpctl.errors import ExitCode, UsageError
 from qmpctl.output import render_reply, to_json
 
-def progress_mode(progress: str) -> str:
-    if progress == "auto":
-        return "bar" if sys.stderr.isatty() else "none"
-    return progress
+def _printer(progress: str) -> tuple[Any, float, Any]:
+    """The job-state callback for ``--progress``, how often to call it, and the printer to close."""
+    from qmpctl.cli.progress import CHECK_EVERY, printer_for
+    from qmpctl.progress import Meter, bar_text, json_text
 
-
-def _printer(mode: str) -> Any:
-    from qmpctl.cli.block import BAR_EVERY, JSON_EVERY, _ProgressPrinter
-
-    if mode == "none":
-        return None, JSON_EVERY
-    return _ProgressPrinter(mode), BAR_EVERY if mode == "bar" else JSON_EVERY
+    printer = printer_for(progress, bar=bar_text, json=json_text,
+                          finished=lambda reading: reading.status == "concluded", changed=lambda reading: reading.done)
+    if printer is None:
+        return None, CHECK_EVERY, None
+    meter = Meter()
+    return (lambda state: printer(meter.read(state))), printer.every, printer
 
 
 def _agent_target(common: Common, agent: Optional[str]) -> Any:
@@ -58,10 +57,10 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ke
         raise UsageError(f"--into backs up one VM, not {len(targets)}: run one qmpctl per VM")
     chain.prepare_dir(into, is_local=targets[0].is_local)  # before connecting to anything
     agent_target = _agent_target(common, agent) if options.freeze != "no" else None
-    printer, every = _printer(progress_mode(progress))
+    show, every, printer = _printer(progress)
 
     def action(session: Any, deadline: Any, vm: Any) -> dict[str, Any]:
-        return chain.backup_chain(session, deadline, options, agent=agent_target, progress=printer,
+        return chain.backup_chain(session, deadline, options, agent=agent_target, progress=show,
                                   progress_every=every)
 
     try:
@@ -105,10 +104,10 @@ def restore_chain(common: Common, *, chain: str, target: str, point: Optional[in
         raise UsageError("--check-command runs in the booted restore: add --boot-check")
     if qemu_args and not boot_check:
         raise UsageError("--qemu-arg is for the booted restore: add --boot-check")
-    printer, _ = _printer(progress_mode(progress))
+    show, _, printer = _printer(progress)
     try:
         reply = restore.restore(chain, target, Deadline(wait_timeout or OFFLINE_TIMEOUT), point=point, at=at, force=force,
-                                target_format=image_format, progress=printer)
+                                target_format=image_format, progress=show)
     finally:
         if printer is not None:
             printer.close()
