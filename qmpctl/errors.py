@@ -62,6 +62,12 @@ class DeadlineExceeded(QmpctlError):
     exit_code = ExitCode.TIMEOUT
 
 
+class Busy(QmpctlError):
+    """Someone else is doing the same thing right now (another backup of the same disk); nothing was changed."""
+
+    exit_code = ExitCode.TIMEOUT
+
+
 class ProtocolError(QmpctlError):
     """The peer broke the protocol: garbage, no greeting, closed before the reply."""
 
@@ -88,6 +94,13 @@ class VmError(QmpctlError):
 
 class JobFailed(QmpctlError):
     """A block job ended with an error or was cancelled by someone else."""
+
+    exit_code = ExitCode.JOB_FAILED
+
+
+class VerificationFailed(QmpctlError):
+    """Data cannot be trusted: a copy or a backup image differs from what was recorded, or a restored
+    guest did not come up."""
 
     exit_code = ExitCode.JOB_FAILED
 

@@ -225,18 +225,46 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         ("backup",), "qmpctl.cli.block:backup",
-        "Back a disk up to a new image file, and wait until the copy is complete.",
-        "Exit 0 only when the job finished without error. Exit 2: TARGET exists (untouched; --force "
-        "overwrites) or cannot be written. Exit 6: the job failed (the reason follows). Exit 4 "
-        "(--wait-timeout) and 130 (Ctrl-C, SIGTERM): the job was cancelled first. An incomplete TARGET "
-        "qmpctl created is removed. Uses drive-backup, or the blockdev flow where QEMU refuses it.",
-        example="qmpctl backup -s /tmp/vm.sock vd0 /backup/vd0-$(date +%F).qcow2 --progress json",
+        "Back a disk up to a new image file, or extend its backup chain (--into), and wait until the copy is "
+        "complete.",
+        "DEVICE TARGET: one full copy. Exit 0 only when the job finished without error. Exit 2: TARGET exists "
+        "(untouched; --force overwrites) or cannot be written. Exit 6: the job failed (the reason follows). "
+        "Exit 4 (--wait-timeout) and 130 (Ctrl-C, SIGTERM): the job was cancelled first. An incomplete TARGET "
+        "qmpctl created is removed. Uses drive-backup, or the blockdev flow where QEMU refuses it.\n\n"
+        "DEVICE... --into DIR: the first run makes a full backup and starts a chain in DIR/<chain>/ with a dirty "
+        "bitmap on the disk; every later run adds an incremental image holding only what was written since. "
+        "When the bitmap cannot be trusted (QEMU killed, a raw disk restarted, removed by hand) the run starts "
+        "a new chain with a full backup and says why (\"reason\"). Several DEVICEs are backed up from one "
+        "instant, all or none. A failed, timed-out or interrupted run leaves the chain as it was and the bitmap "
+        "keeps every change. Exit 4 \"busy\": another qmpctl is backing up the same disk.",
+        example="qmpctl backup -s /tmp/vm.sock vd0 /backup/vd0-$(date +%F).qcow2 --progress json;  "
+                "qmpctl backup -s /tmp/vm.sock vd0 --into /backup/vm1 --keep-chains 4",
         arguments=(
-            Argument("device", "DEVICE", "The disk: its device id (vd0), drive name or node name."),
-            Argument("target", "TARGET", "The image file to create, a path on the VM's host (checked there "
-                     "over ssh://); it must not exist."),
+            Argument("words", "DEVICE...",
+                     "The disk: its device id (vd0), drive name or node name; then TARGET, the image file to "
+                     "create, a path on the VM's host (checked there over ssh://); it must not exist. With "
+                     "--into: one or more disks and no TARGET.", variadic=True),
         ),
         options=(
+            Option("into", ("--into",), "text", None,
+                   "Chain mode: extend each DEVICE's backup chain in DIR (created if only its last level is "
+                   "missing).", metavar="DIR", show_default=False),
+            Option("full", ("--full",), "flag", False, "With --into: start a new chain with a full backup."),
+            Option("keep_chains", ("--keep-chains",), "int", None,
+                   "With --into: after a successful backup, delete the oldest chains of the disk beyond N "
+                   "(never the current one).", metavar="N", show_default=False),
+            Option("freeze", ("--freeze",), "flag", False,
+                   "With --into: freeze the guest's filesystems through its agent (-a, or --domain) while the "
+                   "jobs start, and thaw them right after, on every path. No agent: exit 3, nothing started."),
+            Option("freeze_try", ("--freeze-try",), "flag", False,
+                   "Like --freeze, but back up unfrozen (and say so) when the agent cannot be reached or does "
+                   "not freeze."),
+            Option("freeze_timeout", ("--freeze-timeout",), "float", None,
+                   "How long the agent may take to freeze; then it is thawed [default: 10].", metavar="SECONDS",
+                   show_default=False),
+            Option("agent", ("-a", "--agent"), "text", None,
+                   "The guest agent's channel socket, for --freeze.", metavar="ADDR", show_default=False,
+                   complete="socket"),
             Option("sync", ("--sync",), "choice", "full",
                    "full: the whole disk; top: only what the top image holds (the target then names the "
                    "source's backing file).", choices=("full", "top")),
@@ -248,7 +276,8 @@ COMMANDS: tuple[Command, ...] = (
                    "Overwrite an existing TARGET; also needed when the VM runs on another host, where qmpctl "
                    "cannot check it."),
             Option("wait", ("--wait",), "switch", True,
-                   "Wait until the job has finished (default), or return once it started and print its job id.",
+                   "Wait until the job has finished (default), or return once it started and print its job id "
+                   "(refused with --into).",
                    off_flags=("--no-wait",)),
             Option("wait_timeout", ("--wait-timeout",), "float", None,
                    "Cancel the job and exit 4 when it takes longer [default: one day].", metavar="SECONDS",
@@ -256,6 +285,59 @@ COMMANDS: tuple[Command, ...] = (
             Option("progress", ("--progress",), "choice", "auto", PROGRESS_HELP, choices=PROGRESS_CHOICES),
             Option("job_id", ("--job-id",), "text", None, "Name the job [default: backup-DEVICE].", metavar="ID",
                    show_default=False),
+        ),
+    ),
+    # --- backup chains, offline ------------------------------------------------------------
+    Command(
+        ("backup-verify",), "qmpctl.cli.chain:backup_verify",
+        "Check every image of the backup chains in DIR, offline.",
+        "Each image must pass qemu-img check, be backed by the image before it in the manifest (chain.json), "
+        "and have the size and sha256 the manifest recorded. Exit 0 when all are sound; exit 6 naming the first "
+        "broken image. No VM is needed; the shared options other than --pretty do not apply.",
+        example="qmpctl backup-verify /backup/vm1 --json",
+        arguments=(Argument("path", "DIR", "A folder of chains (as given to backup --into), or one chain folder."),),
+        options=(
+            Option("json_lines", ("--json",), "flag", False, "Print one JSON line per image (ok, problem)."),
+            Option("wait_timeout", ("--wait-timeout",), "float", None,
+                   "Give up (exit 4) when reading the images takes longer [default: one day].", metavar="SECONDS",
+                   show_default=False),
+        ),
+    ),
+    Command(
+        ("restore",), "qmpctl.cli.chain:restore_chain",
+        "Write a standalone image of a disk as it was at one backup of a chain.",
+        "Verifies the chain's images up to that backup first (as backup-verify does), then writes TARGET with "
+        "qemu-img convert; TARGET is never overwritten (exit 2) unless --force. No VM is needed. --boot-check "
+        "then boots the restored image in a throwaway QEMU (-snapshot: nothing is written to it) with a guest "
+        "agent channel, waits for guest-ping, runs --check-command in the guest, and exits 6 with the console's "
+        "last lines when the guest did not come up or the check failed.",
+        example="qmpctl restore /backup/vm1 /backup/vd0-restored.qcow2 --point 1",
+        arguments=(
+            Argument("chain", "CHAIN", "A chain folder, or a folder of one disk's chains (then the latest chain)."),
+            Argument("target", "TARGET", "The image file to write; it must not exist."),
+        ),
+        options=(
+            Option("point", ("--point",), "int", None, "Backup N of the chain, 1 being the full [default: the "
+                   "latest].", metavar="N", show_default=False),
+            Option("at", ("--at",), "text", None, "The last backup started at or before TIME (ISO 8601; UTC "
+                   "unless it has a zone).", metavar="TIME", show_default=False),
+            Option("force", ("--force",), "flag", False, "Replace an existing TARGET."),
+            Option("image_format", ("--format",), "choice", "qcow2", "TARGET's format.", choices=("qcow2", "raw")),
+            Option("progress", ("--progress",), "choice", "auto", PROGRESS_HELP, choices=PROGRESS_CHOICES),
+            Option("wait_timeout", ("--wait-timeout",), "float", None,
+                   "Give up (exit 4) when verifying and writing take longer [default: one day].",
+                   metavar="SECONDS", show_default=False),
+            Option("boot_check", ("--boot-check",), "flag", False,
+                   "Boot the restored image and wait for its guest agent (a restore drill)."),
+            Option("qemu_args", ("--qemu-arg",), "list", None,
+                   "One more QEMU argument for --boot-check, repeatable: --qemu-arg=-m --qemu-arg=512, "
+                   "-kernel/-initrd for a guest that does not boot from its disk, -accel kvm.", metavar="ARG",
+                   show_default=False),
+            Option("boot_timeout", ("--boot-timeout",), "float", 120.0,
+                   "How long the restored guest may take to answer guest-ping.", metavar="SECONDS"),
+            Option("check_command", ("--check-command",), "text", None,
+                   "A shell command to run in the booted guest (sh -c) through its agent; it must exit 0.",
+                   metavar="CMD", show_default=False),
         ),
     ),
     # --- migration -------------------------------------------------------------------------
@@ -388,6 +470,103 @@ COMMANDS: tuple[Command, ...] = (
                    show_default=False),
             Option("json_output", ("--json",), "flag", False,
                    EXEC_JSON_HELP.replace("Print", "Instead of the agent's reply, print")),
+        ),
+    ),
+    # --- guest agent: into the guest OS (files, passwords, freeze, shutdown) ---------------
+    Command(
+        ("agent", "cp"), "qmpctl.cli.guest:cp",
+        "Copy a file into or out of the guest (guest-file-open/read/write/close).",
+        "One side is guest:/PATH, the other a local path, or - for stdin/stdout. Binary-safe, in chunks "
+        "sized for the agent (and for libvirt's 4 MiB messages with --domain); the guest file's handle is "
+        "closed on every path, Ctrl-C included. Never overwrites without --force: an existing local "
+        "destination is refused before anything is read, an existing guest file before anything is written "
+        "(exit 2). A guest: path ending in / or a local directory gets the source's name. After a failure "
+        "the error names the partial guest file. With --verify (default) the guest's sha256sum is compared "
+        "with the bytes sent or received: a mismatch exits 6; a guest without sha256sum (or guest-exec) is "
+        "noted in the JSON result instead. The result (bytes, seconds, sha256, verified) is printed as JSON, "
+        "unless the file itself goes to stdout. --timeout bounds each exchange with the agent; "
+        "--wait-timeout the whole copy. The guest's own errors (no such file, permission denied, "
+        "read-only filesystem, a directory) exit 1.",
+        example="qmpctl agent cp -a /tmp/channel.sock --dry-run guest:/etc/os-release -",
+        kind=AGENT,
+        arguments=(
+            Argument("source", "SRC", "guest:/PATH, a local PATH, or - (stdin)."),
+            Argument("destination", "DST", "guest:/PATH (or guest:/DIR/), a local PATH or DIR, or - (stdout)."),
+        ),
+        options=(
+            Option("force", ("--force",), "flag", False, "Overwrite an existing destination.",
+                   show_default=False),
+            Option("verify", ("--verify",), "switch", True,
+                   "Compare the guest's sha256sum of the file with the bytes copied (needs sha256sum and "
+                   "guest-exec in the guest; skipped, and said so, without them).", off_flags=("--no-verify",)),
+            Option("progress", ("--progress",), "choice", "auto",
+                   "Show progress on stderr: bar, json (one line per update), none; auto: a bar on a terminal "
+                   "for copies over 4 MiB.", choices=PROGRESS_CHOICES),
+            Option("wait_timeout", ("--wait-timeout",), "float", None,
+                   "Give up the whole copy after this long: exit 4 [default: no limit].", metavar="SECONDS",
+                   show_default=False),
+        ),
+    ),
+    Command(
+        ("agent", "set-password"), "qmpctl.cli.guest:set_password",
+        "Set a guest user's password (guest-set-user-password).",
+        "The password is the first line of standard input (prompted for without echo on a terminal) or of "
+        "--password-file, never an argument, where ps would show it. It is sent base64-encoded as the agent "
+        "requires and appears nowhere else: --dry-run and error messages show it masked. Linux guests run "
+        "chpasswd; a refusal (no such user, chpasswd missing) exits 1.",
+        example="printf 'new secret\\n' | qmpctl agent set-password -a /tmp/channel.sock --dry-run alice",
+        kind=AGENT,
+        arguments=(Argument("user", "USER", "The guest user whose password changes."),),
+        options=(
+            Option("password_file", ("--password-file",), "text", None,
+                   "Read the password from the first line of this file instead of standard input.",
+                   metavar="PATH", show_default=False),
+            Option("crypted", ("--crypted",), "flag", False,
+                   "The password is already hashed (a crypt(3) string such as $6$...), passed to chpasswd -e.",
+                   show_default=False),
+        ),
+    ),
+    Command(
+        ("agent", "fsfreeze"), "qmpctl.cli.guest:fsfreeze",
+        "Freeze or thaw the guest's filesystems, or show whether they are frozen (guest-fsfreeze-*).",
+        "status prints frozen or thawed. freeze syncs and freezes every local filesystem (or only those at "
+        "--mountpoint) and prints how many; the guest then stays frozen, writes inside it waiting, until "
+        "thaw (a warning on stderr says so). freeze --for SECONDS freezes, waits, and always thaws, also "
+        "on errors and Ctrl-C, with --thaw-timeout of its own; it prints how many were frozen and thawed "
+        "and for how long, for scripts that snapshot storage outside QEMU. While frozen the agent refuses "
+        "agent exec and agent cp; qmpctl says why (exit 1, 125 for exec).",
+        example="qmpctl agent fsfreeze -a /tmp/channel.sock --dry-run freeze --mountpoint /srv --for 5",
+        kind=AGENT,
+        arguments=(Argument("action", "ACTION", "status, freeze or thaw."),),
+        options=(
+            Option("mountpoint", ("--mountpoint",), "list", None,
+                   "With freeze: only the filesystem mounted here (repeatable) [default: all].", metavar="PATH",
+                   show_default=False),
+            Option("for_seconds", ("--for",), "float", None,
+                   "With freeze: thaw again after this long (and on any error or Ctrl-C).", metavar="SECONDS",
+                   show_default=False),
+            Option("thaw_timeout", ("--thaw-timeout",), "float", 10.0,
+                   "With freeze --for: how long the thaw may take, whatever --timeout says.", metavar="SECONDS"),
+        ),
+    ),
+    Command(
+        ("agent", "shutdown"), "qmpctl.cli.guest:shutdown",
+        "Shut the guest down through its agent (guest-shutdown).",
+        "The agent answers only when it refuses: qmpctl waits a second for a refusal (exit 1) and otherwise "
+        "prints nothing. With -s (the VM's QMP socket) it waits until QEMU reports the guest down (the "
+        "SHUTDOWN event, RESET for a reboot QEMU survives, or QEMU exiting) and prints what it saw; "
+        "--wait-timeout bounds that wait (exit 4). A halt stops the CPUs without QEMU noticing: no event.",
+        example="qmpctl agent shutdown -a /tmp/channel.sock --mode reboot --dry-run",
+        kind=AGENT,
+        options=(
+            Option("mode", ("--mode",), "choice", "powerdown", "powerdown, reboot or halt.",
+                   choices=("powerdown", "reboot", "halt")),
+            Option("qmp", ("-s", "--qmp"), "text", None,
+                   "The VM's QMP socket: wait until QEMU reports the guest down.", metavar="ADDR",
+                   show_default=False, complete="socket"),
+            Option("wait_timeout", ("--wait-timeout",), "float", None,
+                   "With -s: give up waiting after this long, exit 4 [default: 60].", metavar="SECONDS",
+                   show_default=False),
         ),
     ),
 )
