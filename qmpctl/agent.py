@@ -88,6 +88,8 @@ def disabled_command_error(error: VmError, command: str) -> VmError:
 class AgentSession(WithoutEvents):
     """One short-lived, resynchronised connection to qemu-ga (which has no events)."""
 
+    max_message_bytes: int | None = None
+
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.target = str(connection.address)

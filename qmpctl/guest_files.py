@@ -58,7 +58,7 @@ Progress = Callable[[int, int | None], None]
 
 def chunk_size(session: Session, wanted: int) -> int:
     """``wanted``, or less when the session's transport caps a message (libvirt)."""
-    if getattr(session, "max_message_bytes", None) is not None:
+    if session.max_message_bytes is not None:
         return min(wanted, LIBVIRT_CHUNK)
     return wanted
 

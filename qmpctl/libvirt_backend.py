@@ -257,6 +257,8 @@ class DomainSession(WithoutEvents):
     virConnectDomainQemuMonitorEventRegister to see them), so these sessions have none.
     """
 
+    max_message_bytes: int | None = LIBVIRT_STRING_MAX
+
     def __init__(self, target: DomainTarget, libvirt: ModuleType, libvirt_qemu: ModuleType,
                  connection: Any, domain: Any) -> None:
         self.domain_target = target
@@ -311,6 +313,9 @@ class DomainSession(WithoutEvents):
                              f"{self.target} ({LIBVIRT_STRING_MAX // (1024 * 1024)} MiB); for this, talk to the "
                              "VM's socket directly (-s/-a)")
         return text
+
+    def resync(self, deadline: Deadline) -> None:
+        """Nothing to do: libvirt syncs with the agent itself before every command."""
 
     def close(self) -> None:
         if self._abandoned:

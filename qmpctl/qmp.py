@@ -70,6 +70,7 @@ class QmpSession:
     """One short-lived, negotiated connection to a QEMU monitor."""
 
     supports_events = True
+    max_message_bytes: int | None = None
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -162,6 +163,9 @@ class QmpSession:
     def execute_no_reply(self, request: Request, deadline: Deadline) -> None:
         """Every QMP command answers, so this is :meth:`execute` with the reply dropped."""
         self.execute(request, deadline)
+
+    def resync(self, deadline: Deadline) -> None:
+        """Nothing to do: a reply to an abandoned request carries its id and is skipped."""
 
     def wait_event(self, match: EventMatch, deadline: Deadline, waiting_for: str) -> dict[str, Any]:
         """Return (and consume) the first event, already seen or still to come, that ``match`` accepts."""

@@ -34,6 +34,8 @@ class Session(Protocol):
 
     target: str
     supports_events: bool
+    max_message_bytes: int | None
+    """The largest request or reply the way in carries (libvirt's RPC: 4 MiB); None: no limit of its own."""
 
     @property
     def events(self) -> Iterable[dict[str, Any]]:
@@ -58,6 +60,14 @@ class Session(Protocol):
 
         :raise DeadlineExceeded: none came within ``deadline`` (at once past it
             for sessions without events).
+        """
+        ...
+
+    def resync(self, deadline: Deadline) -> None:
+        """Make the channel usable again after an interrupted exchange (a request cut off half-way).
+
+        The agent's socket needs its 0xFF reset and a fresh sync; QMP's ids and
+        libvirt's own sync already keep stale replies apart, so there it does nothing.
         """
         ...
 

@@ -26,7 +26,8 @@ from support.libvirt import domain, libvirtd  # noqa: F401 (fixtures)
 from support.qga import HostAgent, have_qemu_ga
 
 PACKAGE = Path(__file__).resolve().parent.parent / "qmpctl"
-PROTOCOL_MEMBERS = ("target", "supports_events", "events", "execute", "execute_no_reply", "wait_event", "close")
+PROTOCOL_MEMBERS = ("target", "supports_events", "max_message_bytes", "events", "execute", "execute_no_reply",
+                    "wait_event", "resync", "close")
 
 
 def _library_imports() -> dict[str, set[str]]:
@@ -104,6 +105,9 @@ def test_agent_session_keeps_the_contract(tmp_path):
         try:
             _check_without_events(session)
             assert session.execute(Request("guest-ping", protocol="qga"), Deadline(10)) == {"return": {}}
+            assert session.max_message_bytes is None
+            session.resync(Deadline(10))
+            assert session.execute(Request("guest-ping", protocol="qga"), Deadline(10)) == {"return": {}}
         finally:
             session.close()
     finally:
@@ -145,3 +149,15 @@ def test_libvirt_sessions_trace_what_they_pass_on(domain):  # noqa: F811 (fixtur
     assert caught.value.sent == {"execute": "job-dismiss", "arguments": {"id": "nojob"}}
     assert json.loads(shown[3][2])["error"]["class"] == "GenericError"
     assert shown[4][2].startswith("VmError: GenericError: ") and '| sent {"execute":"job-dismiss"' in shown[4][2]
+
+
+@pytest.mark.libvirt
+def test_libvirt_sessions_say_how_much_libvirt_carries(domain):  # noqa: F811 (fixture)
+    """agent cp sizes its chunks by the session: libvirt's RPC carries at most 4 MiB a message."""
+    from qmpctl.guest_files import LIBVIRT_CHUNK, chunk_size
+    from qmpctl.libvirt_backend import LIBVIRT_STRING_MAX
+
+    with DomainTarget(domain.name, domain.uri, AGENT).open(Deadline(20)) as session:
+        assert session.max_message_bytes == LIBVIRT_STRING_MAX
+        assert chunk_size(session, 16 * 1024 * 1024) == LIBVIRT_CHUNK
+        session.resync(Deadline(1))  # libvirt syncs by itself: nothing to do, nothing sent
