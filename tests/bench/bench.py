@@ -542,8 +542,9 @@ def bench_agent_cp(ctx: Context) -> None:
 
     Both directions with a 32 MiB random file, alternating the two clients;
     agent exec --stdin / -- cat move a 15 MiB file for comparison (both cap
-    at 16 MiB). qmpctl runs with --no-verify --force, to do the same work as
-    the bare loop; a verified copy is timed once as well.
+    at 16 MiB; one request carries it all, so --timeout is raised). qmpctl
+    runs with --no-verify --force, to do the same work as the bare loop; a
+    verified copy is timed once as well.
     """
     if not qmpctl_has("agent", "cp"):
         skip("agent cp throughput", "the installed qmpctl has no 'agent cp' yet")
@@ -594,10 +595,11 @@ def bench_agent_cp(ctx: Context) -> None:
         record("qmpctl agent cp in --verify", CP_FILE_MIB, qmpctl_cp("in", source))
         record("qmpctl agent cp out --verify", CP_FILE_MIB, qmpctl_cp("out", back))
         record("qmpctl agent exec --stdin -- sh -c 'cat >FILE'", EXEC_MAX_MIB,
-               timed([str(QMPCTL), "agent", "exec", "-a", sock, "--stdin", "--", "sh", "-c", "cat > /tmp/bench.bin"],
+               timed([str(QMPCTL), "agent", "exec", "-a", sock, "--timeout", "600", "--stdin", "--", "sh", "-c",
+                      "cat > /tmp/bench.bin"],
                      stdin=small))
         record("qmpctl agent exec -- cat FILE", EXEC_MAX_MIB,
-               timed([str(QMPCTL), "agent", "exec", "-a", sock, "--", "cat", "/tmp/bench.bin"]))
+               timed([str(QMPCTL), "agent", "exec", "-a", sock, "--timeout", "600", "--", "cat", "/tmp/bench.bin"]))
     print(f"\n## agent cp throughput on the lab guest (TCG; {CP_FILE_MIB} MiB random file, best of {rounds}; "
           f"bare chunk in {best['in'] // 1024} KiB, out {best['out'] // 1024} KiB; exec: {EXEC_MAX_MIB} MiB)")
     for name, values in rates.items():
