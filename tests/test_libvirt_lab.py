@@ -198,12 +198,12 @@ def test_guest_shutdown_without_reply_powers_the_guest_off(lab_domain):
         time.sleep(0.5)
 
 
-def test_agent_cp_through_libvirt_fits_its_4_mib_strings(cli, lab_domain, tmp_path):
+def test_agent_cp_through_libvirt_in_chunks_libvirt_delivers(cli, lab_domain, tmp_path):
     """Through libvirt a request of 256 KiB never reaches the agent, and a string over 4 MiB is refused."""
     import hashlib
     import os
 
-    data = os.urandom(5 * 1024 * 1024)
+    data = os.urandom(1536 * 1024)  # 24 writes of 64 KiB, two reads of 1 MiB
     source = tmp_path / "random.bin"
     source.write_bytes(data)
     copied_in = cli("agent", "cp", "--domain", lab_domain.name, str(source), "guest:/tmp/random.bin", timeout=300)
