@@ -146,9 +146,9 @@ class GuestFile:
             raise VmError("GenericError", f"guest:{self.path}: the guest wrote {written!r} of {len(data)} bytes",
                           received=reply)
 
-    def seek_end(self, deadline: Deadline) -> int:
-        """The file's size, found by seeking to its end."""
-        request = seek_request(self.handle, 0, "end")
+    def seek(self, offset: int, whence: str, deadline: Deadline) -> int:
+        """Move the file position; returns the new one (seeking to the end gives the size)."""
+        request = seek_request(self.handle, offset, whence)
         result = _return(self._execute(request, deadline), request, dict, "position")
         position = result.get("position")
         if not isinstance(position, int) or isinstance(position, bool):
@@ -391,7 +391,7 @@ def copy_to_guest(session: Session, source: BinaryIO, source_name: str, path: st
     began = False
     try:
         with open_guest_file(session, path, "w" if force else "a", transfer.exchange()) as guest_file:
-            if not force and guest_file.seek_end(transfer.exchange()):
+            if not force and guest_file.seek(0, "end", transfer.exchange()):
                 raise UsageError(f"guest:{path} exists (it appeared while qmpctl checked); use --force to "
                                  "overwrite it")
             began = True
@@ -424,10 +424,9 @@ def copy_from_guest(session: Session, path: str, sink: BinaryIO, sink_name: str,
     done = 0
     chunk = min(chunk_size(session, transfer.read_chunk, LIBVIRT_READ_CHUNK), MAX_READ_COUNT)
     with open_guest_file(session, path, "r", transfer.exchange()) as guest_file:
-        total = guest_file.seek_end(transfer.exchange())
+        total = guest_file.seek(0, "end", transfer.exchange())
         if total:
-            request = seek_request(guest_file.handle, 0, "set")
-            guest_file._execute(request, transfer.exchange())
+            guest_file.seek(0, "set", transfer.exchange())
         while True:
             data, eof = guest_file.read(chunk, transfer.exchange())
             if data:
