@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import functools
 import json
 import os
 import shutil
@@ -551,7 +552,7 @@ def bench_agent_cp(ctx: Context) -> None:
         return
     from support.lab import lab_guest_module
 
-    rounds = 1 if ctx.args.quick else 2
+    rounds = 2 if ctx.args.quick else 4
     source = ctx.scratch / "cp-32m.bin"
     source.write_bytes(os.urandom(CP_FILE_MIB * 1024 * 1024))
     probe = ctx.scratch / "cp-probe.bin"
@@ -587,11 +588,14 @@ def bench_agent_cp(ctx: Context) -> None:
                 print(f"  bare {direction} chunk {chunk // 1024:>6} KiB: {probe_rates[chunk]:5.2f} MiB/s "
                       f"({CP_PROBE_MIB} MiB probe)", flush=True)
             best[direction] = max(probe_rates, key=lambda chunk: probe_rates[chunk])
-        for _ in range(rounds):
-            record("bare in", CP_FILE_MIB, bare("in", source, best["in"]))
-            record("qmpctl agent cp in", CP_FILE_MIB, qmpctl_cp("in", source, "--no-verify"))
-            record("bare out", CP_FILE_MIB, bare("out", back, best["out"]))
-            record("qmpctl agent cp out", CP_FILE_MIB, qmpctl_cp("out", back, "--no-verify"))
+        for round_number in range(rounds):
+            for direction in ("in", "out"):
+                local = source if direction == "in" else back
+                pair = [("bare " + direction, functools.partial(bare, direction, local, best[direction])),
+                        ("qmpctl agent cp " + direction,
+                         functools.partial(qmpctl_cp, direction, local, "--no-verify"))]
+                for name, call in pair if round_number % 2 == 0 else reversed(pair):  # load drifts: alternate
+                    record(name, CP_FILE_MIB, call())
         record("qmpctl agent cp in --verify", CP_FILE_MIB, qmpctl_cp("in", source))
         record("qmpctl agent cp out --verify", CP_FILE_MIB, qmpctl_cp("out", back))
         record("qmpctl agent exec --stdin -- sh -c 'cat >FILE'", EXEC_MAX_MIB,
