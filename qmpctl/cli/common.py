@@ -59,7 +59,7 @@ class Common(NamedTuple):
     kind: str = MONITOR
 
     def targets(self) -> list[Target]:
-        return resolve_targets(self.kind, self.sockets, self.domains, self.uri)
+        return resolve_targets(self.kind, self.sockets, self.domains, self.uri, self.timeout)
 
 
 def make_common(kind: str, shared: dict[str, Any]) -> Common:
@@ -104,12 +104,10 @@ def emit(text: str, *, final: bool = False) -> None:
 
 
 def result_decided() -> None:
-    """From here on the outcome is printed: block SIGINT and SIGTERM so they cannot turn it into exit 130/143."""
-    import signal
-    import threading
+    """From here on the outcome is printed: SIGINT and SIGTERM cannot turn it into exit 130/143."""
+    from qmpctl import signals
 
-    if threading.current_thread() is threading.main_thread():
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    signals.no_return()
 
 
 def _silence_stdout() -> None:
