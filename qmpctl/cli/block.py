@@ -6,17 +6,11 @@ inside the commands so that other commands do not pay for them.
 
 from __future__ import annotations
 
-import sys
-import time
 from typing import Any, Optional
 
-from qmpctl.cli.common import Common, emit, execute_one, run
+from qmpctl.cli.common import Common, execute_one, printed_plan, run
 from qmpctl.errors import ExitCode, UsageError
-from qmpctl.output import to_json
 from qmpctl.request import Request
-
-BAR_EVERY = 0.25
-JSON_EVERY = 1.0
 
 
 def block(common: Common, *, nodes: bool) -> int:
@@ -47,7 +41,7 @@ def jobs(common: Common, *, dismiss: Optional[str], cancel: Optional[str]) -> in
     def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
         return end(session, deadline, job_id, target_is_local=target.is_local)
 
-    if _printed_plan(common, [request], backup_lib.END_JOB_PLAN_NOTE):
+    if printed_plan(common, [request], backup_lib.END_JOB_PLAN_NOTE):
         return ExitCode.OK
     return run(common, action, [request])
 
@@ -95,22 +89,10 @@ def hotplug_disk(common: Common, *, file: str, bus: str, device_id: Optional[str
         return run(common, attach, [])
     filename, detected = block_lib.check_image(file, image_format, is_local=is_local)
     plan = block_lib.HotplugPlan(filename, detected, bus, device_id, readonly)
-    if _printed_plan(common, plan.requests(), plan.plan_note()):
+    if printed_plan(common, plan.requests(), plan.plan_note()):
         return ExitCode.OK
     return run(common, lambda session, deadline, target: block_lib.hotplug(session, deadline, plan),
                plan.requests())
-
-
-def _printed_plan(common: Common, requests: list[Request], note: Optional[str]) -> bool:
-    """--dry-run of requests that depend on the VM: print them as a labelled plan, never as the real thing.
-
-    One JSON object, ``{"plan": [requests...], "note": "what the run decides with the VM"}``;
-    False (nothing printed) when not a dry run, or when the requests are exact.
-    """
-    if not common.dry_run or note is None:
-        return False
-    emit(to_json({"plan": [request.as_dict() for request in requests], "note": note}, common.pretty), final=True)
-    return True
 
 
 def unplug_disk(common: Common, *, device_id: str, wait_timeout: float) -> int:
@@ -125,52 +107,10 @@ def unplug_disk(common: Common, *, device_id: str, wait_timeout: float) -> int:
     if not wait_timeout > 0:
         raise UsageError(f"--wait-timeout must be more than 0 seconds, got {wait_timeout:g}")
     request = Request("device_del", {"id": device_id})
-    if _printed_plan(common, [request], block_lib.UNPLUG_PLAN_NOTE):
+    if printed_plan(common, [request], block_lib.UNPLUG_PLAN_NOTE):
         return ExitCode.OK
     return run(common, lambda session, deadline, target: block_lib.unplug(session, deadline, device_id,
                                                                           wait_timeout), [request])
-
-
-class _ProgressPrinter:
-    """Renders job progress on stderr: a redrawn bar, or one JSON line per change (at most one a second)."""
-
-    def __init__(self, mode: str) -> None:
-        from qmpctl.progress import Meter
-
-        self.mode = mode
-        self.meter = Meter()
-        self.shown_at = float("-inf")
-        self.shown_done: Optional[int] = None
-        self.drawn = False
-
-    def __call__(self, state: Any) -> None:
-        from qmpctl.progress import bar_text, json_text
-
-        reading = self.meter.read(state)
-        now = time.monotonic()
-        if self.mode == "bar":
-            if not (state.concluded or now - self.shown_at >= BAR_EVERY):
-                return
-            self._write("\r" + bar_text(reading) + "\x1b[K" + ("\n" if state.concluded else ""))
-            self.drawn = not state.concluded  # a finished bar ends its line before the result is printed
-        else:
-            if not (state.concluded or (state.done != self.shown_done and now - self.shown_at >= JSON_EVERY)):
-                return
-            self._write(json_text(reading) + "\n")
-        self.shown_at, self.shown_done = now, state.done
-
-    def close(self) -> None:
-        """End a bar that did not finish (an error message follows it)."""
-        if self.drawn:
-            self._write("\n")
-
-    @staticmethod
-    def _write(text: str) -> None:
-        try:
-            sys.stderr.write(text)
-            sys.stderr.flush()
-        except OSError:
-            pass  # a closed stderr must not cost the backup
 
 
 def backup(common: Common, *, device: str, target: str, sync: str, image_format: str, speed: Optional[str],
@@ -194,12 +134,19 @@ def backup(common: Common, *, device: str, target: str, sync: str, image_format:
         backup_lib.check_target(target, is_local=False, force=True)  # here: only that the path is absolute
     else:
         backup_lib.check_target(target, is_local=is_local, force=force)  # before connecting to anything
-    mode = progress
-    if mode == "auto":
-        mode = "bar" if sys.stderr.isatty() else "none"
-    if _printed_plan(common, options.requests(is_local), options.plan_note()):
+    if printed_plan(common, options.requests(is_local), options.plan_note()):
         return ExitCode.OK
-    printer = _ProgressPrinter(mode) if wait and mode != "none" else None
+    from qmpctl.cli.progress import CHECK_EVERY, printer_for
+    from qmpctl.progress import Meter, bar_text, json_text
+
+    printer = printer_for(progress, bar=bar_text, json=json_text,
+                          finished=lambda reading: reading.status == "concluded",
+                          changed=lambda reading: reading.done) if wait else None
+    meter = Meter()
+
+    def show(state: Any) -> None:
+        if printer is not None:
+            printer(meter.read(state))
 
     def action(session: Any, deadline: Any, vm: Any) -> dict[str, Any]:
         files = None
@@ -207,8 +154,9 @@ def backup(common: Common, *, device: str, target: str, sync: str, image_format:
             from qmpctl.ssh import remote_files
 
             files = remote_files(vm)
-        return backup_lib.backup(session, deadline, options, target_is_local=vm.is_local, progress=printer,
-                                 progress_every=BAR_EVERY if mode == "bar" else JSON_EVERY, files=files)
+        return backup_lib.backup(session, deadline, options, target_is_local=vm.is_local,
+                                 progress=show if printer is not None else None,
+                                 progress_every=printer.every if printer is not None else CHECK_EVERY, files=files)
 
     try:
         return run(common, action, options.requests(is_local))

@@ -126,6 +126,18 @@ def print_dry_run(common: Common, requests: list[Request]) -> None:
         emit(to_json(request.as_dict(), common.pretty), final=True)
 
 
+def printed_plan(common: Common, requests: list[Request], note: Optional[str]) -> bool:
+    """--dry-run of requests that depend on the VM: print them as a labelled plan, never as the real thing.
+
+    One JSON object, ``{"plan": [requests...], "note": "what the run decides with the VM"}``;
+    False (nothing printed) when not a dry run, or when the requests are exact.
+    """
+    if not common.dry_run or note is None:
+        return False
+    emit(to_json({"plan": [request.as_dict() for request in requests], "note": note}, common.pretty), final=True)
+    return True
+
+
 def execute_one(request: Request) -> Action:
     """The action of most commands: send one request, return its reply."""
     return lambda session, deadline, target: session.execute(request, deadline)
