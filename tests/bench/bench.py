@@ -7,8 +7,8 @@ repository with the project's venv:
     .venv/bin/python tests/bench/bench.py            # everything, about 1-2 minutes
     .venv/bin/python tests/bench/bench.py --quick    # fewer runs, 20 VMs in the fleet
     .venv/bin/python tests/bench/bench.py --typer-versions   # pick the Typer/click releases
-    .venv/bin/python tests/bench/bench.py --only ssh  # ssh:// against ssh HOST qmpctl (starts an sshd)
     .venv/bin/python tests/bench/bench.py --only cp  # agent cp throughput on the lab guest, a few minutes
+    .venv/bin/python tests/bench/bench.py --only ssh  # ssh:// against ssh HOST qmpctl (starts an sshd)
 
 It starts its own QEMU VMs (TCG, paused), a host qemu-ga, and a transient
 libvirt domain named ``qmpctl-bench-*`` (starting virtlogd and libvirtd when
@@ -807,8 +807,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fleet", type=int, default=FLEET_TARGET_VMS,
                         help=f"VMs in the fleet comparison (default {FLEET_TARGET_VMS})")
     parser.add_argument("--quick", action="store_true", help="7 rounds and 20 fleet VMs: a smoke run")
-    parser.add_argument("--only", default="single,startup,fleet,agent,backup,ssh,cp",
-                        help="comma-separated subset of: single, startup, fleet, agent, backup, ssh, cp")
+    parser.add_argument("--only", default="single,startup,fleet,agent,backup,cp,ssh",
+                        help="comma-separated subset of: single, startup, fleet, agent, backup, cp, ssh")
     parser.add_argument("--source", action="store_true",
                         help="run qmpctl from the source tree (PYTHONPATH) instead of the installed copy")
     parser.add_argument("--typer-versions", action="store_true",
@@ -849,8 +849,8 @@ class Bench:
                 return 0
             wanted = set(self.args.only.split(","))
             for name, step in (("single", bench_single), ("startup", bench_startup), ("fleet", bench_fleet),
-                               ("agent", bench_agent), ("backup", bench_backup), ("ssh", bench_ssh),
-                               ("cp", bench_agent_cp)):
+                               ("agent", bench_agent), ("backup", bench_backup), ("cp", bench_agent_cp),
+                               ("ssh", bench_ssh)):
                 if name in wanted:
                     step(ctx)
             print(f"\n{sum(ctx.verdicts)} of {len(ctx.verdicts)} targets met")
