@@ -258,6 +258,7 @@ class DomainSession(WithoutEvents):
     """
 
     max_message_bytes: int | None = LIBVIRT_STRING_MAX
+    """libvirt passes no longer string either way: bulk transfers (agent cp) size their chunks by it."""
 
     def __init__(self, target: DomainTarget, libvirt: ModuleType, libvirt_qemu: ModuleType,
                  connection: Any, domain: Any) -> None:

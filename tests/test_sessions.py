@@ -154,10 +154,10 @@ def test_libvirt_sessions_trace_what_they_pass_on(domain):  # noqa: F811 (fixtur
 @pytest.mark.libvirt
 def test_libvirt_sessions_say_how_much_libvirt_carries(domain):  # noqa: F811 (fixture)
     """agent cp sizes its chunks by the session: libvirt's RPC carries at most 4 MiB a message."""
-    from qmpctl.guest_files import LIBVIRT_CHUNK, chunk_size
+    from qmpctl.guest_files import LIBVIRT_READ_CHUNK, chunk_size
     from qmpctl.libvirt_backend import LIBVIRT_STRING_MAX
 
     with DomainTarget(domain.name, domain.uri, AGENT).open(Deadline(20)) as session:
         assert session.max_message_bytes == LIBVIRT_STRING_MAX
-        assert chunk_size(session, 16 * 1024 * 1024) == LIBVIRT_CHUNK
+        assert chunk_size(session, 16 * 1024 * 1024, LIBVIRT_READ_CHUNK) == LIBVIRT_READ_CHUNK
         session.resync(Deadline(1))  # libvirt syncs by itself: nothing to do, nothing sent
