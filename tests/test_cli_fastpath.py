@@ -158,6 +158,7 @@ def test_fast_path_sends_the_request_typer_would(words, capsys, monkeypatch):
 
 
 @pytest.mark.qemu
+@pytest.mark.one_qemu  # compares qmpctl's two parsers, not QEMUs
 @pytest.mark.parametrize("extra", [[], ["--return-value"], ["--pretty"]])
 def test_both_paths_print_the_same_for_a_real_vm(vm, extra, capsys, monkeypatch):
     set_environment(monkeypatch, {})
@@ -170,6 +171,7 @@ def test_both_paths_print_the_same_for_a_real_vm(vm, extra, capsys, monkeypatch)
 
 
 @pytest.mark.qemu
+@pytest.mark.one_qemu  # compares qmpctl's two parsers, not QEMUs
 def test_both_paths_fail_alike(vm, tmp_path, capsys, monkeypatch):
     set_environment(monkeypatch, {})
     argv = ["status", "-s", str(vm.qmp_path), "-s", str(tmp_path / "gone.sock")]
