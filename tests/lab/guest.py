@@ -137,8 +137,10 @@ class LabGuest:
         extra_qemu_args: Sequence[str] = (),
         kernel: Path | None = None,
         initrd: Path | None = None,
+        qemu_binary: str = QEMU_BINARY,
     ) -> None:
         self.workdir = Path(workdir).resolve()
+        self.qemu_binary = qemu_binary
         self.name = name
         self.memory_mb = memory_mb
         self.data_disk_size = data_disk_size
@@ -185,7 +187,7 @@ class LabGuest:
 
     def qemu_command(self, kernel: Path, initrd: Path) -> list[str]:
         return [
-            QEMU_BINARY,
+            self.qemu_binary,
             "-name", self.name,
             "-M", "pc", "-accel", "tcg", "-m", str(self.memory_mb),
             "-nodefaults", "-display", "none", "-no-reboot",
