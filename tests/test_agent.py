@@ -93,6 +93,13 @@ def test_command_passthrough_like_virsh(cli, agent):
     assert words.err.startswith("qmpctl: GenericError: ") and "pid" in words.err.lower(), words
 
 
+def test_a_command_the_agent_does_not_offer_is_exit_1_with_its_reason(cli, agent):
+    """Debian's qemu-ga 7.2 reports guest-get-devices "disabled", 10.0 does not build it ("has not been found")."""
+    result = agent_cli(cli, agent, "command", "guest-get-devices")
+    assert result.code == 1, result
+    assert result.err.startswith("qmpctl: CommandNotFound: ") and "guest-get-devices" in result.err, result
+
+
 def test_an_earlier_client_that_left_half_a_request(cli, agent):
     agent.raw(b'{"execute": "guest-exec", "argu')
     result = agent_cli(cli, agent, "info", "--return-value")
