@@ -354,6 +354,8 @@ def _prepare_help_example(name: str, world: World, tmp_path: Path) -> dict[str, 
     if name == "backup":
         (tmp_path / "backup").mkdir()
         values["/backup/"] = f"{tmp_path}/backup/"
+    if name == "agent set-password":
+        (tmp_path / "alice.password").write_text("new secret\n")
     if name == "agent exec-status":
         started = run_shell(["qmpctl", "agent", "exec", "-a", str(world.agent.path), "--no-wait", "--return-value",
                              "--", "true"], world, tmp_path)
