@@ -11,10 +11,11 @@ import os
 import socket
 import stat
 import time
+from typing import Sequence
 
 from qmpctl.address import Address
 from qmpctl.deadline import Deadline
-from qmpctl.errors import ConnectError, ConnectionClosed, ProtocolError
+from qmpctl.errors import ConnectError, ConnectionClosed, ProtocolError, UsageError
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """A reply bigger than this is a protocol error, not a reason to exhaust memory."""
@@ -26,11 +27,16 @@ QUEUE_FULL_RETRY_SECONDS = 0.05
 QUEUE_FULL_HINT = "its listen queue is full: busy serving other clients"
 
 
-def _describe_unix_failure(path: str, error: OSError) -> str:
+COMMA_HINT = "a comma starts QEMU options; write ,, for a comma in a path"
+
+
+def _describe_unix_failure(path: str, error: OSError, uncut: str | None = None) -> str:
     """Turn a failed unix connect into a message that names the likely cause."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
+        if uncut is not None and os.path.exists(uncut):
+            return f"no such socket: {path}, but {uncut} exists: {COMMA_HINT}"
         return f"no such socket: {path}"
     except PermissionError:
         return f"permission denied on {path} (run as a user who may open the socket)"
@@ -47,7 +53,7 @@ def _describe_unix_failure(path: str, error: OSError) -> str:
     return f"cannot connect to unix:{path}: {error.strerror or error}"
 
 
-def _connect_unix(path: str, deadline: Deadline, waiting_for: str) -> socket.socket:
+def _connect_unix(path: str, deadline: Deadline, waiting_for: str, uncut: str | None = None) -> socket.socket:
     """Connect to a unix socket; a full listen queue is waited out, within the deadline.
 
     QEMU listens with a backlog of 1 and serves one client: with one client
@@ -76,7 +82,7 @@ def _connect_unix(path: str, deadline: Deadline, waiting_for: str) -> socket.soc
             raise deadline.exceeded(waiting_for, hint) from None
         except OSError as exc:
             sock.close()
-            raise ConnectError(_describe_unix_failure(path, exc)) from exc
+            raise ConnectError(_describe_unix_failure(path, exc, uncut)) from exc
 
 
 class Connection:
@@ -92,8 +98,12 @@ class Connection:
     def open(cls, address: Address, deadline: Deadline) -> "Connection":
         """Connect within the deadline; failures are :class:`ConnectError` (exit 3)."""
         waiting_for = f"a connection to {address}"
+        if address.via is not None:
+            from qmpctl.ssh import open_channel
+
+            return open_channel(address, deadline)
         if address.path is not None:
-            return cls(_connect_unix(address.path, deadline, waiting_for), address)
+            return cls(_connect_unix(address.path, deadline, waiting_for, address.uncut), address)
         try:
             sock = socket.create_connection(
                 (address.host, address.port), timeout=deadline.remaining(waiting_for)
@@ -114,11 +124,25 @@ class Connection:
         except OSError:
             pass
 
-    def send(self, data: bytes, deadline: Deadline, what: str) -> None:
-        """Send all of ``data``; a peer that stops reading runs into the deadline."""
+    @property
+    def passes_fds(self) -> bool:
+        """Whether file descriptors can go along with a message: only a unix socket on this machine carries them."""
+        return self.address.is_unix
+
+    def send(self, data: bytes, deadline: Deadline, what: str, fds: Sequence[int] = ()) -> None:
+        """Send all of ``data``; a peer that stops reading runs into the deadline.
+
+        ``fds`` travel as SCM_RIGHTS with the first bytes (QEMU's ``getfd``
+        takes them from the message that carries the command); the caller
+        keeps its own copies and closes them.
+        """
+        if fds and not self.passes_fds:
+            raise UsageError(f"cannot pass a file descriptor to {self.address}: only a unix socket on this machine "
+                             "carries them")
         try:
             self.sock.settimeout(deadline.remaining(f"{self.address} to accept {what}"))
-            self.sock.sendall(data)
+            sent = socket.send_fds(self.sock, [data], list(fds)) if fds else 0
+            self.sock.sendall(data[sent:])
         except socket.timeout:
             raise deadline.exceeded(f"{self.address} to accept {what}") from None
         except OSError as exc:

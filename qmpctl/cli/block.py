@@ -6,16 +6,11 @@ inside the commands so that other commands do not pay for them.
 
 from __future__ import annotations
 
-import sys
-import time
 from typing import Any, Optional
 
-from qmpctl.cli.common import Common, execute_one, run
-from qmpctl.errors import UsageError
+from qmpctl.cli.common import Common, execute_one, printed_plan, run
+from qmpctl.errors import ExitCode, UsageError
 from qmpctl.request import Request
-
-BAR_EVERY = 0.25
-JSON_EVERY = 1.0
 
 
 def block(common: Common, *, nodes: bool) -> int:
@@ -24,34 +19,50 @@ def block(common: Common, *, nodes: bool) -> int:
     return run(common, execute_one(request), [request])
 
 
-def jobs(common: Common, *, dismiss: Optional[str]) -> int:
-    """Show the VM's jobs (query-jobs): id, type, status, progress, error.
+def jobs(common: Common, *, dismiss: Optional[str], cancel: Optional[str]) -> int:
+    """Show the VM's jobs (query-jobs); or dismiss one that ended, or cancel one that runs.
 
     A job qmpctl started (backup) stays listed once it has ended, with status
     "concluded" and an "error" member when it failed, until it is dismissed:
     that is how a script checks a backup --no-wait later.
     """
-    if dismiss is None:
+    if dismiss is not None and cancel is not None:
+        raise UsageError("--dismiss and --cancel contradict each other: give one")
+    if dismiss is None and cancel is None:
         request = Request("query-jobs")
         return run(common, execute_one(request), [request])
-    request = Request("job-dismiss", {"id": dismiss})
+    from qmpctl import backup as backup_lib
+
+    job_id = dismiss if dismiss is not None else cancel
+    assert job_id is not None
+    end = backup_lib.dismiss_job if dismiss is not None else backup_lib.cancel_backup_job
+    request = Request("job-dismiss" if dismiss is not None else "job-cancel", {"id": job_id})
 
     def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
-        from qmpctl.backup import dismiss_job
+        return end(session, deadline, job_id, target_is_local=target.is_local)
 
-        return dismiss_job(session, deadline, dismiss)
-
+    if printed_plan(common, [request], backup_lib.END_JOB_PLAN_NOTE):
+        return ExitCode.OK
     return run(common, action, [request])
+
+
+def _names_ssh(common: Common) -> bool:
+    return any(socket.startswith("ssh://") for socket in common.sockets)
 
 
 def _only_target_is_local(common: Common, why: str) -> bool:
     """Whether qmpctl can see the VM's files; the command works on exactly one VM."""
     if common.dry_run:
-        return True
+        return not _names_ssh(common)
     targets = common.targets()
     if len(targets) > 1:
         raise UsageError(f"{why}: give exactly one VM, not {len(targets)}")
     return targets[0].is_local
+
+
+def _over_ssh(common: Common) -> bool:
+    """The one VM is reached over SSH: its file checks run on its host, within the call's deadline."""
+    return not common.dry_run and _names_ssh(common)
 
 
 def hotplug_disk(common: Common, *, file: str, bus: str, device_id: Optional[str],
@@ -66,8 +77,20 @@ def hotplug_disk(common: Common, *, file: str, bus: str, device_id: Optional[str
     from qmpctl import block as block_lib
 
     is_local = _only_target_is_local(common, "hotplug-disk attaches one image")
+    if _over_ssh(common):
+        from qmpctl.ssh import remote_files
+
+        def attach(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
+            filename, detected = block_lib.check_image(file, image_format, is_local=False,
+                                                       files=remote_files(target), deadline=deadline)
+            return block_lib.hotplug(session, deadline,
+                                     block_lib.HotplugPlan(filename, detected, bus, device_id, readonly))
+
+        return run(common, attach, [])
     filename, detected = block_lib.check_image(file, image_format, is_local=is_local)
     plan = block_lib.HotplugPlan(filename, detected, bus, device_id, readonly)
+    if printed_plan(common, plan.requests(), plan.plan_note()):
+        return ExitCode.OK
     return run(common, lambda session, deadline, target: block_lib.hotplug(session, deadline, plan),
                plan.requests())
 
@@ -84,50 +107,10 @@ def unplug_disk(common: Common, *, device_id: str, wait_timeout: float) -> int:
     if not wait_timeout > 0:
         raise UsageError(f"--wait-timeout must be more than 0 seconds, got {wait_timeout:g}")
     request = Request("device_del", {"id": device_id})
+    if printed_plan(common, [request], block_lib.UNPLUG_PLAN_NOTE):
+        return ExitCode.OK
     return run(common, lambda session, deadline, target: block_lib.unplug(session, deadline, device_id,
                                                                           wait_timeout), [request])
-
-
-class _ProgressPrinter:
-    """Renders job progress on stderr: a redrawn bar, or one JSON line per change (at most one a second)."""
-
-    def __init__(self, mode: str) -> None:
-        from qmpctl.progress import Meter
-
-        self.mode = mode
-        self.meter = Meter()
-        self.shown_at = float("-inf")
-        self.shown_done: Optional[int] = None
-        self.drawn = False
-
-    def __call__(self, state: Any) -> None:
-        from qmpctl.progress import bar_text, json_text
-
-        reading = self.meter.read(state)
-        now = time.monotonic()
-        if self.mode == "bar":
-            if not (state.concluded or now - self.shown_at >= BAR_EVERY):
-                return
-            self._write("\r" + bar_text(reading) + "\x1b[K" + ("\n" if state.concluded else ""))
-            self.drawn = not state.concluded  # a finished bar ends its line before the result is printed
-        else:
-            if not (state.concluded or (state.done != self.shown_done and now - self.shown_at >= JSON_EVERY)):
-                return
-            self._write(json_text(reading) + "\n")
-        self.shown_at, self.shown_done = now, state.done
-
-    def close(self) -> None:
-        """End a bar that did not finish (an error message follows it)."""
-        if self.drawn:
-            self._write("\n")
-
-    @staticmethod
-    def _write(text: str) -> None:
-        try:
-            sys.stderr.write(text)
-            sys.stderr.flush()
-        except OSError:
-            pass  # a closed stderr must not cost the backup
 
 
 def backup(common: Common, *, device: str, target: str, sync: str, image_format: str, speed: Optional[str],
@@ -146,15 +129,34 @@ def backup(common: Common, *, device: str, target: str, sync: str, image_format:
         device, target, image_format, sync, backup_lib.parse_speed(speed) if speed else None, force,
         wait, backup_lib.DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout, job_id)
     is_local = _only_target_is_local(common, "a backup writes one TARGET")
-    backup_lib.check_target(target, is_local=is_local, force=force)  # before connecting to anything
-    mode = progress
-    if mode == "auto":
-        mode = "bar" if sys.stderr.isatty() else "none"
-    printer = _ProgressPrinter(mode) if wait and mode != "none" else None
+    over_ssh = _over_ssh(common)
+    if not is_local and _names_ssh(common):  # the VM's host is checked through the session's connection
+        backup_lib.check_target(target, is_local=False, force=True)  # here: only that the path is absolute
+    else:
+        backup_lib.check_target(target, is_local=is_local, force=force)  # before connecting to anything
+    if printed_plan(common, options.requests(is_local), options.plan_note()):
+        return ExitCode.OK
+    from qmpctl.cli.progress import CHECK_EVERY, printer_for
+    from qmpctl.progress import Meter, bar_text, json_text
+
+    printer = printer_for(progress, bar=bar_text, json=json_text,
+                          finished=lambda reading: reading.status == "concluded",
+                          changed=lambda reading: reading.done) if wait else None
+    meter = Meter()
+
+    def show(state: Any) -> None:
+        if printer is not None:
+            printer(meter.read(state))
 
     def action(session: Any, deadline: Any, vm: Any) -> dict[str, Any]:
-        return backup_lib.backup(session, deadline, options, target_is_local=vm.is_local, progress=printer,
-                                 progress_every=BAR_EVERY if mode == "bar" else JSON_EVERY)
+        files = None
+        if over_ssh:
+            from qmpctl.ssh import remote_files
+
+            files = remote_files(vm)
+        return backup_lib.backup(session, deadline, options, target_is_local=vm.is_local,
+                                 progress=show if printer is not None else None,
+                                 progress_every=printer.every if printer is not None else CHECK_EVERY, files=files)
 
     try:
         return run(common, action, options.requests(is_local))
