@@ -22,7 +22,7 @@ import threading
 from types import ModuleType
 from typing import Any, Callable, NamedTuple, TypeVar
 
-from qmpctl.agent import SILENT_HINT, disabled_command_error
+from qmpctl.agent import SILENT_HINT, disabled_command_error, is_frozen
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectError, DeadlineExceeded, ProtocolError, QmpctlError, UsageError, VmError
 from qmpctl.qmp import checked_reply
@@ -374,12 +374,18 @@ class DomainAgentSession(DomainSession):
         self.hint = SILENT_HINT
 
     def _agent_call(self, request: Request, deadline: Deadline, seconds: int) -> str:
-        waiting_for = f"the reply to {request.execute} from the guest agent of {self.target}"
         try:
-            return self._call(request, deadline, waiting_for, self.libvirt_qemu.qemuAgentCommand,
-                              self._text(request), seconds, 0)
+            return self._raw_agent_call(request, deadline, seconds)
         except VmError as exc:
-            raise disabled_command_error(exc, request.execute) from None
+            def ask(status: Request) -> dict[str, Any]:
+                return self._check(self._parse(self._raw_agent_call(status, deadline, seconds), status), status)
+
+            raise disabled_command_error(exc, request.execute, lambda: is_frozen(ask)) from None
+
+    def _raw_agent_call(self, request: Request, deadline: Deadline, seconds: int) -> str:
+        waiting_for = f"the reply to {request.execute} from the guest agent of {self.target}"
+        return self._call(request, deadline, waiting_for, self.libvirt_qemu.qemuAgentCommand,
+                          self._text(request), seconds, 0)
 
     def execute(self, request: Request, deadline: Deadline) -> dict[str, Any]:
         with trace.Exchange(self.target, request.as_dict()):
