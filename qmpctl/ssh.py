@@ -259,6 +259,24 @@ class _Master:
         _reaped(proc)
 
 
+UNIX_PATH_MAX = 107
+"""sun_path holds 108 bytes including the terminating NUL."""
+SOCKET_NAME_ROOM = 24
+"""What goes after the folder: "/m0", and the ".XXXXXXXXXXXXXXXX" ssh appends while it binds the control socket."""
+
+
+def _private_folder() -> str:
+    """A new folder for control and forwarded sockets, short enough for their paths.
+
+    A long TMPDIR (a test runner's, a CI job's) would push the socket paths past
+    what a unix socket can name, and ssh would refuse to listen; /tmp then serves.
+    """
+    for parent in (tempfile.gettempdir(), "/tmp"):
+        if len(os.fsencode(parent)) + len("/qmpctl-ssh-XXXXXXXX") + SOCKET_NAME_ROOM <= UNIX_PATH_MAX:
+            return tempfile.mkdtemp(prefix="qmpctl-ssh-", dir=parent)
+    return tempfile.mkdtemp(prefix="qmpctl-ssh-", dir="/tmp")
+
+
 class _Registry:
     """The masters of this process and their private folder, created on first use, removed at exit."""
 
@@ -271,7 +289,7 @@ class _Registry:
     def master(self, host: SshHost) -> _Master:
         with self.lock:
             if self.folder is None:
-                self.folder = tempfile.mkdtemp(prefix="qmpctl-ssh-")
+                self.folder = _private_folder()
                 atexit.register(close_all)
             master = self.masters.get(host)
             if master is None:

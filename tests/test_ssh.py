@@ -62,6 +62,16 @@ def test_status_over_ssh_leaves_nothing_behind(cli, sshd, vms, tmp_path):
     assert list(own_tmp.iterdir()) == []  # its ControlPath folder and forwarded sockets are gone
 
 
+def test_a_long_tmpdir_still_leaves_room_for_the_socket_paths(cli, sshd, vms, tmp_path):
+    """A test runner's or CI job's TMPDIR can be long: ssh must still be able to bind its control socket."""
+    long_tmp = tmp_path / ("t" * 60) / ("u" * 40)
+    long_tmp.mkdir(parents=True)
+    result = cli("status", "-s", sshd.url(vms[0].qmp_path), env={**sshd.env(), "TMPDIR": str(long_tmp)})
+    assert result.code == 0, result
+    sshd.wait_all_closed()
+    assert list(long_tmp.iterdir()) == []
+
+
 def test_monitor_command_over_ssh(cli, sshd, vms):
     result = ssh_cli(cli, sshd, "monitor-command", "-s", sshd.url(vms[1].qmp_path),
                      '{"execute":"query-block"}', "--return-value")
