@@ -23,21 +23,16 @@ from qmpctl.errors import DeadlineExceeded, Interrupted, JobFailed, ProtocolErro
 from qmpctl.jobs import JobState, Progress, dismiss, failure_detail, finish, list_jobs, wait_for_end
 from qmpctl.request import Request
 from qmpctl.targets import Session
+from qmpctl.units import parse_size
 from qmpctl.waiting import CHECK_EVERY
 
 DEFAULT_WAIT_TIMEOUT = 86400.0
 MAX_JOB_ID = 19
 """Target node names add up to 12 characters to the job id, and QEMU allows 31."""
 
-SPEED_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
-
-
 def parse_speed(text: str) -> int:
     """Bytes per second: ``1048576``, ``512K``, ``10M``, ``1G`` (powers of 1024)."""
-    found = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not found or int(found.group(1)) == 0:
-        raise UsageError(f"--speed wants bytes per second above 0, like 1048576, 512K or 10M; got {text!r}")
-    return int(found.group(1)) * SPEED_UNITS[found.group(2).upper()]
+    return parse_size(text, "--speed", "bytes per second")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,185 @@
+"""Seeing and limiting a VM: stats, throttle and balloon against real QEMU and the lab guest.
+
+The limits are measured where they matter: a real guest reading its disk
+with O_DIRECT, so neither the guest's page cache nor QEMU's hides the limit.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from qmpctl import balloon, stats, throttle
+from qmpctl.address import parse_address
+from qmpctl.deadline import Deadline
+from qmpctl.errors import DeadlineExceeded, UsageError, VmError
+from qmpctl.qmp import QmpSession
+from support.lab import lab_guest_module
+
+MiB = 1024 * 1024
+
+
+def connect(path: Path) -> QmpSession:
+    return QmpSession.connect(parse_address(str(path)), Deadline(10))
+
+
+@pytest.fixture
+def session(vm_factory) -> Iterator[QmpSession]:
+    vm = vm_factory(extra_args=["-device", "virtio-balloon-pci,id=balloon0"])
+    with connect(vm.qmp_path) as opened:
+        yield opened
+
+
+# -- real QEMU without a guest --------------------------------------------------------------------
+
+@pytest.mark.qemu
+def test_stats_document_names_disks_vcpus_balloon_and_says_why_query_stats_is_empty(session):
+    document = stats.collect(session, Deadline(10))
+    disk = document["disks"][0]
+    assert (disk["device"], disk["qdev"], disk["node-name"]) == ("vd0", "/machine/peripheral/vd0/virtio-backend",
+                                                                  "disk0")
+    assert {"rd_bytes", "wr_bytes", "rd_operations", "wr_operations", "flush_operations",
+            "rd_total_time_ns"} <= set(disk)
+    assert document["vcpus"][0]["cpu-index"] == 0 and document["vcpus"][0]["thread-id"] > 0
+    assert document["balloon"]["actual"] == 64 * MiB
+    assert "query-stats" not in document and stats.EMPTY_QUERY_STATS in document["notes"]  # TCG has no counters
+
+
+@pytest.mark.qemu
+def test_stats_without_a_balloon_leaves_it_out_with_a_note(vm):
+    with connect(vm.qmp_path) as opened:
+        document = stats.collect(opened, Deadline(10))
+    assert "balloon" not in document and stats.NO_BALLOON in document["notes"]
+
+
+def test_rates_come_from_consecutive_samples():
+    rates = stats.Rates()
+    first = rates.update("a", {"disks": [{"qdev": "q", "device": "d", "node-name": "n", "rd_bytes": 100}]}, 10.0)
+    assert "rates" not in first["disks"][0]
+    second = rates.update("a", {"disks": [{"qdev": "q", "device": "d", "node-name": "n", "rd_bytes": 300}]}, 12.0)
+    assert second["disks"][0]["rates"] == {"rd_bytes_per_s": 100.0} and second["interval"] == 2.0
+
+
+def test_ticks_keep_a_fixed_schedule_and_skip_missed_ones():
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    times = []
+    for at in stats.ticks(1.0, 4, clock=lambda: now[0], sleep=sleep):
+        times.append(at)
+        now[0] += 0.25 if len(times) != 2 else 2.5  # the second sample is slow
+    assert times == [0.0, 1.0, 3.5, 4.5]  # late: sampled at once, then on a new schedule
+
+
+@pytest.mark.qemu
+def test_throttle_changes_only_what_is_named_and_off_clears_all(session):
+    deadline = Deadline(10)
+    assert throttle.show(session, deadline, "vd0")["limits"] == dict.fromkeys(throttle.BASE, 0)
+    limits = throttle.set_limits(session, deadline, "vd0", {"bps_rd": MiB})["limits"]
+    assert limits["bps_rd"] == MiB
+    limits = throttle.set_limits(session, deadline, "vd0", {"iops": 100, "iops_max": 200})["limits"]
+    assert (limits["bps_rd"], limits["iops"], limits["iops_max"]) == (MiB, 100, 200)
+    limits = throttle.set_limits(session, deadline, "vd0", {"bps": 2 * MiB})["limits"]
+    assert (limits["bps"], limits["bps_rd"], limits["iops"]) == (2 * MiB, 0, 100)  # total replaces read/write
+    # Addressed by the qdev path as well as by the device id.
+    limits = throttle.show(session, deadline, "/machine/peripheral/vd0/virtio-backend")["limits"]
+    assert limits["bps"] == 2 * MiB
+    cleared = throttle.set_limits(session, deadline, "vd0", {}, off=True)["limits"]
+    assert cleared == dict.fromkeys(throttle.BASE, 0)
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("changes, reason", [
+    ({"bps": MiB, "bps_rd": MiB}, "cannot be combined with --bps-rd"),
+    ({"iops_wr_max_length": 3}, "--iops-wr-max-length needs a burst rate"),
+    ({"bps_max": MiB}, "--bps-max is a burst above --bps"),
+    ({"bps": 2 * MiB, "bps_max": MiB}, "cannot be lower than --bps"),
+    ({"iops_size": 4096}, "--iops-size needs an operations limit"),
+])
+def test_contradictory_limits_are_refused_before_anything_is_sent(session, changes, reason):
+    with pytest.raises(UsageError, match=reason):
+        throttle.set_limits(session, Deadline(10), "vd0", changes)
+    assert throttle.show(session, Deadline(10), "vd0")["limits"] == dict.fromkeys(throttle.BASE, 0)
+
+
+@pytest.mark.qemu
+def test_throttle_of_an_unknown_disk_names_the_disks_there_are(session):
+    with pytest.raises(UsageError, match=r"no disk 'vd9'.*\(disks: vd0\)"):
+        throttle.show(session, Deadline(10), "vd9")
+
+
+@pytest.mark.qemu
+def test_balloon_shows_and_sets_and_a_wait_says_how_far_the_guest_got(session):
+    assert balloon.query(session, Deadline(10)) == {"return": {"actual": 64 * MiB}}
+    # Without a guest nothing gives memory back: the request is taken, the wait runs out.
+    with pytest.raises(DeadlineExceeded, match=f"did not reach {32 * MiB} bytes within 0.5 s: it has {64 * MiB}"):
+        balloon.set_target(session, Deadline(10), 32 * MiB, Deadline(0.5))
+    assert balloon.set_target(session, Deadline(10), 64 * MiB, Deadline(5)) == {
+        "return": {"actual": 64 * MiB, "target": 64 * MiB}}
+
+
+@pytest.mark.qemu
+def test_balloon_without_a_device_names_the_device_to_add(vm):
+    with connect(vm.qmp_path) as opened, pytest.raises(VmError, match="-device virtio-balloon-pci") as caught:
+        balloon.query(opened, Deadline(10))
+    assert caught.value.error_class == "DeviceNotActive"
+
+
+# -- the lab guest ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """One booted lab guest for the module; its data disk is /dev/vda in the guest."""
+    with lab_guest_module().LabGuest(tmp_path_factory.mktemp("perf")) as booted:
+        yield booted
+
+
+def guest_read(guest, mebibytes: int) -> float:
+    """Seconds the guest takes to read ``mebibytes`` from its data disk, past every cache (O_DIRECT)."""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "qmpctl", "agent", "exec", "-a", str(guest.agent_path),
+                           "--timeout", "120", "--", "dd", "if=/dev/vda", "of=/dev/null", "bs=64k",
+                           f"count={mebibytes * 16}", "iflag=direct"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return time.monotonic() - started
+
+
+@pytest.mark.lab
+def test_stats_counters_grow_by_what_the_guest_reads(guest):
+    def read_bytes() -> int:
+        with connect(guest.qmp_path) as opened:
+            disks = stats.collect(opened, Deadline(10))["disks"]
+        return next(disk["rd_bytes"] for disk in disks if disk["device"] == guest.data_disk_device_id)
+
+    before = read_bytes()
+    guest_read(guest, 4)
+    assert read_bytes() - before >= 4 * MiB
+
+
+@pytest.mark.lab
+def test_a_read_limit_holds_in_the_guest_and_other_limits_keep_it(guest):
+    device = guest.data_disk_device_id
+    unthrottled = guest_read(guest, 8)
+    with connect(guest.qmp_path) as opened:
+        throttle.set_limits(opened, Deadline(10), device, {"bps_rd": MiB})
+    try:
+        throttled = guest_read(guest, 8)
+        with connect(guest.qmp_path) as opened:
+            limits = throttle.set_limits(opened, Deadline(10), device, {"iops": 100})["limits"]
+        assert (limits["bps_rd"], limits["iops"]) == (MiB, 100)
+    finally:
+        with connect(guest.qmp_path) as opened:
+            cleared = throttle.set_limits(opened, Deadline(10), device, {}, off=True)["limits"]
+    print(f"8 MiB with O_DIRECT: {throttled:.2f} s at 1 MiB/s, {unthrottled:.2f} s unthrottled")
+    # 1 MiB/s, minus the burst QEMU allows at the start: at least about 6 s.
+    assert throttled >= 6 and unthrottled < throttled / 3
+    assert cleared == dict.fromkeys(throttle.BASE, 0)
