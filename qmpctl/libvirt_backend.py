@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 import re
 import threading
 from types import ModuleType
@@ -294,8 +295,98 @@ class DomainSession:
         self.close()
 
 
+_event_loop_lock = threading.Lock()
+_event_loop_running = False
+EVENT_POLL_SECONDS = 0.5
+"""How often a wait for an event looks at Ctrl-C and its deadline."""
+
+
+def _run_event_loop(libvirt: ModuleType) -> None:
+    """libvirt's default event loop: delivers monitor events to their callbacks, for the life of the process."""
+    while libvirt.virEventRunDefaultImpl() == 0:
+        pass
+
+
+def start_event_loop(libvirt: ModuleType) -> None:
+    """Register libvirt's default event loop (once) and run it in a daemon thread.
+
+    It must be registered before the connection that is to receive events is
+    opened; the waits on its events are bounded by their deadlines, and the
+    thread ends with the process.
+    """
+    global _event_loop_running
+    with _event_loop_lock:
+        if not _event_loop_running:
+            libvirt.virEventRegisterDefaultImpl()
+            threading.Thread(target=_run_event_loop, args=(libvirt,), name="qmpctl-libvirt-events",
+                             daemon=True).start()
+            _event_loop_running = True
+
+
 class DomainMonitorSession(DomainSession):
-    """QMP through ``virDomainQemuMonitorCommand``; HMP lines through its HMP flag, like virsh --hmp."""
+    """QMP through ``virDomainQemuMonitorCommand``; HMP lines through its HMP flag, like virsh --hmp.
+
+    Events come through libvirt's QEMU monitor event API
+    (``virConnectDomainQemuMonitorEventRegister``) once :meth:`listen_events`
+    has opened a second connection for them: one opened before the event loop
+    was registered cannot receive events.
+    """
+
+    _events: "queue.Queue[dict[str, Any]] | None" = None
+    _event_connection: Any = None
+    _callback_id: int | None = None
+
+    def listen_events(self, deadline: Deadline) -> None:
+        """Start receiving the domain's QEMU monitor events (every event; QEMU's timestamps kept)."""
+        if self._events is not None:
+            return
+        libvirt, libvirt_qemu = self.libvirt, self.libvirt_qemu
+        start_event_loop(libvirt)
+        events: queue.Queue[dict[str, Any]] = queue.Queue()
+
+        def deliver(connection: Any, domain: Any, event: str, seconds: int, micros: int, details: str | None,
+                    opaque: Any) -> None:
+            try:
+                data = json.loads(details) if details else {}
+            except ValueError:
+                data = {"details": details}
+            events.put({"event": event, "data": data, "timestamp": {"seconds": seconds, "microseconds": micros}})
+
+        def subscribe() -> tuple[Any, int]:
+            connection = libvirt.open(self.domain_target.connect_uri)
+            try:
+                domain = _lookup(libvirt, connection, self.domain.UUIDString())
+                return connection, libvirt_qemu.qemuMonitorEventRegister(connection, domain, None, deliver, None, 0)
+            except BaseException:
+                connection.close()
+                raise
+
+        self._event_connection, self._callback_id = self._call(
+            deadline, f"libvirt to send the events of {self.target}", subscribe)
+        self._events = events
+
+    def next_event(self, deadline: Deadline, waiting_for: str) -> dict[str, Any]:
+        """The next monitor event libvirt passed on, within ``deadline``."""
+        if self._events is None:
+            self.listen_events(deadline)
+        assert self._events is not None
+        while True:
+            left = deadline.remaining(waiting_for)
+            try:
+                return self._events.get(timeout=min(left, EVENT_POLL_SECONDS))
+            except queue.Empty:
+                continue
+
+    def close(self) -> None:
+        if self._event_connection is not None:
+            try:
+                if self._callback_id is not None:
+                    self.libvirt_qemu.qemuMonitorEventDeregister(self._event_connection, self._callback_id)
+                self._event_connection.close()
+            except self.libvirt.libvirtError:
+                pass
+            self._event_connection = None
+        super().close()
 
     def execute(self, request: Request, deadline: Deadline) -> dict[str, Any]:
         waiting_for = f"the reply to {request.execute} from {self.target}"

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from qmpctl.address import Address
 from qmpctl.deadline import Deadline
-from qmpctl.errors import ProtocolError, VmError
+from qmpctl.errors import ConnectionClosed, ProtocolError, VmError
 from qmpctl.request import Request, parse_json
 from qmpctl.transport import Connection
 
@@ -160,3 +160,35 @@ class QmpSession:
                 if match(message):
                     return message
                 self.events.append(message)
+
+    def listen_events(self, deadline: Deadline) -> None:
+        """Nothing to do: QEMU sends every event to every negotiated monitor connection."""
+
+    def next_event(self, deadline: Deadline, waiting_for: str) -> dict[str, Any]:
+        """The next event in arrival order: one kept while waiting for a reply, else the next to come."""
+        if self.events:
+            return self.events.popleft()
+        while True:
+            message = self._read_message(deadline, waiting_for)
+            if "event" in message:
+                return message  # anything else is a stale reply to nobody
+
+    def execute_closing(self, request: Request, deadline: Deadline) -> dict[str, Any]:
+        """Send a command after which QEMU closes the monitor (``quit``); the close is its success.
+
+        QEMU answers and then exits, so the connection closing, before or after
+        the reply, is what was asked for. Returns once it has closed, so the
+        caller knows QEMU is on its way out.
+        """
+        try:
+            reply = self._exchange(request, deadline)
+        except ConnectionClosed:
+            return {"return": {}}
+        waiting_for = f"{self.target} to close after {request.execute}"
+        try:
+            while True:
+                message = self._read_message(deadline, waiting_for)
+                if "event" in message:
+                    self.events.append(message)
+        except ConnectionClosed:
+            return reply
