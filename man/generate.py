@@ -1,7 +1,7 @@
-"""Generate man/qmpctl.1 from the Typer app and README.md, so the page cannot drift from either.
+"""Generate man/qmpctl.1 from the command declaration and README.md, so the page cannot drift from either.
 
 Commands, arguments, options, defaults and their environment variables come
-from the app. Everything hand-written comes from README.md, the one place
+from the Typer app built from the declaration (qmpctl/cli/spec.py). Everything hand-written comes from README.md, the one place
 people edit: the description, addresses, environment, output, exit codes,
 guarantees, troubleshooting and the examples (the README's runnable blocks,
 which tests/test_docs.py executes). ``qmpctl.1.in`` beside this file holds the
@@ -21,11 +21,8 @@ from typing import Iterable
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
-import click  # noqa: E402
-import typer  # noqa: E402
-
 from qmpctl import __version__  # noqa: E402
-from qmpctl.cli import app  # noqa: E402
+from qmpctl.cli.spec import COMMANDS, Argument, Command, Option, all_options  # noqa: E402
 from readme import CRONTAB, RUNNABLE, Readme, split_row  # noqa: E402
 
 TEMPLATE = HERE / "qmpctl.1.in"
@@ -199,105 +196,86 @@ def examples(readme: Readme) -> str:
     return "\n".join(out)
 
 
-# --- the Typer app ------------------------------------------------------------------------
+# --- the command declaration ----------------------------------------------------------------
 
 
-def walk(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
-    found = []
-    for name, command in group.commands.items():
-        if isinstance(command, click.Group):
-            found.extend(walk(command, f"{prefix}{name} "))
-        else:
-            found.append((f"{prefix}{name}", command))
-    return found
+def signature(option: Option) -> tuple:
+    return (option.flags, option.off_flags, option.help, option.envvar, repr(option.default), option.type)
 
 
-def epilog_examples(epilog: str | None) -> list[str]:
-    """The command lines of a command's help epilog: "Example: CMD" or "Examples: CMD;  CMD"."""
-    found = re.fullmatch(r"Examples?:\s*(.*)", (epilog or "").strip(), re.DOTALL)
-    return [" ".join(line.split()) for line in found.group(1).split(";  ")] if found else []
+def value_name(option: Option | Argument) -> str:
+    if isinstance(option, Option) and option.type == "choice":
+        return "|".join(option.choices)
+    return option.metavar or option.name.upper()
 
 
-def signature(param: click.Parameter) -> tuple:
-    return (tuple(param.opts), tuple(param.secondary_opts), getattr(param, "help", None), param.envvar,
-            repr(param.default))
-
-
-def value_name(param: click.Parameter) -> str:
-    if isinstance(param.type, click.Choice):
-        return "|".join(str(choice) for choice in param.type.choices)
-    return param.metavar or param.name.upper()
-
-
-def option_words(param: click.Option) -> str:
-    names = [f"\\fB{escape_code(name)}\\fR" for name in param.opts + param.secondary_opts]
-    words = ", ".join(names[: len(param.opts)])
-    if param.secondary_opts:
-        words += " | " + ", ".join(names[len(param.opts):])
-    if not param.is_flag:
-        words += f" \\fI{escape_code(value_name(param))}\\fR"
+def option_words(option: Option) -> str:
+    words = ", ".join(f"\\fB{escape_code(name)}\\fR" for name in option.flags)
+    if option.off_flags:
+        words += " | " + ", ".join(f"\\fB{escape_code(name)}\\fR" for name in option.off_flags)
+    if option.type not in ("flag", "switch"):
+        words += f" \\fI{escape_code(value_name(option))}\\fR"
     return words
 
 
-def describe(param: click.Parameter) -> str:
-    help_text = getattr(param, "help", None) or ""
+def describe(parameter: Option | Argument) -> str:
+    help_text = parameter.help
     notes = []
-    default = param.default
-    if isinstance(param, click.Option) and param.secondary_opts and isinstance(default, bool):
-        notes.append(f"default: {(param.opts if default else param.secondary_opts)[0]}")
-    elif isinstance(param, click.Option) and not param.is_flag and default not in (None, (), [], False):
-        notes.append(f"default: {default:g}" if isinstance(default, float) else f"default: {default}")
-    if param.envvar:
-        notes.append(f"env: {param.envvar}")
+    if isinstance(parameter, Option):
+        default = parameter.default
+        if parameter.type == "switch":
+            notes.append(f"default: {(parameter.flags if default else parameter.off_flags)[0]}")
+        elif parameter.type != "flag" and default not in (None, (), [], False):
+            notes.append(f"default: {default:g}" if isinstance(default, float) else f"default: {default}")
+        if parameter.envvar:
+            notes.append(f"env: {parameter.envvar}")
     if notes:
         help_text += f" [{'; '.join(notes)}]"
     return escape_options(help_text)
 
 
-def common_options(commands: list[tuple[str, click.Command]]) -> set[tuple]:
+def common_options(commands: tuple[Command, ...]) -> set[tuple]:
     """Options that several commands share word for word: described once, under COMMON OPTIONS."""
-    counts = Counter(signature(param) for _, command in commands for param in command.params
-                     if isinstance(param, click.Option))
+    counts = Counter(signature(option) for command in commands for option in all_options(command))
     return {key for key, count in counts.items() if count > 1}
 
 
-def common_section(commands: list[tuple[str, click.Command]]) -> str:
+def common_section(commands: tuple[Command, ...]) -> str:
     shared = common_options(commands)
-    seen: dict[tuple, click.Option] = {}
-    for _, command in commands:
-        for param in command.params:
-            if isinstance(param, click.Option) and signature(param) in shared:
-                seen.setdefault(signature(param), param)
-    return "\n".join(f".TP\n{option_words(param)}\n{lines_safe(describe(param))}" for param in seen.values())
+    seen: dict[tuple, Option] = {}
+    for command in commands:
+        for option in all_options(command):
+            if signature(option) in shared:
+                seen.setdefault(signature(option), option)
+    return "\n".join(f".TP\n{option_words(option)}\n{lines_safe(describe(option))}" for option in seen.values())
 
 
-def command_section(commands: list[tuple[str, click.Command]]) -> str:
+def command_section(commands: tuple[Command, ...]) -> str:
     shared = common_options(commands)
     out: list[str] = []
-    for name, command in commands:
-        arguments = " ".join(f"\\fI{escape_code(value_name(p))}\\fR" for p in command.params
-                             if isinstance(p, click.Argument))
+    for command in commands:
+        name = " ".join(command.words)
+        arguments = " ".join(f"\\fI{escape_code(value_name(a))}\\fR" for a in command.arguments)
         out.append(f".SS \\fBqmpctl {escape_code(name)}\\fR [\\fIOPTIONS\\fR] {arguments}".rstrip())
-        for index, paragraph in enumerate((command.help or "").split("\n\n")):
+        paragraphs = [command.summary] + [p for p in command.description.split("\n\n") if p]
+        for index, paragraph in enumerate(paragraphs):
             out.append(".PP" if index else "")
             out.append(lines_safe(escape_options(" ".join(paragraph.split()))))
-        for param in command.params:
-            if isinstance(param, click.Argument):
-                out.append(f".TP\n\\fI{escape_code(value_name(param))}\\fR\n{lines_safe(describe(param))}")
-        for param in command.params:
-            if isinstance(param, click.Option) and signature(param) not in shared:
-                out.append(f".TP\n{option_words(param)}\n{lines_safe(describe(param))}")
-        common = [param.opts[0] if param.opts[0].startswith("--") else param.opts[-1] for param in command.params
-                  if isinstance(param, click.Option) and signature(param) in shared]
+        for argument in command.arguments:
+            out.append(f".TP\n\\fI{escape_code(value_name(argument))}\\fR\n{lines_safe(describe(argument))}")
+        for option in all_options(command):
+            if signature(option) not in shared:
+                out.append(f".TP\n{option_words(option)}\n{lines_safe(describe(option))}")
+        common = [next((f for f in o.flags if f.startswith("--")), o.flags[0]) for o in all_options(command)
+                  if signature(o) in shared]
         out.append(".PP\nAnd the common options " + ", ".join(f"\\fB{escape_code(o)}\\fR" for o in common) + ".")
-        found = epilog_examples(command.epilog)
-        if found:
-            out.append(".PP\nExample" + ("s:" if len(found) > 1 else ":"))
-            out.append(example("\n".join(found)))
+        found = [" ".join(line.split()) for line in command.example.split(";  ")]
+        out.append(".PP\nExample" + ("s:" if len(found) > 1 else ":"))
+        out.append(example("\n".join(found)))
     return "\n".join(line for line in out if line != "")
 
 
-def environment(readme: Readme, commands: list[tuple[str, click.Command]]) -> str:
+def environment(readme: Readme, commands: tuple[Command, ...]) -> str:
     """README's environment table; every variable an option reads must be in it (tests/test_manpage.py)."""
     rows = [row for table in _tables(readme.section("Environment").text) for row in table[1:]]
     return tagged_rows(rows)
@@ -305,9 +283,7 @@ def environment(readme: Readme, commands: list[tuple[str, click.Command]]) -> st
 
 def generate() -> str:
     readme = Readme.load()
-    root = typer.main.get_command(app)
-    assert isinstance(root, click.Group)
-    commands = walk(root)
+    commands = COMMANDS
     intro = next(text for kind, text in markdown_chunks(readme.section("qmpctl").intro()) if kind == "para")
     parts = {
         "VERSION": __version__,

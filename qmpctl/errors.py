@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     PROTOCOL = 5
     JOB_FAILED = 6
     INTERNAL = 70
+    OUTPUT = 74
     EXEC_TIMEOUT = 124
     EXEC_FAILED = 125
     INTERRUPTED = 130
@@ -95,6 +96,15 @@ class Interrupted(QmpctlError):
     """SIGINT or SIGTERM arrived; whatever qmpctl started was cleaned up first."""
 
     exit_code = ExitCode.INTERRUPTED
+
+
+class OutputError(QmpctlError):
+    """The result could not be written (stdout closed, full disk): the command itself may have succeeded.
+
+    Not exit 5 (the peer did nothing wrong) and not 70 (no bug): sysexits' EX_IOERR.
+    """
+
+    exit_code = ExitCode.OUTPUT
 
 
 class ExecFailed(QmpctlError):

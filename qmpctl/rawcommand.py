@@ -7,6 +7,7 @@ its arguments written as JSON object members (without the braces).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from qmpctl.errors import UsageError
@@ -20,6 +21,39 @@ def _parse_json(text: str, what: str) -> Any:
         raise UsageError(f"{what} is not valid JSON: {exc}") from None
     except RecursionError:
         raise UsageError(f"{what} is nested too deeply") from None
+
+
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+"""What QEMU and qemu-ga accept as one message."""
+
+
+def read_request_words(words: list[str]) -> list[str]:
+    """``-`` reads the request from standard input, ``@FILE`` from FILE; other words stay as they are.
+
+    The kernel caps one command-line argument at 128 KiB, so a larger request
+    (a long list of arguments, a base64 payload) cannot be given as a word.
+    """
+    if len(words) != 1 or not (words[0] == "-" or words[0].startswith("@")):
+        return words
+    source = words[0]
+    try:
+        if source == "-":
+            data = sys.stdin.buffer.read(MAX_REQUEST_BYTES + 1)
+            where = "standard input"
+        else:
+            where = source[1:]
+            with open(where, "rb") as file:
+                data = file.read(MAX_REQUEST_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read the request from {source[1:] or source}: {exc.strerror or exc}") from None
+    if len(data) > MAX_REQUEST_BYTES:
+        raise UsageError(f"the request in {where} is over {MAX_REQUEST_BYTES // (1024 * 1024)} MiB, "
+                         "more than QEMU accepts in one message")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"the request in {where} is not UTF-8 text") from None
+    return [text]
 
 
 def parse_raw_command(words: list[str], protocol: str = "qmp") -> Request:

@@ -1,4 +1,4 @@
-"""``agent exec`` takes the shortcut past Typer, and reads every command line it takes as Typer would.
+"""``agent exec`` is read by the start-up parser past Typer, exactly as Typer would read it.
 
 The shortcut is what lets ``agent exec -- true`` cost about what ``agent ping``
 costs. Typer stays the reference: the same line must reach the same options,
@@ -7,14 +7,9 @@ the same shared options and the same errors (exit 125) by both paths.
 
 from __future__ import annotations
 
-import click
 import pytest
-import typer
 
-from qmpctl.cli import exec_run, fastpath, run_cli
-from qmpctl.cli import agent as agent_cli
-from qmpctl.cli.common import shared_options
-from qmpctl.targets import AGENT
+from qmpctl.cli import exec_run, parse, run_cli
 
 VARIABLES = ("QMPCTL_AGENT", "QMPCTL_TIMEOUT", "LIBVIRT_DEFAULT_URI", "_QMPCTL_COMPLETE")
 
@@ -63,14 +58,13 @@ def outcome(argv: list[str], env: dict[str, str], fast_path: bool, monkeypatch, 
         return 0
 
     monkeypatch.setattr(exec_run, "execute_exec", record)
-    monkeypatch.setattr(agent_cli, "execute_exec", record)
     code = run_cli(["agent", "exec", *argv], fast_path=fast_path)
     return code, seen, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("argv", "env"), TAKEN, ids=[" ".join(a) for a, _ in TAKEN])
 def test_shortcut_reads_exec_lines_as_typer_does(argv, env, clean_environment, capsys):
-    assert fastpath.parse(["agent", "exec", *argv], env) is not None
+    assert parse.parse(["agent", "exec", *argv], env) is not None
     fast = outcome(argv, env, True, clean_environment, capsys)
     slow = outcome(argv, env, False, clean_environment, capsys)
     assert fast == slow
@@ -88,7 +82,7 @@ def test_mistakes_found_after_parsing_are_125_by_both_paths(clean_environment, c
 
 @pytest.mark.parametrize("argv", LEFT_TO_TYPER, ids=[" ".join(a) or "-" for a in LEFT_TO_TYPER])
 def test_everything_else_is_left_to_typer(argv):
-    assert fastpath.parse(["agent", "exec", *argv], {}) is None
+    assert parse.parse(["agent", "exec", *argv], {}) is None
 
 
 @pytest.mark.parametrize("argv", [a for a in LEFT_TO_TYPER if a and a[0] not in ("--help", "-h")],
@@ -96,20 +90,6 @@ def test_everything_else_is_left_to_typer(argv):
 def test_typer_usage_errors_in_exec_are_125(argv, clean_environment, capsys):
     assert run_cli(["agent", "exec", *argv]) == 125
     assert capsys.readouterr().err.strip()
-
-
-def test_exec_options_are_the_same_in_both_parsers():
-    """A new exec option must be declared once, in exec_run.EXEC_OPTIONS, or the shortcut would ignore it."""
-    from qmpctl.cli import root
-
-    command = typer.main.get_command(root.app).commands["agent"].commands["exec"]  # type: ignore[attr-defined]
-    params = {param.name: param for param in command.params if isinstance(param, click.Option)}
-    declared = {option.name: option for option in exec_run.EXEC_OPTIONS + shared_options(AGENT)}
-    assert set(params) == set(declared)
-    for name, option in declared.items():
-        assert sorted(params[name].opts) == sorted(option.flags)
-        assert params[name].multiple == (option.value == "list")
-        assert params[name].is_flag == (option.value == "flag")
 
 
 def test_dry_run_prints_the_same_by_both_paths(clean_environment, capsys):

@@ -12,11 +12,10 @@ import signal
 from pathlib import Path
 from typing import Iterator
 
-import click
 import pytest
-import typer
 
-from qmpctl.cli import app, run_cli
+from qmpctl.cli import run_cli
+from qmpctl.cli.spec import COMMANDS, Command, all_options
 from support.fakes import FakeServer, Tripwire
 
 pytestmark = pytest.mark.fault
@@ -58,61 +57,27 @@ def usage_exit(path: tuple[str, ...]) -> int:
 
 # --- every typed option of every command -------------------------------------
 
-def commands() -> list[tuple[tuple[str, ...], click.Command]]:
-    found = []
-
-    def walk(command: click.Command, path: tuple[str, ...]) -> None:
-        if isinstance(command, click.Group):
-            for name, sub in sorted(command.commands.items()):
-                walk(sub, path + (name,))
-        else:
-            found.append((path, command))
-
-    walk(typer.main.get_command(app), ())
-    return found
-
-
-TYPED = (click.types.IntParamType, click.types.FloatParamType, click.Choice)
+def commands() -> list[tuple[tuple[str, ...], Command]]:
+    return [(command.words, command) for command in COMMANDS]
 
 
 def typed_parameters() -> list[tuple[tuple[str, ...], list[str], str, str]]:
     """(command path, bad words, expected phrase, parameter name) for each int, float, choice or flag parameter."""
     rows = []
     for path, command in commands():
-        arguments = [p for p in command.params if isinstance(p, click.Argument)]
-        for param in command.params:
-            if isinstance(param, click.Option) and param.is_flag:
-                rows.append((path, [f"{param.opts[-1]}=maybe"], "does not take a value", param.opts[-1]))
-            elif isinstance(param, click.Option) and isinstance(param.type, TYPED):
-                rows.append((path, [param.opts[0], "abc"], "Invalid value", param.opts[0]))
-            elif isinstance(param, click.Argument) and isinstance(param.type, TYPED) and param is arguments[0]:
-                rows.append((path, ["abc"], "Invalid value", param.human_readable_name))
+        for option in all_options(command):
+            if option.type in ("flag", "switch"):
+                rows.append((path, [f"{option.flags[-1]}=maybe"], "does not take a value", option.flags[-1]))
+            elif option.type in ("int", "float", "choice"):
+                rows.append((path, [option.flags[0], "abc"], "Invalid value", option.flags[0]))
+        if command.arguments and command.arguments[0].type in ("int", "float"):
+            rows.append((path, ["abc"], "Invalid value", command.arguments[0].metavar))
     return rows
 
 
-def filler(param: click.Parameter, tmp_path: Path) -> str:
-    """A well-typed value for a required parameter, so parsing reaches the check under test."""
-    if isinstance(param.type, click.Choice):
-        return str(param.type.choices[0])
-    if isinstance(param.type, (click.types.IntParamType, click.types.FloatParamType)):
-        return "1"
-    if isinstance(param.type, click.Path):
-        existing = tmp_path / "filler.img"
-        existing.touch()
-        return str(existing)
-    return "x"
-
-
-def required_values(command: click.Command, tmp_path: Path) -> list[str]:
-    values: list[str] = []
-    for param in command.params:
-        if not param.required:
-            continue
-        if isinstance(param, click.Argument):
-            values.append(filler(param, tmp_path))
-        else:
-            values += [param.opts[0], filler(param, tmp_path)]
-    return values
+def required_values(command: Command, tmp_path: Path) -> list[str]:
+    """Well-typed values for the required arguments, so parsing reaches the check under test."""
+    return ["1" if argument.type in ("int", "float") else "x" for argument in command.arguments if argument.required]
 
 
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "typer"])
@@ -138,7 +103,7 @@ SHARED_BAD_VALUES = [
 
 
 @pytest.mark.parametrize("path", [path for path, command in commands()
-                                  if any("--timeout" in p.opts for p in command.params)], ids=" ".join)
+                                  if any("--timeout" in o.flags for o in all_options(command))], ids=" ".join)
 @pytest.mark.parametrize("option, value, phrase", SHARED_BAD_VALUES)
 @pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "typer"])
 def test_out_of_range_shared_option(capsys, server, tmp_path, path, option, value, phrase, fast_path):
@@ -152,7 +117,7 @@ def test_bad_timeout_from_the_environment(capsys, server, monkeypatch):
     monkeypatch.setenv("QMPCTL_TIMEOUT", "soon")
     code, err = qmpctl(capsys, "status")
     assert code == USAGE
-    assert "QMPCTL_TIMEOUT" in err and "'soon' is not a valid float" in err
+    assert "QMPCTL_TIMEOUT" in err and "Invalid value for '--timeout'" in err
 
 
 # --- raw requests (monitor-command, agent command) ------------------------------

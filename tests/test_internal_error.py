@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qmpctl.cli import fastpath, run_cli
+from qmpctl.cli import parse, run_cli
 from qmpctl.errors import ExitCode
 
 
@@ -12,7 +12,7 @@ def test_unexpected_exception_is_exit_70_with_one_line(monkeypatch, capsys, tmp_
     def broken(*args, **kwargs):
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(fastpath, "parse", broken)
+    monkeypatch.setattr(parse, "parse", broken)
     monkeypatch.delenv("QMPCTL_TRACEBACK", raising=False)
     code = run_cli(["status", "-s", str(tmp_path / "vm.sock")])
     err = capsys.readouterr().err
@@ -21,7 +21,7 @@ def test_unexpected_exception_is_exit_70_with_one_line(monkeypatch, capsys, tmp_
 
 
 def test_traceback_on_request(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(fastpath, "parse", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(parse, "parse", lambda *a, **k: 1 / 0)
     monkeypatch.setenv("QMPCTL_TRACEBACK", "1")
     assert run_cli(["status", "-s", str(tmp_path / "vm.sock")]) == 70
     assert "Traceback" in capsys.readouterr().err

@@ -1,11 +1,11 @@
 """The qmpctl command line: the only place that prints diagnostics and exits.
 
-The Typer application (:data:`app`, defined in :mod:`qmpctl.cli.root`) is
-built on first use: the commands scripts run most take a shortcut past Typer
-(:mod:`qmpctl.cli.fastpath`), and Typer with click costs more to import than
-a whole ``virsh`` call. Command modules register themselves on ``app``; heavy
-work (block jobs, agent exec, libvirt) is imported inside the commands that
-need it, so ``qmpctl status`` pays only for what it uses.
+Every command is declared once in :mod:`qmpctl.cli.spec`. A command line is
+read by the start-up parser (:mod:`qmpctl.cli.parse`) when it can, else by
+the Typer application built from the same declaration
+(:mod:`qmpctl.cli.typer_app`); either way the handler is called through
+:func:`qmpctl.cli.dispatch.invoke`. Errors become exit codes here, in
+:func:`run_cli`, and nowhere else.
 """
 
 from __future__ import annotations
@@ -19,42 +19,59 @@ from qmpctl.errors import ExitCode, QmpctlError
 
 
 def __getattr__(name: str) -> Any:
-    """``from qmpctl.cli import app`` builds the Typer application when first asked for."""
+    """``from qmpctl.cli import app`` builds the whole Typer application when first asked for."""
     if name == "app":
-        from qmpctl.cli.root import app
+        from qmpctl.cli.typer_app import build_app
 
-        return app
+        return build_app()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _terminate(signum: int, frame: Any) -> None:
-    """SIGTERM ends qmpctl the way Ctrl-C does, so cleanup code runs for both."""
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGINT and SIGTERM end qmpctl the same way, and only once.
+
+    The first one blocks both signals before it raises, so the cleanup that
+    follows (cancel a job, delete a partial file, thaw a guest) cannot be cut
+    short by a second Ctrl-C or a supervisor's repeated TERM; every cleanup is
+    bounded by its own deadline instead.
+    """
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     raise KeyboardInterrupt
 
 
 def report(message: str) -> None:
     """One clear diagnostic line on stderr."""
-    sys.stderr.write(f"qmpctl: {message}\n")
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(f"qmpctl: {message}\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):
+        pass  # no stderr to speak to: the exit code still tells
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app and map every outcome to the documented exit code."""
-    sys.exit(run_cli(argv))
+    """Entry point: run the command line and exit with the documented exit code."""
+    sys.exit(run_cli(argv, standalone=True))
 
 
-def run_cli(argv: list[str] | None = None, *, fast_path: bool = True) -> int:
+def run_cli(argv: list[str] | None = None, *, fast_path: bool = True, standalone: bool = False) -> int:
     """Run one command line and return its exit code (the in-process form tests use).
 
-    ``fast_path=False`` sends every command line through Typer, so tests can compare both paths.
+    ``fast_path=False`` sends every command line through Typer, so tests can compare both parsers.
+    ``standalone``: the process exits right after, so the signal handlers stay
+    as they are (a signal after the result was printed stays blocked and
+    cannot change the exit code).
     """
-    from qmpctl.cli import fastpath
+    from qmpctl.cli import parse
 
-    signal.signal(signal.SIGTERM, _terminate)
+    previous = _install_signal_handlers()
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        invocation = fastpath.parse(args, os.environ) if fast_path else None
-        return int(fastpath.run_invocation(invocation) if invocation else _run_typer(args))
+        invocation = parse.parse(args, os.environ) if fast_path else None
+        if invocation is not None:
+            from qmpctl.cli.dispatch import invoke
+
+            return invoke(invocation.command, invocation.values)
+        return _run_typer(args)
     except QmpctlError as exc:
         report(exc.message)
         return int(exc.exit_code)
@@ -69,26 +86,58 @@ def run_cli(argv: list[str] | None = None, *, fast_path: bool = True) -> int:
         report(f"internal error: {type(exc).__name__}: {exc} (a bug in qmpctl; "
                "set QMPCTL_TRACEBACK=1 to see where)")
         return ExitCode.INTERNAL
+    finally:
+        if not standalone:
+            _restore_signal_handlers(previous)
+
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _install_signal_handlers() -> list[Any] | None:
+    """Route SIGINT and SIGTERM to :func:`_interrupt`; None where handlers cannot be set (not the main thread)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = [signal.getsignal(number) for number in SIGNALS]
+    for number in SIGNALS:
+        signal.signal(number, _interrupt)
+    return previous
+
+
+def _restore_signal_handlers(previous: list[Any] | None) -> None:
+    """Put the caller's handlers back; a signal still pending (blocked after the result) is dropped, not raised."""
+    if previous is None:
+        return
+    for number in SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(SIGNALS))
+    for number, handler in zip(SIGNALS, previous):
+        signal.signal(number, handler if handler is not None else signal.SIG_DFL)
 
 
 def _run_typer(args: list[str]) -> int:
-    """Every command line the fast path does not take: Typer parses it, helps and explains mistakes."""
-    import click
+    """Every command line the start-up parser does not take: Typer parses it, helps and explains mistakes."""
     import typer
 
-    from qmpctl.cli.root import command_tree_for
+    from qmpctl.cli.spec import find
+    from qmpctl.cli.typer_app import build_app
 
-    command = typer.main.get_command(command_tree_for(args))
+    found = find(args)
+    usage_exit = found[0].usage_exit if found else ExitCode.USAGE
+    command = typer.main.get_command(build_app(args))
     try:
         result = command.main(args=args, prog_name="qmpctl", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         if exc.exit_code == ExitCode.INTERRUPTED:  # Typer's own translation of KeyboardInterrupt
             report("interrupted")
-        return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return ExitCode.USAGE if exc.exit_code == 2 else exc.exit_code
-    except click.exceptions.Abort:
+        return int(exc.exit_code)
+    except typer.TyperException as exc:  # click's ClickException (usage errors) in every Typer release
+        exc.show()  # type: ignore[attr-defined]
+        code = int(getattr(exc, "exit_code", 1))
+        return usage_exit if code == 2 else code
+    except typer.Abort:
         raise KeyboardInterrupt from None
     if result == ExitCode.INTERRUPTED:  # Typer turns a Ctrl-C outside a command into a plain 130
         report("interrupted")

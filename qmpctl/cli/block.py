@@ -1,4 +1,4 @@
-"""Block-device commands: block, jobs, hotplug-disk, unplug-disk, backup.
+"""Block-device commands: block, jobs, hotplug-disk, unplug-disk, backup (declared in :mod:`qmpctl.cli.spec`).
 
 The work happens in :mod:`qmpctl.block` and :mod:`qmpctl.backup`, imported
 inside the commands so that other commands do not pay for them.
@@ -10,45 +10,21 @@ import sys
 import time
 from typing import Any, Optional
 
-import typer
-
-from qmpctl.cli import app
-from qmpctl.cli.common import Common, command, execute_one, run
+from qmpctl.cli.common import Common, execute_one, run
 from qmpctl.errors import UsageError
 from qmpctl.request import Request
-
-
-def _choice(*values: str) -> Any:
-    """A choice option's type: the value stays a plain str."""
-    import click
-
-    return click.Choice(values)
-
 
 BAR_EVERY = 0.25
 JSON_EVERY = 1.0
 
 
-@app.command("block", epilog="Example: qmpctl block -s /tmp/vm.sock --pretty")
-@command()
-def block(
-    nodes: bool = typer.Option(False, "--nodes", help="List every named block node (query-named-block-nodes), "
-                               "including nodes no device uses yet."),
-    *, common: Common,
-) -> int:
+def block(common: Common, *, nodes: bool) -> int:
     """Show the VM's block devices (query-block)."""
     request = Request("query-named-block-nodes" if nodes else "query-block")
     return run(common, execute_one(request), [request])
 
 
-@app.command("jobs", epilog="Example: qmpctl jobs -s /tmp/vm.sock --return-value")
-@command()
-def jobs(
-    dismiss: Optional[str] = typer.Option(None, "--dismiss", metavar="JOB_ID", help="Instead, dismiss a concluded "
-                                          "job (job-dismiss) and delete the target nodes a backup --no-wait "
-                                          "added for it."),
-    *, common: Common,
-) -> int:
+def jobs(common: Common, *, dismiss: Optional[str]) -> int:
     """Show the VM's jobs (query-jobs): id, type, status, progress, error.
 
     A job qmpctl started (backup) stays listed once it has ended, with status
@@ -78,22 +54,8 @@ def _only_target_is_local(common: Common, why: str) -> bool:
     return targets[0].is_local
 
 
-@app.command("hotplug-disk", epilog="Example: qmpctl hotplug-disk -s /tmp/vm.sock /var/lib/vm/data.qcow2 --id data0 "
-             "--return-value")
-@command()
-def hotplug_disk(
-    file: str = typer.Argument(..., metavar="FILE", help="The image to attach (a path on the VM's host)."),
-    bus: str = typer.Option("virtio", "--bus", click_type=_choice("virtio", "scsi"), help="virtio: a virtio-blk-pci disk; scsi: a scsi-hd on a "
-                            "virtio-scsi-pci controller (added when the VM has none)."),
-    device_id: Optional[str] = typer.Option(None, "--id", metavar="NAME", show_default=False,
-                                            help="The device id; its nodes are NAME-format and NAME-file "
-                                            "[default: the first free diskN]."),
-    image_format: Optional[str] = typer.Option(None, "--format", click_type=_choice("qcow2", "raw"),
-                                               show_default=False,
-                                               help="The image format [default: read from its header]."),
-    readonly: bool = typer.Option(False, "--readonly", help="Attach the image read-only."),
-    *, common: Common,
-) -> int:
+def hotplug_disk(common: Common, *, file: str, bus: str, device_id: Optional[str],
+                 image_format: Optional[str], readonly: bool) -> int:
     """Attach an image as a new disk (blockdev-add + device_add), all or nothing.
 
     Prints the device id and node names. When a step fails, everything this
@@ -110,14 +72,7 @@ def hotplug_disk(
                plan.requests())
 
 
-@app.command("unplug-disk", epilog="Example: qmpctl unplug-disk -s /tmp/vm.sock disk1 --wait-timeout 60")
-@command()
-def unplug_disk(
-    device_id: str = typer.Argument(..., metavar="ID", help="The disk's device id (as hotplug-disk printed it)."),
-    wait_timeout: float = typer.Option(30.0, "--wait-timeout", metavar="SECONDS",
-                                       help="How long the guest may take to release the device."),
-    *, common: Common,
-) -> int:
+def unplug_disk(common: Common, *, device_id: str, wait_timeout: float) -> int:
     """Detach a disk: device_del, wait for the guest to release it, then blockdev-del its nodes.
 
     A PCI disk (virtio) needs the guest's cooperation; a guest that does not
@@ -175,33 +130,8 @@ class _ProgressPrinter:
             pass  # a closed stderr must not cost the backup
 
 
-@app.command("backup", epilog="Example: qmpctl backup -s /tmp/vm.sock vd0 /backup/vd0-$(date +%F).qcow2 "
-             "--progress json")
-@command()
-def backup(
-    device: str = typer.Argument(..., metavar="DEVICE", help="The disk: its device id (vd0), drive name or "
-                                 "node name."),
-    target: str = typer.Argument(..., metavar="TARGET", help="The image file to create; it must not exist."),
-    sync: str = typer.Option("full", "--sync", click_type=_choice("full", "top"), help="full: the whole disk; top: only what the top "
-                                  "image holds (the target then names the source's backing file)."),
-    image_format: str = typer.Option("qcow2", "--format", click_type=_choice("qcow2", "raw"),
-                                     help="The target's format."),
-    speed: Optional[str] = typer.Option(None, "--speed", metavar="BYTES_PER_SEC", show_default=False,
-                                        help="Limit the copy rate, e.g. 10M [default: no limit]."),
-    force: bool = typer.Option(False, "--force", help="Overwrite an existing TARGET; also needed when the VM "
-                               "runs on another host, where qmpctl cannot check it."),
-    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the job has finished (default), or "
-                              "return once it started and print its job id."),
-    wait_timeout: Optional[float] = typer.Option(None, "--wait-timeout", metavar="SECONDS", show_default=False,
-                                                 help="Cancel the job and exit 4 when it takes longer "
-                                                 "[default: one day]."),
-    progress: str = typer.Option("auto", "--progress", click_type=_choice("auto", "bar", "json", "none"), help="While waiting, show progress on "
-                                          "stderr: bar, json (one line per update), none; auto: a bar when "
-                                          "stderr is a terminal."),
-    job_id: Optional[str] = typer.Option(None, "--job-id", metavar="ID", show_default=False,
-                                         help="Name the job [default: backup-DEVICE]."),
-    *, common: Common,
-) -> int:
+def backup(common: Common, *, device: str, target: str, sync: str, image_format: str, speed: Optional[str],
+           force: bool, wait: bool, wait_timeout: Optional[float], progress: str, job_id: Optional[str]) -> int:
     """Back a disk up to a new image file, and wait until the copy is complete.
 
     Exit 0 only when the job finished without error. Exit 2: TARGET exists

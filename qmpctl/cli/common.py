@@ -8,24 +8,16 @@ place that turns them into exit codes.
 
 from __future__ import annotations
 
-import functools
 import sys
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 from qmpctl.deadline import Deadline
-from qmpctl.errors import ExitCode, Interrupted, QmpctlError, UsageError
+from qmpctl.cli.spec import DEFAULT_JOBS, DEFAULT_TIMEOUT
+from qmpctl.errors import ExitCode, OutputError, QmpctlError, UsageError
 from qmpctl.output import hmp_text, render_reply, to_json
 from qmpctl.request import Request
 from qmpctl.targets import AGENT, MONITOR, Action, Target, resolve_targets
 
-if TYPE_CHECKING:
-    from qmpctl.cli.simple import SimpleCommand
-
-# Typer (and inspect) are imported only inside the functions that build Typer
-# options: the fast path (qmpctl/cli/fastpath.py) runs commands without them.
-
-DEFAULT_TIMEOUT = 10.0
-DEFAULT_JOBS = 16
 MAX_TIMEOUT = 365 * 24 * 3600.0
 
 
@@ -50,7 +42,7 @@ def complete_socket(incomplete: str) -> list[str]:
 
 
 class Common(NamedTuple):
-    """The shared options, gathered from the command line by :func:`command` or the fast path.
+    """The shared options, as either parser read them (see :mod:`qmpctl.cli.spec`).
 
     A NamedTuple (``common._replace(...)`` makes a changed copy) rather than a
     dataclass: ``dataclasses`` imports ``inspect``, which the fast path avoids.
@@ -70,69 +62,6 @@ class Common(NamedTuple):
         return resolve_targets(self.kind, self.sockets, self.domains, self.uri)
 
 
-class SharedOption(NamedTuple):
-    """One option every command takes: both the Typer options and the fast path are built from these."""
-
-    name: str
-    """The keyword the command wrapper receives."""
-    flags: tuple[str, ...]
-    value: str
-    """``list`` (repeatable text), ``text``, ``float``, ``int`` or ``flag``."""
-    default: Any
-    envvar: str | None
-    metavar: str | None
-    help: str
-
-
-def shared_options(kind: str) -> tuple[SharedOption, ...]:
-    """The shared options of a monitor command (``-s``) or an agent command (``-a``)."""
-    if kind == AGENT:
-        target = SharedOption(
-            "target_sockets", ("-a", "--agent"), "list", None, "QMPCTL_AGENT", "ADDR",
-            "Guest-agent channel socket: PATH, unix:PATH, tcp:HOST:PORT. Repeat it, or use a glob, for many VMs.")
-    else:
-        target = SharedOption(
-            "target_sockets", ("-s", "--qmp"), "list", None, "QMPCTL_QMP", "ADDR",
-            "QMP socket, as given to QEMU's -qmp: PATH, unix:PATH, tcp:HOST:PORT, HOST:PORT. "
-            "Repeat it, or use a glob, for many VMs.")
-    return (
-        target,
-        SharedOption("domain", ("-d", "--domain"), "list", None, None, "DOMAIN",
-                     "libvirt domain name, UUID or id (needs the libvirt extra). Repeatable."),
-        SharedOption("connect_uri", ("-c", "--connect"), "text", None, "LIBVIRT_DEFAULT_URI", "URI",
-                     "libvirt connection URI for --domain [default: qemu:///system]."),
-        SharedOption("timeout", ("--timeout",), "float", DEFAULT_TIMEOUT, "QMPCTL_TIMEOUT", "SECONDS",
-                     "One deadline for connect, greeting, negotiation and reply."),
-        SharedOption("pretty", ("--pretty",), "flag", False, None, None, "Indent the JSON by 2, like virsh --pretty."),
-        SharedOption("return_value", ("--return-value",), "flag", False, None, None,
-                     "Print only the reply's return value."),
-        SharedOption("dry_run", ("--dry-run",), "flag", False, None, None,
-                     "Print the validated request(s) and connect to nothing."),
-        SharedOption("jobs", ("--jobs", "-j"), "int", DEFAULT_JOBS, None, "N",
-                     "With many targets: how many to talk to at once."),
-    )
-
-
-SHARED_NAMES = tuple(option.name for option in shared_options(MONITOR))
-
-
-def _shared_parameters(kind: str) -> list[Any]:
-    """The shared options as keyword-only parameters with Typer defaults, for the command's signature."""
-    import inspect
-
-    import typer
-
-    annotations = {"list": Optional[list[str]], "text": Optional[str], "float": float, "int": int, "flag": bool}
-    parameters = []
-    for option in shared_options(kind):
-        completion = {"autocompletion": complete_socket} if option.name == "target_sockets" else {}
-        default = typer.Option(option.default, *option.flags, envvar=option.envvar, metavar=option.metavar,
-                               show_default=option.default is not None, help=option.help, **completion)
-        parameters.append(inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, default=default,
-                                            annotation=annotations[option.value]))
-    return parameters
-
-
 def make_common(kind: str, shared: dict[str, Any]) -> Common:
     """Check the shared option values and gather them, whichever parser read them."""
     if not 0 < shared["timeout"] <= MAX_TIMEOUT:  # also refuses nan and inf, which sockets cannot wait for
@@ -147,59 +76,56 @@ def make_common(kind: str, shared: dict[str, Any]) -> Common:
     )
 
 
-def command(kind: str = MONITOR) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Add the shared options to a command whose last parameter is ``common: Common``."""
+def emit(text: str, *, final: bool = False) -> None:
+    """Write one result to stdout; a reader that went away (``| head``) is not an error.
 
-    def decorate(function: Callable[..., Any]) -> Callable[..., Any]:
-        import inspect
-
-        signature = inspect.signature(function)
-        own = [p for p in signature.parameters.values() if p.name != "common"]
-
-        @functools.wraps(function)
-        def wrapper(**kwargs: Any) -> Any:
-            common = make_common(kind, {name: kwargs.pop(name) for name in SHARED_NAMES})
-            try:
-                return function(common=common, **kwargs)
-            except KeyboardInterrupt:
-                raise Interrupted("interrupted") from None
-
-        wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
-            parameters=own + _shared_parameters(kind)
-        )
-        return wrapper
-
-    return decorate
-
-
-def register_simple(typer_app: Any, words: tuple[str, ...], simple: "SimpleCommand") -> None:
-    """Register one argument-less command of :data:`qmpctl.cli.simple.SIMPLE_COMMANDS` on ``typer_app``."""
-
-    @command(simple.kind)
-    def handler(common: Common) -> int:
-        request = Request(simple.execute, protocol=simple.kind)
-        return run(common, execute_one(request), [request])
-
-    handler.__doc__ = simple.summary
-    handler.__name__ = "_".join(words).replace("-", "_")
-    typer_app.command(words[-1], epilog=f"Example: {simple.example}")(handler)
-
-
-def emit(text: str) -> None:
-    """Write one result to stdout; a reader that went away (``| head``) is not an error."""
+    ``final``: this is the command's result, so from now on a late SIGINT or
+    SIGTERM must not turn the success into a failure (they are blocked until
+    exit). A stdout that cannot be written (closed, full disk) is
+    :class:`OutputError` (exit 74), which says the command itself succeeded.
+    """
+    if final:
+        result_decided()
+    stream = sys.stdout
+    if stream is None:
+        raise OutputError("the command succeeded, but its result could not be written: standard output is closed")
     try:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
-        sys.stdout.flush()
+        stream.write(text if text.endswith("\n") else text + "\n")
+        stream.flush()
     except BrokenPipeError:
         import os
 
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    except (OSError, ValueError) as exc:
+        _silence_stdout()
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise OutputError(f"the command succeeded, but its result could not be written to standard output: "
+                          f"{detail}") from None
+
+
+def result_decided() -> None:
+    """From here on the outcome is printed: block SIGINT and SIGTERM so they cannot turn it into exit 130/143."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's flush at exit does not fail a second time."""
+    import os
+
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    except OSError:
+        pass
 
 
 def print_dry_run(common: Common, requests: list[Request]) -> None:
     """What --dry-run shows: each request exactly as it would be sent (without the id)."""
     for request in requests:
-        emit(to_json(request.as_dict(), common.pretty))
+        emit(to_json(request.as_dict(), common.pretty), final=True)
 
 
 def execute_one(request: Request) -> Action:
@@ -232,9 +158,9 @@ def run(common: Common, action: Action, requests: list[Request], *, text: bool =
         reply = _run_on(targets[0], common, action)
         if reply is not None:
             if text and not common.pretty and isinstance(reply.get("return"), str):
-                emit(hmp_text(reply["return"]))
+                emit(hmp_text(reply["return"]), final=True)
             else:
-                emit(render_reply(reply, pretty=common.pretty, return_value=common.return_value))
+                emit(render_reply(reply, pretty=common.pretty, return_value=common.return_value), final=True)
         return ExitCode.OK
     return run_fleet(targets, common, action)
 
@@ -284,6 +210,6 @@ def run_fleet(targets: list[Target], common: Common, action: Action) -> int:
     worst = 0
     for index in range(len(targets)):
         line = results[index]
-        emit(to_json(line, common.pretty))
+        emit(to_json(line, common.pretty), final=True)
         worst = max(worst, line.get("exit", 0))
     return worst

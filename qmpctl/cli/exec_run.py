@@ -1,11 +1,4 @@
-"""``agent exec`` without Typer: its options, its command-line shortcut, and what it does.
-
-``agent exec -- true`` should cost about what ``agent ping`` costs, and ping
-takes the fast path past Typer (:mod:`qmpctl.cli.fastpath`), whose import alone
-costs more than the exec round trips. So the command's work lives here, free of
-Typer, and both the Typer command (:mod:`qmpctl.cli.agent`) and the shortcut
-call :func:`execute_exec`. Lines the shortcut does not fully understand go to
-Typer, the single source of help and usage errors.
+"""``agent exec``: run a guest program the way ssh would, its output raw and its exit status qmpctl's.
 
 Every failure of qmpctl itself in ``agent exec`` exits 125, usage mistakes
 included: a guest program may exit 2 or 3 on its own, and a script must be
@@ -15,33 +8,13 @@ able to tell the two apart.
 from __future__ import annotations
 
 import sys
-from typing import Any, BinaryIO, Mapping, NamedTuple, Optional
+from typing import Any, BinaryIO, NamedTuple, Optional
 
-from qmpctl.cli.common import Common, SharedOption, emit, make_common, print_dry_run, shared_options
+from qmpctl.cli.common import Common, emit, print_dry_run, result_decided
 from qmpctl.deadline import Deadline
-from qmpctl.errors import ExecFailed, ExecTimeout, ExitCode, Interrupted, QmpctlError, UsageError
+from qmpctl.errors import ExecFailed, ExecTimeout, ExitCode, Interrupted, OutputError, QmpctlError, UsageError
 from qmpctl.output import render_reply, to_json
-from qmpctl.targets import AGENT, Target
-
-WAIT_TIMEOUT_HELP = "Give up waiting after this long: exit 124, the program keeps running [default: no limit]."
-JSON_HELP = ("Print the decoded result as one JSON object: pid, exited, exitcode, signal, stdout, stderr "
-             "(UTF-8 text, invalid bytes as U+FFFD), out-truncated, err-truncated.")
-
-EXEC_OPTIONS: tuple[SharedOption, ...] = (
-    SharedOption("stdin", ("--stdin",), "flag", False, None, None,
-                 "Send qmpctl's standard input (up to 16 MiB) to the program; without it the program reads "
-                 "an empty input."),
-    SharedOption("env", ("--env",), "list", None, None, "NAME=VALUE",
-                 "Set an environment variable (repeatable). The guest agent then REPLACES the whole "
-                 "environment with these: include PATH=... if the program needs it."),
-    SharedOption("wait_timeout", ("--wait-timeout",), "float", None, None, "SECONDS", WAIT_TIMEOUT_HELP),
-    SharedOption("no_wait", ("--no-wait",), "flag", False, None, None,
-                 'Print the agent\'s reply with the guest pid ({"return":{"pid":N}}) and return; read the '
-                 "result with agent exec-status."),
-    SharedOption("json_output", ("--json",), "flag", False, None, None, JSON_HELP),
-)
-"""The options of ``agent exec`` besides the shared ones, for both parsers."""
-
+from qmpctl.targets import Target
 
 class ExecOptions(NamedTuple):
     """What ``agent exec`` was asked to do (a NamedTuple: dataclasses cost milliseconds to import)."""
@@ -68,6 +41,8 @@ def _write_bytes(stream: BinaryIO, data: bytes) -> None:
         stream.flush()
     except BrokenPipeError:
         pass
+    except OSError as exc:
+        raise OutputError(f"the program ran, but its output could not be written: {exc.strerror or exc}") from None
 
 
 def _only_target(common: Common) -> Target:
@@ -85,7 +60,7 @@ class own_failures_exit_125:  # noqa: N801  (used like a function: ``with own_fa
         return None
 
     def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
-        if isinstance(error, QmpctlError) and not isinstance(error, (ExecFailed, ExecTimeout, Interrupted)):
+        if isinstance(error, QmpctlError) and not isinstance(error, (ExecFailed, ExecTimeout, Interrupted, OutputError)):
             raise ExecFailed(error.message, sent=error.sent, received=error.received) from error
 
 
@@ -113,7 +88,8 @@ def _execute(options: ExecOptions, common: Common) -> int:
     try:
         pid = guest_exec.start(session, request, deadline)
         if options.no_wait:
-            emit(render_reply({"return": {"pid": pid}}, pretty=common.pretty, return_value=common.return_value))
+            emit(render_reply({"return": {"pid": pid}}, pretty=common.pretty, return_value=common.return_value),
+                 final=True)
             return ExitCode.OK
         try:
             status, _ = guest_exec.wait_for_exit(session, pid, reply_timeout=common.timeout,
@@ -128,8 +104,9 @@ def _execute(options: ExecOptions, common: Common) -> int:
     finally:
         session.close()
     if options.json_output:
-        emit(to_json(status.to_json(), common.pretty))
+        emit(to_json(status.to_json(), common.pretty), final=True)
     else:
+        result_decided()
         _write_bytes(sys.stdout.buffer, status.stdout)
         _write_bytes(sys.stderr.buffer, status.stderr)
     for stream, truncated in (("stdout", status.out_truncated), ("stderr", status.err_truncated)):
@@ -138,29 +115,9 @@ def _execute(options: ExecOptions, common: Common) -> int:
     return status.exit_status
 
 
-class ExecInvocation:
-    """``agent exec`` as read by the shortcut, ready to run."""
-
-    def __init__(self, options: ExecOptions, shared: dict[str, Any]) -> None:
-        self.options = options
-        self.shared = shared
-        """The shared options' values, as Typer hands them to a command."""
-
-    def run(self) -> int:
-        with own_failures_exit_125():
-            common = make_common(AGENT, self.shared)
-        return execute_exec(self.options, common)
-
-
-def parse_exec(tokens: list[str], environ: Mapping[str, str]) -> ExecInvocation | None:
-    """The words after ``agent exec``, read as Typer would; None when only Typer should judge them."""
-    from qmpctl.cli.fastpath import read_command_line
-
-    read = read_command_line(shared_options(AGENT) + EXEC_OPTIONS, tokens, environ, positionals=True)
-    if read is None:
-        return None
-    values, program = read
-    if not program:
-        return None  # Typer says what is missing
-    own = {option.name: values.pop(option.name) for option in EXEC_OPTIONS}
-    return ExecInvocation(ExecOptions(program=program, **own), values)
+def agent_exec(common: Common, *, program: list[str], stdin: bool, env: list[str], wait_timeout: Optional[float],
+               no_wait: bool, json_output: bool) -> int:
+    """The handler of ``agent exec``: an absent --env leaves the guest's environment alone."""
+    options = ExecOptions(program=program, stdin=stdin, env=env or None, wait_timeout=wait_timeout,
+                          no_wait=no_wait, json_output=json_output)
+    return execute_exec(options, common)

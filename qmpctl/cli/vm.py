@@ -1,35 +1,33 @@
-"""VM-wide commands: status, stop, cont and the raw monitor-command."""
+"""VM-wide commands: status, stop, cont and the raw monitor-command (declared in :mod:`qmpctl.cli.spec`)."""
 
 from __future__ import annotations
 
-import typer
-
-from qmpctl.cli import app
-from qmpctl.cli.common import Common, command, execute_one, register_simple, run
-from qmpctl.cli.simple import SIMPLE_COMMANDS
+from qmpctl.cli.common import Common, execute_one, run
 from qmpctl.request import Request
 
 
-for _words, _simple in SIMPLE_COMMANDS.items():
-    if len(_words) == 1:
-        register_simple(app, _words, _simple)
+def send_plain(common: Common, execute: str) -> int:
+    """The commands that send one request without arguments and print its reply."""
+    request = Request(execute, protocol=common.kind)
+    return run(common, execute_one(request), [request])
 
 
-@app.command("monitor-command", epilog="Examples: qmpctl monitor-command -s /tmp/vm.sock "
-             "'{\"execute\":\"query-block\"}' --pretty;  qmpctl monitor-command -s /tmp/vm.sock --hmp 'info block'")
-@command()
-def monitor_command(
-    words: list[str] = typer.Argument(..., metavar="CMD...", help="A JSON request object, or a command "
-                                      "name followed by its arguments as JSON members (like virsh)."),
-    hmp: bool = typer.Option(False, "--hmp", help="Send the text as an HMP command line and print its text."),
-    *, common: Common,
-) -> int:
-    """Send any QMP command, like virsh qemu-monitor-command.
+def status(common: Common) -> int:
+    return send_plain(common, "query-status")
 
-    The words are joined with spaces. Text that starts with { must be a request
-    object: {"execute": NAME, "arguments": {...}}. Otherwise the first word is
-    the command name and the rest its arguments as JSON members.
-    """
+
+def stop(common: Common) -> int:
+    return send_plain(common, "stop")
+
+
+def cont(common: Common) -> int:
+    return send_plain(common, "cont")
+
+
+def monitor_command(common: Common, *, words: list[str], hmp: bool) -> int:
+    from qmpctl.rawcommand import read_request_words
+
+    words = read_request_words(words)
     if hmp:
         request = Request("human-monitor-command", {"command-line": " ".join(words)})
         return run(common, execute_one(request), [request], text=True)
@@ -37,4 +35,3 @@ def monitor_command(
 
     request = parse_raw_command(words)
     return run(common, execute_one(request), [request])
-

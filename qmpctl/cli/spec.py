@@ -1,0 +1,330 @@
+"""The one declaration of qmpctl's command line: every command, argument and option, as data.
+
+Everything else is derived from :data:`COMMANDS`:
+
+- the start-up parser (:mod:`qmpctl.cli.parse`), which runs every
+  well-formed command line without importing Typer or click;
+- the Typer application (:mod:`qmpctl.cli.typer_app`), the source of
+  ``--help``, usage errors and shell completion for whatever the start-up
+  parser does not fully understand;
+- the man page (``man/generate.py`` reads the Typer application built from
+  this table);
+- the parser tests, which generate command lines from this table and require
+  both parsers to read them alike (``tests/test_cli_parsers.py``).
+
+Why the table is written by hand and Typer is built from it, and not the
+other way round: the start-up parser must know the grammar without importing
+Typer (its import costs more than a whole QMP exchange), so the grammar has to
+live in plain data anyway; building Typer from that data at ``--help`` time
+keeps a single source instead of a source plus an extracted copy that a build
+step must keep in sync. Handlers are named as ``"module:function"`` strings and
+imported only when their command runs, as pip's ``commands_dict`` does, so
+listing the commands imports none of them.
+
+A handler is a plain function ``handler(common, **values) -> int``: ``common``
+is :class:`qmpctl.cli.common.Common` (the shared options), and ``values`` holds
+one keyword per declared argument and option, already converted.
+
+This module is imported on every run: keep it to NamedTuples and literals.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from qmpctl.targets import AGENT, MONITOR
+
+
+class Option(NamedTuple):
+    """One option of a command.
+
+    ``type`` is one of: ``flag`` (``--x``, a bool that defaults to False),
+    ``switch`` (``--x``/``--no-x``: ``flags`` turn it on, ``off_flags`` off),
+    ``text``, ``int``, ``float``, ``choice`` (one of ``choices``, kept as text),
+    ``list`` (repeatable text; the handler gets a list, empty when absent).
+    """
+
+    name: str
+    """The keyword the handler receives."""
+    flags: tuple[str, ...]
+    type: str
+    default: Any = None
+    help: str = ""
+    metavar: str | None = None
+    envvar: str | None = None
+    choices: tuple[str, ...] = ()
+    off_flags: tuple[str, ...] = ()
+    show_default: bool = True
+    complete: str | None = None
+    """``socket``: shell completion offers sockets and the folders leading to them."""
+
+
+class Argument(NamedTuple):
+    """One positional argument; ``variadic`` takes one or more words (all that remain)."""
+
+    name: str
+    metavar: str
+    help: str
+    type: str = "text"
+    """``text`` or ``int``."""
+    variadic: bool = False
+    required: bool = True
+
+
+class Command(NamedTuple):
+    words: tuple[str, ...]
+    handler: str
+    """``module:function``, imported when the command runs."""
+    summary: str
+    description: str = ""
+    example: str = ""
+    """One command line, or several separated by ``;  `` (two spaces): the tests run each."""
+    kind: str = MONITOR
+    """Which shared options the command takes: MONITOR (``-s``) or AGENT (``-a``)."""
+    arguments: tuple[Argument, ...] = ()
+    options: tuple[Option, ...] = ()
+    interspersed: bool = True
+    """False: the first positional word ends the options (``agent exec -- PROGRAM --its-flag``)."""
+    usage_exit: int = 2
+    """The exit code of a usage mistake (125 for ``agent exec``, whose program may exit 2 itself)."""
+
+
+GROUPS: dict[str, str] = {
+    "agent": "Guest-agent (qemu-ga) commands.",
+}
+"""Command groups (first word of a two-word command) and their help text."""
+
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_JOBS = 16
+
+
+def shared_options(kind: str) -> tuple[Option, ...]:
+    """The options every monitor command (``-s``) or agent command (``-a``) takes."""
+    if kind == AGENT:
+        target = Option(
+            "target_sockets", ("-a", "--agent"), "list", None,
+            "Guest-agent channel socket: PATH, unix:PATH, tcp:HOST:PORT. Repeat it, or use a glob, for many VMs.",
+            metavar="ADDR", envvar="QMPCTL_AGENT", show_default=False, complete="socket")
+    else:
+        target = Option(
+            "target_sockets", ("-s", "--qmp"), "list", None,
+            "QMP socket, as given to QEMU's -qmp: PATH, unix:PATH, tcp:HOST:PORT, HOST:PORT. "
+            "Repeat it, or use a glob, for many VMs.",
+            metavar="ADDR", envvar="QMPCTL_QMP", show_default=False, complete="socket")
+    return (
+        target,
+        Option("domain", ("-d", "--domain"), "list", None,
+               "libvirt domain name, UUID or id (needs the libvirt extra). Repeatable.", metavar="DOMAIN",
+               show_default=False),
+        Option("connect_uri", ("-c", "--connect"), "text", None,
+               "libvirt connection URI for --domain [default: qemu:///system].", metavar="URI",
+               envvar="LIBVIRT_DEFAULT_URI", show_default=False),
+        Option("timeout", ("--timeout",), "float", DEFAULT_TIMEOUT,
+               "One deadline for connect, greeting, negotiation and reply.", metavar="SECONDS",
+               envvar="QMPCTL_TIMEOUT"),
+        Option("pretty", ("--pretty",), "flag", False, "Indent the JSON by 2, like virsh --pretty."),
+        Option("return_value", ("--return-value",), "flag", False, "Print only the reply's return value."),
+        Option("dry_run", ("--dry-run",), "flag", False, "Print the validated request(s) and connect to nothing."),
+        Option("jobs", ("--jobs", "-j"), "int", DEFAULT_JOBS, "With many targets: how many to talk to at once.",
+               metavar="N"),
+    )
+
+
+SHARED_NAMES = tuple(option.name for option in shared_options(MONITOR))
+
+WAIT_TIMEOUT_EXEC_HELP = ("Give up waiting after this long: exit 124, the program keeps running "
+                          "[default: no limit].")
+EXEC_JSON_HELP = ("Print the decoded result as one JSON object: pid, exited, exitcode, signal, stdout, stderr "
+                  "(UTF-8 text, invalid bytes as U+FFFD), out-truncated, err-truncated.")
+PROGRESS_HELP = ("While waiting, show progress on stderr: bar, json (one line per update), none; auto: a bar "
+                 "when stderr is a terminal.")
+PROGRESS_CHOICES = ("auto", "bar", "json", "none")
+REQUEST_WORDS_HELP = ("A JSON request object, or a command name followed by its arguments as JSON members "
+                      "(like virsh); '-' reads the request from standard input, @FILE from FILE.")
+
+
+COMMANDS: tuple[Command, ...] = (
+    # --- VM-wide ---------------------------------------------------------------------------
+    Command(("status",), "qmpctl.cli.vm:status", "Show the VM's run state (query-status).",
+            example="qmpctl status -s /tmp/vm.sock --return-value"),
+    Command(("stop",), "qmpctl.cli.vm:stop", "Pause the VM's CPUs (stop).", example="qmpctl stop -s /tmp/vm.sock"),
+    Command(("cont",), "qmpctl.cli.vm:cont", "Resume a paused VM (cont).", example="qmpctl cont -s /tmp/vm.sock"),
+    Command(
+        ("monitor-command",), "qmpctl.cli.vm:monitor_command",
+        "Send any QMP command, like virsh qemu-monitor-command.",
+        "The words are joined with spaces. Text that starts with { must be a request object: "
+        '{"execute": NAME, "arguments": {...}}. Otherwise the first word is the command name and the '
+        "rest its arguments as JSON members. A request too long for the command line is read from "
+        "standard input (-) or a file (@FILE), and validated the same way.",
+        example="qmpctl monitor-command -s /tmp/vm.sock '{\"execute\":\"query-block\"}' --pretty;  "
+                "qmpctl monitor-command -s /tmp/vm.sock --hmp 'info block'",
+        arguments=(Argument("words", "CMD...", REQUEST_WORDS_HELP, variadic=True),),
+        options=(Option("hmp", ("--hmp",), "flag", False,
+                        "Send the text as an HMP command line and print its text."),),
+    ),
+    # --- block devices ---------------------------------------------------------------------
+    Command(
+        ("block",), "qmpctl.cli.block:block", "Show the VM's block devices (query-block).",
+        example="qmpctl block -s /tmp/vm.sock --pretty",
+        options=(Option("nodes", ("--nodes",), "flag", False,
+                        "List every named block node (query-named-block-nodes), including nodes no device "
+                        "uses yet."),),
+    ),
+    Command(
+        ("jobs",), "qmpctl.cli.block:jobs", "Show the VM's jobs (query-jobs): id, type, status, progress, error.",
+        "A job qmpctl started (backup) stays listed once it has ended, with status \"concluded\" and an "
+        "\"error\" member when it failed, until it is dismissed: that is how a script checks a backup "
+        "--no-wait later.",
+        example="qmpctl jobs -s /tmp/vm.sock --return-value",
+        options=(Option("dismiss", ("--dismiss",), "text", None,
+                        "Instead, dismiss a concluded job (job-dismiss) and delete the target nodes a backup "
+                        "--no-wait added for it.", metavar="JOB_ID", show_default=False),),
+    ),
+    Command(
+        ("hotplug-disk",), "qmpctl.cli.block:hotplug_disk",
+        "Attach an image as a new disk (blockdev-add + device_add), all or nothing.",
+        "Prints the device id and node names. When a step fails, everything this call added is removed "
+        "again and the exit code says why: 2 for what qmpctl can tell before sending (no such file, not a "
+        "qcow2, an id in use), 1 when QEMU refused.",
+        example="qmpctl hotplug-disk -s /tmp/vm.sock /var/lib/vm/data.qcow2 --id data0 --return-value",
+        arguments=(Argument("file", "FILE", "The image to attach (a path on the VM's host)."),),
+        options=(
+            Option("bus", ("--bus",), "choice", "virtio",
+                   "virtio: a virtio-blk-pci disk; scsi: a scsi-hd on a virtio-scsi-pci controller (added when "
+                   "the VM has none).", choices=("virtio", "scsi")),
+            Option("device_id", ("--id",), "text", None,
+                   "The device id; its nodes are NAME-format and NAME-file [default: the first free diskN].",
+                   metavar="NAME", show_default=False),
+            Option("image_format", ("--format",), "choice", None,
+                   "The image format [default: read from its header].", choices=("qcow2", "raw"),
+                   show_default=False),
+            Option("readonly", ("--readonly",), "flag", False, "Attach the image read-only."),
+        ),
+    ),
+    Command(
+        ("unplug-disk",), "qmpctl.cli.block:unplug_disk",
+        "Detach a disk: device_del, wait for the guest to release it, then blockdev-del its nodes.",
+        "A PCI disk (virtio) needs the guest's cooperation; a guest that does not release it in time ends "
+        "in exit 4 with nothing deleted (the request stays pending in QEMU). A SCSI disk is released at once.",
+        example="qmpctl unplug-disk -s /tmp/vm.sock disk1 --wait-timeout 60",
+        arguments=(Argument("device_id", "ID", "The disk's device id (as hotplug-disk printed it)."),),
+        options=(Option("wait_timeout", ("--wait-timeout",), "float", 30.0,
+                        "How long the guest may take to release the device.", metavar="SECONDS"),),
+    ),
+    Command(
+        ("backup",), "qmpctl.cli.block:backup",
+        "Back a disk up to a new image file, and wait until the copy is complete.",
+        "Exit 0 only when the job finished without error. Exit 2: TARGET exists (untouched; --force "
+        "overwrites) or cannot be written. Exit 6: the job failed (the reason follows). Exit 4 "
+        "(--wait-timeout) and 130 (Ctrl-C, SIGTERM): the job was cancelled first. An incomplete TARGET "
+        "qmpctl created is removed. Uses drive-backup, or the blockdev flow where QEMU refuses it.",
+        example="qmpctl backup -s /tmp/vm.sock vd0 /backup/vd0-$(date +%F).qcow2 --progress json",
+        arguments=(
+            Argument("device", "DEVICE", "The disk: its device id (vd0), drive name or node name."),
+            Argument("target", "TARGET", "The image file to create; it must not exist."),
+        ),
+        options=(
+            Option("sync", ("--sync",), "choice", "full",
+                   "full: the whole disk; top: only what the top image holds (the target then names the "
+                   "source's backing file).", choices=("full", "top")),
+            Option("image_format", ("--format",), "choice", "qcow2", "The target's format.",
+                   choices=("qcow2", "raw")),
+            Option("speed", ("--speed",), "text", None, "Limit the copy rate, e.g. 10M [default: no limit].",
+                   metavar="BYTES_PER_SEC", show_default=False),
+            Option("force", ("--force",), "flag", False,
+                   "Overwrite an existing TARGET; also needed when the VM runs on another host, where qmpctl "
+                   "cannot check it."),
+            Option("wait", ("--wait",), "switch", True,
+                   "Wait until the job has finished (default), or return once it started and print its job id.",
+                   off_flags=("--no-wait",)),
+            Option("wait_timeout", ("--wait-timeout",), "float", None,
+                   "Cancel the job and exit 4 when it takes longer [default: one day].", metavar="SECONDS",
+                   show_default=False),
+            Option("progress", ("--progress",), "choice", "auto", PROGRESS_HELP, choices=PROGRESS_CHOICES),
+            Option("job_id", ("--job-id",), "text", None, "Name the job [default: backup-DEVICE].", metavar="ID",
+                   show_default=False),
+        ),
+    ),
+    # --- guest agent -----------------------------------------------------------------------
+    Command(("agent", "ping"), "qmpctl.cli.agent:ping", "Check that the guest agent answers (guest-ping).",
+            example="qmpctl agent ping -a /tmp/channel.sock", kind=AGENT),
+    Command(("agent", "info"), "qmpctl.cli.agent:info",
+            "Show the agent's version and supported commands (guest-info).",
+            example="qmpctl agent info -a /tmp/channel.sock --pretty", kind=AGENT),
+    Command(("agent", "interfaces"), "qmpctl.cli.agent:interfaces",
+            "Show the guest's network interfaces (guest-network-get-interfaces).",
+            example="qmpctl agent interfaces -a /tmp/channel.sock --pretty", kind=AGENT),
+    Command(
+        ("agent", "command"), "qmpctl.cli.agent:agent_command",
+        "Send any guest-agent command, like virsh qemu-agent-command.",
+        "guest-shutdown and guest-suspend-* answer only when they fail: for them qmpctl waits a second for "
+        "a refusal and prints nothing on success.",
+        example="qmpctl agent command -a /tmp/channel.sock '{\"execute\":\"guest-get-osinfo\"}' --pretty",
+        kind=AGENT,
+        arguments=(Argument("words", "CMD...", REQUEST_WORDS_HELP, variadic=True),),
+    ),
+    Command(
+        ("agent", "exec"), "qmpctl.cli.exec_run:agent_exec",
+        "Run a program in the guest like ssh would (guest-exec + guest-exec-status).",
+        "Its stdout and stderr come out as raw bytes on qmpctl's stdout and stderr, and qmpctl exits with "
+        "its exit code (128+N when signal N killed it). Exit 124: it outlived --wait-timeout (its guest pid "
+        "is printed on stderr), or the agent stopped answering after the program was started. Exit 125: "
+        "qmpctl itself failed (bad usage, cannot connect, agent not responding, guest-exec disabled, program "
+        "cannot be started), with the reason on stderr. Each exchange with the agent is bounded by "
+        "--timeout; the program may run longer.",
+        example="qmpctl agent exec -a /tmp/channel.sock -- sh -c 'uname -a; df -h /'",
+        kind=AGENT,
+        arguments=(Argument("program", "PROGRAM [ARGS]...",
+                            "The program to run in the guest (looked up in the agent's PATH) and its arguments; "
+                            "put -- before it.", variadic=True),),
+        options=(
+            Option("stdin", ("--stdin",), "flag", False,
+                   "Send qmpctl's standard input (up to 16 MiB) to the program; without it the program reads "
+                   "an empty input.", show_default=False),
+            Option("env", ("--env",), "list", None,
+                   "Set an environment variable (repeatable). The guest agent then REPLACES the whole "
+                   "environment with these: include PATH=... if the program needs it.", metavar="NAME=VALUE",
+                   show_default=False),
+            Option("wait_timeout", ("--wait-timeout",), "float", None, WAIT_TIMEOUT_EXEC_HELP,
+                   metavar="SECONDS", show_default=False),
+            Option("no_wait", ("--no-wait",), "flag", False,
+                   'Print the agent\'s reply with the guest pid ({"return":{"pid":N}}) and return; read the '
+                   "result with agent exec-status.", show_default=False),
+            Option("json_output", ("--json",), "flag", False, EXEC_JSON_HELP, show_default=False),
+        ),
+        interspersed=False,
+        usage_exit=125,
+    ),
+    Command(
+        ("agent", "exec-status"), "qmpctl.cli.agent:exec_status",
+        "Show how a program started with agent exec --no-wait is doing (guest-exec-status).",
+        "Prints the agent's reply as it is (out-data/err-data in base64), or with --json the decoded object "
+        "agent exec --json prints. Once a reply has said the program exited, the agent forgets the pid: a "
+        "second read exits 1.",
+        example="qmpctl agent exec-status -a /tmp/channel.sock 1234 --wait --json",
+        kind=AGENT,
+        arguments=(Argument("pid", "PID", "The guest pid that agent exec --no-wait printed.", type="int"),),
+        options=(
+            Option("wait", ("--wait",), "flag", False, "Poll until the program exits (backing off like agent exec)."),
+            Option("wait_timeout", ("--wait-timeout",), "float", None,
+                   "With --wait (implied): give up after this long, exit 124.", metavar="SECONDS",
+                   show_default=False),
+            Option("json_output", ("--json",), "flag", False,
+                   EXEC_JSON_HELP.replace("Print", "Instead of the agent's reply, print")),
+        ),
+    ),
+)
+
+
+def find(argv: list[str]) -> tuple[Command, list[str]] | None:
+    """The command ``argv`` starts with (its words first), and the words after them."""
+    for command in COMMANDS:
+        count = len(command.words)
+        if tuple(argv[:count]) == command.words:
+            return command, argv[count:]
+    return None
+
+
+def all_options(command: Command) -> tuple[Option, ...]:
+    """The command's own options, then the shared ones."""
+    return command.options + shared_options(command.kind)
