@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import threading
+import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
@@ -58,7 +59,8 @@ def test_match_without_key_and_value_is_a_usage_error(text):
 def test_wait_sees_a_stop_caused_by_another_client(vm):
     with connect(vm.qmp_path) as session:
         vm.check().cmd("cont")
-        threading.Timer(0.3, lambda: vm.check().cmd("stop")).start()
+        with vm.check() as other:  # the event reaches every connected client, ours included
+            other.cmd("stop")
         event = events.wait_for(session, STOP, Deadline(10))
     assert event["event"] == "STOP" and set(event["timestamp"]) == {"seconds", "microseconds"}
 
@@ -98,6 +100,92 @@ def test_reset_with_no_reboot_says_the_vm_shut_down(vm_factory):
     assert result["event"]["event"] == "SHUTDOWN" and result["note"] == lifecycle.NO_REBOOT_NOTE
 
 
+# -- through the command line ------------------------------------------------------------------------------
+
+def stop_until_it_ends(vms, process, seconds: float = 20) -> None:
+    """Pause and resume the VMs (from their second monitors) until ``process`` ends.
+
+    A background ``events`` gives no sign of having connected, so the STOP is
+    repeated until it was seen: what ends the loop is the condition itself.
+    """
+    deadline = time.monotonic() + seconds
+    checks = [vm.check() for vm in vms]
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            for check in checks:
+                check.cmd("stop")
+            try:
+                process.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                for check in checks:
+                    check.cmd("cont")
+    finally:
+        for check in checks:
+            check.close()
+
+
+@pytest.mark.qemu
+def test_cli_events_wait_ends_at_the_stop_with_exit_0(cli, vm):
+    vm.check().cmd("cont")
+    process = cli.popen("events", "-s", str(vm.qmp_path), "--wait", "STOP", "--timeout", "30")
+    stop_until_it_ends([vm], process)
+    out, err = process.communicate(timeout=10)
+    assert process.returncode == 0, err
+    line = json.loads(out)
+    assert line["event"] == "STOP" and line["data"] == {} and set(line["timestamp"]) == {"seconds", "microseconds"}
+
+
+@pytest.mark.qemu
+def test_cli_events_wait_with_nothing_happening_is_exit_4_in_about_the_timeout(cli, vm):
+    result = cli("events", "-s", str(vm.qmp_path), "--wait", "STOP", "--timeout", "1")
+    assert result.code == 4 and "no STOP within 1 s" in result.err and result.out == "", result
+    assert result.seconds < 3
+
+
+@pytest.mark.qemu
+def test_cli_events_of_several_vms_name_the_target_in_each_line(cli, vm_factory):
+    vms = [vm_factory(), vm_factory()]
+    for one in vms:
+        one.check().cmd("cont")
+    process = cli.popen("events", *[f"-s{one.qmp_path}" for one in vms], "--wait", "STOP",
+                        "--match", "data.nothing=1", "--count", "1", "--timeout", "2")
+    out, err = process.communicate(timeout=20)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert process.returncode == 4 and {line["target"] for line in lines} == {f"unix:{one.qmp_path}" for one in vms}
+    assert all(line["exit"] == 4 for line in lines)  # --match narrowed STOP to nothing: each timed out
+    process = cli.popen("events", *[f"-s{one.qmp_path}" for one in vms], "--wait", "STOP", "--timeout", "30")
+    stop_until_it_ends(vms, process)
+    out, err = process.communicate(timeout=10)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert process.returncode == 0, err
+    assert {line["target"] for line in lines} == {f"unix:{one.qmp_path}" for one in vms}
+    assert all(line["event"] == "STOP" for line in lines)
+
+
+@pytest.mark.qemu
+def test_cli_powerdown_without_a_guest_is_exit_4_and_force_after_ends_it(cli, vm):
+    ignored = cli("powerdown", "-s", str(vm.qmp_path), "--wait-timeout", "1")
+    assert ignored.code == 4 and "did not shut down within 1 s" in ignored.err and vm.alive(), ignored
+    pressed = cli("powerdown", "-s", str(vm.qmp_path), "--no-wait")
+    assert pressed.code == 0 and json.loads(pressed.out) == {"return": {}}, pressed
+    forced = cli("powerdown", "-s", str(vm.qmp_path), "--force-after", "1")
+    assert forced.code == 0 and json.loads(forced.out)["return"]["forced"] is True, forced
+    assert "made QEMU quit" in forced.err and wait_gone(vm.proc)
+
+
+@pytest.mark.qemu
+def test_cli_quit_is_exit_0_and_qemu_is_gone(cli, vm):
+    result = cli("quit", "-s", str(vm.qmp_path))
+    assert result.code == 0 and json.loads(result.out) == {"return": {}}, result
+    assert wait_gone(vm.proc)
+
+
+def test_cli_quit_and_force_after_are_refused_for_a_domain_before_anything_is_sent(cli):
+    for args in (("quit",), ("powerdown", "--force-after", "5")):
+        result = cli(*args, "-d", "no-such-domain")
+        assert result.code == 2 and "virsh destroy" in result.err, result
+
+
 # -- the lab guest -------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -108,18 +196,20 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 
 
 @pytest.mark.lab
-def test_reset_reboots_the_lab_guest_and_its_agent_answers_again(guest):
+def test_reset_reboots_the_lab_guest_and_its_agent_answers_again(cli, guest):
     guest.qmp_command("set-action", {"reboot": "reset"})  # the lab runs with -no-reboot
-    with connect(guest.qmp_path) as session:
-        result = lifecycle.reset(session, Deadline(10))["return"]
+    reset = cli("reset", "-s", str(guest.qmp_path), "--return-value")
+    assert reset.code == 0, reset
+    result = json.loads(reset.out)
     assert result["event"]["event"] == "RESET" and "note" not in result
     assert guest.wait_agent(timeout=120) >= 0 and guest.is_running()
 
 
 @pytest.mark.lab
-def test_powerdown_of_the_lab_guest_ends_with_its_shutdown(guest):
-    with connect(guest.qmp_path) as session:
-        result = lifecycle.powerdown(session, Deadline(10), wait_seconds=60)["return"]
+def test_powerdown_of_the_lab_guest_ends_with_its_shutdown(cli, guest):
+    powerdown = cli("powerdown", "-s", str(guest.qmp_path), "--wait-timeout", "60", "--return-value", timeout=90)
+    assert powerdown.code == 0, powerdown
+    result = json.loads(powerdown.out)
     assert result["forced"] is False
     assert result["event"]["event"] == "SHUTDOWN" and result["event"]["data"]["guest"] is True
     deadline = time.monotonic() + 10
@@ -138,11 +228,32 @@ def test_events_of_a_domain_see_a_stop_caused_by_virsh_suspend(libvirtd):  # noq
     try:
         with DomainTarget(domain.name).open(Deadline(10)) as session:
             listening = events.listening(session, Deadline(10))
-            threading.Timer(0.3, lambda: virsh("suspend", domain.name)).start()
+            virsh("suspend", domain.name)  # after listening began: libvirt queues the event for us
             event = events.wait_for(listening, STOP, Deadline(20))
             with pytest.raises(UsageError, match="virsh destroy"):
                 lifecycle.quit_vm(session, Deadline(10))
         assert event["event"] == "STOP" and set(event["timestamp"]) == {"seconds", "microseconds"}
         assert domain.state() == "paused"
+    finally:
+        domain.remove()
+
+
+@pytest.mark.libvirt
+def test_cli_events_of_a_domain_end_at_the_stop_of_virsh_suspend(cli, libvirtd):  # noqa: F811
+    domain = TestDomain("evcli").start()
+    try:
+        process = cli.popen("events", "-d", domain.name, "--wait", "STOP", "--timeout", "60")
+        deadline = time.monotonic() + 40
+        while process.poll() is None and time.monotonic() < deadline:  # repeated until it was seen
+            virsh("suspend", domain.name)
+            try:
+                process.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                virsh("resume", domain.name)
+        out, err = process.communicate(timeout=10)
+        assert process.returncode == 0, err
+        assert json.loads(out)["event"] == "STOP"
+        nothing = cli("events", "-d", domain.name, "--wait", "SHUTDOWN", "--timeout", "1")
+        assert nothing.code == 4 and "no SHUTDOWN within 1 s" in nothing.err, nothing
     finally:
         domain.remove()

@@ -6,6 +6,7 @@ with O_DIRECT, so neither the guest's page cache nor QEMU's hides the limit.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -134,6 +135,50 @@ def test_balloon_without_a_device_names_the_device_to_add(vm):
     assert caught.value.error_class == "DeviceNotActive"
 
 
+# -- through the command line ----------------------------------------------------------------------------
+
+@pytest.mark.qemu
+def test_cli_throttle_shows_sets_and_refuses_contradictions_with_exit_2(cli, vm):
+    sock = str(vm.qmp_path)
+    shown = cli("throttle", "-s", sock, "vd0", "--return-value")
+    assert shown.code == 0 and json.loads(shown.out)["limits"] == dict.fromkeys(throttle.BASE, 0), shown
+    both = cli("throttle", "-s", sock, "vd0", "--bps", "1M", "--bps-rd", "1M")
+    assert both.code == 2 and "cannot be combined with --bps-rd" in both.err, both
+    length = cli("throttle", "-s", sock, "vd0", "--iops-max-length", "3")
+    assert length.code == 2 and "needs a burst rate" in length.err, length
+    off_and_limit = cli("throttle", "-s", sock, "vd0", "--off", "--iops", "3")
+    assert off_and_limit.code == 2, off_and_limit
+    suffix = cli("throttle", "-s", sock, "vd0", "--bps-wr", "10M", "--iops-size", "4K", "--iops-wr", "50",
+                 "--return-value")
+    limits = json.loads(suffix.out)["limits"]
+    assert (limits["bps_wr"], limits["iops_size"], limits["iops_wr"]) == (10 * MiB, 4096, 50), suffix
+    unknown = cli("throttle", "-s", sock, "vd9")
+    assert unknown.code == 2 and "(disks: vd0)" in unknown.err, unknown
+
+
+@pytest.mark.qemu
+def test_cli_balloon_with_and_without_a_device(cli, vm_factory):
+    with_balloon = vm_factory(extra_args=["-device", "virtio-balloon-pci"])
+    shown = cli("balloon", "-s", str(with_balloon.qmp_path))
+    assert shown.code == 0 and json.loads(shown.out) == {"return": {"actual": 64 * MiB}}, shown
+    asked = cli("balloon", "-s", str(with_balloon.qmp_path), "32M")
+    assert asked.code == 0 and json.loads(asked.out)["return"]["target"] == 32 * MiB, asked
+    waited = cli("balloon", "-s", str(with_balloon.qmp_path), "32M", "--wait-timeout", "0.5")
+    assert waited.code == 4 and f"it has {64 * MiB} bytes" in waited.err, waited
+    without = vm_factory()
+    missing = cli("balloon", "-s", str(without.qmp_path))
+    assert missing.code == 1 and "-device virtio-balloon-pci" in missing.err, missing
+
+
+@pytest.mark.qemu
+def test_cli_stats_of_a_fleet_is_one_line_per_vm(cli, vm_factory):
+    first, second = vm_factory(), vm_factory()
+    result = cli("stats", "-s", str(first.qmp_path), "-s", str(second.qmp_path))
+    lines = [json.loads(line) for line in result.out.splitlines()]
+    assert result.code == 0 and [line["target"] for line in lines] == [f"unix:{first.qmp_path}", f"unix:{second.qmp_path}"]
+    assert all(line["return"]["disks"][0]["device"] == "vd0" for line in lines)
+
+
 # -- the lab guest ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -143,21 +188,25 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
         yield booted
 
 
+def guest_read_command(guest, mebibytes: int) -> list[str]:
+    """Read ``mebibytes`` from the guest's data disk past every cache (O_DIRECT), through the agent."""
+    return [sys.executable, "-m", "qmpctl", "agent", "exec", "-a", str(guest.agent_path), "--timeout", "120",
+            "--", "dd", "if=/dev/vda", "of=/dev/null", "bs=64k", f"count={mebibytes * 16}", "iflag=direct"]
+
+
 def guest_read(guest, mebibytes: int) -> float:
-    """Seconds the guest takes to read ``mebibytes`` from its data disk, past every cache (O_DIRECT)."""
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "qmpctl", "agent", "exec", "-a", str(guest.agent_path),
-                           "--timeout", "120", "--", "dd", "if=/dev/vda", "of=/dev/null", "bs=64k",
-                           f"count={mebibytes * 16}", "iflag=direct"], capture_output=True, text=True)
+    done = subprocess.run(guest_read_command(guest, mebibytes), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return time.monotonic() - started
 
 
 @pytest.mark.lab
-def test_stats_counters_grow_by_what_the_guest_reads(guest):
+def test_stats_counters_grow_by_what_the_guest_reads(cli, guest):
     def read_bytes() -> int:
-        with connect(guest.qmp_path) as opened:
-            disks = stats.collect(opened, Deadline(10))["disks"]
+        result = cli("stats", "-s", str(guest.qmp_path), "--return-value")
+        assert result.code == 0, result
+        disks = json.loads(result.out)["disks"]
         return next(disk["rd_bytes"] for disk in disks if disk["device"] == guest.data_disk_device_id)
 
     before = read_bytes()
@@ -166,20 +215,30 @@ def test_stats_counters_grow_by_what_the_guest_reads(guest):
 
 
 @pytest.mark.lab
-def test_a_read_limit_holds_in_the_guest_and_other_limits_keep_it(guest):
-    device = guest.data_disk_device_id
+def test_a_read_limit_holds_in_the_guest_is_seen_in_watch_and_kept_by_other_limits(cli, guest):
+    sock, device = str(guest.qmp_path), guest.data_disk_device_id
     unthrottled = guest_read(guest, 8)
-    with connect(guest.qmp_path) as opened:
-        throttle.set_limits(opened, Deadline(10), device, {"bps_rd": MiB})
+    limited = cli("throttle", "-s", sock, device, "--bps-rd", "1M", "--return-value")
+    assert limited.code == 0 and json.loads(limited.out)["limits"]["bps_rd"] == MiB, limited
     try:
-        throttled = guest_read(guest, 8)
-        with connect(guest.qmp_path) as opened:
-            limits = throttle.set_limits(opened, Deadline(10), device, {"iops": 100})["limits"]
+        started = time.monotonic()
+        reader = subprocess.Popen(guest_read_command(guest, 8), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        watched = cli("stats", "-s", sock, "--watch", "1", "--count", "3", "--return-value")
+        assert reader.wait(timeout=120) == 0, reader.stderr.read() if reader.stderr else ""
+        throttled = time.monotonic() - started
+        more = cli("throttle", "-s", sock, device, "--iops", "100", "--return-value")
+        assert more.code == 0, more
+        limits = json.loads(more.out)["limits"]
         assert (limits["bps_rd"], limits["iops"]) == (MiB, 100)
     finally:
-        with connect(guest.qmp_path) as opened:
-            cleared = throttle.set_limits(opened, Deadline(10), device, {}, off=True)["limits"]
+        cleared = cli("throttle", "-s", sock, device, "--off", "--return-value")
     print(f"8 MiB with O_DIRECT: {throttled:.2f} s at 1 MiB/s, {unthrottled:.2f} s unthrottled")
     # 1 MiB/s, minus the burst QEMU allows at the start: at least about 6 s.
     assert throttled >= 6 and unthrottled < throttled / 3
-    assert cleared == dict.fromkeys(throttle.BASE, 0)
+    assert cleared.code == 0 and json.loads(cleared.out)["limits"] == dict.fromkeys(throttle.BASE, 0)
+    samples = [json.loads(line) for line in watched.out.splitlines()]
+    assert watched.code == 0 and len(samples) == 3, watched
+    disk_rates = [next(d for d in sample["disks"] if d["device"] == device).get("rates") for sample in samples]
+    assert disk_rates[0] is None and all(rates is not None for rates in disk_rates[1:])
+    # While the guest reads at the limit, the watch sees about 1 MiB/s (the burst and sampling blur it).
+    assert all(0.3 * MiB < rates["rd_bytes_per_s"] < 2 * MiB for rates in disk_rates[1:]), disk_rates
