@@ -2,30 +2,33 @@
 
 Each check runs the command in a fresh interpreter through ``run_cli`` against
 a real QEMU or qemu-ga, then lists ``sys.modules``. ``import jsonschema``
-alone costs more than a whole ``virsh`` call; Typer and click together about
-three; ``dataclasses`` drags in ``inspect``. The commands scripts run most
-(status, stop, cont, agent ping/info/interfaces) take the fast path and need
-none of them; every command stays clear of the heavy ones.
+alone costs more than a whole ``virsh`` call; Typer (with its click, rich and
+pydantic) several; ``dataclasses`` drags in ``inspect``. Every command is read
+by the start-up parser (qmpctl/cli/parse.py) and needs no Typer; the ones
+scripts run most (status, stop, cont, agent ping/info/interfaces) need none of
+the rest either.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from qmpctl.cli.spec import COMMANDS, Command
 from support.qga import HostAgent, have_qemu_ga
 
 REPO = Path(__file__).resolve().parent.parent
 
 HEAVY = {
     "jsonschema": "validation uses qmpctl.schema; jsonschema is for the test suite only",
-    "rich": "typer-slim without rich is the point of the Typer pin",
-    "pydantic": "typer-slim without pydantic is the point of the Typer pin",
+    "rich": "Typer brings rich, and Typer is only for --help and mistakes",
+    "pydantic": "Typer brings pydantic, and Typer is only for --help and mistakes",
     "asyncio": "qmpctl talks over plain blocking sockets with deadlines",
     "libvirt": "only --domain needs libvirt",
     "libvirt_qemu": "only --domain needs libvirt",
@@ -36,9 +39,12 @@ HEAVY = {
     "qmpctl.progress": "only progress bars need it",
     "qmpctl.guest_exec": "only agent exec needs it",
 }
+NO_TYPER = {
+    "typer": "the start-up parser (qmpctl/cli/parse.py) reads every well-formed line without Typer",
+    "click": "the start-up parser (qmpctl/cli/parse.py) reads every well-formed line without click",
+}
 FAST_PATH_EXTRA = {
-    "typer": "the fast path (qmpctl/cli/fastpath.py) runs these commands without Typer",
-    "click": "the fast path (qmpctl/cli/fastpath.py) runs these commands without click",
+    **NO_TYPER,
     "dataclasses": "dataclasses imports inspect: a few ms per call (use a NamedTuple on the hot path)",
     "inspect": "inspect costs a few ms per call and the hot path does not need it",
 }
@@ -105,8 +111,7 @@ def test_status_dry_run_stays_light(tmp_path):
 def test_monitor_command_stays_clear_of_heavy_modules(vm, tmp_path):
     code, out, modules = imported_by(tmp_path, "monitor-command", "-s", str(vm.qmp_path), '{"execute":"query-status"}')
     assert code == 0 and "return" in json.loads(out), out
-    assert offenders(modules, HEAVY) == []
-    assert "typer" in modules  # this one goes through Typer: the probe does see what a command imports
+    assert offenders(modules, {**HEAVY, **NO_TYPER}) == []
 
 
 @pytest.mark.qemu
@@ -136,6 +141,24 @@ def test_agent_exec_stays_clear_of_typer_and_heavy_modules(agent, tmp_path):
     code, out, modules = imported_by(tmp_path, "agent", "exec", "-a", str(agent.path), "--", "echo", "hi")
     assert code == 0 and out == "hi\n", out
     exec_budget = {name: why for name, why in HEAVY.items() if name != "qmpctl.guest_exec"}
-    exec_budget.update({name: FAST_PATH_EXTRA[name] for name in ("typer", "click")})
+    exec_budget.update(NO_TYPER)
     assert offenders(modules, exec_budget) == []
     assert "qmpctl.guest_exec" in modules
+
+
+def dry_run_line(command: Command, tmp_path: Path) -> list[str]:
+    """The command's own example, pointed at a socket that is not there, with --dry-run right after its words."""
+    words = shlex.split(command.example.split(";  ")[0].replace("$(date +%F)", "2026-12-01"))[1:]
+    line = list(command.words) + ["--dry-run"] + words[len(command.words):]
+    for index, word in enumerate(line[:-1]):
+        if word in ("-s", "-a"):
+            line[index + 1] = str(tmp_path / "absent.sock")
+    return line
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c.words))
+def test_every_command_runs_without_typer_or_heavy_modules(command, tmp_path):
+    code, out, modules = imported_by(tmp_path, *dry_run_line(command, tmp_path))
+    assert code in (0, 2, 3), out  # 2 or 3: its own checks of the example's files and socket, read without Typer
+    budget = {name: why for name, why in HEAVY.items() if not name.startswith("qmpctl.")}
+    assert offenders(modules, {**budget, **NO_TYPER}) == []

@@ -360,6 +360,59 @@ def bench_single(ctx: Context) -> None:
                                 30, " MiB"))
 
 
+STARTUP_LIMIT = 1.3
+"""Every command's well-formed line may cost at most this much more than ``status``."""
+BARE_LIMIT = 1.4
+"""``status`` may cost at most this much more than a bare Python client doing the same exchange."""
+
+
+def startup_lines(sock: Path, scratch: Path) -> list[tuple[str, list[str]]]:
+    """Each declared command's own example as a --dry-run line on a real VM, with real files where it names some."""
+    import shlex
+
+    sys.path.insert(0, str(REPO))
+    from qmpctl.cli.spec import COMMANDS
+
+    image = scratch / "startup.qcow2"
+    if not image.exists():
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
+    lines = []
+    for command in COMMANDS:
+        example = command.example.split(";  ")[0].replace("$(date +%F)", "2026-12-01")
+        words = shlex.split(example)[1:]
+        line = list(command.words) + ["--dry-run"] + words[len(command.words):]
+        for index, word in enumerate(line):
+            if index and line[index - 1] in ("-s", "-a"):
+                line[index] = str(sock)
+            elif word.endswith(".qcow2") and command.words == ("hotplug-disk",):
+                line[index] = str(image)
+            elif word.startswith("/backup/"):
+                line[index] = str(scratch / Path(word).name)
+        lines.append((" ".join(command.words), line))
+    return lines
+
+
+def bench_startup(ctx: Context) -> None:
+    """Start-up of every command next to status, and status next to a bare Python client."""
+    [sock] = start_vms(ctx.processes, ctx.scratch / "startup", 1)
+    bare = ctx.scratch / "bare_qmp.py"
+    bare.write_text(BARE_QMP_SCRIPT)
+    cases = [Case("bare Python socket script", [str(PYTHON), str(bare), str(sock)], check=expect_status_reply),
+             Case("status", [str(QMPCTL), "status", "-s", str(sock)], check=expect_status_reply)]
+    for name, line in startup_lines(sock, ctx.scratch):
+        cases.append(Case(f"{name} --dry-run", [str(QMPCTL), *line], cwd=ctx.scratch))
+    cases.append(Case("status --help (Typer)", [str(QMPCTL), "status", "--help"]))
+    samples = alternate(cases, ctx.args.runs, ctx.scratch)
+    print_table("startup: every command's own example (--dry-run) next to status", samples, "status")
+    status_ms = samples["status"].median_ms
+    ctx.verdicts.append(verdict("status / bare Python client", status_ms / samples[cases[0].name].median_ms,
+                                BARE_LIMIT))
+    for case in cases[2:-1]:
+        ctx.verdicts.append(verdict(f"{case.name} / status", samples[case.name].median_ms / status_ms,
+                                    STARTUP_LIMIT))
+    print(f"status --help (the only Typer path here): {samples[cases[-1].name].median_ms:.1f} ms, reported")
+
+
 def bench_fleet(ctx: Context) -> None:
     """Many VMs: one qmpctl call over a glob next to a shell loop of virsh calls."""
     count = ctx.args.fleet
@@ -569,8 +622,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fleet", type=int, default=FLEET_TARGET_VMS,
                         help=f"VMs in the fleet comparison (default {FLEET_TARGET_VMS})")
     parser.add_argument("--quick", action="store_true", help="7 rounds and 20 fleet VMs: a smoke run")
-    parser.add_argument("--only", default="single,fleet,agent,backup",
-                        help="comma-separated subset of: single, fleet, agent, backup")
+    parser.add_argument("--only", default="single,startup,fleet,agent,backup",
+                        help="comma-separated subset of: single, startup, fleet, agent, backup")
     parser.add_argument("--source", action="store_true",
                         help="run qmpctl from the source tree (PYTHONPATH) instead of the installed copy")
     parser.add_argument("--typer-versions", action="store_true",
@@ -610,7 +663,8 @@ class Bench:
                 bench_typer_versions(ctx)
                 return 0
             wanted = set(self.args.only.split(","))
-            for name, step in (("single", bench_single), ("fleet", bench_fleet), ("agent", bench_agent),
+            for name, step in (("single", bench_single), ("startup", bench_startup), ("fleet", bench_fleet),
+                               ("agent", bench_agent),
                                ("backup", bench_backup)):
                 if name in wanted:
                     step(ctx)
