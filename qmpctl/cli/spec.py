@@ -171,7 +171,7 @@ COMMANDS: tuple[Command, ...] = (
         "Without --wait or --count the stream runs until Ctrl-C, which ends it with exit 0. With --wait or "
         "--count, --timeout is the time to wait: exit 4 with \"no NAME within S s\" when it runs out. "
         "Through --domain the events come from libvirt's QEMU monitor event API.",
-        example="qmpctl events -s /tmp/vm.sock --wait STOP,SHUTDOWN --timeout 1 || test $? = 4",
+        example="qmpctl events -s /tmp/vm.sock --wait SHUTDOWN --timeout 120 --dry-run",
         options=(
             Option("count", ("--count",), "int", None, "End after N events (that pass --wait/--match).",
                    metavar="N", show_default=False),
@@ -190,7 +190,7 @@ COMMANDS: tuple[Command, ...] = (
         "Waits for the SHUTDOWN event on the same connection, so it cannot be missed. Exit 4 when the guest "
         "ignores the button for --wait-timeout. --force-after SECONDS waits that long instead and then makes "
         "QEMU quit, exit 0 with \"forced\": true (not through --domain: use virsh destroy).",
-        example="qmpctl powerdown -s /tmp/vm.sock --wait-timeout 1 || test $? = 4",
+        example="qmpctl powerdown -s /tmp/vm.sock --no-wait",
         options=(
             Option("wait", ("--wait",), "switch", True,
                    "Wait for SHUTDOWN (default), or return once the button is pressed.", off_flags=("--no-wait",)),
