@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -137,7 +137,7 @@ Item = tuple[int, dict[str, Any] | None, QmpctlError | None]
 """(which producer, an event or None, the error it ended with or None); (n, None, None) is a clean end."""
 
 
-def interleave(producers: list[Callable[[], Iterator[dict[str, Any]]]]) -> Iterator[Item]:
+def interleave(producers: Sequence[Callable[[], Iterator[dict[str, Any]]]]) -> Iterator[Item]:
     """Run each producer in a thread and yield what they give in arrival order, until all have ended.
 
     A producer's :class:`QmpctlError` ends that producer only (yielded as its
@@ -150,7 +150,7 @@ def interleave(producers: list[Callable[[], Iterator[dict[str, Any]]]]) -> Itera
         try:
             for event in producer():
                 items.put((index, event, None, False))
-        except BaseException as exc:  # handed over to the consumer
+        except BaseException as exc:  # noqa: BLE001 (handed over to the consumer, which re-raises bugs)
             items.put((index, None, exc, True))
             return
         items.put((index, None, None, True))

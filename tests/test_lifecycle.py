@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import select
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -257,3 +259,35 @@ def test_cli_events_of_a_domain_end_at_the_stop_of_virsh_suspend(cli, libvirtd):
         assert nothing.code == 4 and "no SHUTDOWN within 1 s" in nothing.err, nothing
     finally:
         domain.remove()
+
+
+def first_line(process, seconds: float = 20, meanwhile=lambda: None) -> str:
+    """The first line ``process`` prints, doing ``meanwhile`` until it comes (bounded)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        meanwhile()
+        ready, _, _ = select.select([process.stdout], [], [], 0.2)
+        if ready:
+            return process.stdout.readline().decode()
+    raise AssertionError("no output")
+
+
+@pytest.mark.qemu
+def test_ctrl_c_ends_an_event_stream_and_a_stats_watch_with_exit_0(cli, vm):
+    with vm.check() as other:
+        process = cli.popen("events", "-s", str(vm.qmp_path))
+        paused = [True]
+
+        def toggle() -> None:
+            other.cmd("cont" if paused[0] else "stop")
+            paused[0] = not paused[0]
+
+        assert json.loads(first_line(process, meanwhile=toggle))["event"] in ("STOP", "RESUME")
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=10)
+        assert process.returncode == 0 and b"interrupted" not in err, err
+    watch = cli.popen("stats", "-s", str(vm.qmp_path), "--watch", "0.2")
+    assert "disks" in json.loads(first_line(watch))["return"]
+    watch.send_signal(signal.SIGINT)
+    _, err = watch.communicate(timeout=10)
+    assert watch.returncode == 0 and b"interrupted" not in err, err

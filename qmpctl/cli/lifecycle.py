@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+import functools
+from collections.abc import Iterator
+from typing import Any
 
-from qmpctl.cli.common import MAX_TIMEOUT, Common, emit, fleet_line, print_dry_run, run
+from qmpctl.cli.common import MAX_TIMEOUT, Common, emit, fleet_line, run
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ExitCode, UsageError
 from qmpctl.output import to_json
@@ -42,14 +44,13 @@ def events(common: Common, *, count: int | None, wait: list[str], match: list[st
                 emit(to_json(events_lib.event_line(event), common.pretty))
             return ExitCode.OK
         worst = 0
-        producers = [lambda target=target: stream(target) for target in targets]
-        for index, event, error in events_lib.interleave(producers):
-            target = targets[index]
+        producers = [functools.partial(stream, target) for target in targets]
+        for index, arrived, error in events_lib.interleave(producers):
             if error is not None:
-                emit(to_json(fleet_line(target, error=error), common.pretty))
+                emit(to_json(fleet_line(targets[index], error=error), common.pretty))
                 worst = max(worst, int(error.exit_code))
-            elif event is not None:
-                emit(to_json({"target": str(target), **events_lib.event_line(event)}, common.pretty))
+            elif arrived is not None:
+                emit(to_json({"target": str(targets[index]), **events_lib.event_line(arrived)}, common.pretty))
         return worst
     except KeyboardInterrupt:
         return ExitCode.OK  # stopping a stream is its normal end
@@ -87,7 +88,7 @@ def reset(common: Common) -> int:
                [Request("system_reset")])
 
 
-def quit(common: Common) -> int:  # noqa: A001 (the command's name)
+def quit(common: Common) -> int:
     """Make QEMU exit at once (quit); the monitor closing afterwards is the success."""
     from qmpctl import lifecycle
 

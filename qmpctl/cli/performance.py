@@ -104,7 +104,7 @@ def _limits(values: dict[str, Any]) -> dict[str, int]:
     return changes
 
 
-def throttle(common: Common, *, device: str, off: bool, group: str | None,  # noqa: PLR0913 (one per limit)
+def throttle(common: Common, *, device: str, off: bool, group: str | None,
              bps: str | None, bps_rd: str | None, bps_wr: str | None,
              iops: int | None, iops_rd: int | None, iops_wr: int | None,
              bps_max: str | None, bps_rd_max: str | None, bps_wr_max: str | None,
