@@ -43,7 +43,19 @@ def _says_disabled(error: VmError) -> bool:
 
 
 def disabled_command_error(error: VmError, command: str) -> VmError:
-    """Say plainly that a command is switched off in the agent, not merely unknown."""
+    """Say plainly that a command is switched off in the agent, not merely unknown.
+
+    qemu-ga refuses most commands while the guest's filesystems are frozen
+    (7.2: "...has been disabled: the agent is in frozen state"): that is said
+    as such, since a thaw, not the agent's configuration, is the remedy.
+    """
+    if _says_disabled(error) and "frozen" in error.desc.lower():
+        return VmError(
+            error.error_class,
+            f"{command} is refused while the guest's filesystems are frozen (guest-fsfreeze-freeze); "
+            f"thaw them first: qmpctl agent fsfreeze thaw (the agent said: {error.desc})",
+            sent=error.sent, received=error.received,
+        )
     if _says_disabled(error):
         return VmError(
             error.error_class,
@@ -64,7 +76,7 @@ class AgentSession:
         self.target = str(connection.address)
 
     @classmethod
-    def connect(cls, address: Address, deadline: Deadline) -> "AgentSession":
+    def connect(cls, address: Address, deadline: Deadline) -> AgentSession:
         session = cls(Connection.open(address, deadline))
         try:
             session.resync(deadline)
@@ -86,7 +98,7 @@ class AgentSession:
             pass
         self.connection.close()
 
-    def __enter__(self) -> "AgentSession":
+    def __enter__(self) -> AgentSession:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -92,6 +92,12 @@ class JobFailed(QmpctlError):
     exit_code = ExitCode.JOB_FAILED
 
 
+class VerificationFailed(QmpctlError):
+    """A copy arrived but its checksum differs from the source's: the data cannot be trusted."""
+
+    exit_code = ExitCode.JOB_FAILED
+
+
 class Interrupted(QmpctlError):
     """SIGINT or SIGTERM arrived; whatever qmpctl started was cleaned up first."""
 

@@ -54,7 +54,7 @@ class Request:
         self.execute = execute
         self.arguments = arguments
         self.protocol = protocol
-        schema.validate(schema_name or f"{protocol}/{execute}", self.as_dict())
+        schema.validate(schema_name or f"{protocol}/{execute}", self.message())
         try:
             self.wire()
         except UnicodeEncodeError as exc:
@@ -71,6 +71,11 @@ class Request:
                    schema_name=f"{protocol}-request")
 
     def as_dict(self, request_id: Any = None) -> dict[str, Any]:
+        """The request as qmpctl shows it (--dry-run, an error's ``sent``): a subclass may mask secrets here."""
+        return self.message(request_id)
+
+    def message(self, request_id: Any = None) -> dict[str, Any]:
+        """The request exactly as it goes on the wire."""
         message: dict[str, Any] = {"execute": self.execute}
         if self.arguments is not None:
             message["arguments"] = self.arguments
@@ -80,7 +85,7 @@ class Request:
 
     def wire(self, request_id: Any = None) -> bytes:
         """Compact UTF-8 JSON as it goes on the socket (newline-terminated)."""
-        return json.dumps(self.as_dict(request_id), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        return json.dumps(self.message(request_id), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
     def __repr__(self) -> str:
         return f"Request({self.as_dict()!r})"

@@ -121,3 +121,17 @@ def test_resync_while_the_guest_is_still_booting_and_shutdown(run, tmp_path_fact
         assert _wait_until(lambda: not booting.is_running(), 20), "the guest did not power off"
     finally:
         booting.stop()
+
+
+def test_the_guest_offers_a_freezable_filesystem_a_user_and_sha256sum(run, guest):
+    """What agent cp, set-password and fsfreeze are tested against: it must be there at boot."""
+    mounts = guest_exec(run, guest, "cat", "/proc/mounts")
+    assert mounts.code == 0, mounts
+    by_mountpoint = {line.split()[1]: line.split() for line in mounts.out.splitlines()}
+    assert by_mountpoint[guest.data_fs_mountpoint][:3] == ["/dev/sda", "/mnt/data", "ext2"], mounts.out
+    assert "ro" in by_mountpoint["/mnt/ro"][3].split(","), mounts.out
+    assert _guest_disks(run, guest) == {"vda"}, "the filesystem's disk must not take a virtio-blk name"
+    hashed = run("agent", "exec", "-a", str(guest.agent_path), "--stdin", "--", "sha256sum", input=b"abc")
+    assert hashed.out.split()[0] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad", hashed
+    user = guest_exec(run, guest, "sh", "-c", "grep ^lab: /etc/passwd && test -x /usr/sbin/chpasswd")
+    assert user.code == 0 and user.out.startswith("lab:x:1000:1000:"), user

@@ -426,6 +426,103 @@ COMMANDS: tuple[Command, ...] = (
                    EXEC_JSON_HELP.replace("Print", "Instead of the agent's reply, print")),
         ),
     ),
+    # --- guest agent: into the guest OS (files, passwords, freeze, shutdown) ---------------
+    Command(
+        ("agent", "cp"), "qmpctl.cli.guest:cp",
+        "Copy a file into or out of the guest (guest-file-open/read/write/close).",
+        "One side is guest:/PATH, the other a local path, or - for stdin/stdout. Binary-safe, in chunks "
+        "sized for the agent (and for libvirt's 4 MiB messages with --domain); the guest file's handle is "
+        "closed on every path, Ctrl-C included. Never overwrites without --force: an existing local "
+        "destination is refused before anything is read, an existing guest file before anything is written "
+        "(exit 2). A guest: path ending in / or a local directory gets the source's name. After a failure "
+        "the error names the partial guest file. With --verify (default) the guest's sha256sum is compared "
+        "with the bytes sent or received: a mismatch exits 6; a guest without sha256sum (or guest-exec) is "
+        "noted in the JSON result instead. The result (bytes, seconds, sha256, verified) is printed as JSON, "
+        "unless the file itself goes to stdout. --timeout bounds each exchange with the agent; "
+        "--wait-timeout the whole copy. The guest's own errors (no such file, permission denied, "
+        "read-only filesystem, a directory) exit 1.",
+        example="qmpctl agent cp -a /tmp/channel.sock guest:/etc/os-release -",
+        kind=AGENT,
+        arguments=(
+            Argument("source", "SRC", "guest:/PATH, a local PATH, or - (stdin)."),
+            Argument("destination", "DST", "guest:/PATH (or guest:/DIR/), a local PATH or DIR, or - (stdout)."),
+        ),
+        options=(
+            Option("force", ("--force",), "flag", False, "Overwrite an existing destination.",
+                   show_default=False),
+            Option("verify", ("--verify",), "switch", True,
+                   "Compare the guest's sha256sum of the file with the bytes copied (needs sha256sum and "
+                   "guest-exec in the guest; skipped, and said so, without them).", off_flags=("--no-verify",)),
+            Option("progress", ("--progress",), "choice", "auto",
+                   "Show progress on stderr: bar, json (one line per update), none; auto: a bar on a terminal "
+                   "for copies over 4 MiB.", choices=PROGRESS_CHOICES),
+            Option("wait_timeout", ("--wait-timeout",), "float", None,
+                   "Give up the whole copy after this long: exit 4 [default: no limit].", metavar="SECONDS",
+                   show_default=False),
+        ),
+    ),
+    Command(
+        ("agent", "set-password"), "qmpctl.cli.guest:set_password",
+        "Set a guest user's password (guest-set-user-password).",
+        "The password is the first line of standard input (prompted for without echo on a terminal) or of "
+        "--password-file, never an argument, where ps would show it. It is sent base64-encoded as the agent "
+        "requires and appears nowhere else: --dry-run and error messages show it masked. Linux guests run "
+        "chpasswd; a refusal (no such user, chpasswd missing) exits 1.",
+        example="printf 'new secret\\n' | qmpctl agent set-password -a /tmp/channel.sock --dry-run alice",
+        kind=AGENT,
+        arguments=(Argument("user", "USER", "The guest user whose password changes."),),
+        options=(
+            Option("password_file", ("--password-file",), "text", None,
+                   "Read the password from the first line of this file instead of standard input.",
+                   metavar="PATH", show_default=False),
+            Option("crypted", ("--crypted",), "flag", False,
+                   "The password is already hashed (a crypt(3) string such as $6$...), passed to chpasswd -e.",
+                   show_default=False),
+        ),
+    ),
+    Command(
+        ("agent", "fsfreeze"), "qmpctl.cli.guest:fsfreeze",
+        "Freeze or thaw the guest's filesystems, or show whether they are frozen (guest-fsfreeze-*).",
+        "status prints frozen or thawed. freeze syncs and freezes every local filesystem (or only those at "
+        "--mountpoint) and prints how many; the guest then stays frozen, writes inside it waiting, until "
+        "thaw (a warning on stderr says so). freeze --for SECONDS freezes, waits, and always thaws, also "
+        "on errors and Ctrl-C, with --thaw-timeout of its own; it prints how many were frozen and thawed "
+        "and for how long, for scripts that snapshot storage outside QEMU. While frozen the agent refuses "
+        "agent exec and agent cp; qmpctl says why (exit 1, 125 for exec).",
+        example="qmpctl agent fsfreeze -a /tmp/channel.sock status",
+        kind=AGENT,
+        arguments=(Argument("action", "ACTION", "status, freeze or thaw."),),
+        options=(
+            Option("mountpoint", ("--mountpoint",), "list", None,
+                   "With freeze: only the filesystem mounted here (repeatable) [default: all].", metavar="PATH",
+                   show_default=False),
+            Option("for_seconds", ("--for",), "float", None,
+                   "With freeze: thaw again after this long (and on any error or Ctrl-C).", metavar="SECONDS",
+                   show_default=False),
+            Option("thaw_timeout", ("--thaw-timeout",), "float", 10.0,
+                   "With freeze --for: how long the thaw may take, whatever --timeout says.", metavar="SECONDS"),
+        ),
+    ),
+    Command(
+        ("agent", "shutdown"), "qmpctl.cli.guest:shutdown",
+        "Shut the guest down through its agent (guest-shutdown).",
+        "The agent answers only when it refuses: qmpctl waits a second for a refusal (exit 1) and otherwise "
+        "prints nothing. With -s (the VM's QMP socket) it waits until QEMU reports the guest down (the "
+        "SHUTDOWN event, RESET for a reboot QEMU survives, or QEMU exiting) and prints what it saw; "
+        "--wait-timeout bounds that wait (exit 4). A halt stops the CPUs without QEMU noticing: no event.",
+        example="qmpctl agent shutdown -a /tmp/channel.sock --mode reboot --dry-run",
+        kind=AGENT,
+        options=(
+            Option("mode", ("--mode",), "choice", "powerdown", "powerdown, reboot or halt.",
+                   choices=("powerdown", "reboot", "halt")),
+            Option("qmp", ("-s", "--qmp"), "text", None,
+                   "The VM's QMP socket: wait until QEMU reports the guest down.", metavar="ADDR",
+                   show_default=False, complete="socket"),
+            Option("wait_timeout", ("--wait-timeout",), "float", None,
+                   "With -s: give up waiting after this long, exit 4 [default: 60].", metavar="SECONDS",
+                   show_default=False),
+        ),
+    ),
 )
 
 

@@ -56,9 +56,11 @@ WANTED_MODULES = (
     "virtio_scsi",
     "sd_mod",
     "virtio_net",
+    "button",  # ACPI power button: QMP system_powerdown reaches acpid through it
+    "evdev",  # /dev/input/event*, which busybox acpid reads
 )
-# Shipped but not loaded at boot (they would slow it down); the kernel loads
-# them through modprobe when needed, e.g. `mount -t ext2 /dev/vda /mnt`.
+# Shipped but not loaded by the module list; the kernel loads them through
+# modprobe when needed, e.g. when /init mounts the ext2 data filesystem.
 ON_DEMAND_MODULES = ("crc32c_generic", "ext4")
 # Needed for the guest to reach the agent at all; the build fails without them.
 ESSENTIAL_MODULES = frozenset({"virtio_ring", "virtio", "virtio_pci", "virtio_console", "virtio_blk"})
@@ -427,6 +429,30 @@ done < /etc/lab-modules
 
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 
+# QMP system_powerdown presses the ACPI power button: button.ko turns it into
+# an input event, busybox acpid runs /etc/acpi/PWRF/00000080 for it.
+acpid -c /etc/acpi -l /run/acpid.log
+
+chown 1000:1000 /home/lab
+
+# guest.py attaches an ext2 image and names its device on the command line
+# (lab.datafs=/dev/sda), so guest-fsfreeze-* has a real filesystem to freeze.
+datafs=$(sed -n 's/.*lab\.datafs=\([^ ]*\).*/\1/p' /proc/cmdline)
+if [ -n "$datafs" ]; then
+    tries=0
+    until [ -b "$datafs" ] || [ "$tries" -gt 200 ]; do
+        tries=$((tries + 1))
+        sleep 0.05
+    done
+    if mount -t ext2 "$datafs" /mnt/data; then
+        echo "lab: $datafs on /mnt/data at $(cut -d' ' -f1 /proc/uptime)s"
+    else
+        echo "lab: mounting $datafs on /mnt/data failed"
+    fi
+fi
+# A read-only mount, for "the guest refused the write" cases.
+mount -t tmpfs -o ro,size=16k tmpfs /mnt/ro
+
 # Every port named org.qemu.guest_agent.* gets its own qemu-ga: .0 is the one
 # QEMU users expect; extra ones let a client talk to the agent directly while
 # libvirt holds the connection to .0.
@@ -486,8 +512,40 @@ for argument in "$@"; do
     esac
 done
 sync
+umount /mnt/data 2>/dev/null
 echo "lab: shutdown $action" > /dev/console
 $action -f
+"""
+
+POWER_BUTTON_ACTION = r"""#!/bin/sh
+# busybox acpid runs this for the ACPI power button (QMP system_powerdown).
+echo "lab: power button" > /dev/console
+exec /sbin/shutdown -P
+"""
+
+CHPASSWD_SHIM = r"""#!/bin/sh
+# Debian's busybox-static has no chpasswd.  qemu-ga's guest-set-user-password
+# runs `chpasswd [-e]` with "user:password" lines on stdin; -e means the
+# password is already hashed.  The password never appears in an argv.
+encrypted=
+case "$1" in -e|--encrypted) encrypted=1 ;; esac
+status=0
+while IFS= read -r line; do
+    user=${line%%:*}
+    password=${line#*:}
+    if ! grep -q "^$user:" /etc/shadow; then
+        echo "chpasswd: unknown user $user" >&2
+        status=1
+        continue
+    fi
+    if [ -z "$encrypted" ]; then
+        password=$(printf '%s' "$password" | mkpasswd -m sha512) || exit 1
+    fi
+    LAB_USER=$user LAB_HASH=$password awk -F: -v OFS=: \
+        '$1 == ENVIRON["LAB_USER"] { $2 = ENVIRON["LAB_HASH"] } { print }' /etc/shadow > /etc/shadow.new \
+        && chmod 600 /etc/shadow.new && mv /etc/shadow.new /etc/shadow || status=1
+done
+exit $status
 """
 
 
@@ -508,7 +566,8 @@ def shared_libraries(binary: Path) -> list[Path]:
 def build_initramfs(busybox: Path, agent: Path, modules: list[KernelModule], kernel_release: str) -> bytes:
     archive = Cpio()
     for directory in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "run", "tmp",
-                      "root", "var", "lib64", "lib/x86_64-linux-gnu", f"lib/modules/{kernel_release}", "mnt"):
+                      "root", "var", "lib64", "lib/x86_64-linux-gnu", f"lib/modules/{kernel_release}", "mnt",
+                      "mnt/data", "mnt/ro", "home/lab", "etc/acpi/PWRF"):
         archive.directory(directory)
     archive.symlink("var/run", "../run")
     archive.char_device("dev/console", 5, 1)
@@ -538,9 +597,10 @@ def build_initramfs(busybox: Path, agent: Path, modules: list[KernelModule], ker
     boot_modules = [module.name for module in modules if module.load_at_boot]
     archive.file("etc/lab-modules", ("\n".join(boot_modules) + "\n").encode())
 
-    archive.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
-    archive.file("etc/group", b"root:x:0:\n")
-    archive.file("etc/shadow", b"root::19000:0:99999:7:::\n", 0o600)
+    # "lab" is an ordinary user whose password tests may change (guest-set-user-password).
+    archive.file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\nlab:x:1000:1000:lab user:/home/lab:/bin/sh\n")
+    archive.file("etc/group", b"root:x:0:\nlab:x:1000:\n")
+    archive.file("etc/shadow", b"root::19000:0:99999:7:::\nlab:!:19000:0:99999:7:::\n", 0o600)
     archive.file("etc/hostname", b"lab\n")
     archive.file("etc/hosts", b"127.0.0.1 localhost lab\n::1 localhost\n")
     archive.file("etc/profile", f"export PATH={GUEST_PATH}\n".encode())
@@ -550,6 +610,8 @@ def build_initramfs(busybox: Path, agent: Path, modules: list[KernelModule], ker
     ).encode())
     archive.file("init", render_init().encode(), 0o755)
     archive.file("sbin/shutdown", SHUTDOWN_SHIM.encode(), 0o755)
+    archive.file("usr/sbin/chpasswd", CHPASSWD_SHIM.encode(), 0o755)
+    archive.file("etc/acpi/PWRF/00000080", POWER_BUTTON_ACTION.encode(), 0o755)
     return archive.finish()
 
 

@@ -55,6 +55,17 @@ KERNEL_CMDLINE = "console=ttyS0 quiet panic=-1"
 DATA_DISK_DEVICE_ID = "disk0"
 DATA_DISK_NODE_NAME = "disk0-fmt"
 DATA_DISK_FILE_NODE_NAME = "disk0-file"
+# The ext2 filesystem the guest mounts at DATA_FS_MOUNTPOINT (for guest-fsfreeze-*
+# and file copies).  It sits on virtio-scsi so the data disk stays /dev/vda and
+# a hotplugged virtio-blk disk still becomes /dev/vdb.
+DATA_FS_DEVICE_ID = "fs0"
+DATA_FS_NODE_NAME = "fs0-fmt"
+DATA_FS_FILE_NODE_NAME = "fs0-file"
+DATA_FS_GUEST_DEVICE = "/dev/sda"
+DATA_FS_MOUNTPOINT = "/mnt/data"
+DATA_FS_SIZE = "16M"
+READ_ONLY_MOUNTPOINT = "/mnt/ro"
+LAB_USER = "lab"
 UNIX_PATH_MAX = 107
 
 
@@ -125,6 +136,20 @@ def agent_resync(path: Path | str, timeout: float) -> bool:
                     return True
 
 
+def make_data_fs(path: Path, size: str = DATA_FS_SIZE) -> None:
+    """An empty ext2 image (mke2fs from e2fsprogs on the host; well under 0.1 s).
+
+    Built here rather than in the guest so the first boot costs nothing and
+    the filesystem's contents are the same on every run.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    subprocess.run(
+        ["mke2fs", "-q", "-F", "-t", "ext2", "-L", "labdata", "-m", "0", str(temporary), size],
+        check=True, capture_output=True,
+    )
+    os.replace(temporary, path)
+
+
 class LabGuest:
     """One lab VM: a QMP socket, an agent socket, a serial log and a qcow2 data disk in workdir."""
 
@@ -137,6 +162,7 @@ class LabGuest:
         extra_qemu_args: Sequence[str] = (),
         kernel: Path | None = None,
         initrd: Path | None = None,
+        data_fs: bool = True,
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.name = name
@@ -151,6 +177,8 @@ class LabGuest:
         self.qemu_log = self.workdir / f"{name}.qemu.log"
         self.data_disk = self.workdir / f"{name}-data.qcow2"
         self.pidfile = self.workdir / f"{name}.pid"
+        self.data_fs = self.workdir / f"{name}-fs.img" if data_fs else None
+        self.data_fs_mountpoint = DATA_FS_MOUNTPOINT if data_fs else None
         self.data_disk_device_id = DATA_DISK_DEVICE_ID
         self.data_disk_node_name = DATA_DISK_NODE_NAME
         self.started_at: float | None = None
@@ -184,12 +212,22 @@ class LabGuest:
         return b"qemu-system" in cmdline and str(self.qmp_path).encode() in cmdline
 
     def qemu_command(self, kernel: Path, initrd: Path) -> list[str]:
+        cmdline = KERNEL_CMDLINE
+        data_fs: list[str] = []
+        if self.data_fs is not None:
+            cmdline += f" lab.datafs={DATA_FS_GUEST_DEVICE}"
+            data_fs = [
+                "-device", "virtio-scsi-pci,id=scsi0",
+                "-blockdev", f"driver=file,filename={self.data_fs},node-name={DATA_FS_FILE_NODE_NAME}",
+                "-blockdev", f"driver=raw,file={DATA_FS_FILE_NODE_NAME},node-name={DATA_FS_NODE_NAME}",
+                "-device", f"scsi-hd,bus=scsi0.0,drive={DATA_FS_NODE_NAME},id={DATA_FS_DEVICE_ID}",
+            ]
         return [
             QEMU_BINARY,
             "-name", self.name,
             "-M", "pc", "-accel", "tcg", "-m", str(self.memory_mb),
             "-nodefaults", "-display", "none", "-no-reboot",
-            "-kernel", str(kernel), "-initrd", str(initrd), "-append", KERNEL_CMDLINE,
+            "-kernel", str(kernel), "-initrd", str(initrd), "-append", cmdline,
             "-serial", f"file:{self.console_log}",
             "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
             "-chardev", f"socket,path={self.agent_path},server=on,wait=off,id=qga0",
@@ -198,6 +236,7 @@ class LabGuest:
             "-blockdev", f"driver=file,filename={self.data_disk},node-name={DATA_DISK_FILE_NODE_NAME}",
             "-blockdev", f"driver=qcow2,file={DATA_DISK_FILE_NODE_NAME},node-name={DATA_DISK_NODE_NAME}",
             "-device", f"virtio-blk-pci,drive={DATA_DISK_NODE_NAME},id={DATA_DISK_DEVICE_ID}",
+            *data_fs,
             "-pidfile", str(self.pidfile),
             *self.extra_qemu_args,
         ]
@@ -217,6 +256,8 @@ class LabGuest:
                 ["qemu-img", "create", "-q", "-f", "qcow2", str(self.data_disk), self.data_disk_size],
                 check=True,
             )
+        if self.data_fs is not None and not self.data_fs.exists():
+            make_data_fs(self.data_fs)
         with open(self.qemu_log, "wb") as qemu_log:
             self.started_at = time.monotonic()
             self._process = subprocess.Popen(
@@ -303,7 +344,9 @@ class LabGuest:
     def destroy(self) -> None:
         """stop() and also delete the data disk and logs."""
         self.stop()
-        for leftover in (self.data_disk, self.console_log, self.qemu_log):
+        for leftover in (self.data_disk, self.data_fs, self.console_log, self.qemu_log):
+            if leftover is None:
+                continue
             leftover.unlink(missing_ok=True)
 
     def _signal(self, signum: int) -> None:
@@ -346,6 +389,7 @@ class LabGuest:
             "LAB_DATA_DISK": self.data_disk,
             "LAB_DATA_DISK_ID": self.data_disk_device_id,
             "LAB_DATA_DISK_NODE": self.data_disk_node_name,
+            "LAB_DATA_FS": self.data_fs_mountpoint or "",
             "LAB_CONSOLE_LOG": self.console_log,
             "LAB_PID": self.pid,
         }

@@ -1,0 +1,263 @@
+"""Into the guest OS, against the lab guest's real qemu-ga: agent cp, set-password, fsfreeze, shutdown.
+
+One guest is booted for the module (booting costs seconds under TCG); the
+shutdown tests boot their own, since they end the guest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from support.lab import lab_guest_module
+from support.runner import CliRunner
+
+pytestmark = pytest.mark.lab
+
+PASSWORD = "Lab-pw 7f3c9e21 with spaces"
+
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    lab = lab_guest_module()
+    with lab.LabGuest(tmp_path_factory.mktemp("gos")) as booted:
+        yield booted
+
+
+@pytest.fixture
+def run() -> CliRunner:
+    return CliRunner()
+
+
+def agent(run: CliRunner, guest, *args: str, **kwargs):
+    return run("agent", *args[:1], "-a", str(guest.agent_path), *args[1:], **kwargs)
+
+
+def guest_sh(run: CliRunner, guest, script: str) -> str:
+    result = agent(run, guest, "exec", "--", "sh", "-c", script)
+    assert result.code == 0, result
+    return result.out
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def wait_for(predicate, seconds: float = 30.0, what: str = "the condition") -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+# ----------------------------------------------------------------------------- agent cp
+
+
+def test_copy_5_mib_in_and_out_with_equal_hashes(run, guest, tmp_path):
+    data = os.urandom(5 * 1024 * 1024)
+    source = tmp_path / "random.bin"
+    source.write_bytes(data)
+    copied_in = agent(run, guest, "cp", str(source), "guest:/mnt/data/random.bin", timeout=180)
+    assert copied_in.code == 0, copied_in
+    result = json.loads(copied_in.out)["return"]
+    assert result["bytes"] == len(data) and result["seconds"] > 0 and result["verified"] is True, result
+    assert result["sha256"] == sha256(data)
+    assert guest_sh(run, guest, "sha256sum /mnt/data/random.bin").split()[0] == sha256(data)
+
+    back = tmp_path / "back.bin"
+    copied_out = agent(run, guest, "cp", "guest:/mnt/data/random.bin", str(back), timeout=180)
+    assert copied_out.code == 0, copied_out
+    assert json.loads(copied_out.out)["return"]["verified"] is True
+    assert sha256(back.read_bytes()) == sha256(data)
+    assert not [name for name in os.listdir(tmp_path) if "qmpctl" in name], "a temporary file was left behind"
+    guest_sh(run, guest, "rm /mnt/data/random.bin")
+
+
+def test_dash_is_stdin_and_stdout_binary_safe(run, guest):
+    data = bytes(range(256)) * 300 + b"\r\n\x00\xff"
+    sent = agent(run, guest, "cp", "-", "guest:/tmp/from-stdin", input=data)
+    assert sent.code == 0 and json.loads(sent.out)["return"]["bytes"] == len(data), sent
+    received = agent(run, guest, "cp", "guest:/tmp/from-stdin", "-")
+    assert received.code == 0 and received.out_bytes == data, received
+    into_grep = subprocess.run(f"{' '.join(run.argv())} agent cp -a {guest.agent_path} guest:/etc/os-release - "
+                               "| grep ^ID=", shell=True, capture_output=True, env=run.env(), timeout=60)
+    assert into_grep.stdout == b"ID=qmpctl-lab\n", into_grep
+
+
+def test_existing_destinations_are_refused_on_both_sides_and_kept(run, guest, tmp_path):
+    local = tmp_path / "exists.txt"
+    local.write_bytes(b"local original\n")
+    agent(run, guest, "cp", "-", "guest:/tmp/exists.txt", input=b"guest original\n")
+
+    out = agent(run, guest, "cp", "guest:/tmp/exists.txt", str(local))
+    assert out.code == 2 and str(local) in out.err and "--force" in out.err, out
+    assert local.read_bytes() == b"local original\n"
+
+    into = agent(run, guest, "cp", str(local), "guest:/tmp/exists.txt")
+    assert into.code == 2 and "guest:/tmp/exists.txt exists" in into.err, into
+    assert agent(run, guest, "cp", "guest:/tmp/exists.txt", "-").out_bytes == b"guest original\n"
+
+    forced = agent(run, guest, "cp", "--force", str(local), "guest:/tmp/exists.txt")
+    assert forced.code == 0, forced
+    assert agent(run, guest, "cp", "guest:/tmp/exists.txt", "-").out_bytes == b"local original\n"
+    forced_out = agent(run, guest, "cp", "--force", "guest:/etc/hostname", str(local))
+    assert forced_out.code == 0 and local.read_bytes() == b"lab\n", forced_out
+
+
+def test_the_guests_refusals_exit_1_in_one_line(run, guest, tmp_path):
+    source = tmp_path / "small"
+    source.write_bytes(b"x")
+    read_only = agent(run, guest, "cp", str(source), "guest:/mnt/ro/small")
+    assert read_only.code == 1 and "Read-only file system" in read_only.err, read_only
+    missing = agent(run, guest, "cp", "guest:/no/such/file", str(tmp_path / "missing"))
+    assert missing.code == 1 and "No such file or directory" in missing.err, missing
+    assert not (tmp_path / "missing").exists()
+    directory = agent(run, guest, "cp", "guest:/etc", str(tmp_path / "etc"))
+    assert directory.code == 1 and "guest:/etc" in directory.err, directory
+    for result in (read_only, missing, directory):
+        assert result.err.count("\n") == 1, result
+    both_local = agent(run, guest, "cp", str(source), str(tmp_path / "other"))
+    assert both_local.code == 2, both_local
+
+
+def test_ctrl_c_during_a_copy_closes_the_guest_handle_and_names_the_partial_file(run, guest, tmp_path):
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(24 * 1024 * 1024))
+    copy = run.popen("agent", "cp", "-a", str(guest.agent_path), "--progress", "json", str(source),
+                     "guest:/tmp/interrupted.bin")
+    assert copy.stderr is not None
+    first = copy.stderr.readline()  # a progress line: the guest file is open and written to
+    assert b'"done"' in first, first
+    copy.send_signal(signal.SIGINT)
+    _, err = copy.communicate(timeout=60)
+    assert copy.returncode == 130, err
+    assert b"the partial file guest:/tmp/interrupted.bin is left in the guest" in err, err
+    handles = guest_sh(run, guest, "ls -l /proc/$(pidof qemu-ga)/fd")
+    assert "/tmp/interrupted.bin" not in handles, handles
+
+
+# ----------------------------------------------------------------------------- agent set-password
+
+
+def _shadow_entry(run, guest) -> str:
+    return guest_sh(run, guest, "grep ^lab: /etc/shadow").strip()
+
+
+def test_set_password_changes_the_shadow_entry_and_shows_the_password_nowhere(run, guest, tmp_path):
+    before = _shadow_entry(run, guest)
+    process = subprocess.Popen([*run.argv("agent", "set-password", "-a", str(guest.agent_path), "lab")],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=run.env())
+    assert process.stdin is not None
+    visible = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
+    out, err = process.communicate(PASSWORD.encode() + b"\n", timeout=60)
+    assert process.returncode == 0, err
+    assert PASSWORD not in visible and PASSWORD.encode() not in cmdline
+    after = _shadow_entry(run, guest)
+    assert after != before and after.split(":")[1].startswith("$6$"), after
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # the guest's chpasswd hashes with crypt(3) sha512
+    hashed = after.split(":")[1]
+    assert crypt.crypt(PASSWORD, hashed) == hashed
+    assert PASSWORD.encode() not in out + err
+
+    secret_file = tmp_path / "pw"
+    secret_file.write_text(PASSWORD + "\n")
+    dry = agent(run, guest, "set-password", "--dry-run", "--password-file", str(secret_file), "lab")
+    refused = agent(run, guest, "set-password", "--password-file", str(secret_file), "nosuchuser")
+    assert dry.code == 0 and '"password":"********"' in dry.out, dry
+    assert refused.code == 1 and "nosuchuser" in refused.err, refused
+    encoded = __import__("base64").b64encode(PASSWORD.encode()).decode()
+    for result in (dry, refused):
+        assert PASSWORD not in result.out + result.err and encoded not in result.out + result.err, result
+
+
+def test_set_password_crypted_passes_the_hash_through(run, guest):
+    hashed = "$6$labsalt$" + "A" * 86
+    done = agent(run, guest, "set-password", "--crypted", "lab", input=hashed.encode() + b"\n")
+    assert done.code == 0, done
+    assert _shadow_entry(run, guest).split(":")[1] == hashed
+
+
+# ----------------------------------------------------------------------------- agent fsfreeze
+
+
+def _status(run, guest) -> str:
+    result = agent(run, guest, "fsfreeze", "status", "--return-value")
+    assert result.code == 0, result
+    return json.loads(result.out)
+
+
+def test_freeze_status_thaw_and_what_is_refused_while_frozen(run, guest):
+    frozen = agent(run, guest, "fsfreeze", "freeze", "--mountpoint", guest.data_fs_mountpoint)
+    try:
+        assert frozen.code == 0 and json.loads(frozen.out) == {"return": 1}, frozen
+        assert "stay frozen" in frozen.err and "fsfreeze thaw" in frozen.err
+        assert _status(run, guest) == "frozen"
+        exec_refused = agent(run, guest, "exec", "--", "touch", "/mnt/data/x")
+        assert exec_refused.code == 125 and "frozen" in exec_refused.err, exec_refused
+        cp_refused = agent(run, guest, "cp", "-", "guest:/mnt/data/x", input=b"x")
+        assert cp_refused.code == 1 and "frozen" in cp_refused.err and "thaw" in cp_refused.err, cp_refused
+        assert cp_refused.seconds < 10
+    finally:
+        thawed = agent(run, guest, "fsfreeze", "thaw")
+    assert thawed.code == 0 and json.loads(thawed.out) == {"return": 1}, thawed
+    assert _status(run, guest) == "thawed"
+
+
+def test_freeze_for_thaws_after_the_time(run, guest):
+    held = agent(run, guest, "fsfreeze", "freeze", "--for", "2")
+    assert held.code == 0, held
+    result = json.loads(held.out)["return"]
+    assert result["frozen"] >= 1 and result["thawed"] == result["frozen"] and result["seconds"] >= 2, result
+    assert held.seconds >= 2
+    assert _status(run, guest) == "thawed"
+
+
+def test_freeze_for_thaws_on_ctrl_c(run, guest):
+    held = run.popen("agent", "fsfreeze", "-a", str(guest.agent_path), "freeze", "--for", "300")
+    assert held.stderr is not None
+    line = held.stderr.readline()
+    assert b"froze" in line, line
+    started = time.monotonic()
+    held.send_signal(signal.SIGINT)
+    _, err = held.communicate(timeout=30)
+    assert held.returncode == 130, err
+    assert time.monotonic() - started < 20
+    assert _status(run, guest) == "thawed"
+
+
+# ----------------------------------------------------------------------------- shutdown
+
+
+@pytest.fixture
+def own_guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    lab = lab_guest_module()
+    with lab.LabGuest(tmp_path_factory.mktemp("off"), name="off") as booted:
+        yield booted
+
+
+def test_shutdown_with_qmp_returns_once_qemu_reports_it(run, own_guest):
+    dry = agent(run, own_guest, "shutdown", "--mode", "halt", "--dry-run")
+    assert json.loads(dry.out) == {"execute": "guest-shutdown", "arguments": {"mode": "halt"}}, dry
+    down = agent(run, own_guest, "shutdown", "-s", str(own_guest.qmp_path), "--wait-timeout", "60")
+    assert down.code == 0, down
+    seen = json.loads(down.out)["return"]
+    assert seen["event"] == "SHUTDOWN" and seen["data"]["reason"] == "guest-shutdown", seen
+    wait_for(lambda: not own_guest.is_running(), what="QEMU to exit after the guest powered off")
+
+
+def test_system_powerdown_presses_the_power_button_the_lab_guest_obeys(own_guest):
+    own_guest.qmp_command("system_powerdown")
+    wait_for(lambda: not own_guest.is_running(), 60, "the guest to power off on the ACPI button")
+    assert "lab: power button" in own_guest.console_log.read_text()
