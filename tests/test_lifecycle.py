@@ -193,7 +193,7 @@ def test_cli_quit_and_force_after_are_refused_for_a_domain_before_anything_is_se
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """One booted lab guest for the module; the powerdown test ends it, so it runs last."""
-    with lab_guest_module().LabGuest(tmp_path_factory.mktemp("life")) as booted:
+    with lab_guest_module().LabGuest(tmp_path_factory.mktemp("life"), data_fs=False) as booted:
         yield booted
 
 

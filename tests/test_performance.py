@@ -184,7 +184,7 @@ def test_cli_stats_of_a_fleet_is_one_line_per_vm(cli, vm_factory):
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """One booted lab guest for the module; its data disk is /dev/vda in the guest."""
-    with lab_guest_module().LabGuest(tmp_path_factory.mktemp("perf")) as booted:
+    with lab_guest_module().LabGuest(tmp_path_factory.mktemp("perf"), data_fs=False) as booted:
         yield booted
 
 
