@@ -114,7 +114,8 @@ def check_limits(limits: Mapping[str, Any]) -> None:
     for base in BASE:
         burst, length = limits.get(f"{base}_max", 0), limits.get(f"{base}_max_length", 0)
         if length and not burst:
-            raise UsageError(f"{option_name(base + '_max_length')} needs a burst rate: give {option_name(base + '_max')}")
+            raise UsageError(f"{option_name(base + '_max_length')} needs a burst rate: "
+                             f"give {option_name(base + '_max')}")
         if burst and not limits.get(base):
             raise UsageError(f"{option_name(base + '_max')} is a burst above {option_name(base)}, which is not set")
         if burst and burst < limits[base]:

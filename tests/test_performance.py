@@ -175,7 +175,8 @@ def test_cli_stats_of_a_fleet_is_one_line_per_vm(cli, vm_factory):
     first, second = vm_factory(), vm_factory()
     result = cli("stats", "-s", str(first.qmp_path), "-s", str(second.qmp_path))
     lines = [json.loads(line) for line in result.out.splitlines()]
-    assert result.code == 0 and [line["target"] for line in lines] == [f"unix:{first.qmp_path}", f"unix:{second.qmp_path}"]
+    assert result.code == 0, result
+    assert [line["target"] for line in lines] == [f"unix:{first.qmp_path}", f"unix:{second.qmp_path}"]
     assert all(line["return"]["disks"][0]["device"] == "vd0" for line in lines)
 
 
