@@ -53,7 +53,7 @@ def set_target(session: Session, deadline: Deadline, size: int, wait: Deadline |
             time.sleep(max(0.0, min(next(pauses), wait.expires_at - time.monotonic())))
             try:
                 if wait.expired():
-                    raise DeadlineExceeded("")
+                    raise wait.exceeded("the balloon")
                 actual = query(session, wait)["return"].get("actual")
             except DeadlineExceeded:
                 raise DeadlineExceeded(f"the guest did not reach {size} bytes within {wait.seconds:g} s: "

@@ -257,6 +257,18 @@ def test_cli_events_of_a_domain_end_at_the_stop_of_virsh_suspend(cli, libvirtd):
         assert json.loads(out)["event"] == "STOP"
         nothing = cli("events", "-d", domain.name, "--wait", "SHUTDOWN", "--timeout", "1")
         assert nothing.code == 4 and "no SHUTDOWN within 1 s" in nothing.err, nothing
+        virsh("resume", domain.name, check=False)
+        stats = cli("stats", "-d", domain.name, "--return-value")
+        assert stats.code == 0 and json.loads(stats.out)["disks"][0]["device"] == "virtio-disk0", stats
+        limited = cli("throttle", "-d", domain.name, "virtio-disk0", "--bps-rd", "1M", "--return-value")
+        assert limited.code == 0 and json.loads(limited.out)["limits"]["bps_rd"] == 1024 * 1024, limited
+        ignored = cli("powerdown", "-d", domain.name, "--wait-timeout", "1")  # no OS behind the button
+        assert ignored.code == 4 and "did not shut down within 1 s" in ignored.err, ignored
+        # libvirt starts QEMU for <on_reboot>destroy</on_reboot> so that a reset ends it; the output says so.
+        reset = cli("reset", "-d", domain.name, "--return-value")
+        assert reset.code == 0, reset
+        result = json.loads(reset.out)
+        assert result["event"]["event"] == "SHUTDOWN" and result["note"] == lifecycle.NO_REBOOT_NOTE
     finally:
         domain.remove()
 
