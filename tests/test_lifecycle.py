@@ -223,24 +223,6 @@ def test_powerdown_of_the_lab_guest_ends_with_its_shutdown(cli, guest):
 # -- libvirt -----------------------------------------------------------------------------------------------------
 
 @pytest.mark.libvirt
-def test_events_of_a_domain_see_a_stop_caused_by_virsh_suspend(libvirtd):  # noqa: F811
-    from qmpctl.libvirt_backend import DomainTarget
-
-    domain = TestDomain("ev").start()
-    try:
-        with DomainTarget(domain.name).open(Deadline(10)) as session:
-            listening = events.listening(session, Deadline(10))
-            virsh("suspend", domain.name)  # after listening began: libvirt queues the event for us
-            event = events.wait_for(listening, STOP, Deadline(20))
-            with pytest.raises(UsageError, match="virsh destroy"):
-                lifecycle.quit_vm(session, Deadline(10))
-        assert event["event"] == "STOP" and set(event["timestamp"]) == {"seconds", "microseconds"}
-        assert domain.state() == "paused"
-    finally:
-        domain.remove()
-
-
-@pytest.mark.libvirt
 def test_cli_events_of_a_domain_end_at_the_stop_of_virsh_suspend(cli, libvirtd):  # noqa: F811
     domain = TestDomain("evcli").start()
     try:
