@@ -30,16 +30,6 @@ not run it, 130 interrupted.
 TYPES: dict[str, Any] = {"text": str, "int": int, "float": float}
 
 
-def click_module() -> Any:
-    """The click Typer uses: its own vendored copy in current releases, the click package in older ones."""
-    vendored = getattr(typer, "_click", None)
-    if vendored is not None:
-        return vendored
-    import click
-
-    return click
-
-
 def _show_version(value: bool) -> None:
     if value:
         print(f"qmpctl {__version__}")
@@ -58,7 +48,7 @@ _root.__doc__ = ROOT_HELP
 
 def _annotation(kind: str, option: Option | None, required: bool) -> Any:
     if option is not None and option.type == "choice":
-        base: Any = Literal[option.choices]  # type: ignore[valid-type]
+        base: Any = Literal[option.choices]
     elif option is not None and option.type in ("flag", "switch"):
         return bool
     elif option is not None and option.type == "list":
