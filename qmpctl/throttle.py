@@ -139,6 +139,8 @@ def plan(disk: dict[str, Any], changes: Mapping[str, Any], *, off: bool = False)
         return throttle_request(str(qdev), {name: 0 for name in BASE})
     check_changes(changes)
     merged = merge(current_limits(disk), changes)
+    if "group" in changes and not limits_on(merged):
+        raise UsageError("--group puts the disk's limits in a group, and the disk has none: give limits too")
     check_limits(merged)
     return throttle_request(str(qdev), merged)
 

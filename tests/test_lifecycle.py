@@ -188,6 +188,13 @@ def test_cli_quit_and_force_after_are_refused_for_a_domain_before_anything_is_se
         assert result.code == 2 and "virsh destroy" in result.err, result
 
 
+@pytest.mark.parametrize("args", [("--no-wait", "--force-after", "5"), ("--no-wait", "--wait-timeout", "5"),
+                                  ("--force-after", "0",)])
+def test_cli_powerdown_options_that_contradict_are_exit_2(cli, tmp_path, args):
+    result = cli("powerdown", "-s", str(tmp_path / "absent.sock"), *args)
+    assert result.code == 2, result
+
+
 # -- the lab guest -------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

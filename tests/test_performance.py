@@ -105,6 +105,7 @@ def test_throttle_changes_only_what_is_named_and_off_clears_all(session):
     ({"bps_max": MiB}, "--bps-max is a burst above --bps"),
     ({"bps": 2 * MiB, "bps_max": MiB}, "cannot be lower than --bps"),
     ({"iops_size": 4096}, "--iops-size needs an operations limit"),
+    ({"group": "g1"}, "--group puts the disk's limits in a group, and the disk has none"),
 ])
 def test_contradictory_limits_are_refused_before_anything_is_sent(session, changes, reason):
     with pytest.raises(UsageError, match=reason):

@@ -64,6 +64,8 @@ def powerdown(common: Common, *, wait: bool, wait_timeout: float | None, force_a
     for name, value in (("--wait-timeout", wait_timeout), ("--force-after", force_after)):
         if value is not None and not 0 < value <= MAX_TIMEOUT:
             raise UsageError(f"{name} must be more than 0 seconds, got {value:g}")
+    if wait_timeout is not None and not wait:
+        raise UsageError("--wait-timeout is how long to wait: it cannot be combined with --no-wait")
     if force_after is not None and not wait:
         raise UsageError("--force-after waits before it forces: it cannot be combined with --no-wait")
     if force_after is not None and common.domains:
