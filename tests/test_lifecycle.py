@@ -292,3 +292,20 @@ def test_ctrl_c_ends_an_event_stream_and_a_stats_watch_with_exit_0(cli, vm):
     watch.send_signal(signal.SIGINT)
     _, err = watch.communicate(timeout=10)
     assert watch.returncode == 0 and b"interrupted" not in err, err
+
+
+@pytest.mark.qemu
+def test_an_event_stream_ends_with_exit_0_when_qemu_exits(cli, vm):
+    with vm.check() as other:
+        process = cli.popen("events", "-s", str(vm.qmp_path))
+        paused = [True]
+
+        def toggle() -> None:
+            other.cmd("cont" if paused[0] else "stop")
+            paused[0] = not paused[0]
+
+        first_line(process, meanwhile=toggle)
+        other.sock.sendall(b'{"execute": "quit"}\n')
+        out, err = process.communicate(timeout=10)
+    assert process.returncode == 0, err
+    assert json.loads(out.splitlines()[-1])["event"] == "SHUTDOWN"

@@ -244,3 +244,13 @@ def test_a_read_limit_holds_in_the_guest_is_seen_in_watch_and_kept_by_other_limi
     assert disk_rates[0] is None and all(rates is not None for rates in disk_rates[1:])
     # While the guest reads at the limit, the watch sees about 1 MiB/s (the burst and sampling blur it).
     assert all(0.3 * MiB < rates["rd_bytes_per_s"] < 2 * MiB for rates in disk_rates[1:]), disk_rates
+
+
+@pytest.mark.qemu
+def test_cli_stats_watch_of_a_fleet_reports_a_dead_vm_and_goes_on(cli, vm, tmp_path):
+    absent = tmp_path / "absent.sock"
+    result = cli("stats", "-s", str(vm.qmp_path), "-s", str(absent), "--watch", "0.2", "--count", "2")
+    lines = [json.loads(line) for line in result.out.splitlines()]
+    assert result.code == 3 and len(lines) == 4, result
+    assert [line["target"] for line in lines] == [f"unix:{vm.qmp_path}", f"unix:{absent}"] * 2
+    assert "rates" in lines[2]["return"]["disks"][0] and lines[3]["exit"] == 3
