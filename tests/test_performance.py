@@ -203,6 +203,13 @@ def guest_read(guest, mebibytes: int) -> float:
     return time.monotonic() - started
 
 
+def disk_read_bytes(guest) -> int:
+    """The data disk's rd_bytes, read with qmpctl's library on a connection of its own."""
+    with connect(guest.qmp_path) as opened:
+        disks = stats.collect(opened, Deadline(10))["disks"]
+    return next(disk["rd_bytes"] for disk in disks if disk["device"] == guest.data_disk_device_id)
+
+
 @pytest.mark.lab
 def test_stats_counters_grow_by_what_the_guest_reads(cli, guest):
     def read_bytes() -> int:
@@ -223,8 +230,12 @@ def test_a_read_limit_holds_in_the_guest_is_seen_in_watch_and_kept_by_other_limi
     limited = cli("throttle", "-s", sock, device, "--bps-rd", "1M", "--return-value")
     assert limited.code == 0 and json.loads(limited.out)["limits"]["bps_rd"] == MiB, limited
     try:
+        before = disk_read_bytes(guest)
         started = time.monotonic()
         reader = subprocess.Popen(guest_read_command(guest, 8), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        reading_by = time.monotonic() + 30
+        while disk_read_bytes(guest) == before and time.monotonic() < reading_by:
+            pass  # the watch below is to see the guest reading, so wait until it has begun
         watched = cli("stats", "-s", sock, "--watch", "1", "--count", "3", "--return-value")
         assert reader.wait(timeout=120) == 0, reader.stderr.read() if reader.stderr else ""
         throttled = time.monotonic() - started
