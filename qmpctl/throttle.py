@@ -70,7 +70,9 @@ def merge(current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, A
 
     Setting a total limit (``--bps``) clears the read/write limits of the same
     kind, and setting a read or write limit clears the total, along with their
-    bursts: QEMU refuses both at once, and the user asked for the new one.
+    bursts: QEMU refuses both at once, and the user asked for the new one. A
+    limit set to 0 takes its burst along, and the last operations limit
+    ``--iops-size``, unless those are named too.
     """
     merged = dict(current)
     for kind in KINDS:
@@ -88,6 +90,12 @@ def merge(current: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, A
     for name in MAXES + LENGTHS + ("iops_size",):
         if not merged.get(name):
             merged.pop(name, None)  # 0 means "not set" for the optional ones
+    for base in BASE:  # a limit turned off takes its burst along, unless the burst is named too
+        if not merged[base] and f"{base}_max" not in changes and f"{base}_max_length" not in changes:
+            merged.pop(f"{base}_max", None)
+            merged.pop(f"{base}_max_length", None)
+    if not any(merged[name] for name in ("iops", "iops_rd", "iops_wr")) and "iops_size" not in changes:
+        merged.pop("iops_size", None)
     if not limits_on(merged):
         merged.pop("group", None)
     return merged

@@ -98,6 +98,19 @@ def test_throttle_changes_only_what_is_named_and_off_clears_all(session):
     assert cleared == dict.fromkeys(throttle.BASE, 0)
 
 
+def test_merge_keeps_what_is_not_named_and_a_kind_is_either_total_or_split():
+    current = {"bps": 2 * MiB, "bps_max": 4 * MiB, "bps_max_length": 5, "bps_rd": 0, "bps_wr": 0,
+               "iops": 0, "iops_rd": 100, "iops_wr": 0, "iops_size": 4096, "group": "g"}
+    merged = throttle.merge(current, {"bps_rd": MiB})
+    assert merged == {"bps": 0, "bps_rd": MiB, "bps_wr": 0, "iops": 0, "iops_rd": 100, "iops_wr": 0,
+                      "iops_size": 4096, "group": "g"}
+    merged = throttle.merge(current, {"iops": 50})
+    assert (merged["iops"], merged["iops_rd"], merged["bps"], merged["bps_max"]) == (50, 0, 2 * MiB, 4 * MiB)
+    # Turning a limit off takes its burst (and the last iops limit --iops-size) along: QEMU would refuse them alone.
+    assert throttle.merge(current, {"bps": 0, "iops_rd": 0}) == dict.fromkeys(throttle.BASE, 0)
+    throttle.check_limits(throttle.merge(current, {"bps": 0}))
+
+
 @pytest.mark.qemu
 @pytest.mark.parametrize("changes, reason", [
     ({"bps": MiB, "bps_rd": MiB}, "cannot be combined with --bps-rd"),
