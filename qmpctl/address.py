@@ -26,6 +26,18 @@ class Address(NamedTuple):
     path: str | None = None
     host: str | None = None
     port: int | None = None
+    uncut: str | None = None
+    """For a path cut at a single comma: the whole text, so a failed connect can say the comma cut it."""
+
+    def __eq__(self, other: object) -> bool:
+        """The same socket is the same address, however it was written (``uncut`` aside)."""
+        return isinstance(other, Address) and self[:3] == other[:3]
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(self[:3])
 
     @property
     def is_unix(self) -> bool:
@@ -82,18 +94,25 @@ def parse_address(text: str) -> Address:
     if "\0" in text:
         raise UsageError(f"invalid address {original!r}: contains a NUL byte")
     text = _strip_qemu_options(text)
+    whole = original[5:] if original.startswith("unix:") else original
     if text.startswith("unix:"):
         path = text[5:]
         if not path:
             raise UsageError(f"invalid address {original!r}: unix: needs a path")
-        return Address(path=path)
+        return Address(path=path, uncut=_uncut(path, whole))
     if text.startswith("tcp:"):
         return _parse_host_port(text[4:], original)
     if "/" not in text and ":" in text:
         return _parse_host_port(text, original)
     if not text:
         raise UsageError(f"invalid address {original!r}: no path before the options")
-    return Address(path=text)
+    return Address(path=text, uncut=_uncut(text, whole))
+
+
+def _uncut(path: str, whole: str) -> str | None:
+    """The text as given (``,,`` read as one comma), when QEMU's option syntax cut it at a comma."""
+    whole = whole.replace(",,", ",")
+    return whole if whole != path else None
 
 
 def has_glob(text: str) -> bool:

@@ -20,8 +20,10 @@ from qmpctl.block import (UndoStep, block_devices, blockdev_del, check_id, devic
                           undo_all, with_notes)
 from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError, UsageError, VmError
-from qmpctl.jobs import JobState, Progress, dismiss, failure_detail, finish, list_jobs, wait_for_end
+from qmpctl.jobs import (JobState, Progress, cancel_job, dismiss, failure_detail, find_job, finish, list_jobs,
+                         wait_for_end)
 from qmpctl.request import Request
+from qmpctl.signals import shielded
 from qmpctl.targets import Session
 from qmpctl.units import parse_size
 from qmpctl.waiting import CHECK_EVERY
@@ -29,6 +31,13 @@ from qmpctl.waiting import CHECK_EVERY
 DEFAULT_WAIT_TIMEOUT = 86400.0
 MAX_JOB_ID = 19
 """Target node names add up to 12 characters to the job id, and QEMU allows 31."""
+
+END_JOB_PLAN_NOTE = ("a plan, not all the requests (--dry-run connects to nothing): the run reads the job's state "
+                     "first (query-jobs), then deletes the target nodes a backup --no-wait added for it "
+                     "(blockdev-del), and removes the target file when the job failed and the backup created it")
+BUSY_MARK = "is busy: block device is in use by block job"
+"""QEMU's words for a disk a job holds (block_job_add_bdrv / bdrv_op_is_blocked)."""
+
 
 def parse_speed(text: str) -> int:
     """Bytes per second: ``1048576``, ``512K``, ``10M``, ``1G`` (powers of 1024)."""
@@ -65,7 +74,24 @@ class BackupOptions:
     def requests(self, is_local: bool = True) -> list[Request]:
         """The request as --dry-run shows it: DEVICE as given (the real run resolves it to a node name)."""
         path = os.path.abspath(self.target) if is_local else self.target
-        return [drive_backup_request(self, self.job_id or self.default_job_id(), self.device, path)]
+        job_id = self.job_id or self.default_job_id()
+        if not self.wait:
+            target = target_nodes(job_id)[0] if self.format == "qcow2" else target_nodes(job_id)[1]
+            return [Request("blockdev-backup", _backup_arguments(self, job_id, self.device, target))]
+        return [drive_backup_request(self, job_id, self.device, path)]
+
+    def plan_note(self) -> str:
+        """Why --dry-run shows a plan: what the real run learns from the VM first (--dry-run connects to nothing)."""
+        job = self.job_id or self.default_job_id()
+        note = (f"a plan, not the exact requests: the run first asks the VM, resolves {self.device} to its drive "
+                "or node name")
+        if self.job_id is None:
+            note += f", and picks the job id {job} or, when that is taken, {job[:MAX_JOB_ID - 5]}-2 and so on"
+        if self.wait:
+            return note + ("; where QEMU refuses drive-backup it creates the target with blockdev-create, adds "
+                           "it with blockdev-add and runs blockdev-backup instead")
+        return note + ("; before blockdev-backup it creates the target with blockdev-create and adds it with "
+                       "blockdev-add (a --no-wait backup always takes this flow)")
 
 
 def _backup_arguments(options: BackupOptions, job_id: str, device: str, target: str) -> dict[str, Any]:
@@ -165,9 +191,15 @@ def _refuse_vm_files(session: Session, deadline: Deadline, path: str, is_local: 
                              "a backup never goes there, not even with --force")
 
 
-def target_nodes(job_id: str) -> tuple[str, str]:
-    """The nodes the blockdev flow adds for job ``job_id``: the target, and the file node under a qcow2 one."""
-    return f"{job_id}-target", f"{job_id}-target-file"
+def target_nodes(job_id: str) -> tuple[str, str, str]:
+    """The nodes the blockdev flow may add for job ``job_id``: a qcow2 target, and its file node.
+
+    The file node is ``-target-file`` for a file this backup created and
+    ``-target-over`` for one it overwrote (--force, or a VM on another
+    host): so ``jobs --dismiss`` of a failed job can tell, from the VM alone,
+    which target file is qmpctl's to remove.
+    """
+    return f"{job_id}-target", f"{job_id}-target-file", f"{job_id}-target-over"
 
 
 class _BackupRun:
@@ -188,21 +220,50 @@ class _BackupRun:
         self.notes: list[str] = []
 
     def start(self) -> None:
+        """drive-backup where QEMU takes it; the blockdev flow where it does not, and for --no-wait.
+
+        A --no-wait backup keeps its target nodes until ``jobs --dismiss``,
+        and they tell which file is the target, so a failed job's partial
+        file can be removed then.
+        """
         self.jobs.append(self.job_id)  # before sending: an interrupt may come between request and reply
         try:
-            self.session.execute(drive_backup_request(self.options, self.job_id, self.source.device, self.path),
-                                 self.deadline)
+            if not self.options.wait:
+                self._blockdev_flow()
+                return
+            try:
+                self.session.execute(drive_backup_request(self.options, self.job_id, self.source.device,
+                                                          self.path), self.deadline)
+            except VmError as exc:
+                if exc.error_class != "CommandNotFound":
+                    raise
+                self._blockdev_flow()
         except VmError as exc:
-            if exc.error_class != "CommandNotFound":
+            if BUSY_MARK not in exc.desc:
                 raise
-            self.method = "blockdev-backup"
-            self._start_blockdev_flow()
+            raise self.busy(exc) from None
 
-    def _start_blockdev_flow(self) -> None:
+    def busy(self, error: VmError) -> VmError:
+        """QEMU's "Node '#block571' is busy" names an internal node: name the jobs, and how to cancel one."""
+        try:
+            others = [job for job in list_jobs(self.session, self.deadline).values()
+                      if job.id not in self.jobs and not job.concluded]
+        except QmpctlError:
+            others = []
+        if not others:
+            return error
+        listed = ", ".join(f"{job.id} ({job.type}, {job.status})" for job in others)
+        return VmError(error.error_class, f"{self.options.device} is busy: in use by block job {listed}; if that is "
+                       f"a leftover (a qmpctl that was killed), 'qmpctl jobs --cancel {others[0].id}' cancels it",
+                       sent=error.sent, received=error.received)
+
+    def _blockdev_flow(self) -> None:
+        self.method = "blockdev-backup"
         qcow2 = self.options.format == "qcow2"
-        target, file_node = target_nodes(self.job_id)
+        target, new_file, overwritten = target_nodes(self.job_id)
+        file_node = new_file if self.target_is_new else overwritten
         if not qcow2:
-            file_node = target
+            target = file_node
         self._create({"driver": "file", "filename": self.path, "size": 0 if qcow2 else self.source.size}, "file")
         self._add({"driver": "file", "node-name": file_node, "filename": self.path})
         if qcow2:
@@ -222,7 +283,7 @@ class _BackupRun:
         job_id = f"{self.job_id}-create-{what}"
         self.jobs.append(job_id)
         self.session.execute(Request("blockdev-create", {"job-id": job_id, "options": options}), self.deadline)
-        state = wait_for_end(self.session, job_id, self.deadline, self.deadline.seconds)
+        state = wait_for_end(self.session, job_id, self.deadline, self.deadline)
         dismiss(self.session, job_id, self.deadline)
         self.jobs.remove(job_id)
         if state.error:
@@ -252,7 +313,8 @@ class _BackupRun:
         if not self.target_is_new:
             return f"{self.path} is incomplete" if self.options.force else ""
         try:
-            os.unlink(self.path)
+            with shielded():
+                os.unlink(self.path)
         except FileNotFoundError:
             return ""
         except OSError as exc:
@@ -312,7 +374,8 @@ def backup(session: Session, deadline: Deadline, options: BackupOptions, *, targ
     started = time.monotonic()
     wait = Deadline(options.wait_timeout)
     try:
-        final = wait_for_end(session, job_id, wait, deadline.seconds, progress, progress_every)
+        with deadline.paused():
+            final = wait_for_end(session, job_id, wait, deadline, progress, progress_every)
     except ProtocolError as exc:
         raise run.fail(ProtocolError(
             f"the VM went away while backup job {job_id} was running ({exc.message})")) from None
@@ -348,13 +411,64 @@ def backup(session: Session, deadline: Deadline, options: BackupOptions, *, targ
     return {"return": summary}
 
 
-def dismiss_job(session: Session, deadline: Deadline, job_id: str) -> dict[str, Any]:
-    """job-dismiss a concluded job, then delete the target nodes a ``--no-wait`` backup added for it."""
-    dismiss(session, job_id, deadline)
+def dismiss_job(session: Session, deadline: Deadline, job_id: str, *, target_is_local: bool) -> dict[str, Any]:
+    """job-dismiss a concluded job, delete the target nodes a ``--no-wait`` backup added for it, and report.
+
+    A job that failed is a :class:`JobFailed` (exit 6) naming its error, once
+    everything is cleaned up: the nodes deleted and, where this backup created
+    the target file (its node says so) on this host, the partial file removed.
+    """
+    state = find_job(session, job_id, deadline)
+    dismiss(session, job_id, deadline)  # QEMU refuses a job that has not concluded: exit 1, nothing changed
+    result, notes = _drop_target(session, deadline, job_id, state, target_is_local)
+    result = {"dismissed": job_id, **result}
+    if state is None or not state.error:
+        return {"return": result}
+    raise JobFailed(f"job {job_id} had failed: {state.error}; " + "; ".join(["dismissed it"] + notes))
+
+
+def cancel_backup_job(session: Session, deadline: Deadline, job_id: str, *,
+                      target_is_local: bool) -> dict[str, Any]:
+    """``jobs --cancel``: end a job someone left running (a qmpctl killed by SIGKILL or the OOM killer).
+
+    Cancels it, waits until it is gone, dismisses it, and deletes what a
+    ``--no-wait`` backup added for it, with its partial target file.
+    """
+    state = cancel_job(session, job_id, deadline)
+    if state is None:
+        raise VmError("GenericError", f"the VM has no job {job_id!r} (qmpctl jobs lists them)")
+    result, _ = _drop_target(session, deadline, job_id, state, target_is_local)
+    return {"return": {"cancelled": job_id, **result}}
+
+
+def _drop_target(session: Session, deadline: Deadline, job_id: str, state: Optional[JobState],
+                 target_is_local: bool) -> tuple[dict[str, Any], list[str]]:
+    """Delete the target nodes of an ended backup job; remove its target file if it is incomplete and ours.
+
+    Only a file node named ``-target-file`` marks a file this backup created.
+    Returns the result members (status, error, deleted nodes, removed file) and notes for a message.
+    """
     nodes = named_nodes(session, deadline)
+    created = str(nodes.get(target_nodes(job_id)[1], {}).get("file") or "")
     deleted = []
-    for node in target_nodes(job_id):
-        if node in nodes:
-            blockdev_del(session, node, deadline)
-            deleted.append(node)
-    return {"return": {"dismissed": job_id, "deleted-nodes": deleted}}
+    with shielded():
+        for node in target_nodes(job_id):
+            if node in nodes:
+                blockdev_del(session, node, deadline)
+                deleted.append(node)
+    result: dict[str, Any] = {"status": state.status if state else "concluded"}
+    if state is not None and state.error:
+        result["error"] = state.error
+    result["deleted-nodes"] = deleted
+    notes = [f"deleted block node(s) {', '.join(deleted)}"] if deleted else []
+    if state is not None and state.error and created and target_is_local and os.path.isabs(created):
+        try:
+            with shielded():
+                os.unlink(created)
+            result["removed"] = created
+            notes.append(f"removed the incomplete {created}")
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            notes.append(f"could not remove the incomplete {created}: {exc.strerror or exc}")
+    return result, notes

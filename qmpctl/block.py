@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from qmpctl.deadline import Deadline, backoff
-from qmpctl.errors import DeadlineExceeded, QmpctlError, UsageError, VmError
+from qmpctl.errors import DeadlineExceeded, Interrupted, QmpctlError, UsageError, VmError
 from qmpctl.request import Request
+from qmpctl.signals import shielded
 from qmpctl.targets import Session
 from qmpctl.waiting import POLL_FIRST, POLL_MAX, event_named, wait_until
 
@@ -27,6 +28,8 @@ PERIPHERAL = "/machine/peripheral"
 PERIPHERAL_ANON = "/machine/peripheral-anon"
 
 QCOW2_MAGIC = b"QFI\xfb"
+QCOW2_HEADER_READ = 64 * 1024
+"""Enough for the header, its extensions and a backing file name (QEMU caps names at 1023 bytes)."""
 OTHER_IMAGE_MAGICS = (
     (0, b"KDMV", "vmdk"), (0, b"# Disk DescriptorFile", "vmdk"), (0, b"vhdxfile", "vhdx"),
     (0, b"conectix", "vpc"), (0, b"QED\x00", "qed"), (0, b"LUKS\xba\xbe", "luks"),
@@ -42,6 +45,10 @@ BUSES = {"virtio": "virtio-blk-pci", "scsi": "scsi-hd"}
 SCSI_CONTROLLER = "virtio-scsi-pci"
 ROLLBACK_GRACE = 5.0
 NODE_RELEASE_GRACE = 2.0
+UNPLUG_PLAN_NOTE = ("a plan, not all the requests (--dry-run connects to nothing): once the guest has released "
+                    "the device, blockdev-del deletes its block nodes, which the run finds by asking the VM")
+INTERRUPTED_UNPLUG_GRACE = 3.0
+"""After Ctrl-C or SIGTERM following device_del: how long the guest may take to release the device."""
 
 
 # -- what the VM has -----------------------------------------------------------------------------
@@ -113,6 +120,66 @@ def detect_format(path: str) -> str:
     return "raw"
 
 
+QCOW2_INCOMPAT_DATA_FILE = 1 << 2
+QCOW2_EXT_DATA_FILE = 0x44415441
+QCOW2_EXT_END = 0
+
+
+def qcow2_external_files(header: bytes) -> list[str]:
+    """What a qcow2 header makes QEMU open besides the image: ``backing file X``, ``data file Y``.
+
+    Read from the header only (backing file name, the external-data-file
+    feature bit, the data file header extension), so nothing else is opened.
+    """
+    found: list[str] = []
+    if len(header) < 72:
+        return found
+    version = int.from_bytes(header[4:8], "big")
+    backing_offset = int.from_bytes(header[8:16], "big")
+    backing_size = int.from_bytes(header[16:20], "big")
+    if backing_offset:
+        name = header[backing_offset:backing_offset + backing_size].decode("utf-8", "replace")
+        found.append(f"backing file {name!r}" if name else "a backing file")
+    if version < 3 or len(header) < 104:
+        return found
+    data_file: Optional[str] = None
+    external = bool(int.from_bytes(header[72:80], "big") & QCOW2_INCOMPAT_DATA_FILE)
+    offset = int.from_bytes(header[100:104], "big")
+    while 0 < offset and offset + 8 <= len(header):
+        kind = int.from_bytes(header[offset:offset + 4], "big")
+        length = int.from_bytes(header[offset + 4:offset + 8], "big")
+        if kind == QCOW2_EXT_END:
+            break
+        if kind == QCOW2_EXT_DATA_FILE:
+            data_file = header[offset + 8:offset + 8 + length].decode("utf-8", "replace")
+        offset += 8 + (length + 7) // 8 * 8
+    if external or data_file is not None:
+        found.append(f"data file {data_file!r}" if data_file else "an external data file")
+    return found
+
+
+def _refuse_probed_references(path: str) -> None:
+    """A probed qcow2 that names other files is refused: the guest may have written that header.
+
+    A guest owns the bytes of a raw disk; it can make them look like a qcow2
+    header naming any host file as backing or data file. Attached with a
+    probed format, the guest would then read that file. So such an image
+    needs --format qcow2, given by someone who knows what it is (libvirt
+    refuses to probe for the same reason).
+    """
+    try:
+        with open(path, "rb") as image:
+            header = image.read(QCOW2_HEADER_READ)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    names = qcow2_external_files(header)
+    if names:
+        raise UsageError(f"{path} looks like a qcow2 image that makes QEMU open another file ({', '.join(names)}); "
+                         "a probed format never attaches such an image, since a guest writing a raw disk can "
+                         "forge that header to read host files: pass --format qcow2 if you know it is a qcow2 "
+                         "image, or --format raw")
+
+
 def check_image(path: str, image_format: Optional[str], *, is_local: bool) -> tuple[str, str]:
     """The absolute path and format to attach, or :class:`UsageError` for what qmpctl can tell in advance."""
     if not is_local:
@@ -133,6 +200,8 @@ def check_image(path: str, image_format: Optional[str], *, is_local: bool) -> tu
     detected = detect_format(path) if image_format in (None, "qcow2") else image_format
     if image_format == "qcow2" and detected != "qcow2":
         raise UsageError(f"{path} is not a qcow2 image (its header lacks the QFI\\xfb magic)")
+    if image_format is None and detected == "qcow2":
+        _refuse_probed_references(path)
     return path, detected
 
 
@@ -146,13 +215,14 @@ def undo_all(steps: list[UndoStep]) -> list[str]:
     """Run undo steps newest first, within one short grace; return notes and what could not be undone."""
     grace = Deadline(ROLLBACK_GRACE)
     notes = []
-    for what, step in reversed(steps):
-        try:
-            note = step(grace)
-        except QmpctlError as exc:
-            note = f"could not {what}: {exc.message}"
-        if note:
-            notes.append(note)
+    with shielded():  # a Ctrl-C now waits until what this call added is taken back (within the grace)
+        for what, step in reversed(steps):
+            try:
+                note = step(grace)
+            except QmpctlError as exc:
+                note = f"could not {what}: {exc.message}"
+            if note:
+                notes.append(note)
     return notes
 
 
@@ -207,6 +277,18 @@ class HotplugPlan:
         """The requests as --dry-run shows them (a free id is only known once the VM is asked)."""
         device_id = self.device_id or "disk1"
         return [self.blockdev_add(device_id), self.device_add(device_id)]
+
+    def plan_note(self) -> Optional[str]:
+        """None when :meth:`requests` are exactly what a run sends; else what the run decides with the VM."""
+        unknown = []
+        if self.device_id is None:
+            unknown.append("the device id is the first free diskN of the VM (disk1 stands for it here)")
+        if self.bus == "scsi":
+            unknown.append(f"device_add gets the bus of the VM's {SCSI_CONTROLLER}, and a {SCSI_CONTROLLER} "
+                           "controller is added first when the VM has none")
+        if not unknown:
+            return None
+        return "a plan, not the exact requests (--dry-run connects to nothing): " + "; ".join(unknown)
 
 
 def _scsi_bus(session: Session, devices: dict[str, str], deadline: Deadline) -> tuple[Optional[str], bool]:
@@ -309,36 +391,107 @@ def _delete_released_node(session: Session, node: str, deadline: Deadline) -> bo
     return False
 
 
-def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: float) -> dict[str, Any]:
-    """device_del, wait until the guest released the device, then delete the nodes behind it."""
-    if device_id not in qom_children(session, PERIPHERAL, deadline):
-        raise UsageError(f"the VM has no device with id {device_id!r} (qmpctl block lists the disks)")
-    nodes = _disk_nodes(session, device_id, deadline)
-    session.execute(Request("device_del", {"id": device_id}), deadline)
-
-    def gone() -> Optional[bool]:
-        return True if device_id not in qom_children(session, PERIPHERAL, Deadline(deadline.seconds)) else None
-
-    wait = Deadline(wait_seconds)
-    try:
-        wait_until(session, gone, wait, f"the guest to release {device_id}",
-                   event=event_named("DEVICE_DELETED", device=device_id))
-    except DeadlineExceeded:
-        if not wait.expired():
-            raise
-        kept = f"; its block node {nodes[0]} stays" if nodes else ""
-        raise DeadlineExceeded(
-            f"the guest did not release {device_id} within {wait_seconds:g}s (a guest without an OS, or "
-            f"without hotplug support, never does); nothing was deleted: the device stays attached with "
-            f"its unplug request pending{kept}") from None
-    deleted, kept_nodes = [], []
+def _delete_nodes(session: Session, nodes: list[str], deadline: Deadline) -> tuple[list[str], list[dict[str, str]]]:
+    """Delete ``nodes`` in order; returns the deleted ones and, with the reason, the ones that stay."""
+    deleted: list[str] = []
+    kept: list[dict[str, str]] = []
     for node in nodes:
         try:
-            if _delete_released_node(session, node, Deadline(deadline.seconds)):
+            if _delete_released_node(session, node, deadline):
                 deleted.append(node)
-        except QmpctlError as exc:
-            kept_nodes.append({"node-name": node, "reason": exc.message})
+        except VmError as exc:  # QEMU said no (a job or another device uses it); a timeout ends the call
+            kept.append({"node-name": node, "reason": exc.message})
+    return deleted, kept
+
+
+def _nodes_result(device_id: str, deleted: list[str], kept: list[dict[str, str]]) -> dict[str, Any]:
     result: dict[str, Any] = {"device": device_id, "deleted-nodes": deleted}
-    if kept_nodes:
-        result["kept-nodes"] = kept_nodes
+    if kept:
+        result["kept-nodes"] = kept
+    return result
+
+
+def _left_behind(session: Session, device_id: str, deadline: Deadline) -> list[str]:
+    """The nodes hotplug-disk named after ``device_id`` that are still there (a device gone without them)."""
+    nodes = named_nodes(session, deadline)
+    return [node for node in HotplugPlan.node_names(device_id) if node in nodes]
+
+
+def _remove_left_behind(session: Session, device_id: str, deadline: Deadline) -> dict[str, Any]:
+    """``unplug-disk ID`` of a device already gone: delete the nodes it left, which hold the image's lock."""
+    nodes = _left_behind(session, device_id, deadline)
+    if not nodes:
+        raise UsageError(f"the VM has no device with id {device_id!r} (qmpctl block lists the disks)")
+    deleted, kept = _delete_nodes(session, nodes, deadline)
+    if kept:
+        raise VmError("GenericError", f"device {device_id} is gone, but its block node(s) "
+                      f"{', '.join(item['node-name'] for item in kept)} could not be deleted: "
+                      + "; ".join(item["reason"] for item in kept))
+    result = _nodes_result(device_id, deleted, kept)
+    result["note"] = (f"device {device_id} was already gone; deleted the block node(s) it left behind: "
+                      + ", ".join(deleted))
     return {"return": result}
+
+
+def _after_interrupt(session: Session, device_id: str, nodes: list[str]) -> str:
+    """Ctrl-C or SIGTERM after device_del: give the guest a moment, then take the nodes, or say what is left.
+
+    A guest usually releases the device within a second; the nodes would then
+    stay behind, holding the image's write lock, with no device to unplug.
+    """
+    grace = Deadline(INTERRUPTED_UNPLUG_GRACE)
+    again = f"'qmpctl unplug-disk {device_id}'"
+    try:
+        wait_until(session, lambda: _gone(session, device_id, grace), grace,
+                   f"the guest to release {device_id}", event=event_named("DEVICE_DELETED", device=device_id))
+    except QmpctlError:
+        listed = f"; its block node(s) {', '.join(nodes)} stay with it" if nodes else ""
+        return (f"device {device_id} stays attached with its unplug request pending{listed}; once the guest "
+                f"has released it, {again} deletes what is left")
+    try:
+        deleted, kept = _delete_nodes(session, nodes, grace)
+    except QmpctlError as exc:
+        return f"the guest released {device_id}, but deleting its block node(s) failed ({exc.message}); {again} " \
+               "deletes what is left"
+    if kept:
+        return (f"the guest released {device_id}, but block node(s) "
+                f"{', '.join(item['node-name'] for item in kept)} stay; {again} deletes them")
+    return f"the guest released {device_id}; deleted its block node(s) {', '.join(deleted) or '(none left)'}"
+
+
+def _gone(session: Session, device_id: str, deadline: Deadline) -> Optional[bool]:
+    return True if device_id not in qom_children(session, PERIPHERAL, deadline) else None
+
+
+def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: float) -> dict[str, Any]:
+    """device_del, wait until the guest released the device, then delete the nodes behind it.
+
+    ``deadline`` (``--timeout``) bounds the exchanges; the wait for the guest
+    is bounded by ``wait_seconds`` and does not count against it. A device
+    already gone whose nodes stayed behind (an unplug cut short) has them deleted.
+    """
+    if device_id not in qom_children(session, PERIPHERAL, deadline):
+        return _remove_left_behind(session, device_id, deadline)
+    nodes = _disk_nodes(session, device_id, deadline)
+    wait = Deadline(wait_seconds)
+    try:
+        session.execute(Request("device_del", {"id": device_id}), deadline)
+        try:
+            with deadline.paused():
+                wait_until(session, lambda: _gone(session, device_id, wait.within(deadline)), wait,
+                           f"the guest to release {device_id}",
+                           event=event_named("DEVICE_DELETED", device=device_id))
+        except DeadlineExceeded:
+            if not wait.expired():
+                raise
+            kept = f"; its block node {nodes[0]} stays" if nodes else ""
+            raise DeadlineExceeded(
+                f"the guest did not release {device_id} within {wait_seconds:g}s (a guest without an OS, or "
+                f"without hotplug support, never does); nothing was deleted: the device stays attached with "
+                f"its unplug request pending{kept}") from None
+        deleted, kept_nodes = _delete_nodes(session, nodes, deadline)
+    except KeyboardInterrupt:  # from device_del on: the device may go, and its nodes must not stay behind
+        with shielded():
+            note = _after_interrupt(session, device_id, nodes)
+        raise Interrupted(f"interrupted while unplugging {device_id}: {note}") from None
+    return {"return": _nodes_result(device_id, deleted, kept_nodes)}

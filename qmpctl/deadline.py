@@ -8,6 +8,7 @@ never exceed ``--timeout``.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from typing import Iterator
 
 from qmpctl.errors import DeadlineExceeded
@@ -44,6 +45,28 @@ class Deadline:
         if child.expires_at > self.expires_at:
             return self
         return child
+
+    def within(self, call: "Deadline") -> "Deadline":
+        """The bound of one exchange made during this (long) wait: the call's ``--timeout``, never past the wait.
+
+        A VM that stops answering mid-wait is noticed after ``--timeout``, not
+        at the end of a wait that may last a day.
+        """
+        return self.sub(call.seconds)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent in the block does not count: it is a long wait, bounded by its own ``--wait-timeout``.
+
+        So ``--timeout`` bounds all of a call's exchanges together, and a
+        guest that takes its time to release a disk does not eat the time the
+        requests after the wait are given.
+        """
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.expires_at += time.monotonic() - started
 
 
 def backoff(first: float, longest: float, growth: float = 1.5) -> Iterator[float]:

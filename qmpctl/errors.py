@@ -123,3 +123,11 @@ class ExecTimeout(QmpctlError):
     """The guest program outlived ``--wait-timeout``; it is still running in the guest."""
 
     exit_code = ExitCode.EXEC_TIMEOUT
+
+
+class ExecLost(ExecTimeout):
+    """The agent stopped answering after ``guest-exec`` was sent: the program may be running (exit 124).
+
+    Distinct from an agent that never answered the first sync (exit 125):
+    here a retry could run the program twice, so the message says so.
+    """

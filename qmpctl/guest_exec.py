@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import time
 from typing import Any, Callable, Iterator, NamedTuple
 
 from qmpctl.deadline import Deadline, backoff
-from qmpctl.errors import ExecTimeout, ProtocolError, UsageError, VmError
+from qmpctl.errors import DeadlineExceeded, ExecLost, ExecTimeout, ProtocolError, UsageError, VmError
 from qmpctl.request import Request
 from qmpctl.targets import Session
 
@@ -132,9 +133,17 @@ def parse_status(pid: int, reply: dict[str, Any]) -> ExecStatus:
 
 
 def start(session: Session, request: Request, deadline: Deadline) -> int:
-    """Send guest-exec; return the guest pid. A program the agent cannot start is a :class:`VmError`."""
+    """Send guest-exec; return the guest pid. A program the agent cannot start is a :class:`VmError`.
+
+    The agent answered the sync before this, so it runs: silence now means it
+    may have started the program and its reply is lost (:class:`ExecLost`,
+    exit 124), not that the agent is missing.
+    """
     try:
         reply = session.execute(request, deadline)
+    except DeadlineExceeded:
+        raise ExecLost(f"no reply to guest-exec within {deadline.seconds:g}s; the program may be running in the guest "
+                       "(its pid is unknown): check before running it again", sent=request.as_dict()) from None
     except VmError as exc:
         if exc.error_class == "CommandNotFound":
             raise
@@ -167,16 +176,25 @@ def wait_for_exit(session: Session, pid: int, *, reply_timeout: float, wait_time
     """Poll until the program exits; :class:`ExecTimeout` once it outlives ``wait_timeout`` (None: no limit).
 
     Each poll is one round trip bounded by ``reply_timeout`` (the --timeout of
-    the call), so a long program does not run into it but a silent agent does.
+    the call) within the wait, so a long program does not run into it but a
+    silent agent (or a stopped QEMU) does: :class:`ExecLost`, exit 124, since
+    the program may still be running.
     """
-    wait_deadline = Deadline(wait_timeout) if wait_timeout is not None else None
+    wait = Deadline(math.inf if wait_timeout is None else wait_timeout)
     for delay in poll_delays():
-        status, reply = read_status(session, pid, Deadline(reply_timeout))
+        try:
+            status, reply = read_status(session, pid, wait.sub(reply_timeout))
+        except DeadlineExceeded:
+            if wait.expired():
+                raise ExecTimeout(f"the program (guest pid {pid}) is still running after --wait-timeout "
+                                  f"{wait_timeout:g}s") from None
+            raise ExecLost(f"the guest agent stopped answering: no reply to guest-exec-status within "
+                           f"{reply_timeout:g}s while the program ran; the "
+                           f"program (guest pid {pid}) may still be running: read its result with "
+                           f"'qmpctl agent exec-status {pid}' once the agent answers") from None
         if status.exited:
             return status, reply
-        if wait_deadline is not None:
-            if wait_deadline.expired():
-                raise ExecTimeout(f"the program (guest pid {pid}) is still running after --wait-timeout {wait_timeout:g}s")
-            delay = min(delay, max(wait_deadline.expires_at - time.monotonic(), 0.0))
-        sleep(delay)
+        if wait.expired():
+            raise ExecTimeout(f"the program (guest pid {pid}) is still running after --wait-timeout {wait_timeout:g}s")
+        sleep(min(delay, max(wait.expires_at - time.monotonic(), 0.0)))
     raise AssertionError("unreachable: poll_delays never ends")

@@ -16,7 +16,7 @@ from qmpctl.deadline import Deadline
 from qmpctl.errors import JobFailed, ProtocolError, VmError
 from qmpctl.request import Request
 from qmpctl.targets import Session
-from qmpctl.waiting import CHECK_EVERY, event_named, wait_until
+from qmpctl.waiting import CHECK_EVERY, POLL_MAX, event_named, wait_until
 
 @dataclass(frozen=True)
 class JobState:
@@ -61,15 +61,16 @@ def find_job(session: Session, job_id: str, deadline: Deadline) -> Optional[JobS
     return list_jobs(session, deadline).get(job_id)
 
 
-def wait_for_end(session: Session, job_id: str, wait: Deadline, request_timeout: float,
+def wait_for_end(session: Session, job_id: str, wait: Deadline, deadline: Deadline,
                  progress: Optional[Progress] = None, every: float = CHECK_EVERY) -> JobState:
     """Block until ``job_id`` has concluded and return its final state (``error`` set when it failed).
 
-    ``progress`` sees every state read while waiting. Each request gets its
-    own ``request_timeout``; the wait as a whole is bounded by ``wait``.
+    ``progress`` sees every state read while waiting. The wait as a whole is
+    bounded by ``wait``; each request in it by the call's ``deadline`` length
+    as well (see :meth:`Deadline.within`), so a VM that stops answering is noticed.
     """
     def check() -> Optional[JobState]:
-        state = find_job(session, job_id, Deadline(request_timeout))
+        state = find_job(session, job_id, wait.within(deadline))
         if state is None:
             raise JobFailed(f"job {job_id} disappeared before qmpctl saw it end (did another client dismiss it?)")
         if state.concluded:
@@ -86,22 +87,42 @@ def dismiss(session: Session, job_id: str, deadline: Deadline) -> None:
     session.execute(Request("job-dismiss", {"id": job_id}), deadline)
 
 
-def finish(session: Session, job_id: str, grace: Deadline) -> Optional[JobState]:
-    """Cancel ``job_id`` if it still runs, wait for it to conclude, dismiss it; None if it is not there.
+def cancel_job(session: Session, job_id: str, deadline: Deadline) -> Optional[JobState]:
+    """Cancel ``job_id`` if it still runs, wait until it has concluded or is gone, dismiss it.
 
-    Bounded by ``grace`` as a whole, so a cleanup cannot hang; a cancellation takes milliseconds.
+    Returns its last state (None: there was no such job). A job started with
+    auto-dismiss on (not by qmpctl) goes away by itself once cancelled; that
+    counts as done. Bounded by ``deadline`` as a whole: a cancellation takes
+    milliseconds, and a cleanup must not hang.
     """
-    state = find_job(session, job_id, grace)
+    state = find_job(session, job_id, deadline)
     if state is None:
         return None
     if not state.concluded:
         try:
-            session.execute(Request("job-cancel", {"id": job_id}), grace)
+            session.execute(Request("job-cancel", {"id": job_id}), deadline)
         except VmError:
             pass  # it concluded meanwhile; the wait below sees that
-        state = wait_for_end(session, job_id, grace, grace.seconds)
-    dismiss(session, job_id, grace)
+        last = state
+
+        def check() -> Optional[JobState]:
+            nonlocal last
+            now = find_job(session, job_id, deadline)
+            if now is None or now.concluded:
+                return now or last
+            last = now
+            return None
+
+        state = wait_until(session, check, deadline, f"job {job_id} to end after job-cancel",
+                           event=event_named("JOB_STATUS_CHANGE", id=job_id), every=POLL_MAX)
+        if not state.concluded:
+            return state  # auto-dismissed: already gone
+    dismiss(session, job_id, deadline)
     return state
+
+
+finish = cancel_job
+"""The cleanup step of a job qmpctl started: the same as cancelling it on request."""
 
 
 def failure_detail(session: Session, job_id: str) -> str:

@@ -30,6 +30,11 @@ VALUE_MAX = 10 ** 15
 LENGTH_MAX = 86400
 
 
+PLAN_NOTE = ("a plan, not the exact requests (--dry-run connects to nothing): the run reads the disk's limits "
+             "first (query-block), keeps those not named, addresses the disk by its qdev path, and reads the "
+             "limits back afterwards")
+
+
 def option_name(field: str) -> str:
     """``bps_rd_max`` -> ``--bps-rd-max``: how messages name a limit."""
     return "--" + field.replace("_", "-")

@@ -26,11 +26,16 @@ QUEUE_FULL_RETRY_SECONDS = 0.05
 QUEUE_FULL_HINT = "its listen queue is full: busy serving other clients"
 
 
-def _describe_unix_failure(path: str, error: OSError) -> str:
+COMMA_HINT = "a comma starts QEMU options; write ,, for a comma in a path"
+
+
+def _describe_unix_failure(path: str, error: OSError, uncut: str | None = None) -> str:
     """Turn a failed unix connect into a message that names the likely cause."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
+        if uncut is not None and os.path.exists(uncut):
+            return f"no such socket: {path}, but {uncut} exists: {COMMA_HINT}"
         return f"no such socket: {path}"
     except PermissionError:
         return f"permission denied on {path} (run as a user who may open the socket)"
@@ -47,7 +52,7 @@ def _describe_unix_failure(path: str, error: OSError) -> str:
     return f"cannot connect to unix:{path}: {error.strerror or error}"
 
 
-def _connect_unix(path: str, deadline: Deadline, waiting_for: str) -> socket.socket:
+def _connect_unix(path: str, deadline: Deadline, waiting_for: str, uncut: str | None = None) -> socket.socket:
     """Connect to a unix socket; a full listen queue is waited out, within the deadline.
 
     QEMU listens with a backlog of 1 and serves one client: with one client
@@ -76,7 +81,7 @@ def _connect_unix(path: str, deadline: Deadline, waiting_for: str) -> socket.soc
             raise deadline.exceeded(waiting_for, hint) from None
         except OSError as exc:
             sock.close()
-            raise ConnectError(_describe_unix_failure(path, exc)) from exc
+            raise ConnectError(_describe_unix_failure(path, exc, uncut)) from exc
 
 
 class Connection:
@@ -93,7 +98,7 @@ class Connection:
         """Connect within the deadline; failures are :class:`ConnectError` (exit 3)."""
         waiting_for = f"a connection to {address}"
         if address.path is not None:
-            return cls(_connect_unix(address.path, deadline, waiting_for), address)
+            return cls(_connect_unix(address.path, deadline, waiting_for, address.uncut), address)
         try:
             sock = socket.create_connection(
                 (address.host, address.port), timeout=deadline.remaining(waiting_for)

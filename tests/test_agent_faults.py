@@ -143,7 +143,8 @@ def test_malformed_status_is_125(cli, tmp_path, status, message):
     assert message in result.err
 
 
-def test_agent_silent_after_start_is_125_within_the_timeout(cli, tmp_path):
+def test_agent_silent_after_start_is_124_the_program_may_run(cli, tmp_path):
+    """The program started (pid 77): silence now is not "no agent" (125) but a lost outcome (124)."""
     def script(peer: Peer) -> None:
         answer_sync(peer)
         answer(peer, "guest-exec", {"pid": 77})
@@ -151,9 +152,30 @@ def test_agent_silent_after_start_is_125_within_the_timeout(cli, tmp_path):
 
     with FakeServer(tmp_path / "qga.sock", script):
         result = cli("agent", "exec", "-a", str(tmp_path / "qga.sock"), "--timeout", "1", "--", "prog")
-    assert result.code == 125, result
-    assert "guest-exec-status" in result.err and "not responding" in result.err
+    assert result.code == 124, result
+    assert "guest-exec-status" in result.err and "guest pid 77) may still be running" in result.err
+    assert "agent exec-status 77" in result.err
     assert 1 <= result.seconds < 1 + MARGIN, result
+
+
+def test_agent_silent_after_guest_exec_is_124_not_agent_missing(cli, tmp_path):
+    """The agent answered the sync, then not guest-exec: it may have started the program."""
+    def script(peer: Peer) -> None:
+        answer_sync(peer)
+        peer.read_request()  # guest-exec, never answered
+
+    with FakeServer(tmp_path / "qga.sock", script):
+        result = cli("agent", "exec", "-a", str(tmp_path / "qga.sock"), "--timeout", "1", "--", "prog")
+    assert result.code == 124, result
+    assert "no reply to guest-exec" in result.err and "may be running" in result.err
+    assert 1 <= result.seconds < 1 + MARGIN, result
+
+
+def test_agent_silent_at_the_first_sync_is_still_125(cli, tmp_path):
+    with FakeServer(tmp_path / "qga.sock", lambda peer: peer.read_request()):
+        result = cli("agent", "exec", "-a", str(tmp_path / "qga.sock"), "--timeout", "1", "--", "prog")
+    assert result.code == 125, result
+    assert "not responding" in result.err
 
 
 def test_agent_closing_the_channel_mid_poll_is_125(cli, tmp_path):

@@ -293,6 +293,11 @@ def block_case(tmp_path: Path, name: str) -> tuple[list[str], str]:
     vmdk.write_bytes(b"KDMV" + bytes(1020))
     raw = tmp_path / "plain.img"
     raw.write_bytes(bytes(4096))
+    forged = tmp_path / "guest-written.img"  # a qcow2 v3 header a guest wrote, naming a host file as backing
+    backing = b"/etc/hostname"
+    forged.write_bytes((b"QFI\xfb" + (3).to_bytes(4, "big") + (512).to_bytes(8, "big") + len(backing).to_bytes(4, "big")
+                        ).ljust(100, b"\0") + (104).to_bytes(4, "big") + bytes(8)
+                       + bytes(400) + backing + bytes(4096))
     cases = {
         "backup into a missing directory": (["backup", "vd0", str(tmp_path / "no" / "dir" / "b.qcow2")],
                                             "does not exist"),
@@ -307,6 +312,9 @@ def block_case(tmp_path: Path, name: str) -> tuple[list[str], str]:
         "hotplug raw bytes as qcow2": (["hotplug-disk", str(raw), "--format", "qcow2"], "not a qcow2 image"),
         "hotplug with a bad id": (["hotplug-disk", str(raw), "--id", "9lives"], "--id '9lives'"),
         "unplug a bad id": (["unplug-disk", "bad id"], "does not match"),
+        "hotplug a probed qcow2 naming a backing file": (["hotplug-disk", str(forged)],
+                                                         "backing file '/etc/hostname'"),
+        "jobs with --dismiss and --cancel": (["jobs", "--dismiss", "a", "--cancel", "b"], "contradict"),
     }
     return cases[name]
 
@@ -314,7 +322,8 @@ def block_case(tmp_path: Path, name: str) -> tuple[list[str], str]:
 BLOCK_CASES = ["backup into a missing directory", "backup onto an existing file", "backup onto a directory",
                "backup at zero speed", "backup with a bad speed", "backup with a bad job id",
                "hotplug a missing file", "hotplug a directory", "hotplug another format",
-               "hotplug raw bytes as qcow2", "hotplug with a bad id", "unplug a bad id"]
+               "hotplug raw bytes as qcow2", "hotplug with a bad id", "unplug a bad id",
+               "hotplug a probed qcow2 naming a backing file", "jobs with --dismiss and --cancel"]
 
 
 @pytest.mark.parametrize("case", BLOCK_CASES)

@@ -187,3 +187,20 @@ def test_agent_restarted_while_exec_waits_is_125_at_once(cli, host_agent):
     assert time.monotonic() - restarted < 3
     again = ping(cli, host_agent.path, "--timeout", "5")
     assert again.code == 0, again
+
+
+@pytest.mark.agent
+def test_agent_stopped_mid_exec_is_124_naming_the_pid(cli, host_agent):
+    """qemu-ga (or the QEMU carrying its channel) stopped while the program runs: exit 124, not 125."""
+    proc = cli.popen("agent", "exec", "-a", str(host_agent.path), "--timeout", "1", "--", "sleep", "5")
+    wait_for_child(host_agent.proc.pid)  # guest-exec has started the program: qmpctl is polling now
+    host_agent.proc.send_signal(signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=15)
+    finally:
+        host_agent.proc.send_signal(signal.SIGCONT)
+    assert proc.returncode == 124, err
+    assert b"may still be running" in err and b"agent exec-status" in err
+    assert b"is qemu-ga running" not in err
+    assert time.monotonic() - stopped < BOUND

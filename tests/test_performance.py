@@ -166,6 +166,9 @@ def test_cli_throttle_shows_sets_and_refuses_contradictions_with_exit_2(cli, vm)
                  "--return-value")
     limits = json.loads(suffix.out)["limits"]
     assert (limits["bps_wr"], limits["iops_size"], limits["iops_wr"]) == (10 * MiB, 4096, 50), suffix
+    plan = json.loads(cli("throttle", "-s", sock, "vd0", "--iops", "9", "--dry-run").out)
+    assert [request["execute"] for request in plan["plan"]] == ["query-block", "block_set_io_throttle"]
+    assert "a plan" in plan["note"] and "keeps those not named" in plan["note"]
     unknown = cli("throttle", "-s", sock, "vd9")
     assert unknown.code == 2 and "(disks: vd0)" in unknown.err, unknown
 

@@ -11,7 +11,6 @@ the Typer application built from the same declaration
 from __future__ import annotations
 
 import os
-import signal
 import sys
 from typing import Any
 
@@ -25,18 +24,6 @@ def __getattr__(name: str) -> Any:
 
         return build_app()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    """SIGINT and SIGTERM end qmpctl the same way, and only once.
-
-    The first one blocks both signals before it raises, so the cleanup that
-    follows (cancel a job, delete a partial file, thaw a guest) cannot be cut
-    short by a second Ctrl-C or a supervisor's repeated TERM; every cleanup is
-    bounded by its own deadline instead.
-    """
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    raise KeyboardInterrupt
 
 
 def report(message: str) -> None:
@@ -61,9 +48,10 @@ def run_cli(argv: list[str] | None = None, *, fast_path: bool = True, standalone
     as they are (a signal after the result was printed stays blocked and
     cannot change the exit code).
     """
+    from qmpctl import signals
     from qmpctl.cli import parse
 
-    previous = _install_signal_handlers()
+    previous = signals.install()  # SIGTERM ends qmpctl as Ctrl-C does; a second one cannot cut cleanup short
     args = sys.argv[1:] if argv is None else list(argv)
     try:
         invocation = parse.parse(args, os.environ) if fast_path else None
@@ -88,33 +76,7 @@ def run_cli(argv: list[str] | None = None, *, fast_path: bool = True, standalone
         return ExitCode.INTERNAL
     finally:
         if not standalone:
-            _restore_signal_handlers(previous)
-
-
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-def _install_signal_handlers() -> list[Any] | None:
-    """Route SIGINT and SIGTERM to :func:`_interrupt`; None where handlers cannot be set (not the main thread)."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    previous = [signal.getsignal(number) for number in SIGNALS]
-    for number in SIGNALS:
-        signal.signal(number, _interrupt)
-    return previous
-
-
-def _restore_signal_handlers(previous: list[Any] | None) -> None:
-    """Put the caller's handlers back; a signal still pending (blocked after the result) is dropped, not raised."""
-    if previous is None:
-        return
-    for number in SIGNALS:
-        signal.signal(number, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(SIGNALS))
-    for number, handler in zip(SIGNALS, previous):
-        signal.signal(number, handler if handler is not None else signal.SIG_DFL)
+            signals.restore(previous)
 
 
 def _run_typer(args: list[str]) -> int:

@@ -10,8 +10,8 @@ import sys
 import time
 from typing import Any, Optional
 
-from qmpctl.cli.common import Common, execute_one, run
-from qmpctl.errors import UsageError
+from qmpctl.cli.common import Common, execute_one, printed_plan, run
+from qmpctl.errors import ExitCode, UsageError
 from qmpctl.request import Request
 
 BAR_EVERY = 0.25
@@ -24,23 +24,30 @@ def block(common: Common, *, nodes: bool) -> int:
     return run(common, execute_one(request), [request])
 
 
-def jobs(common: Common, *, dismiss: Optional[str]) -> int:
-    """Show the VM's jobs (query-jobs): id, type, status, progress, error.
+def jobs(common: Common, *, dismiss: Optional[str], cancel: Optional[str]) -> int:
+    """Show the VM's jobs (query-jobs); or dismiss one that ended, or cancel one that runs.
 
     A job qmpctl started (backup) stays listed once it has ended, with status
     "concluded" and an "error" member when it failed, until it is dismissed:
     that is how a script checks a backup --no-wait later.
     """
-    if dismiss is None:
+    if dismiss is not None and cancel is not None:
+        raise UsageError("--dismiss and --cancel contradict each other: give one")
+    if dismiss is None and cancel is None:
         request = Request("query-jobs")
         return run(common, execute_one(request), [request])
-    request = Request("job-dismiss", {"id": dismiss})
+    from qmpctl import backup as backup_lib
+
+    job_id = dismiss if dismiss is not None else cancel
+    assert job_id is not None
+    end = backup_lib.dismiss_job if dismiss is not None else backup_lib.cancel_backup_job
+    request = Request("job-dismiss" if dismiss is not None else "job-cancel", {"id": job_id})
 
     def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
-        from qmpctl.backup import dismiss_job
+        return end(session, deadline, job_id, target_is_local=target.is_local)
 
-        return dismiss_job(session, deadline, dismiss)
-
+    if printed_plan(common, [request], backup_lib.END_JOB_PLAN_NOTE):
+        return ExitCode.OK
     return run(common, action, [request])
 
 
@@ -68,6 +75,8 @@ def hotplug_disk(common: Common, *, file: str, bus: str, device_id: Optional[str
     is_local = _only_target_is_local(common, "hotplug-disk attaches one image")
     filename, detected = block_lib.check_image(file, image_format, is_local=is_local)
     plan = block_lib.HotplugPlan(filename, detected, bus, device_id, readonly)
+    if printed_plan(common, plan.requests(), plan.plan_note()):
+        return ExitCode.OK
     return run(common, lambda session, deadline, target: block_lib.hotplug(session, deadline, plan),
                plan.requests())
 
@@ -84,6 +93,8 @@ def unplug_disk(common: Common, *, device_id: str, wait_timeout: float) -> int:
     if not wait_timeout > 0:
         raise UsageError(f"--wait-timeout must be more than 0 seconds, got {wait_timeout:g}")
     request = Request("device_del", {"id": device_id})
+    if printed_plan(common, [request], block_lib.UNPLUG_PLAN_NOTE):
+        return ExitCode.OK
     return run(common, lambda session, deadline, target: block_lib.unplug(session, deadline, device_id,
                                                                           wait_timeout), [request])
 
@@ -150,6 +161,8 @@ def backup(common: Common, *, device: str, target: str, sync: str, image_format:
     mode = progress
     if mode == "auto":
         mode = "bar" if sys.stderr.isatty() else "none"
+    if printed_plan(common, options.requests(is_local), options.plan_note()):
+        return ExitCode.OK
     printer = _ProgressPrinter(mode) if wait and mode != "none" else None
 
     def action(session: Any, deadline: Any, vm: Any) -> dict[str, Any]:

@@ -104,12 +104,10 @@ def emit(text: str, *, final: bool = False) -> None:
 
 
 def result_decided() -> None:
-    """From here on the outcome is printed: block SIGINT and SIGTERM so they cannot turn it into exit 130/143."""
-    import signal
-    import threading
+    """From here on the outcome is printed: SIGINT and SIGTERM cannot turn it into exit 130/143."""
+    from qmpctl import signals
 
-    if threading.current_thread() is threading.main_thread():
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    signals.no_return()
 
 
 def _silence_stdout() -> None:
@@ -126,6 +124,18 @@ def print_dry_run(common: Common, requests: list[Request]) -> None:
     """What --dry-run shows: each request exactly as it would be sent (without the id)."""
     for request in requests:
         emit(to_json(request.as_dict(), common.pretty), final=True)
+
+
+def printed_plan(common: Common, requests: list[Request], note: Optional[str]) -> bool:
+    """--dry-run of requests that depend on the VM: print them as a labelled plan, never as the real thing.
+
+    One JSON object, ``{"plan": [requests...], "note": "what the run decides with the VM"}``;
+    False (nothing printed) when not a dry run, or when the requests are exact.
+    """
+    if not common.dry_run or note is None:
+        return False
+    emit(to_json({"plan": [request.as_dict() for request in requests], "note": note}, common.pretty), final=True)
+    return True
 
 
 def execute_one(request: Request) -> Action:

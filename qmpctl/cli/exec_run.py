@@ -12,7 +12,7 @@ from typing import Any, BinaryIO, NamedTuple, Optional
 
 from qmpctl.cli.common import Common, emit, print_dry_run, result_decided
 from qmpctl.deadline import Deadline
-from qmpctl.errors import ExecFailed, ExecTimeout, ExitCode, Interrupted, OutputError, QmpctlError, UsageError
+from qmpctl.errors import ExecFailed, ExecLost, ExecTimeout, ExitCode, Interrupted, OutputError, QmpctlError, UsageError
 from qmpctl.output import render_reply, to_json
 from qmpctl.targets import Target
 
@@ -95,6 +95,8 @@ def _execute(options: ExecOptions, common: Common) -> int:
             status, _ = guest_exec.wait_for_exit(session, pid, reply_timeout=common.timeout,
                                                  wait_timeout=options.wait_timeout)
         except ExecTimeout as exc:
+            if isinstance(exc, ExecLost):
+                raise  # the agent went silent: its message says what may be running
             if options.json_output:
                 emit(to_json(guest_exec.ExecStatus(pid, exited=False).to_json(), common.pretty))
             raise ExecTimeout(f"{exc.message} and keeps running; read its result later with "

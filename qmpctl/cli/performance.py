@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from qmpctl.cli.common import Common, emit, fleet_line, print_dry_run, run
+from qmpctl.cli.common import Common, emit, fleet_line, print_dry_run, printed_plan, run
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ExitCode, QmpctlError, UsageError
 from qmpctl.output import render_reply, to_json
@@ -138,6 +138,8 @@ def throttle(common: Common, *, device: str, off: bool, group: str | None,
     requests = [Request("query-block")]
     if setting and common.dry_run:  # shown as it would be with no limits in force yet
         requests.append(throttle_lib.plan({"qdev": device, "inserted": {}}, wanted, off=off))
+        if printed_plan(common, requests, throttle_lib.PLAN_NOTE):
+            return ExitCode.OK
     return run(common, action, requests)
 
 

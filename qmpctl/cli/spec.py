@@ -289,9 +289,16 @@ COMMANDS: tuple[Command, ...] = (
         "\"error\" member when it failed, until it is dismissed: that is how a script checks a backup "
         "--no-wait later.",
         example="qmpctl jobs -s /tmp/vm.sock --return-value",
-        options=(Option("dismiss", ("--dismiss",), "text", None,
-                        "Instead, dismiss a concluded job (job-dismiss) and delete the target nodes a backup "
-                        "--no-wait added for it.", metavar="JOB_ID", show_default=False),),
+        options=(
+            Option("dismiss", ("--dismiss",), "text", None,
+                   "Instead, dismiss a concluded job (job-dismiss) and delete the target nodes a backup --no-wait "
+                   "added for it. Exit 6 when the job had failed (its error on stderr); the incomplete target "
+                   "file that backup created is removed.", metavar="JOB_ID", show_default=False),
+            Option("cancel", ("--cancel",), "text", None,
+                   "Instead, cancel a job (job-cancel), wait until it has ended, dismiss it and delete what a "
+                   "backup --no-wait added for it: for a job a killed qmpctl left running.",
+                   metavar="JOB_ID", show_default=False),
+        ),
     ),
     Command(
         ("hotplug-disk",), "qmpctl.cli.block:hotplug_disk",
