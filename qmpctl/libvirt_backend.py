@@ -361,8 +361,11 @@ class DomainMonitorSession(DomainSession):
                 connection.close()
                 raise
 
-        self._event_connection, self._callback_id = self._call(
-            deadline, f"libvirt to send the events of {self.target}", subscribe)
+        try:
+            self._event_connection, self._callback_id = _bounded(
+                deadline, f"libvirt to send the events of {self.target}", LIBVIRTD_HINT, subscribe)
+        except Exception as exc:
+            raise translate(libvirt, exc, self.what) from None
         self._events = events
 
     def next_event(self, deadline: Deadline, waiting_for: str) -> dict[str, Any]:
