@@ -166,12 +166,7 @@ class QmpSession:
 
     def next_event(self, deadline: Deadline, waiting_for: str) -> dict[str, Any]:
         """The next event in arrival order: one kept while waiting for a reply, else the next to come."""
-        if self.events:
-            return self.events.popleft()
-        while True:
-            message = self._read_message(deadline, waiting_for)
-            if "event" in message:
-                return message  # anything else is a stale reply to nobody
+        return self.wait_event(lambda event: True, deadline, waiting_for)
 
     def execute_closing(self, request: Request, deadline: Deadline) -> dict[str, Any]:
         """Send a command after which QEMU closes the monitor (``quit``); the close is its success.
