@@ -5,19 +5,40 @@ Accepted: ``PATH``, ``unix:PATH``, ``tcp:HOST:PORT``, ``HOST:PORT`` and
 (``,server=on,wait=off``, ``,server,nowait``), which are ignored so a
 ``-qmp`` value can be pasted as it is. QEMU escapes a comma inside a path
 as ``,,``; so does qmpctl.
+
+``ssh://[USER@]HOST[:PORT]/PATH`` is a unix socket on another machine,
+reached through the system's ``ssh`` (:mod:`qmpctl.ssh`). It is recognised
+first: its path is taken as it is (no QEMU options), and ``HOST:PORT`` inside
+it is SSH's, not QMP's.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectError, UsageError
 
 GLOB_CHARS = frozenset("*?[")
+SSH_SCHEME = "ssh://"
+
+
+class SshHost(NamedTuple):
+    """The machine an ``ssh://`` address names, as ssh gets it: user and port only when given."""
+
+    host: str
+    user: str | None = None
+    port: int | None = None
+
+    def __str__(self) -> str:
+        user = f"{self.user}@" if self.user else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        port = f":{self.port}" if self.port else ""
+        return f"{user}{host}{port}"
 
 
 class Address(NamedTuple):
-    """Where a monitor or agent socket lives: a unix path or a TCP host and port.
+    """Where a monitor or agent socket lives: a unix path (here or on ``via``) or a TCP host and port.
 
     A NamedTuple rather than a dataclass: ``dataclasses`` imports ``inspect``,
     a few milliseconds every ``qmpctl status`` would pay.
@@ -26,24 +47,29 @@ class Address(NamedTuple):
     path: str | None = None
     host: str | None = None
     port: int | None = None
+    via: SshHost | None = None
+    """The remote machine whose unix socket ``path`` is, for ``ssh://`` addresses."""
     uncut: str | None = None
     """For a path cut at a single comma: the whole text, so a failed connect can say the comma cut it."""
 
     def __eq__(self, other: object) -> bool:
         """The same socket is the same address, however it was written (``uncut`` aside)."""
-        return isinstance(other, Address) and self[:3] == other[:3]
+        return isinstance(other, Address) and self[:4] == other[:4]
 
     def __ne__(self, other: object) -> bool:
         return not self == other
 
     def __hash__(self) -> int:
-        return hash(self[:3])
+        return hash(self[:4])
 
     @property
     def is_unix(self) -> bool:
-        return self.path is not None
+        """A unix socket on this machine."""
+        return self.path is not None and self.via is None
 
     def __str__(self) -> str:
+        if self.via is not None:
+            return f"ssh://{self.via}{self.path}"
         if self.path is not None:
             return f"unix:{self.path}"
         host = f"[{self.host}]" if self.host and ":" in self.host else self.host
@@ -86,6 +112,36 @@ def _parse_host_port(text: str, original: str) -> Address:
     return Address(host=host, port=_parse_port(port, original))
 
 
+def _parse_ssh(text: str, original: str) -> Address:
+    """``ssh://[USER@]HOST[:PORT]/PATH``: the remote path starts at the first ``/`` after the host."""
+    rest = text[len(SSH_SCHEME):]
+    authority, slash, path = rest.partition("/")
+    if not slash or not path:
+        raise UsageError(f"invalid address {original!r}: expected ssh://[USER@]HOST[:PORT]/PATH "
+                         "(an absolute socket path on that host)")
+    user, at, hostport = authority.rpartition("@")
+    if at and not user:
+        raise UsageError(f"invalid address {original!r}: empty user before @")
+    port: int | None = None
+    if hostport.startswith("["):
+        host, sep, tail = hostport[1:].partition("]")
+        if not sep or (tail and not tail.startswith(":")):
+            raise UsageError(f"invalid address {original!r}: expected [IPV6] or [IPV6]:PORT after ssh://")
+        if tail:
+            port = _parse_port(tail[1:], original)
+    else:
+        host, colon, port_text = hostport.partition(":")
+        if colon:
+            port = _parse_port(port_text, original)
+    if not host or host.startswith("-") or any(ch.isspace() or ch in "/@" for ch in host):
+        raise UsageError(f"invalid address {original!r}: {host!r} is not a host name")
+    if user and (user.startswith("-") or any(ch.isspace() for ch in user)):
+        raise UsageError(f"invalid address {original!r}: {user!r} is not a user name")
+    if ":" in path:  # ssh -L reads LOCAL:REMOTE and cannot escape a colon
+        raise UsageError(f"invalid address {original!r}: ssh cannot forward a socket whose path contains ':'")
+    return Address(path="/" + path, via=SshHost(host, user or None, port))
+
+
 def parse_address(text: str) -> Address:
     """Parse one address; raises :class:`UsageError` (exit 2) naming what is wrong."""
     original = text
@@ -93,6 +149,8 @@ def parse_address(text: str) -> Address:
         raise UsageError("empty address: pass a socket path, unix:PATH or tcp:HOST:PORT")
     if "\0" in text:
         raise UsageError(f"invalid address {original!r}: contains a NUL byte")
+    if text.startswith(SSH_SCHEME):
+        return _parse_ssh(text, original)
     text = _strip_qemu_options(text)
     whole = original[5:] if original.startswith("unix:") else original
     if text.startswith("unix:"):
@@ -119,16 +177,23 @@ def has_glob(text: str) -> bool:
     return any(ch in GLOB_CHARS for ch in text)
 
 
-def expand_addresses(values: list[str]) -> list[Address]:
+def expand_addresses(values: list[str], timeout: float = 10.0) -> list[Address]:
     """Parse every value, expanding unix paths with glob characters to their matches.
 
     A pattern that matches nothing is an error: a cron job asking "all my VMs"
-    must not silently succeed on none.
+    must not silently succeed on none. A pattern in an ``ssh://`` address is
+    expanded on that host, within ``timeout`` for all such listings together.
     """
     addresses: list[Address] = []
+    listing: Deadline | None = None
     for value in values:
         address = parse_address(value)
-        if address.path is not None and has_glob(address.path):
+        if address.via is not None and address.path is not None and has_glob(address.path):
+            from qmpctl import ssh
+
+            listing = listing or Deadline(timeout)
+            addresses.extend(ssh.expand_remote(address, listing))
+        elif address.path is not None and has_glob(address.path):
             import glob
 
             matches = sorted(glob.glob(address.path))

@@ -14,10 +14,10 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from qmpctl.block import (UndoStep, block_devices, blockdev_del, check_id, device_id_of, first_free, named_nodes,
-                          undo_all, with_notes)
+from qmpctl.block import (ROLLBACK_GRACE, UndoStep, block_devices, blockdev_del, check_id, device_id_of,
+                          first_free, named_nodes, undo_all, with_notes)
 from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError, UsageError, VmError
 from qmpctl.jobs import (JobState, Progress, cancel_job, dismiss, failure_detail, find_job, finish, list_jobs,
@@ -27,6 +27,9 @@ from qmpctl.signals import shielded
 from qmpctl.targets import Session
 from qmpctl.units import parse_size
 from qmpctl.waiting import CHECK_EVERY
+
+if TYPE_CHECKING:
+    from qmpctl.ssh import RemoteFiles
 
 DEFAULT_WAIT_TIMEOUT = 86400.0
 MAX_JOB_ID = 19
@@ -108,13 +111,22 @@ def drive_backup_request(options: BackupOptions, job_id: str, device: str, path:
     return Request("drive-backup", arguments)
 
 
-def check_target(path: str, *, is_local: bool, force: bool) -> str:
+def check_target(path: str, *, is_local: bool, force: bool, files: Optional["RemoteFiles"] = None,
+                 deadline: Optional[Deadline] = None) -> str:
     """The absolute target path, or :class:`UsageError` (exit 2) before anything is sent.
 
     QEMU truncates an existing target without a word, so an existing file is
     refused unless ``force``; where qmpctl cannot see the VM's files it cannot
-    check that, and refuses unless ``force`` too.
+    check that, and refuses unless ``force`` too. ``files`` is the VM host's
+    file system reached over SSH: the same checks run there.
     """
+    if files is not None and deadline is not None:
+        if not path.startswith("/"):
+            raise UsageError(f"{path}: give an absolute path {files.side}, where the VM runs")
+        folder = os.path.dirname(path) or "/"
+        kind, folder_kind = files.kinds([path, folder], deadline)
+        return _judge_target(path, folder, kind == "dir", kind != "missing", folder_kind == "dir", force,
+                             f" {files.side}")
     if not is_local:
         if not force:
             raise UsageError(f"refusing to back up to {path} on a VM reached over the network: qmpctl cannot "
@@ -125,12 +137,18 @@ def check_target(path: str, *, is_local: bool, force: bool) -> str:
         return path
     path = os.path.abspath(path)
     folder = os.path.dirname(path)
-    if not os.path.isdir(folder):
-        raise UsageError(f"cannot back up to {path}: the directory {folder} does not exist")
-    if os.path.isdir(path):
-        raise UsageError(f"cannot back up to {path}: it is a directory")
-    if os.path.lexists(path) and not force:
-        raise UsageError(f"{path} exists; qmpctl does not overwrite backups (QEMU would truncate it): "
+    return _judge_target(path, folder, os.path.isdir(path), os.path.lexists(path), os.path.isdir(folder), force)
+
+
+def _judge_target(path: str, folder: str, is_dir: bool, exists: bool, folder_is_dir: bool, force: bool,
+                  side: str = "") -> str:
+    """The verdict on a target path, wherever its file system is (``side`` says where, for messages)."""
+    if not folder_is_dir:
+        raise UsageError(f"cannot back up to {path}{side}: the directory {folder} does not exist")
+    if is_dir:
+        raise UsageError(f"cannot back up to {path}{side}: it is a directory")
+    if exists and not force:
+        raise UsageError(f"{path} exists{side}; qmpctl does not overwrite backups (QEMU would truncate it): "
                          "choose a new name, or pass --force to overwrite it")
     return path
 
@@ -206,7 +224,7 @@ class _BackupRun:
     """One backup in flight: what it started and added, so any failure can take it all back."""
 
     def __init__(self, session: Session, deadline: Deadline, options: BackupOptions, source: Source,
-                 path: str, job_id: str, target_is_new: bool) -> None:
+                 path: str, job_id: str, target_is_new: bool, files: Optional["RemoteFiles"] = None) -> None:
         self.session = session
         self.deadline = deadline
         self.options = options
@@ -214,6 +232,7 @@ class _BackupRun:
         self.path = path
         self.job_id = job_id
         self.target_is_new = target_is_new
+        self.files = files
         self.method = "drive-backup"
         self.jobs: list[str] = []
         self.undo: list[UndoStep] = []
@@ -312,6 +331,12 @@ class _BackupRun:
         """Remove a target this run created and did not finish; returns a note for the message."""
         if not self.target_is_new:
             return f"{self.path} is incomplete" if self.options.force else ""
+        if self.files is not None:
+            try:
+                self.files.remove(self.path, Deadline(ROLLBACK_GRACE))
+            except QmpctlError as exc:
+                return f"could not remove the incomplete {self.path} {self.files.side}: {exc.message}"
+            return f"removed the incomplete {self.path} {self.files.side}"
         try:
             with shielded():
                 os.unlink(self.path)
@@ -349,17 +374,24 @@ def _progress_text(state: Optional[JobState]) -> str:
 
 
 def backup(session: Session, deadline: Deadline, options: BackupOptions, *, target_is_local: bool,
-           progress: Optional[Progress] = None, progress_every: float = CHECK_EVERY) -> dict[str, Any]:
+           progress: Optional[Progress] = None, progress_every: float = CHECK_EVERY,
+           files: Optional["RemoteFiles"] = None) -> dict[str, Any]:
     """Back ``options.device`` up to ``options.target``; waits for the end unless ``options.wait`` is off.
 
-    While waiting, ``progress`` sees the job's state about every ``progress_every`` seconds.
+    While waiting, ``progress`` sees the job's state about every ``progress_every`` seconds. ``files``
+    is the VM host's file system when it is reached over SSH: the target is checked (and a partial
+    one removed) there.
     """
-    path = check_target(options.target, is_local=target_is_local, force=options.force)
-    target_is_new = target_is_local and not os.path.lexists(path)
+    path = check_target(options.target, is_local=target_is_local, force=options.force, files=files,
+                        deadline=deadline)
+    if files is not None:  # without --force, check_target has just seen that it does not exist
+        target_is_new = not options.force or files.kinds([path], deadline) == ["missing"]
+    else:
+        target_is_new = target_is_local and not os.path.lexists(path)
     source = resolve_source(session, deadline, options.device)
     _refuse_vm_files(session, deadline, path, target_is_local)
     job_id = _choose_job_id(session, deadline, options)
-    run = _BackupRun(session, deadline, options, source, path, job_id, target_is_new)
+    run = _BackupRun(session, deadline, options, source, path, job_id, target_is_new, files)
     try:
         run.start()
     except BaseException as exc:

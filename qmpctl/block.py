@@ -15,7 +15,7 @@ import re
 import stat
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from qmpctl.deadline import Deadline, backoff
 from qmpctl.errors import DeadlineExceeded, Interrupted, QmpctlError, UsageError, VmError
@@ -23,6 +23,9 @@ from qmpctl.request import Request
 from qmpctl.signals import shielded
 from qmpctl.targets import Session
 from qmpctl.waiting import POLL_FIRST, POLL_MAX, event_named, wait_until
+
+if TYPE_CHECKING:
+    from qmpctl.ssh import RemoteFiles
 
 PERIPHERAL = "/machine/peripheral"
 PERIPHERAL_ANON = "/machine/peripheral-anon"
@@ -104,13 +107,21 @@ def check_id(value: str, what: str, longest: int) -> str:
 
 # -- images -----------------------------------------------------------------------------------------
 
-def detect_format(path: str) -> str:
-    """``qcow2`` when the header says so, ``raw`` otherwise; other image formats are refused."""
+def _read_header(path: str, size: int = 512) -> bytes:
     try:
         with open(path, "rb") as image:
-            header = image.read(512)
+            return image.read(size)
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def detect_format(path: str, header: Optional[bytes] = None) -> str:
+    """``qcow2`` when the header says so, ``raw`` otherwise; other image formats are refused.
+
+    ``header``: the image's first bytes when they were read elsewhere (on the VM's host over SSH).
+    """
+    if header is None:
+        header = _read_header(path)
     if header.startswith(QCOW2_MAGIC):
         return "qcow2"
     for offset, magic, name in OTHER_IMAGE_MAGICS:
@@ -158,7 +169,7 @@ def qcow2_external_files(header: bytes) -> list[str]:
     return found
 
 
-def _refuse_probed_references(path: str) -> None:
+def _refuse_probed_references(path: str, header: Optional[bytes] = None) -> None:
     """A probed qcow2 that names other files is refused: the guest may have written that header.
 
     A guest owns the bytes of a raw disk; it can make them look like a qcow2
@@ -167,11 +178,8 @@ def _refuse_probed_references(path: str) -> None:
     needs --format qcow2, given by someone who knows what it is (libvirt
     refuses to probe for the same reason).
     """
-    try:
-        with open(path, "rb") as image:
-            header = image.read(QCOW2_HEADER_READ)
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if header is None:
+        header = _read_header(path, QCOW2_HEADER_READ)
     names = qcow2_external_files(header)
     if names:
         raise UsageError(f"{path} looks like a qcow2 image that makes QEMU open another file ({', '.join(names)}); "
@@ -180,8 +188,14 @@ def _refuse_probed_references(path: str) -> None:
                          "image, or --format raw")
 
 
-def check_image(path: str, image_format: Optional[str], *, is_local: bool) -> tuple[str, str]:
-    """The absolute path and format to attach, or :class:`UsageError` for what qmpctl can tell in advance."""
+def check_image(path: str, image_format: Optional[str], *, is_local: bool, files: Optional["RemoteFiles"] = None,
+                deadline: Optional[Deadline] = None) -> tuple[str, str]:
+    """The absolute path and format to attach, or :class:`UsageError` for what qmpctl can tell in advance.
+
+    ``files`` is the VM host's file system when it is reached over SSH: the same checks run there.
+    """
+    if files is not None and deadline is not None:
+        return _check_remote_image(path, image_format, files, deadline)
     if not is_local:
         if not os.path.isabs(path):
             raise UsageError(f"{path}: give an absolute path: the VM runs on another host")
@@ -197,12 +211,37 @@ def check_image(path: str, image_format: Optional[str], *, is_local: bool) -> tu
         raise UsageError(f"cannot use {path}: {exc.strerror or exc}") from None
     if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
         raise UsageError(f"{path} is not an image file (neither a regular file nor a block device)")
-    detected = detect_format(path) if image_format in (None, "qcow2") else image_format
+    return path, _checked_format(path, image_format, lambda: None)
+
+
+def _checked_format(path: str, image_format: Optional[str], header: Callable[[], Optional[bytes]]) -> str:
+    """The format to attach: detected from the header unless given; a probed qcow2 naming other files refused."""
+    detected = detect_format(path, header()) if image_format in (None, "qcow2") else image_format
     if image_format == "qcow2" and detected != "qcow2":
         raise UsageError(f"{path} is not a qcow2 image (its header lacks the QFI\\xfb magic)")
     if image_format is None and detected == "qcow2":
-        _refuse_probed_references(path)
-    return path, detected
+        _refuse_probed_references(path, header())
+    return str(detected)
+
+
+def _check_remote_image(path: str, image_format: Optional[str], files: "RemoteFiles",
+                        deadline: Deadline) -> tuple[str, str]:
+    """check_image on the VM's host: the path is QEMU's, so it is looked up and read there, not here."""
+    if not path.startswith("/"):
+        raise UsageError(f"{path}: give an absolute path {files.side}, where the VM runs")
+    (kind,) = files.kinds([path], deadline)
+    if kind == "missing":
+        raise UsageError(f"no such image file {files.side}: {path}")
+    if kind not in ("file", "block"):
+        raise UsageError(f"{path} {files.side} is not an image file (neither a regular file nor a block device)")
+    read: list[bytes] = []
+
+    def header() -> bytes:
+        if not read:
+            read.append(files.head(path, QCOW2_HEADER_READ, deadline))
+        return read[0]
+
+    return path, _checked_format(f"{path} {files.side}", image_format, header)
 
 
 # -- undo --------------------------------------------------------------------------------------------

@@ -181,6 +181,24 @@ def uri_host(uri: str) -> str:
     return host.partition(":")[0].lower()
 
 
+def split_domain(value: str) -> tuple[str | None, str]:
+    """``-d`` value -> (URI or None, domain): ``qemu+ssh://hv1/system/vm1?keyfile=k`` names vm1 on that URI.
+
+    The domain is the last path segment; the URI is the rest, query included. So one call can
+    name domains on several hypervisors. Parsed by hand, like :func:`uri_host`.
+    """
+    if "://" not in value:
+        return None, value
+    scheme, _, rest = value.partition("://")
+    rest, mark, query = rest.partition("?")
+    authority, slash, path = rest.partition("/")
+    base, _, name = path.rpartition("/")
+    if not slash or not base or not name:
+        raise UsageError(f"invalid domain {value!r}: expected URI/DOMAIN, e.g. qemu+ssh://hv1/system/vm1 "
+                         "(the URI's path, then the domain's name)")
+    return f"{scheme}://{authority}/{base}{mark}{query}", name
+
+
 class DomainTarget(NamedTuple):
     """A libvirt domain (name, UUID or id) on a connection URI; its monitor or its guest agent.
 
@@ -190,6 +208,8 @@ class DomainTarget(NamedTuple):
     name: str
     uri: str | None = None
     kind: str = MONITOR
+    label: str | None = None
+    """How the user named it, when that was ``URI/DOMAIN``: fleet output names the target so."""
 
     @property
     def connect_uri(self) -> str:
@@ -202,7 +222,7 @@ class DomainTarget(NamedTuple):
         return host in LOOPBACK_HOSTS or host.startswith("127.")
 
     def __str__(self) -> str:
-        return f"domain:{self.name}"
+        return self.label or f"domain:{self.name}"
 
     def describe(self) -> str:
         """How error messages name the domain: with the URI, since the same name can live on many hosts."""

@@ -64,13 +64,19 @@ class SocketTarget(NamedTuple):
         return str(self.address)
 
 
-def resolve_targets(kind: str, sockets: list[str], domains: list[str], uri: str | None) -> list[Target]:
-    """Every target the options name; none at all is a usage error that says how to give one."""
-    targets: list[Target] = [SocketTarget(address, kind) for address in expand_addresses(sockets)]
-    if domains:
-        from qmpctl.libvirt_backend import DomainTarget
+def resolve_targets(kind: str, sockets: list[str], domains: list[str], uri: str | None,
+                    timeout: float = 10.0) -> list[Target]:
+    """Every target the options name; none at all is a usage error that says how to give one.
 
-        targets.extend(DomainTarget(name, uri, kind) for name in domains)
+    ``timeout`` bounds the listing of remote globs (``ssh://HOST/run/*.qmp``), done before any VM is asked.
+    """
+    targets: list[Target] = [SocketTarget(address, kind) for address in expand_addresses(sockets, timeout)]
+    if domains:
+        from qmpctl.libvirt_backend import DomainTarget, split_domain
+
+        for value in domains:  # URI/DOMAIN names a domain on its own URI; a bare name uses -c
+            own_uri, name = split_domain(value)
+            targets.append(DomainTarget(name, own_uri or uri, kind, value if own_uri else None))
     if not targets:
         if kind == AGENT:
             raise UsageError("no target: pass -a PATH (the agent channel socket), -d DOMAIN, or set QMPCTL_AGENT")

@@ -97,6 +97,10 @@ class Connection:
     def open(cls, address: Address, deadline: Deadline) -> "Connection":
         """Connect within the deadline; failures are :class:`ConnectError` (exit 3)."""
         waiting_for = f"a connection to {address}"
+        if address.via is not None:
+            from qmpctl.ssh import open_channel
+
+            return open_channel(address, deadline)
         if address.path is not None:
             return cls(_connect_unix(address.path, deadline, waiting_for, address.uncut), address)
         try:

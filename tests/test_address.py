@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qmpctl.address import Address, expand_addresses, parse_address
+from qmpctl.address import Address, SshHost, expand_addresses, parse_address
 from qmpctl.errors import ConnectError, QmpctlError, UsageError
 
 
@@ -58,3 +58,34 @@ def test_any_text_parses_or_fails_cleanly(text):
         parse_address(text)
     except QmpctlError:
         pass
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("ssh://hv1/run/qemu/vm1.qmp", Address(path="/run/qemu/vm1.qmp", via=SshHost("hv1"))),
+    ("ssh://root@hv1:2222/run/vm.qmp", Address(path="/run/vm.qmp", via=SshHost("hv1", "root", 2222))),
+    ("ssh://[::1]:22/a/b.sock", Address(path="/a/b.sock", via=SshHost("::1", None, 22))),
+    ("ssh://admin@[fe80::1]/x", Address(path="/x", via=SshHost("fe80::1", "admin"))),
+    # The path is taken as it is: no QEMU options are stripped, a colon is no port.
+    ("ssh://hv1/run/a,server=on", Address(path="/run/a,server=on", via=SshHost("hv1"))),
+    ("ssh://hv1/run/qemu/*.qmp", Address(path="/run/qemu/*.qmp", via=SshHost("hv1"))),
+])
+def test_ssh_forms(text, expected):
+    address = parse_address(text)
+    assert address == expected
+    assert not address.is_unix  # not a socket on this machine
+    assert str(address) == text
+
+
+@pytest.mark.parametrize("text", ["ssh://hv1", "ssh://hv1/", "ssh:///run/vm.qmp", "ssh://@hv1/x", "ssh://hv1:0/x",
+                                  "ssh://hv1:ssh/x", "ssh://-oProxyCommand=x/y", "ssh://-l@hv1/x",
+                                  "ssh://[::1/x", "ssh://h v/x", "ssh://hv1/run/a:b.sock"])
+def test_ssh_invalid(text):
+    with pytest.raises(UsageError):
+        parse_address(text)
+
+
+def test_the_same_path_on_another_host_is_another_socket():
+    addresses = expand_addresses(["/run/vm.qmp", "ssh://hv1/run/vm.qmp", "ssh://hv2/run/vm.qmp",
+                                  "ssh://hv1/run/vm.qmp"])
+    assert [str(address) for address in addresses] == ["unix:/run/vm.qmp", "ssh://hv1/run/vm.qmp",
+                                                       "ssh://hv2/run/vm.qmp"]

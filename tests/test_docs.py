@@ -35,6 +35,7 @@ from support.qemu import QemuVM, RawQmp
 from support.qga import HostAgent, have_qemu_ga
 from support.runner import REPO
 from support.shell import qmpctl_on_path, shell_env
+from support.sshd import Sshd
 
 pytestmark = [pytest.mark.qemu, pytest.mark.agent]
 
@@ -50,6 +51,8 @@ PLACEHOLDERS = {
     "/var/lib/images": "an empty folder, new for each block",
     "web1": "a running libvirt test domain (no OS; its disk is virtio-disk0)",
     "/tmp/lab": "an empty folder for the lab guest (blocks that boot it run in the checkout, marker lab)",
+    "root@hv1": "a test sshd on loopback (root on this machine); an ssh first on PATH carries its keys",
+    "root@hv2": "the same sshd under another name (localhost), so it counts as a second host",
 }
 """Example names README.md uses, and what tests run them against (README's Development section lists them)."""
 
@@ -81,6 +84,10 @@ class World:
     fleet: Path
     domain: TestDomain | None = None
     domain_qmp: Path | None = None
+    sshd: Sshd | None = None
+    ssh_bin: Path | None = None
+    """A folder with an ``ssh`` that uses the sshd's client set-up, as ~/.ssh/config would."""
+    second_host: str = ""
 
     def scratch(self, name: str) -> Path:
         """A new empty folder."""
@@ -102,6 +109,9 @@ class World:
             values["web1"] = self.domain.name
         else:
             values["/var/backups/vms"] = str(self.scratch(f"{name}-backups"))
+        if self.sshd is not None:
+            values["root@hv1"] = self.sshd.destination
+            values["root@hv2"] = self.second_host
         return values
 
 
@@ -189,12 +199,29 @@ def libvirt_world(world: World) -> Iterator[World]:
         domain.remove()
 
 
+@pytest.fixture(scope="module")
+def ssh_world(world: World) -> Iterator[World]:
+    """``root@hv1`` and ``root@hv2``: a real sshd on loopback under two names, and an ``ssh`` that knows it."""
+    if not Path("/usr/sbin/sshd").exists() and os.environ.get("CI") != "true":
+        pytest.skip("openssh-server is not installed (run tests/setup-host)")
+    sshd = Sshd(world.root / "sshd").start()
+    world.sshd, world.ssh_bin, world.second_host = sshd, sshd.ssh_wrapper().parent, sshd.also_known_as("localhost")
+    try:
+        yield world
+    finally:
+        world.sshd = world.ssh_bin = None
+        sshd.stop()
+
+
 def run_shell(argv: list[str], world: World, tmp_path: Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run in ``cwd`` (default ``tmp_path``) with a private HOME under ``tmp_path``."""
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
-    return subprocess.run(argv, cwd=cwd or tmp_path, env=shell_env(world.bin, home), capture_output=True,
-                          text=True, timeout=BLOCK_TIMEOUT)
+    env = shell_env(world.bin, home)
+    if world.ssh_bin is not None:
+        env["PATH"] = f"{world.ssh_bin}{os.pathsep}{env['PATH']}"
+    return subprocess.run(argv, cwd=cwd or tmp_path, env=env, capture_output=True, text=True,
+                          timeout=BLOCK_TIMEOUT)
 
 
 def boots_lab_guest(block) -> bool:
@@ -236,6 +263,8 @@ def test_readme_example(block, world: World, request: pytest.FixtureRequest, tmp
     for_libvirt = bool(re.search(r"\bweb1\b", block.text))
     if for_libvirt:
         request.getfixturevalue("libvirt_world")
+    if re.search(r"\broot@hv[12]\b", block.text):
+        request.getfixturevalue("ssh_world")
     values = world.mapping(f"L{block.line}", for_libvirt)
     if boots_lab_guest(block):
         values["/tmp/lab"] = str(tmp_path / "lab")

@@ -51,14 +51,23 @@ def jobs(common: Common, *, dismiss: Optional[str], cancel: Optional[str]) -> in
     return run(common, action, [request])
 
 
+def _names_ssh(common: Common) -> bool:
+    return any(socket.startswith("ssh://") for socket in common.sockets)
+
+
 def _only_target_is_local(common: Common, why: str) -> bool:
     """Whether qmpctl can see the VM's files; the command works on exactly one VM."""
     if common.dry_run:
-        return True
+        return not _names_ssh(common)
     targets = common.targets()
     if len(targets) > 1:
         raise UsageError(f"{why}: give exactly one VM, not {len(targets)}")
     return targets[0].is_local
+
+
+def _over_ssh(common: Common) -> bool:
+    """The one VM is reached over SSH: its file checks run on its host, within the call's deadline."""
+    return not common.dry_run and _names_ssh(common)
 
 
 def hotplug_disk(common: Common, *, file: str, bus: str, device_id: Optional[str],
@@ -73,6 +82,16 @@ def hotplug_disk(common: Common, *, file: str, bus: str, device_id: Optional[str
     from qmpctl import block as block_lib
 
     is_local = _only_target_is_local(common, "hotplug-disk attaches one image")
+    if _over_ssh(common):
+        from qmpctl.ssh import remote_files
+
+        def attach(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
+            filename, detected = block_lib.check_image(file, image_format, is_local=False,
+                                                       files=remote_files(target), deadline=deadline)
+            return block_lib.hotplug(session, deadline,
+                                     block_lib.HotplugPlan(filename, detected, bus, device_id, readonly))
+
+        return run(common, attach, [])
     filename, detected = block_lib.check_image(file, image_format, is_local=is_local)
     plan = block_lib.HotplugPlan(filename, detected, bus, device_id, readonly)
     if printed_plan(common, plan.requests(), plan.plan_note()):
@@ -157,7 +176,11 @@ def backup(common: Common, *, device: str, target: str, sync: str, image_format:
         device, target, image_format, sync, backup_lib.parse_speed(speed) if speed else None, force,
         wait, backup_lib.DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout, job_id)
     is_local = _only_target_is_local(common, "a backup writes one TARGET")
-    backup_lib.check_target(target, is_local=is_local, force=force)  # before connecting to anything
+    over_ssh = _over_ssh(common)
+    if not is_local and _names_ssh(common):  # the VM's host is checked through the session's connection
+        backup_lib.check_target(target, is_local=False, force=True)  # here: only that the path is absolute
+    else:
+        backup_lib.check_target(target, is_local=is_local, force=force)  # before connecting to anything
     mode = progress
     if mode == "auto":
         mode = "bar" if sys.stderr.isatty() else "none"
@@ -166,8 +189,13 @@ def backup(common: Common, *, device: str, target: str, sync: str, image_format:
     printer = _ProgressPrinter(mode) if wait and mode != "none" else None
 
     def action(session: Any, deadline: Any, vm: Any) -> dict[str, Any]:
+        files = None
+        if over_ssh:
+            from qmpctl.ssh import remote_files
+
+            files = remote_files(vm)
         return backup_lib.backup(session, deadline, options, target_is_local=vm.is_local, progress=printer,
-                                 progress_every=BAR_EVERY if mode == "bar" else JSON_EVERY)
+                                 progress_every=BAR_EVERY if mode == "bar" else JSON_EVERY, files=files)
 
     try:
         return run(common, action, options.requests(is_local))

@@ -59,7 +59,7 @@ class Common(NamedTuple):
     kind: str = MONITOR
 
     def targets(self) -> list[Target]:
-        return resolve_targets(self.kind, self.sockets, self.domains, self.uri)
+        return resolve_targets(self.kind, self.sockets, self.domains, self.uri, self.timeout)
 
 
 def make_common(kind: str, shared: dict[str, Any]) -> Common:

@@ -103,24 +103,29 @@ def shared_options(kind: str) -> tuple[Option, ...]:
     if kind == AGENT:
         target = Option(
             "target_sockets", ("-a", "--agent"), "list", None,
-            "Guest-agent channel socket: PATH, unix:PATH, tcp:HOST:PORT. Repeat it, or use a glob, for many VMs.",
+            "Guest-agent channel socket: PATH, unix:PATH, tcp:HOST:PORT, or ssh://[USER@]HOST[:PORT]/PATH on "
+            "another machine. Repeat it, or use a glob (expanded where the sockets are), for many VMs.",
             metavar="ADDR", envvar="QMPCTL_AGENT", show_default=False, complete="socket")
     else:
         target = Option(
             "target_sockets", ("-s", "--qmp"), "list", None,
-            "QMP socket, as given to QEMU's -qmp: PATH, unix:PATH, tcp:HOST:PORT, HOST:PORT. "
-            "Repeat it, or use a glob, for many VMs.",
+            "QMP socket, as given to QEMU's -qmp: PATH, unix:PATH, tcp:HOST:PORT, HOST:PORT, or "
+            "ssh://[USER@]HOST[:PORT]/PATH on another machine (through ssh; QMPCTL_SSH replaces the ssh "
+            "command). Repeat it, or use a glob (expanded where the sockets are), for many VMs.",
             metavar="ADDR", envvar="QMPCTL_QMP", show_default=False, complete="socket")
     return (
         target,
         Option("domain", ("-d", "--domain"), "list", None,
-               "libvirt domain name, UUID or id (needs the libvirt extra). Repeatable.", metavar="DOMAIN",
+               "libvirt domain name, UUID or id (needs the libvirt extra), or URI/DOMAIN for a domain on its own "
+               "URI (qemu+ssh://hv1/system/vm1). Repeatable.", metavar="DOMAIN",
                show_default=False),
         Option("connect_uri", ("-c", "--connect"), "text", None,
-               "libvirt connection URI for --domain [default: qemu:///system].", metavar="URI",
+               "libvirt connection URI for --domain, e.g. qemu+ssh://root@hv1/system [default: qemu:///system].",
+               metavar="URI",
                envvar="LIBVIRT_DEFAULT_URI", show_default=False),
         Option("timeout", ("--timeout",), "float", DEFAULT_TIMEOUT,
-               "One deadline for connect, greeting, negotiation and reply.", metavar="SECONDS",
+               "One deadline for connect (SSH login included), greeting, negotiation and reply.",
+               metavar="SECONDS",
                envvar="QMPCTL_TIMEOUT"),
         Option("pretty", ("--pretty",), "flag", False, "Indent the JSON by 2, like virsh --pretty."),
         Option("return_value", ("--return-value",), "flag", False, "Print only the reply's return value."),
@@ -341,7 +346,8 @@ COMMANDS: tuple[Command, ...] = (
         example="qmpctl backup -s /tmp/vm.sock vd0 /backup/vd0-$(date +%F).qcow2 --progress json",
         arguments=(
             Argument("device", "DEVICE", "The disk: its device id (vd0), drive name or node name."),
-            Argument("target", "TARGET", "The image file to create; it must not exist."),
+            Argument("target", "TARGET", "The image file to create, a path on the VM's host (checked there "
+                     "over ssh://); it must not exist."),
         ),
         options=(
             Option("sync", ("--sync",), "choice", "full",

@@ -7,6 +7,7 @@ repository with the project's venv:
     .venv/bin/python tests/bench/bench.py            # everything, about 1-2 minutes
     .venv/bin/python tests/bench/bench.py --quick    # fewer runs, 20 VMs in the fleet
     .venv/bin/python tests/bench/bench.py --typer-versions   # pick the Typer/click releases
+    .venv/bin/python tests/bench/bench.py --only ssh  # ssh:// against ssh HOST qmpctl (starts an sshd)
 
 It starts its own QEMU VMs (TCG, paused), a host qemu-ga, and a transient
 libvirt domain named ``qmpctl-bench-*`` (starting virtlogd and libvirtd when
@@ -450,6 +451,55 @@ def bench_fleet(ctx: Context) -> None:
     ctx.verdicts.append(verdict("fleet call / virsh loop", ratio, 0.1))
 
 
+SSH_FLEET_VMS = 20
+
+
+def bench_ssh(ctx: Context) -> None:
+    """VMs behind SSH (a real sshd on loopback): qmpctl's ssh:// next to running qmpctl remotely.
+
+    ``ssh HOST qmpctl ...`` needs qmpctl installed on the host (it is this machine here) and
+    pays one SSH login per call; qmpctl's ssh:// needs nothing there and logs in once per host.
+    """
+    from support.sshd import Sshd
+
+    count = min(ctx.args.fleet, SSH_FLEET_VMS)
+    sshd = Sshd(ctx.scratch / "sshd").start()
+    try:
+        folder = ctx.scratch / "remote"
+        sockets = start_vms(ctx.processes, folder, count)
+        env = child_env(sshd.env())
+        login = ["ssh", "-F", str(sshd.config), "-o", "BatchMode=yes", "-p", str(sshd.port), "root@127.0.0.1"]
+        # The remote command gets no environment from here: --source passes PYTHONPATH in the command.
+        remote_qmpctl = " ".join([f"PYTHONPATH={QMPCTL_ENV['PYTHONPATH']}"] if QMPCTL_ENV else []) + f" {QMPCTL}"
+        single = [
+            Case("qmpctl status -s ssh://HOST/PATH", [str(QMPCTL), "status", "-s", sshd.url(sockets[0])], env=env,
+                 check=expect_status_reply),
+            Case("ssh HOST qmpctl status -s PATH", [*login, f"{remote_qmpctl} status -s {sockets[0]}"],
+                 check=expect_status_reply),
+        ]
+        samples = alternate(single, ctx.args.runs, ctx.scratch)
+        ctx.results["ssh-single"] = samples
+        print_table("5. one VM behind SSH: query-status", samples, single[1].name)
+        loop = " ".join([f"for s in {folder}/*.sock; do", *login, f"\"{remote_qmpctl} status -s $s\"",
+                         "|| exit 1; done"])
+        fleet = [
+            Case(f"qmpctl status -s 'ssh://HOST/DIR/*.sock' ({count} VMs)",
+                 [str(QMPCTL), "status", "-s", sshd.url(f"{folder}/*.sock")], env=env, check=expect_fleet(count)),
+            Case("ssh HOST qmpctl status -s 'DIR/*.sock' (one remote call)",
+                 [*login, f"{remote_qmpctl} status -s '{folder}/*.sock'"], check=expect_fleet(count)),
+            Case(f"shell loop: {count} x ssh HOST qmpctl status", ["sh", "-c", loop], check=expect_fleet(count)),
+        ]
+        before = sshd.accepted()
+        samples = alternate(fleet, max(3, ctx.args.runs // 3), ctx.scratch)
+        ctx.results["ssh-fleet"] = samples
+        print_table(f"6. {count} VMs behind one SSH host", samples, fleet[2].name)
+        runs = len(samples[fleet[0].name].seconds) + 1
+        print(f"(SSH logins for those runs: {sshd.accepted() - before}; qmpctl's ssh:// runs made {runs} of them, "
+              f"the loop {runs * count})")
+    finally:
+        sshd.stop()
+
+
 def bench_agent(ctx: Context) -> None:
     """agent exec -- true next to agent ping, against a real qemu-ga on the host.
 
@@ -622,8 +672,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fleet", type=int, default=FLEET_TARGET_VMS,
                         help=f"VMs in the fleet comparison (default {FLEET_TARGET_VMS})")
     parser.add_argument("--quick", action="store_true", help="7 rounds and 20 fleet VMs: a smoke run")
-    parser.add_argument("--only", default="single,startup,fleet,agent,backup",
-                        help="comma-separated subset of: single, startup, fleet, agent, backup")
+    parser.add_argument("--only", default="single,startup,fleet,agent,backup,ssh",
+                        help="comma-separated subset of: single, startup, fleet, agent, backup, ssh")
     parser.add_argument("--source", action="store_true",
                         help="run qmpctl from the source tree (PYTHONPATH) instead of the installed copy")
     parser.add_argument("--typer-versions", action="store_true",
@@ -664,8 +714,7 @@ class Bench:
                 return 0
             wanted = set(self.args.only.split(","))
             for name, step in (("single", bench_single), ("startup", bench_startup), ("fleet", bench_fleet),
-                               ("agent", bench_agent),
-                               ("backup", bench_backup)):
+                               ("agent", bench_agent), ("backup", bench_backup), ("ssh", bench_ssh)):
                 if name in wanted:
                     step(ctx)
             print(f"\n{sum(ctx.verdicts)} of {len(ctx.verdicts)} targets met")
