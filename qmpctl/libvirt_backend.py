@@ -25,7 +25,8 @@ from typing import Any, Callable, NamedTuple, TypeVar
 
 from qmpctl.agent import SILENT_HINT, disabled_command_error
 from qmpctl.deadline import Deadline
-from qmpctl.errors import ConnectError, DeadlineExceeded, ProtocolError, QmpctlError, UsageError, VmError
+from qmpctl.errors import (ConnectError, ConnectionClosed, DeadlineExceeded, ProtocolError, QmpctlError,
+                           UsageError, VmError)
 from qmpctl.qmp import checked_reply
 from qmpctl.request import Request
 from qmpctl.targets import AGENT, MONITOR
@@ -352,9 +353,9 @@ class DomainMonitorSession(DomainSession):
     was registered cannot receive events.
     """
 
-    _events: "queue.Queue[dict[str, Any]] | None" = None
+    _events: "queue.Queue[dict[str, Any] | None] | None" = None
     _event_connection: Any = None
-    _callback_id: int | None = None
+    _callback_ids: tuple[tuple[str, int], ...] = ()
 
     def listen_events(self, deadline: Deadline) -> None:
         """Start receiving the domain's QEMU monitor events (every event; QEMU's timestamps kept)."""
@@ -362,7 +363,7 @@ class DomainMonitorSession(DomainSession):
             return
         libvirt, libvirt_qemu = self.libvirt, self.libvirt_qemu
         start_event_loop(libvirt)
-        events: queue.Queue[dict[str, Any]] = queue.Queue()
+        events: queue.Queue[dict[str, Any] | None] = queue.Queue()
 
         def deliver(connection: Any, domain: Any, event: str, seconds: int, micros: int, details: str | None,
                     opaque: Any) -> None:
@@ -372,39 +373,55 @@ class DomainMonitorSession(DomainSession):
                 data = {"details": details}
             events.put({"event": event, "data": data, "timestamp": {"seconds": seconds, "microseconds": micros}})
 
-        def subscribe() -> tuple[Any, int]:
+        def lifecycle(connection: Any, domain: Any, event: int, detail: int, opaque: Any) -> None:
+            if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+                events.put(None)  # QEMU is gone: what a closed monitor socket says for a socket session
+
+        def subscribe() -> tuple[Any, tuple[tuple[str, int], ...]]:
             connection = libvirt.open(self.domain_target.connect_uri)
             try:
                 domain = _lookup(libvirt, connection, self.domain.UUIDString())
-                return connection, libvirt_qemu.qemuMonitorEventRegister(connection, domain, None, deliver, None, 0)
+                monitor = libvirt_qemu.qemuMonitorEventRegister(connection, domain, None, deliver, None, 0)
+                stopped = connection.domainEventRegisterAny(domain, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                                            lifecycle, None)
+                return connection, (("monitor", monitor), ("lifecycle", stopped))
             except BaseException:
                 connection.close()
                 raise
 
         try:
-            self._event_connection, self._callback_id = _bounded(
+            self._event_connection, self._callback_ids = _bounded(
                 deadline, f"libvirt to send the events of {self.target}", LIBVIRTD_HINT, subscribe)
         except Exception as exc:
             raise translate(libvirt, exc, self.what) from None
         self._events = events
 
     def next_event(self, deadline: Deadline, waiting_for: str) -> dict[str, Any]:
-        """The next monitor event libvirt passed on, within ``deadline``."""
+        """The next monitor event libvirt passed on, within ``deadline``.
+
+        :raise ConnectionClosed: the domain stopped (as a socket's monitor closes when QEMU exits).
+        """
         if self._events is None:
             self.listen_events(deadline)
         assert self._events is not None
         while True:
             left = deadline.remaining(waiting_for)
             try:
-                return self._events.get(timeout=min(left, EVENT_POLL_SECONDS))
+                event = self._events.get(timeout=min(left, EVENT_POLL_SECONDS))
             except queue.Empty:
                 continue
+            if event is None:
+                raise ConnectionClosed(f"{self.what} stopped while waiting for {waiting_for}")
+            return event
 
     def close(self) -> None:
         if self._event_connection is not None:
             try:
-                if self._callback_id is not None:
-                    self.libvirt_qemu.qemuMonitorEventDeregister(self._event_connection, self._callback_id)
+                for kind, callback_id in self._callback_ids:
+                    if kind == "monitor":
+                        self.libvirt_qemu.qemuMonitorEventDeregister(self._event_connection, callback_id)
+                    else:
+                        self._event_connection.domainEventDeregisterAny(callback_id)
                 self._event_connection.close()
             except self.libvirt.libvirtError:
                 pass

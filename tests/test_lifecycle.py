@@ -253,11 +253,21 @@ def test_cli_events_of_a_domain_end_at_the_stop_of_virsh_suspend(cli, libvirtd):
         assert limited.code == 0 and json.loads(limited.out)["limits"]["bps_rd"] == 1024 * 1024, limited
         ignored = cli("powerdown", "-d", domain.name, "--wait-timeout", "1")  # no OS behind the button
         assert ignored.code == 4 and "did not shut down within 1 s" in ignored.err, ignored
+        stream = cli.popen("events", "-d", domain.name)  # no --wait: it runs until the domain stops
+
+        def toggle() -> None:
+            virsh("suspend", domain.name)
+            virsh("resume", domain.name)
+
+        assert json.loads(first_line(stream, seconds=40, meanwhile=toggle))["event"] in ("STOP", "RESUME")
         # libvirt starts QEMU for <on_reboot>destroy</on_reboot> so that a reset ends it; the output says so.
         reset = cli("reset", "-d", domain.name, "--return-value")
         assert reset.code == 0, reset
         result = json.loads(reset.out)
         assert result["event"]["event"] == "SHUTDOWN" and result["note"] == lifecycle.NO_REBOOT_NOTE
+        out, err = stream.communicate(timeout=20)  # the domain stopped: the stream ends, as for a socket
+        assert stream.returncode == 0, err
+        assert json.loads(out.splitlines()[-1])["event"] == "SHUTDOWN"
     finally:
         domain.remove()
 
