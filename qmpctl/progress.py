@@ -1,4 +1,4 @@
-"""A running job's progress as people and CI logs read it: a bar with rate and ETA, or JSON lines.
+"""A running job's (or migration's) progress as people and CI logs read it: a bar with rate and ETA, or JSON lines.
 
 Pure formatting: the CLI decides where the text goes (stderr) and how often.
 """
@@ -9,9 +9,12 @@ import json
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from qmpctl.jobs import JobState
+
+if TYPE_CHECKING:
+    from qmpctl.migration import MigrationReading
 
 RATE_WINDOW = 5.0
 """The rate is measured over the last few seconds, so it follows a --speed change or a slow patch."""
@@ -86,4 +89,22 @@ def bar_text(reading: Reading, width: int = 24) -> str:
 
 
 def json_text(reading: Reading) -> str:
+    return json.dumps(reading.to_json(), separators=(",", ":"))
+
+
+def migration_reading(reading: "MigrationReading") -> Reading:
+    """A migration's progress in the job's terms: done is the RAM sent in this pass, the rate QEMU's own."""
+    eta = reading.remaining / reading.rate if reading.rate else None
+    if reading.ended:
+        eta = 0.0
+    return Reading("migration", reading.status, reading.done, reading.total, reading.elapsed, reading.rate, eta)
+
+
+def migration_bar_text(reading: "MigrationReading") -> str:
+    """The job bar, then what only a migration has: ``pass 2  dirty 1.2 MiB/s``."""
+    return (f"{bar_text(migration_reading(reading))}  pass {reading.passes}  "
+            f"dirty {human_bytes(reading.dirty_rate)}/s  {reading.status}")
+
+
+def migration_json_text(reading: "MigrationReading") -> str:
     return json.dumps(reading.to_json(), separators=(",", ":"))

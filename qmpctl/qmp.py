@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from qmpctl.address import Address
 from qmpctl.deadline import Deadline
@@ -123,10 +123,10 @@ class QmpSession:
         self._counter += 1
         return f"{self._prefix}{self._counter}"
 
-    def _exchange(self, request: Request, deadline: Deadline) -> dict[str, Any]:
+    def _exchange(self, request: Request, deadline: Deadline, fds: Sequence[int] = ()) -> dict[str, Any]:
         request_id = self._next_id()
         waiting_for = f"the reply to {request.execute} from {self.target}"
-        self.connection.send(request.wire(request_id), deadline, request.execute)
+        self.connection.send(request.wire(request_id), deadline, request.execute, fds)
         while True:
             message = self._read_message(deadline, waiting_for)
             if "event" in message:
@@ -144,9 +144,12 @@ class QmpSession:
             message.pop("id")
             return checked_reply(message, request, self.target)
 
-    def execute(self, request: Request, deadline: Deadline) -> dict[str, Any]:
-        """Send ``request``; return the reply object without qmpctl's id. Errors raise :class:`VmError`."""
-        return self._exchange(request, deadline)
+    def execute(self, request: Request, deadline: Deadline, fds: Sequence[int] = ()) -> dict[str, Any]:
+        """Send ``request``; return the reply object without qmpctl's id. Errors raise :class:`VmError`.
+
+        ``fds`` are passed along with it (``getfd``, ``add-fd``), on a unix socket only.
+        """
+        return self._exchange(request, deadline, fds)
 
     def wait_event(self, match: Callable[[dict[str, Any]], bool], deadline: Deadline, waiting_for: str) -> dict[str, Any]:
         """Return (and consume) the first event, already seen or still to come, that ``match`` accepts."""

@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from qmpctl.address import Address, SshHost
 from qmpctl.deadline import Deadline
@@ -358,9 +358,9 @@ class SshConnection(Connection):
                                 "the VM there may still be running, and anything it was doing with it",
                                 sent=error.sent, received=error.received)
 
-    def send(self, data: bytes, deadline: Deadline, what: str) -> None:
+    def send(self, data: bytes, deadline: Deadline, what: str, fds: Sequence[int] = ()) -> None:
         try:
-            super().send(data, deadline, what)
+            super().send(data, deadline, what, fds)  # fds are refused: they cannot cross the SSH forward
         except ConnectionClosed as exc:
             raise self._explain(exc, deadline) from None
 

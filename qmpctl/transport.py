@@ -11,10 +11,11 @@ import os
 import socket
 import stat
 import time
+from typing import Sequence
 
 from qmpctl.address import Address
 from qmpctl.deadline import Deadline
-from qmpctl.errors import ConnectError, ConnectionClosed, ProtocolError
+from qmpctl.errors import ConnectError, ConnectionClosed, ProtocolError, UsageError
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """A reply bigger than this is a protocol error, not a reason to exhaust memory."""
@@ -123,11 +124,25 @@ class Connection:
         except OSError:
             pass
 
-    def send(self, data: bytes, deadline: Deadline, what: str) -> None:
-        """Send all of ``data``; a peer that stops reading runs into the deadline."""
+    @property
+    def passes_fds(self) -> bool:
+        """Whether file descriptors can go along with a message: only a unix socket on this machine carries them."""
+        return self.address.is_unix
+
+    def send(self, data: bytes, deadline: Deadline, what: str, fds: Sequence[int] = ()) -> None:
+        """Send all of ``data``; a peer that stops reading runs into the deadline.
+
+        ``fds`` travel as SCM_RIGHTS with the first bytes (QEMU's ``getfd``
+        takes them from the message that carries the command); the caller
+        keeps its own copies and closes them.
+        """
+        if fds and not self.passes_fds:
+            raise UsageError(f"cannot pass a file descriptor to {self.address}: only a unix socket on this machine "
+                             "carries them")
         try:
             self.sock.settimeout(deadline.remaining(f"{self.address} to accept {what}"))
-            self.sock.sendall(data)
+            sent = socket.send_fds(self.sock, [data], list(fds)) if fds else 0
+            self.sock.sendall(data[sent:])
         except socket.timeout:
             raise deadline.exceeded(f"{self.address} to accept {what}") from None
         except OSError as exc:

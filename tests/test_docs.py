@@ -51,6 +51,8 @@ PLACEHOLDERS = {
     "/var/lib/images": "an empty folder, new for each block",
     "web1": "a running libvirt test domain (no OS; its disk is virtio-disk0)",
     "/tmp/lab": "an empty folder for the lab guest (blocks that boot it run in the checkout, marker lab)",
+    "/run/vm1.sock": "a running QEMU to migrate, new for each block that names it",
+    "/run/vm1-new.sock": "its twin: the same hardware, waiting with -incoming defer (new for each block)",
     "root@hv1": "a test sshd on loopback (root on this machine); an ssh first on PATH carries its keys",
     "root@hv2": "the same sshd under another name (localhost), so it counts as a second host",
 }
@@ -173,6 +175,22 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             vm.kill()
 
 
+MIGRATION_PAIR = re.compile(r"/run/vm1(-new)?\.sock")
+
+
+def migration_pair(root: Path) -> tuple[QemuVM, QemuVM]:
+    """A running QEMU and its destination twin (same hardware, ``-incoming defer``) for the migration examples."""
+    source = QemuVM(root / "vm1", paused=False)
+    destination = QemuVM(root / "vm1-new", paused=False, extra_args=["-incoming", "defer"])
+    source.start()
+    try:
+        destination.start()
+    except BaseException:
+        source.kill()
+        raise
+    return source, destination
+
+
 def readme_qemu_commandline() -> tuple[str, ...]:
     """The QEMU arguments of README's <qemu:commandline> example, so that example is what the domain runs."""
     xml = next(block.text for block in README.blocks if block.info == "xml" and "<qemu:commandline>" in block.text)
@@ -266,6 +284,11 @@ def test_readme_example(block, world: World, request: pytest.FixtureRequest, tmp
     if re.search(r"\broot@hv[12]\b", block.text):
         request.getfixturevalue("ssh_world")
     values = world.mapping(f"L{block.line}", for_libvirt)
+    if MIGRATION_PAIR.search(block.text):
+        source, destination = migration_pair(tmp_path / "migration")
+        request.addfinalizer(source.kill)
+        request.addfinalizer(destination.kill)
+        values["/run/vm1.sock"], values["/run/vm1-new.sock"] = str(source.qmp_path), str(destination.qmp_path)
     if boots_lab_guest(block):
         values["/tmp/lab"] = str(tmp_path / "lab")
         lab = lab_guest_module()

@@ -14,6 +14,7 @@ from typing import Iterator
 import pytest
 
 from support.lab import lab_guest_module
+from support.polling import eventually
 from support.runner import CliRunner
 
 pytestmark = pytest.mark.lab
@@ -68,22 +69,13 @@ def _guest_disks(run: CliRunner, guest) -> set[str]:
     return {name for name in listing.out.split() if name.startswith("vd")}
 
 
-def _wait_until(predicate, seconds: float = 15) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
-
-
 def test_hotplug_then_unplug_a_disk_the_guest_really_sees(run, guest, tmp_path):
     image = tmp_path / "extra.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
     before = _guest_disks(run, guest)
     plugged = run("hotplug-disk", "-s", str(guest.qmp_path), str(image), "--id", "extra0")
     assert plugged.code == 0, plugged
-    assert _wait_until(lambda: len(_guest_disks(run, guest)) == len(before) + 1), "the guest never saw the disk"
+    assert eventually(lambda: len(_guest_disks(run, guest)) == len(before) + 1), "the guest never saw the disk"
     unplugged = run("unplug-disk", "-s", str(guest.qmp_path), "extra0", "--wait-timeout", "20")
     assert unplugged.code == 0, unplugged
     assert _guest_disks(run, guest) == before
@@ -118,7 +110,7 @@ def test_resync_while_the_guest_is_still_booting_and_shutdown(run, tmp_path_fact
         assert again.code == 0, again
         shutdown = run("agent", "command", "-a", str(booting.agent_path), "guest-shutdown")
         assert shutdown.code == 0 and shutdown.out == "", shutdown
-        assert _wait_until(lambda: not booting.is_running(), 20), "the guest did not power off"
+        assert eventually(lambda: not booting.is_running(), 20), "the guest did not power off"
     finally:
         booting.stop()
 

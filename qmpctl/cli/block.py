@@ -6,16 +6,11 @@ inside the commands so that other commands do not pay for them.
 
 from __future__ import annotations
 
-import sys
-import time
 from typing import Any, Optional
 
 from qmpctl.cli.common import Common, execute_one, printed_plan, run
 from qmpctl.errors import ExitCode, UsageError
 from qmpctl.request import Request
-
-BAR_EVERY = 0.25
-JSON_EVERY = 1.0
 
 
 def block(common: Common, *, nodes: bool) -> int:
@@ -118,48 +113,6 @@ def unplug_disk(common: Common, *, device_id: str, wait_timeout: float) -> int:
                                                                           wait_timeout), [request])
 
 
-class _ProgressPrinter:
-    """Renders job progress on stderr: a redrawn bar, or one JSON line per change (at most one a second)."""
-
-    def __init__(self, mode: str) -> None:
-        from qmpctl.progress import Meter
-
-        self.mode = mode
-        self.meter = Meter()
-        self.shown_at = float("-inf")
-        self.shown_done: Optional[int] = None
-        self.drawn = False
-
-    def __call__(self, state: Any) -> None:
-        from qmpctl.progress import bar_text, json_text
-
-        reading = self.meter.read(state)
-        now = time.monotonic()
-        if self.mode == "bar":
-            if not (state.concluded or now - self.shown_at >= BAR_EVERY):
-                return
-            self._write("\r" + bar_text(reading) + "\x1b[K" + ("\n" if state.concluded else ""))
-            self.drawn = not state.concluded  # a finished bar ends its line before the result is printed
-        else:
-            if not (state.concluded or (state.done != self.shown_done and now - self.shown_at >= JSON_EVERY)):
-                return
-            self._write(json_text(reading) + "\n")
-        self.shown_at, self.shown_done = now, state.done
-
-    def close(self) -> None:
-        """End a bar that did not finish (an error message follows it)."""
-        if self.drawn:
-            self._write("\n")
-
-    @staticmethod
-    def _write(text: str) -> None:
-        try:
-            sys.stderr.write(text)
-            sys.stderr.flush()
-        except OSError:
-            pass  # a closed stderr must not cost the backup
-
-
 def backup(common: Common, *, device: str, target: str, sync: str, image_format: str, speed: Optional[str],
            force: bool, wait: bool, wait_timeout: Optional[float], progress: str, job_id: Optional[str]) -> int:
     """Back a disk up to a new image file, and wait until the copy is complete.
@@ -181,12 +134,19 @@ def backup(common: Common, *, device: str, target: str, sync: str, image_format:
         backup_lib.check_target(target, is_local=False, force=True)  # here: only that the path is absolute
     else:
         backup_lib.check_target(target, is_local=is_local, force=force)  # before connecting to anything
-    mode = progress
-    if mode == "auto":
-        mode = "bar" if sys.stderr.isatty() else "none"
     if printed_plan(common, options.requests(is_local), options.plan_note()):
         return ExitCode.OK
-    printer = _ProgressPrinter(mode) if wait and mode != "none" else None
+    from qmpctl.cli.progress import CHECK_EVERY, printer_for
+    from qmpctl.progress import Meter, bar_text, json_text
+
+    printer = printer_for(progress, bar=bar_text, json=json_text,
+                          finished=lambda reading: reading.status == "concluded",
+                          changed=lambda reading: reading.done) if wait else None
+    meter = Meter()
+
+    def show(state: Any) -> None:
+        if printer is not None:
+            printer(meter.read(state))
 
     def action(session: Any, deadline: Any, vm: Any) -> dict[str, Any]:
         files = None
@@ -194,8 +154,9 @@ def backup(common: Common, *, device: str, target: str, sync: str, image_format:
             from qmpctl.ssh import remote_files
 
             files = remote_files(vm)
-        return backup_lib.backup(session, deadline, options, target_is_local=vm.is_local, progress=printer,
-                                 progress_every=BAR_EVERY if mode == "bar" else JSON_EVERY, files=files)
+        return backup_lib.backup(session, deadline, options, target_is_local=vm.is_local,
+                                 progress=show if printer is not None else None,
+                                 progress_every=printer.every if printer is not None else CHECK_EVERY, files=files)
 
     try:
         return run(common, action, options.requests(is_local))

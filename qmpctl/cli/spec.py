@@ -371,6 +371,70 @@ COMMANDS: tuple[Command, ...] = (
                    show_default=False),
         ),
     ),
+    # --- migration -------------------------------------------------------------------------
+    Command(
+        ("migrate",), "qmpctl.cli.migrate:migrate",
+        "Move a running VM to another QEMU (live migration), or save its state to a file and restore it.",
+        "--to ADDR: DEST is the destination QEMU's monitor; it has the same hardware and was started with "
+        "-incoming defer (a destination that is not waiting is refused with exit 2 before the source is "
+        "touched). Both sides get the same capabilities, the destination listens (a private unix socket in a "
+        "fresh directory when both are on this machine, else --uri), the source sends, and qmpctl waits until "
+        "both agree: source postmigrate, destination running (paused when the source was). Exit 0 only then."
+        "\n\nOn a failure (6), --wait-timeout or --stall-timeout (4), Ctrl-C or SIGTERM (130) the migration is "
+        "cancelled, the source runs again if it was running, and a destination that never ran is told to "
+        "quit; the message names the source's final state."
+        "\n\n--to-file FILE pauses the VM and writes its whole state into a new FILE (like virsh save); "
+        "--from-file FILE loads it into a QEMU started with -incoming defer and continues it. The file is "
+        "handed to QEMU as a file descriptor over the unix socket (not possible over TCP). "
+        "--domain is refused: use virsh migrate, libvirt owns its domains' migration.",
+        example="qmpctl migrate -s /tmp/vm.sock --status --pretty",
+        options=(
+            Option("to", ("--to",), "text", None, "Destination QEMU's QMP address (started with -incoming defer).",
+                   metavar="ADDR", show_default=False, complete="socket"),
+            Option("uri", ("--uri",), "text", None,
+                   "Migration channel: tcp:HOST:PORT (port 0: the destination picks one) or unix:PATH "
+                   "[default: a private unix socket, when both QEMUs are on this machine].",
+                   metavar="URI", show_default=False),
+            Option("speed", ("--speed",), "text", None,
+                   "Bandwidth limit in bytes/s, e.g. 100M [default: no limit; QEMU's own is low].",
+                   metavar="BYTES_PER_SEC", show_default=False),
+            Option("downtime", ("--downtime",), "int", None,
+                   "Longest pause of the VM at the switch-over, in ms (downtime-limit) [default: QEMU's, 300].",
+                   metavar="MS", show_default=False),
+            Option("auto_converge", ("--auto-converge",), "flag", False,
+                   "Slow the guest's CPUs down when it dirties memory faster than it can be sent."),
+            Option("postcopy_after", ("--postcopy-after",), "float", None,
+                   "Switch to postcopy after this long without converging (both QEMUs must support it, "
+                   "else exit 2 before starting); from then on it cannot be cancelled.",
+                   metavar="SECONDS", show_default=False),
+            Option("stall_timeout", ("--stall-timeout",), "float", None,
+                   "Cancel (exit 4) when the remaining RAM has not shrunk for this long.", metavar="SECONDS",
+                   show_default=False),
+            Option("wait", ("--wait",), "switch", True,
+                   "Wait until both sides agree (default), or return once the source is sending and print "
+                   "the migration status.", off_flags=("--no-wait",)),
+            Option("wait_timeout", ("--wait-timeout",), "float", None,
+                   "Cancel and exit 4 when it takes longer [default: one day].", metavar="SECONDS",
+                   show_default=False),
+            Option("progress", ("--progress",), "choice", "auto", PROGRESS_HELP, choices=PROGRESS_CHOICES),
+            Option("status", ("--status",), "flag", False,
+                   "Instead, show the VM's run state and its migration (query-migrate)."),
+            Option("cancel", ("--cancel",), "flag", False,
+                   "Instead, cancel the VM's outgoing migration and wait until QEMU says it is over."),
+            Option("to_file", ("--to-file",), "text", None,
+                   "Save the VM's state into this new file (the VM is paused first).", metavar="FILE",
+                   show_default=False),
+            Option("then", ("--then",), "choice", "stay",
+                   "After --to-file: stay (leave the VM paused), cont (resume it) or quit (end its QEMU).",
+                   choices=("stay", "cont", "quit")),
+            Option("force", ("--force",), "flag", False,
+                   "With --to-file: replace an existing FILE, once the new state is complete."),
+            Option("from_file", ("--from-file",), "text", None,
+                   "Restore the state saved in FILE into this QEMU (started with -incoming defer).",
+                   metavar="FILE", show_default=False),
+            Option("paused", ("--paused",), "flag", False, "With --from-file: leave the restored VM paused."),
+        ),
+    ),
     # --- guest agent -----------------------------------------------------------------------
     Command(("agent", "ping"), "qmpctl.cli.agent:ping", "Check that the guest agent answers (guest-ping).",
             example="qmpctl agent ping -a /tmp/channel.sock", kind=AGENT),

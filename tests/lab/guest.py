@@ -282,6 +282,20 @@ class LabGuest:
             raise
         return self
 
+    def incoming_twin(self, workdir: Path | str, name: str = "dest") -> "LabGuest":
+        """A destination for migrating this guest: the same hardware and data disk, waiting (``-incoming defer``).
+
+        Its own sockets and logs live in ``workdir``; the data disk is shared,
+        as on shared storage (QEMU hands the image over with the migration).
+        Start it with start(), not ``with``: there is no agent to wait for
+        until the guest has arrived.
+        """
+        twin = LabGuest(workdir, name=name, memory_mb=self.memory_mb, data_disk_size=self.data_disk_size,
+                        extra_qemu_args=[*self.extra_qemu_args, "-incoming", "defer"],
+                        kernel=self.kernel, initrd=self.initrd)
+        twin.data_disk = self.data_disk
+        return twin
+
     def wait_agent(self, timeout: float = 60.0, attempt_timeout: float = 2.0) -> float:
         """Block until qemu-ga answers a guest-sync-delimited; returns seconds this call waited."""
         started = time.monotonic()

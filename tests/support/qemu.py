@@ -80,13 +80,16 @@ class RawQmp:
 class QemuVM:
     """``qemu-system-x86_64 -M pc -accel tcg -nodefaults -display none -S`` with a qcow2 disk.
 
+    ``paused=False`` leaves out ``-S``: a destination of a migration started
+    so runs the VM as soon as it has arrived, as a real one would.
+
     The disk is node ``disk0`` behind device ``vd0`` (virtio-blk). A second QMP
     monitor (``qmp2_path``) lets tests check state while qmpctl holds the first
     or while a test makes the first one busy.
     """
 
     def __init__(self, workdir: Path, tcp: bool = False, extra_args: list[str] | None = None,
-                 disk_size: str = "64M", qemu_args_disk: bool = True) -> None:
+                 disk_size: str = "64M", qemu_args_disk: bool = True, paused: bool = True) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.qmp_path = workdir / "qmp.sock"
@@ -96,6 +99,7 @@ class QemuVM:
         self.extra_args = extra_args or []
         self.disk_size = disk_size
         self.with_disk = qemu_args_disk
+        self.paused = paused
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -103,7 +107,8 @@ class QemuVM:
         return f"tcp:127.0.0.1:{self.tcp_port}"
 
     def command_line(self) -> list[str]:
-        args = ["qemu-system-x86_64", "-M", "pc", "-accel", "tcg", "-nodefaults", "-display", "none", "-S",
+        args = ["qemu-system-x86_64", "-M", "pc", "-accel", "tcg", "-nodefaults", "-display", "none",
+                *(["-S"] if self.paused else []),
                 "-m", "64", "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
                 "-qmp", f"unix:{self.qmp2_path},server=on,wait=off"]
         if self.tcp_port:

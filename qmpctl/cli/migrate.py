@@ -1,0 +1,221 @@
+"""The ``migrate`` command: live migration (--to), saved state (--to-file, --from-file), --status, --cancel.
+
+The work, and every cleanup, happens in :mod:`qmpctl.migration` and
+:mod:`qmpctl.savedstate`; this module checks the combination of options
+before anything is contacted, and shows progress.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from qmpctl.cli.common import Common, printed_plan, run
+from qmpctl.errors import ExitCode
+from qmpctl.cli.progress import CHECK_EVERY
+from qmpctl.errors import UsageError
+from qmpctl.request import Request
+
+
+LIVE_PLAN_NOTE = (
+    "a plan, not all the requests (--dry-run connects to nothing): the run first checks that the destination "
+    "waits (query-status: inmigrate) and the source can go, sends the same migrate-set-capabilities to both, "
+    "listens on a private unix socket in a new directory unless --uri says otherwise (tcp:HOST:0: the port the "
+    "destination picks), then polls query-migrate on both until they agree; on a failure, a timeout or a "
+    "signal it sends migrate_cancel, cont to a source that ran, and quit to a destination that never ran")
+SAVE_PLAN_NOTE = (
+    "a plan (--dry-run connects to nothing): the run first creates FILE, then checks the VM (query-status, "
+    "query-migrate), passes FILE's descriptor with getfd (SCM_RIGHTS), polls query-migrate until completed "
+    "and then applies --then; on a failure or a signal it sends migrate_cancel and cont, and removes FILE")
+RESTORE_PLAN_NOTE = (
+    "a plan (--dry-run connects to nothing): the run first checks that the QEMU waits (query-status: "
+    "inmigrate), passes FILE's descriptor with getfd (SCM_RIGHTS), waits for completed (query-migrate), and "
+    "sends cont only when the restored VM is not already running")
+CANCEL_PLAN_NOTE = ("a plan (--dry-run connects to nothing): the run sends migrate_cancel only when a migration "
+                    "is under way (query-migrate), then waits until QEMU reports it cancelled")
+
+
+def _progress_printer(mode: str) -> Any:
+    """A printer of migration readings on stderr (bar or JSON lines), or None for ``none``."""
+    from qmpctl.cli.progress import printer_for
+    from qmpctl.progress import migration_bar_text, migration_json_text
+
+    return printer_for(mode, bar=migration_bar_text, json=migration_json_text,
+                       finished=lambda reading: reading.ended, changed=lambda reading: reading.transferred)
+
+
+def _one_mode(to: Optional[str], to_file: Optional[str], from_file: Optional[str], status: bool,
+              cancel: bool) -> str:
+    chosen = [name for name, given in (("--to", to), ("--to-file", to_file), ("--from-file", from_file),
+                                       ("--status", status), ("--cancel", cancel)) if given]
+    if len(chosen) != 1:
+        what = "none of them" if not chosen else " and ".join(chosen)
+        raise UsageError(f"give one of --to ADDR, --to-file FILE, --from-file FILE, --status or --cancel, not {what}")
+    return chosen[0]
+
+
+def _refuse_options(mode: str, given: dict[str, bool]) -> None:
+    for flag, used in given.items():
+        if used:
+            raise UsageError(f"{flag} does not go with {mode}")
+
+
+def _one_socket_target(common: Common, what: str) -> None:
+    """Exactly one VM, reached through its own monitor socket: never through libvirt (--domain)."""
+    if common.domains:
+        raise UsageError("migrate does not take --domain: libvirt owns the migration of its domains and would "
+                         "lose track of one moved behind its back; use virsh migrate DOMAIN DEST_URI "
+                         "(or virsh save / virsh restore for state files)")
+    if common.dry_run:
+        return
+    targets = common.targets()
+    if len(targets) != 1:
+        raise UsageError(f"{what} works on exactly one VM, not {len(targets)}")
+
+
+def migrate(common: Common, *, to: Optional[str], uri: Optional[str], speed: Optional[str],
+            downtime: Optional[int], auto_converge: bool, postcopy_after: Optional[float],
+            stall_timeout: Optional[float], wait: bool, wait_timeout: Optional[float], progress: str,
+            status: bool, cancel: bool, to_file: Optional[str], from_file: Optional[str], then: str,
+            force: bool, paused: bool) -> int:
+    """Dispatch to the mode the options name; each refuses options that belong to another."""
+    mode = _one_mode(to, to_file, from_file, status, cancel)
+    _one_socket_target(common, "migrate")
+    live_only = {"--uri": uri is not None, "--downtime": downtime is not None, "--auto-converge": auto_converge,
+                 "--postcopy-after": postcopy_after is not None, "--stall-timeout": stall_timeout is not None,
+                 "--no-wait": not wait}
+    save_only = {"--then": then != "stay", "--force": force}
+    if mode == "--to":
+        _refuse_options(mode, {**save_only, "--paused": paused})
+        return _live(common, to or "", uri, speed, downtime, auto_converge, postcopy_after, stall_timeout, wait,
+                     wait_timeout, progress)
+    if mode == "--to-file":
+        _refuse_options(mode, {**live_only, "--paused": paused})
+        return _save(common, to_file or "", then, force, speed, wait_timeout, progress)
+    if mode == "--from-file":
+        _refuse_options(mode, {**live_only, **save_only, "--speed": speed is not None})
+        return _restore(common, from_file or "", paused, wait_timeout)
+    _refuse_options(mode, {**live_only, **save_only, "--paused": paused, "--speed": speed is not None,
+                           "--wait-timeout": wait_timeout is not None})
+    return _status_or_cancel(common, cancel)
+
+
+def _wait_timeout(value: Optional[float]) -> float:
+    from qmpctl.migration import DEFAULT_WAIT_TIMEOUT
+
+    if value is None:
+        return DEFAULT_WAIT_TIMEOUT
+    if not 0 < value < float("inf"):
+        raise UsageError(f"--wait-timeout must be more than 0 seconds, got {value:g}")
+    return value
+
+
+def _run_with_progress(common: Common, action: Any, requests: list[Request], printer: Any) -> int:
+    try:
+        return run(common, action, requests)
+    finally:
+        if printer is not None:
+            printer.close()
+
+
+def _live(common: Common, to: str, uri: Optional[str], speed: Optional[str], downtime: Optional[int],
+          auto_converge: bool, postcopy_after: Optional[float], stall_timeout: Optional[float], wait: bool,
+          wait_timeout: Optional[float], progress: str) -> int:
+    from qmpctl import migration
+    from qmpctl.address import parse_address
+    from qmpctl.backup import parse_speed
+
+    options = migration.MigrateOptions(uri, parse_speed(speed) if speed else None, downtime, auto_converge,
+                                       postcopy_after, stall_timeout, wait, _wait_timeout(wait_timeout))
+    destination_address = parse_address(to)
+    if not common.dry_run:
+        (source_target,) = common.targets()
+        if str(getattr(source_target, "address", "")) == str(destination_address):
+            raise UsageError("--to names the source itself: give the destination QEMU's monitor")
+        if uri is None and not (source_target.is_local and _is_local(destination_address)):
+            raise UsageError("the destination is on another host: give --uri tcp:HOST:PORT, an address the "
+                             "destination QEMU can listen on and the source can reach")
+    if printed_plan(common, options.setup_requests(uri or "unix:PRIVATE_DIR/channel.sock"), LIVE_PLAN_NOTE):
+        return ExitCode.OK
+    printer = _progress_printer(progress) if wait else None
+    every = printer.every if printer is not None else CHECK_EVERY
+
+    def action(source: Any, deadline: Any, target: Any) -> dict[str, Any]:
+        from qmpctl.qmp import QmpSession
+
+        with QmpSession.connect(destination_address, deadline) as destination:
+            return migration.migrate(source, destination, deadline, options, progress=printer,
+                                     progress_every=every)
+
+    return _run_with_progress(common, action, options.setup_requests(uri or "unix:PRIVATE_DIR/channel.sock"),
+                              printer)
+
+
+def _is_local(address: Any) -> bool:
+    from qmpctl.targets import SocketTarget
+
+    return SocketTarget(address).is_local
+
+
+def _save(common: Common, path: str, then: str, force: bool, speed: Optional[str], wait_timeout: Optional[float],
+          progress: str) -> int:
+    from qmpctl import savedstate
+    from qmpctl.backup import parse_speed
+
+    rate = parse_speed(speed) if speed else None
+    timeout = _wait_timeout(wait_timeout)
+    _require_unix_socket(common, "--to-file")
+    savedstate.check_save_path(path, force)  # before connecting to anything
+    if printed_plan(common, savedstate.save_requests(), SAVE_PLAN_NOTE):
+        return ExitCode.OK
+    printer = _progress_printer(progress)
+    every = printer.every if printer is not None else CHECK_EVERY
+
+    def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
+        return savedstate.save(session, deadline, path, force=force, then=then, speed=rate, wait_timeout=timeout,
+                               progress=printer, progress_every=every)
+
+    return _run_with_progress(common, action, savedstate.save_requests(), printer)
+
+
+def _restore(common: Common, path: str, paused: bool, wait_timeout: Optional[float]) -> int:
+    from qmpctl import savedstate
+
+    timeout = _wait_timeout(wait_timeout)
+    _require_unix_socket(common, "--from-file")
+    if not os.access(path, os.R_OK) or os.path.isdir(path):
+        raise UsageError(f"cannot read {path}: " + ("it is a directory" if os.path.isdir(path) else
+                                                    "no such file, or no permission"))
+
+    def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
+        return savedstate.restore(session, deadline, path, paused=paused, wait_timeout=timeout)
+
+    requests = savedstate.restore_requests()
+    if printed_plan(common, requests[:-1] if paused else requests, RESTORE_PLAN_NOTE):
+        return ExitCode.OK
+    return run(common, action, requests)
+
+
+def _require_unix_socket(common: Common, flag: str) -> None:
+    """Refused before connecting: a file descriptor cannot travel over TCP or SSH."""
+    if common.dry_run:
+        return
+    (target,) = common.targets()
+    address = getattr(target, "address", None)
+    if address is not None and not address.is_unix:
+        from qmpctl.savedstate import fd_passing_refused
+
+        raise fd_passing_refused(flag, str(address))
+
+
+def _status_or_cancel(common: Common, cancel: bool) -> int:
+    from qmpctl import migration
+
+    def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
+        return migration.cancel(session, deadline) if cancel else migration.status(session, deadline)
+
+    if cancel:
+        if printed_plan(common, [Request("migrate_cancel")], CANCEL_PLAN_NOTE):
+            return ExitCode.OK
+        return run(common, action, [])
+    return run(common, action, [Request("query-migrate"), Request("query-status")])
