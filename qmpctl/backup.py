@@ -164,20 +164,28 @@ class Source:
     backing_format: Optional[str]
 
 
-def resolve_source(session: Session, deadline: Deadline, name: str) -> Source:
-    """Find ``name`` among the VM's disks: a device id (``vd0``), a drive name, or a node name."""
+def find_disk(session: Session, deadline: Deadline, name: str) -> tuple[str, dict[str, Any]]:
+    """Find ``name`` among the VM's disks: a device id (``vd0``), a drive name, or a node name.
+
+    Returns what block commands get (the drive name where there is one, else
+    the node name) and the node's description (query-block's ``inserted``).
+    """
     for entry in block_devices(session, deadline):
         inserted = entry.get("inserted")
         if not isinstance(inserted, dict):
             continue
         drive, node = str(entry.get("device") or ""), str(inserted.get("node-name") or "")
         if name in (drive, node) or device_id_of(str(entry.get("qdev") or "")) == name:
-            return _source(drive or node, inserted)
+            return drive or node, inserted
     node_info = named_nodes(session, deadline).get(name)
     if node_info is not None:
-        return _source(name, node_info)
+        return name, node_info
     raise UsageError(f"the VM has no disk {name!r}: give a device id, drive name or node name "
                      "(qmpctl block and qmpctl block --nodes list them)")
+
+
+def resolve_source(session: Session, deadline: Deadline, name: str) -> Source:
+    return _source(*find_disk(session, deadline, name))
 
 
 def _members(value: Any) -> dict[str, Any]:

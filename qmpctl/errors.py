@@ -62,6 +62,12 @@ class DeadlineExceeded(QmpctlError):
     exit_code = ExitCode.TIMEOUT
 
 
+class Busy(QmpctlError):
+    """Someone else is doing the same thing right now (another backup of the same disk); nothing was changed."""
+
+    exit_code = ExitCode.TIMEOUT
+
+
 class ProtocolError(QmpctlError):
     """The peer broke the protocol: garbage, no greeting, closed before the reply."""
 
@@ -93,7 +99,8 @@ class JobFailed(QmpctlError):
 
 
 class VerificationFailed(QmpctlError):
-    """A copy arrived but its checksum differs from the source's: the data cannot be trusted."""
+    """Data cannot be trusted: a copy or a backup image differs from what was recorded, or a restored
+    guest did not come up."""
 
     exit_code = ExitCode.JOB_FAILED
 

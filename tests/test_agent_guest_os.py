@@ -13,11 +13,10 @@ import signal
 import subprocess
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-
 from support.lab import lab_guest_module
 from support.runner import CliRunner
 
@@ -89,7 +88,7 @@ def test_dash_is_stdin_and_stdout_binary_safe(run, guest):
     received = agent(run, guest, "cp", "guest:/tmp/from-stdin", "-")
     assert received.code == 0 and received.out_bytes == data, received
     into_grep = subprocess.run(f"{' '.join(run.argv())} agent cp -a {guest.agent_path} guest:/etc/os-release - "
-                               "| grep ^ID=", shell=True, capture_output=True, env=run.env(), timeout=60)
+                               "| grep ^ID=", shell=True, capture_output=True, env=run.env(), timeout=60, check=False)
     assert into_grep.stdout == b"ID=qmpctl-lab\n", into_grep
 
 
@@ -157,7 +156,7 @@ def test_set_password_changes_the_shadow_entry_and_shows_the_password_nowhere(ru
     process = subprocess.Popen([*run.argv("agent", "set-password", "-a", str(guest.agent_path), "lab")],
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=run.env())
     assert process.stdin is not None
-    visible = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    visible = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
     out, err = process.communicate(PASSWORD.encode() + b"\n", timeout=60)
     assert process.returncode == 0, err
@@ -237,27 +236,23 @@ def test_freeze_for_thaws_on_ctrl_c(run, guest):
     assert _status(run, guest) == "thawed"
 
 
-# ----------------------------------------------------------------------------- shutdown
+# ----------------------------------------------------------------------------- shutdown (last: ends the guest)
 
 
-@pytest.fixture
-def own_guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+def test_system_powerdown_presses_the_power_button_the_lab_guest_obeys(tmp_path_factory):
     lab = lab_guest_module()
-    with lab.LabGuest(tmp_path_factory.mktemp("off"), name="off") as booted:
-        yield booted
+    with lab.LabGuest(tmp_path_factory.mktemp("off"), name="off") as own_guest:
+        own_guest.qmp_command("system_powerdown")
+        wait_for(lambda: not own_guest.is_running(), 60, "the guest to power off on the ACPI button")
+        assert "lab: power button" in own_guest.console_log.read_text()
 
 
-def test_shutdown_with_qmp_returns_once_qemu_reports_it(run, own_guest):
-    dry = agent(run, own_guest, "shutdown", "--mode", "halt", "--dry-run")
+def test_shutdown_with_qmp_returns_once_qemu_reports_it(run, guest):
+    """The module's guest goes down here, so this test comes last."""
+    dry = agent(run, guest, "shutdown", "--mode", "halt", "--dry-run")
     assert json.loads(dry.out) == {"execute": "guest-shutdown", "arguments": {"mode": "halt"}}, dry
-    down = agent(run, own_guest, "shutdown", "-s", str(own_guest.qmp_path), "--wait-timeout", "60")
+    down = agent(run, guest, "shutdown", "-s", str(guest.qmp_path), "--wait-timeout", "60")
     assert down.code == 0, down
     seen = json.loads(down.out)["return"]
     assert seen["event"] == "SHUTDOWN" and seen["data"]["reason"] == "guest-shutdown", seen
-    wait_for(lambda: not own_guest.is_running(), what="QEMU to exit after the guest powered off")
-
-
-def test_system_powerdown_presses_the_power_button_the_lab_guest_obeys(own_guest):
-    own_guest.qmp_command("system_powerdown")
-    wait_for(lambda: not own_guest.is_running(), 60, "the guest to power off on the ACPI button")
-    assert "lab: power button" in own_guest.console_log.read_text()
+    wait_for(lambda: not guest.is_running(), what="QEMU to exit after the guest powered off")

@@ -65,6 +65,9 @@ BLOCK_TIMEOUT = 120
 
 def refuse_harmful(script: str) -> None:
     """The host's qemu-ga is root on this machine: only let examples run harmless programs through it."""
+    if re.search(r"--freeze\b", script):
+        raise AssertionError("an example freezes through the host's qemu-ga, which would freeze this machine: "
+                             "show it in a block that is not run, or run it on the lab guest")
     found = HARMFUL_AGENT_COMMANDS.search(script)
     if found:
         raise AssertionError(f"an example sends {found.group(0)!r} to the agent, which runs on this machine: "
@@ -403,9 +406,13 @@ def _prepare_help_example(name: str, world: World, tmp_path: Path) -> dict[str, 
         attached = run_shell(["qmpctl", "hotplug-disk", "-s", str(world.vm.qmp_path), str(tmp_path / "disk1.qcow2"),
                               "--bus", "scsi", "--id", "disk1"], world, tmp_path)
         assert attached.returncode == 0, attached.stderr
-    if name == "backup":
+    if name in ("backup", "backup-verify", "restore"):
         (tmp_path / "backup").mkdir()
         values["/backup/"] = f"{tmp_path}/backup/"
+    if name in ("backup-verify", "restore"):
+        chained = run_shell(["qmpctl", "backup", "-s", str(world.vm.qmp_path), "vd0", "--into",
+                             str(tmp_path / "backup" / "vm1")], world, tmp_path)
+        assert chained.returncode == 0, chained.stderr
     if name == "agent exec-status":
         started = run_shell(["qmpctl", "agent", "exec", "-a", str(world.agent.path), "--no-wait", "--return-value",
                              "--", "true"], world, tmp_path)

@@ -113,9 +113,11 @@ def unplug_disk(common: Common, *, device_id: str, wait_timeout: float) -> int:
                                                                           wait_timeout), [request])
 
 
-def backup(common: Common, *, device: str, target: str, sync: str, image_format: str, speed: Optional[str],
-           force: bool, wait: bool, wait_timeout: Optional[float], progress: str, job_id: Optional[str]) -> int:
-    """Back a disk up to a new image file, and wait until the copy is complete.
+def backup(common: Common, *, words: list[str], into: Optional[str], full: bool, keep_chains: Optional[int],
+           freeze: bool, freeze_try: bool, freeze_timeout: Optional[float], agent: Optional[str], sync: str,
+           image_format: str, speed: Optional[str], force: bool, wait: bool, wait_timeout: Optional[float],
+           progress: str, job_id: Optional[str]) -> int:
+    """Back a disk up to a new image file (DEVICE TARGET), or extend its backup chain (DEVICE... --into DIR).
 
     Exit 0 only when the job finished without error. Exit 2: TARGET exists
     (untouched; --force overwrites) or cannot be written. Exit 6: the job
@@ -123,6 +125,25 @@ def backup(common: Common, *, device: str, target: str, sync: str, image_format:
     SIGTERM): the job was cancelled first. An incomplete TARGET qmpctl created
     is removed. Uses drive-backup, or the blockdev flow where QEMU refuses it.
     """
+    if into is not None:
+        from qmpctl.cli.chain import backup_into
+
+        single = {"--sync": sync != "full", "--format": image_format != "qcow2", "--force": force,
+                  "--job-id": job_id is not None}
+        if any(single.values()):
+            raise UsageError(f"{', '.join(flag for flag, given in single.items() if given)}: not with --into "
+                             "(a chain's images are qcow2 files qmpctl names itself)")
+        return backup_into(common, devices=words, into=into, full=full, keep_chains=keep_chains, speed=speed,
+                           wait=wait, wait_timeout=wait_timeout, progress=progress,
+                           freeze="try" if freeze_try else "yes" if freeze else "no",
+                           freeze_timeout=freeze_timeout, agent=agent)
+    chained = {"--full": full, "--keep-chains": keep_chains is not None, "--freeze": freeze,
+               "--freeze-try": freeze_try, "--freeze-timeout": freeze_timeout is not None, "-a": agent is not None}
+    if any(chained.values()):
+        raise UsageError(f"{', '.join(flag for flag, given in chained.items() if given)}: only with --into DIR")
+    if len(words) != 2:
+        raise UsageError(f"give DEVICE TARGET (got {len(words)} word(s)), or DEVICE... --into DIR for a backup chain")
+    device, target = words
     from qmpctl import backup as backup_lib
 
     options = backup_lib.BackupOptions(

@@ -42,12 +42,14 @@ class _CopyProgress:
     """Feeds the backup's progress printer (bar or JSON lines on stderr) from byte counts."""
 
     def __init__(self, mode: str) -> None:
-        from qmpctl.cli.block import _ProgressPrinter
+        from qmpctl.cli.progress import ProgressPrinter
+        from qmpctl.progress import Meter, bar_text, json_text
 
-        self.printer = _ProgressPrinter(mode)
         self.auto = mode == "auto-bar"
-        if self.auto:
-            self.printer.mode = "bar"
+        self.meter = Meter()
+        self.printer: ProgressPrinter[Any] = ProgressPrinter(
+            "bar" if self.auto else mode, bar=bar_text, json=json_text,
+            finished=lambda reading: reading.status == "concluded", changed=lambda reading: reading.done)
 
     def __call__(self, done: int, total: int | None) -> None:
         from qmpctl.jobs import JobState
@@ -55,8 +57,8 @@ class _CopyProgress:
         if self.auto and max(done, total or 0) < PROGRESS_FROM_BYTES:
             return
         finished = total is not None and done >= total
-        self.printer(JobState("agent-cp", "agent-cp", "concluded" if finished else "running", done,
-                              total if total is not None else done))
+        self.printer(self.meter.read(JobState("agent-cp", "agent-cp", "concluded" if finished else "running", done,
+                                              total if total is not None else done)))
 
     def close(self) -> None:
         self.printer.close()

@@ -338,18 +338,46 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         ("backup",), "qmpctl.cli.block:backup",
-        "Back a disk up to a new image file, and wait until the copy is complete.",
-        "Exit 0 only when the job finished without error. Exit 2: TARGET exists (untouched; --force "
-        "overwrites) or cannot be written. Exit 6: the job failed (the reason follows). Exit 4 "
-        "(--wait-timeout) and 130 (Ctrl-C, SIGTERM): the job was cancelled first. An incomplete TARGET "
-        "qmpctl created is removed. Uses drive-backup, or the blockdev flow where QEMU refuses it.",
-        example="qmpctl backup -s /tmp/vm.sock vd0 /backup/vd0-$(date +%F).qcow2 --progress json",
+        "Back a disk up to a new image file, or extend its backup chain (--into), and wait until the copy is "
+        "complete.",
+        "DEVICE TARGET: one full copy. Exit 0 only when the job finished without error. Exit 2: TARGET exists "
+        "(untouched; --force overwrites) or cannot be written. Exit 6: the job failed (the reason follows). "
+        "Exit 4 (--wait-timeout) and 130 (Ctrl-C, SIGTERM): the job was cancelled first. An incomplete TARGET "
+        "qmpctl created is removed. Uses drive-backup, or the blockdev flow where QEMU refuses it.\n\n"
+        "DEVICE... --into DIR: the first run makes a full backup and starts a chain in DIR/<chain>/ with a dirty "
+        "bitmap on the disk; every later run adds an incremental image holding only what was written since. "
+        "When the bitmap cannot be trusted (QEMU killed, a raw disk restarted, removed by hand) the run starts "
+        "a new chain with a full backup and says why (\"reason\"). Several DEVICEs are backed up from one "
+        "instant, all or none. A failed, timed-out or interrupted run leaves the chain as it was and the bitmap "
+        "keeps every change. Exit 4 \"busy\": another qmpctl is backing up the same disk.",
+        example="qmpctl backup -s /tmp/vm.sock vd0 /backup/vd0-$(date +%F).qcow2 --progress json;  "
+                "qmpctl backup -s /tmp/vm.sock vd0 --into /backup/vm1 --keep-chains 4",
         arguments=(
-            Argument("device", "DEVICE", "The disk: its device id (vd0), drive name or node name."),
-            Argument("target", "TARGET", "The image file to create, a path on the VM's host (checked there "
-                     "over ssh://); it must not exist."),
+            Argument("words", "DEVICE...",
+                     "The disk: its device id (vd0), drive name or node name; then TARGET, the image file to "
+                     "create, a path on the VM's host (checked there over ssh://); it must not exist. With "
+                     "--into: one or more disks and no TARGET.", variadic=True),
         ),
         options=(
+            Option("into", ("--into",), "text", None,
+                   "Chain mode: extend each DEVICE's backup chain in DIR (created if only its last level is "
+                   "missing).", metavar="DIR", show_default=False),
+            Option("full", ("--full",), "flag", False, "With --into: start a new chain with a full backup."),
+            Option("keep_chains", ("--keep-chains",), "int", None,
+                   "With --into: after a successful backup, delete the oldest chains of the disk beyond N "
+                   "(never the current one).", metavar="N", show_default=False),
+            Option("freeze", ("--freeze",), "flag", False,
+                   "With --into: freeze the guest's filesystems through its agent (-a, or --domain) while the "
+                   "jobs start, and thaw them right after, on every path. No agent: exit 3, nothing started."),
+            Option("freeze_try", ("--freeze-try",), "flag", False,
+                   "Like --freeze, but back up unfrozen (and say so) when the agent cannot be reached or does "
+                   "not freeze."),
+            Option("freeze_timeout", ("--freeze-timeout",), "float", None,
+                   "How long the agent may take to freeze; then it is thawed [default: 10].", metavar="SECONDS",
+                   show_default=False),
+            Option("agent", ("-a", "--agent"), "text", None,
+                   "The guest agent's channel socket, for --freeze.", metavar="ADDR", show_default=False,
+                   complete="socket"),
             Option("sync", ("--sync",), "choice", "full",
                    "full: the whole disk; top: only what the top image holds (the target then names the "
                    "source's backing file).", choices=("full", "top")),
@@ -361,7 +389,8 @@ COMMANDS: tuple[Command, ...] = (
                    "Overwrite an existing TARGET; also needed when the VM runs on another host, where qmpctl "
                    "cannot check it."),
             Option("wait", ("--wait",), "switch", True,
-                   "Wait until the job has finished (default), or return once it started and print its job id.",
+                   "Wait until the job has finished (default), or return once it started and print its job id "
+                   "(refused with --into).",
                    off_flags=("--no-wait",)),
             Option("wait_timeout", ("--wait-timeout",), "float", None,
                    "Cancel the job and exit 4 when it takes longer [default: one day].", metavar="SECONDS",
@@ -369,6 +398,59 @@ COMMANDS: tuple[Command, ...] = (
             Option("progress", ("--progress",), "choice", "auto", PROGRESS_HELP, choices=PROGRESS_CHOICES),
             Option("job_id", ("--job-id",), "text", None, "Name the job [default: backup-DEVICE].", metavar="ID",
                    show_default=False),
+        ),
+    ),
+    # --- backup chains, offline ------------------------------------------------------------
+    Command(
+        ("backup-verify",), "qmpctl.cli.chain:backup_verify",
+        "Check every image of the backup chains in DIR, offline.",
+        "Each image must pass qemu-img check, be backed by the image before it in the manifest (chain.json), "
+        "and have the size and sha256 the manifest recorded. Exit 0 when all are sound; exit 6 naming the first "
+        "broken image. No VM is needed; the shared options other than --pretty do not apply.",
+        example="qmpctl backup-verify /backup/vm1 --json",
+        arguments=(Argument("path", "DIR", "A folder of chains (as given to backup --into), or one chain folder."),),
+        options=(
+            Option("json_lines", ("--json",), "flag", False, "Print one JSON line per image (ok, problem)."),
+            Option("wait_timeout", ("--wait-timeout",), "float", None,
+                   "Give up (exit 4) when reading the images takes longer [default: one day].", metavar="SECONDS",
+                   show_default=False),
+        ),
+    ),
+    Command(
+        ("restore",), "qmpctl.cli.chain:restore_chain",
+        "Write a standalone image of a disk as it was at one backup of a chain.",
+        "Verifies the chain's images up to that backup first (as backup-verify does), then writes TARGET with "
+        "qemu-img convert; TARGET is never overwritten (exit 2) unless --force. No VM is needed. --boot-check "
+        "then boots the restored image in a throwaway QEMU (-snapshot: nothing is written to it) with a guest "
+        "agent channel, waits for guest-ping, runs --check-command in the guest, and exits 6 with the console's "
+        "last lines when the guest did not come up or the check failed.",
+        example="qmpctl restore /backup/vm1 /backup/vd0-restored.qcow2 --point 1",
+        arguments=(
+            Argument("chain", "CHAIN", "A chain folder, or a folder of one disk's chains (then the latest chain)."),
+            Argument("target", "TARGET", "The image file to write; it must not exist."),
+        ),
+        options=(
+            Option("point", ("--point",), "int", None, "Backup N of the chain, 1 being the full [default: the "
+                   "latest].", metavar="N", show_default=False),
+            Option("at", ("--at",), "text", None, "The last backup started at or before TIME (ISO 8601; UTC "
+                   "unless it has a zone).", metavar="TIME", show_default=False),
+            Option("force", ("--force",), "flag", False, "Replace an existing TARGET."),
+            Option("image_format", ("--format",), "choice", "qcow2", "TARGET's format.", choices=("qcow2", "raw")),
+            Option("progress", ("--progress",), "choice", "auto", PROGRESS_HELP, choices=PROGRESS_CHOICES),
+            Option("wait_timeout", ("--wait-timeout",), "float", None,
+                   "Give up (exit 4) when verifying and writing take longer [default: one day].",
+                   metavar="SECONDS", show_default=False),
+            Option("boot_check", ("--boot-check",), "flag", False,
+                   "Boot the restored image and wait for its guest agent (a restore drill)."),
+            Option("qemu_args", ("--qemu-arg",), "list", None,
+                   "One more QEMU argument for --boot-check, repeatable: --qemu-arg=-m --qemu-arg=512, "
+                   "-kernel/-initrd for a guest that does not boot from its disk, -accel kvm.", metavar="ARG",
+                   show_default=False),
+            Option("boot_timeout", ("--boot-timeout",), "float", 120.0,
+                   "How long the restored guest may take to answer guest-ping.", metavar="SECONDS"),
+            Option("check_command", ("--check-command",), "text", None,
+                   "A shell command to run in the booted guest (sh -c) through its agent; it must exit 0.",
+                   metavar="CMD", show_default=False),
         ),
     ),
     # --- migration -------------------------------------------------------------------------
@@ -518,7 +600,7 @@ COMMANDS: tuple[Command, ...] = (
         "unless the file itself goes to stdout. --timeout bounds each exchange with the agent; "
         "--wait-timeout the whole copy. The guest's own errors (no such file, permission denied, "
         "read-only filesystem, a directory) exit 1.",
-        example="qmpctl agent cp -a /tmp/channel.sock guest:/etc/os-release -",
+        example="qmpctl agent cp -a /tmp/channel.sock --dry-run guest:/etc/os-release -",
         kind=AGENT,
         arguments=(
             Argument("source", "SRC", "guest:/PATH, a local PATH, or - (stdin)."),
@@ -566,7 +648,7 @@ COMMANDS: tuple[Command, ...] = (
         "on errors and Ctrl-C, with --thaw-timeout of its own; it prints how many were frozen and thawed "
         "and for how long, for scripts that snapshot storage outside QEMU. While frozen the agent refuses "
         "agent exec and agent cp; qmpctl says why (exit 1, 125 for exec).",
-        example="qmpctl agent fsfreeze -a /tmp/channel.sock status",
+        example="qmpctl agent fsfreeze -a /tmp/channel.sock --dry-run freeze --mountpoint /srv --for 5",
         kind=AGENT,
         arguments=(Argument("action", "ACTION", "status, freeze or thaw."),),
         options=(

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""How fast qmpctl is next to virsh: start-up, fleet mode, agent exec, backup completion.
+"""How fast qmpctl is next to virsh: start-up, fleet mode, agent exec, backup completion, agent cp.
 
 Not part of the test suite (pytest does not collect this file). Run it from the
 repository with the project's venv:
@@ -7,6 +7,7 @@ repository with the project's venv:
     .venv/bin/python tests/bench/bench.py            # everything, about 1-2 minutes
     .venv/bin/python tests/bench/bench.py --quick    # fewer runs, 20 VMs in the fleet
     .venv/bin/python tests/bench/bench.py --typer-versions   # pick the Typer/click releases
+    .venv/bin/python tests/bench/bench.py --only cp  # agent cp throughput on the lab guest, a few minutes
     .venv/bin/python tests/bench/bench.py --only ssh  # ssh:// against ssh HOST qmpctl (starts an sshd)
 
 It starts its own QEMU VMs (TCG, paused), a host qemu-ga, and a transient
@@ -64,6 +65,50 @@ stream.write(b'{"execute":"qmp_capabilities"}\\n'); stream.flush(); stream.readl
 stream.write(b'{"execute":"query-status"}\\n'); stream.flush()
 print(json.dumps(json.loads(stream.readline()), separators=(",", ":")))
 '''
+
+
+BARE_AGENT_CP_SCRIPT = '''\
+"""The least a client must do to move a file through qemu-ga: a guest-file-write/read loop, no checks."""
+import base64, json, socket, sys
+path, direction, local, remote, chunk = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+sock = socket.socket(socket.AF_UNIX)
+sock.connect(path)
+stream = sock.makefile("rwb")
+def call(execute, **arguments):
+    stream.write(json.dumps({"execute": execute, "arguments": arguments}).encode() + b"\\n")
+    stream.flush()
+    while True:
+        line = stream.readline().lstrip(b"\\xff")
+        if line.strip():
+            reply = json.loads(line)
+            if "error" in reply:
+                raise SystemExit(str(reply["error"]))
+            return reply["return"]
+stream.write(b'\\xff{"execute":"guest-sync-delimited","arguments":{"id":424242}}\\n')
+stream.flush()
+while b"424242" not in stream.readline():
+    pass
+if direction == "in":
+    handle = call("guest-file-open", path=remote, mode="w")
+    with open(local, "rb") as source:
+        while data := source.read(chunk):
+            call("guest-file-write", handle=handle, **{"buf-b64": base64.b64encode(data).decode()})
+else:
+    handle = call("guest-file-open", path=remote, mode="r")
+    with open(local, "wb") as sink:
+        while True:
+            result = call("guest-file-read", handle=handle, count=chunk)
+            sink.write(base64.b64decode(result["buf-b64"]))
+            if result["eof"] or not result["count"]:
+                break
+call("guest-file-close", handle=handle)
+'''
+CP_FILE_MIB = 32
+CP_PROBE_MIB = 8
+CP_BARE_CHUNKS_IN = (256 * 1024, 1024 * 1024, 4 * 1024 * 1024, 16 * 1024 * 1024)
+CP_BARE_CHUNKS_OUT = (1024 * 1024, 4 * 1024 * 1024, 16 * 1024 * 1024, 48 * 1024 * 1024)
+EXEC_MAX_MIB = 15
+"""agent exec --stdin sends at most 16 MiB and qemu-ga captures at most 16 MiB of output."""
 
 
 # --- measuring -------------------------------------------------------------------------------
@@ -529,6 +574,90 @@ def bench_agent(ctx: Context) -> None:
                                 samples[cases[2].name].median_ms / samples[cases[0].name].median_ms, 1.5))
 
 
+def timed(argv: list[str], stdin: Path | None = None, env: dict[str, str] | None = None) -> float:
+    """Wall seconds of one run that must succeed (for transfers, where one run takes seconds)."""
+    with open(stdin or os.devnull, "rb") as source:
+        started = time.perf_counter()
+        proc = subprocess.run(argv, stdin=source, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              env=env or child_env(), timeout=900, check=False)
+        elapsed = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: {' '.join(argv[:8])} failed (exit {proc.returncode}): "
+                         f"{proc.stderr.decode(errors='replace')[:2000]}")
+    return elapsed
+
+
+def bench_agent_cp(ctx: Context) -> None:
+    """agent cp against a bare guest-file-write/read loop with its best chunk size, on the lab guest.
+
+    Both directions with a 32 MiB random file, alternating the two clients;
+    agent exec --stdin / -- cat move a 15 MiB file for comparison (both cap
+    at 16 MiB). qmpctl runs with --no-verify --force, to do the same work as
+    the bare loop; a verified copy is timed once as well.
+    """
+    if not qmpctl_has("agent", "cp"):
+        skip("agent cp throughput", "the installed qmpctl has no 'agent cp' yet")
+        return
+    from support.lab import lab_guest_module
+
+    rounds = 1 if ctx.args.quick else 2
+    source = ctx.scratch / "cp-32m.bin"
+    source.write_bytes(os.urandom(CP_FILE_MIB * 1024 * 1024))
+    probe = ctx.scratch / "cp-probe.bin"
+    probe.write_bytes(os.urandom(CP_PROBE_MIB * 1024 * 1024))
+    small = ctx.scratch / "cp-15m.bin"
+    small.write_bytes(os.urandom(EXEC_MAX_MIB * 1024 * 1024))
+    back = ctx.scratch / "cp-back.bin"
+    bare_script = ctx.scratch / "bare_agent_cp.py"
+    bare_script.write_text(BARE_AGENT_CP_SCRIPT)
+    with lab_guest_module().LabGuest(ctx.scratch / "lab", name="bench") as guest:
+        sock = str(guest.agent_path)
+
+        def bare(direction: str, local: Path, chunk: int) -> float:
+            return timed([str(PYTHON), str(bare_script), sock, direction, str(local), "/tmp/bench.bin", str(chunk)],
+                         env=child_env({"PYTHONPATH": ""}))
+
+        def qmpctl_cp(direction: str, local: Path, *extra: str) -> float:
+            ends = [str(local), "guest:/tmp/bench.bin"] if direction == "in" else ["guest:/tmp/bench.bin", str(local)]
+            return timed([str(QMPCTL), "agent", "cp", "-a", sock, "--force", "--progress", "none", *extra, *ends])
+
+        rates: dict[str, list[float]] = {}
+
+        def record(name: str, mib: float, seconds: float) -> None:
+            rates.setdefault(name, []).append(mib / seconds)
+
+        best: dict[str, int] = {}
+        for direction, chunks in (("in", CP_BARE_CHUNKS_IN), ("out", CP_BARE_CHUNKS_OUT)):
+            if direction == "out":
+                bare("in", probe, 1024 * 1024)
+            probe_rates = {}
+            for chunk in chunks:
+                probe_rates[chunk] = CP_PROBE_MIB / bare(direction, back if direction == "out" else probe, chunk)
+                print(f"  bare {direction} chunk {chunk // 1024:>6} KiB: {probe_rates[chunk]:5.2f} MiB/s "
+                      f"({CP_PROBE_MIB} MiB probe)", flush=True)
+            best[direction] = max(probe_rates, key=lambda chunk: probe_rates[chunk])
+        for _ in range(rounds):
+            record("bare in", CP_FILE_MIB, bare("in", source, best["in"]))
+            record("qmpctl agent cp in", CP_FILE_MIB, qmpctl_cp("in", source, "--no-verify"))
+            record("bare out", CP_FILE_MIB, bare("out", back, best["out"]))
+            record("qmpctl agent cp out", CP_FILE_MIB, qmpctl_cp("out", back, "--no-verify"))
+        record("qmpctl agent cp in --verify", CP_FILE_MIB, qmpctl_cp("in", source))
+        record("qmpctl agent cp out --verify", CP_FILE_MIB, qmpctl_cp("out", back))
+        record("qmpctl agent exec --stdin -- sh -c 'cat >FILE'", EXEC_MAX_MIB,
+               timed([str(QMPCTL), "agent", "exec", "-a", sock, "--stdin", "--", "sh", "-c", "cat > /tmp/bench.bin"],
+                     stdin=small))
+        record("qmpctl agent exec -- cat FILE", EXEC_MAX_MIB,
+               timed([str(QMPCTL), "agent", "exec", "-a", sock, "--", "cat", "/tmp/bench.bin"]))
+    print(f"\n## agent cp throughput on the lab guest (TCG; {CP_FILE_MIB} MiB random file, best of {rounds}; "
+          f"bare chunk in {best['in'] // 1024} KiB, out {best['out'] // 1024} KiB; exec: {EXEC_MAX_MIB} MiB)")
+    for name, values in rates.items():
+        print(f"{name:<52} {max(values):6.2f} MiB/s   runs: " + ", ".join(f"{v:.2f}" for v in values))
+    for direction in ("in", "out"):
+        slower = max(rates[f"bare {direction}"]) / max(rates[f"qmpctl agent cp {direction}"])
+        ctx.verdicts.append(verdict(f"agent cp {direction}: qmpctl's time / the bare loop's (0.9x its throughput)",
+                                    slower, 1 / 0.9))
+
+
 class EventMonitor:
     """A second QMP monitor that only collects events, so timestamps come from QEMU itself."""
 
@@ -672,8 +801,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fleet", type=int, default=FLEET_TARGET_VMS,
                         help=f"VMs in the fleet comparison (default {FLEET_TARGET_VMS})")
     parser.add_argument("--quick", action="store_true", help="7 rounds and 20 fleet VMs: a smoke run")
-    parser.add_argument("--only", default="single,startup,fleet,agent,backup,ssh",
-                        help="comma-separated subset of: single, startup, fleet, agent, backup, ssh")
+    parser.add_argument("--only", default="single,startup,fleet,agent,backup,cp,ssh",
+                        help="comma-separated subset of: single, startup, fleet, agent, backup, cp, ssh")
     parser.add_argument("--source", action="store_true",
                         help="run qmpctl from the source tree (PYTHONPATH) instead of the installed copy")
     parser.add_argument("--typer-versions", action="store_true",
@@ -714,7 +843,8 @@ class Bench:
                 return 0
             wanted = set(self.args.only.split(","))
             for name, step in (("single", bench_single), ("startup", bench_startup), ("fleet", bench_fleet),
-                               ("agent", bench_agent), ("backup", bench_backup), ("ssh", bench_ssh)):
+                               ("agent", bench_agent), ("backup", bench_backup), ("cp", bench_agent_cp),
+                               ("ssh", bench_ssh)):
                 if name in wanted:
                     step(ctx)
             print(f"\n{sum(ctx.verdicts)} of {len(ctx.verdicts)} targets met")

@@ -1,0 +1,752 @@
+"""Backup chains on dirty bitmaps: one full, then only what changed, for months, without breaking silently.
+
+A chain lives in ``DIR/<chain>/``: ``0001-full.qcow2``, ``0002-inc.qcow2`` ...
+each incremental backed by the one before (relative path, so the folder can
+move), and ``chain.json``, the manifest, which lists an image only once its
+job has succeeded (written to a temp file, then renamed). The disk carries a
+dirty bitmap named after the chain; an incremental copies what it recorded
+(``sync=bitmap``, ``bitmap-mode=on-success``: a failed or cancelled job keeps
+every bit for the next run).
+
+When the bitmap cannot be trusted (missing after a restart with a raw disk or
+removal by hand, ``inconsistent`` after QEMU died, disabled, the disk
+resized, an image of the chain gone), the run starts a new chain with a full
+backup and says why. Nothing is ever overwritten: images are created
+exclusively by qemu-img, then attached with blockdev-add.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+from qmpctl import qemu_img
+from qmpctl.backup import DEFAULT_WAIT_TIMEOUT, MAX_JOB_ID, find_disk, target_nodes
+from qmpctl.block import ROLLBACK_GRACE, UndoStep, blockdev_del, named_nodes, undo_all, with_notes
+from qmpctl.deadline import Deadline
+from qmpctl.guest_freeze import FreezeReport
+from qmpctl.errors import (Busy, ConnectError, DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError,
+                           UsageError, VmError)
+from qmpctl.jobs import JobState, Progress, failure_detail, finish, list_jobs, wait_for_end
+from qmpctl.request import Request
+from qmpctl.signals import shielded
+from qmpctl.targets import Session, Target
+from qmpctl.waiting import CHECK_EVERY
+
+MANIFEST = "chain.json"
+MANIFEST_VERSION = 1
+BITMAP_PREFIX = "qmpctl-"
+DEFAULT_FREEZE_TIMEOUT = 10.0
+THAW_GRACE = 10.0
+"""The thaw's own deadline: it must run even when the call's deadline is spent."""
+HASH_CHUNK = 1 << 20
+IMAGE_NAME = re.compile(r"\d{4}-(full|inc)\.qcow2\Z")
+CANCELLED = "Operation canceled"
+"""The error of a job QEMU cancelled because another of its grouped transaction failed."""
+
+
+# -- options ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ChainOptions:
+    """What ``backup DEVICE... --into DIR`` was asked to do; invalid combinations are refused on construction."""
+
+    devices: tuple[str, ...]
+    into: str
+    full: bool = False
+    keep_chains: Optional[int] = None
+    speed: Optional[int] = None
+    wait_timeout: float = DEFAULT_WAIT_TIMEOUT
+    freeze: str = "no"
+    """``no``, ``yes`` (fail with exit 3 when the agent cannot be reached) or ``try`` (back up unfrozen then)."""
+    freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if not self.devices:
+            raise UsageError("give at least one DEVICE to back up")
+        if len(set(self.devices)) != len(self.devices):
+            raise UsageError("each DEVICE may be given once")
+        if self.keep_chains is not None and self.keep_chains < 1:
+            raise UsageError(f"--keep-chains must be 1 or more (the current chain is always kept), got {self.keep_chains}")
+        if not self.wait_timeout > 0:
+            raise UsageError(f"--wait-timeout must be more than 0 seconds, got {self.wait_timeout:g}")
+        if self.freeze not in ("no", "yes", "try"):
+            raise UsageError(f"--freeze takes no value or 'try', got {self.freeze!r}")
+        if not self.freeze_timeout > 0:
+            raise UsageError(f"--freeze-timeout must be more than 0 seconds, got {self.freeze_timeout:g}")
+
+    def requests(self) -> list[Request]:
+        """What --dry-run shows: the transaction of a first run (images and nodes are only known at run time)."""
+        adds = [bitmap_add_action(device, f"{BITMAP_PREFIX}CHAIN", True) for device in self.devices]
+        backups = [backup_action(job_id_for(device), device, target_nodes(job_id_for(device))[0], None, self.speed)
+                   for device in self.devices]
+        if len(self.devices) == 1:
+            return [transaction(adds + backups, grouped=False)]
+        return [transaction(adds, grouped=False), transaction(backups, grouped=True)]
+
+
+def _label(device: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", device.strip("#/")) or "disk"
+
+
+def job_id_for(device: str) -> str:
+    """The same job id for the same disk at every run: a second qmpctl on the same disk finds it taken."""
+    return f"chain-{_label(device)}"[:MAX_JOB_ID].rstrip("-.")
+
+
+# -- requests ---------------------------------------------------------------------------------------
+
+def bitmap_add_action(device: str, bitmap: str, persistent: bool) -> dict[str, Any]:
+    return {"type": "block-dirty-bitmap-add", "data": {"node": device, "name": bitmap, "persistent": persistent}}
+
+
+def backup_action(job_id: str, device: str, target: str, bitmap: Optional[str], speed: Optional[int]) -> dict[str, Any]:
+    data: dict[str, Any] = {"job-id": job_id, "device": device, "target": target}
+    if bitmap is None:
+        data["sync"] = "full"
+    else:
+        data.update({"sync": "bitmap", "bitmap": bitmap, "bitmap-mode": "on-success"})
+    if speed is not None:
+        data["speed"] = speed
+    data["auto-dismiss"] = False
+    return {"type": "blockdev-backup", "data": data}
+
+
+def transaction(actions: list[dict[str, Any]], grouped: bool) -> Request:
+    arguments: dict[str, Any] = {"actions": actions}
+    if grouped:
+        arguments["properties"] = {"completion-mode": "grouped"}
+    return Request("transaction", arguments)
+
+
+def bitmap_remove(session: Session, device: str, bitmap: str, deadline: Deadline) -> None:
+    session.execute(Request("block-dirty-bitmap-remove", {"node": device, "name": bitmap}), deadline)
+
+
+# -- manifests --------------------------------------------------------------------------------------
+
+def now_text() -> str:
+    """UTC, milliseconds, ``Z``: sortable as text, readable by ``datetime.fromisoformat``."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def read_manifest(chain_dir: str) -> dict[str, Any]:
+    path = os.path.join(chain_dir, MANIFEST)
+    try:
+        with open(path, "rb") as handle:
+            manifest = json.load(handle)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("images"), list):
+        raise UsageError(f"{path} is not a qmpctl chain manifest")
+    return manifest
+
+
+def write_manifest(chain_dir: str, manifest: dict[str, Any]) -> None:
+    """Temp file, fsync, rename, fsync the folder: a crash leaves the old manifest or the new one."""
+    path = os.path.join(chain_dir, MANIFEST)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(manifest, handle, indent=2)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    _fsync_dir(chain_dir)
+
+
+def _fsync_dir(path: str) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def chains_of(into: str, device: Optional[str] = None) -> list[tuple[str, dict[str, Any]]]:
+    """The chains in ``into`` (of ``device``, as the user named it), oldest first."""
+    found = []
+    try:
+        names = sorted(os.listdir(into))
+    except FileNotFoundError:
+        return []
+    for name in names:
+        chain_dir = os.path.join(into, name)
+        if not os.path.isfile(os.path.join(chain_dir, MANIFEST)):
+            continue
+        try:
+            manifest = read_manifest(chain_dir)
+        except UsageError:
+            continue
+        if device is None or manifest.get("device") == device:
+            found.append((chain_dir, manifest))
+    return found
+
+
+def sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# -- locks ------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def device_locks(into: str, devices: tuple[str, ...]) -> Iterator[None]:
+    """One lock file per disk in ``into``: a second qmpctl backing up the same disk there is refused."""
+    handles = []
+    try:
+        for device in sorted(devices):
+            path = os.path.join(into, f".{_label(device)}.lock")
+            handle = open(path, "a+b")
+            handles.append(handle)
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Busy(f"busy: another qmpctl is backing up {device} into {into} right now "
+                           f"(it holds {path}); nothing was changed") from None
+        yield
+    finally:
+        for handle in handles:
+            handle.close()
+
+
+# -- the guest's filesystems ------------------------------------------------------------------------
+
+class Freezer:
+    """The guest's filesystems frozen while the jobs start (:func:`qmpctl.guest_freeze.frozen` thaws them on
+    every path), with the agent reached before anything starts and ``try`` falling back to no freeze."""
+
+    def __init__(self, agent: Optional[Target], mode: str, timeout: float) -> None:
+        self.agent = agent
+        self.mode = mode
+        self.timeout = timeout
+        self.session: Optional[Session] = None
+        self.done: Optional[FreezeReport] = None
+        self.skipped: Optional[str] = None
+
+    @property
+    def report(self) -> dict[str, Any]:
+        if self.skipped is not None:
+            return {"frozen": False, "reason": self.skipped}
+        return self.done.to_json() if self.done is not None else {}
+
+    def connect(self, deadline: Deadline) -> None:
+        """Reach the agent (within the call's ``deadline``) before anything starts: exit 3 without one,
+        unless ``try``."""
+        if self.mode == "no":
+            return
+        if self.agent is None:
+            if self.mode == "try":
+                self.skipped = "no guest agent was given (-a AGENT or --domain)"
+                return
+            raise UsageError("--freeze needs the guest agent: pass -a AGENT (its channel socket) or --domain")
+        try:
+            self.session = self.agent.open(deadline)
+        except (ConnectError, DeadlineExceeded, ProtocolError) as exc:
+            if self.mode == "try":
+                self.skipped = f"the guest agent at {self.agent} cannot be reached: {exc.message}"
+                return
+            raise ConnectError(f"--freeze: cannot reach the guest agent at {self.agent}: {exc.message}; "
+                               "nothing was started (--freeze-try backs up without freezing)") from None
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        if self.session is None:
+            yield
+            return
+        from qmpctl import guest_freeze
+
+        entered = False
+        try:
+            with guest_freeze.frozen(self.session, Deadline(self.timeout), thaw_timeout=THAW_GRACE) as done:
+                entered, self.done = True, done
+                yield
+        except QmpctlError as exc:
+            if isinstance(exc, ProtocolError):  # the agent broke off, not the VM: QEMU still needs cleaning up
+                raise ConnectError(f"the guest agent at {self.agent} broke off: {exc.message}") from None
+            if entered or isinstance(exc, Interrupted):
+                raise
+            if self.mode == "try":
+                self.skipped = f"the guest did not freeze: {exc.message}"
+                self.done = None
+                yield
+                return
+            if isinstance(exc, DeadlineExceeded):
+                raise DeadlineExceeded(f"the guest agent did not freeze the guest's filesystems within "
+                                       f"--freeze-timeout {self.timeout:g}s; they were thawed and nothing was "
+                                       f"started ({exc.message})") from None
+            raise with_notes(exc, ["nothing was started"])
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+
+# -- one disk of one run ----------------------------------------------------------------------------
+
+@dataclass
+class Disk:
+    """One DEVICE of this run: where its chain stands, and what this run adds to it."""
+
+    name: str
+    device: str
+    node: str
+    driver: str
+    size: int
+    bitmaps: dict[str, dict[str, Any]]
+    job_id: str
+    chain_dir: str = ""
+    manifest: dict[str, Any] = field(default_factory=dict)
+    full: bool = True
+    reason: Optional[str] = None
+    stale_bitmap: Optional[str] = None
+    """The previous chain's bitmap, removed once the new chain's full backup succeeded."""
+    image: str = ""
+    new_dir: bool = False
+    image_created: bool = False
+    target_added: bool = False
+    bitmap_added: bool = False
+    started: str = ""
+    state: Optional[JobState] = None
+    committed: bool = False
+
+    @property
+    def bitmap(self) -> str:
+        return str(self.manifest["bitmap"])
+
+    @property
+    def persistent(self) -> bool:
+        return self.driver == "qcow2"
+
+    @property
+    def target(self) -> str:
+        return target_nodes(self.job_id)[0]
+
+
+def _find(session: Session, deadline: Deadline, name: str) -> Disk:
+    device, info = find_disk(session, deadline, name)
+    image = info.get("image") if isinstance(info.get("image"), dict) else {}
+    assert isinstance(image, dict)
+    bitmaps = {str(entry.get("name")): entry for entry in info.get("dirty-bitmaps") or []
+               if isinstance(entry, dict) and entry.get("name")}
+    return Disk(name, device, str(info.get("node-name") or device), str(info.get("drv") or ""),
+                int(image.get("virtual-size") or 0), bitmaps, job_id_for(name))
+
+
+def _why_not_incremental(disk: Disk, chain_dir: str, manifest: dict[str, Any]) -> Optional[str]:
+    """None when the chain can be extended; else why a new chain must start."""
+    bitmap = str(manifest.get("bitmap"))
+    info = disk.bitmaps.get(bitmap)
+    if info is None:
+        return (f"bitmap {bitmap} is not on {disk.name}: QEMU was restarted and the disk is not qcow2 (bitmaps of "
+                "raw disks live in memory only), QEMU was killed before it ever closed the disk cleanly, or the "
+                "bitmap was removed")
+    if info.get("busy"):
+        raise Busy(f"busy: bitmap {bitmap} of {disk.name} is in use by a running job (another backup?); "
+                   "nothing was changed")
+    if info.get("inconsistent"):
+        return f"bitmap {bitmap} is inconsistent: QEMU did not close {disk.name} cleanly (it crashed or was killed)"
+    if not info.get("recording", True):
+        return f"bitmap {bitmap} was disabled: it did not record every write"
+    if int(manifest.get("size") or 0) != disk.size:
+        return f"{disk.name} changed size from {manifest.get('size')} to {disk.size} bytes"
+    images = manifest["images"]
+    if not images:
+        return f"the chain {chain_dir} lists no image"
+    listed = {str(entry.get("file")) for entry in images}
+    unlisted = sorted(name for name in os.listdir(chain_dir) if IMAGE_NAME.match(name) and name not in listed)
+    if unlisted:
+        return (f"{os.path.join(chain_dir, unlisted[0])} is not in the chain's manifest: a run was killed after "
+                "its job started, and QEMU may have cleared the bitmap when that job completed")
+    for entry in images:
+        path = os.path.join(chain_dir, str(entry.get("file")))
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            return f"{path} of the chain is missing"
+        if size != entry.get("size"):
+            return f"{path} of the chain changed size since it was written"
+    return None
+
+
+def _unique_dir(into: str, name: str) -> str:
+    candidate, number = os.path.join(into, name), 2
+    while os.path.lexists(candidate):
+        candidate, number = os.path.join(into, f"{name}-{number}"), number + 1
+    return candidate
+
+
+class ChainRun:
+    """One run over one or more disks: what it created, so any failure can take it all back."""
+
+    def __init__(self, session: Session, deadline: Deadline, options: ChainOptions, disks: list[Disk],
+                 into: str, qemu_version: str) -> None:
+        self.session = session
+        self.deadline = deadline
+        self.options = options
+        self.disks = disks
+        self.into = into
+        self.qemu_version = qemu_version
+        self.notes: list[str] = []
+
+    # planning
+
+    def plan(self, stamp: str) -> None:
+        for disk in self.disks:
+            chains = chains_of(self.into, disk.name)
+            previous = chains[-1] if chains else None
+            reason = None
+            if previous is not None and not self.options.full:
+                reason = _why_not_incremental(disk, *previous)
+                if reason is None:
+                    disk.chain_dir, disk.manifest = previous[0], json.loads(json.dumps(previous[1]))
+                    disk.full = False
+                    continue
+            if previous is None:
+                reason = f"no chain of {disk.name} in {self.into} yet"
+            elif self.options.full:
+                reason = "--full starts a new chain"
+            disk.reason = reason
+            if previous is not None and str(previous[1].get("bitmap")) in disk.bitmaps:
+                disk.stale_bitmap = str(previous[1]["bitmap"])
+            name = stamp if len(self.disks) == 1 else f"{stamp}-{_label(disk.name)}"
+            disk.chain_dir = _unique_dir(self.into, name)
+            chain = os.path.basename(disk.chain_dir)
+            bitmap = f"{BITMAP_PREFIX}{chain}"
+            while bitmap in disk.bitmaps:
+                bitmap += "x"
+            disk.manifest = {"version": MANIFEST_VERSION, "chain": chain, "device": disk.name, "node": disk.node,
+                             "bitmap": bitmap, "persistent": disk.persistent, "size": disk.size,
+                             "qemu": self.qemu_version, "created": stamp, "images": []}
+
+    def check_not_busy(self) -> None:
+        jobs = list_jobs(self.session, self.deadline)
+        nodes = named_nodes(self.session, self.deadline)
+        for disk in self.disks:
+            if disk.job_id in jobs or any(node in nodes for node in target_nodes(disk.job_id)):
+                raise Busy(f"busy: the VM already has a backup job or node {disk.job_id} for {disk.name} "
+                           "(another qmpctl backing it up, or one that was killed: qmpctl jobs --dismiss "
+                           f"{disk.job_id} clears a concluded one); nothing was changed")
+
+    def drop_broken_bitmaps(self) -> None:
+        """A bitmap that is inconsistent or disabled is useless and blocks nothing but itself: remove it now."""
+        for disk in self.disks:
+            stale = disk.stale_bitmap
+            if stale is not None:
+                info = disk.bitmaps[stale]
+                if info.get("inconsistent") or not info.get("recording", True):
+                    bitmap_remove(self.session, disk.device, stale, self.deadline)
+                    disk.stale_bitmap = None
+            for name in self._unborn_chains(disk):
+                bitmap_remove(self.session, disk.device, name, self.deadline)
+                self.notes.append(f"removed bitmap {name} of {disk.name}: its chain never got a manifest "
+                                  "(a first run that was killed)")
+
+    def _unborn_chains(self, disk: Disk) -> list[str]:
+        """Bitmaps of this folder's chains whose full backup never completed: they would record for nothing."""
+        unborn = []
+        for name, info in disk.bitmaps.items():
+            folder = os.path.join(self.into, name[len(BITMAP_PREFIX):])
+            if (name.startswith(BITMAP_PREFIX) and not info.get("busy") and os.path.isdir(folder)
+                    and not os.path.exists(os.path.join(folder, MANIFEST)) and folder != disk.chain_dir):
+                unborn.append(name)
+        return unborn
+
+    # the run
+
+    def create_images(self) -> None:
+        for disk in self.disks:
+            if disk.full and not os.path.isdir(disk.chain_dir):
+                os.mkdir(disk.chain_dir)
+                disk.new_dir = True
+            images = disk.manifest["images"]
+            number = len(images) + 1
+            disk.image = os.path.join(disk.chain_dir, f"{number:04d}-{'full' if disk.full else 'inc'}.qcow2")
+            descriptor = os.open(disk.image, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never overwrite
+            os.close(descriptor)
+            disk.image_created = True
+            self._owned_like_into(disk.image, disk.chain_dir if disk.new_dir else None)
+            backing = None if disk.full else str(images[-1]["file"])
+            qemu_img.create(disk.image, disk.size, self.deadline, backing)
+
+    def _owned_like_into(self, *paths: Optional[str]) -> None:
+        """Root backing up a VM whose QEMU runs as another user (libvirt's): the files QEMU must open
+        belong to DIR's owner, as DIR is the folder that user was given."""
+        if os.geteuid() != 0:
+            return
+        owner = os.stat(self.into)
+        if owner.st_uid == 0 and owner.st_gid == 0:
+            return
+        for path in paths:
+            if path is not None:
+                os.chown(path, owner.st_uid, owner.st_gid)
+
+    def add_targets(self) -> None:
+        for disk in self.disks:
+            target, file_node, _ = target_nodes(disk.job_id)
+            disk.target_added = True  # before sending: an interrupt may come between request and reply
+            # Two nodes, as backup's blockdev flow adds them: jobs --dismiss of a job left behind by a killed
+            # qmpctl then deletes them (and the image, when the job failed) the same way.
+            self.session.execute(Request("blockdev-add", {"driver": "file", "node-name": file_node,
+                                                          "filename": disk.image}), self.deadline)
+            self.session.execute(Request("blockdev-add", {"driver": "qcow2", "node-name": target, "backing": None,
+                                                          "file": file_node}), self.deadline)
+
+    def start_jobs(self) -> None:
+        """Bitmaps and jobs in one transaction; several disks: all jobs grouped, from the same instant.
+
+        QEMU refuses bitmap actions in a grouped transaction, so with several
+        disks the new bitmaps are added just before: a write in between is in
+        the full backup and in the bitmap, copied once more next time, never lost.
+        """
+        adds = [bitmap_add_action(disk.device, disk.bitmap, disk.persistent) for disk in self.disks if disk.full]
+        backups = [backup_action(disk.job_id, disk.device, disk.target, None if disk.full else disk.bitmap,
+                                 self.options.speed) for disk in self.disks]
+        for disk in self.disks:
+            disk.bitmap_added = disk.full
+        if len(self.disks) == 1:
+            self.session.execute(transaction(adds + backups, grouped=False), self.deadline)
+        else:
+            if adds:
+                self.session.execute(transaction(adds, grouped=False), self.deadline)
+            self.session.execute(transaction(backups, grouped=True), self.deadline)
+        started = now_text()
+        for disk in self.disks:
+            disk.started = started
+
+    def wait(self, wait: Deadline, progress: Optional[Progress], every: float) -> None:
+        with self.deadline.paused():  # the copy has its own bound, --wait-timeout
+            for disk in self.disks:
+                disk.state = wait_for_end(self.session, disk.job_id, wait, self.deadline, progress, every)
+        failed = [disk for disk in self.disks if disk.state is not None and disk.state.error]
+        if not failed:
+            return
+        failed.sort(key=lambda disk: disk.state is not None and disk.state.error == CANCELLED)  # the cause first
+        cause = failed[0]
+        assert cause.state is not None
+        message = (f"backup job {cause.job_id} of {cause.name} failed{failure_detail(self.session, cause.job_id)}: "
+                   f"{cause.state.error}")
+        others = [disk.name for disk in failed[1:]]
+        if others:
+            message += f" (and so the jobs of {', '.join(others)}, started with it, were cancelled)"
+        raise JobFailed(message)
+
+    def end_jobs(self) -> None:
+        """Cancel what still runs, dismiss every job, delete the target nodes (bounded, never raises)."""
+        steps: list[UndoStep] = []
+        for disk in self.disks:
+            if disk.target_added:
+                steps.append((f"delete block node {disk.target}", self._del_target(disk)))
+            steps.append((f"end job {disk.job_id}", self._end_job(disk)))
+        self.notes += undo_all(steps)
+
+    def _end_job(self, disk: Disk) -> Any:
+        def step(grace: Deadline) -> None:
+            state = finish(self.session, disk.job_id, grace)
+            if state is not None:
+                disk.state = state
+        return step
+
+    def _del_target(self, disk: Disk) -> Any:
+        def step(grace: Deadline) -> None:
+            for node in target_nodes(disk.job_id)[:2]:  # the qcow2 node, then the file node under it
+                if node in named_nodes(self.session, grace):
+                    blockdev_del(self.session, node, grace)
+            disk.target_added = False
+        return step
+
+    def commit(self) -> list[str]:
+        """Record every new image in its manifest; then what the success makes obsolete goes."""
+        for disk in self.disks:
+            assert disk.state is not None
+            with open(disk.image, "rb+") as handle:
+                os.fsync(handle.fileno())
+            entry = {"file": os.path.basename(disk.image), "level": "full" if disk.full else "incremental",
+                     "started": disk.started, "bytes": disk.state.total, "size": os.path.getsize(disk.image),
+                     "sha256": sha256_of(disk.image)}
+            disk.manifest["images"].append(entry)
+            write_manifest(disk.chain_dir, disk.manifest)
+            disk.committed = True
+        deleted = []
+        for disk in self.disks:
+            if disk.stale_bitmap is not None:
+                try:
+                    bitmap_remove(self.session, disk.device, disk.stale_bitmap, Deadline(ROLLBACK_GRACE))
+                except QmpctlError as exc:
+                    self.notes.append(f"could not remove the old chain's bitmap {disk.stale_bitmap}: {exc.message}")
+            if self.options.keep_chains is not None:
+                deleted += self._rotate(disk)
+        return deleted
+
+    def _rotate(self, disk: Disk) -> list[str]:
+        chains = [path for path, _ in chains_of(self.into, disk.name) if path != disk.chain_dir]
+        surplus = chains[:max(len(chains) - (self.options.keep_chains or 1) + 1, 0)]
+        for path in surplus:
+            try:
+                shutil.rmtree(path)
+            except OSError as exc:
+                self.notes.append(f"could not delete the old chain {path}: {exc.strerror or exc}")
+        return surplus
+
+    def take_back(self) -> None:
+        """After a failure: jobs ended, nodes gone, new images and bitmaps removed, manifests untouched.
+
+        An incremental whose job completed but was not recorded cleared its
+        bitmap; that bitmap is removed too, so the next run starts a new chain
+        and says so, instead of building on a bitmap that lost bits.
+        """
+        self.end_jobs()
+        steps: list[UndoStep] = []
+        for disk in self.disks:
+            if disk.committed:
+                continue
+            completed = disk.state is not None and disk.state.concluded and not disk.state.error
+            if disk.bitmap_added or completed:
+                steps.append((f"remove bitmap {disk.bitmap} of {disk.name}", self._remove_bitmap(disk, completed)))
+        self.notes += undo_all(steps)
+        for disk in self.disks:
+            if not disk.committed:
+                self.notes += _discard(disk)
+
+    def _remove_bitmap(self, disk: Disk, completed: bool) -> Any:
+        def step(grace: Deadline) -> Optional[str]:
+            try:
+                bitmap_remove(self.session, disk.device, disk.bitmap, grace)
+            except VmError:
+                return None  # it was never added (the transaction failed)
+            if completed and not disk.full:
+                return (f"the job of {disk.name} had completed, which cleared bitmap {disk.bitmap}; "
+                        "it was removed, so the next run starts a new chain")
+            return None
+        return step
+
+
+def _discard(disk: Disk) -> list[str]:
+    notes = []
+    if disk.image_created:
+        try:
+            os.unlink(disk.image)
+            notes.append(f"removed the incomplete {disk.image}")
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            notes.append(f"could not remove the incomplete {disk.image}: {exc.strerror or exc}")
+        disk.image_created = False
+    if disk.new_dir:
+        with contextlib.suppress(OSError):
+            os.rmdir(disk.chain_dir)
+        disk.new_dir = False
+    return notes
+
+
+def _qemu_version(session: Session, deadline: Deadline) -> str:
+    reply = session.execute(Request("query-version"), deadline).get("return")
+    if not isinstance(reply, dict) or not isinstance(reply.get("qemu"), dict):
+        return ""
+    qemu = reply["qemu"]
+    text = f"{qemu.get('major')}.{qemu.get('minor')}.{qemu.get('micro')}"
+    return f"{text} ({reply['package']})" if reply.get("package") else text
+
+
+def prepare_dir(into: str, *, is_local: bool) -> str:
+    """The absolute chain folder, made if only the last level is missing; usage errors before connecting."""
+    if not is_local:
+        raise UsageError("--into needs the VM on this host: qmpctl creates the chain's images itself")
+    into = os.path.abspath(into)
+    if os.path.isdir(into):
+        return into
+    if os.path.lexists(into):
+        raise UsageError(f"--into {into}: it exists and is not a directory")
+    if not os.path.isdir(os.path.dirname(into)):
+        raise UsageError(f"--into {into}: the directory {os.path.dirname(into)} does not exist")
+    return into
+
+
+def _disk_summary(disk: Disk, seconds: float) -> dict[str, Any]:
+    assert disk.state is not None
+    summary: dict[str, Any] = {"device": disk.name, "level": "full" if disk.full else "incremental",
+                               "chain": disk.chain_dir, "image": disk.image, "bitmap": disk.bitmap,
+                               "bytes": disk.state.total, "size": os.path.getsize(disk.image),
+                               "seconds": seconds}
+    if disk.reason is not None:
+        summary["reason"] = disk.reason
+    return summary
+
+
+def backup_chain(session: Session, deadline: Deadline, options: ChainOptions, *, agent: Optional[Target] = None,
+                 progress: Optional[Progress] = None, progress_every: float = CHECK_EVERY) -> dict[str, Any]:
+    """Extend each disk's chain in ``options.into`` by one incremental, or start one with a full backup."""
+    into = prepare_dir(options.into, is_local=True)
+    if not os.path.isdir(into):
+        os.mkdir(into)
+    with device_locks(into, options.devices):
+        disks = [_find(session, deadline, name) for name in options.devices]
+        run = ChainRun(session, deadline, options, disks, into, _qemu_version(session, deadline))
+        run.check_not_busy()
+        run.plan(time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+        freezer = Freezer(agent, options.freeze, options.freeze_timeout)
+        freezer.connect(deadline)
+        started = time.monotonic()
+        wait = Deadline(options.wait_timeout)
+        try:
+            run.drop_broken_bitmaps()
+            run.create_images()
+            run.add_targets()
+            with freezer.frozen():
+                run.start_jobs()
+            run.wait(wait, progress, progress_every)
+            with shielded():  # the jobs are done: record them whole, a Ctrl-C waits (the steps are bounded)
+                run.end_jobs()
+                deleted = run.commit()
+        except BaseException as exc:
+            with shielded():  # a second Ctrl-C must not cut the taking back short; every step has a deadline
+                failure = _failed(run, exc, wait, options)
+            raise failure from None
+        finally:
+            freezer.close()
+    seconds = round(time.monotonic() - started, 3)
+    summaries = [_disk_summary(disk, seconds) for disk in disks]
+    result: dict[str, Any] = dict(summaries[0]) if len(summaries) == 1 else {"disks": summaries, "seconds": seconds}
+    if freezer.report:
+        result["freeze"] = freezer.report
+    if deleted:
+        result["deleted-chains"] = deleted
+    warnings = run.notes
+    if warnings:
+        result["warnings"] = warnings
+    return {"return": result}
+
+
+def _failed(run: ChainRun, exc: BaseException, wait: Deadline, options: ChainOptions) -> BaseException:
+    """Take the run back and say what happened, with the exit code of the cause."""
+    if isinstance(exc, ProtocolError):
+        for disk in run.disks:
+            if not disk.committed:
+                run.notes += _discard(disk)
+        error: BaseException = ProtocolError(f"the VM went away during the chain backup ({exc.message})")
+        return with_notes(error, run.notes)
+    run.take_back()
+    jobs = ", ".join(disk.job_id for disk in run.disks)
+    if isinstance(exc, KeyboardInterrupt):
+        error = Interrupted(f"interrupted: backup job(s) {jobs} cancelled; the manifest is unchanged")
+    elif isinstance(exc, DeadlineExceeded) and wait.expired():
+        error = DeadlineExceeded(f"backup job(s) {jobs} did not finish within --wait-timeout "
+                                 f"{options.wait_timeout:g}s and were cancelled; the manifest is unchanged")
+    else:
+        error = exc
+    return with_notes(error, run.notes)

@@ -1,0 +1,167 @@
+"""Backup chains of a real guest: --freeze through its agent, and a restore that boots and reads back its data."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from support.lab import lab_guest_module
+from support.qemu import RawQmp
+from support.runner import CliRunner
+
+pytestmark = pytest.mark.lab
+
+MARKER = "written before the backup, never synced by the guest"
+FS_DEVICE = "fs0"
+"""The lab guest's ext2 filesystem, /mnt/data (a raw image: its bitmap lives as long as the QEMU)."""
+
+
+def agent_call(path: Path, execute: str, timeout: float = 10) -> Any:
+    """One request to the guest agent on a fresh, resynchronised connection (independent of qmpctl)."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sync_id = random.randrange(1, 1 << 30)
+        sock.sendall(b"\xff" + json.dumps({"execute": "guest-sync-delimited", "arguments": {"id": sync_id}}).encode())
+        reader = sock.makefile("rb")
+        while True:
+            line = reader.readline().lstrip(b"\xff")
+            try:
+                if json.loads(line).get("return") == sync_id:
+                    break
+            except ValueError:
+                continue
+        sock.sendall(json.dumps({"execute": execute}).encode())
+        return json.loads(reader.readline())["return"]
+
+
+def in_guest(run: CliRunner, guest, script: str) -> str:
+    result = run("agent", "exec", "-a", str(guest.agent_path), "--wait-timeout", "120", "--", "sh", "-c", script,
+                 timeout=150)
+    assert result.code == 0, result
+    return result.out
+
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """One booted lab guest; its ext2 filesystem (device fs0) is mounted at /mnt/data."""
+    lab = lab_guest_module()
+    workdir = tmp_path_factory.mktemp("lab")
+    check = ["-qmp", f"unix:{workdir}/check.sock,server=on,wait=off"]  # QMP takes one client at a time
+    with lab.LabGuest(workdir, extra_qemu_args=check) as booted:
+        booted.check_path = workdir / "check.sock"
+        yield booted
+
+
+@pytest.fixture
+def run() -> CliRunner:
+    return CliRunner()
+
+
+def chain_backup(run: CliRunner, guest, into: Path, *arguments: str):
+    return run("backup", "-s", str(guest.qmp_path), FS_DEVICE, "--into", str(into),
+               "--progress", "none", *arguments)
+
+
+def read_file_from(image: Path, name: str, workdir: Path) -> str:
+    raw = workdir / "restored.raw"
+    raw.unlink(missing_ok=True)
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(image), str(raw)], check=True)
+    shown = subprocess.run(["debugfs", "-R", f"cat /{name}", str(raw)], capture_output=True, text=True)
+    return shown.stdout
+
+
+def test_freeze_brackets_the_job_start_and_the_image_holds_what_the_guest_had_not_synced(run, guest, tmp_path):
+    into = tmp_path / "b"
+    assert chain_backup(run, guest, into).code == 0
+    in_guest(run, guest, f"echo '{MARKER}' > /mnt/data/marker")  # in the guest's page cache only
+    result = chain_backup(run, guest, into, "--freeze", "-a", str(guest.agent_path))
+    assert result.code == 0, result
+    reply = json.loads(result.out)["return"]
+    assert reply["level"] == "incremental" and reply["freeze"]["frozen"] >= 1
+    assert reply["freeze"]["thawed"] == reply["freeze"]["frozen"]
+    assert agent_call(guest.agent_path, "guest-fsfreeze-status") == "thawed"
+    restored = tmp_path / "restored.qcow2"
+    assert run("restore", reply["chain"], str(restored)).code == 0
+    assert read_file_from(restored, "marker", tmp_path).strip() == MARKER  # the freeze flushed it first
+
+
+def test_freeze_without_an_agent_starts_nothing_and_try_backs_up_unfrozen(run, guest, tmp_path):
+    into = tmp_path / "b"
+    missing = tmp_path / "no-agent.sock"
+    refused = chain_backup(run, guest, into, "--freeze", "-a", str(missing))
+    assert refused.code == 3 and "agent" in refused.err, refused
+    assert not any(into.glob("*/*.qcow2"))
+    tried = chain_backup(run, guest, into, "--freeze-try", "-a", str(missing))
+    assert tried.code == 0, tried
+    reply = json.loads(tried.out)["return"]
+    assert reply["freeze"]["frozen"] is False and "cannot be reached" in reply["freeze"]["reason"]
+
+
+def test_an_interrupted_frozen_backup_leaves_the_guest_thawed(run, guest, tmp_path):
+    into = tmp_path / "b"
+    assert chain_backup(run, guest, into).code == 0
+    in_guest(run, guest, "dd if=/dev/urandom of=/mnt/data/big bs=1M count=4 2>/dev/null && sync")
+    child = run.popen("backup", "-s", str(guest.qmp_path), FS_DEVICE, "--into", str(into),
+                      "--freeze", "-a", str(guest.agent_path), "--speed", "128K", "--progress", "none")
+
+    with RawQmp(guest.check_path) as qmp:
+        deadline = time.monotonic() + 30
+        while not any(job["status"] == "running" for job in qmp.cmd("query-jobs")):
+            assert time.monotonic() < deadline and child.poll() is None
+        child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == 130, err
+    assert agent_call(guest.agent_path, "guest-fsfreeze-status") == "thawed"
+    with RawQmp(guest.check_path) as qmp:
+        assert qmp.cmd("query-jobs") == []
+    in_guest(run, guest, "echo still writable > /mnt/data/after && sync")
+
+
+def test_restore_boot_check_boots_the_restored_disk_and_reads_back_the_data(run, guest, tmp_path):
+    into = tmp_path / "b"
+    in_guest(run, guest, f"echo '{MARKER}' > /mnt/data/drill && sync")
+    backed = chain_backup(run, guest, into, "--freeze", "-a", str(guest.agent_path))
+    assert backed.code == 0, backed
+    kernel, initrd = lab_guest_module().lab_build.build()
+    boot = ["--qemu-arg=-kernel", f"--qemu-arg={kernel}", "--qemu-arg=-initrd", f"--qemu-arg={initrd}",
+            "--qemu-arg=-append", "--qemu-arg=console=ttyS0 quiet panic=-1", "--qemu-arg=-m", "--qemu-arg=256",
+            "--qemu-arg=-M", "--qemu-arg=pc", "--qemu-arg=-accel", "--qemu-arg=tcg", "--boot-timeout", "90"]
+    chain = json.loads(backed.out)["return"]["chain"]
+    drill = run("restore", chain, str(tmp_path / "drill.qcow2"), "--boot-check", *boot,
+                "--check-command", "mount -t ext2 /dev/vda /mnt && cat /mnt/drill", timeout=150)
+    assert drill.code == 0, drill
+    checked = json.loads(drill.out)["return"]["boot-check"]
+    assert checked["booted"] and checked["check"]["stdout"].strip() == MARKER
+
+
+def test_restore_boot_check_of_a_guest_that_never_answers_is_exit_6_with_the_console(run, guest, tmp_path):
+    backed = chain_backup(run, guest, tmp_path / "b")
+    assert backed.code == 0, backed
+    chain = json.loads(backed.out)["return"]["chain"]
+    silent = run("restore", chain, str(tmp_path / "r.qcow2"), "--boot-check", "--boot-timeout", "3",
+                 "--qemu-arg=-accel", "--qemu-arg=tcg", "--check-command", "true")
+    assert silent.code == 6 and "did not answer within --boot-timeout 3s" in silent.err, silent
+    assert "serial console stayed empty" in silent.err  # SeaBIOS alone prints nothing on ttyS0
+    assert (tmp_path / "r.qcow2").exists()  # the restore itself stays
+
+
+def test_a_freeze_that_takes_too_long_is_thawed_and_nothing_starts(run, guest, tmp_path):
+    into = tmp_path / "b"
+    in_guest(run, guest, "dd if=/dev/urandom of=/mnt/data/dirty bs=1M count=4 2>/dev/null")  # the freeze syncs it
+    result = chain_backup(run, guest, into, "--freeze", "-a", str(guest.agent_path), "--freeze-timeout", "0.01")
+    assert result.code == 4 and "did not freeze" in result.err and "nothing was started" in result.err, result
+    assert agent_call(guest.agent_path, "guest-fsfreeze-status") == "thawed"
+    assert not list(into.glob("2*"))
+    with RawQmp(guest.check_path) as qmp:
+        assert qmp.cmd("query-jobs") == []
+        assert not [node for node in qmp.cmd("query-named-block-nodes") if node["node-name"].startswith("chain-")]
+    in_guest(run, guest, "rm /mnt/data/dirty && sync")
