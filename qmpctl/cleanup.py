@@ -3,17 +3,17 @@
 Cleanup runs after something already went wrong: the call's deadline may be
 what ran out, a request may have been cut off half-way on the channel, and a
 second Ctrl-C must not abort it. So cleanup gets its own short deadline,
-resynchronises the agent channel first, and runs shielded from signals.
+resynchronises the agent channel first, and runs shielded from signals
+(:func:`qmpctl.signals.shielded`, re-exported here).
 """
 
 from __future__ import annotations
 
-import contextlib
-from contextlib import AbstractContextManager as ContextManager
-from typing import Any
-
 from qmpctl.deadline import Deadline
+from qmpctl.signals import shielded
 from qmpctl.targets import Session
+
+__all__ = ["CLEANUP_SECONDS", "cleanup_deadline", "recover_channel", "shielded"]
 
 CLEANUP_SECONDS = 5.0
 """How long closing a handle after a failure may take; a thaw has its own, documented limit."""
@@ -22,16 +22,6 @@ CLEANUP_SECONDS = 5.0
 def cleanup_deadline(seconds: float = CLEANUP_SECONDS) -> Deadline:
     """A fresh, short deadline for cleanup: it must run even when the call's own deadline has passed."""
     return Deadline(seconds)
-
-
-def shielded() -> ContextManager[Any]:
-    """Hold off SIGINT/SIGTERM during cleanup, via :mod:`qmpctl.signals` where that exists."""
-    try:
-        from qmpctl import signals  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return contextlib.nullcontext()
-    shield: ContextManager[Any] = signals.shielded()
-    return shield
 
 
 def recover_channel(session: Session, deadline: Deadline) -> None:

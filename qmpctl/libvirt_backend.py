@@ -253,6 +253,8 @@ class DomainSession:
     """What monitor and agent sessions through libvirt share: the connection and bounded calls."""
 
     supports_events = False
+    max_message_bytes = LIBVIRT_STRING_MAX
+    """libvirt passes no longer string either way: bulk transfers (agent cp) size their chunks by it."""
 
     def __init__(self, target: DomainTarget, libvirt: ModuleType, libvirt_qemu: ModuleType,
                  connection: Any, domain: Any) -> None:

@@ -144,6 +144,22 @@ def test_ctrl_c_during_a_copy_closes_the_guest_handle_and_names_the_partial_file
     assert "/tmp/interrupted.bin" not in handles, handles
 
 
+def test_a_file_that_changes_under_the_copy_fails_verification_with_exit_6(run, guest, tmp_path):
+    """The guest's sha256sum runs after the copy: a file still growing then hashes differently."""
+    started = agent(run, guest, "exec", "--no-wait", "--return-value", "--", "sh", "-c",
+                    "while true; do echo more >> /tmp/growing; done")
+    assert started.code == 0, started
+    writer = json.loads(started.out)["pid"]
+    try:
+        wait_for(lambda: guest_sh(run, guest, "wc -c < /tmp/growing 2>/dev/null || echo 0").strip() != "0",
+                 what="the guest to start writing")
+        copied = agent(run, guest, "cp", "guest:/tmp/growing", str(tmp_path / "growing"))
+    finally:
+        guest_sh(run, guest, f"kill {writer}")
+    assert copied.code == 6 and "verification failed" in copied.err, copied
+    assert not (tmp_path / "growing").exists(), "a copy that failed verification must not take the name"
+
+
 # ----------------------------------------------------------------------------- agent set-password
 
 

@@ -409,6 +409,8 @@ def _prepare_help_example(name: str, world: World, tmp_path: Path) -> dict[str, 
     if name in ("backup", "backup-verify", "restore"):
         (tmp_path / "backup").mkdir()
         values["/backup/"] = f"{tmp_path}/backup/"
+    if name == "agent set-password":
+        (tmp_path / "alice.password").write_text("new secret\n")
     if name in ("backup-verify", "restore"):
         chained = run_shell(["qmpctl", "backup", "-s", str(world.vm.qmp_path), "vd0", "--into",
                              str(tmp_path / "backup" / "vm1")], world, tmp_path)

@@ -39,35 +39,30 @@ def _wait_seconds(wait_timeout: float | None, name: str = "--wait-timeout") -> D
 
 
 class _CopyProgress:
-    """Feeds the backup's progress printer (bar or JSON lines on stderr) from byte counts."""
+    """Byte counts of a copy as the shared progress printer shows them (bar or JSON lines on stderr)."""
 
     def __init__(self, mode: str) -> None:
-        from qmpctl.cli.progress import ProgressPrinter
+        from qmpctl.cli.progress import printer_for
         from qmpctl.progress import Meter, bar_text, json_text
 
-        self.auto = mode == "auto-bar"
+        self.small_copies_quiet = mode == "auto"  # auto: a bar on a terminal, and only for big copies
+        self.printer = printer_for(mode, bar=bar_text, json=json_text,
+                                   finished=lambda reading: reading.status == "concluded",
+                                   changed=lambda reading: reading.done)
         self.meter = Meter()
-        self.printer: ProgressPrinter[Any] = ProgressPrinter(
-            "bar" if self.auto else mode, bar=bar_text, json=json_text,
-            finished=lambda reading: reading.status == "concluded", changed=lambda reading: reading.done)
 
     def __call__(self, done: int, total: int | None) -> None:
         from qmpctl.jobs import JobState
 
-        if self.auto and max(done, total or 0) < PROGRESS_FROM_BYTES:
+        if self.printer is None or (self.small_copies_quiet and max(done, total or 0) < PROGRESS_FROM_BYTES):
             return
         finished = total is not None and done >= total
-        self.printer(self.meter.read(JobState("agent-cp", "agent-cp", "concluded" if finished else "running", done,
-                                              total if total is not None else done)))
+        self.printer(self.meter.read(JobState("agent-cp", "agent-cp", "concluded" if finished else "running",
+                                              done, total if total is not None else done)))
 
     def close(self) -> None:
-        self.printer.close()
-
-
-def _progress_mode(progress: str) -> str:
-    if progress == "auto":
-        return "auto-bar" if sys.stderr.isatty() else "none"
-    return progress
+        if self.printer is not None:
+            self.printer.close()
 
 
 def cp(common: Common, *, source: str, destination: str, force: bool, verify: bool, progress: str,
@@ -87,8 +82,7 @@ def cp(common: Common, *, source: str, destination: str, force: bool, verify: bo
         requests = [guest_files.open_request(dst.path, "w" if force else "a")]
     else:
         requests = [guest_files.open_request(src.path, "r")]
-    mode = _progress_mode(progress)
-    meter = _CopyProgress(mode) if mode != "none" else None
+    meter = _CopyProgress(progress)
 
     def action(session: Any, deadline: Deadline, target: Target) -> dict[str, Any] | None:
         transfer = guest_files.Transfer(transfer_deadline, common.timeout)
@@ -112,8 +106,7 @@ def cp(common: Common, *, source: str, destination: str, force: bool, verify: bo
     try:
         return run(common, action, requests)
     finally:
-        if meter is not None:
-            meter.close()
+        meter.close()
 
 
 def _open_source(path: str) -> tuple[BinaryIO, Any]:

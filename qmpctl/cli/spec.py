@@ -627,7 +627,7 @@ COMMANDS: tuple[Command, ...] = (
         "--password-file, never an argument, where ps would show it. It is sent base64-encoded as the agent "
         "requires and appears nowhere else: --dry-run and error messages show it masked. Linux guests run "
         "chpasswd; a refusal (no such user, chpasswd missing) exits 1.",
-        example="printf 'new secret\\n' | qmpctl agent set-password -a /tmp/channel.sock --dry-run alice",
+        example="qmpctl agent set-password -a /tmp/channel.sock --dry-run --password-file alice.password alice",
         kind=AGENT,
         arguments=(Argument("user", "USER", "The guest user whose password changes."),),
         options=(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
+import functools
 import json
 import os
 import shutil
@@ -592,15 +593,16 @@ def bench_agent_cp(ctx: Context) -> None:
 
     Both directions with a 32 MiB random file, alternating the two clients;
     agent exec --stdin / -- cat move a 15 MiB file for comparison (both cap
-    at 16 MiB). qmpctl runs with --no-verify --force, to do the same work as
-    the bare loop; a verified copy is timed once as well.
+    at 16 MiB; one request carries it all, so --timeout is raised). qmpctl
+    runs with --no-verify --force, to do the same work as the bare loop; a
+    verified copy is timed once as well.
     """
     if not qmpctl_has("agent", "cp"):
         skip("agent cp throughput", "the installed qmpctl has no 'agent cp' yet")
         return
     from support.lab import lab_guest_module
 
-    rounds = 1 if ctx.args.quick else 2
+    rounds = 2 if ctx.args.quick else 4
     source = ctx.scratch / "cp-32m.bin"
     source.write_bytes(os.urandom(CP_FILE_MIB * 1024 * 1024))
     probe = ctx.scratch / "cp-probe.bin"
@@ -636,18 +638,22 @@ def bench_agent_cp(ctx: Context) -> None:
                 print(f"  bare {direction} chunk {chunk // 1024:>6} KiB: {probe_rates[chunk]:5.2f} MiB/s "
                       f"({CP_PROBE_MIB} MiB probe)", flush=True)
             best[direction] = max(probe_rates, key=lambda chunk: probe_rates[chunk])
-        for _ in range(rounds):
-            record("bare in", CP_FILE_MIB, bare("in", source, best["in"]))
-            record("qmpctl agent cp in", CP_FILE_MIB, qmpctl_cp("in", source, "--no-verify"))
-            record("bare out", CP_FILE_MIB, bare("out", back, best["out"]))
-            record("qmpctl agent cp out", CP_FILE_MIB, qmpctl_cp("out", back, "--no-verify"))
+        for round_number in range(rounds):
+            for direction in ("in", "out"):
+                local = source if direction == "in" else back
+                pair = [("bare " + direction, functools.partial(bare, direction, local, best[direction])),
+                        ("qmpctl agent cp " + direction,
+                         functools.partial(qmpctl_cp, direction, local, "--no-verify"))]
+                for name, call in pair if round_number % 2 == 0 else reversed(pair):  # load drifts: alternate
+                    record(name, CP_FILE_MIB, call())
         record("qmpctl agent cp in --verify", CP_FILE_MIB, qmpctl_cp("in", source))
         record("qmpctl agent cp out --verify", CP_FILE_MIB, qmpctl_cp("out", back))
         record("qmpctl agent exec --stdin -- sh -c 'cat >FILE'", EXEC_MAX_MIB,
-               timed([str(QMPCTL), "agent", "exec", "-a", sock, "--stdin", "--", "sh", "-c", "cat > /tmp/bench.bin"],
+               timed([str(QMPCTL), "agent", "exec", "-a", sock, "--timeout", "600", "--stdin", "--", "sh", "-c",
+                      "cat > /tmp/bench.bin"],
                      stdin=small))
         record("qmpctl agent exec -- cat FILE", EXEC_MAX_MIB,
-               timed([str(QMPCTL), "agent", "exec", "-a", sock, "--", "cat", "/tmp/bench.bin"]))
+               timed([str(QMPCTL), "agent", "exec", "-a", sock, "--timeout", "600", "--", "cat", "/tmp/bench.bin"]))
     print(f"\n## agent cp throughput on the lab guest (TCG; {CP_FILE_MIB} MiB random file, best of {rounds}; "
           f"bare chunk in {best['in'] // 1024} KiB, out {best['out'] // 1024} KiB; exec: {EXEC_MAX_MIB} MiB)")
     for name, values in rates.items():

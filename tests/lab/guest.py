@@ -285,15 +285,16 @@ class LabGuest:
     def incoming_twin(self, workdir: Path | str, name: str = "dest") -> "LabGuest":
         """A destination for migrating this guest: the same hardware and data disk, waiting (``-incoming defer``).
 
-        Its own sockets and logs live in ``workdir``; the data disk is shared,
-        as on shared storage (QEMU hands the image over with the migration).
+        Its own sockets and logs live in ``workdir``; the data disk and the
+        data filesystem's image are shared, as on shared storage (QEMU hands the image over with the migration).
         Start it with start(), not ``with``: there is no agent to wait for
         until the guest has arrived.
         """
         twin = LabGuest(workdir, name=name, memory_mb=self.memory_mb, data_disk_size=self.data_disk_size,
                         extra_qemu_args=[*self.extra_qemu_args, "-incoming", "defer"],
-                        kernel=self.kernel, initrd=self.initrd)
+                        kernel=self.kernel, initrd=self.initrd, data_fs=self.data_fs is not None)
         twin.data_disk = self.data_disk
+        twin.data_fs = self.data_fs  # the guest has it mounted: the same image, never a fresh one
         return twin
 
     def wait_agent(self, timeout: float = 60.0, attempt_timeout: float = 2.0) -> float:
