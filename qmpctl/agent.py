@@ -10,11 +10,18 @@ is discarded.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from qmpctl.address import Address
 from qmpctl.deadline import Deadline
-from qmpctl.errors import ConnectionClosed, DeadlineExceeded, ProtocolError, VmError
+from qmpctl.errors import (
+    ConnectionClosed,
+    DeadlineExceeded,
+    ProtocolError,
+    QmpctlError,
+    VmError,
+)
 from qmpctl.qmp import checked_reply, decode_message
 from qmpctl.request import Request
 from qmpctl.transport import RECV_CHUNK, Connection
@@ -42,14 +49,16 @@ def _says_disabled(error: VmError) -> bool:
     return error.error_class == "GenericError" and lowered.startswith("the command ") and "has been disabled" in lowered
 
 
-def disabled_command_error(error: VmError, command: str) -> VmError:
+def disabled_command_error(error: VmError, command: str, frozen: Callable[[], bool] = lambda: False) -> VmError:
     """Say plainly that a command is switched off in the agent, not merely unknown.
 
     qemu-ga refuses most commands while the guest's filesystems are frozen
     (7.2: "...has been disabled: the agent is in frozen state"): that is said
     as such, since a thaw, not the agent's configuration, is the remedy.
+    qemu-ga 10 words both refusals alike ("...has been disabled: the command
+    is not allowed"), so then ``frozen`` asks the agent (see :func:`is_frozen`).
     """
-    if _says_disabled(error) and "frozen" in error.desc.lower():
+    if _says_disabled(error) and ("frozen" in error.desc.lower() or frozen()):
         return VmError(
             error.error_class,
             f"{command} is refused while the guest's filesystems are frozen (guest-fsfreeze-freeze); "
@@ -64,6 +73,23 @@ def disabled_command_error(error: VmError, command: str) -> VmError:
             sent=error.sent, received=error.received,
         )
     return error
+
+
+FREEZE_STATUS = "guest-fsfreeze-status"
+
+
+def is_frozen(ask: Callable[[Request], dict[str, Any]]) -> bool:
+    """Whether the guest's filesystems are frozen, by ``ask`` (one raw exchange, no refusal mapping).
+
+    guest-fsfreeze-status is answered while frozen by every qemu-ga. Only asked
+    after a refusal: when it cannot be told (the command blocked too, the
+    deadline gone), the refusal stands as it is.
+    """
+    request = Request(FREEZE_STATUS, protocol="qga")
+    try:
+        return ask(request).get("return") == "frozen"
+    except QmpctlError:
+        return False
 
 
 class AgentSession:
@@ -135,10 +161,14 @@ class AgentSession:
         other id is someone else's and is skipped. A reply without any id is
         taken as ours, for agents that do not echo ids.
         """
+        return self._checked(self._exchange(request, deadline), request, deadline)
+
+    def _exchange(self, request: Request, deadline: Deadline) -> dict[str, Any]:
+        """Send ``request`` with a fresh id and read our reply, as it came."""
         request_id = _random_id()
         waiting_for = f"the reply to {request.execute} from the guest agent at {self.target}"
         self.connection.send(request.wire(request_id), deadline, request.execute)
-        return self._checked(self._our_reply(request_id, deadline, waiting_for, SILENT_HINT), request)
+        return self._our_reply(request_id, deadline, waiting_for, SILENT_HINT)
 
     def _our_reply(self, request_id: int, deadline: Deadline, waiting_for: str, hint: str) -> dict[str, Any]:
         """The next reply that is ours (its id removed), past blank lines, sync bytes and others' replies."""
@@ -150,11 +180,14 @@ class AgentSession:
             if message.pop("id", request_id) == request_id:
                 return message
 
-    def _checked(self, reply: dict[str, Any], request: Request) -> dict[str, Any]:
+    def _checked(self, reply: dict[str, Any], request: Request, deadline: Deadline) -> dict[str, Any]:
         try:
             return checked_reply(reply, request, f"the guest agent at {self.target}")
         except VmError as error:
-            raise disabled_command_error(error, request.execute) from None
+            def ask(status: Request) -> dict[str, Any]:
+                return checked_reply(self._exchange(status, deadline), status, f"the guest agent at {self.target}")
+
+            raise disabled_command_error(error, request.execute, lambda: is_frozen(ask)) from None
 
     def execute_no_reply(self, request: Request, deadline: Deadline) -> None:
         """For guest-shutdown and friends, which answer only when they fail.
@@ -171,4 +204,4 @@ class AgentSession:
             reply = self._our_reply(request_id, grace, waiting_for, "")
         except (DeadlineExceeded, ConnectionClosed):
             return
-        self._checked(reply, request)
+        self._checked(reply, request, deadline)

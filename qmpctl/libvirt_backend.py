@@ -23,7 +23,7 @@ import threading
 from types import ModuleType
 from typing import Any, Callable, NamedTuple, TypeVar
 
-from qmpctl.agent import SILENT_HINT, disabled_command_error
+from qmpctl.agent import SILENT_HINT, disabled_command_error, is_frozen
 from qmpctl.deadline import Deadline
 from qmpctl.errors import (ConnectError, ConnectionClosed, DeadlineExceeded, ProtocolError, QmpctlError,
                            UsageError, VmError)
@@ -459,13 +459,20 @@ class DomainAgentSession(DomainSession):
         self.hint = SILENT_HINT
 
     def _agent_call(self, request: Request, deadline: Deadline, seconds: int) -> str:
-        waiting_for = f"the reply to {request.execute} from the guest agent of {self.target}"
         try:
-            return self._call(deadline, waiting_for, self.libvirt_qemu.qemuAgentCommand, self.domain,
-                              self._text(request), seconds, 0)
+            return self._raw_agent_call(request, deadline, seconds)
         except VmError as exc:
             exc.sent = request.as_dict()
-            raise disabled_command_error(exc, request.execute) from None
+
+            def ask(status: Request) -> dict[str, Any]:
+                return self._check(self._parse(self._raw_agent_call(status, deadline, seconds), status), status)
+
+            raise disabled_command_error(exc, request.execute, lambda: is_frozen(ask)) from None
+
+    def _raw_agent_call(self, request: Request, deadline: Deadline, seconds: int) -> str:
+        waiting_for = f"the reply to {request.execute} from the guest agent of {self.target}"
+        return self._call(deadline, waiting_for, self.libvirt_qemu.qemuAgentCommand, self.domain,
+                          self._text(request), seconds, 0)
 
     def execute(self, request: Request, deadline: Deadline) -> dict[str, Any]:
         seconds = max(1, math.ceil(deadline.remaining(f"the guest agent of {self.target}")))

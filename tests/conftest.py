@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -17,7 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from support.qemu import QemuVM  # noqa: E402
+from support.qemu import QEMU_BUILDS, SYSTEM_QEMU, QemuBuild, QemuVM  # noqa: E402
 from support.runner import CliRunner  # noqa: E402
 
 
@@ -27,18 +22,37 @@ def cli(tmp_path: Path) -> CliRunner:
     return CliRunner(cwd=tmp_path)
 
 
-def _need(binary: str) -> None:
-    if shutil.which(binary) is None:
-        pytest.skip(f"{binary} is not installed (run tests/setup-host)")
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that uses ``qemu_build`` (``vm`` and ``vm_factory`` do) runs on each QEMU build.
+
+    ``@pytest.mark.one_qemu`` keeps a test (or module) on the system's QEMU:
+    for what does not depend on the QEMU release, or is too slow to run twice.
+    """
+    if "qemu_build" not in metafunc.fixturenames:
+        return
+    builds = (SYSTEM_QEMU,) if metafunc.definition.get_closest_marker("one_qemu") else QEMU_BUILDS
+    metafunc.parametrize("qemu_build", builds, ids=[build.id for build in builds], indirect=True)
+
+
+@pytest.fixture(scope="module")
+def qemu_build(request: pytest.FixtureRequest) -> QemuBuild:
+    """The QEMU (with its qemu-img and qemu-ga) this test runs against; module-scoped so modules can share a VM."""
+    build: QemuBuild = getattr(request, "param", SYSTEM_QEMU)
+    reason = build.missing()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return build
 
 
 @pytest.fixture
-def vm_factory(tmp_path: Path) -> Iterator:
+def vm_factory(tmp_path: Path, qemu_build: QemuBuild) -> Iterator:
     """Start real QEMU VMs (TCG, -S, no devices but a qcow2 disk); all are killed afterwards."""
-    _need("qemu-system-x86_64")
     started: list[QemuVM] = []
 
     def start(**kwargs: object) -> QemuVM:
+        kwargs.setdefault("build", qemu_build)
         vm = QemuVM(tmp_path / f"vm{len(started)}", **kwargs)  # type: ignore[arg-type]
         started.append(vm)
         vm.start()

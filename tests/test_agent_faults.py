@@ -200,11 +200,86 @@ def test_other_agent_versions_wording_for_a_disabled_command(cli, tmp_path, desc
     def script(peer: Peer) -> None:
         answer_sync(peer)
         answer(peer, "guest-exec", error={"class": error_class, "desc": desc})
+        answer(peer, "guest-fsfreeze-status", "thawed")  # not frozen: it is the configuration
 
     with FakeServer(tmp_path / "qga.sock", script):
         result = cli("agent", "exec", "-a", str(tmp_path / "qga.sock"), "--timeout", "3", "--", "true")
     assert result.code == 125, result
     assert "guest-exec is disabled in the guest agent's configuration" in result.err
+
+
+QGA10_REFUSAL = {"class": "CommandNotFound", "desc": "Command guest-exec has been disabled: the command is not allowed"}
+
+
+@pytest.mark.parametrize(("status", "phrase"), [
+    ("frozen", "guest-exec is refused while the guest's filesystems are frozen"),
+    ("thawed", "guest-exec is disabled in the guest agent's configuration"),
+])
+def test_qemu_ga_10_refuses_alike_when_frozen_and_when_blocked_so_qmpctl_asks(cli, tmp_path, status, phrase):
+    """qemu-ga 10 says "not allowed" for both; the remedy differs (thaw vs. configuration), so the status decides."""
+    def script(peer: Peer) -> None:
+        answer_sync(peer)
+        answer(peer, "guest-exec", error=QGA10_REFUSAL)
+        answer(peer, "guest-fsfreeze-status", status)
+
+    with FakeServer(tmp_path / "qga.sock", script):
+        result = cli("agent", "exec", "-a", str(tmp_path / "qga.sock"), "--timeout", "3", "--", "true")
+    assert result.code == 125, result
+    assert phrase in result.err and QGA10_REFUSAL["desc"] in result.err, result
+
+
+def test_a_status_that_is_refused_too_leaves_the_refusal_as_it_was(cli, tmp_path):
+    def script(peer: Peer) -> None:
+        answer_sync(peer)
+        answer(peer, "guest-exec", error=QGA10_REFUSAL)
+        answer(peer, "guest-fsfreeze-status", error={
+            "class": "CommandNotFound", "desc": "Command guest-fsfreeze-status has been disabled: the command is not allowed"})
+
+    with FakeServer(tmp_path / "qga.sock", script):
+        result = cli("agent", "exec", "-a", str(tmp_path / "qga.sock"), "--timeout", "3", "--", "true")
+    assert result.code == 125, result
+    assert "guest-exec is disabled in the guest agent's configuration" in result.err, result
+
+
+class _LibvirtError(Exception):
+    def get_error_code(self) -> int:
+        return 1
+
+    def get_error_message(self) -> str:
+        return str(self)
+
+
+@pytest.mark.parametrize(("status", "phrase"), [
+    ("frozen", "guest-exec is refused while the guest's filesystems are frozen"),
+    ("thawed", "guest-exec is disabled in the guest agent's configuration"),
+])
+def test_through_libvirt_a_qemu_ga_10_refusal_is_told_apart_the_same_way(status, phrase):
+    """libvirt keeps only the agent's desc; qmpctl asks guest-fsfreeze-status through it too."""
+    from types import SimpleNamespace
+
+    from qmpctl.deadline import Deadline
+    from qmpctl.errors import VmError
+    from qmpctl.libvirt_backend import DomainAgentSession, DomainTarget
+    from qmpctl.request import Request
+    from qmpctl.targets import AGENT
+
+    sent = []
+
+    def agent_command(domain, text, seconds, flags):
+        sent.append(json.loads(text)["execute"])
+        if sent[-1] == "guest-fsfreeze-status":
+            return json.dumps({"return": status, "id": "libvirt-9"})
+        raise _LibvirtError("internal error: unable to execute QEMU agent command 'guest-exec': "
+                            + QGA10_REFUSAL["desc"])
+
+    libvirt = SimpleNamespace(libvirtError=_LibvirtError, VIR_ERR_INTERNAL_ERROR=1)
+    session = DomainAgentSession(DomainTarget("lab", kind=AGENT), libvirt,
+                                 SimpleNamespace(qemuAgentCommand=agent_command), None, None)
+    with pytest.raises(VmError) as refused:
+        session.execute(Request("guest-exec", {"path": "true", "capture-output": True}, protocol="qga"),
+                        Deadline(5))
+    assert sent == ["guest-exec", "guest-fsfreeze-status"]
+    assert phrase in str(refused.value), refused.value
 
 
 @pytest.mark.parametrize("args", [["--env", "NOT_AN_ASSIGNMENT"], ["--wait-timeout", "-5"], ["--bogus"]])

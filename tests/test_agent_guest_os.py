@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.lab import lab_guest_module
+from support.lab import lab_guest, lab_guest_module
 from support.runner import CliRunner
 
 pytestmark = pytest.mark.lab
@@ -26,9 +26,9 @@ PASSWORD = "Lab-pw 7f3c9e21 with spaces"
 
 
 @pytest.fixture(scope="module")
-def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    lab = lab_guest_module()
-    with lab.LabGuest(tmp_path_factory.mktemp("gos")) as booted:
+def guest(tmp_path_factory: pytest.TempPathFactory, qemu_build) -> Iterator:
+    """One lab guest per build: on qemu10.0 its QEMU and the qemu-ga inside are 10.0's."""
+    with lab_guest(tmp_path_factory.mktemp("gos"), qemu_build) as booted:
         yield booted
 
 
@@ -61,6 +61,7 @@ def wait_for(predicate, seconds: float = 30.0, what: str = "the condition") -> N
 # ----------------------------------------------------------------------------- agent cp
 
 
+@pytest.mark.one_qemu  # bulk copying is qmpctl's side; the smaller copies below run on every qemu-ga
 def test_copy_5_mib_in_and_out_with_equal_hashes(run, guest, tmp_path):
     data = os.urandom(5 * 1024 * 1024)
     source = tmp_path / "random.bin"

@@ -83,6 +83,7 @@ BAD_INPUT = {
 }
 
 
+@pytest.mark.one_qemu  # refused before anything is sent
 @pytest.mark.parametrize("case", BAD_INPUT)
 def test_bad_input_is_exit_2_and_changes_nothing(cli, vm, case):
     arguments, message = BAD_INPUT[case]

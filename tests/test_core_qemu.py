@@ -134,6 +134,7 @@ def test_busy_monitor_times_out_with_exit_4(cli, vm):
     assert result.seconds < 5
 
 
+@pytest.mark.one_qemu  # refused before anything is sent
 @pytest.mark.parametrize("value", ["0", "-1"])
 def test_non_positive_timeout_is_usage_error(cli, vm, value):
     result = cli("status", "-s", str(vm.qmp_path), "--timeout", value)
@@ -161,6 +162,7 @@ def test_version(cli):
     assert result.code == 0 and result.out.strip() == f"qmpctl {__version__}"
 
 
+@pytest.mark.one_qemu  # about the installed wheel, not the QEMU
 def test_installed_console_script_finds_its_schemas(tmp_path, vm):
     """A non-editable install must carry schemas/ inside the wheel."""
     script = Path(sys.executable).parent / "qmpctl"

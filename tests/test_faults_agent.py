@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from support.fakes import FakeServer, Peer
-from support.qga import HostAgent, answer, answer_sync, have_qemu_ga
+from support.qga import HostAgent, answer, answer_sync
 
 pytestmark = pytest.mark.fault
 
@@ -29,10 +29,9 @@ def ping(cli, path, *extra: str):
 
 
 @pytest.fixture
-def host_agent(tmp_path):
-    if not have_qemu_ga():
-        pytest.skip("qemu-ga is not installed (run tests/setup-host)")
-    agent = HostAgent(tmp_path / "agent").start()
+def host_agent(tmp_path, qemu_build):
+    """The real qemu-ga of each build (the qemu_build fixture checks it is installed)."""
+    agent = HostAgent(tmp_path / "agent", binary=qemu_build.qemu_ga).start()
     yield agent
     if agent.proc and agent.proc.poll() is None:
         agent.proc.send_signal(signal.SIGCONT)

@@ -23,6 +23,9 @@ import pytest
 from qmpctl.cli.spec import COMMANDS, Command
 from support.qga import HostAgent, have_qemu_ga
 
+# What qmpctl imports does not depend on the QEMU it talks to.
+pytestmark = pytest.mark.one_qemu
+
 REPO = Path(__file__).resolve().parent.parent
 
 HEAVY = {

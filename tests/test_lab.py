@@ -13,8 +13,9 @@ from typing import Iterator
 
 import pytest
 
-from support.lab import lab_guest_module
+from support.lab import lab_guest, lab_guest_module
 from support.polling import eventually
+from support.qga import qemu_ga_version
 from support.runner import CliRunner
 
 pytestmark = pytest.mark.lab
@@ -23,11 +24,12 @@ BOOT_SECONDS = 120
 
 
 @pytest.fixture(scope="module")
-def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    """One booted lab guest for the module (booting takes seconds under TCG)."""
-    lab = lab_guest_module()
-    workdir = tmp_path_factory.mktemp("lab")
-    with lab.LabGuest(workdir) as booted:
+def guest(tmp_path_factory: pytest.TempPathFactory, qemu_build) -> Iterator:
+    """One booted lab guest per QEMU build for the module (booting takes seconds under TCG).
+
+    On ``qemu10.0`` both the QEMU and the guest's qemu-ga are 10.0's.
+    """
+    with lab_guest(tmp_path_factory.mktemp("lab"), qemu_build) as booted:
         yield booted
 
 
@@ -40,11 +42,12 @@ def guest_exec(run: CliRunner, guest, *command: str, **kwargs):
     return run("agent", "exec", "-a", str(guest.agent_path), "--", *command, **kwargs)
 
 
-def test_agent_ping_info_interfaces_through_the_channel(run, guest):
+def test_agent_ping_info_interfaces_through_the_channel(run, guest, qemu_build):
     ping = run("agent", "ping", "-a", str(guest.agent_path))
     assert ping.code == 0 and json.loads(ping.out) == {"return": {}}, ping
     info = run("agent", "info", "-a", str(guest.agent_path), "--return-value")
     assert info.code == 0, info
+    assert json.loads(info.out)["version"] == qemu_ga_version(qemu_build.qemu_ga)  # the build's agent is inside
     names = {command["name"] for command in json.loads(info.out)["supported_commands"]}
     assert {"guest-exec", "guest-ping", "guest-network-get-interfaces"} <= names
     interfaces = run("agent", "interfaces", "-a", str(guest.agent_path), "--return-value")
@@ -69,6 +72,7 @@ def _guest_disks(run: CliRunner, guest) -> set[str]:
     return {name for name in listing.out.split() if name.startswith("vd")}
 
 
+@pytest.mark.one_qemu  # lab-heavy; hotplug on QEMU 10 is in test_block_hotplug.py
 def test_hotplug_then_unplug_a_disk_the_guest_really_sees(run, guest, tmp_path):
     image = tmp_path / "extra.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
@@ -83,6 +87,7 @@ def test_hotplug_then_unplug_a_disk_the_guest_really_sees(run, guest, tmp_path):
     assert not any(node["node-name"].startswith("extra0") for node in json.loads(nodes.out))
 
 
+@pytest.mark.one_qemu  # lab-heavy; backup on QEMU 10 is in test_block_backup.py
 def test_backup_of_a_disk_the_guest_wrote_to(run, guest, tmp_path):
     marker = f"written by the guest at {time.time()}"
     wrote = guest_exec(run, guest, "sh", "-c", f"echo '{marker}' | dd of=/dev/vda conv=fsync 2>/dev/null")
@@ -115,6 +120,7 @@ def test_resync_while_the_guest_is_still_booting_and_shutdown(run, tmp_path_fact
         booting.stop()
 
 
+@pytest.mark.one_qemu  # checks the lab image, the same under either build
 def test_the_guest_offers_a_freezable_filesystem_a_user_and_sha256sum(run, guest):
     """What agent cp, set-password and fsfreeze are tested against: it must be there at boot."""
     mounts = guest_exec(run, guest, "cat", "/proc/mounts")

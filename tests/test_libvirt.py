@@ -42,7 +42,8 @@ def test_status_prints_what_virsh_prints_without_the_libvirt_id(cli, domain):
     result = cli("status", "--domain", domain.name)
     assert result.code == 0, result
     assert result.out == expected
-    assert json.loads(result.out) == {"return": {"status": "running", "singlestep": False, "running": True}}
+    reply = json.loads(result.out)["return"]  # "singlestep" too before QEMU 8.1: only fields every release has
+    assert (reply["status"], reply["running"]) == ("running", True), reply
 
 
 @pytest.mark.parametrize("words", [['{"execute":"query-block"}'], ["query-block"]], ids=["json", "word"])
@@ -143,8 +144,8 @@ def test_fleet_of_domains_one_line_each_worst_exit(cli, domain):
     result = cli("status", "-d", domain.name, "-d", "qmpctl-no-such-domain")
     assert result.code == 3, result
     first, second = [json.loads(line) for line in result.out.splitlines()]
-    assert first == {"target": f"domain:{domain.name}",
-                     "return": {"status": "running", "singlestep": False, "running": True}}
+    assert set(first) == {"target", "return"} and first["target"] == f"domain:{domain.name}"
+    assert (first["return"]["status"], first["return"]["running"]) == ("running", True), first
     assert second["target"] == "domain:qmpctl-no-such-domain"
     assert second["exit"] == 3 and "Domain not found" in second["error"]["desc"]
 

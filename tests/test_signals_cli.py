@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.qemu
+# How qmpctl writes its result does not depend on the QEMU that gave it.
+pytestmark = [pytest.mark.qemu, pytest.mark.one_qemu]
 
 KILL_ON_WRITE = """
 import os, signal, sys

@@ -8,8 +8,8 @@ comes from Debian's package registry (the kernel is downloaded with
 outside the work tree, keyed by the package versions it was made from, so a
 warm call costs well under a second.
 
-CLI:    python3 tests/lab/build.py [--force]   -> prints KERNEL=... and INITRD=...
-Import: from build import build; kernel, initrd = build()
+CLI:    python3 tests/lab/build.py [--force] [--agent QEMU_GA]   -> prints KERNEL=... and INITRD=...
+Import: from build import build; kernel, initrd = build()   # build(agent=Path(...)) for another qemu-ga
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ AGENT_PACKAGE = "qemu-guest-agent"
 AGENT_BINARY = Path("/usr/sbin/qemu-ga")
 AGENT_CHANNEL_NAME = "org.qemu.guest_agent.0"
 GUEST_PATH = "/bin:/sbin:/usr/bin:/usr/sbin"
-KEEP_BUILDS = 3
+KEEP_BUILDS = 6  # two qemu-ga builds times a few recipes (checkouts) in use at once
 
 # Loaded in this order after dependency resolution; anything a module depends
 # on is pulled in ahead of it automatically.
@@ -650,8 +650,21 @@ def safe_component(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]", "_", text)
 
 
-def build(force: bool = False) -> tuple[Path, Path]:
-    """Return (kernel, initrd) paths, building them only if the cache has no match."""
+def agent_binary_version(agent: Path) -> str:
+    """``10.0.2`` from ``QEMU Guest Agent 10.0.2``: keys the cache for a qemu-ga that is not the installed one."""
+    out = run([str(agent), "--version"]).stdout
+    match = re.search(r"QEMU Guest Agent (\S+)", out)
+    if match is None:
+        raise RuntimeError(f"{agent} --version said {out!r}")
+    return match.group(1)
+
+
+def build(force: bool = False, agent: Path | None = None) -> tuple[Path, Path]:
+    """Return (kernel, initrd) paths, building them only if the cache has no match.
+
+    ``agent`` is the qemu-ga binary to put in the guest (e.g. one unpacked from
+    another release's package); the installed package's by default.
+    """
     root = cache_root()
     if not root.is_dir():
         root.mkdir(parents=True)
@@ -661,7 +674,7 @@ def build(force: bool = False) -> tuple[Path, Path]:
         busybox_version = installed_version(BUSYBOX_PACKAGE)
     else:
         busybox_version = "dl-" + (_candidate_version(BUSYBOX_PACKAGE) or "unknown")
-    agent_version = ensure_installed(AGENT_PACKAGE)
+    agent_version = ensure_installed(AGENT_PACKAGE) if agent is None else agent_binary_version(agent)
     key = "_".join(
         safe_component(part)
         for part in (
@@ -684,7 +697,7 @@ def build(force: bool = False) -> tuple[Path, Path]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         cached = cached_kernel(target)
         if force or not (cached and initrd_path.exists()):
-            build_into(target, kernel_package, busybox_version, agent_version)
+            build_into(target, kernel_package, busybox_version, agent_version, agent or AGENT_BINARY)
             prune_cache(root, keep=KEEP_BUILDS)
     kernel_path = cached_kernel(target)
     if kernel_path is None:
@@ -693,7 +706,8 @@ def build(force: bool = False) -> tuple[Path, Path]:
     return kernel_path, initrd_path
 
 
-def build_into(target: Path, kernel_package: KernelPackage, busybox_version: str, agent_version: str) -> None:
+def build_into(target: Path, kernel_package: KernelPackage, busybox_version: str, agent_version: str,
+               agent: Path) -> None:
     """Assemble kernel + initramfs in a staging dir and move it into place whole."""
     started = time.monotonic()
     log(f"building {target.name}")
@@ -719,7 +733,7 @@ def build_into(target: Path, kernel_package: KernelPackage, busybox_version: str
             log("could not extract an ELF vmlinux with a PVH note; using the bzImage")
 
         busybox = busybox_binary(scratch)
-        initramfs = build_initramfs(busybox, AGENT_BINARY, modules, kernel_release)
+        initramfs = build_initramfs(busybox, agent, modules, kernel_release)
 
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         kernel_name = "vmlinux" if vmlinux else "bzImage"
@@ -789,8 +803,10 @@ def _candidate_version(package: str) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--force", action="store_true", help="rebuild even if the cache matches")
+    parser.add_argument("--agent", type=Path, metavar="QEMU_GA",
+                        help=f"the qemu-ga binary for the guest (default: the installed {AGENT_BINARY})")
     args = parser.parse_args(argv)
-    kernel, initrd = build(force=args.force)
+    kernel, initrd = build(force=args.force, agent=args.agent)
     print(f"KERNEL={kernel}")
     print(f"INITRD={initrd}")
     return 0

@@ -163,8 +163,10 @@ class LabGuest:
         kernel: Path | None = None,
         initrd: Path | None = None,
         data_fs: bool = True,
+        qemu_binary: str = QEMU_BINARY,
     ) -> None:
         self.workdir = Path(workdir).resolve()
+        self.qemu_binary = qemu_binary
         self.name = name
         self.memory_mb = memory_mb
         self.data_disk_size = data_disk_size
@@ -223,7 +225,7 @@ class LabGuest:
                 "-device", f"scsi-hd,bus=scsi0.0,drive={DATA_FS_NODE_NAME},id={DATA_FS_DEVICE_ID}",
             ]
         return [
-            QEMU_BINARY,
+            self.qemu_binary,
             "-name", self.name,
             "-M", "pc", "-accel", "tcg", "-m", str(self.memory_mb),
             "-nodefaults", "-display", "none", "-no-reboot",

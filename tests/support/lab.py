@@ -6,6 +6,9 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
+
+from support.qemu import QemuBuild
 
 LAB = Path(__file__).resolve().parents[1] / "lab"
 
@@ -20,3 +23,10 @@ def lab_guest_module() -> ModuleType:
         sys.modules[name] = module  # dataclasses look their module up while it executes
         spec.loader.exec_module(module)
     return sys.modules[name]
+
+
+def lab_guest(workdir: Path, build: QemuBuild, **kwargs: Any) -> Any:
+    """A (not yet started) LabGuest on ``build``'s QEMU, with ``build``'s qemu-ga inside the guest."""
+    lab = lab_guest_module()
+    kernel, initrd = lab.lab_build.build(agent=build.guest_agent)
+    return lab.LabGuest(workdir, kernel=kernel, initrd=initrd, qemu_binary=build.qemu, **kwargs)

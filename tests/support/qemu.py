@@ -8,12 +8,88 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
+
+QEMU10_ROOT = Path(os.environ.get("QMPCTL_QEMU10") or "/var/cache/qmpctl-qemu10/current")
+"""Where tests/setup-host unpacks QEMU 10 from bookworm-backports (wrappers in ``bin/``)."""
+
+
+class QemuBuild:
+    """One QEMU with the qemu-img and qemu-ga of the same release: the system's, or one unpacked beside it.
+
+    Tests that take the ``qemu_build`` fixture (``vm``/``vm_factory`` do) run
+    once per build, with :attr:`id` (``qemu7.2``, ``qemu10.0``) in the test id.
+    """
+
+    def __init__(self, bin_dir: Path | None, expected: str, where: str) -> None:
+        self.bin_dir = bin_dir
+        self.expected = expected  # the label while the build is missing
+        self.where = where
+        self._version: tuple[int, int, int] | None = None
+
+    def tool(self, name: str) -> str:
+        return name if self.bin_dir is None else str(self.bin_dir / name)
+
+    @property
+    def qemu(self) -> str:
+        return self.tool("qemu-system-x86_64")
+
+    @property
+    def qemu_img(self) -> str:
+        return self.tool("qemu-img")
+
+    @property
+    def qemu_ga(self) -> str:
+        return self.tool("qemu-ga")
+
+    @property
+    def guest_agent(self) -> Path | None:
+        """The qemu-ga binary itself (not a wrapper) for the lab guest's initramfs; None: the installed one."""
+        return None if self.bin_dir is None else self.bin_dir.parent / "usr/sbin/qemu-ga"
+
+    def missing(self) -> str | None:
+        """Why this build cannot run here, or None."""
+        for binary in (self.qemu, self.qemu_img, self.qemu_ga):
+            if shutil.which(binary) is None:
+                return f"{binary} is not installed ({self.where}; run tests/setup-host)"
+        return None
+
+    @property
+    def version(self) -> tuple[int, int, int]:
+        """(7, 2, 22) from ``QEMU emulator version 7.2.22 (Debian ...)``."""
+        if self._version is None:
+            out = subprocess.run([self.qemu, "-version"], capture_output=True, text=True, check=True).stdout
+            match = re.search(r"version (\d+)\.(\d+)\.(\d+)", out)
+            if match is None:
+                raise RuntimeError(f"{self.qemu} -version said {out!r}")
+            self._version = (int(match[1]), int(match[2]), int(match[3]))
+        return self._version
+
+    @property
+    def label(self) -> str:
+        if self.missing():
+            return self.expected
+        major, minor, _ = self.version
+        return f"{major}.{minor}"
+
+    @property
+    def id(self) -> str:
+        return f"qemu{self.label}"
+
+    def __repr__(self) -> str:
+        return f"QemuBuild({self.id}, {self.bin_dir or 'PATH'})"
+
+
+SYSTEM_QEMU = QemuBuild(None, "7.2", "the system's packages")
+QEMU10 = QemuBuild(QEMU10_ROOT / "bin", "10.0", f"bookworm-backports, unpacked in {QEMU10_ROOT}")
+QEMU_BUILDS = (SYSTEM_QEMU, QEMU10)
 
 
 def free_tcp_port() -> int:
@@ -80,6 +156,8 @@ class RawQmp:
 class QemuVM:
     """``qemu-system-x86_64 -M pc -accel tcg -nodefaults -display none -S`` with a qcow2 disk.
 
+    ``build`` picks the QEMU (the system's unless told).
+
     ``paused=False`` leaves out ``-S``: a destination of a migration started
     so runs the VM as soon as it has arrived, as a real one would.
 
@@ -89,7 +167,8 @@ class QemuVM:
     """
 
     def __init__(self, workdir: Path, tcp: bool = False, extra_args: list[str] | None = None,
-                 disk_size: str = "64M", qemu_args_disk: bool = True, paused: bool = True) -> None:
+                 disk_size: str = "64M", qemu_args_disk: bool = True, paused: bool = True,
+                 build: QemuBuild = SYSTEM_QEMU) -> None:
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.qmp_path = workdir / "qmp.sock"
@@ -99,6 +178,7 @@ class QemuVM:
         self.extra_args = extra_args or []
         self.disk_size = disk_size
         self.with_disk = qemu_args_disk
+        self.build = build
         self.paused = paused
         self.proc: subprocess.Popen | None = None
 
@@ -107,7 +187,7 @@ class QemuVM:
         return f"tcp:127.0.0.1:{self.tcp_port}"
 
     def command_line(self) -> list[str]:
-        args = ["qemu-system-x86_64", "-M", "pc", "-accel", "tcg", "-nodefaults", "-display", "none",
+        args = [self.build.qemu, "-M", "pc", "-accel", "tcg", "-nodefaults", "-display", "none",
                 *(["-S"] if self.paused else []),
                 "-m", "64", "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
                 "-qmp", f"unix:{self.qmp2_path},server=on,wait=off"]
@@ -120,7 +200,7 @@ class QemuVM:
 
     def start(self) -> None:
         if self.with_disk:
-            subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(self.disk), self.disk_size], check=True)
+            subprocess.run([self.build.qemu_img, "create", "-q", "-f", "qcow2", str(self.disk), self.disk_size], check=True)
         self.proc = subprocess.Popen(self.command_line(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=open(self.workdir / "qemu.log", "wb"))
         wait_for_socket(self.qmp2_path)

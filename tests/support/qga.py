@@ -33,16 +33,20 @@ def have_qemu_ga() -> bool:
     return shutil.which(QGA) is not None
 
 
-def qemu_ga_version() -> str:
+def qemu_ga_version(binary: str = QGA) -> str:
     """``7.2.22`` from ``QEMU Guest Agent 7.2.22``: what guest-info must report."""
-    out = subprocess.run([QGA, "--version"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
     return out.split("QEMU Guest Agent", 1)[1].split()[0]
 
 
 class HostAgent:
-    """``qemu-ga -m unix-listen -p SOCK -t STATEDIR`` (``-b`` for disabled commands), torn down by :meth:`stop`."""
+    """``qemu-ga -m unix-listen -p SOCK -t STATEDIR`` (``-b`` for disabled commands), torn down by :meth:`stop`.
 
-    def __init__(self, workdir: Path, block: list[str] | None = None) -> None:
+    ``binary`` picks the qemu-ga (a :class:`support.qemu.QemuBuild`'s ``qemu_ga``; the system's unless told).
+    """
+
+    def __init__(self, workdir: Path, block: list[str] | None = None, binary: str = QGA) -> None:
+        self.binary = binary
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.path = workdir / "qga.sock"
@@ -50,7 +54,7 @@ class HostAgent:
         self.proc: subprocess.Popen | None = None
 
     def command_line(self) -> list[str]:
-        args = [QGA, "-m", "unix-listen", "-p", str(self.path), "-t", str(self.workdir),
+        args = [self.binary, "-m", "unix-listen", "-p", str(self.path), "-t", str(self.workdir),
                 "-f", str(self.workdir / "qemu-ga.pid")]
         if self.block:
             args += ["-b", ",".join(self.block)]
@@ -136,8 +140,8 @@ class ChannelAgent(HostAgent):
     sent before leaving are still answered: the stale replies a guest channel has.
     """
 
-    def __init__(self, workdir: Path) -> None:
-        super().__init__(workdir)
+    def __init__(self, workdir: Path, binary: str = QGA) -> None:
+        super().__init__(workdir, binary=binary)
         self.path = workdir / "channel.sock"
         self.master, self.slave = pty.openpty()
         tty.setraw(self.master)
@@ -151,7 +155,7 @@ class ChannelAgent(HostAgent):
         self.bridge.start()
 
     def command_line(self) -> list[str]:
-        return [QGA, "-m", "isa-serial", "-p", self.tty_name, "-t", str(self.workdir),
+        return [self.binary, "-m", "isa-serial", "-p", self.tty_name, "-t", str(self.workdir),
                 "-f", str(self.workdir / "qemu-ga.pid")]
 
     def start(self, timeout: float = 10) -> "ChannelAgent":
