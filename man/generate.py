@@ -1,8 +1,8 @@
 """Generate man/qmpctl.1 from the command declaration and README.md, so the page cannot drift from either.
 
 Commands, arguments, options, defaults and their environment variables come
-from the Typer app built from the declaration (qmpctl/cli/spec.py). Everything hand-written comes from README.md, the one place
-people edit: the description, addresses, environment, output, exit codes,
+from the command declaration (qmpctl/cli/spec.py). Everything hand-written
+comes from README.md, the one place people edit: the description, addresses, environment, output, exit codes,
 guarantees, troubleshooting and the examples (the README's runnable blocks,
 which tests/test_docs.py executes). ``qmpctl.1.in`` beside this file holds the
 page's frame with ``@NAME@`` placeholders.

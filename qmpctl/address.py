@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from qmpctl.deadline import Deadline
-from qmpctl.errors import ConnectError, UsageError
+from qmpctl.errors import UsageError
 
 GLOB_CHARS = frozenset("*?[")
 SSH_SCHEME = "ssh://"
@@ -175,31 +174,3 @@ def _uncut(path: str, whole: str) -> str | None:
 
 def has_glob(text: str) -> bool:
     return any(ch in GLOB_CHARS for ch in text)
-
-
-def expand_addresses(values: list[str], timeout: float = 10.0) -> list[Address]:
-    """Parse every value, expanding unix paths with glob characters to their matches.
-
-    A pattern that matches nothing is an error: a cron job asking "all my VMs"
-    must not silently succeed on none. A pattern in an ``ssh://`` address is
-    expanded on that host, within ``timeout`` for all such listings together.
-    """
-    addresses: list[Address] = []
-    listing: Deadline | None = None
-    for value in values:
-        address = parse_address(value)
-        if address.via is not None and address.path is not None and has_glob(address.path):
-            from qmpctl import ssh
-
-            listing = listing or Deadline(timeout)
-            addresses.extend(ssh.expand_remote(address, listing))
-        elif address.path is not None and has_glob(address.path):
-            import glob
-
-            matches = sorted(glob.glob(address.path))
-            if not matches:
-                raise ConnectError(f"no socket matches {address.path!r}")
-            addresses.extend(Address(path=match) for match in matches)
-        else:
-            addresses.append(address)
-    return list(dict.fromkeys(addresses))

@@ -14,16 +14,13 @@ from collections.abc import Callable
 from typing import Any
 
 from qmpctl.address import Address
+from qmpctl.connect import open_connection
 from qmpctl.deadline import Deadline
-from qmpctl.errors import (
-    ConnectionClosed,
-    DeadlineExceeded,
-    ProtocolError,
-    QmpctlError,
-    VmError,
-)
+from qmpctl.errors import ConnectionClosed, DeadlineExceeded, ProtocolError, QmpctlError, VmError
 from qmpctl.qmp import checked_reply, decode_message
 from qmpctl.request import Request
+from qmpctl.session import WithoutEvents
+from qmpctl.trace import Exchange
 from qmpctl.transport import RECV_CHUNK, Connection
 
 SYNC_BYTE = b"\xff"
@@ -40,17 +37,33 @@ def _random_id() -> int:
     return int.from_bytes(os.urandom(4), "big") & 0x7FFFFFFF or 1
 
 
+DISABLED_HINT = ("enable it in qemu-ga's configuration: the --block-rpcs (-b) and --allow-rpcs options, "
+                 "the block-rpcs= and allow-rpcs= keys of qemu-ga.conf, or BLACKLIST_RPC / ALLOW_RPC in "
+                 "/etc/sysconfig/qemu-ga")
+UNKNOWN_HINT = "not known to this guest agent: an older qemu-ga, or one built without it"
+
+
 def _says_disabled(error: VmError) -> bool:
-    """qemu-ga 7.2: CommandNotFound "Command guest-exec has been disabled"; later releases may say
-    "not allowed"; old ones (QEMU 2.x) used GenericError "The command ... has been disabled for this instance"."""
+    """A command the agent has but refuses to run, in every wording qemu-ga has used.
+
+    qemu-ga 7.2: CommandNotFound "Command guest-exec has been disabled";
+    qemu-ga 8.0 to 10 (which added --allow-rpcs): CommandNotFound "Command
+    guest-exec has been disabled: the command is not allowed"; QEMU 2.x:
+    GenericError "The command guest-exec has been disabled for this instance".
+    """
     lowered = error.desc.lower()
     if error.error_class == DISABLED_CLASS:
-        return "disabled" in lowered or "not allowed" in lowered
+        return "has been disabled" in lowered or "not allowed" in lowered
     return error.error_class == "GenericError" and lowered.startswith("the command ") and "has been disabled" in lowered
 
 
+def _says_unknown(error: VmError) -> bool:
+    """qemu-ga's CommandNotFound "The command guest-get-devices has not been found": not built in, not disabled."""
+    return error.error_class == DISABLED_CLASS and "has not been found" in error.desc.lower()
+
+
 def disabled_command_error(error: VmError, command: str, frozen: Callable[[], bool] = lambda: False) -> VmError:
-    """Say plainly that a command is switched off in the agent, not merely unknown.
+    """Say plainly that a command is switched off in the agent (and where), or that the agent lacks it.
 
     qemu-ga refuses most commands while the guest's filesystems are frozen
     (7.2: "...has been disabled: the agent is in frozen state"): that is said
@@ -66,13 +79,13 @@ def disabled_command_error(error: VmError, command: str, frozen: Callable[[], bo
             sent=error.sent, received=error.received,
         )
     if _says_disabled(error):
-        return VmError(
-            error.error_class,
-            f"{command} is disabled in the guest agent's configuration "
-            f"(qemu-ga --block-rpcs / BLACKLIST_RPC); the agent said: {error.desc}",
-            sent=error.sent, received=error.received,
-        )
-    return error
+        desc = (f"{command} is disabled in the guest agent's configuration ({DISABLED_HINT}); "
+                f"the agent said: {error.desc}")
+    elif _says_unknown(error):
+        desc = f"{error.desc} ({command} is {UNKNOWN_HINT})"
+    else:
+        return error
+    return VmError(error.error_class, desc, sent=error.sent, received=error.received)
 
 
 FREEZE_STATUS = "guest-fsfreeze-status"
@@ -92,10 +105,10 @@ def is_frozen(ask: Callable[[Request], dict[str, Any]]) -> bool:
         return False
 
 
-class AgentSession:
-    """One short-lived, resynchronised connection to qemu-ga."""
+class AgentSession(WithoutEvents):
+    """One short-lived, resynchronised connection to qemu-ga (which has no events)."""
 
-    supports_events = False
+    max_message_bytes: int | None = None
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -103,7 +116,7 @@ class AgentSession:
 
     @classmethod
     def connect(cls, address: Address, deadline: Deadline) -> AgentSession:
-        session = cls(Connection.open(address, deadline))
+        session = cls(open_connection(address, deadline))
         try:
             session.resync(deadline)
         except BaseException:
@@ -140,6 +153,10 @@ class AgentSession:
         """
         sync_id = _random_id()
         request = Request("guest-sync-delimited", {"id": sync_id}, protocol="qga")
+        with Exchange(self.target, request.as_dict()):
+            self._sync(sync_id, request, deadline)
+
+    def _sync(self, sync_id: int, request: Request, deadline: Deadline) -> None:
         waiting_for = f"the guest agent at {self.target} to answer guest-sync-delimited"
         self.connection.send(SYNC_BYTE + request.wire(), deadline, "guest-sync-delimited")
         while True:
@@ -161,7 +178,8 @@ class AgentSession:
         other id is someone else's and is skipped. A reply without any id is
         taken as ours, for agents that do not echo ids.
         """
-        return self._checked(self._exchange(request, deadline), request, deadline)
+        with Exchange(self.target, request.as_dict()):
+            return self._checked(self._exchange(request, deadline), request, deadline)
 
     def _exchange(self, request: Request, deadline: Deadline) -> dict[str, Any]:
         """Send ``request`` with a fresh id and read our reply, as it came."""
@@ -197,11 +215,12 @@ class AgentSession:
         means the agent took the command.
         """
         request_id = _random_id()
-        self.connection.send(request.wire(request_id), deadline, request.execute)
-        grace = deadline.sub(NO_REPLY_GRACE_SECONDS)
-        waiting_for = f"a refusal of {request.execute} from the guest agent at {self.target}"
-        try:
-            reply = self._our_reply(request_id, grace, waiting_for, "")
-        except (DeadlineExceeded, ConnectionClosed):
-            return
-        self._checked(reply, request, deadline)
+        with Exchange(self.target, request.as_dict()):
+            self.connection.send(request.wire(request_id), deadline, request.execute)
+            grace = deadline.sub(NO_REPLY_GRACE_SECONDS)
+            waiting_for = f"a refusal of {request.execute} from the guest agent at {self.target}"
+            try:
+                reply = self._our_reply(request_id, grace, waiting_for, "")
+            except (DeadlineExceeded, ConnectionClosed):
+                return
+            self._checked(reply, request, deadline)

@@ -309,12 +309,14 @@ class _BackupRun:
     def _create(self, options: dict[str, Any], what: str) -> None:
         job_id = f"{self.job_id}-create-{what}"
         self.jobs.append(job_id)
-        self.session.execute(Request("blockdev-create", {"job-id": job_id, "options": options}), self.deadline)
+        request = Request("blockdev-create", {"job-id": job_id, "options": options})
+        self.session.execute(request, self.deadline)
         state = wait_for_end(self.session, job_id, self.deadline, self.deadline)
         dismiss(self.session, job_id, self.deadline)
         self.jobs.remove(job_id)
         if state.error:
-            raise VmError("GenericError", f"could not create {self.path}: {state.error}")
+            raise VmError("GenericError", f"could not create {self.path}: {state.error}",
+                          sent=request.as_dict(), received=vars(state))
 
     def _add(self, options: dict[str, Any]) -> None:
         node = options["node-name"]
@@ -406,7 +408,7 @@ def backup(session: Session, deadline: Deadline, options: BackupOptions, *, targ
         run.end()
         if isinstance(exc, KeyboardInterrupt):
             raise run.fail(Interrupted(f"interrupted while backup job {job_id} was being set up")) from None
-        raise run.fail(exc)
+        raise run.fail(exc)  # noqa: B904 (the same exception, its message amended)
     summary: dict[str, Any] = {"job-id": job_id, "device": source.device, "target": path,
                                "format": options.format, "sync": options.sync, "method": run.method}
     if not options.wait:
@@ -418,7 +420,8 @@ def backup(session: Session, deadline: Deadline, options: BackupOptions, *, targ
             final = wait_for_end(session, job_id, wait, deadline, progress, progress_every)
     except ProtocolError as exc:
         raise run.fail(ProtocolError(
-            f"the VM went away while backup job {job_id} was running ({exc.message})")) from None
+            f"the VM went away while backup job {job_id} was running ({exc.message})",
+            sent=exc.sent, received=exc.received)) from None
     except (DeadlineExceeded, KeyboardInterrupt) as exc:
         state = run.end()
         completed = state is not None and not state.error
@@ -439,10 +442,11 @@ def backup(session: Session, deadline: Deadline, options: BackupOptions, *, targ
         raise run.fail(kind(message), target_done=completed) from None
     except BaseException as exc:  # e.g. the job vanished, or query-jobs failed: still take back what is ours
         run.end()
-        raise run.fail(exc)
+        raise run.fail(exc)  # noqa: B904 (the same exception, its message amended)
     run.end()
     if final.error:
-        raise run.fail(JobFailed(f"backup job {job_id} failed{failure_detail(session, job_id)}: {final.error}"))
+        raise run.fail(JobFailed(f"backup job {job_id} failed{failure_detail(session, job_id)}: {final.error}",
+                                 sent=Request("query-jobs").as_dict(), received=vars(final)))
     if progress is not None:
         progress(final)
     summary.update({"bytes": final.total, "seconds": round(time.monotonic() - started, 3)})
@@ -464,7 +468,8 @@ def dismiss_job(session: Session, deadline: Deadline, job_id: str, *, target_is_
     result = {"dismissed": job_id, **result}
     if state is None or not state.error:
         return {"return": result}
-    raise JobFailed(f"job {job_id} had failed: {state.error}; " + "; ".join(["dismissed it"] + notes))
+    raise JobFailed(f"job {job_id} had failed: {state.error}; " + "; ".join(["dismissed it"] + notes),
+                    sent=Request("query-jobs").as_dict(), received=vars(state))
 
 
 def cancel_backup_job(session: Session, deadline: Deadline, job_id: str, *,
@@ -476,7 +481,8 @@ def cancel_backup_job(session: Session, deadline: Deadline, job_id: str, *,
     """
     state = cancel_job(session, job_id, deadline)
     if state is None:
-        raise VmError("GenericError", f"the VM has no job {job_id!r} (qmpctl jobs lists them)")
+        raise VmError("GenericError", f"the VM has no job {job_id!r} (qmpctl jobs lists them)",
+                      sent=Request("query-jobs").as_dict())
     result, _ = _drop_target(session, deadline, job_id, state, target_is_local)
     return {"return": {"cancelled": job_id, **result}}
 

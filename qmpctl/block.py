@@ -375,7 +375,7 @@ def hotplug(session: Session, deadline: Deadline, plan: HotplugPlan) -> dict[str
                 result["scsi-bus"] = bus
         session.execute(plan.device_add(device_id, bus), deadline)
     except BaseException as exc:
-        raise with_notes(exc, undo_all(undo))
+        raise with_notes(exc, undo_all(undo))  # noqa: B904 (the same exception, its message amended)
     return {"return": result}
 
 
@@ -465,7 +465,8 @@ def _remove_left_behind(session: Session, device_id: str, deadline: Deadline) ->
     if kept:
         raise VmError("GenericError", f"device {device_id} is gone, but its block node(s) "
                       f"{', '.join(item['node-name'] for item in kept)} could not be deleted: "
-                      + "; ".join(item["reason"] for item in kept))
+                      + "; ".join(item["reason"] for item in kept),
+                      sent=Request("blockdev-del", {"node-name": kept[0]["node-name"]}).as_dict())
     result = _nodes_result(device_id, deleted, kept)
     result["note"] = (f"device {device_id} was already gone; deleted the block node(s) it left behind: "
                       + ", ".join(deleted))
@@ -513,8 +514,9 @@ def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: f
         return _remove_left_behind(session, device_id, deadline)
     nodes = _disk_nodes(session, device_id, deadline)
     wait = Deadline(wait_seconds)
+    request = Request("device_del", {"id": device_id})
     try:
-        session.execute(Request("device_del", {"id": device_id}), deadline)
+        session.execute(request, deadline)
         try:
             with deadline.paused():
                 wait_until(session, lambda: _gone(session, device_id, wait.within(deadline)), wait,
@@ -527,7 +529,7 @@ def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: f
             raise DeadlineExceeded(
                 f"the guest did not release {device_id} within {wait_seconds:g}s (a guest without an OS, or "
                 f"without hotplug support, never does); nothing was deleted: the device stays attached with "
-                f"its unplug request pending{kept}") from None
+                f"its unplug request pending{kept}", sent=request.as_dict()) from None
         deleted, kept_nodes = _delete_nodes(session, nodes, deadline)
     except KeyboardInterrupt:  # from device_del on: the device may go, and its nodes must not stay behind
         with shielded():

@@ -76,7 +76,8 @@ class ChainOptions:
         if len(set(self.devices)) != len(self.devices):
             raise UsageError("each DEVICE may be given once")
         if self.keep_chains is not None and self.keep_chains < 1:
-            raise UsageError(f"--keep-chains must be 1 or more (the current chain is always kept), got {self.keep_chains}")
+            raise UsageError(f"--keep-chains must be 1 or more (the current chain is always kept), "
+                             f"got {self.keep_chains}")
         if not self.wait_timeout > 0:
             raise UsageError(f"--wait-timeout must be more than 0 seconds, got {self.wait_timeout:g}")
         if self.freeze not in ("no", "yes", "try"):
@@ -289,7 +290,7 @@ class Freezer:
                 raise DeadlineExceeded(f"the guest agent did not freeze the guest's filesystems within "
                                        f"--freeze-timeout {self.timeout:g}s; they were thawed and nothing was "
                                        f"started ({exc.message})") from None
-            raise with_notes(exc, ["nothing was started"])
+            raise with_notes(exc, ["nothing was started"])  # noqa: B904 (the same exception, its message amended)
 
     def close(self) -> None:
         if self.session is not None:

@@ -31,6 +31,4 @@ def recover_channel(session: Session, deadline: Deadline) -> None:
     resync's 0xFF resets its parser and drops replies still in flight. A
     libvirt session has no channel of its own to repair.
     """
-    resync = getattr(session, "resync", None)
-    if resync is not None:
-        resync(deadline)
+    session.resync(deadline)

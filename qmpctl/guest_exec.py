@@ -116,6 +116,14 @@ def _optional_int(result: dict[str, Any], key: str, reply: dict[str, Any]) -> in
 
 def parse_status(pid: int, reply: dict[str, Any]) -> ExecStatus:
     """Turn a guest-exec-status reply into an :class:`ExecStatus`; anything malformed is a ProtocolError."""
+    try:
+        return _parse_status(pid, reply)
+    except ProtocolError as exc:
+        exc.sent = status_request(pid).as_dict()
+        raise
+
+
+def _parse_status(pid: int, reply: dict[str, Any]) -> ExecStatus:
     result = reply.get("return")
     if not isinstance(result, dict) or not isinstance(result.get("exited"), bool):
         raise ProtocolError("the guest agent's guest-exec-status reply has no 'exited' flag", received=reply)
@@ -147,7 +155,8 @@ def start(session: Session, request: Request, deadline: Deadline) -> int:
     except VmError as exc:
         if exc.error_class == "CommandNotFound":
             raise
-        raise VmError(exc.error_class, f"the guest agent could not start {request.arguments['path']!r}: {exc.desc}",
+        program = (request.arguments or {}).get("path")
+        raise VmError(exc.error_class, f"the guest agent could not start {program!r}: {exc.desc}",
                       sent=exc.sent, received=exc.received) from exc
     result = reply.get("return")
     pid = result.get("pid") if isinstance(result, dict) else None
@@ -184,17 +193,19 @@ def wait_for_exit(session: Session, pid: int, *, reply_timeout: float, wait_time
     for delay in poll_delays():
         try:
             status, reply = read_status(session, pid, wait.sub(reply_timeout))
-        except DeadlineExceeded:
+        except DeadlineExceeded as exc:
             if wait.expired():
                 raise ExecTimeout(f"the program (guest pid {pid}) is still running after --wait-timeout "
-                                  f"{wait_timeout:g}s") from None
+                                  f"{wait_timeout:g}s", sent=exc.sent, received=exc.received) from None
             raise ExecLost(f"the guest agent stopped answering: no reply to guest-exec-status within "
                            f"{reply_timeout:g}s while the program ran; the "
                            f"program (guest pid {pid}) may still be running: read its result with "
-                           f"'qmpctl agent exec-status {pid}' once the agent answers") from None
+                           f"'qmpctl agent exec-status {pid}' once the agent answers",
+                           sent=exc.sent, received=exc.received) from None
         if status.exited:
             return status, reply
         if wait.expired():
-            raise ExecTimeout(f"the program (guest pid {pid}) is still running after --wait-timeout {wait_timeout:g}s")
+            raise ExecTimeout(f"the program (guest pid {pid}) is still running after --wait-timeout "
+                              f"{wait_timeout:g}s", sent=status_request(pid).as_dict(), received=reply)
         sleep(min(delay, max(wait.expires_at - time.monotonic(), 0.0)))
     raise AssertionError("unreachable: poll_delays never ends")

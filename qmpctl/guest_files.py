@@ -60,8 +60,8 @@ Progress = Callable[[int, int | None], None]
 
 
 def chunk_size(session: Session, wanted: int, libvirt_cap: int) -> int:
-    """``wanted``, or ``libvirt_cap`` when that is less and the session is libvirt's (it caps messages)."""
-    if getattr(session, "max_message_bytes", None) is not None:
+    """``wanted``, or ``libvirt_cap`` when that is less and the session's transport caps a message (libvirt)."""
+    if session.max_message_bytes is not None:
         return min(wanted, libvirt_cap)
     return wanted
 

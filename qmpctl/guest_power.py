@@ -32,7 +32,7 @@ def shutdown_request(mode: str) -> Request:
 
 def shutdown(session: Session, request: Request, deadline: Deadline) -> None:
     """Send guest-shutdown; a refusal within a second is raised, silence is success."""
-    session.execute_no_reply(request, deadline)  # type: ignore[attr-defined]
+    session.execute_no_reply(request, deadline)
 
 
 def _stopped(mode: str) -> Any:

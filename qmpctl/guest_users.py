@@ -25,7 +25,8 @@ class SecretRequest(Request):
 
     __slots__ = ("secret",)
 
-    def __init__(self, execute: str, arguments: dict[str, Any], *, secret: tuple[str, ...], protocol: str = "qga") -> None:
+    def __init__(self, execute: str, arguments: dict[str, Any], *, secret: tuple[str, ...],
+                 protocol: str = "qga") -> None:
         super().__init__(execute, arguments, protocol=protocol)  # validated with the real values
         self.secret = secret
 

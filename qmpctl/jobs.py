@@ -49,10 +49,11 @@ Progress = Callable[[JobState], None]
 
 
 def list_jobs(session: Session, deadline: Deadline) -> dict[str, JobState]:
-    reply = session.execute(Request("query-jobs"), deadline).get("return")
+    request = Request("query-jobs")
+    reply = session.execute(request, deadline).get("return")
     if not isinstance(reply, list):
         raise ProtocolError(f"{session.target} answered query-jobs with something that is not a list",
-                            received=reply)
+                            sent=request.as_dict(), received=reply)
     states = (JobState.from_info(info) for info in reply if isinstance(info, dict))
     return {state.id: state for state in states}
 
@@ -72,7 +73,8 @@ def wait_for_end(session: Session, job_id: str, wait: Deadline, deadline: Deadli
     def check() -> Optional[JobState]:
         state = find_job(session, job_id, wait.within(deadline))
         if state is None:
-            raise JobFailed(f"job {job_id} disappeared before qmpctl saw it end (did another client dismiss it?)")
+            raise JobFailed(f"job {job_id} disappeared before qmpctl saw it end (did another client dismiss it?)",
+                            sent=Request("query-jobs").as_dict())
         if state.concluded:
             return state
         if progress is not None:
@@ -127,7 +129,7 @@ finish = cancel_job
 
 def failure_detail(session: Session, job_id: str) -> str:
     """What BLOCK_JOB_ERROR said about ``job_id`` (which side failed), where events were seen."""
-    for event in getattr(session, "events", ()):
+    for event in session.events:
         if event_named("BLOCK_JOB_ERROR", device=job_id)(event):
             operation = event["data"].get("operation")
             if operation == "read":

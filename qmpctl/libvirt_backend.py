@@ -29,7 +29,8 @@ from qmpctl.errors import (ConnectError, ConnectionClosed, DeadlineExceeded, Pro
                            UsageError, VmError)
 from qmpctl.qmp import checked_reply
 from qmpctl.request import Request
-from qmpctl.targets import AGENT, MONITOR
+from qmpctl import trace
+from qmpctl.session import AGENT, MONITOR, WithoutEvents
 
 DEFAULT_URI = "qemu:///system"
 INSTALL_HINT = (
@@ -96,7 +97,7 @@ def _bounded(deadline: Deadline, waiting_for: str, hint: str, call: Callable[...
     An abandoned call keeps running in its thread until libvirt returns; the
     process does not wait for it.
     """
-    outcome: dict[str, Any] = {}
+    outcome: dict[str, Any] = {}  # "value": T or "error": BaseException
 
     def runner() -> None:
         try:
@@ -111,7 +112,8 @@ def _bounded(deadline: Deadline, waiting_for: str, hint: str, call: Callable[...
         raise deadline.exceeded(waiting_for, hint)
     if "error" in outcome:
         raise outcome["error"]
-    return outcome["value"]
+    value: T = outcome["value"]
+    return value
 
 
 def agent_error(message: str) -> VmError | None:
@@ -229,7 +231,7 @@ class DomainTarget(NamedTuple):
         """How error messages name the domain: with the URI, since the same name can live on many hosts."""
         return f"domain {self.name} ({self.connect_uri})"
 
-    def open(self, deadline: Deadline) -> "DomainSession":
+    def open(self, deadline: Deadline) -> "DomainMonitorSession | DomainAgentSession":
         libvirt, libvirt_qemu = load_libvirt()
         waiting_for = f"libvirt to open domain {self.name}"
 
@@ -245,15 +247,19 @@ class DomainTarget(NamedTuple):
             connection, domain = _bounded(deadline, waiting_for, LIBVIRTD_HINT, connect)
         except Exception as exc:
             raise translate(libvirt, exc, self.describe()) from None
-        session_class = DomainAgentSession if self.kind == AGENT else DomainMonitorSession
-        return session_class(self, libvirt, libvirt_qemu, connection, domain)
+        if self.kind == AGENT:
+            return DomainAgentSession(self, libvirt, libvirt_qemu, connection, domain)
+        return DomainMonitorSession(self, libvirt, libvirt_qemu, connection, domain)
 
 
-class DomainSession:
-    """What monitor and agent sessions through libvirt share: the connection and bounded calls."""
+class DomainSession(WithoutEvents):
+    """What monitor and agent sessions through libvirt share: the connection and bounded calls.
 
-    supports_events = False
-    max_message_bytes = LIBVIRT_STRING_MAX
+    libvirt keeps QEMU's events to itself (qmpctl would need an event loop and
+    virConnectDomainQemuMonitorEventRegister to see them), so these sessions have none.
+    """
+
+    max_message_bytes: int | None = LIBVIRT_STRING_MAX
     """libvirt passes no longer string either way: bulk transfers (agent cp) size their chunks by it."""
 
     def __init__(self, target: DomainTarget, libvirt: ModuleType, libvirt_qemu: ModuleType,
@@ -268,14 +274,22 @@ class DomainSession:
         self.what = target.describe()
         self.hint = MONITOR_HINT
 
-    def _call(self, deadline: Deadline, waiting_for: str, call: Callable[..., T], *args: Any) -> T:
+    def _call(self, request: Request, deadline: Deadline, waiting_for: str, call: Callable[..., str],
+              text: str, *args: Any) -> str:
+        """libvirt's ``call(domain, text, *args)`` for ``request``: bounded, traced, its errors translated."""
+        trace.sent(self.target, text)
         try:
-            return _bounded(deadline, waiting_for, self.hint, call, *args)
+            reply = _bounded(deadline, waiting_for, self.hint, call, self.domain, text, *args)
         except DeadlineExceeded:
             self._abandoned = True  # the call still holds the connection: leave it alone
             raise
         except Exception as exc:
-            raise translate(self.libvirt, exc, self.what) from None
+            error = translate(self.libvirt, exc, self.what)
+            if error.received is None and error is not exc:
+                error.received = str(exc)  # libvirt's own words: all qmpctl received
+            raise error from None
+        trace.received(self.target, reply)
+        return reply
 
     def _parse(self, text: str, request: Request) -> dict[str, Any]:
         """The reply object libvirt passed on, without libvirt's ``"id": "libvirt-N"``."""
@@ -302,6 +316,9 @@ class DomainSession:
                              f"{self.target} ({LIBVIRT_STRING_MAX // (1024 * 1024)} MiB); for this, talk to the "
                              "VM's socket directly (-s/-a)")
         return text
+
+    def resync(self, deadline: Deadline) -> None:
+        """Nothing to do: libvirt syncs with the agent itself before every command."""
 
     def close(self) -> None:
         if self._abandoned:
@@ -431,22 +448,31 @@ class DomainMonitorSession(DomainSession):
         super().close()
 
     def execute(self, request: Request, deadline: Deadline) -> dict[str, Any]:
+        with trace.Exchange(self.target, request.as_dict()):
+            return self._execute(request, deadline)
+
+    def _execute(self, request: Request, deadline: Deadline) -> dict[str, Any]:
         waiting_for = f"the reply to {request.execute} from {self.target}"
         command = self.libvirt_qemu.qemuMonitorCommand
         hmp_line = _hmp_line(request)
         if hmp_line is not None:
-            text = self._call(deadline, waiting_for, command, self.domain, hmp_line,
+            text = self._call(request, deadline, waiting_for, command, hmp_line,
                               self.libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
             return {"return": text}
-        text = self._call(deadline, waiting_for, command, self.domain, self._text(request), 0)
+        text = self._call(request, deadline, waiting_for, command, self._text(request), 0)
         return self._check(self._parse(text, request), request)
+
+    def execute_no_reply(self, request: Request, deadline: Deadline) -> None:
+        """Every QMP command answers, so this is :meth:`execute` with the reply dropped."""
+        self.execute(request, deadline)
 
 
 def _hmp_line(request: Request) -> str | None:
     """The command line of a plain human-monitor-command (no cpu-index, which the HMP flag cannot carry)."""
     arguments = request.arguments or {}
-    if request.execute == "human-monitor-command" and set(arguments) == {"command-line"}:
-        return arguments["command-line"]
+    line = arguments.get("command-line")
+    if request.execute == "human-monitor-command" and set(arguments) == {"command-line"} and isinstance(line, str):
+        return line
     return None
 
 
@@ -462,8 +488,6 @@ class DomainAgentSession(DomainSession):
         try:
             return self._raw_agent_call(request, deadline, seconds)
         except VmError as exc:
-            exc.sent = request.as_dict()
-
             def ask(status: Request) -> dict[str, Any]:
                 return self._check(self._parse(self._raw_agent_call(status, deadline, seconds), status), status)
 
@@ -471,13 +495,14 @@ class DomainAgentSession(DomainSession):
 
     def _raw_agent_call(self, request: Request, deadline: Deadline, seconds: int) -> str:
         waiting_for = f"the reply to {request.execute} from the guest agent of {self.target}"
-        return self._call(deadline, waiting_for, self.libvirt_qemu.qemuAgentCommand, self.domain,
+        return self._call(request, deadline, waiting_for, self.libvirt_qemu.qemuAgentCommand,
                           self._text(request), seconds, 0)
 
     def execute(self, request: Request, deadline: Deadline) -> dict[str, Any]:
-        seconds = max(1, math.ceil(deadline.remaining(f"the guest agent of {self.target}")))
-        text = self._agent_call(request, deadline, seconds)
-        return self._check(self._parse(text, request), request)
+        with trace.Exchange(self.target, request.as_dict()):
+            seconds = max(1, math.ceil(deadline.remaining(f"the guest agent of {self.target}")))
+            text = self._agent_call(request, deadline, seconds)
+            return self._check(self._parse(text, request), request)
 
     def execute_no_reply(self, request: Request, deadline: Deadline) -> None:
         """For guest-shutdown and friends, which answer only when they fail.
@@ -488,9 +513,10 @@ class DomainAgentSession(DomainSession):
         raises :class:`VmError`.
         """
         self.execute(Request("guest-ping", protocol="qga"), deadline)
-        seconds = min(NO_REPLY_GRACE_SECONDS, max(1, math.floor(deadline.remaining(request.execute))))
-        try:
-            text = self._agent_call(request, deadline, seconds)
-        except (DeadlineExceeded, ConnectError):
-            return  # silent, or the guest (and its channel) went down: the command was taken
-        self._check(self._parse(text, request), request)
+        with trace.Exchange(self.target, request.as_dict()):
+            seconds = min(NO_REPLY_GRACE_SECONDS, max(1, math.floor(deadline.remaining(request.execute))))
+            try:
+                text = self._agent_call(request, deadline, seconds)
+            except (DeadlineExceeded, ConnectError):
+                return  # silent, or the guest (and its channel) went down: the command was taken
+            self._check(self._parse(text, request), request)

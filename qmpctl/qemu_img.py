@@ -21,6 +21,8 @@ PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 PROGRESS_SCALE = 10000
 """Percent with two decimals, as qemu-img -p prints it, in whole units for a JobState."""
 
+QEMU_IMG_MISSING = "qemu-img is not installed (it comes with QEMU's tools, e.g. the qemu-utils package)"
+
 
 def run(arguments: list[str], deadline: Deadline, what: str, *, cwd: Optional[str] = None,
         check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -29,7 +31,7 @@ def run(arguments: list[str], deadline: Deadline, what: str, *, cwd: Optional[st
         done = subprocess.run(["qemu-img", *arguments], capture_output=True, text=True, cwd=cwd,
                               stdin=subprocess.DEVNULL, timeout=deadline.remaining(what))
     except FileNotFoundError:
-        raise UsageError("qemu-img is not installed (it comes with QEMU's tools, e.g. the qemu-utils package)") from None
+        raise UsageError(QEMU_IMG_MISSING) from None
     except subprocess.TimeoutExpired:
         raise deadline.exceeded(what) from None
     if check and done.returncode != 0:
@@ -81,7 +83,7 @@ def convert(source: str, target: str, target_format: str, wait: Deadline,
         child = subprocess.Popen(arguments + [source, target], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE)
     except FileNotFoundError:
-        raise UsageError("qemu-img is not installed (it comes with QEMU's tools, e.g. the qemu-utils package)") from None
+        raise UsageError(QEMU_IMG_MISSING) from None
     assert child.stdout is not None and child.stderr is not None
     errors = b""
     try:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from qmpctl.address import Address
+from qmpctl.connect import open_connection
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectionClosed, ProtocolError, VmError
 from qmpctl.request import Request, parse_json
+from qmpctl.session import EventMatch
+from qmpctl.trace import Exchange
 from qmpctl.transport import Connection
 
 MAX_KEPT_EVENTS = 10_000
@@ -67,6 +70,7 @@ class QmpSession:
     """One short-lived, negotiated connection to a QEMU monitor."""
 
     supports_events = True
+    max_message_bytes: int | None = None
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
@@ -79,9 +83,10 @@ class QmpSession:
     @classmethod
     def connect(cls, address: Address, deadline: Deadline) -> "QmpSession":
         """Connect, read the greeting and negotiate, all within ``deadline``."""
-        session = cls(Connection.open(address, deadline))
+        session = cls(open_connection(address, deadline))
         try:
-            session._read_greeting(deadline)
+            with Exchange(session.target, None):
+                session._read_greeting(deadline)
             session._negotiate(deadline)
         except BaseException:
             session.close()
@@ -124,6 +129,10 @@ class QmpSession:
         return f"{self._prefix}{self._counter}"
 
     def _exchange(self, request: Request, deadline: Deadline, fds: Sequence[int] = ()) -> dict[str, Any]:
+        with Exchange(self.target, request.as_dict()):
+            return self._send_and_read(request, deadline, fds)
+
+    def _send_and_read(self, request: Request, deadline: Deadline, fds: Sequence[int]) -> dict[str, Any]:
         request_id = self._next_id()
         waiting_for = f"the reply to {request.execute} from {self.target}"
         self.connection.send(request.wire(request_id), deadline, request.execute, fds)
@@ -151,12 +160,23 @@ class QmpSession:
         """
         return self._exchange(request, deadline, fds)
 
-    def wait_event(self, match: Callable[[dict[str, Any]], bool], deadline: Deadline, waiting_for: str) -> dict[str, Any]:
+    def execute_no_reply(self, request: Request, deadline: Deadline) -> None:
+        """Every QMP command answers, so this is :meth:`execute` with the reply dropped."""
+        self.execute(request, deadline)
+
+    def resync(self, deadline: Deadline) -> None:
+        """Nothing to do: a reply to an abandoned request carries its id and is skipped."""
+
+    def wait_event(self, match: EventMatch, deadline: Deadline, waiting_for: str) -> dict[str, Any]:
         """Return (and consume) the first event, already seen or still to come, that ``match`` accepts."""
         for event in list(self.events):
             if match(event):
                 self.events.remove(event)
                 return event
+        with Exchange(self.target, None):
+            return self._read_event(match, deadline, waiting_for)
+
+    def _read_event(self, match: EventMatch, deadline: Deadline, waiting_for: str) -> dict[str, Any]:
         while True:
             message = self._read_message(deadline, waiting_for)
             if "event" in message:

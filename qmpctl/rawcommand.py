@@ -62,10 +62,10 @@ def parse_raw_command(words: list[str], protocol: str = "qmp") -> Request:
     if not text:
         raise UsageError("no command given: pass a command name or a JSON request object")
     if text.startswith("{"):
-        message = _parse_json(text, "the request")
-        if not isinstance(message, dict):
+        whole = _parse_json(text, "the request")
+        if not isinstance(whole, dict):
             raise UsageError("the request must be a JSON object")
-        return Request.raw(message, protocol=protocol)
+        return Request.raw(whole, protocol=protocol)
     if text.startswith(("[", '"')):
         raise UsageError("the request must be a JSON object or a command name, not a JSON "
                          + ("array" if text.startswith("[") else "string"))

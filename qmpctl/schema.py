@@ -63,6 +63,45 @@ def load_schema(name: str) -> dict[str, Any]:
     return schema
 
 
+def _end_anchored(pattern: str) -> str:
+    """``pattern`` with each ``$`` outside a character class (``[...]``) replaced by ``\\Z``."""
+    out: list[str] = []
+    class_start = -1  # index of the class's first member while inside [...], else -1
+    index = 0
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\":
+            out.append(pattern[index:index + 2])
+            index += 2
+            continue
+        if class_start >= 0:
+            if char == "^" and index == class_start:
+                class_start += 1
+            elif char == "]" and index > class_start:  # a ] first in the class is a member (Python's re)
+                class_start = -1
+        elif char == "[":
+            class_start = index + 1
+        elif char == "$":
+            char = r"\Z"
+        out.append(char)
+        index += 1
+    return "".join(out)
+
+
+def compile_pattern(pattern: str) -> re.Pattern[str]:
+    """A schema ``pattern`` as JSON Schema means it: ``$`` is the end of the string, as in ECMA-262.
+
+    Python's ``$`` also matches before a final newline, so ``^[A-Za-z]+$``
+    would let ``"backup\\n"`` through to QEMU; each ``$`` outside a character
+    class becomes ``\\Z``. (The schemas write ``$(?!\\n)`` as well, so the
+    reference ``jsonschema``, which uses Python's ``re`` as it is, agrees.)
+    """
+    compiled = _patterns.get(pattern)
+    if compiled is None:
+        compiled = _patterns[pattern] = re.compile(_end_anchored(pattern))
+    return compiled
+
+
 def _where(path: str) -> str:
     return path or "the request"
 
@@ -106,10 +145,7 @@ def errors(schema: dict[str, Any], instance: Any, root: dict[str, Any] | None = 
         if "maxLength" in schema and len(instance) > schema["maxLength"]:
             problems.append(f"{_where(path)}: must not be longer than {schema['maxLength']} characters")
         if "pattern" in schema:
-            pattern = _patterns.get(schema["pattern"])
-            if pattern is None:
-                pattern = _patterns[schema["pattern"]] = re.compile(schema["pattern"])
-            if not pattern.search(instance):
+            if not compile_pattern(schema["pattern"]).search(instance):
                 problems.append(f"{_where(path)}: {_short(instance)} does not match {schema['pattern']}")
     if _TYPE_CHECKS["number"](instance):
         if "minimum" in schema and instance < schema["minimum"]:
@@ -158,8 +194,8 @@ def _object_errors(schema: dict[str, Any], instance: dict[str, Any], root: dict[
 def _equal(a: Any, b: Any) -> bool:
     """JSON equality: booleans are not numbers, 1 == 1.0."""
     if isinstance(a, bool) or isinstance(b, bool):
-        return type(a) is type(b) and a == b
-    return a == b
+        return type(a) is type(b) and bool(a == b)
+    return bool(a == b)
 
 
 def validate(name: str, instance: Any) -> None:

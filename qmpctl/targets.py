@@ -3,40 +3,22 @@
 A target opens a *session* with ``execute(request, deadline)``. For a socket
 that is a :class:`~qmpctl.qmp.QmpSession` or :class:`~qmpctl.agent.AgentSession`;
 for ``--domain`` it is libvirt (imported only then), so every command works
-the same way through either.
+the same way through either. The contracts (:class:`Session`, :class:`Target`)
+live in :mod:`qmpctl.session`, which libvirt's sessions import without
+importing this module; they are re-exported here for the callers that pick targets.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Protocol
+from typing import Any, Callable, NamedTuple
 
-from qmpctl.address import Address, expand_addresses
+from qmpctl.address import Address
+from qmpctl.connect import expand_addresses
 from qmpctl.deadline import Deadline
 from qmpctl.errors import UsageError
-from qmpctl.request import Request
+from qmpctl.session import AGENT, MONITOR, Session, Target
 
-MONITOR = "qmp"
-AGENT = "qga"
-
-
-class Session(Protocol):
-    target: str
-    supports_events: bool
-
-    def execute(self, request: Request, deadline: Deadline) -> dict[str, Any]: ...
-
-    def close(self) -> None: ...
-
-
-class Target(Protocol):
-    def open(self, deadline: Deadline) -> Session: ...
-
-    def __str__(self) -> str: ...
-
-    @property
-    def is_local(self) -> bool:
-        """True when the VM's files are visible to qmpctl (same machine)."""
-        ...
+__all__ = ["AGENT", "MONITOR", "Action", "Session", "SocketTarget", "Target", "resolve_targets"]
 
 
 class SocketTarget(NamedTuple):

@@ -13,6 +13,7 @@ import stat
 import time
 from typing import Sequence
 
+from qmpctl import trace
 from qmpctl.address import Address
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectError, ConnectionClosed, ProtocolError, UsageError
@@ -98,10 +99,8 @@ class Connection:
     def open(cls, address: Address, deadline: Deadline) -> "Connection":
         """Connect within the deadline; failures are :class:`ConnectError` (exit 3)."""
         waiting_for = f"a connection to {address}"
-        if address.via is not None:
-            from qmpctl.ssh import open_channel
-
-            return open_channel(address, deadline)
+        if address.via is not None:  # a bug: its path is on another machine
+            raise ValueError(f"{address} is opened through ssh: use qmpctl.connect.open_connection")
         if address.path is not None:
             return cls(_connect_unix(address.path, deadline, waiting_for, address.uncut), address)
         try:
@@ -139,6 +138,7 @@ class Connection:
         if fds and not self.passes_fds:
             raise UsageError(f"cannot pass a file descriptor to {self.address}: only a unix socket on this machine "
                              "carries them")
+        trace.sent(str(self.address), data if not fds else data.rstrip(b"\n") + f" [+{len(fds)} fd]".encode())
         try:
             self.sock.settimeout(deadline.remaining(f"{self.address} to accept {what}"))
             sent = socket.send_fds(self.sock, [data], list(fds)) if fds else 0
@@ -155,10 +155,14 @@ class Connection:
             self.sock.settimeout(deadline.remaining(waiting_for, hint))
             chunk = self.sock.recv(RECV_CHUNK)
         except socket.timeout:
-            raise deadline.exceeded(waiting_for, hint) from None
+            timeout = deadline.exceeded(waiting_for, hint)
+            if self._buffer:
+                timeout.received = bytes(self._buffer[:200])  # the start of a message that never ended
+            raise timeout from None
         except OSError as exc:
             raise ConnectionClosed(
-                f"connection to {self.address} failed while waiting for {waiting_for}: {exc.strerror or exc}"
+                f"connection to {self.address} failed while waiting for {waiting_for}: {exc.strerror or exc}",
+                received=bytes(self._buffer[:200]) or None,
             ) from exc
         if not chunk:
             detail = f" after {len(self._buffer)} bytes of an unfinished message" if self._buffer else ""
@@ -175,6 +179,7 @@ class Connection:
                 record = bytes(self._buffer[: index + 1])
                 del self._buffer[: index + 1]
                 self._scanned = 0
+                trace.received(str(self.address), record)
                 return record
             self._scanned = len(self._buffer)
             if self._scanned > MAX_MESSAGE_BYTES:

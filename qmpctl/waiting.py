@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 from qmpctl.deadline import Deadline, backoff
 from qmpctl.errors import DeadlineExceeded
-from qmpctl.targets import Session
+from qmpctl.session import EventMatch, Session
 
 T = TypeVar("T")
 
@@ -23,13 +23,11 @@ POLL_MAX = 0.2
 CHECK_EVERY = 1.0
 """With events: how often the check runs anyway (progress, and a guard against a missed event)."""
 
-EventMatch = Callable[[dict[str, Any]], bool]
-
 
 def event_named(name: str, **data: Any) -> EventMatch:
     """A matcher for event ``name`` whose data has all the given members."""
     def match(event: dict[str, Any]) -> bool:
-        found = event.get("data")
+        found = event.get("data", {})  # RESUME, STOP ... carry no data at all
         return event.get("event") == name and isinstance(found, dict) and all(
             found.get(key) == value for key, value in data.items())
     return match
@@ -48,7 +46,7 @@ def wait_until(session: Session, check: Callable[[], Optional[T]], wait: Deadlin
         if session.supports_events:
             window = wait.sub(every)
             try:
-                session.wait_event(event, window, waiting_for)  # type: ignore[attr-defined]
+                session.wait_event(event, window, waiting_for)
             except DeadlineExceeded:
                 if window is wait:
                     raise

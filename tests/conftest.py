@@ -12,6 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+from support.ci import pytest_runtest_makereport  # noqa: E402,F401 (the CI rule: no skips for missing peers)
 from support.qemu import QEMU_BUILDS, SYSTEM_QEMU, QemuBuild, QemuVM  # noqa: E402
 from support.runner import CliRunner  # noqa: E402
 

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qmpctl.address import Address, SshHost, expand_addresses, parse_address
+from qmpctl.address import Address, SshHost, parse_address
+from qmpctl.connect import expand_addresses
 from qmpctl.errors import ConnectError, QmpctlError, UsageError
 
 

@@ -24,6 +24,7 @@ import pytest
 
 from qmpctl.request import Request
 from support.qga import ChannelAgent, HostAgent, have_qemu_ga, qemu_ga_version
+from support.waits import sleeping, wait_for, wait_for_child
 
 pytestmark = [pytest.mark.agent, pytest.mark.skipif(not have_qemu_ga(), reason="qemu-ga is not installed")]
 
@@ -115,11 +116,10 @@ def test_qmpctl_leaves_no_unread_reply_behind(own_agent):
 
     session = AgentSession.connect(parse_address(str(own_agent.path)), Deadline(5))
     session.execute_no_reply(Request("guest-info", protocol="qga"), Deadline(5))  # its reply goes unread
-    time.sleep(0.2)
     session.close()
-    time.sleep(0.3)
-    assert own_agent.alive()
+    # qemu-ga serves one client at a time: an answer to the next one means it has dealt with the close.
     assert own_agent.raw(b'{"execute":"guest-ping"}\n', read=True) == b'{"return": {}}\n'
+    assert own_agent.alive()
 
 
 def test_agent_restarted_between_calls(cli, own_agent):
@@ -149,7 +149,7 @@ def test_stale_replies_of_several_earlier_clients_on_a_guest_like_channel(cli, c
     channel_agent.raw(b'\xff{"execute":"guest-sync-delimited","arguments":{"id":4242}}\n')
     channel_agent.raw(b'{"execute":"guest-exec","arguments":{"path":"printf","arg":["stale"]}}\n')
     channel_agent.raw(b'{"execute": "guest-exec", "argu')  # a client cut off mid-request
-    time.sleep(0.3)  # the agent answers them all into the channel, for nobody
+    channel_agent.wait_until_idle()  # the agent answers them all into the channel, for nobody
     result = agent_cli(cli, channel_agent, "info", "--return-value", "--timeout", "5")
     assert result.code == 0, result
     assert json.loads(result.out)["version"] == qemu_ga_version(channel_agent.binary)
@@ -339,7 +339,8 @@ def test_exec_status_raw_reply_keeps_base64(cli, agent):
 @pytest.mark.one_qemu  # qmpctl's side of the call: the same on every qemu-ga
 def test_ctrl_c_exits_130_and_names_the_running_pid(cli, agent):
     proc = cli.popen("agent", "exec", "-a", str(agent.path), "--", "sleep", "2")
-    time.sleep(0.8)
+    wait_for_child(agent.proc.pid, "sleep")
+    wait_for(lambda: sleeping(proc.pid), "qmpctl pausing between guest-exec-status polls")
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == 130, err

@@ -35,7 +35,8 @@ TAKEN: list[tuple[list[str], dict[str, str]]] = [
 
 LEFT_TO_TYPER: list[list[str]] = [
     [], ["--help"], ["-h"], ["-a", "x"], ["-a", "x", "--"], ["--bogus", "--", "true"], ["--stdin=yes", "true"],
-    ["--env", "--", "true"], ["--env", "-x=1", "true"], ["--wait-timeout", "-1", "true"], ["--wait-timeout", "soon", "true"],
+    ["--env", "--", "true"], ["--env", "-x=1", "true"], ["--wait-timeout", "-1", "true"],
+    ["--wait-timeout", "soon", "true"],
     ["--timeout", "soon", "true"], ["-a"],
 ]
 

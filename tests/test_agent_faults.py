@@ -8,6 +8,7 @@ byte all wait for the next client. These scripts replay that.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import time
 
@@ -123,7 +124,7 @@ def test_polling_starts_fast_and_backs_off_to_a_cap(cli, tmp_path):
     with FakeServer(tmp_path / "qga.sock", script):
         result = cli("agent", "exec", "-a", str(tmp_path / "qga.sock"), "--", "prog")
     assert result.code == 0, result
-    gaps = [later - earlier for earlier, later in zip(poll_times, poll_times[1:])]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(poll_times)]
     assert poll_times[0] < 0.02, poll_times  # the first poll comes at once
     assert sum(1 for gap in gaps if gap < 0.02) >= 4, gaps  # then a few fast ones
     assert max(gaps) < 0.3, gaps  # never slower than the cap
@@ -233,7 +234,8 @@ def test_a_status_that_is_refused_too_leaves_the_refusal_as_it_was(cli, tmp_path
         answer_sync(peer)
         answer(peer, "guest-exec", error=QGA10_REFUSAL)
         answer(peer, "guest-fsfreeze-status", error={
-            "class": "CommandNotFound", "desc": "Command guest-fsfreeze-status has been disabled: the command is not allowed"})
+            "class": "CommandNotFound",
+            "desc": "Command guest-fsfreeze-status has been disabled: the command is not allowed"})
 
     with FakeServer(tmp_path / "qga.sock", script):
         result = cli("agent", "exec", "-a", str(tmp_path / "qga.sock"), "--timeout", "3", "--", "true")

@@ -101,7 +101,7 @@ def test_running_program_has_no_exit_status_yet():
     status = guest_exec.parse_status(7, reply(exited=False))
     assert not status.exited
     with pytest.raises(ValueError):
-        status.exit_status
+        _ = status.exit_status
 
 
 @pytest.mark.parametrize("bad", [{"return": []}, {"return": {"exited": "yes"}},
@@ -138,7 +138,7 @@ class ScriptedSession:
 def test_poll_delays_start_at_a_millisecond_and_cap():
     delays = list(itertools.islice(guest_exec.poll_delays(), 30))
     assert delays[0] <= 0.002
-    assert all(later >= earlier for earlier, later in zip(delays, delays[1:]))
+    assert all(later >= earlier for earlier, later in itertools.pairwise(delays))
     assert delays[-1] == guest_exec.MAX_POLL_DELAY <= 0.25
     assert sum(delays[:5]) < 0.02  # a short program is noticed within a few ms
 
@@ -176,3 +176,69 @@ def test_start_without_a_pid_is_a_protocol_error():
     session = ScriptedSession([{"return": {}}])
     with pytest.raises(ProtocolError, match="no pid"):
         guest_exec.start(session, guest_exec.exec_request(["true"]), Deadline(1))
+
+
+# --- disabled and unknown commands, in each qemu-ga's words (replies recorded from the real agents) ---
+
+EXEC_ARGUMENTS = {"path": "true", "capture-output": True}
+DISABLED_REPLIES = {
+    "qemu-ga 7.2, -b guest-exec": {"class": "CommandNotFound", "desc": "Command guest-exec has been disabled"},
+    "qemu-ga 10.0, -b or --allow-rpcs without it": {
+        "class": "CommandNotFound", "desc": "Command guest-exec has been disabled: the command is not allowed"},
+    "QEMU 2.x": {"class": "GenericError", "desc": "The command guest-exec has been disabled for this instance"},
+}
+
+
+def _recorded(reply: dict[str, object]) -> agent.AgentSession:
+    """An agent session whose peer answers with ``reply`` (no id: qemu-ga echoes none when the client sends none)."""
+    import json
+
+    from support.fakes import ScriptedSocket
+
+    wire = json.dumps({"error": reply}).encode() + b"\n"
+    return agent.AgentSession(Connection(ScriptedSocket([wire]), parse_address("/fake.sock")))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("agent_version", sorted(DISABLED_REPLIES))
+def test_a_disabled_command_names_every_place_it_can_be_enabled(agent_version):
+    with pytest.raises(VmError) as caught:
+        _recorded(DISABLED_REPLIES[agent_version]).execute(Request("guest-exec", EXEC_ARGUMENTS, protocol="qga"),
+                                                            Deadline(2))
+    desc = caught.value.desc
+    assert desc.startswith("guest-exec is disabled in the guest agent's configuration")
+    for where in ("--block-rpcs", "--allow-rpcs", "block-rpcs=", "allow-rpcs=", "qemu-ga.conf"):
+        assert where in desc
+    assert desc.endswith(f"the agent said: {DISABLED_REPLIES[agent_version]['desc']}")
+    assert caught.value.error_class == DISABLED_REPLIES[agent_version]["class"]
+    assert caught.value.sent == {"execute": "guest-exec", "arguments": EXEC_ARGUMENTS}
+
+
+def test_a_command_the_agent_lacks_is_not_called_disabled():
+    """qemu-ga 10 is built without guest-get-devices on Linux: "has not been found", which no option changes."""
+    reply = {"class": "CommandNotFound", "desc": "The command guest-get-devices has not been found"}
+    with pytest.raises(VmError) as caught:
+        _recorded(reply).execute(Request.raw({"execute": "guest-get-devices"}, protocol="qga"), Deadline(2))
+    assert caught.value.desc == ("The command guest-get-devices has not been found (guest-get-devices is not known "
+                                 "to this guest agent: an older qemu-ga, or one built without it)")
+    assert "disabled" not in caught.value.desc
+
+
+def test_other_errors_are_left_as_the_agent_said_them():
+    reply = {"class": "GenericError", "desc": "Invalid parameter 'pid'"}
+    with pytest.raises(VmError) as caught:
+        _recorded(reply).execute(Request("guest-exec-status", {"pid": 1}, protocol="qga"), Deadline(2))
+    assert (caught.value.error_class, caught.value.desc) == ("GenericError", "Invalid parameter 'pid'")
+
+
+@pytest.mark.parametrize("libvirt_message", [
+    "internal error: unable to execute QEMU agent command 'guest-exec': Command guest-exec has been disabled",
+    "internal error: unable to execute QEMU agent command 'guest-exec': "
+    "Command guest-exec has been disabled: the command is not allowed",
+])
+def test_the_libvirt_way_gives_the_same_hint(libvirt_message):
+    from qmpctl.libvirt_backend import agent_error
+
+    recovered = agent_error(libvirt_message)
+    assert recovered is not None
+    desc = agent.disabled_command_error(recovered, "guest-exec").desc
+    assert "--block-rpcs" in desc and "--allow-rpcs" in desc and "allow-rpcs=" in desc

@@ -136,6 +136,7 @@ BAD_REQUESTS = [
     (['{"execute": 5}'], "execute: expected string"),
     (['{"arguments": {}}'], "execute: is required"),
     (['{"execute": ""}'], "does not match"),
+    (['{"execute": "stop\\n"}'], "does not match"),
     (['{"execute": "x" }', "extra"], "not valid JSON"),
     (["1abc"], "does not match"),
     (["query;reboot"], "does not match"),
@@ -315,6 +316,11 @@ def block_case(tmp_path: Path, name: str) -> tuple[list[str], str]:
         "hotplug a probed qcow2 naming a backing file": (["hotplug-disk", str(forged)],
                                                          "backing file '/etc/hostname'"),
         "jobs with --dismiss and --cancel": (["jobs", "--dismiss", "a", "--cancel", "b"], "contradict"),
+        "unplug an id ending in a newline": (["unplug-disk", "vd0\n"], "does not match"),
+        "backup with a job id ending in a newline": (["backup", "vd0", str(tmp_path / "b.qcow2"), "--job-id",
+                                                      "b\n"], "--job-id"),
+        "dismiss a job id ending in a newline": (["jobs", "--dismiss", "backup\n"], "does not match"),
+        "cancel a job id ending in a newline": (["jobs", "--cancel", "backup\n"], "does not match"),
     }
     return cases[name]
 
@@ -323,7 +329,9 @@ BLOCK_CASES = ["backup into a missing directory", "backup onto an existing file"
                "backup at zero speed", "backup with a bad speed", "backup with a bad job id",
                "hotplug a missing file", "hotplug a directory", "hotplug another format",
                "hotplug raw bytes as qcow2", "hotplug with a bad id", "unplug a bad id",
-               "hotplug a probed qcow2 naming a backing file", "jobs with --dismiss and --cancel"]
+               "hotplug a probed qcow2 naming a backing file", "jobs with --dismiss and --cancel",
+               "unplug an id ending in a newline", "backup with a job id ending in a newline",
+               "dismiss a job id ending in a newline", "cancel a job id ending in a newline"]
 
 
 @pytest.mark.parametrize("case", BLOCK_CASES)

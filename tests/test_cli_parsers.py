@@ -177,7 +177,8 @@ def test_environment_variables_are_read_alike(argv, env, clean_environment, monk
 
 LEFT_TO_TYPER = [[], ["--version"], ["--help"], ["agent"], ["status", "--help"], ["status", "-h"],
                  ["backup", "--help"], ["status", "-s"], ["status", "-s", ""], ["status", "extra", "-s", "x"],
-                 ["status", "--bogus"], ["status", "--timeout", "nan", "-s", "x"], ["hotplug-disk", "f", "--bus", "pci"],
+                 ["status", "--bogus"], ["status", "--timeout", "nan", "-s", "x"],
+                 ["hotplug-disk", "f", "--bus", "pci"],
                  ["agent", "exec", "-a", "x"], ["agent", "exec-status", "-a", "x", "12x"], ["nope"]]
 
 

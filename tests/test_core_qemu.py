@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from support.qemu import RawQmp
+from support.waits import wait_until_blocked_on_a_socket
 
 pytestmark = pytest.mark.qemu
 
@@ -146,7 +147,7 @@ def test_non_positive_timeout_is_usage_error(cli, vm, value):
 def test_signal_during_wait_is_exit_130(cli, vm, sig):
     with RawQmp(vm.qmp_path):
         proc = cli.popen("status", "-s", str(vm.qmp_path), "--timeout", "60")
-        time.sleep(1.0)
+        wait_until_blocked_on_a_socket(proc.pid)  # waiting for the greeting of a monitor someone else holds
         started = time.monotonic()
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=10)
@@ -173,7 +174,8 @@ def test_installed_console_script_finds_its_schemas(tmp_path, vm):
     proc = subprocess.run([str(script), "status", "-s", str(vm.qmp_path)], capture_output=True, cwd=tmp_path,
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, timeout=30)
     assert proc.returncode == 0, proc.stderr
-    installed = subprocess.run([str(script.parent / "python"), "-c", "import qmpctl.schema as s; print(s.schema_dir())"],
+    installed = subprocess.run([str(script.parent / "python"), "-c",
+                                "import qmpctl.schema as s; print(s.schema_dir())"],
                                capture_output=True, text=True, cwd=tmp_path, timeout=30,
                                env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert "site-packages" in installed.stdout, installed

@@ -259,7 +259,8 @@ def crontab_commands(text: str) -> list[str]:
     for line in text.splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             found = re.fullmatch(r"\s*(?:\S+\s+){5}(.+)", line)
-            assert found and "%" not in found.group(1).replace("\\%", ""), f"not a crontab line cron runs as meant: {line}"
+            assert found and "%" not in found.group(1).replace("\\%", ""), \
+                f"not a crontab line cron runs as meant: {line}"
             commands.append(found.group(1).replace("\\%", "%"))
     return commands
 
@@ -373,7 +374,8 @@ def test_every_test_named_in_the_readme_exists():
 
 def test_set_up_commands_are_the_ones_that_work():
     """"Try it" shows the demo, and exactly the test command .ci/run runs."""
-    ci = [line for line in (REPO / ".ci/run").read_text().splitlines() if line and not line.startswith(("#", "set ", "cd "))]
+    ci = [line for line in (REPO / ".ci/run").read_text().splitlines()
+          if line and not line.startswith(("#", "set ", "cd "))]
     assert ci == ["bash tests/setup-host && .venv/bin/python -m pytest"]
     try_it = [block.text for block in README.blocks if block.section == "Try it"]
     assert try_it == ["bash tests/lab/demo.sh", ci[0]]

@@ -11,12 +11,12 @@ import json
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from support.fakes import FakeServer, Peer
 from support.qga import HostAgent, answer, answer_sync
+from support.waits import sleeping, wait_for, wait_for_child, wait_until_blocked_on_a_socket
 
 pytestmark = pytest.mark.fault
 
@@ -56,7 +56,7 @@ def test_frozen_agent_times_out_then_recovers(cli, host_agent):
 def test_agent_killed_during_a_call_is_a_fast_protocol_error(cli, host_agent):
     host_agent.proc.send_signal(signal.SIGSTOP)
     proc = cli.popen("agent", "ping", "-a", str(host_agent.path), "--timeout", "30")
-    time.sleep(0.5)
+    wait_until_blocked_on_a_socket(proc.pid)
     host_agent.proc.kill()
     host_agent.proc.wait(timeout=5)
     started = time.monotonic()
@@ -157,27 +157,12 @@ def test_agent_error_reply_is_vm_error(cli, tmp_path):
     assert "GenericError: Guest agent command failed, error was 'boom'" in result.err
 
 
-def wait_for_child(parent: int, timeout: float = 10) -> None:
-    """Until ``parent`` has a child process (qemu-ga runs guest-exec programs as its children)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == parent:
-                return
-        time.sleep(0.02)
-    raise TimeoutError(f"process {parent} started no child")
-
-
 @pytest.mark.agent
 def test_agent_restarted_while_exec_waits_is_125_at_once(cli, host_agent):
     """qemu-ga restarting mid-exec (an upgrade in the guest): exec ends at once, exit 125, and says where."""
     proc = cli.popen("agent", "exec", "-a", str(host_agent.path), "--timeout", "30", "--", "sleep", "5")
-    wait_for_child(host_agent.proc.pid)  # guest-exec has started the program: qmpctl is polling now
-    time.sleep(0.2)
+    wait_for_child(host_agent.proc.pid, "sleep")  # guest-exec has started the program
+    wait_for(lambda: sleeping(proc.pid), "qmpctl pausing between guest-exec-status polls")
     host_agent.restart()
     restarted = time.monotonic()
     _, err = proc.communicate(timeout=15)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from support.fakes import GREETING, FakeServer, Peer
+from support.fakes import FakeServer, Peer
 
 pytestmark = pytest.mark.fault
 

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from support.qemu import RawQmp
+from support.waits import wait_until_blocked_on_a_socket
 
 pytestmark = [pytest.mark.qemu, pytest.mark.fault]
 
@@ -35,10 +36,11 @@ def test_stop_on_a_busy_monitor_times_out_and_never_stops_the_vm_later(cli, vm):
     assert result.code == 4, result
     assert "busy" in result.err
     assert result.seconds < BOUND
-    time.sleep(0.3)  # QEMU now serves the queued (and abandoned) connection
-    assert run_state(vm) == "running"
+    # QEMU serves one client at a time, in order: answering the next one means it has served the queued
+    # (and abandoned) connection of qmpctl first.
     again = cli("status", "-s", str(vm.qmp_path), "--return-value")
     assert again.code == 0 and json.loads(again.out)["status"] == "running", again
+    assert run_state(vm) == "running"
 
 
 def test_many_waiting_clients_all_report_busy(cli, vm):
@@ -64,7 +66,7 @@ def test_qemu_killed_while_qmpctl_waits_is_a_fast_protocol_error(cli, vm):
     """The wait is cut short by the close, not by the deadline."""
     with RawQmp(vm.qmp_path):
         proc = cli.popen("status", "-s", str(vm.qmp_path), "--timeout", "30")
-        time.sleep(0.5)
+        wait_until_blocked_on_a_socket(proc.pid)
         vm.kill()
         started = time.monotonic()
         _, err = proc.communicate(timeout=10)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from support.fakes import GREETING, FakeServer, FullListenQueue, Peer
+from support.waits import sleeping, wait_for
 
 pytestmark = pytest.mark.fault
 
@@ -121,7 +122,7 @@ def test_unix_listen_queue_that_drains_in_time_is_not_an_error(cli, tmp_path):
     """A queue that frees up before the deadline lets qmpctl in: it retried instead of failing."""
     with FullListenQueue(tmp_path / "qmp.sock") as queue:
         popen = cli.popen("status", "-s", str(queue.path), "--timeout", "5")
-        time.sleep(0.5)  # qmpctl is being turned away now
+        wait_for(lambda: sleeping(popen.pid), "qmpctl turned away by the full queue, pausing to retry")
         for client in queue.queued:
             client.close()
         served = threading.Thread(target=serve_first_real_client, args=(queue.listener,), daemon=True)

@@ -12,6 +12,7 @@ pytest -q tests/test_fuzz.py`` (about 100x the examples; a few minutes).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -37,7 +38,7 @@ LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
 FUZZ = settings(max_examples=20_000 if LONG else 200, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 ADDRESS = parse_address("unix:/fuzz.sock")
-NAME_PATTERN = re.compile(r"^(?:[A-Za-z]|__)[A-Za-z0-9_.-]*$")
+NAME_PATTERN = re.compile(r"^(?:[A-Za-z]|__)[A-Za-z0-9_.-]*\Z")  # \Z: Python's $ allows a final newline
 
 
 def connection(chunks: Any, end: BaseException | None = None) -> Connection:
@@ -64,7 +65,7 @@ def chunked(draw: Callable, data: st.SearchStrategy[bytes] = stream_bytes) -> tu
     payload = draw(data)
     cuts = sorted(set(draw(st.lists(st.integers(1, max(len(payload) - 1, 1)), max_size=12))))
     edges = [0] + [cut for cut in cuts if cut < len(payload)] + [len(payload)]
-    return payload, [payload[a:b] for a, b in zip(edges, edges[1:]) if b > a]
+    return payload, [payload[a:b] for a, b in itertools.pairwise(edges) if b > a]
 
 
 @FUZZ
@@ -197,7 +198,7 @@ def test_qmp_session_survives_any_sequence_of_lines(data):
                  json.dumps({"return": {}, "id": prefix + "1"}).encode() + b"\r\n"] + lines
     payload = b"".join(lines)
     cuts = sorted(set(data.draw(st.lists(st.integers(1, max(len(payload), 1)), max_size=8))))
-    chunks = [payload[a:b] for a, b in zip([0] + cuts, cuts + [len(payload)]) if b > a]
+    chunks = [payload[a:b] for a, b in zip([0] + cuts, cuts + [len(payload)], strict=True) if b > a]
     session = QmpSession(connection(chunks))
     try:
         session._read_greeting(deadline())
@@ -235,7 +236,7 @@ def test_agent_resync_finds_its_reply_behind_any_junk(case, data):
     junk, _ = case
     payload = junk + SYNC_REPLY + b'{"return": {"pong": true}, "id": 1234567}\n'
     cuts = sorted(set(data.draw(st.lists(st.integers(1, len(payload) - 1), max_size=10))))
-    chunks = [payload[a:b] for a, b in zip([0] + cuts, cuts + [len(payload)]) if b > a]
+    chunks = [payload[a:b] for a, b in zip([0] + cuts, cuts + [len(payload)], strict=True) if b > a]
     with mock.patch("qmpctl.agent._random_id", return_value=SYNC_ID):
         session = AgentSession(connection(chunks))
         session.resync(deadline())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 
 from qmpctl.cli import parse, run_cli
 from qmpctl.errors import ExitCode

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
-from pathlib import Path
+import uuid
 from typing import Iterator
 
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from support.libvirt import TestDomain, libvirtd, virsh  # noqa: F401 (fixtures)
 from support.lab import lab_guest_module as _lab_guest_module
 from support.runner import CliRunner
+from support.waits import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.libvirt]
 
@@ -165,10 +165,14 @@ def test_frozen_agent_is_exit_4_from_the_deadline_and_from_libvirt(cli, lab_doma
     guest-sync; with a long one libvirt gives up first and says why. Both are
     exit 4, and the agent answers again once it is thawed.
     """
-    freeze = f"sleep 1; kill -STOP $PPID; sleep {FROZEN_AGENT_SECONDS}; kill -CONT $PPID"
+    marker = f"qmpctl-agent-frozen-{uuid.uuid4().hex[:8]}"  # the stopped agent's child says so on the console
+    freeze = (f"sleep 1; kill -STOP $PPID; echo {marker} > /dev/console; sleep {FROZEN_AGENT_SECONDS}; "
+              "kill -CONT $PPID")
     started = cli("agent", "exec", "-d", lab_domain.name, "--no-wait", "--", "sh", "-c", freeze)
     assert started.code == 0, started
-    time.sleep(2)
+    console = lab_domain.workdir / "console.log"
+    wait_for(lambda: console.exists() and marker in console.read_text(errors="replace"),
+             "the guest's qemu-ga stopped", timeout=15)
     ours = cli("agent", "ping", "-d", lab_domain.name, "--timeout", "1.5")
     libvirts = cli("agent", "ping", "-d", lab_domain.name, "--timeout", "15")
     assert ours.code == 4, ours

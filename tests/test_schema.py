@@ -90,3 +90,71 @@ def test_error_names_the_field():
     problems = schema.errors(schema.load_schema("qmp/human-monitor-command"),
                              {"execute": "human-monitor-command", "arguments": {"command-line": 5}})
     assert problems == ["arguments.command-line: expected string, got integer 5"]
+
+
+def _string_leaves(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(node, str):
+        return [path]
+    if isinstance(node, dict):
+        return [leaf for key, value in node.items() for leaf in _string_leaves(value, path + (key,))]
+    if isinstance(node, list):
+        return [leaf for index, value in enumerate(node) for leaf in _string_leaves(value, path + (index,))]
+    return []
+
+
+def _with_newline(example: dict[str, Any], path: tuple[Any, ...]) -> dict[str, Any]:
+    bent = json.loads(json.dumps(example))
+    parent = bent
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] += "\n"
+    return bent
+
+
+def _patterns(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        own = [node["pattern"]] if isinstance(node.get("pattern"), str) else []
+        return own + [found for value in node.values() for found in _patterns(value)]
+    if isinstance(node, list):
+        return [found for value in node for found in _patterns(value)]
+    return []
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_a_trailing_newline_gets_past_neither_checker(name):
+    """Python's ``$`` also matches before a final newline (``jobs --dismiss $'backup\\n'``); JSON Schema's does not.
+
+    Every string of every example, with a newline appended: a field whose
+    pattern ends in ``$`` must refuse it in both checkers (the schemas say
+    ``$(?!\\n)`` so the reference, which uses Python's ``re`` too, agrees).
+    """
+    loaded = schema.load_schema(name)
+    reference = jsonschema.Draft202012Validator(loaded)
+    for pattern in _patterns(loaded):
+        assert not pattern.endswith("$"), f"{pattern!r}: write $(?!\\n), or Python's re accepts a final newline"
+    for example in examples_for(name):
+        for path in _string_leaves(example):
+            bent = _with_newline(example, path)
+            assert (not schema.errors(loaded, bent)) == reference.is_valid(bent), bent
+
+
+@pytest.mark.parametrize("instance", ["backup\n", "backup\n\n", "back\nup"])
+def test_job_ids_with_newlines_are_refused(instance):
+    for name in ("qmp/job-dismiss", "qmp/job-cancel"):
+        assert schema.errors(schema.load_schema(name), {"execute": name[4:], "arguments": {"id": instance}})
+
+
+@pytest.mark.parametrize("pattern, text, matches", [
+    ("^[a-z]+$", "abc", True),
+    ("^[a-z]+$", "abc\n", False),
+    ("^a$|^b$", "a\n", False),
+    ("^a\\$$", "a$", True),
+    ("^[$]+$", "$$", True),
+    ("^[]$]+$", "]$", True),
+    ("^[^]$\n]+$", "ab\n", False),
+    ("^[^]$]+$", "ab$", False),
+    ("^x", "xyz\n", True),
+])
+def test_fast_checker_reads_dollar_as_json_schema_does(pattern, text, matches):
+    """The checker's own guard, for schemas that forget the lookahead: ``$`` is the end of the string."""
+    assert bool(schema.compile_pattern(pattern).search(text)) is matches

@@ -6,7 +6,6 @@ handlers check the options, pick the agent for --freeze, and print.
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Optional
 
 from qmpctl.cli.common import Common, emit, run
@@ -94,8 +93,8 @@ def backup_verify(common: Common, *, path: str, json_lines: bool, wait_timeout: 
 
 
 def restore_chain(common: Common, *, chain: str, target: str, point: Optional[int], at: Optional[str], force: bool,
-                  image_format: str, progress: str, wait_timeout: Optional[float], boot_check: bool, qemu_args: list[str], boot_timeout: float,
-                  check_command: Optional[str]) -> int:
+                  image_format: str, progress: str, wait_timeout: Optional[float], boot_check: bool,
+                  qemu_args: list[str], boot_timeout: float, check_command: Optional[str]) -> int:
     """``restore CHAIN TARGET``: a standalone image of the disk at one backup; ``--boot-check`` boots it."""
     from qmpctl import restore
     from qmpctl.deadline import Deadline
@@ -106,8 +105,8 @@ def restore_chain(common: Common, *, chain: str, target: str, point: Optional[in
         raise UsageError("--qemu-arg is for the booted restore: add --boot-check")
     show, _, printer = _printer(progress)
     try:
-        reply = restore.restore(chain, target, Deadline(wait_timeout or OFFLINE_TIMEOUT), point=point, at=at, force=force,
-                                target_format=image_format, progress=show)
+        reply = restore.restore(chain, target, Deadline(wait_timeout or OFFLINE_TIMEOUT), point=point, at=at,
+                                force=force, target_format=image_format, progress=show)
     finally:
         if printer is not None:
             printer.close()

@@ -16,7 +16,7 @@ from qmpctl.cli.spec import DEFAULT_JOBS, DEFAULT_TIMEOUT
 from qmpctl.errors import ExitCode, OutputError, QmpctlError, UsageError
 from qmpctl.output import hmp_text, render_reply, to_json
 from qmpctl.request import Request
-from qmpctl.targets import AGENT, MONITOR, Action, Target, resolve_targets
+from qmpctl.targets import MONITOR, Action, Target, resolve_targets
 
 MAX_TIMEOUT = 365 * 24 * 3600.0
 

@@ -60,7 +60,8 @@ class own_failures_exit_125:  # noqa: N801  (used like a function: ``with own_fa
         return None
 
     def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
-        if isinstance(error, QmpctlError) and not isinstance(error, (ExecFailed, ExecTimeout, Interrupted, OutputError)):
+        kept = (ExecFailed, ExecTimeout, Interrupted, OutputError)
+        if isinstance(error, QmpctlError) and not isinstance(error, kept):
             raise ExecFailed(error.message, sent=error.sent, received=error.received) from error
 
 

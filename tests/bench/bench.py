@@ -241,7 +241,7 @@ class Processes:
 
 def wait_for_sockets(paths: list[Path], procs: list[subprocess.Popen], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    for path, proc in zip(paths, procs):
+    for path, proc in zip(paths, procs, strict=True):
         while not path.exists():
             if proc.poll() is not None:
                 raise SystemExit(f"bench: QEMU for {path} exited with {proc.returncode}")

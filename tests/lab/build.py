@@ -171,7 +171,8 @@ def resolve_kernel_package(root: Path) -> KernelPackage:
     if package is None:
         raise RuntimeError(f"apt-cache cannot resolve {KERNEL_META_PACKAGE}; is Debian's archive configured?")
     root.mkdir(parents=True, exist_ok=True)
-    write_atomically(memo, json.dumps({"lists_stamp": _apt_lists_stamp(), "name": package.name, "version": package.version}))
+    write_atomically(memo, json.dumps({"lists_stamp": _apt_lists_stamp(), "name": package.name,
+                                       "version": package.version}))
     return package
 
 

@@ -323,7 +323,8 @@ class LabGuest:
             connection.connect(str(self.qmp_path))
             stream = connection.makefile("rwb")
             json.loads(stream.readline())  # greeting
-            for message in ({"execute": "qmp_capabilities"}, {"execute": execute, **({"arguments": arguments} if arguments else {})}):
+            request = {"execute": execute, **({"arguments": arguments} if arguments else {})}
+            for message in ({"execute": "qmp_capabilities"}, request):
                 stream.write(json.dumps(message).encode() + b"\n")
                 stream.flush()
                 while True:

@@ -29,7 +29,8 @@ from typing import Any, Callable
 def _load_guest_module():
     """By file path, so a `guest` module elsewhere on sys.path cannot shadow it."""
     if "qmpctl_lab_guest" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("qmpctl_lab_guest", Path(__file__).resolve().with_name("guest.py"))
+        spec = importlib.util.spec_from_file_location("qmpctl_lab_guest",
+                                                      Path(__file__).resolve().with_name("guest.py"))
         module = importlib.util.module_from_spec(spec)
         sys.modules["qmpctl_lab_guest"] = module
         spec.loader.exec_module(module)
@@ -90,7 +91,8 @@ class AgentClient:
         while True:
             status = self.execute("guest-exec-status", {"pid": started["pid"]})
             if status["exited"]:
-                decode = lambda key: base64.b64decode(status.get(key, "")).decode(errors="replace")  # noqa: E731
+                decode = lambda key, status=status: base64.b64decode(status.get(key, "")).decode(  # noqa: E731
+                    errors="replace")
                 return status.get("exitcode", -1), decode("out-data"), decode("err-data")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"guest-exec {argv} still running after {timeout}s")
@@ -217,7 +219,8 @@ def smoke(workdir: Path) -> int:
 
         def hotplug() -> str:
             qmp.execute("blockdev-add", {"driver": "qcow2", "node-name": "hot0-fmt",
-                                         "file": {"driver": "file", "filename": str(hot_disk), "node-name": "hot0-file"}})
+                                         "file": {"driver": "file", "filename": str(hot_disk),
+                                                  "node-name": "hot0-file"}})
             qmp.execute("device_add", {"driver": "virtio-blk-pci", "drive": "hot0-fmt", "id": "hot0"})
             added = time.monotonic()
             while "vdb" not in agent.run(["ls", "/dev"])[1].split():

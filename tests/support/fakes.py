@@ -2,7 +2,10 @@
 
 Each fake accepts connections and runs a *script* (a function of a
 :class:`Peer`) per connection; everything it received is kept, so a test can
-assert that qmpctl sent nothing when it should not have.
+assert that qmpctl sent nothing when it should not have. A script's own
+assertions count: leaving the ``with`` block fails the test with the first
+error a script raised (a script is the test's other half; its failure must
+not pass unseen).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from types import TracebackType
 from typing import Any, Callable
 
 GREETING = {"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": "fake"},
@@ -74,6 +78,9 @@ class Peer:
 
 
 Script = Callable[[Peer], None]
+ACCEPT_POLL_SECONDS = 0.05
+SCRIPT_GRACE_SECONDS = 2.0
+"""How long a script may still run after its test is done (the client has gone: most end at once)."""
 
 
 class FakeServer:
@@ -90,7 +97,9 @@ class FakeServer:
         self.listener.listen(backlog)
         self._accept = accept
         self._stop = threading.Event()
+        self._tearing_down = False
         self._peers: list[socket.socket] = []
+        self._scripts: list[threading.Thread] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
 
     def __enter__(self) -> "FakeServer":
@@ -98,21 +107,34 @@ class FakeServer:
             self.thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
         self.close()
+        if not self.errors:
+            return
+        summary = (f"the fake server's script failed ({len(self.errors)} connection(s)): "
+                   f"{type(self.errors[0]).__name__}: {self.errors[0]}")
+        if error is None:
+            raise AssertionError(summary) from self.errors[0]
+        error.add_note(summary)  # the test failed anyway: keep its own error first
 
     def _serve(self) -> None:
-        self.listener.settimeout(0.1)
-        while not self._stop.is_set():
+        """Accept until told to stop and no client is left in the queue: every client that came gets its script."""
+        self.listener.settimeout(ACCEPT_POLL_SECONDS)
+        while True:
             try:
                 conn, _ = self.listener.accept()
             except socket.timeout:
+                if self._stop.is_set():
+                    return
                 continue
             except OSError:
                 return
             self.connections += 1
             self._peers.append(conn)
-            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+            script = threading.Thread(target=self._run, args=(conn,), daemon=True)
+            self._scripts.append(script)
+            script.start()
 
     def _run(self, conn: socket.socket) -> None:
         peer = Peer(conn, self.received)
@@ -124,14 +146,22 @@ class FakeServer:
                 peer.drain(timeout=5)
         except OSError:
             pass
-        except BaseException as exc:  # surfaced by tests that look at .errors
-            self.errors.append(exc)
+        except BaseException as exc:  # surfaced when the with block ends (and to tests that look at .errors)
+            if not self._tearing_down:  # not a consequence of close() pulling the socket away
+                self.errors.append(exc)
         finally:
             conn.close()
 
-    def close(self) -> None:
+    def close(self, grace: float = SCRIPT_GRACE_SECONDS) -> None:
+        """Stop accepting; give running scripts ``grace`` seconds to end on their own, then cut them off."""
         self._stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=2)
         self.listener.close()
+        until = time.monotonic() + grace
+        for script in list(self._scripts):
+            script.join(timeout=max(0.0, until - time.monotonic()))
+        self._tearing_down = True
         for conn in self._peers:
             try:
                 conn.close()

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from support.waits import wait_for
+
 QEMU10_ROOT = Path(os.environ.get("QMPCTL_QEMU10") or "/var/cache/qmpctl-qemu10/current")
 """Where tests/setup-host unpacks QEMU 10 from bookworm-backports (wrappers in ``bin/``)."""
 
@@ -200,7 +202,8 @@ class QemuVM:
 
     def start(self) -> None:
         if self.with_disk:
-            subprocess.run([self.build.qemu_img, "create", "-q", "-f", "qcow2", str(self.disk), self.disk_size], check=True)
+            subprocess.run([self.build.qemu_img, "create", "-q", "-f", "qcow2", str(self.disk), self.disk_size],
+                           check=True)
         self.proc = subprocess.Popen(self.command_line(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=open(self.workdir / "qemu.log", "wb"))
         wait_for_socket(self.qmp2_path)
@@ -208,12 +211,15 @@ class QemuVM:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 try:
-                    socket.create_connection(("127.0.0.1", self.tcp_port), timeout=1).close()
+                    with socket.create_connection(("127.0.0.1", self.tcp_port), timeout=5) as probe:
+                        probe.recv(1)  # the greeting's first byte: QEMU serves this probe client
                     break
                 except OSError:
                     time.sleep(0.02)
-            # That probe connection was a QMP client: wait until QEMU has let it go.
-            time.sleep(0.1)
+            with self.check() as qmp:  # until QEMU has let the probe go, so the test's client is served
+                wait_for(lambda: not any(chardev["filename"].startswith("tcp:")
+                                         for chardev in qmp.cmd("query-chardev")),
+                         f"QEMU dropping the probe client of tcp port {self.tcp_port}")
 
     def check(self) -> RawQmp:
         """An independent QMP connection on the second monitor."""

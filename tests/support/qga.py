@@ -8,6 +8,7 @@ programs: tests must only run harmless ones (true, cat, printf, sh -c ...).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pty
@@ -16,6 +17,8 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import termios
 import threading
 import time
 import tty
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from support.fakes import Peer
+from support.waits import blocked_in_poll, wait_for
 
 QGA = "qemu-ga"
 AGENT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
@@ -166,6 +170,19 @@ class ChannelAgent(HostAgent):
                 return self
             time.sleep(0.01)
         raise TimeoutError(f"qemu-ga did not open {self.tty_name}")
+
+    def wait_until_idle(self, timeout: float = 10) -> None:
+        """Until the agent has read every byte sent to it and waits for more: every request is answered.
+
+        qemu-ga handles one request at a time and writes its reply before it
+        polls again, so an empty input queue plus an agent asleep in poll
+        means all replies are written (into the channel, or to clients gone).
+        """
+        def idle() -> bool:
+            unread = fcntl.ioctl(self.slave, termios.FIONREAD, b"\0\0\0\0")
+            return int.from_bytes(unread, sys.byteorder) == 0 and blocked_in_poll(self.proc.pid)
+
+        wait_for(idle, "qemu-ga reading and answering every request", timeout)
 
     def _has_tty_open(self) -> bool:
         try:

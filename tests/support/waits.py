@@ -1,0 +1,81 @@
+"""Waiting for a condition instead of sleeping and hoping: the tests' only way to let time pass.
+
+``wait_for`` polls a condition with a short pause and fails with a clear
+message when it never holds. The process probes read /proc to tell *what a
+qmpctl process is doing*: blocked on a socket (waiting for a greeting or a
+reply), sleeping between retries, or running a child (qemu-ga's guest-exec
+programs), so a test can act at exactly the moment it means to.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+POLL_PAUSE = 0.01
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 10) -> None:
+    """Return as soon as ``condition()`` is true; TimeoutError naming ``what`` after ``timeout`` seconds."""
+    give_up = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > give_up:
+            raise TimeoutError(f"{what}: not within {timeout:g}s")
+        time.sleep(POLL_PAUSE)
+
+
+def _kernel_wait(pid: int) -> str:
+    """Where in the kernel ``pid`` sleeps (/proc/PID/wchan), '' when it runs or is gone."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return Path(f"/proc/{pid}/wchan").read_text() if state == "S" else ""
+    except (OSError, IndexError):
+        return ""
+
+
+def _has_socket(pid: int) -> bool:
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:") for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
+
+
+def blocked_in_poll(pid: int) -> bool:
+    """``pid`` sleeps in poll or select: an event loop (qemu-ga) waiting for input."""
+    return "poll" in _kernel_wait(pid) or "select" in _kernel_wait(pid)
+
+
+def blocked_on_a_socket(pid: int) -> bool:
+    """``pid`` has a socket open and sleeps in poll: qmpctl waiting for a greeting or a reply."""
+    return _has_socket(pid) and "poll" in _kernel_wait(pid)
+
+
+def sleeping(pid: int) -> bool:
+    """``pid`` sleeps in nanosleep: qmpctl pausing between retries (a full listen queue, a poll loop)."""
+    return "nanosleep" in _kernel_wait(pid)
+
+
+def wait_until_blocked_on_a_socket(pid: int, timeout: float = 10) -> None:
+    wait_for(lambda: blocked_on_a_socket(pid), f"process {pid} waiting on a socket", timeout)
+
+
+def children(parent: int, command: str | None = None) -> list[int]:
+    """The pids of ``parent``'s children (whose command name is ``command``, if given)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, _, rest = text.partition(" (")[2].rpartition(")")
+        fields = rest.split()
+        if len(fields) > 1 and int(fields[1]) == parent and (command is None or name == command):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def wait_for_child(parent: int, command: str | None = None, timeout: float = 10) -> None:
+    """Until ``parent`` has a child (qemu-ga runs guest-exec programs as its children)."""
+    wait_for(lambda: children(parent, command), f"process {parent} starting {command or 'a child'}", timeout)
