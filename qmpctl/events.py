@@ -15,29 +15,11 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectionClosed, DeadlineExceeded, QmpctlError, UsageError
-
-
-class EventSession(Protocol):
-    """A session that delivers events: a QMP socket, or a libvirt domain once it listens."""
-
-    target: str
-
-    def listen_events(self, deadline: Deadline) -> None: ...
-
-    def next_event(self, deadline: Deadline, waiting_for: str) -> dict[str, Any]: ...
-
-
-def listening(session: Any, deadline: Deadline) -> EventSession:
-    """``session``, now receiving events; a session that cannot is a usage error (an agent socket)."""
-    listen = getattr(session, "listen_events", None)
-    if listen is None:
-        raise UsageError(f"{session.target} delivers no events: events come from a VM's monitor (-s or -d)")
-    listen(deadline)
-    return session  # type: ignore[no-any-return]
+from qmpctl.session import Session
 
 
 def parse_names(values: Iterable[str]) -> frozenset[str]:
@@ -97,7 +79,7 @@ def event_line(event: dict[str, Any]) -> dict[str, Any]:
     return {"event": event.get("event"), "data": event.get("data", {}), "timestamp": event.get("timestamp")}
 
 
-def follow(session: EventSession, deadline: Deadline, keep: EventFilter, count: int | None = None, *,
+def follow(session: Session, deadline: Deadline, keep: EventFilter, count: int | None = None, *,
            until_closed: bool = False) -> Iterator[dict[str, Any]]:
     """The events ``keep`` accepts, as they arrive; ``count`` of them, or until ``deadline``.
 
@@ -126,7 +108,7 @@ def not_within(keep: EventFilter, deadline: Deadline, target: str) -> DeadlineEx
     return DeadlineExceeded(f"no {keep.describe()} within {deadline.seconds:g} s from {target}")
 
 
-def wait_for(session: EventSession, keep: EventFilter, wait: Deadline) -> dict[str, Any]:
+def wait_for(session: Session, keep: EventFilter, wait: Deadline) -> dict[str, Any]:
     """The first event ``keep`` accepts, within ``wait`` (else :class:`DeadlineExceeded`: "no NAME within S s")."""
     for event in follow(session, wait, keep, 1):
         return event

@@ -415,6 +415,11 @@ class DomainMonitorSession(DomainSession):
             raise translate(libvirt, exc, self.what) from None
         self._events = events
 
+    def execute_closing(self, request: Request, deadline: Deadline) -> dict[str, Any]:
+        """Refused: libvirt must know the VM stops, so it must be the one to stop it."""
+        raise UsageError(f"{request.execute} through libvirt is refused: libvirt must know that {self.what} "
+                         "stops; use virsh destroy")
+
     def next_event(self, deadline: Deadline, waiting_for: str) -> dict[str, Any]:
         """The next monitor event libvirt passed on, within ``deadline``.
 

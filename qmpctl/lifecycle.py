@@ -11,8 +11,8 @@ import time
 from typing import Any
 
 from qmpctl.deadline import Deadline
-from qmpctl.errors import DeadlineExceeded, UsageError
-from qmpctl.events import EventFilter, listening, wait_for
+from qmpctl.errors import DeadlineExceeded
+from qmpctl.events import EventFilter, wait_for
 from qmpctl.request import Request
 from qmpctl.targets import Session
 
@@ -27,12 +27,11 @@ QUIT_REFUSED = ("quit is refused through libvirt: libvirt must know the VM stops
 
 
 def quit_vm(session: Session, deadline: Deadline) -> dict[str, Any]:
-    """Make QEMU exit at once; returns when it has closed the monitor (the close is the success)."""
-    execute_closing = getattr(session, "execute_closing", None)
-    if execute_closing is None:
-        raise UsageError(QUIT_REFUSED)
-    reply: dict[str, Any] = execute_closing(Request("quit"), deadline)
-    return reply
+    """Make QEMU exit at once; returns when it has closed the monitor (the close is the success).
+
+    :raise UsageError: through libvirt, which must know the VM stops (``virsh destroy``).
+    """
+    return session.execute_closing(Request("quit"), deadline)
 
 
 def powerdown(session: Session, deadline: Deadline, *, wait_seconds: float | None = DEFAULT_POWERDOWN_WAIT,
@@ -46,14 +45,12 @@ def powerdown(session: Session, deadline: Deadline, *, wait_seconds: float | Non
     request = Request("system_powerdown")
     if wait_seconds is None and force_after is None:
         return session.execute(request, deadline)
-    if force_after is not None and getattr(session, "execute_closing", None) is None:
-        raise UsageError(f"--force-after: {QUIT_REFUSED}")
-    events = listening(session, deadline)
+    session.listen_events(deadline)
     started = time.monotonic()
     session.execute(request, deadline)
     wait = Deadline(force_after if force_after is not None else wait_seconds or DEFAULT_POWERDOWN_WAIT)
     try:
-        event = wait_for(events, SHUTDOWN, wait)
+        event = wait_for(session, SHUTDOWN, wait)
     except DeadlineExceeded:
         if force_after is None:
             raise DeadlineExceeded(f"the guest did not shut down within {wait.seconds:g} s of the power button "
@@ -69,9 +66,9 @@ def reset(session: Session, deadline: Deadline) -> dict[str, Any]:
     A QEMU started with ``-no-reboot`` turns the reset into a shutdown; that
     is reported with a note, since the VM is now off rather than rebooting.
     """
-    events = listening(session, deadline)
+    session.listen_events(deadline)
     session.execute(Request("system_reset"), deadline)
-    event = wait_for(events, RESET_OR_SHUTDOWN, deadline)
+    event = wait_for(session, RESET_OR_SHUTDOWN, deadline)
     result: dict[str, Any] = {"event": event}
     if event.get("event") == "SHUTDOWN":
         result["note"] = NO_REBOOT_NOTE

@@ -32,8 +32,8 @@ def events(common: Common, *, count: int | None, wait: list[str], match: list[st
         deadline = shared or Deadline(common.timeout)
         session = target.open(deadline)
         try:
-            source = events_lib.listening(session, deadline)
-            yield from events_lib.follow(source, shared or Deadline(MAX_TIMEOUT), keep,
+            session.listen_events(deadline)
+            yield from events_lib.follow(session, shared or Deadline(MAX_TIMEOUT), keep,
                                          count or (1 if wait else None), until_closed=not bounded)
         finally:
             session.close()
