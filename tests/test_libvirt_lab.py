@@ -184,6 +184,23 @@ def test_frozen_agent_is_exit_4_from_the_deadline_and_from_libvirt(cli, lab_doma
     _wait_for_agent(lab_domain)
 
 
+def test_agent_cp_through_libvirt_in_chunks_libvirt_delivers(cli, lab_domain, tmp_path):
+    """Through libvirt a request of 256 KiB never reaches the agent, and a string over 4 MiB is refused."""
+    import hashlib
+    import os
+
+    data = os.urandom(1536 * 1024)  # 24 writes of 64 KiB, two reads of 1 MiB
+    source = tmp_path / "random.bin"
+    source.write_bytes(data)
+    copied_in = cli("agent", "cp", "--domain", lab_domain.name, str(source), "guest:/tmp/random.bin", timeout=300)
+    assert copied_in.code == 0, copied_in
+    assert json.loads(copied_in.out)["return"]["verified"] is True
+    back = tmp_path / "back.bin"
+    copied_out = cli("agent", "cp", "--domain", lab_domain.name, "guest:/tmp/random.bin", str(back), timeout=300)
+    assert copied_out.code == 0, copied_out
+    assert hashlib.sha256(back.read_bytes()).digest() == hashlib.sha256(data).digest()
+
+
 def test_guest_shutdown_without_reply_powers_the_guest_off(lab_domain):
     """guest-shutdown answers only on failure; through libvirt it must still count as done. Runs last."""
     from qmpctl.deadline import Deadline
@@ -200,20 +217,3 @@ def test_guest_shutdown_without_reply_powers_the_guest_off(lab_domain):
     while lab_domain.state() != "shut off":
         assert time.monotonic() < deadline, f"guest still {lab_domain.state()} after guest-shutdown"
         time.sleep(0.5)
-
-
-def test_agent_cp_through_libvirt_in_chunks_libvirt_delivers(cli, lab_domain, tmp_path):
-    """Through libvirt a request of 256 KiB never reaches the agent, and a string over 4 MiB is refused."""
-    import hashlib
-    import os
-
-    data = os.urandom(1536 * 1024)  # 24 writes of 64 KiB, two reads of 1 MiB
-    source = tmp_path / "random.bin"
-    source.write_bytes(data)
-    copied_in = cli("agent", "cp", "--domain", lab_domain.name, str(source), "guest:/tmp/random.bin", timeout=300)
-    assert copied_in.code == 0, copied_in
-    assert json.loads(copied_in.out)["return"]["verified"] is True
-    back = tmp_path / "back.bin"
-    copied_out = cli("agent", "cp", "--domain", lab_domain.name, "guest:/tmp/random.bin", str(back), timeout=300)
-    assert copied_out.code == 0, copied_out
-    assert hashlib.sha256(back.read_bytes()).digest() == hashlib.sha256(data).digest()
