@@ -28,8 +28,8 @@ from readme import CRONTAB, RUNNABLE, Readme, split_row  # noqa: E402
 TEMPLATE = HERE / "qmpctl.1.in"
 PAGE = HERE / "qmpctl.1"
 
-EXAMPLE_SECTIONS = ("First steps", "Install", "Commands", "Block devices", "Guest agent", "libvirt users",
-                    "Cron and CI recipes")
+EXAMPLE_SECTIONS = ("First steps", "Install", "Commands", "Lifecycle and events", "Performance", "Block devices",
+                    "Guest agent", "libvirt users", "Cron and CI recipes")
 """README sections whose runnable blocks make the EXAMPLES section, in this order."""
 
 

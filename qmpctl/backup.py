@@ -25,6 +25,7 @@ from qmpctl.jobs import (JobState, Progress, cancel_job, dismiss, failure_detail
 from qmpctl.request import Request
 from qmpctl.signals import shielded
 from qmpctl.targets import Session
+from qmpctl.units import parse_size
 from qmpctl.waiting import CHECK_EVERY
 
 if TYPE_CHECKING:
@@ -40,15 +41,10 @@ END_JOB_PLAN_NOTE = ("a plan, not all the requests (--dry-run connects to nothin
 BUSY_MARK = "is busy: block device is in use by block job"
 """QEMU's words for a disk a job holds (block_job_add_bdrv / bdrv_op_is_blocked)."""
 
-SPEED_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
-
 
 def parse_speed(text: str) -> int:
     """Bytes per second: ``1048576``, ``512K``, ``10M``, ``1G`` (powers of 1024)."""
-    found = re.fullmatch(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
-    if not found or int(found.group(1)) == 0:
-        raise UsageError(f"--speed wants bytes per second above 0, like 1048576, 512K or 10M; got {text!r}")
-    return int(found.group(1)) * SPEED_UNITS[found.group(2).upper()]
+    return parse_size(text, "--speed", "bytes per second")
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 import re
 import threading
 from types import ModuleType
@@ -24,7 +25,8 @@ from typing import Any, Callable, NamedTuple, TypeVar
 
 from qmpctl.agent import SILENT_HINT, disabled_command_error, is_frozen
 from qmpctl.deadline import Deadline
-from qmpctl.errors import ConnectError, DeadlineExceeded, ProtocolError, QmpctlError, UsageError, VmError
+from qmpctl.errors import (ConnectError, ConnectionClosed, DeadlineExceeded, ProtocolError, QmpctlError,
+                           UsageError, VmError)
 from qmpctl.qmp import checked_reply
 from qmpctl.request import Request
 from qmpctl import trace
@@ -333,8 +335,122 @@ class DomainSession(WithoutEvents):
         self.close()
 
 
+_event_loop_lock = threading.Lock()
+_event_loop_running = False
+EVENT_POLL_SECONDS = 0.5
+"""How often a wait for an event looks at Ctrl-C and its deadline."""
+
+
+def _run_event_loop(libvirt: ModuleType) -> None:
+    """libvirt's default event loop: delivers monitor events to their callbacks, for the life of the process."""
+    while libvirt.virEventRunDefaultImpl() == 0:
+        pass
+
+
+def start_event_loop(libvirt: ModuleType) -> None:
+    """Register libvirt's default event loop (once) and run it in a daemon thread.
+
+    It must be registered before the connection that is to receive events is
+    opened; the waits on its events are bounded by their deadlines, and the
+    thread ends with the process.
+    """
+    global _event_loop_running
+    with _event_loop_lock:
+        if not _event_loop_running:
+            libvirt.virEventRegisterDefaultImpl()
+            threading.Thread(target=_run_event_loop, args=(libvirt,), name="qmpctl-libvirt-events",
+                             daemon=True).start()
+            _event_loop_running = True
+
+
 class DomainMonitorSession(DomainSession):
-    """QMP through ``virDomainQemuMonitorCommand``; HMP lines through its HMP flag, like virsh --hmp."""
+    """QMP through ``virDomainQemuMonitorCommand``; HMP lines through its HMP flag, like virsh --hmp.
+
+    Events come through libvirt's QEMU monitor event API
+    (``virConnectDomainQemuMonitorEventRegister``) once :meth:`listen_events`
+    has opened a second connection for them: one opened before the event loop
+    was registered cannot receive events.
+    """
+
+    _events: "queue.Queue[dict[str, Any] | None] | None" = None
+    _event_connection: Any = None
+    _callback_ids: tuple[tuple[str, int], ...] = ()
+
+    def listen_events(self, deadline: Deadline) -> None:
+        """Start receiving the domain's QEMU monitor events (every event; QEMU's timestamps kept)."""
+        if self._events is not None:
+            return
+        libvirt, libvirt_qemu = self.libvirt, self.libvirt_qemu
+        start_event_loop(libvirt)
+        events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+
+        def deliver(connection: Any, domain: Any, event: str, seconds: int, micros: int, details: str | None,
+                    opaque: Any) -> None:
+            try:
+                data = json.loads(details) if details else {}
+            except ValueError:
+                data = {"details": details}
+            events.put({"event": event, "data": data, "timestamp": {"seconds": seconds, "microseconds": micros}})
+
+        def lifecycle(connection: Any, domain: Any, event: int, detail: int, opaque: Any) -> None:
+            if event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+                events.put(None)  # QEMU is gone: what a closed monitor socket says for a socket session
+
+        def subscribe() -> tuple[Any, tuple[tuple[str, int], ...]]:
+            connection = libvirt.open(self.domain_target.connect_uri)
+            try:
+                domain = _lookup(libvirt, connection, self.domain.UUIDString())
+                monitor = libvirt_qemu.qemuMonitorEventRegister(connection, domain, None, deliver, None, 0)
+                stopped = connection.domainEventRegisterAny(domain, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                                            lifecycle, None)
+                return connection, (("monitor", monitor), ("lifecycle", stopped))
+            except BaseException:
+                connection.close()
+                raise
+
+        try:
+            self._event_connection, self._callback_ids = _bounded(
+                deadline, f"libvirt to send the events of {self.target}", LIBVIRTD_HINT, subscribe)
+        except Exception as exc:
+            raise translate(libvirt, exc, self.what) from None
+        self._events = events
+
+    def execute_closing(self, request: Request, deadline: Deadline) -> dict[str, Any]:
+        """Refused: libvirt must know the VM stops, so it must be the one to stop it."""
+        raise UsageError(f"{request.execute} through libvirt is refused: libvirt must know that {self.what} "
+                         "stops; use virsh destroy")
+
+    def next_event(self, deadline: Deadline, waiting_for: str) -> dict[str, Any]:
+        """The next monitor event libvirt passed on, within ``deadline``.
+
+        :raise ConnectionClosed: the domain stopped (as a socket's monitor closes when QEMU exits).
+        """
+        if self._events is None:
+            self.listen_events(deadline)
+        assert self._events is not None
+        while True:
+            left = deadline.remaining(waiting_for)
+            try:
+                event = self._events.get(timeout=min(left, EVENT_POLL_SECONDS))
+            except queue.Empty:
+                continue
+            if event is None:
+                raise ConnectionClosed(f"{self.what} stopped while waiting for {waiting_for}")
+            return event
+
+    def close(self) -> None:
+        if self._event_connection is not None:
+            try:
+                for kind, callback_id in self._callback_ids:
+                    if kind == "monitor":
+                        self.libvirt_qemu.qemuMonitorEventDeregister(self._event_connection, callback_id)
+                    else:
+                        self._event_connection.domainEventDeregisterAny(callback_id)
+                self._event_connection.close()
+            except self.libvirt.libvirtError:
+                pass
+            self._event_connection = None
+        super().close()
 
     def execute(self, request: Request, deadline: Deadline) -> dict[str, Any]:
         with trace.Exchange(self.target, request.as_dict()):

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from qmpctl.address import Address
 from qmpctl.connect import open_connection
 from qmpctl.deadline import Deadline
-from qmpctl.errors import ProtocolError, VmError
+from qmpctl.errors import ConnectionClosed, ProtocolError, VmError
 from qmpctl.request import Request, parse_json
 from qmpctl.session import EventMatch
 from qmpctl.trace import Exchange
@@ -183,3 +183,30 @@ class QmpSession:
                 if match(message):
                     return message
                 self.events.append(message)
+
+    def listen_events(self, deadline: Deadline) -> None:
+        """Nothing to do: QEMU sends every event to every negotiated monitor connection."""
+
+    def next_event(self, deadline: Deadline, waiting_for: str) -> dict[str, Any]:
+        """The next event in arrival order: one kept while waiting for a reply, else the next to come."""
+        return self.wait_event(lambda event: True, deadline, waiting_for)
+
+    def execute_closing(self, request: Request, deadline: Deadline) -> dict[str, Any]:
+        """Send a command after which QEMU closes the monitor (``quit``); the close is its success.
+
+        QEMU answers and then exits, so the connection closing, before or after
+        the reply, is what was asked for. Returns once it has closed, so the
+        caller knows QEMU is on its way out.
+        """
+        try:
+            reply = self._exchange(request, deadline)
+        except ConnectionClosed:
+            return {"return": {}}
+        waiting_for = f"{self.target} to close after {request.execute}"
+        try:
+            while True:
+                message = self._read_message(deadline, waiting_for)
+                if "event" in message:
+                    self.events.append(message)
+        except ConnectionClosed:
+            return reply

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Protocol, runtime_checkable
 
 from qmpctl.deadline import Deadline
+from qmpctl.errors import UsageError
 from qmpctl.request import Request
 
 MONITOR = "qmp"
@@ -63,6 +64,28 @@ class Session(Protocol):
         """
         ...
 
+    def listen_events(self, deadline: Deadline) -> None:
+        """Have every event from now on reach :meth:`next_event` (a QMP socket: always; libvirt: subscribes).
+
+        :raise UsageError: the session can deliver no events (the guest agent).
+        """
+        ...
+
+    def next_event(self, deadline: Deadline, waiting_for: str) -> dict[str, Any]:
+        """The next event in arrival order, kept or still to come.
+
+        :raise DeadlineExceeded: none came within ``deadline``.
+        :raise ConnectionClosed: QEMU went away (the monitor closed, the domain stopped).
+        """
+        ...
+
+    def execute_closing(self, request: Request, deadline: Deadline) -> dict[str, Any]:
+        """Send a command after which QEMU exits (``quit``): the connection closing is its success.
+
+        :raise UsageError: not through this session (libvirt must know the VM stops; the agent has no quit).
+        """
+        ...
+
     def resync(self, deadline: Deadline) -> None:
         """Make the channel usable again after an interrupted exchange (a request cut off half-way).
 
@@ -96,6 +119,18 @@ class WithoutEvents:
     def events(self) -> tuple[dict[str, Any], ...]:
         return ()
 
+    target: str
+
     def wait_event(self, match: EventMatch, deadline: Deadline, waiting_for: str) -> dict[str, Any]:
         """No event can come, so the wait ends as a timeout at once rather than blocking for nothing."""
         raise deadline.exceeded(f"{waiting_for} (this connection delivers no events)")
+
+    def listen_events(self, deadline: Deadline) -> None:
+        """Waiting would be in vain: say so before anything is waited for."""
+        raise UsageError(f"{self.target} delivers no events: events come from a VM's monitor (-s or -d)")
+
+    def next_event(self, deadline: Deadline, waiting_for: str) -> dict[str, Any]:
+        raise deadline.exceeded(f"{waiting_for} (this connection delivers no events)")
+
+    def execute_closing(self, request: Request, deadline: Deadline) -> dict[str, Any]:
+        raise UsageError(f"{request.execute} is a monitor command: {self.target} cannot send it")

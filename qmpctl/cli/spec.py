@@ -167,6 +167,119 @@ COMMANDS: tuple[Command, ...] = (
         options=(Option("hmp", ("--hmp",), "flag", False,
                         "Send the text as an HMP command line and print its text."),),
     ),
+    # --- lifecycle and events ----------------------------------------------------------------
+    Command(
+        ("events",), "qmpctl.cli.lifecycle:events",
+        "Print the VM's QMP events as JSON lines as they arrive, or wait for one.",
+        "Each line is {\"event\", \"data\", \"timestamp\"} as QEMU sent it (with \"target\" first when "
+        "there are several VMs). Only events from the moment qmpctl connected are seen: QEMU keeps none. "
+        "Without --wait or --count the stream runs until Ctrl-C, which ends it with exit 0. With --wait or "
+        "--count, --timeout is the time to wait: exit 4 with \"no NAME within S s\" when it runs out. "
+        "Through --domain the events come from libvirt's QEMU monitor event API.",
+        example="qmpctl events -s /tmp/vm.sock --wait SHUTDOWN --timeout 120 --dry-run",
+        options=(
+            Option("count", ("--count",), "int", None, "End after N events (that pass --wait/--match).",
+                   metavar="N", show_default=False),
+            Option("wait", ("--wait",), "list", None,
+                   "End at the first event with one of these names (comma-separated, repeatable), exit 0.",
+                   metavar="NAME[,NAME...]", show_default=False),
+            Option("match", ("--match",), "list", None,
+                   "Only events whose data has KEY equal to VALUE; dotted KEY for nested members, JSON text "
+                   "for non-strings (guest=true). Repeatable: all must match.", metavar="KEY=VALUE",
+                   show_default=False),
+        ),
+    ),
+    Command(
+        ("powerdown",), "qmpctl.cli.lifecycle:powerdown",
+        "Press the ACPI power button (system_powerdown) and wait until the guest has shut down.",
+        "Waits for the SHUTDOWN event on the same connection, so it cannot be missed. Exit 4 when the guest "
+        "ignores the button for --wait-timeout. --force-after SECONDS waits that long instead and then makes "
+        "QEMU quit, exit 0 with \"forced\": true (not through --domain: use virsh destroy).",
+        example="qmpctl powerdown -s /tmp/vm.sock --no-wait",
+        options=(
+            Option("wait", ("--wait",), "switch", True,
+                   "Wait for SHUTDOWN (default), or return once the button is pressed.", off_flags=("--no-wait",)),
+            Option("wait_timeout", ("--wait-timeout",), "float", None,
+                   "How long the guest may take to shut down [default: 60].", metavar="SECONDS",
+                   show_default=False),
+            Option("force_after", ("--force-after",), "float", None,
+                   "Make QEMU quit when the guest has not shut down after this long.", metavar="SECONDS",
+                   show_default=False),
+        ),
+    ),
+    Command(("reset",), "qmpctl.cli.lifecycle:reset",
+            "Reset the machine (system_reset) and wait for QEMU's RESET event.",
+            "The guest reboots without shutting down. A QEMU started with -no-reboot shuts down instead; "
+            "the output then carries a note.",
+            example="qmpctl reset -s /tmp/vm.sock"),
+    Command(("quit",), "qmpctl.cli.lifecycle:quit",
+            "Make QEMU exit at once (quit), like pulling the plug.",
+            "The monitor closing after the reply is the success (exit 0). Refused with --domain: libvirt "
+            "must know the VM stops, use virsh destroy.",
+            example="qmpctl quit -s /tmp/vm.sock --dry-run"),
+    # --- performance -------------------------------------------------------------------------
+    Command(
+        ("stats",), "qmpctl.cli.performance:stats",
+        "Show how the VM performs: disk I/O counters, vCPU threads, balloon size, hypervisor counters.",
+        "One JSON document per VM from query-blockstats, query-cpus-fast, query-balloon and query-stats. "
+        "What the VM cannot give (no balloon, a QEMU before 7.1, TCG without counters) is left out with a "
+        "note in \"notes\". --watch prints one line per sample with per-second rates of each disk since the "
+        "sample before; Ctrl-C ends it with exit 0. --timeout applies to each sample.",
+        example="qmpctl stats -s /tmp/vm.sock --watch 1 --count 2",
+        options=(
+            Option("watch", ("--watch",), "float", None, "Sample every SECONDS, one JSON line each.",
+                   metavar="SECONDS", show_default=False),
+            Option("count", ("--count",), "int", None, "With --watch: stop after N samples [default: Ctrl-C].",
+                   metavar="N", show_default=False),
+        ),
+    ),
+    Command(
+        ("throttle",), "qmpctl.cli.performance:throttle",
+        "Show or set a disk's I/O limits (block_set_io_throttle), changing only those named.",
+        "Without limits it shows the ones in force. With limits it reads the current ones first and sends "
+        "them back with only the named ones changed (QEMU resets whatever it is not given); a total limit "
+        "(--bps) replaces the read/write limits of its kind and the other way round. Prints the limits in "
+        "force afterwards. Exit 2 before anything is sent for contradictory values. Rates in bytes take "
+        "suffixes: 512K, 10M, 1G.",
+        example="qmpctl throttle -s /tmp/vm.sock vd0 --bps-rd 10M --iops 500",
+        arguments=(Argument("device", "DEVICE", "The disk: its device id (vd0), qdev path or drive name."),),
+        options=(
+            *(Option(name, ("--" + name.replace("_", "-"),), "text", None, f"{what} [default: unchanged].",
+                     metavar="BYTES_PER_SEC", show_default=False)
+              for name, what in (("bps", "Total bytes per second"), ("bps_rd", "Bytes read per second"),
+                                 ("bps_wr", "Bytes written per second"))),
+            *(Option(name, ("--" + name.replace("_", "-"),), "int", None, f"{what} [default: unchanged].",
+                     metavar="N", show_default=False)
+              for name, what in (("iops", "Total operations per second"), ("iops_rd", "Reads per second"),
+                                 ("iops_wr", "Writes per second"))),
+            *(Option(f"{name}_max", ("--" + name.replace("_", "-") + "-max",), "text" if name.startswith("bps")
+                     else "int", None, f"Burst rate above --{name.replace('_', '-')}.",
+                     metavar="BYTES_PER_SEC" if name.startswith("bps") else "N", show_default=False)
+              for name in ("bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr")),
+            *(Option(f"{name}_max_length", ("--" + name.replace("_", "-") + "-max-length",), "int", None,
+                     f"How many seconds the --{name.replace('_', '-')}-max burst may last.", metavar="SECONDS",
+                     show_default=False)
+              for name in ("bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr")),
+            Option("iops_size", ("--iops-size",), "text", None,
+                   "Count an operation larger than this as several.", metavar="BYTES", show_default=False),
+            Option("group", ("--group",), "text", None, "Share the limits with the other disks of this group.",
+                   metavar="NAME", show_default=False),
+            Option("off", ("--off",), "flag", False, "Clear every limit of the disk."),
+        ),
+    ),
+    Command(
+        ("balloon",), "qmpctl.cli.performance:balloon",
+        "Show the guest's memory size through the balloon, or ask the guest for SIZE.",
+        "Without SIZE prints query-balloon's reply (actual, in bytes). With SIZE (512M, 1G) asks the guest "
+        "and returns; --wait-timeout waits until the guest has it, else exit 4 saying how far it got. A VM "
+        "without a balloon device is exit 1 naming the device to add (-device virtio-balloon-pci).",
+        example="qmpctl balloon -s /tmp/vm.sock 512M --dry-run",
+        arguments=(Argument("size", "SIZE", "The memory the guest should have, in bytes or with a suffix.",
+                            required=False),),
+        options=(Option("wait_timeout", ("--wait-timeout",), "float", None,
+                        "Wait up to this long for the guest to reach SIZE.", metavar="SECONDS",
+                        show_default=False),),
+    ),
     # --- block devices ---------------------------------------------------------------------
     Command(
         ("block",), "qmpctl.cli.block:block", "Show the VM's block devices (query-block).",
