@@ -252,15 +252,31 @@ class Handover:
             return _safe_state(self.source, grace)
         state = _safe_state(self.source, grace)
         if self.source_was_running and state in RESTARTABLE:
-            try:
-                self.source.execute(Request("cont"), grace)
-                state = _safe_state(self.source, grace)
-                self.notes.append("resumed the source with cont")
-            except QmpctlError as exc:
-                self.notes.append(f"could not resume the source ({exc.message})")
+            self.notes.append(resume_source(self.source, grace))
+            state = _safe_state(self.source, grace)
         if self.destination is not None:
             self.notes.append(dismiss_destination(self.destination, grace))
         return state
+
+
+def resume_source(source: QmpSession, grace: Deadline) -> str:
+    """``cont`` the source, waiting out the moment QEMU still finalizes a failed migration; returns a note.
+
+    query-migrate can already say "failed" while the run state is still
+    finish-migrate, and a ``cont`` then is refused ("Migration is not
+    finalized yet"): try again, briefly, until QEMU has let go or ``grace`` ends.
+    """
+    from qmpctl.deadline import backoff
+
+    pauses = backoff(0.01, 0.2)
+    while True:
+        try:
+            source.execute(Request("cont"), grace)
+            return "resumed the source with cont"
+        except QmpctlError as exc:
+            if "not finalized" not in exc.message or grace.expired():
+                return f"could not resume the source ({exc.message})"
+        time.sleep(min(next(pauses), max(grace.expires_at - time.monotonic(), 0)))
 
 
 def cancel_and_wait(source: QmpSession, deadline: Deadline, what: str = "migration") -> str:
@@ -588,11 +604,7 @@ def _destination_failed(source: QmpSession, was_running: bool, error: QmpctlErro
         grace = Deadline(CLEANUP_SECONDS)
         note = ""
         if was_running and _safe_state(source, grace) in RESTARTABLE:
-            try:
-                source.execute(Request("cont"), grace)
-                note = "; resumed the source with cont"
-            except QmpctlError as exc:
-                note = f"; could not resume the source ({exc.message})"
+            note = "; " + resume_source(source, grace)
         final = _safe_state(source, grace)
     return JobFailed(f"the source sent everything but the destination did not start the VM ({error.message})"
                      f"; the source is {final}{note}")

@@ -122,8 +122,10 @@ def test_sigint_cancels_a_slow_backup_and_leaves_no_job(cli, vm_factory, flow):
     vm = vm_factory(extra_args=FLOWS[flow])
     before = block_state(vm)
     target = vm.workdir / "backup.qcow2"
-    process = cli.popen("backup", "-s", str(vm.qmp_path), "vd0", str(target), "--speed", "1M")
+    process = cli.popen("backup", "-s", str(vm.qmp_path), "vd0", str(target), "--speed", "1M", "--progress", "json")
     wait_for_job(vm)
+    # The job shows in query-jobs before qmpctl has its reply; its first progress line says it is waiting.
+    assert b'"status":"running"' in process.stderr.readline()
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=15)
     assert process.returncode == 130, err

@@ -50,9 +50,19 @@ def ssh_cli(cli, sshd: Sshd, *args: str, config: Path | None = None, **kwargs):
     return result
 
 
-def test_status_over_ssh_leaves_nothing_behind(cli, sshd, vms, tmp_path):
-    own_tmp = tmp_path / "tmp"
-    own_tmp.mkdir()
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A TMPDIR short enough that qmpctl keeps its sockets there, so a test can look at them."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="qssh-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_status_over_ssh_leaves_nothing_behind(cli, sshd, vms, short_tmp):
+    own_tmp = short_tmp
     result = cli("status", "-s", sshd.url(vms[0].qmp_path), env={**sshd.env(), "TMPDIR": str(own_tmp)})
     assert result.code == 0, result
     assert json.loads(result.out)["return"]["status"] == "prelaunch"
@@ -380,14 +390,13 @@ def test_remote_glob_and_paths_with_spaces_and_quotes(cli, sshd, vms, tmp_path):
         sshd.url(folder / "db*.sock"), sshd.url(folder / "web 1.sock")]
 
 
-def test_a_lost_ssh_connection_is_told_apart_from_a_vm_that_went_away(cli, sshd, vms, tmp_path):
+def test_a_lost_ssh_connection_is_told_apart_from_a_vm_that_went_away(cli, sshd, vms, short_tmp):
     import os
     import re
     import subprocess
 
     vm = vms[2]
-    own_tmp = tmp_path / "tmp"
-    own_tmp.mkdir()
+    own_tmp = short_tmp
     process = cli.popen("backup", "-s", sshd.url(vm.qmp_path), "vd0", str(vm.workdir / "lost.qcow2"),
                         "--speed", "1M", env={**sshd.env(), "TMPDIR": str(own_tmp)})
     try:
