@@ -95,7 +95,7 @@ def _run_typer(args: list[str]) -> int:
         if exc.exit_code == ExitCode.INTERRUPTED:  # Typer's own translation of KeyboardInterrupt
             report("interrupted")
         return int(exc.exit_code)
-    except typer.TyperException as exc:  # click's ClickException (usage errors) in every Typer release
+    except typer.TyperException as exc:  # usage errors: the ClickException of the click Typer vendors
         exc.show()  # type: ignore[attr-defined]
         code = int(getattr(exc, "exit_code", 1))
         return usage_exit if code == 2 else code
