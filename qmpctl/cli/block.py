@@ -20,12 +20,7 @@ def block(common: Common, *, nodes: bool) -> int:
 
 
 def jobs(common: Common, *, dismiss: Optional[str], cancel: Optional[str]) -> int:
-    """Show the VM's jobs (query-jobs); or dismiss one that ended, or cancel one that runs.
-
-    A job qmpctl started (backup) stays listed once it has ended, with status
-    "concluded" and an "error" member when it failed, until it is dismissed:
-    that is how a script checks a backup --no-wait later.
-    """
+    """query-jobs, or end one job: its help is declared in :mod:`qmpctl.cli.spec`."""
     if dismiss is not None and cancel is not None:
         raise UsageError("--dismiss and --cancel contradict each other: give one")
     if dismiss is None and cancel is None:
@@ -67,13 +62,7 @@ def _over_ssh(common: Common) -> bool:
 
 def hotplug_disk(common: Common, *, file: str, bus: str, device_id: Optional[str],
                  image_format: Optional[str], readonly: bool) -> int:
-    """Attach an image as a new disk (blockdev-add + device_add), all or nothing.
-
-    Prints the device id and node names. When a step fails, everything this
-    call added is removed again and the exit code says why: 2 for what qmpctl
-    can tell before sending (no such file, not a qcow2, an id in use), 1 when
-    QEMU refused.
-    """
+    """blockdev-add + device_add, all or nothing (help in :mod:`qmpctl.cli.spec`)."""
     from qmpctl import block as block_lib
 
     is_local = _only_target_is_local(common, "hotplug-disk attaches one image")
@@ -96,12 +85,7 @@ def hotplug_disk(common: Common, *, file: str, bus: str, device_id: Optional[str
 
 
 def unplug_disk(common: Common, *, device_id: str, wait_timeout: float) -> int:
-    """Detach a disk: device_del, wait for the guest to release it, then blockdev-del its nodes.
-
-    A PCI disk (virtio) needs the guest's cooperation; a guest that does not
-    release it in time ends in exit 4 with nothing deleted (the request stays
-    pending in QEMU). A SCSI disk is released at once.
-    """
+    """device_del, wait for the release, blockdev-del (help in :mod:`qmpctl.cli.spec`)."""
     from qmpctl import block as block_lib
 
     if not wait_timeout > 0:
@@ -117,14 +101,7 @@ def backup(common: Common, *, words: list[str], into: Optional[str], full: bool,
            freeze: bool, freeze_try: bool, freeze_timeout: Optional[float], agent: Optional[str], sync: str,
            image_format: str, speed: Optional[str], force: bool, wait: bool, wait_timeout: Optional[float],
            progress: str, job_id: Optional[str]) -> int:
-    """Back a disk up to a new image file (DEVICE TARGET), or extend its backup chain (DEVICE... --into DIR).
-
-    Exit 0 only when the job finished without error. Exit 2: TARGET exists
-    (untouched; --force overwrites) or cannot be written. Exit 6: the job
-    failed (the reason follows). Exit 4 (--wait-timeout) and 130 (Ctrl-C,
-    SIGTERM): the job was cancelled first. An incomplete TARGET qmpctl created
-    is removed. Uses drive-backup, or the blockdev flow where QEMU refuses it.
-    """
+    """A full backup (DEVICE TARGET) or a chain run (DEVICE... --into DIR); help in :mod:`qmpctl.cli.spec`."""
     if into is not None:
         from qmpctl.cli.chain import backup_into
 
