@@ -283,17 +283,23 @@ def first_line(process, seconds: float = 20, meanwhile=lambda: None) -> str:
     raise AssertionError("no output")
 
 
+def streaming_events(cli, vm, other) -> tuple[subprocess.Popen, str]:
+    """``qmpctl events`` on the VM, once it has printed a first event (caused by pausing and resuming)."""
+    process = cli.popen("events", "-s", str(vm.qmp_path))
+    paused = [True]
+
+    def toggle() -> None:
+        other.cmd("cont" if paused[0] else "stop")
+        paused[0] = not paused[0]
+
+    return process, first_line(process, meanwhile=toggle)
+
+
 @pytest.mark.qemu
 def test_ctrl_c_ends_an_event_stream_and_a_stats_watch_with_exit_0(cli, vm):
     with vm.check() as other:
-        process = cli.popen("events", "-s", str(vm.qmp_path))
-        paused = [True]
-
-        def toggle() -> None:
-            other.cmd("cont" if paused[0] else "stop")
-            paused[0] = not paused[0]
-
-        assert json.loads(first_line(process, meanwhile=toggle))["event"] in ("STOP", "RESUME")
+        process, line = streaming_events(cli, vm, other)
+        assert json.loads(line)["event"] in ("STOP", "RESUME")
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=10)
         assert process.returncode == 0 and b"interrupted" not in err, err
@@ -307,14 +313,7 @@ def test_ctrl_c_ends_an_event_stream_and_a_stats_watch_with_exit_0(cli, vm):
 @pytest.mark.qemu
 def test_an_event_stream_ends_with_exit_0_when_qemu_exits(cli, vm):
     with vm.check() as other:
-        process = cli.popen("events", "-s", str(vm.qmp_path))
-        paused = [True]
-
-        def toggle() -> None:
-            other.cmd("cont" if paused[0] else "stop")
-            paused[0] = not paused[0]
-
-        first_line(process, meanwhile=toggle)
+        process, _ = streaming_events(cli, vm, other)
         other.sock.sendall(b'{"execute": "quit"}\n')
         out, err = process.communicate(timeout=10)
     assert process.returncode == 0, err
