@@ -57,6 +57,9 @@ def install() -> Optional[list[Any]]:
 
     Returns the handlers it replaced, for :func:`restore`; None where Python
     lets no handler be set (not the main thread: a library caller keeps its own).
+    A signal mask inherited blocked (from a supervisor, a test runner, a parent
+    that was cleaning up) is opened too: otherwise Ctrl-C and SIGTERM would
+    never arrive, and a waiting command could only be killed, cleanup and all.
     """
     global _caught, _closed
     _caught, _closed = None, False
@@ -65,6 +68,7 @@ def install() -> Optional[list[Any]]:
     previous = [signal.getsignal(number) for number in SIGNALS]
     for number in SIGNALS:
         signal.signal(number, _interrupt)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     return previous
 
 

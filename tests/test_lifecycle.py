@@ -283,9 +283,9 @@ def first_line(process, seconds: float = 20, meanwhile=lambda: None) -> str:
     raise AssertionError("no output")
 
 
-def streaming_events(cli, vm, other) -> tuple[subprocess.Popen, str]:
+def streaming_events(cli, vm, other, **popen: object) -> tuple[subprocess.Popen, str]:
     """``qmpctl events`` on the VM, once it has printed a first event (caused by pausing and resuming)."""
-    process = cli.popen("events", "-s", str(vm.qmp_path))
+    process = cli.popen("events", "-s", str(vm.qmp_path), **popen)
     paused = [True]
 
     def toggle() -> None:
@@ -308,6 +308,20 @@ def test_ctrl_c_ends_an_event_stream_and_a_stats_watch_with_exit_0(cli, vm):
     watch.send_signal(signal.SIGINT)
     _, err = watch.communicate(timeout=10)
     assert watch.returncode == 0 and b"interrupted" not in err, err
+
+
+def _block_sigint_and_sigterm() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
+@pytest.mark.qemu
+def test_ctrl_c_works_even_when_the_parent_started_qmpctl_with_signals_blocked(cli, vm):
+    """A blocked signal mask is inherited (a supervisor's, a test runner's): Ctrl-C must still end qmpctl."""
+    with vm.check() as other:
+        process, _ = streaming_events(cli, vm, other, preexec_fn=_block_sigint_and_sigterm)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=10)
+    assert process.returncode == 0 and b"interrupted" not in err, err
 
 
 @pytest.mark.qemu
