@@ -74,9 +74,13 @@ def test_outside_ci_it_stays_a_skip(tmp_path, ci):
 
 
 def _send_one_request(path: Path, request: bytes) -> None:
+    """Connect and send; a script that already failed may have closed its end, which is what is tested."""
     with socket.socket(socket.AF_UNIX) as client:
         client.connect(str(path))
-        client.sendall(request)
+        try:
+            client.sendall(request)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
 
 def test_a_fake_servers_failed_assertion_fails_the_test(tmp_path):
