@@ -111,3 +111,18 @@ def test_a_script_that_passes_passes(tmp_path):
     with FakeServer(tmp_path / "f.sock", script) as server:
         _send_one_request(server.path, b'{"execute": "query-status"}\n')
     assert server.connections == 1 and server.errors == []
+
+
+def test_a_daemon_socket_left_from_an_earlier_boot_is_not_taken_for_a_running_daemon(tmp_path):
+    """A machine restored from a snapshot keeps /run: libvirtd's socket file is there, libvirtd is not."""
+    from support.libvirt import socket_is_served
+
+    path = tmp_path / "libvirt-sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+    assert socket_is_served(path)
+    listener.close()
+    assert path.exists()
+    assert not socket_is_served(path)
+    assert not socket_is_served(tmp_path / "never-made")

@@ -24,11 +24,13 @@ security driver with dynamic_ownership) that the helpers work around:
 
 from __future__ import annotations
 
+import fcntl
 import grp
 import os
 import pwd
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -46,6 +48,7 @@ QEMU_USER = "libvirt-qemu"
 KVM_NODE = Path("/dev/kvm")
 LIBVIRT_SOCKET = Path("/run/libvirt/libvirt-sock")
 VIRTLOGD_SOCKET = Path("/run/libvirt/virtlogd-sock")
+STARTER_LOCK = Path("/run/lock/qmpctl-tests-libvirtd.lock")
 ID_PATTERN = re.compile(r'"id": ?"libvirt-\d+"')
 
 
@@ -76,6 +79,19 @@ def strip_libvirt_id(text: str) -> str:
     return text
 
 
+def socket_is_served(path: Path) -> bool:
+    """Whether a process accepts connections on the unix socket ``path`` (a stale file does not)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(5)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
 def _daemon_answers() -> bool:
     try:
         return virsh("version", check=False, timeout=20).returncode == 0
@@ -90,15 +106,21 @@ def ensure_libvirtd(timeout: float = 60) -> None:
     if not _daemon_answers():
         if os.geteuid() != 0:
             raise LibvirtUnavailable("libvirtd is not running and only root can start it")
-        if not VIRTLOGD_SOCKET.exists():
-            subprocess.run(["virtlogd", "-d"], check=False, timeout=30)
-        if not LIBVIRT_SOCKET.exists():
-            subprocess.run(["libvirtd", "-d"], check=False, timeout=30)
-        deadline = time.monotonic() + timeout
-        while not _daemon_answers():
-            if time.monotonic() > deadline:
-                raise LibvirtUnavailable(f"libvirtd did not answer on {LIBVIRT_SOCKET} within {timeout:g}s")
-            time.sleep(0.5)
+        # Test workers run side by side: one of them starts the daemons.
+        with open(STARTER_LOCK, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            # A socket file and pid file may be left from a daemon of an earlier
+            # boot (a container restored from a snapshot keeps /run): only a
+            # socket that accepts a connection means the daemon is there.
+            if not socket_is_served(VIRTLOGD_SOCKET):
+                subprocess.run(["virtlogd", "-d"], check=False, timeout=30)
+            if not socket_is_served(LIBVIRT_SOCKET):
+                subprocess.run(["libvirtd", "-d"], check=False, timeout=30)
+            deadline = time.monotonic() + timeout
+            while not _daemon_answers():
+                if time.monotonic() > deadline:
+                    raise LibvirtUnavailable(f"libvirtd did not answer on {LIBVIRT_SOCKET} within {timeout:g}s")
+                time.sleep(0.5)
     fix_kvm_node_for_libvirt()
 
 
