@@ -14,7 +14,6 @@ import os
 import re
 import stat
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from qmpctl.deadline import Deadline, backoff
@@ -279,17 +278,18 @@ def blockdev_del(session: Session, node: str, deadline: Deadline) -> None:
 
 # -- hotplug -----------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
 class HotplugPlan:
     """What ``hotplug-disk`` attaches: checked image, bus, and the device id (None: pick a free one)."""
 
-    filename: str
-    format: str
-    bus: str = "virtio"
-    device_id: Optional[str] = None
-    readonly: bool = False
+    __slots__ = ("filename", "format", "bus", "device_id", "readonly")
 
-    def __post_init__(self) -> None:
+    def __init__(self, filename: str, format: str, bus: str = "virtio", device_id: Optional[str] = None,
+                 readonly: bool = False) -> None:
+        self.filename = filename
+        self.format = format
+        self.bus = bus
+        self.device_id = device_id
+        self.readonly = readonly
         if self.device_id is not None:
             check_id(self.device_id, "--id", MAX_DEVICE_ID)
 

@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 from qmpctl import qemu_img
@@ -56,21 +55,26 @@ CANCELLED = "Operation canceled"
 
 # -- options ----------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
 class ChainOptions:
-    """What ``backup DEVICE... --into DIR`` was asked to do; invalid combinations are refused on construction."""
+    """What ``backup DEVICE... --into DIR`` was asked to do; invalid combinations are refused on construction.
 
-    devices: tuple[str, ...]
-    into: str
-    full: bool = False
-    keep_chains: Optional[int] = None
-    speed: Optional[int] = None
-    wait_timeout: float = DEFAULT_WAIT_TIMEOUT
-    freeze: str = "no"
-    """``no``, ``yes`` (fail with exit 3 when the agent cannot be reached) or ``try`` (back up unfrozen then)."""
-    freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT
+    ``freeze`` is ``no``, ``yes`` (fail with exit 3 when the agent cannot be
+    reached) or ``try`` (back up unfrozen then).
+    """
 
-    def __post_init__(self) -> None:
+    __slots__ = ("devices", "into", "full", "keep_chains", "speed", "wait_timeout", "freeze", "freeze_timeout")
+
+    def __init__(self, devices: tuple[str, ...], into: str, full: bool = False, keep_chains: Optional[int] = None,
+                 speed: Optional[int] = None, wait_timeout: float = DEFAULT_WAIT_TIMEOUT, freeze: str = "no",
+                 freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT) -> None:
+        self.devices = devices
+        self.into = into
+        self.full = full
+        self.keep_chains = keep_chains
+        self.speed = speed
+        self.wait_timeout = wait_timeout
+        self.freeze = freeze
+        self.freeze_timeout = freeze_timeout
         if not self.devices:
             raise UsageError("give at least one DEVICE to back up")
         if len(set(self.devices)) != len(self.devices):
@@ -300,31 +304,32 @@ class Freezer:
 
 # -- one disk of one run ----------------------------------------------------------------------------
 
-@dataclass
 class Disk:
     """One DEVICE of this run: where its chain stands, and what this run adds to it."""
 
-    name: str
-    device: str
-    node: str
-    driver: str
-    size: int
-    bitmaps: dict[str, dict[str, Any]]
-    job_id: str
-    chain_dir: str = ""
-    manifest: dict[str, Any] = field(default_factory=dict)
-    full: bool = True
-    reason: Optional[str] = None
-    stale_bitmap: Optional[str] = None
-    """The previous chain's bitmap, removed once the new chain's full backup succeeded."""
-    image: str = ""
-    new_dir: bool = False
-    image_created: bool = False
-    target_added: bool = False
-    bitmap_added: bool = False
-    started: str = ""
-    state: Optional[JobState] = None
-    committed: bool = False
+    def __init__(self, name: str, device: str, node: str, driver: str, size: int,
+                 bitmaps: dict[str, dict[str, Any]], job_id: str) -> None:
+        self.name = name
+        self.device = device
+        self.node = node
+        self.driver = driver
+        self.size = size
+        self.bitmaps = bitmaps
+        self.job_id = job_id
+        self.chain_dir = ""
+        self.manifest: dict[str, Any] = {}
+        self.full = True
+        self.reason: Optional[str] = None
+        self.stale_bitmap: Optional[str] = None
+        """The previous chain's bitmap, removed once the new chain's full backup succeeded."""
+        self.image = ""
+        self.new_dir = False
+        self.image_created = False
+        self.target_added = False
+        self.bitmap_added = False
+        self.started = ""
+        self.state: Optional[JobState] = None
+        self.committed = False
 
     @property
     def bitmap(self) -> str:

@@ -14,8 +14,7 @@ import json
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectionClosed, DeadlineExceeded, QmpctlError, UsageError
@@ -46,8 +45,7 @@ def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
-@dataclass(frozen=True)
-class EventFilter:
+class EventFilter(NamedTuple):
     """Which events count: any of ``names`` (all when empty) whose data has every ``matches`` value."""
 
     names: frozenset[str] = frozenset()

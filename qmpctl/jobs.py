@@ -9,8 +9,7 @@ job of qmpctl's is left behind, and no outcome is lost.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from qmpctl.deadline import Deadline
 from qmpctl.errors import JobFailed, ProtocolError, VmError
@@ -18,8 +17,7 @@ from qmpctl.request import Request
 from qmpctl.targets import Session
 from qmpctl.waiting import CHECK_EVERY, POLL_MAX, event_named, wait_until
 
-@dataclass(frozen=True)
-class JobState:
+class JobState(NamedTuple):
     """One entry of query-jobs."""
 
     id: str

@@ -21,9 +21,8 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from qmpctl.deadline import Deadline, backoff
 from qmpctl.errors import (ConnectionClosed, DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError,
@@ -54,8 +53,7 @@ def _number(value: Any) -> int:
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
 
 
-@dataclass(frozen=True)
-class MigrationReading:
+class MigrationReading(NamedTuple):
     """One ``query-migrate`` answer, reduced to what progress and results show."""
 
     status: str
@@ -156,20 +154,24 @@ def _wanted_capabilities(options: "MigrateOptions") -> dict[str, bool]:
 # ------------------------------------------------------------------ options
 
 
-@dataclass(frozen=True)
 class MigrateOptions:
     """What ``migrate --to`` was asked to do; nonsense is refused on construction (exit 2)."""
 
-    uri: Optional[str] = None
-    speed: Optional[int] = None
-    downtime: Optional[int] = None
-    auto_converge: bool = False
-    postcopy_after: Optional[float] = None
-    stall_timeout: Optional[float] = None
-    wait: bool = True
-    wait_timeout: float = DEFAULT_WAIT_TIMEOUT
+    __slots__ = ("uri", "speed", "downtime", "auto_converge", "postcopy_after", "stall_timeout", "wait",
+                 "wait_timeout")
 
-    def __post_init__(self) -> None:
+    def __init__(self, uri: Optional[str] = None, speed: Optional[int] = None, downtime: Optional[int] = None,
+                 auto_converge: bool = False, postcopy_after: Optional[float] = None,
+                 stall_timeout: Optional[float] = None, wait: bool = True,
+                 wait_timeout: float = DEFAULT_WAIT_TIMEOUT) -> None:
+        self.uri = uri
+        self.speed = speed
+        self.downtime = downtime
+        self.auto_converge = auto_converge
+        self.postcopy_after = postcopy_after
+        self.stall_timeout = stall_timeout
+        self.wait = wait
+        self.wait_timeout = wait_timeout
         for name, value in (("--wait-timeout", self.wait_timeout), ("--stall-timeout", self.stall_timeout),
                             ("--postcopy-after", self.postcopy_after)):
             if value is not None and not 0 < value < float("inf"):
@@ -199,7 +201,6 @@ def check_channel_uri(uri: str) -> None:
 # ------------------------------------------------------------------ the handover
 
 
-@dataclass
 class Handover:
     """One outgoing migration in flight; leaving the ``with`` block early gives the VM back to the source.
 
@@ -209,15 +210,17 @@ class Handover:
     ``inmigrate``. What was done is added to the error's message.
     """
 
-    source: QmpSession
-    destination: Optional[QmpSession]
-    source_was_running: bool
-    what: str = "migration"
-    hands_over: bool = True
-    """False for a save: a completed save leaves the VM with the source, to resume like any other end."""
-    completed: bool = False
-    """Set once the source reported ``completed``: from then on the VM belongs to the destination."""
-    notes: list[str] = field(default_factory=list)
+    def __init__(self, source: QmpSession, destination: Optional[QmpSession], source_was_running: bool,
+                 what: str = "migration", hands_over: bool = True) -> None:
+        self.source = source
+        self.destination = destination
+        self.source_was_running = source_was_running
+        self.what = what
+        self.hands_over = hands_over
+        """False for a save: a completed save leaves the VM with the source, to resume like any other end."""
+        self.completed = False
+        """Set once the source reported ``completed``: from then on the VM belongs to the destination."""
+        self.notes: list[str] = []
 
     def __enter__(self) -> "Handover":
         return self
@@ -410,7 +413,7 @@ def _settled(source: QmpSession, deadline: Deadline, reading: MigrationReading) 
     """
     for pause in backoff(0.005, 0.1):
         if run_state(source, deadline) == "postmigrate":
-            return replace(query_migrate(source, deadline), elapsed=reading.elapsed)
+            return query_migrate(source, deadline)._replace(elapsed=reading.elapsed)
         time.sleep(min(pause, deadline.remaining("the source to settle after the migration")))
     raise AssertionError("unreachable")
 
@@ -454,8 +457,7 @@ def name_wait_timeout(error: BaseException, wait: Deadline, options_wait_timeout
 # ------------------------------------------------------------------ live migration
 
 
-@dataclass
-class Channel:
+class Channel(NamedTuple):
     """Where the state flows; a private directory qmpctl made is removed afterwards."""
 
     uri: str

@@ -8,8 +8,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 from qmpctl.jobs import JobState
 
@@ -20,8 +19,7 @@ RATE_WINDOW = 5.0
 """The rate is measured over the last few seconds, so it follows a --speed change or a slow patch."""
 
 
-@dataclass(frozen=True)
-class Reading:
+class Reading(NamedTuple):
     job_id: str
     status: str
     done: int

@@ -13,8 +13,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from qmpctl import qemu_img
 from qmpctl.chain import MANIFEST, chains_of, read_manifest, sha256_of
@@ -29,8 +28,7 @@ STOP_GRACE = 5.0
 
 # -- verify -----------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ImageCheck:
+class ImageCheck(NamedTuple):
     """What ``backup-verify`` found for one image of a chain."""
 
     chain: str

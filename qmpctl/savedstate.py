@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from typing import Any, Optional
 
 from qmpctl.deadline import Deadline
@@ -56,14 +55,14 @@ def check_save_path(path: str, force: bool) -> str:
     return path
 
 
-@dataclass
 class SaveTarget:
     """The file qmpctl creates for a saved state; with --force it replaces FILE only once complete."""
 
-    path: str
-    force: bool = False
-    writing: str = ""
-    fd: int = -1
+    def __init__(self, path: str, force: bool = False, writing: str = "", fd: int = -1) -> None:
+        self.path = path
+        self.force = force
+        self.writing = writing
+        self.fd = fd
 
     @classmethod
     def create(cls, path: str, force: bool) -> "SaveTarget":
