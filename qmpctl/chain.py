@@ -26,20 +26,25 @@ import os
 import re
 import shutil
 import time
-from typing import Any, Iterator, Optional
 
 from qmpctl import qemu_img
 from qmpctl.backup import DEFAULT_WAIT_TIMEOUT, MAX_JOB_ID, find_disk, target_nodes
-from qmpctl.block import ROLLBACK_GRACE, UndoStep, blockdev_del, named_nodes, undo_all, with_notes
+from qmpctl.block import ROLLBACK_GRACE, blockdev_del, named_nodes, undo_all, with_notes
 from qmpctl.deadline import Deadline
 from qmpctl.guest_freeze import FreezeReport
 from qmpctl.errors import (Busy, ConnectError, DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError,
                            UsageError, VmError)
-from qmpctl.jobs import JobState, Progress, failure_detail, finish, list_jobs, wait_for_end
+from qmpctl.jobs import JobState, failure_detail, finish, list_jobs, wait_for_end
+from qmpctl.records import TYPE_CHECKING
 from qmpctl.request import Request
 from qmpctl.signals import shielded
 from qmpctl.targets import Session, Target
 from qmpctl.waiting import CHECK_EVERY
+
+if TYPE_CHECKING:
+    from typing import Any, Iterator, Optional
+    from qmpctl.block import UndoStep
+    from qmpctl.jobs import Progress
 
 MANIFEST = "chain.json"
 MANIFEST_VERSION = 1
