@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from qmpctl.cli.spec import COMMANDS, Command
+from support.examples import dry_run_words
 from support.qga import HostAgent, have_qemu_ga
 
 # What qmpctl imports does not depend on the QEMU it talks to.
@@ -152,8 +152,7 @@ def test_agent_exec_stays_clear_of_typer_and_heavy_modules(agent, tmp_path):
 
 def dry_run_line(command: Command, tmp_path: Path) -> list[str]:
     """The command's own example, pointed at a socket that is not there, with --dry-run right after its words."""
-    words = shlex.split(command.example.split(";  ")[0].replace("$(date +%F)", "2026-12-01"))[1:]
-    line = list(command.words) + ["--dry-run"] + words[len(command.words):]
+    line = dry_run_words(command)
     for index, word in enumerate(line[:-1]):
         if word in ("-s", "-a"):
             line[index + 1] = str(tmp_path / "absent.sock")

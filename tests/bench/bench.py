@@ -415,19 +415,16 @@ BARE_LIMIT = 1.4
 
 def startup_lines(sock: Path, scratch: Path) -> list[tuple[str, list[str]]]:
     """Each declared command's own example as a --dry-run line on a real VM, with real files where it names some."""
-    import shlex
-
     sys.path.insert(0, str(REPO))
     from qmpctl.cli.spec import COMMANDS
+    from support.examples import dry_run_words
 
     image = scratch / "startup.qcow2"
     if not image.exists():
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
     lines = []
     for command in COMMANDS:
-        example = command.example.split(";  ")[0].replace("$(date +%F)", "2026-12-01")
-        words = shlex.split(example)[1:]
-        line = list(command.words) + ["--dry-run"] + words[len(command.words):]
+        line = dry_run_words(command)
         for index, word in enumerate(line):
             if index and line[index - 1] in ("-s", "-a"):
                 line[index] = str(sock)
