@@ -21,7 +21,7 @@ from typing import Iterator
 
 import pytest
 
-from support.disks import images_identical, wait_for_job, write_pattern
+from support.disks import flush, hmp, images_identical, make_image, wait_for_job, write_pattern
 from support.qemu import QemuVM
 from support.runner import CliRunner
 from support.sshd import Sshd, sshd  # noqa: F401  (a fixture)
@@ -49,20 +49,24 @@ class AdminCli(CliRunner):
 def host(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The VM host's folder: the VM and the chain folders; qmpctl cannot see into it."""
     folder = tmp_path_factory.mktemp("hv")
-    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", HIDE + "; ", "sh", str(folder),
-                            "sh", "-c", 'ls -A "$0"', str(folder)], capture_output=True, text=True)
+    (folder / "seen").touch()
+    probe = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", HIDE, "sh", str(folder),
+                            "ls", "-A", str(folder)], capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip(f"a private mount namespace (unshare -m, root) is not available: {probe.stderr.strip()}")
-    (folder / "seen").touch()
-    hidden = subprocess.run(["unshare", "-m", "sh", "-c", HIDE, "sh", str(folder), "ls", "-A", str(folder)],
-                            capture_output=True, text=True, check=True)
-    assert hidden.stdout == "", "the tmpfs did not hide the host's folder"
+    assert probe.stdout == "", "the tmpfs did not hide the host's folder"
+    (folder / "seen").unlink()
     return folder
 
 
 @pytest.fixture(scope="module")
 def hv(host: Path) -> Iterator[QemuVM]:
-    vm = QemuVM(host / "vm", disk_size="32M")
+    """One VM for the module, on the host: vd0, and vd1 for the several-disks run."""
+    (host / "vm").mkdir()
+    second = make_image(host / "vm" / "disk1.qcow2", "qcow2", "16M")
+    vm = QemuVM(host / "vm", disk_size="32M", extra_args=[
+        "-blockdev", f"driver=qcow2,node-name=disk1,file.driver=file,file.filename={second}",
+        "-device", "virtio-blk-pci,drive=disk1,id=vd1"])
     vm.start()
     yield vm
     vm.kill()
@@ -146,6 +150,32 @@ def test_full_then_incremental_on_the_host(admin, sshd, hv, host, tmp_path):
     assert images_identical(hv.disk, restored).returncode == 0
     assert state(hv) == ([], [])
     assert (full_commands, incremental_commands) == (5, 5)  # lock, list, create, measure, manifest
+
+
+def test_several_disks_cost_one_more_remote_command_each_for_its_manifest(admin, sshd, hv, host):
+    into = host / "b7"
+
+    def both() -> list[dict]:
+        before = sshd.commands()
+        result = admin("backup", "-s", sshd.url(hv.qmp_path), "vd0", "vd1", "--into", str(into), "--progress",
+                       "none", env=sshd.env())
+        sshd.wait_all_closed()
+        assert result.code == 0, result
+        assert sshd.commands() - before == 6  # the scripts take every disk at once, but one manifest each
+        return json.loads(result.out)["return"]["disks"]
+
+    assert [(disk["level"], disk["host"]) for disk in both()] == [("full", sshd.destination)] * 2
+    write_pattern(hv, [(0x21, 0, MiB)])
+    hmp(hv, 'qemu-io -d /machine/peripheral/vd1/virtio-backend "write -P 0x22 1M 1M"')
+    flush(hv, "/machine/peripheral/vd1/virtio-backend")
+    disks = both()
+    assert [(disk["device"], disk["level"], disk["bytes"]) for disk in disks] == [
+        ("vd0", "incremental", MiB), ("vd1", "incremental", MiB)]
+    for disk in disks:
+        chain = Path(disk["chain"])
+        assert [image["sha256"] for image in manifest(chain)["images"]] == [
+            sha256(chain / name) for name in ("0001-full.qcow2", "0002-inc.qcow2")]
+    assert sorted(path.name for path in into.iterdir() if not path.is_dir()) == [".vd0.lock", ".vd1.lock"]
 
 
 def test_full_keep_chains_deletes_old_chains_on_the_host(admin, sshd, hv, host):
@@ -267,6 +297,8 @@ def test_a_relative_dir_and_a_dry_run_connect_to_nothing(admin, sshd, hv):
     dry = admin("backup", "--dry-run", "-s", sshd.url(hv.qmp_path), "vd0", "--into", "/srv/backups",
                 env=sshd.env())
     assert dry.code == 0, dry
-    assert [action["type"] for action in json.loads(dry.out)["arguments"]["actions"]] == [
+    shown = json.loads(dry.out)
+    assert [action["type"] for action in shown["plan"][0]["arguments"]["actions"]] == [
         "block-dirty-bitmap-add", "blockdev-backup"]
+    assert f"DIR is on {sshd.destination}, worked on over SSH" in shown["note"]
     assert sshd.accepted() == before

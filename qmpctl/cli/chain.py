@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from qmpctl.cli.common import Common, emit, run
+from qmpctl.cli.common import Common, emit, printed_plan, run
 from qmpctl.errors import ExitCode, UsageError
 from qmpctl.output import render_reply, to_json
 
@@ -63,8 +63,8 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ke
     remote = _ssh_host(common)
     if remote is not None:  # DIR is on the VM's host: here only its form can be checked, before connecting
         into = chain.prepare_dir(into, is_local=False, side=f"on {remote}")
-    if common.dry_run:
-        return run(common, lambda *_: None, options.requests())
+    if printed_plan(common, options.requests(), options.plan_note(None if remote is None else f"on {remote}")):
+        return ExitCode.OK
     targets = common.targets()
     if len(targets) > 1:
         raise UsageError(f"--into backs up one VM, not {len(targets)}: run one qmpctl per VM")
