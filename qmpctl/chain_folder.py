@@ -272,8 +272,11 @@ class LocalFolder(ChainFolder):
 
 # -- the VM's host, over SSH ------------------------------------------------------------------------
 
-BUSY_EXIT = 64
-"""flock -E: the exit status of the lock of the first disk found taken (the next disk's is one more)."""
+BUSY_EXIT = 100
+"""flock -E: the exit status when the first disk's lock is taken (the next disk's is one more); above the
+sysexits codes flock uses for its own failures, below the shell's 126 and 127."""
+MAX_LOCKS = 125 - BUSY_EXIT
+"""Disks per run on a remote host: each needs an exit status of its own to say which one is busy."""
 
 LOCK_SCRIPT = """into=$1; shift
 if [ ! -d "$into" ]; then
@@ -389,6 +392,8 @@ class RemoteFolder(ChainFolder):
     @contextlib.contextmanager
     def lock(self, devices: list[tuple[str, str]], deadline: Deadline) -> Iterator[None]:
         ordered = sorted(devices)
+        if len(ordered) > MAX_LOCKS:
+            raise UsageError(f"at most {MAX_LOCKS} disks per run into a DIR on another host (got {len(ordered)})")
         command: list[str] = []
         for number, (_, label) in enumerate(ordered):
             command += ["flock", "-n", "-E", str(BUSY_EXIT + number), lock_name(label)]

@@ -233,6 +233,10 @@ def test_a_held_lock_is_busy_and_a_killed_run_lets_it_go(admin, sshd, hv, host):
     assert refused.code == 4, refused
     assert f"busy: another qmpctl is backing up vd0 into {into} on {sshd.destination}" in refused.err
     assert [path.name for path in into.iterdir()] == [".vd0.lock"]
+    with open(into / ".vd1.lock", "a+b") as held:  # of two disks, the message names the one that is busy
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        refused = admin("backup", "-s", sshd.url(hv.qmp_path), "vd0", "vd1", "--into", str(into), env=sshd.env())
+    assert refused.code == 4 and f"(it holds {into}/.vd1.lock)" in refused.err, refused
     own_tmp = Path(tempfile.mkdtemp(prefix="qssh-", dir="/tmp"))  # short: ssh's sockets go there
     child = admin.popen("backup", "-s", sshd.url(hv.qmp_path), "vd0", "--into", str(into), "--speed", "64K",
                         env={**sshd.env(), "TMPDIR": str(own_tmp)})
