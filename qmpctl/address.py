@@ -14,9 +14,8 @@ it is SSH's, not QMP's.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from qmpctl.errors import UsageError
+from qmpctl.records import NamedTuple
 
 GLOB_CHARS = frozenset("*?[")
 SSH_SCHEME = "ssh://"

@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
 
 from qmpctl.address import Address
 from qmpctl.connect import open_connection
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectionClosed, DeadlineExceeded, ProtocolError, QmpctlError, VmError
 from qmpctl.qmp import checked_reply, decode_message
+from qmpctl.records import TYPE_CHECKING
 from qmpctl.request import Request
 from qmpctl.session import WithoutEvents
 from qmpctl.trace import Exchange
 from qmpctl.transport import RECV_CHUNK, Connection
+
+if TYPE_CHECKING:
+    from typing import Any
 
 SYNC_BYTE = b"\xff"
 SILENT_HINT = "guest agent is not responding: is qemu-ga running in the guest?"

@@ -13,14 +13,14 @@ from __future__ import annotations
 import os
 import re
 import time
-from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
-from qmpctl.block import (ROLLBACK_GRACE, UndoStep, block_devices, blockdev_del, check_id, device_id_of,
+from qmpctl.block import (ROLLBACK_GRACE, block_devices, blockdev_del, check_id, device_id_of,
                           first_free, named_nodes, undo_all, with_notes)
 from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError, UsageError, VmError
-from qmpctl.jobs import (JobState, Progress, cancel_job, dismiss, failure_detail, find_job, finish, list_jobs,
+from qmpctl.jobs import (JobState, cancel_job, dismiss, failure_detail, find_job, finish, list_jobs,
                          wait_for_end)
+from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.request import Request
 from qmpctl.signals import shielded
 from qmpctl.targets import Session
@@ -28,6 +28,9 @@ from qmpctl.units import parse_size
 from qmpctl.waiting import CHECK_EVERY
 
 if TYPE_CHECKING:
+    from typing import Any, Optional
+    from qmpctl.block import UndoStep
+    from qmpctl.jobs import Progress
     from qmpctl.ssh import RemoteFiles
 
 DEFAULT_WAIT_TIMEOUT = 86400.0

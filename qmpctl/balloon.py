@@ -8,12 +8,15 @@ only truth, and waiting means polling it.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from qmpctl.deadline import Deadline, backoff
 from qmpctl.errors import DeadlineExceeded, VmError
+from qmpctl.records import TYPE_CHECKING
 from qmpctl.request import Request
 from qmpctl.targets import Session
+
+if TYPE_CHECKING:
+    from typing import Any
 
 NO_BALLOON_HINT = "the VM has no balloon device: start it with -device virtio-balloon-pci"
 POLL_FIRST = 0.05

@@ -14,16 +14,17 @@ import os
 import re
 import stat
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from qmpctl.deadline import Deadline, backoff
 from qmpctl.errors import DeadlineExceeded, Interrupted, QmpctlError, UsageError, VmError
+from qmpctl.records import TYPE_CHECKING
 from qmpctl.request import Request
 from qmpctl.signals import shielded
 from qmpctl.targets import Session
 from qmpctl.waiting import POLL_FIRST, POLL_MAX, event_named, wait_until
 
 if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
     from qmpctl.ssh import RemoteFiles
 
 PERIPHERAL = "/machine/peripheral"
@@ -245,8 +246,9 @@ def _check_remote_image(path: str, image_format: Optional[str], files: "RemoteFi
 
 # -- undo --------------------------------------------------------------------------------------------
 
-UndoStep = tuple[str, Callable[[Deadline], Optional[str]]]
-"""What the step undoes, and the step; it may return a note on what is left to happen."""
+if TYPE_CHECKING:
+    UndoStep = tuple[str, Callable[[Deadline], Optional[str]]]
+    """What the step undoes, and the step; it may return a note on what is left to happen."""
 
 
 def undo_all(steps: list[UndoStep]) -> list[str]:

@@ -28,20 +28,26 @@ import json
 import os
 import re
 import time
-from typing import Any, Iterator, Optional
 
 from qmpctl.backup import DEFAULT_WAIT_TIMEOUT, MAX_JOB_ID, find_disk, target_nodes
-from qmpctl.block import ROLLBACK_GRACE, UndoStep, blockdev_del, named_nodes, undo_all, with_notes
-from qmpctl.chain_folder import MANIFEST, ChainFolder, LocalFolder, NewImage, View, parse_manifest
+from qmpctl.block import ROLLBACK_GRACE, blockdev_del, named_nodes, undo_all, with_notes
+from qmpctl.chain_folder import MANIFEST, LocalFolder, NewImage, View, parse_manifest
 from qmpctl.deadline import Deadline
 from qmpctl.guest_freeze import FreezeReport
 from qmpctl.errors import (Busy, ConnectError, DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError,
                            UsageError, VmError)
-from qmpctl.jobs import JobState, Progress, dismiss, failure_detail, finish, list_jobs, wait_for_end
+from qmpctl.jobs import JobState, dismiss, failure_detail, finish, list_jobs, wait_for_end
+from qmpctl.records import TYPE_CHECKING
 from qmpctl.request import Request
 from qmpctl.signals import shielded
 from qmpctl.targets import Session, Target
 from qmpctl.waiting import CHECK_EVERY
+
+if TYPE_CHECKING:
+    from typing import Any, Iterator, Optional
+    from qmpctl.block import UndoStep
+    from qmpctl.chain_folder import ChainFolder
+    from qmpctl.jobs import Progress
 
 MANIFEST_VERSION = 1
 BITMAP_PREFIX = "qmpctl-"

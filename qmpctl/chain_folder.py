@@ -16,11 +16,13 @@ import contextlib
 import hashlib
 import json
 import os
-from typing import Any, Iterator, NamedTuple, Optional
-
 from qmpctl import qemu_img
-from qmpctl.deadline import Deadline
 from qmpctl.errors import Busy, JobFailed, ProtocolError, QmpctlError, UsageError
+from qmpctl.records import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Any, Iterator, Optional
+    from qmpctl.deadline import Deadline
 
 MANIFEST = "chain.json"
 HASH_CHUNK = 1 << 20

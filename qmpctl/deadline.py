@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Iterator
 
 from qmpctl.errors import DeadlineExceeded
+from qmpctl.records import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Iterator
 
 
 class Deadline:

@@ -8,7 +8,10 @@ came back), so the CLI can map it to an exit status in exactly one place.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Any
+from qmpctl.records import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class ExitCode(IntEnum):

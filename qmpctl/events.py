@@ -14,11 +14,14 @@ import json
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
 
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectionClosed, DeadlineExceeded, QmpctlError, UsageError
+from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.session import Session
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def parse_names(values: Iterable[str]) -> frozenset[str]:
@@ -113,8 +116,9 @@ def wait_for(session: Session, keep: EventFilter, wait: Deadline) -> dict[str, A
     raise not_within(keep, wait, session.target)  # follow yields once or raises; this is for the type checker
 
 
-Item = tuple[int, dict[str, Any] | None, QmpctlError | None]
-"""(which producer, an event or None, the error it ended with or None); (n, None, None) is a clean end."""
+if TYPE_CHECKING:
+    Item = tuple[int, dict[str, Any] | None, QmpctlError | None]
+    """(which producer, an event or None, the error it ended with or None); (n, None, None) is a clean end."""
 
 
 def interleave(producers: Sequence[Callable[[], Iterator[dict[str, Any]]]]) -> Iterator[Item]:

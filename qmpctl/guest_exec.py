@@ -13,12 +13,15 @@ import base64
 import binascii
 import math
 import time
-from typing import Any, Callable, Iterator, NamedTuple
 
 from qmpctl.deadline import Deadline, backoff
 from qmpctl.errors import DeadlineExceeded, ExecLost, ExecTimeout, ProtocolError, UsageError, VmError
+from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.request import Request
 from qmpctl.targets import Session
+
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterator
 
 MAX_INPUT_BYTES = 16 * 1024 * 1024
 """The most --stdin sends: the agent caps each output stream at the same size, and its

@@ -23,7 +23,6 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, BinaryIO, NamedTuple
 
 from qmpctl.cleanup import cleanup_deadline, recover_channel, shielded
 from qmpctl.deadline import Deadline
@@ -36,8 +35,12 @@ from qmpctl.errors import (
     VerificationFailed,
     VmError,
 )
+from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.request import Request
 from qmpctl.targets import Session
+
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
 
 MiB = 1024 * 1024
 WRITE_CHUNK = 256 * 1024

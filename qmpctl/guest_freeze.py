@@ -14,13 +14,16 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 from qmpctl.cleanup import recover_channel, shielded
 from qmpctl.deadline import Deadline
 from qmpctl.errors import Interrupted, ProtocolError, QmpctlError
+from qmpctl.records import TYPE_CHECKING
 from qmpctl.request import Request
 from qmpctl.targets import Session
+
+if TYPE_CHECKING:
+    from typing import Any
 
 THAW_TIMEOUT = 10.0
 """How long a thaw may take once the guest must be thawed: its own deadline, whatever the call's says."""

@@ -10,12 +10,15 @@ command is sent.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectionClosed, DeadlineExceeded
+from qmpctl.records import TYPE_CHECKING
 from qmpctl.request import Request
 from qmpctl.targets import Session
+
+if TYPE_CHECKING:
+    from typing import Any
 
 MODES = ("powerdown", "reboot", "halt")
 DEFAULT_WAIT_TIMEOUT = 60.0

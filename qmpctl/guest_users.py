@@ -9,12 +9,15 @@ object masks it everywhere else it can surface, ``--dry-run`` and the
 from __future__ import annotations
 
 import base64
-from typing import Any, BinaryIO
 
 from qmpctl.deadline import Deadline
 from qmpctl.errors import UsageError, VmError
+from qmpctl.records import TYPE_CHECKING
 from qmpctl.request import Request
 from qmpctl.targets import Session
+
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
 
 MASK = "********"
 MAX_PASSWORD_BYTES = 4096

@@ -9,13 +9,15 @@ job of qmpctl's is left behind, and no outcome is lost.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Optional
-
 from qmpctl.deadline import Deadline
 from qmpctl.errors import JobFailed, ProtocolError, VmError
+from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.request import Request
 from qmpctl.targets import Session
 from qmpctl.waiting import CHECK_EVERY, POLL_MAX, event_named, wait_until
+
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
 
 class JobState(NamedTuple):
     """One entry of query-jobs."""
@@ -43,7 +45,8 @@ class JobState(NamedTuple):
         return 100.0 * self.done / self.total if self.total else 0.0
 
 
-Progress = Callable[[JobState], None]
+if TYPE_CHECKING:
+    Progress = Callable[[JobState], None]
 
 
 def list_jobs(session: Session, deadline: Deadline) -> dict[str, JobState]:

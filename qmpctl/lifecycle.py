@@ -8,13 +8,16 @@ keep events for clients that connect later).
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded
 from qmpctl.events import EventFilter, wait_for
+from qmpctl.records import TYPE_CHECKING
 from qmpctl.request import Request
 from qmpctl.targets import Session
+
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_POWERDOWN_WAIT = 60.0
 FORCE_GRACE = 10.0

@@ -22,15 +22,18 @@ import shutil
 import tempfile
 import time
 from types import TracebackType
-from typing import Any, Callable, NamedTuple, Optional
 
 from qmpctl.deadline import Deadline, backoff
 from qmpctl.errors import (ConnectionClosed, DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError,
                            UsageError, VmError)
 from qmpctl.qmp import QmpSession
+from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.request import Request
 from qmpctl.signals import shielded
 from qmpctl.waiting import event_named, wait_until
+
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
 
 DEFAULT_WAIT_TIMEOUT = 86400.0
 UNLIMITED_BANDWIDTH = 1 << 40
@@ -110,7 +113,8 @@ class MigrationReading(NamedTuple):
                 "pass": self.passes, "elapsed": round(self.elapsed, 3)}
 
 
-Progress = Callable[[MigrationReading], None]
+if TYPE_CHECKING:
+    Progress = Callable[[MigrationReading], None]
 
 
 # ------------------------------------------------------------------ requests

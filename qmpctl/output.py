@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from qmpctl.records import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def to_json(value: Any, pretty: bool = False) -> str:

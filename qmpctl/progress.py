@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 from qmpctl.jobs import JobState
+from qmpctl.records import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
     from qmpctl.migration import MigrationReading
 
 RATE_WINDOW = 5.0

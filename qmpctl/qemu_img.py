@@ -11,11 +11,14 @@ import os
 import re
 import select
 import subprocess
-from typing import Any, Callable, Optional
 
 from qmpctl.deadline import Deadline
 from qmpctl.errors import JobFailed, UsageError
 from qmpctl.jobs import JobState
+from qmpctl.records import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
 
 PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 PROGRESS_SCALE = 10000

@@ -11,16 +11,19 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
-from typing import Any, Sequence
 
 from qmpctl.address import Address
 from qmpctl.connect import open_connection
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectionClosed, ProtocolError, VmError
+from qmpctl.records import TYPE_CHECKING
 from qmpctl.request import Request, parse_json
-from qmpctl.session import EventMatch
 from qmpctl.trace import Exchange
 from qmpctl.transport import Connection
+
+if TYPE_CHECKING:
+    from typing import Any, Sequence
+    from qmpctl.session import EventMatch
 
 MAX_KEPT_EVENTS = 10_000
 BUSY_HINT = "monitor busy (another client is connected) or not answering"

@@ -8,10 +8,13 @@ its arguments written as JSON object members (without the braces).
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 from qmpctl.errors import UsageError
+from qmpctl.records import TYPE_CHECKING
 from qmpctl.request import Request, parse_json
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _parse_json(text: str, what: str) -> Any:

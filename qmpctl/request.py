@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
 
 from qmpctl import schema
 from qmpctl.errors import UsageError
+from qmpctl.records import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _not_json(constant: str) -> Any:

@@ -13,14 +13,17 @@ import shutil
 import subprocess
 import tempfile
 import time
-from typing import Any, NamedTuple, Optional
 
 from qmpctl import qemu_img
 from qmpctl.chain import chains_of, read_manifest
 from qmpctl.chain_folder import MANIFEST, sha256_of
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectError, DeadlineExceeded, ProtocolError, QmpctlError, UsageError, VerificationFailed
-from qmpctl.jobs import Progress
+from qmpctl.records import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Any, Optional
+    from qmpctl.jobs import Progress
 
 CONSOLE_TAIL_LINES = 20
 AGENT_CHANNEL = "org.qemu.guest_agent.0"

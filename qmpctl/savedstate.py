@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Optional
 
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectionClosed, DeadlineExceeded, Interrupted, JobFailed, QmpctlError, UsageError, VmError
-from qmpctl.migration import (CHECK_EVERY, CLEANUP_SECONDS, DEFAULT_WAIT_TIMEOUT, Handover, Progress, add_note,
+from qmpctl.migration import (CHECK_EVERY, CLEANUP_SECONDS, DEFAULT_WAIT_TIMEOUT, Handover, add_note,
                               after_wait, capabilities_request, check_destination, check_source,
                               dismiss_destination, failure, name_wait_timeout, parameters_request, run_state,
                               wait_destination, wait_for_source)
 from qmpctl.qmp import QmpSession
+from qmpctl.records import TYPE_CHECKING
 from qmpctl.request import Request
 from qmpctl.signals import shielded
+
+if TYPE_CHECKING:
+    from typing import Any, Optional
+    from qmpctl.migration import Progress
 
 FD_NAME = "qmpctl-state"
 """The name the file descriptor gets in QEMU (``getfd``), for the ``fd:`` URI."""

@@ -12,9 +12,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any
 
 from qmpctl.errors import UsageError
+from qmpctl.records import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
 
 SUPPORTED_KEYWORDS = frozenset(
     {

@@ -11,20 +11,23 @@ Workflows (waiting.py, jobs.py, backup.py ...) program against
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Protocol, runtime_checkable
-
 from qmpctl.deadline import Deadline
 from qmpctl.errors import UsageError
+from qmpctl.records import TYPE_CHECKING
 from qmpctl.request import Request
 
 MONITOR = "qmp"
 AGENT = "qga"
 
-EventMatch = Callable[[dict[str, Any]], bool]
-"""Accepts the events a wait is for (see :func:`qmpctl.waiting.event_named`)."""
+if TYPE_CHECKING:
+    from typing import Any, Callable, Iterable, Protocol
+
+    EventMatch = Callable[[dict[str, Any]], bool]
+    """Accepts the events a wait is for (see :func:`qmpctl.waiting.event_named`)."""
+else:
+    Protocol = object  # the contracts are for type checkers; at run time they are plain classes
 
 
-@runtime_checkable
 class Session(Protocol):
     """One open connection to a monitor or a guest agent.
 

@@ -20,10 +20,13 @@ signal cannot turn a reported success into a failure.
 from __future__ import annotations
 
 import signal
-import threading
+import sys
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any, Iterator, Optional
+from qmpctl.records import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, Iterator, Optional
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -34,7 +37,9 @@ _closed = False
 
 
 def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
+    # Without the threading module loaded no thread of ours exists: skip importing it (about 1 ms).
+    threading = sys.modules.get("threading")
+    return threading is None or threading.current_thread() is threading.main_thread()
 
 
 def _block() -> set[int]:

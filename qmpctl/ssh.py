@@ -30,12 +30,15 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from typing import Any, Optional, Sequence
 
 from qmpctl.address import Address, SshHost
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectError, ConnectionClosed, Interrupted, QmpctlError, UsageError
+from qmpctl.records import TYPE_CHECKING
 from qmpctl.transport import Connection, _connect_unix
+
+if TYPE_CHECKING:
+    from typing import Any, Optional, Sequence
 
 SSH_ENV = "QMPCTL_SSH"
 CONTROL_PERSIST_SECONDS = 15

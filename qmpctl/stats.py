@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from qmpctl.block import device_id_of
 from qmpctl.deadline import Deadline
 from qmpctl.errors import VmError
+from qmpctl.records import TYPE_CHECKING
 from qmpctl.request import Request
 from qmpctl.targets import Session
+
+if TYPE_CHECKING:
+    from typing import Any
 
 RATE_COUNTERS = ("rd_bytes", "wr_bytes", "rd_operations", "wr_operations", "flush_operations")
 """The counters a watch turns into per-second rates."""

@@ -10,15 +10,19 @@ importing this module; they are re-exported here for the callers that pick targe
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
-
 from qmpctl.address import Address
 from qmpctl.connect import expand_addresses
 from qmpctl.deadline import Deadline
 from qmpctl.errors import UsageError
+from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.session import AGENT, MONITOR, Session, Target
 
-__all__ = ["AGENT", "MONITOR", "Action", "Session", "SocketTarget", "Target", "resolve_targets"]
+if TYPE_CHECKING:
+    from typing import Any, Callable
+
+    Action = Callable[[Session, Deadline, Target], Any]
+
+__all__ = ["AGENT", "MONITOR", "Session", "SocketTarget", "Target", "resolve_targets"]
 
 
 class SocketTarget(NamedTuple):
@@ -65,5 +69,3 @@ def resolve_targets(kind: str, sockets: list[str], domains: list[str], uri: str 
         raise UsageError("no target: pass -s PATH (the VM's -qmp socket), -d DOMAIN, or set QMPCTL_QMP")
     return targets
 
-
-Action = Callable[[Session, Deadline, Target], Any]

@@ -11,13 +11,16 @@ have a block device backend").
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 from qmpctl.block import block_devices, device_id_of
 from qmpctl.deadline import Deadline
 from qmpctl.errors import UsageError, VmError
+from qmpctl.records import TYPE_CHECKING
 from qmpctl.request import Request
 from qmpctl.targets import Session
+
+if TYPE_CHECKING:
+    from typing import Any
 
 KINDS = ("bps", "iops")
 BASE = ("bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr")

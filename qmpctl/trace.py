@@ -25,9 +25,12 @@ import os
 import sys
 import time
 from types import TracebackType
-from typing import Any, Callable
 
 from qmpctl.errors import QmpctlError
+from qmpctl.records import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 MASKED = "<masked>"
 SECRET_ARGUMENTS = {

@@ -11,12 +11,15 @@ import os
 import socket
 import stat
 import time
-from typing import Sequence
 
 from qmpctl import trace
 from qmpctl.address import Address
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectError, ConnectionClosed, ProtocolError, UsageError
+from qmpctl.records import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Sequence
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 """A reply bigger than this is a protocol error, not a reason to exhaust memory."""

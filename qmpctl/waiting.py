@@ -10,13 +10,18 @@ what decides, so both paths end on the same, freshly read state.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional, TypeVar
 
 from qmpctl.deadline import Deadline, backoff
 from qmpctl.errors import DeadlineExceeded
-from qmpctl.session import EventMatch, Session
+from qmpctl.records import TYPE_CHECKING
+from qmpctl.session import Session
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional, TypeVar
+    from qmpctl.session import EventMatch
+
+    T = TypeVar("T")
+
 
 POLL_FIRST = 0.01
 POLL_MAX = 0.2

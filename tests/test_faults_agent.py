@@ -177,7 +177,10 @@ def test_agent_restarted_while_exec_waits_is_125_at_once(cli, host_agent):
 def test_agent_stopped_mid_exec_is_124_naming_the_pid(cli, host_agent):
     """qemu-ga (or the QEMU carrying its channel) stopped while the program runs: exit 124, not 125."""
     proc = cli.popen("agent", "exec", "-a", str(host_agent.path), "--timeout", "1", "--", "sleep", "5")
-    wait_for_child(host_agent.proc.pid)  # guest-exec has started the program: qmpctl is polling now
+    wait_for_child(host_agent.proc.pid, "sleep")  # guest-exec has started the program
+    # ... and its reply, with the pid, has reached qmpctl: it pauses between guest-exec-status polls.
+    # (Stopping the agent between starting the program and replying is the other case: pid unknown.)
+    wait_for(lambda: sleeping(proc.pid), "qmpctl pausing between guest-exec-status polls")
     host_agent.proc.send_signal(signal.SIGSTOP)
     stopped = time.monotonic()
     try:

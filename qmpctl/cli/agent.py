@@ -5,12 +5,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
-
 from qmpctl.cli.common import Common, execute_one, run
 from qmpctl.cli.exec_run import check_wait_timeout
 from qmpctl.cli.vm import send_plain
+from qmpctl.records import TYPE_CHECKING
 from qmpctl.targets import Target
+
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 
 def ping(common: Common) -> int:

@@ -6,11 +6,13 @@ inside the commands so that other commands do not pay for them.
 
 from __future__ import annotations
 
-from typing import Any, Optional
-
 from qmpctl.cli.common import Common, execute_one, printed_plan, run
 from qmpctl.errors import ExitCode, UsageError
+from qmpctl.records import TYPE_CHECKING
 from qmpctl.request import Request
+
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 
 def block(common: Common, *, nodes: bool) -> int:

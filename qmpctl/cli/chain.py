@@ -6,11 +6,13 @@ handlers check the options, pick the agent for --freeze, and print.
 
 from __future__ import annotations
 
-from typing import Any, Optional
-
 from qmpctl.cli.common import Common, emit, printed_plan, run
 from qmpctl.errors import ExitCode, UsageError
 from qmpctl.output import render_reply, to_json
+from qmpctl.records import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 def _printer(progress: str) -> tuple[Any, float, Any]:
     """The job-state callback for ``--progress``, how often to call it, and the printer to close."""

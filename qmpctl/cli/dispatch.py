@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable
 
 from qmpctl.cli.spec import SHARED_NAMES, Command, all_options
 from qmpctl.errors import ExitCode
+from qmpctl.records import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 
 def handler_of(command: Command) -> Callable[..., int]:

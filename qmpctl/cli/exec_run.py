@@ -8,13 +8,16 @@ able to tell the two apart.
 from __future__ import annotations
 
 import sys
-from typing import Any, BinaryIO, NamedTuple, Optional
 
 from qmpctl.cli.common import Common, emit, print_dry_run, result_decided
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ExecFailed, ExecLost, ExecTimeout, ExitCode, Interrupted, OutputError, QmpctlError, UsageError
 from qmpctl.output import render_reply, to_json
+from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.targets import Target
+
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO, Optional
 
 class ExecOptions(NamedTuple):
     """What ``agent exec`` was asked to do (a NamedTuple: dataclasses cost milliseconds to import)."""

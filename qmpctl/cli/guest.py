@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, BinaryIO
 
 from qmpctl.cli.common import MAX_TIMEOUT, Common, execute_one, run
 from qmpctl.deadline import Deadline
 from qmpctl.errors import UsageError
+from qmpctl.records import TYPE_CHECKING
 from qmpctl.targets import Target
+
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
 
 PROGRESS_FROM_BYTES = 4 * 1024 * 1024
 """--progress auto shows a bar (on a terminal) only for copies bigger than this."""

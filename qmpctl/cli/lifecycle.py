@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from typing import Any
 
 from qmpctl.cli.common import MAX_TIMEOUT, Common, emit, fleet_line, run
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ExitCode, UsageError
 from qmpctl.output import to_json
+from qmpctl.records import TYPE_CHECKING
 from qmpctl.request import Request
 from qmpctl.targets import Session, Target
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def events(common: Common, *, count: int | None, wait: list[str], match: list[str]) -> int:

@@ -8,13 +8,16 @@ before anything is contacted, and shows progress.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
 
 from qmpctl.cli.common import Common, printed_plan, run
 from qmpctl.errors import ExitCode
 from qmpctl.cli.progress import CHECK_EVERY
 from qmpctl.errors import UsageError
+from qmpctl.records import TYPE_CHECKING
 from qmpctl.request import Request
+
+if TYPE_CHECKING:
+    from typing import Any, Optional
 
 
 LIVE_PLAN_NOTE = (

@@ -15,9 +15,12 @@ command lines from the declaration and requires both parsers to agree.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, NamedTuple
 
 from qmpctl.cli.spec import Command, Option, all_options, find
+from qmpctl.records import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Any, Mapping
 
 COMPLETION_VARIABLE = "_QMPCTL_COMPLETE"
 """Set by the shell-completion scripts Typer installs: completion is Typer's business."""

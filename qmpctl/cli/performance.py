@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from qmpctl.cli.common import Common, emit, fleet_line, print_dry_run, printed_plan, run
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ExitCode, QmpctlError, UsageError
 from qmpctl.output import render_reply, to_json
+from qmpctl.records import TYPE_CHECKING
 from qmpctl.request import Request
 from qmpctl.targets import Session, Target
+
+if TYPE_CHECKING:
+    from typing import Any
 
 STATS_REQUESTS = ("query-blockstats", "query-cpus-fast", "query-balloon")
 

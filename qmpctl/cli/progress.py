@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable, Generic, Optional, TypeVar
+from qmpctl.records import TYPE_CHECKING
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from typing import Any, Callable, Optional
 
 BAR_EVERY = 0.25
 """A bar is redrawn at most this often (seconds)."""
@@ -20,11 +21,15 @@ CHECK_EVERY = 1.0
 """Without a printer: how often a wait reads the state anyway (a guard against a missed event)."""
 
 
-class ProgressPrinter(Generic[T]):
-    """Renders readings on stderr; the last one (``finished``) is always shown."""
+class ProgressPrinter:
+    """Renders readings on stderr; the last one (``finished``) is always shown.
 
-    def __init__(self, mode: str, *, bar: Callable[[T], str], json: Callable[[T], str],
-                 finished: Callable[[T], bool], changed: Callable[[T], Any]) -> None:
+    A reading is whatever the waiting code reads (a job's state, a migration's);
+    the render functions given to :func:`printer_for` know its type.
+    """
+
+    def __init__(self, mode: str, *, bar: Callable[[Any], str], json: Callable[[Any], str],
+                 finished: Callable[[Any], bool], changed: Callable[[Any], Any]) -> None:
         self.mode = mode
         self.bar = bar
         self.json = json
@@ -39,7 +44,7 @@ class ProgressPrinter(Generic[T]):
         """How often the waiting code should read progress for this printer."""
         return BAR_EVERY if self.mode == "bar" else JSON_EVERY
 
-    def __call__(self, reading: T) -> None:
+    def __call__(self, reading: Any) -> None:
         now = time.monotonic()
         done = self.finished(reading)
         key = self.changed(reading)
@@ -69,7 +74,7 @@ class ProgressPrinter(Generic[T]):
             pass  # a closed stderr must not cost the copy
 
 
-def printer_for(mode: str, **render: Any) -> Optional[ProgressPrinter[Any]]:
+def printer_for(mode: str, **render: Any) -> Optional[ProgressPrinter]:
     """The printer ``--progress MODE`` asks for (auto: a bar on a terminal), or None for none."""
     if mode == "auto":
         mode = "bar" if sys.stderr.isatty() else "none"

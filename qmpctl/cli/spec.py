@@ -30,9 +30,11 @@ This module is imported on every run: keep it to NamedTuples and literals.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
-
+from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.targets import AGENT, MONITOR
+
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class Option(NamedTuple):
