@@ -106,11 +106,11 @@ class ChainOptions:
 
     def plan_note(self, side: Optional[str] = None) -> str:
         """Why --dry-run shows a plan: what the run learns from DIR and the VM first. ``side``: DIR's host."""
-        where = (f"DIR is {side}, worked on over SSH; QEMU formats the images there (blockdev-create)"
+        where = (f"DIR is {side}, worked on over SSH, and QEMU formats the images there with blockdev-create"
                  if side else "qemu-img formats the images")
         return ("a plan, not the exact requests (--dry-run connects to nothing): the run first locks each disk "
                 "in DIR, reads its chains and asks the VM for the disk and its bitmaps; it creates each new image "
-                f"exclusively and adds it (blockdev-add) before the transaction ({where}). A first run or --full "
+                f"exclusively and adds it (blockdev-add) before the transaction; {where}. A first run or --full "
                 f"adds the bitmap {BITMAP_PREFIX}<chain> as shown; a later run adds none and copies what the "
                 "chain's bitmap recorded (sync=bitmap)")
 
