@@ -289,8 +289,9 @@ fi
 cd -- "$into" && exec "$@"
 """
 """DIR made if only its last level is missing, then ``flock -n`` nested once per disk around ``HOLD``."""
-HOLD = 'echo locked; exec cat >/dev/null'
-"""Says the locks are held, then keeps them until stdin closes: qmpctl is done, or died and ssh with it."""
+HOLD = 'echo locked; (%s); exec cat >/dev/null'
+"""Says the locks are held, lists DIR (:data:`SCAN_SCRIPT`, in a subshell), then keeps the locks until stdin
+closes: qmpctl is done, or died and ssh with it. One remote command for both: the listing needs the lock."""
 
 SCAN_SCRIPT = """export LC_ALL=C
 cd -- "$1" || exit 1
@@ -311,11 +312,11 @@ for d in * .[!.]* ..?*; do
    stat -L --printf 'S\\0%n\\0%s\\0' -- * .[!.]* ..?* 2>/dev/null)
   printf 'E\\0'
 done
-exit 0
+printf 'Z\\0'
 """
 """Every entry of DIR (N), folders (D), those with a chain.json (H), readable manifests (M: name, length,
-content) and then their entries (F: name) and sizes (S: name, size; none where stat fails) up to E.
-NUL-separated: any name survives."""
+content) and then their entries (F: name) and sizes (S: name, size; none where stat fails) up to E; Z ends
+the listing. NUL-separated: any name survives (a manifest cannot hold a NUL: the shell drops them)."""
 
 CREATE_SCRIPT = """own=$(stat -c %u:%g -- "$1") || exit 1
 shift
@@ -380,6 +381,8 @@ class RemoteFolder(ChainFolder):
         self.master = files.master
         self.host = str(files.host)
         self.side = f" {files.side}"
+        self.view: Optional[View] = None
+        """DIR as listed under the lock, while it is held."""
 
     def _run(self, script: str, args: list[str], deadline: Deadline, what: str,
              data: Optional[bytes] = None) -> bytes:
@@ -399,13 +402,18 @@ class RemoteFolder(ChainFolder):
         command: list[str] = []
         for number, (_, label) in enumerate(ordered):
             command += ["flock", "-n", "-E", str(BUSY_EXIT + number), lock_name(label)]
-        command += ["sh", "-c", HOLD]
+        command += ["sh", "-c", HOLD % SCAN_SCRIPT, "sh", "."]
         held = self.master.hold(LOCK_SCRIPT, [self.into, *command], deadline,
                                 f"lock {', '.join(device for device, _ in ordered)} in {self.into}")
         try:
             self._judge_lock(held, ordered, deadline)
+            while (view := _parse_scan(held.rest, self.into, self.side)) is None:
+                if not held.read_more(deadline):
+                    raise ProtocolError(f"the listing of {self.where(self.into)} ended early")
+            self.view = view
             yield
         finally:
+            self.view = None
             held.release()
 
     def _judge_lock(self, held: Any, ordered: list[tuple[str, str]], deadline: Deadline) -> None:
@@ -424,8 +432,14 @@ class RemoteFolder(ChainFolder):
         raise JobFailed(f"could not lock {self.where(self.into)}: {said} (the host needs flock, from util-linux)")
 
     def scan(self, deadline: Deadline) -> View:
-        out = self._run(SCAN_SCRIPT, [self.into], deadline, f"list {self.into}")
-        return _parse_scan(out, self.into, self.side)
+        """What the lock's command listed; without the lock, one command of its own."""
+        if self.view is not None:
+            return self.view
+        view = _parse_scan(self._run(SCAN_SCRIPT, [self.into], deadline, f"list {self.into}"), self.into,
+                           self.side)
+        if view is None:
+            raise ProtocolError(f"the listing of {self.where(self.into)} ended early")
+        return view
 
     def create(self, images: list[NewImage], deadline: Deadline) -> None:
         args = [self.into]
@@ -486,8 +500,12 @@ class RemoteFolder(ChainFolder):
         return notes
 
 
-def _parse_scan(out: bytes, into: str, side: str) -> View:
-    """The NUL-separated records of :data:`SCAN_SCRIPT` as a :class:`View`."""
+class _Incomplete(Exception):
+    """The listing so far stops inside a record: more is coming."""
+
+
+def _parse_scan(out: bytes, into: str, side: str) -> Optional[View]:
+    """The NUL-separated records of :data:`SCAN_SCRIPT` as a :class:`View`; None while the Z record has not come."""
     names: set[str] = set()
     dirs: set[str] = set()
     marked: set[str] = set()
@@ -497,7 +515,9 @@ def _parse_scan(out: bytes, into: str, side: str) -> View:
 
     def field() -> bytes:
         nonlocal position
-        end = out.index(b"\0", position)
+        end = out.find(b"\0", position)
+        if end < 0:
+            raise _Incomplete
         value, position = out[position:end], end + 1
         return value
 
@@ -505,8 +525,7 @@ def _parse_scan(out: bytes, into: str, side: str) -> View:
         return value.decode("utf-8", "surrogateescape")
 
     try:
-        while position < len(out):
-            kind = field()
+        while (kind := field()) != b"Z":
             if kind == b"N":
                 names.add(text(field()))
             elif kind == b"D":
@@ -515,6 +534,8 @@ def _parse_scan(out: bytes, into: str, side: str) -> View:
                 marked.add(text(field()))
             elif kind == b"M":
                 name, length = text(field()), int(field())
+                if len(out) < position + length:
+                    raise _Incomplete
                 content, position = out[position:position + length], position + length
                 sizes: dict[str, Optional[int]] = {}
                 while (kind := field()) in (b"F", b"S"):
@@ -529,6 +550,8 @@ def _parse_scan(out: bytes, into: str, side: str) -> View:
                 files[name] = sizes
             else:
                 raise ValueError(kind)
+    except _Incomplete:
+        return None
     except ValueError:
         raise ProtocolError(f"the listing of {into}{side} could not be read (is its shell a POSIX sh, "
                             "with GNU coreutils' stat?)") from None

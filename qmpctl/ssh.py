@@ -306,23 +306,28 @@ class Held:
         self.what = what
         self.line = ""
         """The first line the script printed: what it says it holds ('' when it ended without a word)."""
+        self.rest = b""
+        """What it printed after that line, so far."""
 
     def read_line(self, deadline: Deadline) -> None:
-        """Wait (within ``deadline``) for the script's first line, or its end."""
+        """Wait (within ``deadline``) for the script's first line, or its end; what follows stays in :attr:`rest`."""
+        while b"\n" not in self.rest and self.read_more(deadline):
+            pass
+        line, _, self.rest = self.rest.partition(b"\n")
+        self.line = line.decode("utf-8", "replace").strip()
+
+    def read_more(self, deadline: Deadline) -> bool:
+        """Add what the script printed next to :attr:`rest` (waiting within ``deadline``); False at its end."""
         import select
 
         assert self.proc.stdout is not None
         waiting_for = f"{self.host} to {self.what}"
-        read = b""
-        while not read.endswith(b"\n"):
-            ready, _, _ = select.select([self.proc.stdout], [], [], deadline.remaining(waiting_for))
-            if not ready:
-                raise deadline.exceeded(waiting_for)
-            chunk = os.read(self.proc.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            read += chunk
-        self.line = read.decode("utf-8", "replace").strip()
+        ready, _, _ = select.select([self.proc.stdout], [], [], deadline.remaining(waiting_for))
+        if not ready:
+            raise deadline.exceeded(waiting_for)
+        chunk = os.read(self.proc.stdout.fileno(), 65536)
+        self.rest += chunk
+        return bool(chunk)
 
     def ended(self, deadline: Deadline) -> tuple[int, str]:
         """For a script that ended without its line: exit status and stderr (ssh's 255 is ConnectError)."""
