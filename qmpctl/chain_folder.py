@@ -343,14 +343,18 @@ MEASURE_SCRIPT = """for image; do
   sync -- "$image" && stat -L -c %s -- "$image" && sha256sum <"$image" || exit 1
 done
 """
-MANIFEST_SCRIPT = """dir=$1
+MANIFEST_SCRIPT = """dir=$1 length=$2
 temporary="$dir/chain.json.tmp-$$"
-if cat >"$temporary" && sync -- "$temporary" && mv -f -- "$temporary" "$dir/chain.json" && sync -- "$dir"; then
+if cat >"$temporary" && [ "$(stat -c %s -- "$temporary")" = "$length" ] && sync -- "$temporary" &&
+   mv -f -- "$temporary" "$dir/chain.json" && sync -- "$dir"; then
   exit 0
 fi
 rm -f -- "$temporary"
+echo "the manifest did not arrive whole, or could not be written; the old one is kept" >&2
 exit 1
 """
+"""Temp file, fsync, rename, fsync the folder. The length is checked first: stdin also ends when qmpctl
+or its connection dies, and a cut manifest must never replace a whole one."""
 REMOVE_TREES_SCRIPT = """for p; do rm -rf -- "$p" 2>&1 || echo; done; exit 0"""
 DISCARD_SCRIPT = """while [ $# -ge 3 ]; do
   image=$1 made=$2 dir=$3
@@ -469,8 +473,9 @@ class RemoteFolder(ChainFolder):
         return [(int(words[3 * number]), words[3 * number + 1]) for number in range(len(paths))]
 
     def write_manifest(self, chain_dir: str, manifest: dict[str, Any], deadline: Deadline) -> None:
-        self._run(MANIFEST_SCRIPT, [chain_dir], deadline, f"write {os.path.join(chain_dir, MANIFEST)}",
-                  manifest_bytes(manifest))
+        data = manifest_bytes(manifest)
+        self._run(MANIFEST_SCRIPT, [chain_dir, str(len(data))], deadline,
+                  f"write {os.path.join(chain_dir, MANIFEST)}", data)
 
     def remove_trees(self, paths: list[str], deadline: Deadline) -> list[str]:
         if not paths:

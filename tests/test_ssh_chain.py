@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -196,32 +197,52 @@ def test_an_image_left_in_the_chain_is_never_overwritten(admin, sshd, hv, host):
     assert stray.read_bytes() == b"precious"
 
 
-def test_the_hosts_exclusive_create_refuses_any_existing_name(sshd, host):
-    """Between the listing and the creation a file may appear: the creation itself refuses it."""
+@pytest.fixture
+def remote_folder(sshd, host, monkeypatch):
+    """The library's view of a folder on the host, reached through the test sshd (for what a run cannot show)."""
     from qmpctl.address import SshHost
-    from qmpctl.chain_folder import NewImage, RemoteFolder
-    from qmpctl.deadline import Deadline
-    from qmpctl.errors import UsageError
+    from qmpctl.chain_folder import RemoteFolder
+    from qmpctl import ssh
     from qmpctl.ssh import RemoteFiles, close_all
 
-    folder = host / "b4"
-    folder.mkdir()
+    monkeypatch.setenv("QMPCTL_SSH", sshd.env()["QMPCTL_SSH"])
+    user, address = sshd.destination.split("@")
+    name, port = address.split(":")
+    folder = Path(tempfile.mkdtemp(prefix="lib-", dir=host))
+    yield RemoteFolder(str(folder), RemoteFiles(SshHost(name, user, int(port))))
+    close_all()  # as at qmpctl's exit; this process goes on, and the next test may start ssh again
+    ssh._closing.clear()
+
+
+def test_the_hosts_exclusive_create_refuses_any_existing_name(remote_folder, sshd):
+    """Between the listing and the creation a file may appear: the creation itself refuses it."""
+    from qmpctl.chain_folder import NewImage
+    from qmpctl.deadline import Deadline
+    from qmpctl.errors import UsageError
+
+    folder = Path(remote_folder.into)
     (folder / "taken.qcow2").write_bytes(b"precious")
     (folder / "dangling.qcow2").symlink_to(folder / "nowhere")
-    user, address = sshd.destination.split("@")
-    files = RemoteFiles(SshHost(address.split(":")[0], user, int(address.split(":")[1])))
-    remote = RemoteFolder(str(folder), files)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("QMPCTL_SSH", sshd.env()["QMPCTL_SSH"])
-        try:
-            for name in ("taken.qcow2", "dangling.qcow2"):
-                image = NewImage(str(folder), str(folder / name), MiB, None, make_dir=False)
-                with pytest.raises(UsageError, match=f"{name} on {sshd.destination} exists"):
-                    remote.create([image], Deadline(10))
-                assert not image.created
-        finally:
-            close_all()
+    for name in ("taken.qcow2", "dangling.qcow2"):
+        image = NewImage(str(folder), str(folder / name), MiB, None, make_dir=False)
+        with pytest.raises(UsageError, match=f"{name} on {sshd.destination} exists"):
+            remote_folder.create([image], Deadline(10))
+        assert not image.created
     assert (folder / "taken.qcow2").read_bytes() == b"precious" and not (folder / "nowhere").exists()
+
+
+def test_a_manifest_cut_on_the_way_never_replaces_the_whole_one(remote_folder):
+    """stdin also ends when qmpctl or the connection dies: the host checks the length before the rename."""
+    from qmpctl.chain_folder import MANIFEST_SCRIPT
+    from qmpctl.deadline import Deadline
+
+    folder = Path(remote_folder.into)
+    (folder / "chain.json").write_text('{"images": []}\n')
+    cut = remote_folder.master.run(MANIFEST_SCRIPT, [str(folder), "100"], Deadline(10), "write", b'{"ima')
+    assert cut.returncode == 1 and b"did not arrive whole" in cut.stderr
+    assert (folder / "chain.json").read_text() == '{"images": []}\n' and os.listdir(folder) == ["chain.json"]
+    remote_folder.write_manifest(str(folder), {"images": [{"file": "0001-full.qcow2"}]}, Deadline(10))
+    assert manifest(folder) == {"images": [{"file": "0001-full.qcow2"}]}
 
 
 def test_a_held_lock_is_busy_and_a_killed_run_lets_it_go(admin, sshd, hv, host):
