@@ -327,3 +327,5 @@ def test_a_relative_dir_and_a_dry_run_connect_to_nothing(admin, sshd, hv):
         "block-dirty-bitmap-add", "blockdev-backup"]
     assert f"DIR is on {sshd.destination}, worked on over SSH" in shown["note"]
     assert sshd.accepted() == before
+    tcp = admin("backup", "-s", "tcp:192.0.2.1:4444", "vd0", "--into", "/srv/backups")  # refused before connecting
+    assert tcp.code == 2 and "on this host or reached over ssh://" in tcp.err, tcp
