@@ -32,17 +32,19 @@ class Invocation(NamedTuple):
     """One value per argument and option (the shared ones included), as Typer hands them to the command."""
 
 
-INT = re.compile(r"[+-]?[0-9]+")
-FLOAT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-"""Plain numbers only: spellings converters disagree on (``1_000``, `` 5``, ``nan``) go to Typer."""
+INT = r"[+-]?[0-9]+"
+FLOAT = r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+"""Plain numbers only: spellings converters disagree on (``1_000``, `` 5``, ``nan``) go to Typer.
+
+Patterns, compiled (and cached by ``re``) when a number is first read, not on every start."""
 
 
 def _convert(kind: str, text: str, option: Option | None = None) -> Any:
     """The value as click's type would convert it; None when only Typer should judge it."""
     if kind == "float":
-        return float(text) if FLOAT.fullmatch(text) else None
+        return float(text) if re.fullmatch(FLOAT, text) else None
     if kind == "int":
-        return int(text) if INT.fullmatch(text) else None
+        return int(text) if re.fullmatch(INT, text) else None
     if kind == "choice" and option is not None and text not in option.choices:
         return None
     return text

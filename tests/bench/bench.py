@@ -738,7 +738,8 @@ TYPER_CANDIDATES = [
     "typer-slim==0.19.2 click==8.3.1",
     "typer-slim==0.21.2 click==8.1.8",
     "typer-slim==0.21.2 click==8.4.2",
-    "typer==0.29.2",  # what typer-slim 0.22 and later install: rich, pydantic, a vendored click
+    "typer==0.28.0",  # what qmpctl pins: a vendored click, rich only when asked for
+    "typer==0.29.2",  # imports pydantic on every `import typer`
 ]
 
 MINIMAL_TYPER_APP = '''\
