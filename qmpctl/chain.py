@@ -8,33 +8,35 @@ dirty bitmap named after the chain; an incremental copies what it recorded
 (``sync=bitmap``, ``bitmap-mode=on-success``: a failed or cancelled job keeps
 every bit for the next run).
 
+The file-system side (lock, listing, images, manifest) is a
+:class:`~qmpctl.chain_folder.ChainFolder`: DIR on this host, or on the host of
+an ``ssh://`` VM, where QEMU opens the images.
+
 When the bitmap cannot be trusted (missing after a restart with a raw disk or
 removal by hand, ``inconsistent`` after QEMU died, disabled, the disk
 resized, an image of the chain gone), the run starts a new chain with a full
 backup and says why. Nothing is ever overwritten: images are created
-exclusively by qemu-img, then attached with blockdev-add.
+exclusively, formatted by qemu-img (or by QEMU on a remote host), then
+attached with blockdev-add.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
-import hashlib
 import json
 import os
 import re
-import shutil
 import time
 
-from qmpctl import qemu_img
 from qmpctl.backup import DEFAULT_WAIT_TIMEOUT, MAX_JOB_ID, find_disk, target_nodes
 from qmpctl.block import ROLLBACK_GRACE, blockdev_del, named_nodes, undo_all, with_notes
+from qmpctl.chain_folder import MANIFEST, LocalFolder, NewImage, View, parse_manifest
 from qmpctl.deadline import Deadline
 from qmpctl.guest_freeze import FreezeReport
 from qmpctl.errors import (Busy, ConnectError, DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError,
                            UsageError, VmError)
-from qmpctl.jobs import JobState, failure_detail, finish, list_jobs, wait_for_end
+from qmpctl.jobs import JobState, dismiss, failure_detail, finish, list_jobs, wait_for_end
 from qmpctl.records import TYPE_CHECKING
 from qmpctl.request import Request
 from qmpctl.signals import shielded
@@ -44,15 +46,14 @@ from qmpctl.waiting import CHECK_EVERY
 if TYPE_CHECKING:
     from typing import Any, Iterator, Optional
     from qmpctl.block import UndoStep
+    from qmpctl.chain_folder import ChainFolder
     from qmpctl.jobs import Progress
 
-MANIFEST = "chain.json"
 MANIFEST_VERSION = 1
 BITMAP_PREFIX = "qmpctl-"
 DEFAULT_FREEZE_TIMEOUT = 10.0
 THAW_GRACE = 10.0
 """The thaw's own deadline: it must run even when the call's deadline is spent."""
-HASH_CHUNK = 1 << 20
 IMAGE_NAME = re.compile(r"\d{4}-(full|inc)\.qcow2\Z")
 CANCELLED = "Operation canceled"
 """The error of a job QEMU cancelled because another of its grouped transaction failed."""
@@ -102,6 +103,16 @@ class ChainOptions:
         if len(self.devices) == 1:
             return [transaction(adds + backups, grouped=False)]
         return [transaction(adds, grouped=False), transaction(backups, grouped=True)]
+
+    def plan_note(self, side: Optional[str] = None) -> str:
+        """Why --dry-run shows a plan: what the run learns from DIR and the VM first. ``side``: DIR's host."""
+        where = (f"DIR is {side}, worked on over SSH, and QEMU formats the images there with blockdev-create"
+                 if side else "qemu-img formats the images")
+        return ("a plan, not the exact requests (--dry-run connects to nothing): the run first locks each disk "
+                "in DIR, reads its chains and asks the VM for the disk and its bitmaps; it creates each new image "
+                f"exclusively and adds it (blockdev-add) before the transaction; {where}. A first run or --full "
+                f"adds the bitmap {BITMAP_PREFIX}<chain> as shown; a later run adds none and copies what the "
+                "chain's bitmap recorded (sync=bitmap)")
 
 
 def _label(device: str) -> str:
@@ -153,35 +164,10 @@ def read_manifest(chain_dir: str) -> dict[str, Any]:
     path = os.path.join(chain_dir, MANIFEST)
     try:
         with open(path, "rb") as handle:
-            manifest = json.load(handle)
+            data = handle.read()
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise UsageError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("images"), list):
-        raise UsageError(f"{path} is not a qmpctl chain manifest")
-    return manifest
-
-
-def write_manifest(chain_dir: str, manifest: dict[str, Any]) -> None:
-    """Temp file, fsync, rename, fsync the folder: a crash leaves the old manifest or the new one."""
-    path = os.path.join(chain_dir, MANIFEST)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(manifest, handle, indent=2)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    _fsync_dir(chain_dir)
-
-
-def _fsync_dir(path: str) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+    return parse_manifest(data, path)
 
 
 def chains_of(into: str, device: Optional[str] = None) -> list[tuple[str, dict[str, Any]]]:
@@ -202,36 +188,6 @@ def chains_of(into: str, device: Optional[str] = None) -> list[tuple[str, dict[s
         if device is None or manifest.get("device") == device:
             found.append((chain_dir, manifest))
     return found
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# -- locks ------------------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def device_locks(into: str, devices: tuple[str, ...]) -> Iterator[None]:
-    """One lock file per disk in ``into``: a second qmpctl backing up the same disk there is refused."""
-    handles = []
-    try:
-        for device in sorted(devices):
-            path = os.path.join(into, f".{_label(device)}.lock")
-            handle = open(path, "a+b")
-            handles.append(handle)
-            try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise Busy(f"busy: another qmpctl is backing up {device} into {into} right now "
-                           f"(it holds {path}); nothing was changed") from None
-        yield
-    finally:
-        for handle in handles:
-            handle.close()
 
 
 # -- the guest's filesystems ------------------------------------------------------------------------
@@ -327,9 +283,10 @@ class Disk:
         self.reason: Optional[str] = None
         self.stale_bitmap: Optional[str] = None
         """The previous chain's bitmap, removed once the new chain's full backup succeeded."""
-        self.image = ""
-        self.new_dir = False
-        self.image_created = False
+        self.new: Optional[NewImage] = None
+        """The image this run adds, and how far its creation got."""
+        self.size_written = 0
+        self.create_job: Optional[str] = None
         self.target_added = False
         self.bitmap_added = False
         self.started = ""
@@ -348,6 +305,10 @@ class Disk:
     def target(self) -> str:
         return target_nodes(self.job_id)[0]
 
+    @property
+    def image(self) -> str:
+        return self.new.path if self.new is not None else ""
+
 
 def _find(session: Session, deadline: Deadline, name: str) -> Disk:
     device, info = find_disk(session, deadline, name)
@@ -359,8 +320,9 @@ def _find(session: Session, deadline: Deadline, name: str) -> Disk:
                 int(image.get("virtual-size") or 0), bitmaps, job_id_for(name))
 
 
-def _why_not_incremental(disk: Disk, chain_dir: str, manifest: dict[str, Any]) -> Optional[str]:
-    """None when the chain can be extended; else why a new chain must start."""
+def _why_not_incremental(disk: Disk, folder: ChainFolder, chain_dir: str, manifest: dict[str, Any],
+                         sizes: dict[str, Optional[int]]) -> Optional[str]:
+    """None when the chain can be extended; else why a new chain must start (``sizes``: its folder's files)."""
     bitmap = str(manifest.get("bitmap"))
     info = disk.bitmaps.get(bitmap)
     if info is None:
@@ -378,66 +340,76 @@ def _why_not_incremental(disk: Disk, chain_dir: str, manifest: dict[str, Any]) -
         return f"{disk.name} changed size from {manifest.get('size')} to {disk.size} bytes"
     images = manifest["images"]
     if not images:
-        return f"the chain {chain_dir} lists no image"
+        return f"the chain {folder.where(chain_dir)} lists no image"
     listed = {str(entry.get("file")) for entry in images}
-    unlisted = sorted(name for name in os.listdir(chain_dir) if IMAGE_NAME.match(name) and name not in listed)
+    unlisted = sorted(name for name in sizes if IMAGE_NAME.match(name) and name not in listed)
     if unlisted:
-        return (f"{os.path.join(chain_dir, unlisted[0])} is not in the chain's manifest: a run was killed after "
-                "its job started, and QEMU may have cleared the bitmap when that job completed")
+        return (f"{folder.where(os.path.join(chain_dir, unlisted[0]))} is not in the chain's manifest: a run was "
+                "killed after its job started, and QEMU may have cleared the bitmap when that job completed")
     for entry in images:
-        path = os.path.join(chain_dir, str(entry.get("file")))
-        try:
-            size = os.path.getsize(path)
-        except OSError:
+        name = str(entry.get("file"))
+        path = folder.where(os.path.join(chain_dir, name))
+        if sizes.get(name) is None:
             return f"{path} of the chain is missing"
-        if size != entry.get("size"):
+        if sizes[name] != entry.get("size"):
             return f"{path} of the chain changed size since it was written"
     return None
 
 
-def _unique_dir(into: str, name: str) -> str:
-    candidate, number = os.path.join(into, name), 2
-    while os.path.lexists(candidate):
-        candidate, number = os.path.join(into, f"{name}-{number}"), number + 1
-    return candidate
+def _unique_dir(into: str, name: str, taken: frozenset[str]) -> str:
+    candidate, number = name, 2
+    while candidate in taken:
+        candidate, number = f"{name}-{number}", number + 1
+    return os.path.join(into, candidate)
 
 
 class ChainRun:
     """One run over one or more disks: what it created, so any failure can take it all back."""
 
     def __init__(self, session: Session, deadline: Deadline, options: ChainOptions, disks: list[Disk],
-                 into: str, qemu_version: str) -> None:
+                 folder: ChainFolder, qemu_version: str) -> None:
         self.session = session
         self.deadline = deadline
         self.options = options
         self.disks = disks
-        self.into = into
+        self.folder = folder
+        self.into = folder.into
         self.qemu_version = qemu_version
         self.notes: list[str] = []
+        self.view = View(frozenset(), [], frozenset(), frozenset(), {})
 
     # planning
 
+    def chains(self, device: str) -> list[tuple[str, dict[str, Any]]]:
+        """The chain folders of ``device`` in DIR when the run looked, oldest first."""
+        return [(os.path.join(self.into, name), manifest) for name, manifest in self.view.chains
+                if manifest.get("device") == device]
+
     def plan(self, stamp: str) -> None:
+        self.view = self.folder.scan(self.deadline)
+        taken = self.view.names
         for disk in self.disks:
-            chains = chains_of(self.into, disk.name)
+            chains = self.chains(disk.name)
             previous = chains[-1] if chains else None
             reason = None
             if previous is not None and not self.options.full:
-                reason = _why_not_incremental(disk, *previous)
+                sizes = self.view.files.get(os.path.basename(previous[0]), {})
+                reason = _why_not_incremental(disk, self.folder, *previous, sizes)
                 if reason is None:
                     disk.chain_dir, disk.manifest = previous[0], json.loads(json.dumps(previous[1]))
                     disk.full = False
                     continue
             if previous is None:
-                reason = f"no chain of {disk.name} in {self.into} yet"
+                reason = f"no chain of {disk.name} in {self.folder.where(self.into)} yet"
             elif self.options.full:
                 reason = "--full starts a new chain"
             disk.reason = reason
             if previous is not None and str(previous[1].get("bitmap")) in disk.bitmaps:
                 disk.stale_bitmap = str(previous[1]["bitmap"])
             name = stamp if len(self.disks) == 1 else f"{stamp}-{_label(disk.name)}"
-            disk.chain_dir = _unique_dir(self.into, name)
+            disk.chain_dir = _unique_dir(self.into, name, taken)
             chain = os.path.basename(disk.chain_dir)
+            taken |= {chain}
             bitmap = f"{BITMAP_PREFIX}{chain}"
             while bitmap in disk.bitmaps:
                 bitmap += "x"
@@ -472,40 +444,22 @@ class ChainRun:
         """Bitmaps of this folder's chains whose full backup never completed: they would record for nothing."""
         unborn = []
         for name, info in disk.bitmaps.items():
-            folder = os.path.join(self.into, name[len(BITMAP_PREFIX):])
-            if (name.startswith(BITMAP_PREFIX) and not info.get("busy") and os.path.isdir(folder)
-                    and not os.path.exists(os.path.join(folder, MANIFEST)) and folder != disk.chain_dir):
+            folder = name[len(BITMAP_PREFIX):]
+            if (name.startswith(BITMAP_PREFIX) and not info.get("busy") and folder in self.view.dirs
+                    and folder not in self.view.marked and os.path.join(self.into, folder) != disk.chain_dir):
                 unborn.append(name)
         return unborn
 
     # the run
 
     def create_images(self) -> None:
+        """Every new image, exclusively (never over a file), in one go: one round trip to a remote host."""
         for disk in self.disks:
-            if disk.full and not os.path.isdir(disk.chain_dir):
-                os.mkdir(disk.chain_dir)
-                disk.new_dir = True
-            images = disk.manifest["images"]
-            number = len(images) + 1
-            disk.image = os.path.join(disk.chain_dir, f"{number:04d}-{'full' if disk.full else 'inc'}.qcow2")
-            descriptor = os.open(disk.image, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never overwrite
-            os.close(descriptor)
-            disk.image_created = True
-            self._owned_like_into(disk.image, disk.chain_dir if disk.new_dir else None)
-            backing = None if disk.full else str(images[-1]["file"])
-            qemu_img.create(disk.image, disk.size, self.deadline, backing)
-
-    def _owned_like_into(self, *paths: Optional[str]) -> None:
-        """Root backing up a VM whose QEMU runs as another user (libvirt's): the files QEMU must open
-        belong to DIR's owner, as DIR is the folder that user was given."""
-        if os.geteuid() != 0:
-            return
-        owner = os.stat(self.into)
-        if owner.st_uid == 0 and owner.st_gid == 0:
-            return
-        for path in paths:
-            if path is not None:
-                os.chown(path, owner.st_uid, owner.st_gid)
+            number = len(disk.manifest["images"]) + 1
+            image = os.path.join(disk.chain_dir, f"{number:04d}-{'full' if disk.full else 'inc'}.qcow2")
+            backing = None if disk.full else str(disk.manifest["images"][-1]["file"])
+            disk.new = NewImage(disk.chain_dir, image, disk.size, backing, make_dir=disk.full)  # a new name
+        self.folder.create([disk.new for disk in self.disks if disk.new is not None], self.deadline)
 
     def add_targets(self) -> None:
         for disk in self.disks:
@@ -515,8 +469,29 @@ class ChainRun:
             # qmpctl then deletes them (and the image, when the job failed) the same way.
             self.session.execute(Request("blockdev-add", {"driver": "file", "node-name": file_node,
                                                           "filename": disk.image}), self.deadline)
+            if not self.folder.formats_images:
+                self._format(disk, file_node)
             self.session.execute(Request("blockdev-add", {"driver": "qcow2", "node-name": target, "backing": None,
                                                           "file": file_node}), self.deadline)
+
+    def _format(self, disk: Disk, file_node: str) -> None:
+        """QEMU writes the qcow2 header into the empty image (blockdev-create): the VM's host needs no qemu-img.
+
+        The backing file is named relative to the chain's folder, as qemu-img names it.
+        """
+        assert disk.new is not None
+        options: dict[str, Any] = {"driver": "qcow2", "file": file_node, "size": disk.size}
+        if disk.new.backing is not None:
+            options.update({"backing-file": disk.new.backing, "backing-fmt": "qcow2"})
+        disk.create_job = f"{disk.job_id}-create"
+        request = Request("blockdev-create", {"job-id": disk.create_job, "options": options})
+        self.session.execute(request, self.deadline)
+        state = wait_for_end(self.session, disk.create_job, self.deadline, self.deadline)
+        dismiss(self.session, disk.create_job, self.deadline)
+        disk.create_job = None
+        if state.error:
+            raise JobFailed(f"QEMU could not format {self.folder.where(disk.image)}: {state.error}",
+                            sent=request.as_dict(), received=state._asdict())
 
     def start_jobs(self) -> None:
         """Bitmaps and jobs in one transaction; several disks: all jobs grouped, from the same instant.
@@ -561,6 +536,8 @@ class ChainRun:
         """Cancel what still runs, dismiss every job, delete the target nodes (bounded, never raises)."""
         steps: list[UndoStep] = []
         for disk in self.disks:
+            if disk.create_job is not None:
+                steps.append((f"end job {disk.create_job}", self._end_create(disk, disk.create_job)))
             if disk.target_added:
                 steps.append((f"delete block node {disk.target}", self._del_target(disk)))
             steps.append((f"end job {disk.job_id}", self._end_job(disk)))
@@ -573,6 +550,12 @@ class ChainRun:
                 disk.state = state
         return step
 
+    def _end_create(self, disk: Disk, job_id: str) -> Any:
+        def step(grace: Deadline) -> None:
+            finish(self.session, job_id, grace)
+            disk.create_job = None
+        return step
+
     def _del_target(self, disk: Disk) -> Any:
         def step(grace: Deadline) -> None:
             for node in target_nodes(disk.job_id)[:2]:  # the qcow2 node, then the file node under it
@@ -583,15 +566,15 @@ class ChainRun:
 
     def commit(self) -> list[str]:
         """Record every new image in its manifest; then what the success makes obsolete goes."""
-        for disk in self.disks:
+        # Reading the images back takes as long as their size: --wait-timeout again, not what --timeout has left.
+        measured = self.folder.measure([disk.image for disk in self.disks], Deadline(self.options.wait_timeout))
+        for disk, (size, sha256) in zip(self.disks, measured, strict=True):
             assert disk.state is not None
-            with open(disk.image, "rb+") as handle:
-                os.fsync(handle.fileno())
+            disk.size_written = size
             entry = {"file": os.path.basename(disk.image), "level": "full" if disk.full else "incremental",
-                     "started": disk.started, "bytes": disk.state.total, "size": os.path.getsize(disk.image),
-                     "sha256": sha256_of(disk.image)}
+                     "started": disk.started, "bytes": disk.state.total, "size": size, "sha256": sha256}
             disk.manifest["images"].append(entry)
-            write_manifest(disk.chain_dir, disk.manifest)
+            self.folder.write_manifest(disk.chain_dir, disk.manifest, self.deadline)
             disk.committed = True
         deleted = []
         for disk in self.disks:
@@ -605,13 +588,11 @@ class ChainRun:
         return deleted
 
     def _rotate(self, disk: Disk) -> list[str]:
-        chains = [path for path, _ in chains_of(self.into, disk.name) if path != disk.chain_dir]
+        """The disk's oldest chains beyond --keep-chains (as the run found them: the lock kept them so)."""
+        chains = [path for path, _ in self.chains(disk.name) if path != disk.chain_dir]
         surplus = chains[:max(len(chains) - (self.options.keep_chains or 1) + 1, 0)]
-        for path in surplus:
-            try:
-                shutil.rmtree(path)
-            except OSError as exc:
-                self.notes.append(f"could not delete the old chain {path}: {exc.strerror or exc}")
+        if surplus:
+            self.notes += self.folder.remove_trees(surplus, Deadline(ROLLBACK_GRACE))
         return surplus
 
     def take_back(self) -> None:
@@ -630,9 +611,12 @@ class ChainRun:
             if disk.bitmap_added or completed:
                 steps.append((f"remove bitmap {disk.bitmap} of {disk.name}", self._remove_bitmap(disk, completed)))
         self.notes += undo_all(steps)
-        for disk in self.disks:
-            if not disk.committed:
-                self.notes += _discard(disk)
+        self.discard()
+
+    def discard(self) -> None:
+        """Remove the images (and new folders) of disks not recorded, under a deadline of its own."""
+        self.notes += self.folder.discard([disk.new for disk in self.disks if disk.new is not None
+                                           and not disk.committed], Deadline(ROLLBACK_GRACE))
 
     def _remove_bitmap(self, disk: Disk, completed: bool) -> Any:
         def step(grace: Deadline) -> Optional[str]:
@@ -647,24 +631,6 @@ class ChainRun:
         return step
 
 
-def _discard(disk: Disk) -> list[str]:
-    notes = []
-    if disk.image_created:
-        try:
-            os.unlink(disk.image)
-            notes.append(f"removed the incomplete {disk.image}")
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            notes.append(f"could not remove the incomplete {disk.image}: {exc.strerror or exc}")
-        disk.image_created = False
-    if disk.new_dir:
-        with contextlib.suppress(OSError):
-            os.rmdir(disk.chain_dir)
-        disk.new_dir = False
-    return notes
-
-
 def _qemu_version(session: Session, deadline: Deadline) -> str:
     reply = session.execute(Request("query-version"), deadline).get("return")
     if not isinstance(reply, dict) or not isinstance(reply.get("qemu"), dict):
@@ -674,10 +640,18 @@ def _qemu_version(session: Session, deadline: Deadline) -> str:
     return f"{text} ({reply['package']})" if reply.get("package") else text
 
 
-def prepare_dir(into: str, *, is_local: bool) -> str:
-    """The absolute chain folder, made if only the last level is missing; usage errors before connecting."""
+def prepare_dir(into: str, *, is_local: bool, side: Optional[str] = None) -> str:
+    """The absolute chain folder, made if only the last level is missing; usage errors before connecting.
+
+    ``side`` (``on root@hv1``): DIR is on the VM's host over SSH; only that it is absolute can be told here.
+    """
+    if side is not None:
+        if not into.startswith("/"):
+            raise UsageError(f"--into {into}: give an absolute path {side}, where the VM runs")
+        return os.path.normpath(into)
     if not is_local:
-        raise UsageError("--into needs the VM on this host: qmpctl creates the chain's images itself")
+        raise UsageError("--into needs the VM on this host or reached over ssh://: qmpctl creates the chain's "
+                         "images where QEMU opens them")
     into = os.path.abspath(into)
     if os.path.isdir(into):
         return into
@@ -692,22 +666,24 @@ def _disk_summary(disk: Disk, seconds: float) -> dict[str, Any]:
     assert disk.state is not None
     summary: dict[str, Any] = {"device": disk.name, "level": "full" if disk.full else "incremental",
                                "chain": disk.chain_dir, "image": disk.image, "bitmap": disk.bitmap,
-                               "bytes": disk.state.total, "size": os.path.getsize(disk.image),
-                               "seconds": seconds}
+                               "bytes": disk.state.total, "size": disk.size_written, "seconds": seconds}
     if disk.reason is not None:
         summary["reason"] = disk.reason
     return summary
 
 
 def backup_chain(session: Session, deadline: Deadline, options: ChainOptions, *, agent: Optional[Target] = None,
-                 progress: Optional[Progress] = None, progress_every: float = CHECK_EVERY) -> dict[str, Any]:
-    """Extend each disk's chain in ``options.into`` by one incremental, or start one with a full backup."""
-    into = prepare_dir(options.into, is_local=True)
-    if not os.path.isdir(into):
-        os.mkdir(into)
-    with device_locks(into, options.devices):
+                 progress: Optional[Progress] = None, progress_every: float = CHECK_EVERY,
+                 folder: Optional[ChainFolder] = None) -> dict[str, Any]:
+    """Extend each disk's chain in ``options.into`` by one incremental, or start one with a full backup.
+
+    ``folder`` is DIR where the VM's QEMU is (:func:`qmpctl.chain_folder.folder_for`); this host's by default.
+    """
+    if folder is None:
+        folder = LocalFolder(prepare_dir(options.into, is_local=True))
+    with folder.lock([(device, _label(device)) for device in options.devices], deadline):
         disks = [_find(session, deadline, name) for name in options.devices]
-        run = ChainRun(session, deadline, options, disks, into, _qemu_version(session, deadline))
+        run = ChainRun(session, deadline, options, disks, folder, _qemu_version(session, deadline))
         run.check_not_busy()
         run.plan(time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
         freezer = Freezer(agent, options.freeze, options.freeze_timeout)
@@ -732,6 +708,9 @@ def backup_chain(session: Session, deadline: Deadline, options: ChainOptions, *,
             freezer.close()
     seconds = round(time.monotonic() - started, 3)
     summaries = [_disk_summary(disk, seconds) for disk in disks]
+    if folder.host is not None:
+        for summary in summaries:
+            summary["host"] = folder.host
     result: dict[str, Any] = dict(summaries[0]) if len(summaries) == 1 else {"disks": summaries, "seconds": seconds}
     if freezer.report:
         result["freeze"] = freezer.report
@@ -746,9 +725,7 @@ def backup_chain(session: Session, deadline: Deadline, options: ChainOptions, *,
 def _failed(run: ChainRun, exc: BaseException, wait: Deadline, options: ChainOptions) -> BaseException:
     """Take the run back and say what happened, with the exit code of the cause."""
     if isinstance(exc, ProtocolError):
-        for disk in run.disks:
-            if not disk.committed:
-                run.notes += _discard(disk)
+        run.discard()
         error: BaseException = ProtocolError(f"the VM went away during the chain backup ({exc.message})")
         return with_notes(error, run.notes)
     run.take_back()

@@ -15,7 +15,8 @@ import tempfile
 import time
 
 from qmpctl import qemu_img
-from qmpctl.chain import MANIFEST, chains_of, read_manifest, sha256_of
+from qmpctl.chain import chains_of, read_manifest
+from qmpctl.chain_folder import MANIFEST, sha256_of
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectError, DeadlineExceeded, ProtocolError, QmpctlError, UsageError, VerificationFailed
 from qmpctl.records import TYPE_CHECKING, NamedTuple

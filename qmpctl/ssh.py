@@ -47,6 +47,10 @@ CHECK_SECONDS = 2.0
 """How long asking a master whether it still stands may take, when a channel ended unexpectedly."""
 EXIT_SECONDS = 2.0
 """How long ``ssh -O exit`` may take at exit; a master that does not answer expires by ControlPersist."""
+SSH_FAILED = 255
+"""ssh's own exit status: no connection, or the connection was lost; a remote command's is its own."""
+RELEASE_SECONDS = 5.0
+"""How long a script holding something on the host (a lock) may take to end once told to."""
 NOISE = ("Warning: Permanently added", "debug", "Transferred:", "Bytes per second", "Exit request sent",
          "Authenticated to", "** WARNING", "** This session", "** The server", "** upgraded")
 
@@ -106,8 +110,9 @@ def _spawn(argv: list[str], at_exit: bool = False, **kwargs: Any) -> "subprocess
     """Start an ssh step, recorded until reaped; none but ``at_exit`` ones once :func:`close_all` runs."""
     if _closing.is_set() and not at_exit:
         raise Interrupted("qmpctl is exiting: no new SSH step")
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
     try:
-        proc: subprocess.Popen[bytes] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, **kwargs)
+        proc: subprocess.Popen[bytes] = subprocess.Popen(argv, **kwargs)
     except OSError as exc:
         raise ConnectError(f"cannot run {argv[0]}: {exc.strerror or exc} (install OpenSSH's client, "
                            f"or point {SSH_ENV} at it)") from exc
@@ -137,12 +142,14 @@ def _reaped(proc: "subprocess.Popen[Any]") -> None:
         _children.discard(proc)
 
 
-def _communicate(argv: list[str], deadline: Deadline, waiting_for: str,
-                 hint: str = "") -> "subprocess.CompletedProcess[bytes]":
-    """Run a short ssh step (mux command or remote script) within the deadline; output captured."""
-    proc = _spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def _communicate(argv: list[str], deadline: Deadline, waiting_for: str, hint: str = "",
+                 data: Optional[bytes] = None) -> "subprocess.CompletedProcess[bytes]":
+    """Run a short ssh step (mux command or remote script) within the deadline; output captured, ``data``
+    its standard input."""
+    stdin = subprocess.DEVNULL if data is None else subprocess.PIPE
+    proc = _spawn(argv, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        out, err = proc.communicate(timeout=deadline.remaining(waiting_for, hint))
+        out, err = proc.communicate(data, timeout=deadline.remaining(waiting_for, hint))
     except subprocess.TimeoutExpired:
         _kill(proc)
         raise deadline.exceeded(waiting_for, hint) from None
@@ -226,16 +233,44 @@ class _Master:
             raise ConnectError(f"cannot forward {path} on {self.host}: "
                                f"{summarise(done.stderr.decode('utf-8', 'replace'), self.host, done.returncode)}")
 
+    def _script(self, script: str, args: Sequence[str]) -> list[str]:
+        remote = " ".join(["sh", "-c", shlex.quote(script), "sh", *(shlex.quote(arg) for arg in args)])
+        return self._ssh("-o", "ControlMaster=no", "-T", command=remote)
+
     def shell(self, script: str, args: list[str], deadline: Deadline, what: str) -> bytes:
         """Run ``sh -c SCRIPT sh ARGS...`` on the host through the master; its stdout."""
-        self.ensure(deadline)
-        remote = " ".join(["sh", "-c", shlex.quote(script), "sh", *(shlex.quote(arg) for arg in args)])
-        done = _communicate(self._ssh("-o", "ControlMaster=no", "-T", command=remote), deadline,
-                            f"{self.host} to {what}")
+        done = self.run(script, args, deadline, what)
         if done.returncode != 0:
             raise ConnectError(f"cannot {what} on {self.host}: "
                                f"{summarise(done.stderr.decode('utf-8', 'replace'), self.host, done.returncode)}")
         return done.stdout
+
+    def run(self, script: str, args: Sequence[str], deadline: Deadline, what: str,
+            data: Optional[bytes] = None) -> "subprocess.CompletedProcess[bytes]":
+        """``sh -c SCRIPT sh ARGS...`` on the host, ``data`` on its stdin; the script's own exit status is the
+        caller's to judge, ssh's (255: no connection, lost connection) is :class:`ConnectError`."""
+        self.ensure(deadline)
+        done = _communicate(self._script(script, args), deadline, f"{self.host} to {what}", data=data)
+        if done.returncode == SSH_FAILED:
+            raise ConnectError(f"cannot {what} on {self.host}: "
+                               f"{summarise(done.stderr.decode('utf-8', 'replace'), self.host, done.returncode)}")
+        return done
+
+    def hold(self, script: str, args: Sequence[str], deadline: Deadline, what: str) -> "Held":
+        """Start a script that keeps running on the host (holding a lock) until :meth:`Held.release`, or until
+        qmpctl ends: its stdin then closes, and so does the channel when this process dies."""
+        self.ensure(deadline)
+        # A session of its own: a Ctrl-C at the terminal reaches qmpctl, which lets go when its cleanup is
+        # done, not the holder, which would let go at once.
+        proc = _spawn(self._script(script, args), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE, start_new_session=True)
+        held = Held(proc, self.host, what)
+        try:
+            held.read_line(deadline)
+        except BaseException:
+            _kill(proc)
+            raise
+        return held
 
     def alive(self) -> bool:
         """Whether the master still holds its connection (``ssh -O check``, briefly bounded)."""
@@ -260,6 +295,66 @@ class _Master:
         except BaseException:
             _kill(proc)
         _reaped(proc)
+
+
+class Held:
+    """A script running on the host through the master, holding something (a lock) while it runs."""
+
+    def __init__(self, proc: "subprocess.Popen[bytes]", host: SshHost, what: str) -> None:
+        self.proc = proc
+        self.host = host
+        self.what = what
+        self.line = ""
+        """The first line the script printed: what it says it holds ('' when it ended without a word)."""
+        self.rest = b""
+        """What it printed after that line, so far."""
+
+    def read_line(self, deadline: Deadline) -> None:
+        """Wait (within ``deadline``) for the script's first line, or its end; what follows stays in :attr:`rest`."""
+        while b"\n" not in self.rest and self.read_more(deadline):
+            pass
+        line, _, self.rest = self.rest.partition(b"\n")
+        self.line = line.decode("utf-8", "replace").strip()
+
+    def read_more(self, deadline: Deadline) -> bool:
+        """Add what the script printed next to :attr:`rest` (waiting within ``deadline``); False at its end."""
+        import select
+
+        assert self.proc.stdout is not None
+        waiting_for = f"{self.host} to {self.what}"
+        ready, _, _ = select.select([self.proc.stdout], [], [], deadline.remaining(waiting_for))
+        if not ready:
+            raise deadline.exceeded(waiting_for)
+        chunk = os.read(self.proc.stdout.fileno(), 65536)
+        self.rest += chunk
+        return bool(chunk)
+
+    def ended(self, deadline: Deadline) -> tuple[int, str]:
+        """For a script that ended without its line: exit status and stderr (ssh's 255 is ConnectError)."""
+        try:
+            code = self.proc.wait(timeout=deadline.remaining(f"{self.host} to {self.what}"))
+        except subprocess.TimeoutExpired:
+            raise deadline.exceeded(f"{self.host} to {self.what}") from None
+        assert self.proc.stderr is not None
+        stderr = self.proc.stderr.read(64 * 1024).decode("utf-8", "replace")
+        self.release()
+        if code == SSH_FAILED:
+            raise ConnectError(f"cannot {self.what} on {self.host}: {summarise(stderr, self.host, code)}")
+        return code, stderr
+
+    def release(self) -> None:
+        """Close the script's stdin, so it ends (and lets go); killed when it takes longer than a moment."""
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        try:
+            self.proc.wait(timeout=RELEASE_SECONDS)
+        except BaseException:
+            pass
+        _kill(self.proc)
 
 
 UNIX_PATH_MAX = 107

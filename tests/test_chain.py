@@ -300,7 +300,9 @@ def test_dry_run_shows_the_transaction_and_creates_nothing(cli, tmp_path):
     result = cli("backup", "--dry-run", "-s", str(tmp_path / "absent.sock"), "vd0", "vd1", "--into",
                  str(tmp_path / "b"))
     assert result.code == 0, result
-    bitmaps, jobs = (json.loads(line) for line in result.out.splitlines())
+    shown = json.loads(result.out)
+    bitmaps, jobs = shown["plan"]
+    assert "a plan" in shown["note"] and "qemu-img formats" in shown["note"]
     assert [action["type"] for action in bitmaps["arguments"]["actions"]] == ["block-dirty-bitmap-add"] * 2
     assert [action["type"] for action in jobs["arguments"]["actions"]] == ["blockdev-backup"] * 2
     assert jobs["arguments"]["properties"] == {"completion-mode": "grouped"}  # QEMU refuses bitmaps in those

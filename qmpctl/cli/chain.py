@@ -6,7 +6,7 @@ handlers check the options, pick the agent for --freeze, and print.
 
 from __future__ import annotations
 
-from qmpctl.cli.common import Common, emit, run
+from qmpctl.cli.common import Common, emit, printed_plan, run
 from qmpctl.errors import ExitCode, UsageError
 from qmpctl.output import render_reply, to_json
 from qmpctl.records import TYPE_CHECKING
@@ -38,6 +38,17 @@ def _agent_target(common: Common, agent: Optional[str]) -> Any:
     return None
 
 
+def _ssh_host(common: Common) -> Optional[str]:
+    """The host of an ``ssh://`` VM (``root@hv1``), known from the address alone: nothing is connected."""
+    from qmpctl.address import parse_address
+
+    for socket in common.sockets:
+        if socket.startswith("ssh://"):
+            via = parse_address(socket).via
+            return str(via) if via is not None else None
+    return None
+
+
 def backup_into(common: Common, *, devices: list[str], into: str, full: bool, keep_chains: Optional[int],
                 speed: Optional[str], wait: bool, wait_timeout: Optional[float], progress: str,
                 freeze: str, freeze_timeout: Optional[float], agent: Optional[str]) -> int:
@@ -51,18 +62,24 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ke
         tuple(devices), into, full, keep_chains, parse_speed(speed) if speed else None,
         DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout, freeze,
         chain.DEFAULT_FREEZE_TIMEOUT if freeze_timeout is None else freeze_timeout)
-    if common.dry_run:
-        return run(common, lambda *_: None, options.requests())
+    remote = _ssh_host(common)
+    if remote is not None:  # DIR is on the VM's host: here only its form can be checked, before connecting
+        into = chain.prepare_dir(into, is_local=False, side=f"on {remote}")
+    if printed_plan(common, options.requests(), options.plan_note(None if remote is None else f"on {remote}")):
+        return ExitCode.OK
     targets = common.targets()
     if len(targets) > 1:
         raise UsageError(f"--into backs up one VM, not {len(targets)}: run one qmpctl per VM")
-    chain.prepare_dir(into, is_local=targets[0].is_local)  # before connecting to anything
+    if remote is None:
+        into = chain.prepare_dir(into, is_local=targets[0].is_local)  # before connecting to anything
     agent_target = _agent_target(common, agent) if options.freeze != "no" else None
     show, every, printer = _printer(progress)
 
     def action(session: Any, deadline: Any, vm: Any) -> dict[str, Any]:
+        from qmpctl.chain_folder import folder_for
+
         return chain.backup_chain(session, deadline, options, agent=agent_target, progress=show,
-                                  progress_every=every)
+                                  progress_every=every, folder=folder_for(vm, into))
 
     try:
         return run(common, action, options.requests())

@@ -351,7 +351,8 @@ COMMANDS: tuple[Command, ...] = (
         "When the bitmap cannot be trusted (QEMU killed, a raw disk restarted, removed by hand) the run starts "
         "a new chain with a full backup and says why (\"reason\"). Several DEVICEs are backed up from one "
         "instant, all or none. A failed, timed-out or interrupted run leaves the chain as it was and the bitmap "
-        "keeps every change. Exit 4 \"busy\": another qmpctl is backing up the same disk.",
+        "keeps every change. Exit 4 \"busy\": another qmpctl is backing up the same disk. For an ssh:// VM, DIR "
+        "is on its host, and the lock, images and manifest are handled there through the SSH connection.",
         example="qmpctl backup -s /tmp/vm.sock vd0 /backup/vd0-$(date +%F).qcow2 --progress json;  "
                 "qmpctl backup -s /tmp/vm.sock vd0 --into /backup/vm1 --keep-chains 4",
         arguments=(
@@ -363,7 +364,8 @@ COMMANDS: tuple[Command, ...] = (
         options=(
             Option("into", ("--into",), "text", None,
                    "Chain mode: extend each DEVICE's backup chain in DIR (created if only its last level is "
-                   "missing).", metavar="DIR", show_default=False),
+                   "missing). DIR is where QEMU opens the images: on the VM's host for an ssh:// VM (an absolute "
+                   "path there, worked on over the same SSH connection).", metavar="DIR", show_default=False),
             Option("full", ("--full",), "flag", False, "With --into: start a new chain with a full backup."),
             Option("keep_chains", ("--keep-chains",), "int", None,
                    "With --into: after a successful backup, delete the oldest chains of the disk beyond N "
@@ -408,7 +410,8 @@ COMMANDS: tuple[Command, ...] = (
         "Check every image of the backup chains in DIR, offline.",
         "Each image must pass qemu-img check, be backed by the image before it in the manifest (chain.json), "
         "and have the size and sha256 the manifest recorded. Exit 0 when all are sound; exit 6 naming the first "
-        "broken image. No VM is needed; the shared options other than --pretty do not apply.",
+        "broken image. No VM is needed; the shared options other than --pretty do not apply. DIR is read on this "
+        "host: for a chain on a VM's host (backup -s ssh://... --into), run it there or over a mount.",
         example="qmpctl backup-verify /backup/vm1 --json",
         arguments=(Argument("path", "DIR", "A folder of chains (as given to backup --into), or one chain folder."),),
         options=(
@@ -422,7 +425,8 @@ COMMANDS: tuple[Command, ...] = (
         ("restore",), "qmpctl.cli.chain:restore_chain",
         "Write a standalone image of a disk as it was at one backup of a chain.",
         "Verifies the chain's images up to that backup first (as backup-verify does), then writes TARGET with "
-        "qemu-img convert; TARGET is never overwritten (exit 2) unless --force. No VM is needed. --boot-check "
+        "qemu-img convert; TARGET is never overwritten (exit 2) unless --force. No VM is needed; the chain is read "
+        "on this host (a chain on a VM's host: run it there, or over a mount). --boot-check "
         "then boots the restored image in a throwaway QEMU (-snapshot: nothing is written to it) with a guest "
         "agent channel, waits for guest-ping, runs --check-command in the guest, and exits 6 with the console's "
         "last lines when the guest did not come up or the check failed.",

@@ -129,6 +129,10 @@ class Sshd:
         """SSH connections that logged in so far."""
         return self.log_text().count("Accepted publickey for root")
 
+    def commands(self) -> int:
+        """Remote commands run so far (each ``ssh HOST COMMAND`` through a master is one round trip)."""
+        return self.log_text().count("Starting session: command for root")
+
     def disconnected(self) -> int:
         return self.log_text().count("Disconnected from user root")
 
