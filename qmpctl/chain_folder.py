@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+
 from qmpctl import qemu_img
 from qmpctl.errors import Busy, JobFailed, ProtocolError, QmpctlError, UsageError
 from qmpctl.records import TYPE_CHECKING, NamedTuple
