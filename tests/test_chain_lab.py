@@ -120,7 +120,7 @@ def test_an_interrupted_frozen_backup_leaves_the_guest_thawed(run, guest, tmp_pa
         child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=30)
     assert child.returncode == 130, err
-    assert agent_call(guest.agent_path, "guest-fsfreeze-status") == "thawed"
+    assert agent_call(guest.agent_path, "guest-fsfreeze-status") == "thawed", err
     with RawQmp(guest.check_path) as qmp:
         assert qmp.cmd("query-jobs") == []
     in_guest(run, guest, "echo still writable > /mnt/data/after && sync")
