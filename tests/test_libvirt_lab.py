@@ -201,6 +201,20 @@ def test_agent_cp_through_libvirt_in_chunks_libvirt_delivers(cli, lab_domain, tm
     assert hashlib.sha256(back.read_bytes()).digest() == hashlib.sha256(data).digest()
 
 
+def test_a_frozen_chain_backup_through_the_domain_freezes_and_thaws_through_libvirt(cli, lab_domain):
+    """--freeze with --domain: the agent is libvirt's channel; the guest is frozen while the job starts, then thawed."""
+    disk = [entry for entry in json.loads(lab_domain.monitor('{"execute":"query-block"}').stdout)["return"]
+            if entry["inserted"]["file"] == str(lab_domain.disk)][0]
+    device_id = disk["qdev"].split("/")[3]
+    result = cli("backup", "--domain", lab_domain.name, device_id, "--into", str(lab_domain.qemu_folder("chains")),
+                 "--freeze", "--progress", "none")
+    assert result.code == 0, result
+    freeze = json.loads(result.out)["return"]["freeze"]
+    assert freeze["frozen"] == freeze["thawed"] and freeze["seconds"] is not None, freeze
+    status = json.loads(_virsh_agent(lab_domain, '{"execute":"guest-fsfreeze-status"}'))
+    assert status == {"return": "thawed"}
+
+
 def test_guest_shutdown_without_reply_powers_the_guest_off(lab_domain):
     """guest-shutdown answers only on failure; through libvirt it must still count as done. Runs last."""
     from qmpctl.deadline import Deadline

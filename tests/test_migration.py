@@ -339,6 +339,21 @@ def test_cli_postcopy_after_finishes_a_throttled_migration(cli, make_vm):
     assert (state(source), state(destination)) == ("postmigrate", "running")
 
 
+@pytest.mark.one_qemu  # QEMU 7.2's own refusal: postcopy and x-ignore-shared do not go together there
+def test_postcopy_a_source_refuses_is_exit_2_before_anything_moves(cli, make_vm):
+    source, destination = make_vm(), make_vm(incoming=True)
+    with source.check() as qmp:
+        qmp.cmd("migrate-set-capabilities", capabilities=[{"capability": "x-ignore-shared", "state": True}])
+    result = cli("migrate", "-s", str(source.qmp_path), "--to", str(destination.qmp_path),
+                 "--postcopy-after", "1", "--progress", "none")
+    assert result.code == 2, result
+    assert "--postcopy-after: the source cannot do postcopy" in result.err, result
+    assert "ignore-shared" in result.err, result  # QEMU's reason
+    assert (state(source), state(destination)) == ("running", "inmigrate")
+    with source.check() as qmp:
+        assert qmp.cmd("query-migrate") == {}  # no migration was started
+
+
 def test_a_destination_that_cannot_load_the_state_gives_the_vm_back(make_vm):
     """Everything is sent, then the destination (lacking the source's disk) fails: the intact source resumes."""
     source, destination = make_vm(), make_vm(incoming=True, qemu_args_disk=False)
