@@ -135,7 +135,12 @@ def frozen(session: Session, deadline: Deadline, mountpoints: Sequence[str] = ()
     except BaseException:
         _thaw_after_failure(session, report, thaw_timeout)
         raise
-    report.thawed = thaw_for_sure(session, thaw_timeout)
+    try:
+        report.thawed = thaw_for_sure(session, thaw_timeout)
+    except KeyboardInterrupt:
+        # The signal came after the block ended but before the thaw held signals back (or while it let them
+        # go again): thaw (again; a thawed guest answers 0) with signals now held by the handler.
+        raise Interrupted("interrupted" + _thaw_after_failure(session, report, thaw_timeout)) from None
     report.thawed_at = time.monotonic()
 
 

@@ -126,6 +126,47 @@ def test_an_interrupted_frozen_backup_leaves_the_guest_thawed(run, guest, tmp_pa
     in_guest(run, guest, "echo still writable > /mnt/data/after && sync")
 
 
+def test_a_signal_between_the_frozen_block_and_the_thaw_still_thaws(guest, monkeypatch):
+    """Ctrl-C landing after the block ended, before the thaw shielded itself from signals: the guest is thawed.
+
+    A real signal cannot be aimed at that window (a few bytecodes), so the thaw's first attempt raises the
+    KeyboardInterrupt the signal handler would; the guest and its agent are real.
+    """
+    from qmpctl import guest_freeze
+    from qmpctl.address import parse_address
+    from qmpctl.deadline import Deadline
+    from qmpctl.errors import Interrupted
+    from qmpctl.targets import AGENT, SocketTarget
+
+    real_thaw = guest_freeze.thaw_for_sure
+    attempts = []
+
+    def interrupted_first(session, thaw_timeout=guest_freeze.THAW_TIMEOUT):
+        attempts.append(thaw_timeout)
+        if len(attempts) == 1:
+            raise KeyboardInterrupt
+        return real_thaw(session, thaw_timeout)
+
+    monkeypatch.setattr(guest_freeze, "thaw_for_sure", interrupted_first)
+    session = SocketTarget(parse_address(str(guest.agent_path)), AGENT).open(Deadline(10))
+    try:
+        try:
+            with guest_freeze.frozen(session, Deadline(60)) as report:
+                assert report.frozen >= 1
+        except Interrupted:
+            pass
+        except KeyboardInterrupt:
+            pytest.fail("the interrupt escaped the freeze without the thaw being sent")
+        else:
+            pytest.fail("the interrupt was swallowed")
+        after = guest_freeze.status(session, Deadline(10))
+    finally:
+        real_thaw(session)  # never leave the module's guest frozen, whatever happened above
+        session.close()
+    assert after == "thawed"
+    assert len(attempts) == 2
+
+
 def test_restore_boot_check_boots_the_restored_disk_and_reads_back_the_data(run, guest, tmp_path):
     into = tmp_path / "b"
     in_guest(run, guest, f"echo '{MARKER}' > /mnt/data/drill && sync")
