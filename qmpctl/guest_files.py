@@ -191,7 +191,12 @@ def open_guest_file(session: Session, path: str, mode: str, deadline: Deadline) 
         with shielded():
             close_quietly(guest_file)
         raise
-    guest_file.close(deadline)
+    try:
+        guest_file.close(deadline)
+    except KeyboardInterrupt:  # the signal came as the block ended, before or during the close
+        with shielded():
+            close_quietly(guest_file)
+        raise
 
 
 def close_quietly(guest_file: GuestFile) -> bool:

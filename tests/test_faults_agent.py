@@ -191,3 +191,41 @@ def test_agent_stopped_mid_exec_is_124_naming_the_pid(cli, host_agent):
     assert b"may still be running" in err and b"agent exec-status" in err
     assert b"is qemu-ga running" not in err
     assert time.monotonic() - stopped < BOUND
+
+
+@pytest.mark.agent
+def test_a_signal_as_a_guest_file_block_ends_still_closes_the_handle(host_agent, tmp_path, monkeypatch):
+    """Ctrl-C landing between the end of the block and the close: the handle is closed all the same.
+
+    A real signal cannot be aimed at that moment, so the first close raises the KeyboardInterrupt the
+    signal handler would; the agent is real, and afterwards it no longer knows the handle.
+    """
+    from qmpctl import guest_files
+    from qmpctl.address import parse_address
+    from qmpctl.deadline import Deadline
+    from qmpctl.errors import VmError
+    from qmpctl.request import Request
+    from qmpctl.targets import AGENT, SocketTarget
+
+    source = tmp_path / "file.txt"
+    source.write_text("hello\n")
+    real_close = guest_files.GuestFile.close
+    closes = []
+
+    def interrupted_first(self, deadline):
+        closes.append(self.handle)
+        if len(closes) == 1:
+            raise KeyboardInterrupt
+        return real_close(self, deadline)
+
+    monkeypatch.setattr(guest_files.GuestFile, "close", interrupted_first)
+    session = SocketTarget(parse_address(str(host_agent.path)), AGENT).open(Deadline(10))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with guest_files.open_guest_file(session, str(source), "r", Deadline(10)) as guest_file:
+                handle = guest_file.handle
+        with pytest.raises(VmError):  # no such handle any more
+            session.execute(Request("guest-file-read", {"handle": handle, "count": 1}, protocol="qga"), Deadline(10))
+    finally:
+        session.close()
+    assert closes == [handle, handle]
