@@ -8,6 +8,7 @@ came back), so the CLI can map it to an exit status in exactly one place.
 from __future__ import annotations
 
 from enum import IntEnum
+
 from qmpctl.records import TYPE_CHECKING
 
 if TYPE_CHECKING:

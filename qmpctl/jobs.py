@@ -19,6 +19,7 @@ from qmpctl.waiting import CHECK_EVERY, POLL_MAX, event_named, wait_until
 if TYPE_CHECKING:
     from typing import Any, Callable, Optional
 
+
 class JobState(NamedTuple):
     """One entry of query-jobs."""
 

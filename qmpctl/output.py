@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+
 from qmpctl.records import TYPE_CHECKING
 
 if TYPE_CHECKING:

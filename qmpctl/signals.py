@@ -22,6 +22,7 @@ from __future__ import annotations
 import signal
 import sys
 from types import FrameType
+
 from qmpctl.records import TYPE_CHECKING
 
 if TYPE_CHECKING:

@@ -14,6 +14,7 @@ from qmpctl.records import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Any, Optional
 
+
 def _printer(progress: str) -> tuple[Any, float, Any]:
     """The job-state callback for ``--progress``, how often to call it, and the printer to close."""
     from qmpctl.cli.progress import CHECK_EVERY, printer_for

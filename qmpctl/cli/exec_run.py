@@ -19,6 +19,7 @@ from qmpctl.targets import Target
 if TYPE_CHECKING:
     from typing import Any, BinaryIO, Optional
 
+
 class ExecOptions(NamedTuple):
     """What ``agent exec`` was asked to do (a NamedTuple: dataclasses cost milliseconds to import)."""
 

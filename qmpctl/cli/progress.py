@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+
 from qmpctl.records import TYPE_CHECKING
 
 if TYPE_CHECKING:
