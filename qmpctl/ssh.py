@@ -352,9 +352,10 @@ class Held:
                     pass
         try:
             self.proc.wait(timeout=RELEASE_SECONDS)
-        except BaseException:
+        except subprocess.TimeoutExpired:
             pass
-        _kill(self.proc)
+        finally:  # killed on every path; a Ctrl-C meanwhile still reaches the caller
+            _kill(self.proc)
 
 
 UNIX_PATH_MAX = 107
