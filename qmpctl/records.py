@@ -1,8 +1,9 @@
 """Named tuples declared like ``typing.NamedTuple``, without importing ``typing`` at run time.
 
 ``import typing`` costs about 3 ms, and each ``typing.NamedTuple`` class
-compiles its string annotations into forward references: together a tenth of
-what ``qmpctl status`` costs beyond a bare Python client. The modules every
+compiles its string annotations into forward references: several
+milliseconds of every call, where ``qmpctl status`` may cost at most 1.4x a
+bare Python client (tests/bench/bench.py). The modules every
 call imports therefore take :class:`NamedTuple` from here and name types
 from ``typing`` only under ``if TYPE_CHECKING:``. Type checkers read the
 ``TYPE_CHECKING`` branch, so for them this *is* ``typing.NamedTuple``; at run
