@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qmpctl.address import Address, SshHost, parse_address
-from qmpctl.connect import expand_addresses
+from qmpctl.wire.address import Address, SshHost, parse_address
+from qmpctl.wire.connect import expand_addresses
 from qmpctl.errors import ConnectError, QmpctlError, UsageError
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from qmpctl.request import Request
+from qmpctl.wire.request import Request
 from support.qga import ChannelAgent, HostAgent, have_qemu_ga, qemu_ga_version
 from support.waits import sleeping, wait_for, wait_for_child
 
@@ -110,8 +110,8 @@ def test_an_earlier_client_that_left_half_a_request(cli, agent):
 
 def test_qmpctl_leaves_no_unread_reply_behind(own_agent):
     """qemu-ga 7.2 in unix-listen mode exits when a client closes with a reply unread."""
-    from qmpctl.address import parse_address
-    from qmpctl.agent import AgentSession
+    from qmpctl.wire.address import parse_address
+    from qmpctl.wire.agent import AgentSession
     from qmpctl.deadline import Deadline
 
     session = AgentSession.connect(parse_address(str(own_agent.path)), Deadline(5))
@@ -266,9 +266,9 @@ def test_exec_json_decodes_the_result(cli, agent):
 @pytest.mark.one_qemu  # qmpctl's side of the call: the same on every qemu-ga
 def test_short_exec_costs_about_one_round_trip(agent):
     """The poll starts within a millisecond, so `true` is back long before a slow poll's first tick."""
-    from qmpctl import guest_exec
-    from qmpctl.address import parse_address
-    from qmpctl.agent import AgentSession
+    from qmpctl.guest import exec as guest_exec
+    from qmpctl.wire.address import parse_address
+    from qmpctl.wire.agent import AgentSession
     from qmpctl.deadline import Deadline
 
     timings = []

@@ -261,9 +261,9 @@ def test_through_libvirt_a_qemu_ga_10_refusal_is_told_apart_the_same_way(status,
 
     from qmpctl.deadline import Deadline
     from qmpctl.errors import VmError
-    from qmpctl.libvirt_backend import DomainAgentSession, DomainTarget
-    from qmpctl.request import Request
-    from qmpctl.targets import AGENT
+    from qmpctl.wire.libvirt import DomainAgentSession, DomainTarget
+    from qmpctl.wire.request import Request
+    from qmpctl.wire.targets import AGENT
 
     sent = []
 

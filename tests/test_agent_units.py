@@ -10,12 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qmpctl import agent, guest_exec
-from qmpctl.address import parse_address
+from qmpctl.wire import agent
+from qmpctl.guest import exec as guest_exec
+from qmpctl.wire.address import parse_address
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ExecTimeout, ProtocolError, UsageError, VmError
-from qmpctl.request import Request
-from qmpctl.transport import Connection
+from qmpctl.wire.request import Request
+from qmpctl.wire.transport import Connection
 
 SYNC_ID = 12345
 
@@ -236,7 +237,7 @@ def test_other_errors_are_left_as_the_agent_said_them():
     "Command guest-exec has been disabled: the command is not allowed",
 ])
 def test_the_libvirt_way_gives_the_same_hint(libvirt_message):
-    from qmpctl.libvirt_backend import agent_error
+    from qmpctl.wire.libvirt import agent_error
 
     recovered = agent_error(libvirt_message)
     assert recovered is not None

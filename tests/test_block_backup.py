@@ -209,9 +209,9 @@ def test_progress_json_lines_go_to_stderr(cli, vm):
 
 
 def _session(vm):
-    from qmpctl.address import parse_address
+    from qmpctl.wire.address import parse_address
     from qmpctl.deadline import Deadline
-    from qmpctl.qmp import QmpSession
+    from qmpctl.wire.qmp import QmpSession
 
     return QmpSession.connect(parse_address(str(vm.qmp_path)), Deadline(10))
 
@@ -219,7 +219,7 @@ def _session(vm):
 @pytest.mark.parametrize("flow", FLOWS)
 def test_backup_polls_where_the_session_has_no_events(vm_factory, flow):
     """The libvirt path: no events, so the job is polled and its outcome read from query-jobs."""
-    from qmpctl.backup import BackupOptions, backup
+    from qmpctl.backup.full import BackupOptions, backup
     from qmpctl.deadline import Deadline
 
     vm = started_vm(vm_factory, flow)
@@ -236,7 +236,7 @@ def test_backup_polls_where_the_session_has_no_events(vm_factory, flow):
 
 def test_completion_is_noticed_within_50_ms_of_the_event(vm):
     """Event-driven: from QEMU's BLOCK_JOB_COMPLETED to backup() returning (job dismissed) under 50 ms."""
-    from qmpctl.backup import BackupOptions, backup
+    from qmpctl.backup.full import BackupOptions, backup
     from qmpctl.deadline import Deadline
 
     write_pattern(vm, [(0x11, 0, 48 << 20)])  # data to copy, so the job is still running when the wait starts
@@ -250,7 +250,7 @@ def test_completion_is_noticed_within_50_ms_of_the_event(vm):
 
 
 def test_a_vm_on_another_host_needs_force():
-    from qmpctl.backup import check_target
+    from qmpctl.backup.full import check_target
     from qmpctl.errors import UsageError
 
     with pytest.raises(UsageError, match="cannot see that host's files"):
@@ -263,6 +263,6 @@ def test_a_vm_on_another_host_needs_force():
 @pytest.mark.parametrize("text, value", [("1048576", 1 << 20), ("512K", 512 << 10), ("10M", 10 << 20),
                                          ("1GiB", 1 << 30), ("2g", 2 << 30)])
 def test_speed_accepts_binary_suffixes(text, value):
-    from qmpctl.backup import parse_speed
+    from qmpctl.backup.full import parse_speed
 
     assert parse_speed(text) == value

@@ -61,10 +61,10 @@ def test_unplug_of_something_that_is_not_a_disk_is_exit_2(cli, vm_factory, devic
 
 def test_unplug_polls_where_the_session_has_no_events(vm_factory):
     """The libvirt path: no events on the session, so qmpctl polls until the device is gone."""
-    from qmpctl import block
-    from qmpctl.address import parse_address
+    from qmpctl.vm import block
+    from qmpctl.wire.address import parse_address
     from qmpctl.deadline import Deadline
-    from qmpctl.qmp import QmpSession
+    from qmpctl.wire.qmp import QmpSession
 
     vm = vm_factory(extra_args=SCSI_VM)
     before = block_state(vm)

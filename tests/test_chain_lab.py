@@ -132,11 +132,11 @@ def test_a_signal_between_the_frozen_block_and_the_thaw_still_thaws(guest, monke
     A real signal cannot be aimed at that window (a few bytecodes), so the thaw's first attempt raises the
     KeyboardInterrupt the signal handler would; the guest and its agent are real.
     """
-    from qmpctl import guest_freeze
-    from qmpctl.address import parse_address
+    from qmpctl.guest import freeze as guest_freeze
+    from qmpctl.wire.address import parse_address
     from qmpctl.deadline import Deadline
     from qmpctl.errors import Interrupted
-    from qmpctl.targets import AGENT, SocketTarget
+    from qmpctl.wire.targets import AGENT, SocketTarget
 
     real_thaw = guest_freeze.thaw_for_sure
     attempts = []

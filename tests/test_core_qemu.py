@@ -175,7 +175,7 @@ def test_installed_console_script_finds_its_schemas(tmp_path, vm):
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, timeout=30)
     assert proc.returncode == 0, proc.stderr
     installed = subprocess.run([str(script.parent / "python"), "-c",
-                                "import qmpctl.schema as s; print(s.schema_dir())"],
+                                "import qmpctl.wire.schema as s; print(s.schema_dir())"],
                                capture_output=True, text=True, cwd=tmp_path, timeout=30,
                                env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert "site-packages" in installed.stdout, installed

@@ -200,12 +200,12 @@ def test_a_signal_as_a_guest_file_block_ends_still_closes_the_handle(host_agent,
     A real signal cannot be aimed at that moment, so the first close raises the KeyboardInterrupt the
     signal handler would; the agent is real, and afterwards it no longer knows the handle.
     """
-    from qmpctl import guest_files
-    from qmpctl.address import parse_address
+    from qmpctl.guest import files as guest_files
+    from qmpctl.wire.address import parse_address
     from qmpctl.deadline import Deadline
     from qmpctl.errors import VmError
-    from qmpctl.request import Request
-    from qmpctl.targets import AGENT, SocketTarget
+    from qmpctl.wire.request import Request
+    from qmpctl.wire.targets import AGENT, SocketTarget
 
     source = tmp_path / "file.txt"
     source.write_text("hello\n")

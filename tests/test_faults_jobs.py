@@ -37,10 +37,10 @@ def test_a_busy_disk_names_the_job_and_how_to_cancel_it(cli, vm):
 
 
 def test_cancel_job_cancels_waits_and_dismisses(cli, vm):
-    from qmpctl.address import parse_address
+    from qmpctl.wire.address import parse_address
     from qmpctl.deadline import Deadline
-    from qmpctl.jobs import cancel_job
-    from qmpctl.qmp import QmpSession
+    from qmpctl.vm.jobs import cancel_job
+    from qmpctl.wire.qmp import QmpSession
 
     left_by_a_killed_qmpctl(cli, vm)
     with QmpSession.connect(parse_address(str(vm.qmp_path)), Deadline(10)) as session:
@@ -52,10 +52,10 @@ def test_cancel_job_cancels_waits_and_dismisses(cli, vm):
 
 def test_cancel_job_of_a_job_that_dismisses_itself(vm):
     """A job someone else started with auto-dismiss on goes away once cancelled: that counts as done."""
-    from qmpctl.address import parse_address
+    from qmpctl.wire.address import parse_address
     from qmpctl.deadline import Deadline
-    from qmpctl.jobs import cancel_job
-    from qmpctl.qmp import QmpSession
+    from qmpctl.vm.jobs import cancel_job
+    from qmpctl.wire.qmp import QmpSession
 
     with vm.check() as qmp:
         qmp.cmd("drive-backup", device="disk0", target=str(vm.workdir / "other.qcow2"), sync="full",

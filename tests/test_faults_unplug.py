@@ -44,11 +44,11 @@ class InterruptAfter:
 
 
 def unplug_interrupted(vm, device_id: str):
-    from qmpctl import block
-    from qmpctl.address import parse_address
+    from qmpctl.vm import block
+    from qmpctl.wire.address import parse_address
     from qmpctl.deadline import Deadline
     from qmpctl.errors import Interrupted
-    from qmpctl.qmp import QmpSession
+    from qmpctl.wire.qmp import QmpSession
 
     with QmpSession.connect(parse_address(str(vm.qmp_path)), Deadline(10)) as session:
         with pytest.raises(Interrupted) as caught:
@@ -66,7 +66,7 @@ def test_interrupt_after_device_del_still_deletes_the_nodes_once_the_device_is_g
 
 
 def test_interrupt_while_the_guest_holds_on_says_what_stays_and_how_to_remove_it(cli, vm, monkeypatch):
-    from qmpctl import block
+    from qmpctl.vm import block
 
     monkeypatch.setattr(block, "INTERRUPTED_UNPLUG_GRACE", 0.5)
     hotplugged(cli, vm, "vd1", "virtio")

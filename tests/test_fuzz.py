@@ -24,14 +24,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qmpctl.address import parse_address
-from qmpctl.agent import AgentSession
+from qmpctl.wire.address import parse_address
+from qmpctl.wire.agent import AgentSession
 from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded, ProtocolError, QmpctlError, UsageError, VmError
-from qmpctl.qmp import QmpSession
-from qmpctl.rawcommand import parse_raw_command
-from qmpctl.request import Request, parse_json
-from qmpctl.transport import MAX_MESSAGE_BYTES, RECV_CHUNK, Connection
+from qmpctl.wire.qmp import QmpSession
+from qmpctl.cli.rawcommand import parse_raw_command
+from qmpctl.wire.request import Request, parse_json
+from qmpctl.wire.transport import MAX_MESSAGE_BYTES, RECV_CHUNK, Connection
 from support.fakes import GREETING, ScriptedSocket
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"
@@ -237,7 +237,7 @@ def test_agent_resync_finds_its_reply_behind_any_junk(case, data):
     payload = junk + SYNC_REPLY + b'{"return": {"pong": true}, "id": 1234567}\n'
     cuts = sorted(set(data.draw(st.lists(st.integers(1, len(payload) - 1), max_size=10))))
     chunks = [payload[a:b] for a, b in zip([0] + cuts, cuts + [len(payload)], strict=True) if b > a]
-    with mock.patch("qmpctl.agent._random_id", return_value=SYNC_ID):
+    with mock.patch("qmpctl.wire.agent._random_id", return_value=SYNC_ID):
         session = AgentSession(connection(chunks))
         session.resync(deadline())
         reply = session.execute(Request("guest-ping", protocol="qga"), deadline())
@@ -249,7 +249,7 @@ def test_agent_resync_finds_its_reply_behind_any_junk(case, data):
 @given(st.lists(qmp_messages(["x"]) | st.binary(max_size=30), max_size=10))
 def test_agent_reply_reader_survives_any_lines(lines):
     payload = SYNC_REPLY + b"".join(lines)
-    with mock.patch("qmpctl.agent._random_id", return_value=SYNC_ID):
+    with mock.patch("qmpctl.wire.agent._random_id", return_value=SYNC_ID):
         session = AgentSession(connection([payload]))
         session.resync(deadline())
         try:

@@ -29,18 +29,18 @@ pytestmark = pytest.mark.one_qemu
 REPO = Path(__file__).resolve().parent.parent
 
 HEAVY = {
-    "jsonschema": "validation uses qmpctl.schema; jsonschema is for the test suite only",
+    "jsonschema": "validation uses qmpctl.wire.schema; jsonschema is for the test suite only",
     "rich": "Typer brings rich, and Typer is only for --help and mistakes",
     "pydantic": "Typer brings pydantic, and Typer is only for --help and mistakes",
     "asyncio": "qmpctl talks over plain blocking sockets with deadlines",
     "libvirt": "only --domain needs libvirt",
     "libvirt_qemu": "only --domain needs libvirt",
-    "qmpctl.libvirt_backend": "only --domain needs libvirt",
-    "qmpctl.block": "only the block commands need it",
-    "qmpctl.backup": "only backup needs it",
-    "qmpctl.jobs": "only the job commands need it",
-    "qmpctl.progress": "only progress bars need it",
-    "qmpctl.guest_exec": "only agent exec needs it",
+    "qmpctl.wire.libvirt": "only --domain needs libvirt",
+    "qmpctl.vm.block": "only the block commands need it",
+    "qmpctl.backup.full": "only backup needs it",
+    "qmpctl.vm.jobs": "only the job commands need it",
+    "qmpctl.cli.readings": "only progress bars need it",
+    "qmpctl.guest.exec": "only agent exec needs it",
 }
 NO_TYPER = {
     "typer": "the start-up parser (qmpctl/cli/parse.py) reads every well-formed line without Typer",
@@ -94,7 +94,7 @@ def test_status_against_a_real_vm_stays_light(vm, tmp_path):
     code, out, modules = imported_by(tmp_path, "status", "-s", str(vm.qmp_path))
     assert code == 0 and json.loads(out)["return"]["status"] == "prelaunch", out
     assert offenders(modules, {**HEAVY, **FAST_PATH_EXTRA}) == []
-    assert "qmpctl.qmp" in modules  # it really connected: the probe sees imports
+    assert "qmpctl.wire.qmp" in modules  # it really connected: the probe sees imports
 
 
 @pytest.mark.qemu
@@ -130,7 +130,7 @@ def test_agent_ping_against_a_real_agent_stays_light(agent, tmp_path):
     code, out, modules = imported_by(tmp_path, "agent", "ping", "-a", str(agent.path))
     assert code == 0 and json.loads(out) == {"return": {}}, out
     assert offenders(modules, {**HEAVY, **FAST_PATH_EXTRA}) == []
-    assert "qmpctl.agent" in modules
+    assert "qmpctl.wire.agent" in modules
 
 
 def test_a_heavy_import_is_caught(tmp_path):
@@ -144,10 +144,10 @@ def test_a_heavy_import_is_caught(tmp_path):
 def test_agent_exec_stays_clear_of_typer_and_heavy_modules(agent, tmp_path):
     code, out, modules = imported_by(tmp_path, "agent", "exec", "-a", str(agent.path), "--", "echo", "hi")
     assert code == 0 and out == "hi\n", out
-    exec_budget = {name: why for name, why in HEAVY.items() if name != "qmpctl.guest_exec"}
+    exec_budget = {name: why for name, why in HEAVY.items() if name != "qmpctl.guest.exec"}
     exec_budget.update(NO_TYPER)
     assert offenders(modules, exec_budget) == []
-    assert "qmpctl.guest_exec" in modules
+    assert "qmpctl.guest.exec" in modules
 
 
 def dry_run_line(command: Command, tmp_path: Path) -> list[str]:

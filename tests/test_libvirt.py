@@ -252,7 +252,7 @@ def test_dry_run_with_domain_needs_no_libvirt_python(cli, without_libvirt_python
     ("qemu+ssh://LOCALHOST:22/system?keyfile=/k", True), ("qemu+tcp://127.0.0.2/system", True),
 ])
 def test_is_local_follows_the_uri_host(uri, local):
-    from qmpctl.libvirt_backend import DomainTarget
+    from qmpctl.wire.libvirt import DomainTarget
 
     assert DomainTarget("vm", uri).is_local is local
 
@@ -266,7 +266,7 @@ def test_is_local_follows_the_uri_host(uri, local):
      "GenericError", "Invalid parameter 'pid'"),
 ])
 def test_agent_errors_are_recovered_from_libvirts_wording(message, error_class, desc):
-    from qmpctl.libvirt_backend import agent_error
+    from qmpctl.wire.libvirt import agent_error
 
     error = agent_error(message)
     assert error is not None

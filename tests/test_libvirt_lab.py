@@ -218,9 +218,9 @@ def test_a_frozen_chain_backup_through_the_domain_freezes_and_thaws_through_libv
 def test_guest_shutdown_without_reply_powers_the_guest_off(lab_domain):
     """guest-shutdown answers only on failure; through libvirt it must still count as done. Runs last."""
     from qmpctl.deadline import Deadline
-    from qmpctl.libvirt_backend import DomainTarget
-    from qmpctl.request import Request
-    from qmpctl.targets import AGENT
+    from qmpctl.wire.libvirt import DomainTarget
+    from qmpctl.wire.request import Request
+    from qmpctl.wire.targets import AGENT
 
     session = DomainTarget(lab_domain.name, lab_domain.uri, AGENT).open(Deadline(10))
     try:

@@ -12,11 +12,12 @@ from typing import Iterator
 
 import pytest
 
-from qmpctl import events, lifecycle
-from qmpctl.address import parse_address
+from qmpctl.wire import events
+from qmpctl.vm import lifecycle
+from qmpctl.wire.address import parse_address
 from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded, UsageError
-from qmpctl.qmp import QmpSession
+from qmpctl.wire.qmp import QmpSession
 from support.lab import lab_guest_module
 from support.libvirt import TestDomain, libvirtd, virsh  # noqa: F401 (fixture)
 

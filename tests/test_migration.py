@@ -17,12 +17,12 @@ from typing import Any, Callable
 
 import pytest
 
-from qmpctl.address import parse_address
+from qmpctl.wire.address import parse_address
 from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded, Interrupted, JobFailed, UsageError
-from qmpctl.migration import MigrateOptions, migrate
-from qmpctl.savedstate import restore, save
-from qmpctl.qmp import QmpSession
+from qmpctl.vm.migration import MigrateOptions, migrate
+from qmpctl.vm.savedstate import restore, save
+from qmpctl.wire.qmp import QmpSession
 from support.polling import eventually
 from support.qemu import QemuVM
 from support.sshd import sshd  # noqa: F401  (a fixture)
@@ -380,7 +380,7 @@ def test_cli_a_migration_may_take_longer_than_timeout(cli, make_vm, tmp_path):
 
 def test_stall_is_judged_within_one_pass():
     """A new pass starts from what the guest dirtied: remaining grows then, which is progress, not a stall."""
-    from qmpctl.migration import MigrationReading, _Watch
+    from qmpctl.vm.migration import MigrationReading, _Watch
 
     watch = _Watch(None, 1.0, MigrateOptions(stall_timeout=1.0), None, "migration")  # type: ignore[arg-type]
 

@@ -15,11 +15,13 @@ from typing import Iterator
 
 import pytest
 
-from qmpctl import balloon, stats, throttle
-from qmpctl.address import parse_address
+from qmpctl.vm import balloon
+from qmpctl.vm import stats
+from qmpctl.vm import throttle
+from qmpctl.wire.address import parse_address
 from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded, UsageError, VmError
-from qmpctl.qmp import QmpSession
+from qmpctl.wire.qmp import QmpSession
 from support.lab import lab_guest_module
 
 MiB = 1024 * 1024

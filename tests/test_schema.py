@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qmpctl import schema
+from qmpctl.wire import schema
 
 SCHEMA_ROOT = Path(schema.schema_dir())
 SCHEMA_NAMES = sorted(str(p.relative_to(SCHEMA_ROOT).with_suffix("")) for p in SCHEMA_ROOT.rglob("*.json"))

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from qmpctl import trace
-from qmpctl.address import Address
+from qmpctl.wire import trace
+from qmpctl.wire.address import Address
 from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded, VmError
-from qmpctl.libvirt_backend import DomainTarget
-from qmpctl.request import Request
-from qmpctl.session import AGENT, MONITOR, Session
-from qmpctl.targets import SocketTarget
-from qmpctl.waiting import event_named
+from qmpctl.wire.libvirt import DomainTarget
+from qmpctl.wire.request import Request
+from qmpctl.wire.session import AGENT, MONITOR, Session
+from qmpctl.wire.targets import SocketTarget
+from qmpctl.wire.waiting import event_named
 from support.libvirt import domain, libvirtd  # noqa: F401 (fixtures)
 from support.qga import HostAgent, have_qemu_ga
 
@@ -153,8 +153,8 @@ def test_libvirt_sessions_trace_what_they_pass_on(domain):  # noqa: F811 (fixtur
 @pytest.mark.libvirt
 def test_libvirt_sessions_say_how_much_libvirt_carries(domain):  # noqa: F811 (fixture)
     """agent cp sizes its chunks by the session: libvirt's RPC carries at most 4 MiB a message."""
-    from qmpctl.guest_files import LIBVIRT_READ_CHUNK, chunk_size
-    from qmpctl.libvirt_backend import LIBVIRT_STRING_MAX
+    from qmpctl.guest.files import LIBVIRT_READ_CHUNK, chunk_size
+    from qmpctl.wire.libvirt import LIBVIRT_STRING_MAX
 
     with DomainTarget(domain.name, domain.uri, AGENT).open(Deadline(20)) as session:
         assert session.max_message_bytes == LIBVIRT_STRING_MAX

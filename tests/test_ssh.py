@@ -366,8 +366,8 @@ def test_many_missing_sockets_on_one_host_are_each_diagnosed(cli, sshd, tmp_path
     ("", "ssh to root@hv9 failed: ssh exited with 255"),
 ])
 def test_ssh_diagnostics_are_summarised_in_one_line(stderr, expected):
-    from qmpctl.address import SshHost
-    from qmpctl.ssh import summarise
+    from qmpctl.wire.address import SshHost
+    from qmpctl.wire.ssh import summarise
 
     summary = summarise(stderr, SshHost("hv9", "root"), 255)
     assert summary.startswith(expected) and "\n" not in summary

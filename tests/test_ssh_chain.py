@@ -200,10 +200,10 @@ def test_an_image_left_in_the_chain_is_never_overwritten(admin, sshd, hv, host):
 @pytest.fixture
 def remote_folder(sshd, host, monkeypatch):
     """The library's view of a folder on the host, reached through the test sshd (for what a run cannot show)."""
-    from qmpctl.address import SshHost
-    from qmpctl.chain_folder import RemoteFolder
-    from qmpctl import ssh
-    from qmpctl.ssh import RemoteFiles, close_all
+    from qmpctl.wire.address import SshHost
+    from qmpctl.backup.folder import RemoteFolder
+    from qmpctl.wire import ssh
+    from qmpctl.wire.ssh import RemoteFiles, close_all
 
     monkeypatch.setenv("QMPCTL_SSH", sshd.env()["QMPCTL_SSH"])
     user, address = sshd.destination.split("@")
@@ -216,7 +216,7 @@ def remote_folder(sshd, host, monkeypatch):
 
 def test_the_hosts_exclusive_create_refuses_any_existing_name(remote_folder, sshd):
     """Between the listing and the creation a file may appear: the creation itself refuses it."""
-    from qmpctl.chain_folder import NewImage
+    from qmpctl.backup.folder import NewImage
     from qmpctl.deadline import Deadline
     from qmpctl.errors import UsageError
 
@@ -233,7 +233,7 @@ def test_the_hosts_exclusive_create_refuses_any_existing_name(remote_folder, ssh
 
 def test_a_manifest_cut_on_the_way_never_replaces_the_whole_one(remote_folder):
     """stdin also ends when qmpctl or the connection dies: the host checks the length before the rename."""
-    from qmpctl.chain_folder import MANIFEST_SCRIPT
+    from qmpctl.backup.folder import MANIFEST_SCRIPT
     from qmpctl.deadline import Deadline
 
     folder = Path(remote_folder.into)

@@ -18,13 +18,13 @@ from typing import Iterator
 
 import pytest
 
-from qmpctl import trace
-from qmpctl.address import Address
-from qmpctl.agent import AgentSession
+from qmpctl.wire import trace
+from qmpctl.wire.address import Address
+from qmpctl.wire.agent import AgentSession
 from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded, QmpctlError, VmError
-from qmpctl.qmp import QmpSession
-from qmpctl.request import Request
+from qmpctl.wire.qmp import QmpSession
+from qmpctl.wire.request import Request
 from support.qga import HostAgent, have_qemu_ga
 
 LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (\S+) (-->|<--|!!!) (.*)$")

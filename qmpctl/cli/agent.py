@@ -9,7 +9,7 @@ from qmpctl.cli.common import Common, execute_one, run
 from qmpctl.cli.exec_run import check_wait_timeout
 from qmpctl.cli.vm import send_plain
 from qmpctl.records import TYPE_CHECKING
-from qmpctl.targets import Target
+from qmpctl.wire.targets import Target
 
 if TYPE_CHECKING:
     from typing import Any, Optional
@@ -29,8 +29,8 @@ def interfaces(common: Common) -> int:
 
 def agent_command(common: Common, *, words: list[str]) -> int:
     """Any guest-agent command; the ones that answer only on failure wait briefly for a refusal."""
-    from qmpctl.agent import NO_REPLY_COMMANDS
-    from qmpctl.rawcommand import parse_raw_command, read_request_words
+    from qmpctl.wire.agent import NO_REPLY_COMMANDS
+    from qmpctl.cli.rawcommand import parse_raw_command, read_request_words
 
     request = parse_raw_command(read_request_words(words), protocol="qga")
     if request.execute in NO_REPLY_COMMANDS:
@@ -40,7 +40,7 @@ def agent_command(common: Common, *, words: list[str]) -> int:
 
 def exec_status(common: Common, *, pid: int, wait: bool, wait_timeout: Optional[float], json_output: bool) -> int:
     """guest-exec-status once, or polled until the program exits."""
-    from qmpctl import guest_exec
+    from qmpctl.guest import exec as guest_exec
 
     check_wait_timeout(wait_timeout)
     request = guest_exec.status_request(pid)

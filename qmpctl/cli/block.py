@@ -1,6 +1,6 @@
 """Block-device commands: block, jobs, hotplug-disk, unplug-disk, backup (declared in :mod:`qmpctl.cli.spec`).
 
-The work happens in :mod:`qmpctl.block` and :mod:`qmpctl.backup`, imported
+The work happens in :mod:`qmpctl.vm.block` and :mod:`qmpctl.backup.full`, imported
 inside the commands so that other commands do not pay for them.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from qmpctl.cli.common import Common, execute_one, printed_plan, run
 from qmpctl.errors import ExitCode, UsageError
 from qmpctl.records import TYPE_CHECKING
-from qmpctl.request import Request
+from qmpctl.wire.request import Request
 
 if TYPE_CHECKING:
     from typing import Any, Optional
@@ -28,7 +28,7 @@ def jobs(common: Common, *, dismiss: Optional[str], cancel: Optional[str]) -> in
     if dismiss is None and cancel is None:
         request = Request("query-jobs")
         return run(common, execute_one(request), [request])
-    from qmpctl import backup as backup_lib
+    from qmpctl.backup import full as backup_lib
 
     job_id = dismiss if dismiss is not None else cancel
     assert job_id is not None
@@ -65,11 +65,11 @@ def _over_ssh(common: Common) -> bool:
 def hotplug_disk(common: Common, *, file: str, bus: str, device_id: Optional[str],
                  image_format: Optional[str], readonly: bool) -> int:
     """blockdev-add + device_add, all or nothing (help in :mod:`qmpctl.cli.spec`)."""
-    from qmpctl import block as block_lib
+    from qmpctl.vm import block as block_lib
 
     is_local = _only_target_is_local(common, "hotplug-disk attaches one image")
     if _over_ssh(common):
-        from qmpctl.ssh import remote_files
+        from qmpctl.wire.ssh import remote_files
 
         def attach(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
             filename, detected = block_lib.check_image(file, image_format, is_local=False,
@@ -88,7 +88,7 @@ def hotplug_disk(common: Common, *, file: str, bus: str, device_id: Optional[str
 
 def unplug_disk(common: Common, *, device_id: str, wait_timeout: float) -> int:
     """device_del, wait for the release, blockdev-del (help in :mod:`qmpctl.cli.spec`)."""
-    from qmpctl import block as block_lib
+    from qmpctl.vm import block as block_lib
 
     if not wait_timeout > 0:
         raise UsageError(f"--wait-timeout must be more than 0 seconds, got {wait_timeout:g}")
@@ -123,7 +123,7 @@ def backup(common: Common, *, words: list[str], into: Optional[str], full: bool,
     if len(words) != 2:
         raise UsageError(f"give DEVICE TARGET (got {len(words)} word(s)), or DEVICE... --into DIR for a backup chain")
     device, target = words
-    from qmpctl import backup as backup_lib
+    from qmpctl.backup import full as backup_lib
 
     options = backup_lib.BackupOptions(
         device, target, image_format, sync, backup_lib.parse_speed(speed) if speed else None, force,
@@ -137,7 +137,7 @@ def backup(common: Common, *, words: list[str], into: Optional[str], full: bool,
     if printed_plan(common, options.requests(is_local), options.plan_note()):
         return ExitCode.OK
     from qmpctl.cli.progress import CHECK_EVERY, printer_for
-    from qmpctl.progress import Meter, bar_text, json_text
+    from qmpctl.cli.readings import Meter, bar_text, json_text
 
     printer = printer_for(progress, bar=bar_text, json=json_text,
                           finished=lambda reading: reading.status == "concluded",
@@ -151,7 +151,7 @@ def backup(common: Common, *, words: list[str], into: Optional[str], full: bool,
     def action(session: Any, deadline: Any, vm: Any) -> dict[str, Any]:
         files = None
         if over_ssh:
-            from qmpctl.ssh import remote_files
+            from qmpctl.wire.ssh import remote_files
 
             files = remote_files(vm)
         return backup_lib.backup(session, deadline, options, target_is_local=vm.is_local,

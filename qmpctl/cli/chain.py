@@ -1,6 +1,6 @@
 """Chain commands: backup DEVICE... --into DIR, backup-verify DIR, restore CHAIN TARGET.
 
-The work happens in :mod:`qmpctl.chain` and :mod:`qmpctl.restore`; these
+The work happens in :mod:`qmpctl.backup.chain` and :mod:`qmpctl.backup.restore`; these
 handlers check the options, pick the agent for --freeze, and print.
 """
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 def _printer(progress: str) -> tuple[Any, float, Any]:
     """The job-state callback for ``--progress``, how often to call it, and the printer to close."""
     from qmpctl.cli.progress import CHECK_EVERY, printer_for
-    from qmpctl.progress import Meter, bar_text, json_text
+    from qmpctl.cli.readings import Meter, bar_text, json_text
 
     printer = printer_for(progress, bar=bar_text, json=json_text,
                           finished=lambda reading: reading.status == "concluded", changed=lambda reading: reading.done)
@@ -30,7 +30,7 @@ def _printer(progress: str) -> tuple[Any, float, Any]:
 
 def _agent_target(common: Common, agent: Optional[str]) -> Any:
     """The guest agent --freeze talks to: -a AGENT, or the --domain's own agent channel."""
-    from qmpctl.targets import AGENT, resolve_targets
+    from qmpctl.wire.targets import AGENT, resolve_targets
 
     if agent is not None:
         return resolve_targets(AGENT, [agent], [], None)[0]
@@ -41,7 +41,7 @@ def _agent_target(common: Common, agent: Optional[str]) -> Any:
 
 def _ssh_host(common: Common) -> Optional[str]:
     """The host of an ``ssh://`` VM (``root@hv1``), known from the address alone: nothing is connected."""
-    from qmpctl.address import parse_address
+    from qmpctl.wire.address import parse_address
 
     for socket in common.sockets:
         if socket.startswith("ssh://"):
@@ -54,8 +54,8 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ke
                 speed: Optional[str], wait: bool, wait_timeout: Optional[float], progress: str,
                 freeze: str, freeze_timeout: Optional[float], agent: Optional[str]) -> int:
     """``backup DEVICE... --into DIR``: extend each disk's chain, or start one."""
-    from qmpctl import chain
-    from qmpctl.backup import DEFAULT_WAIT_TIMEOUT, parse_speed
+    from qmpctl.backup import chain
+    from qmpctl.backup.full import DEFAULT_WAIT_TIMEOUT, parse_speed
 
     if not wait:
         raise UsageError("--no-wait is refused with --into: a chain is only extended by a backup qmpctl saw finish")
@@ -77,7 +77,7 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ke
     show, every, printer = _printer(progress)
 
     def action(session: Any, deadline: Any, vm: Any) -> dict[str, Any]:
-        from qmpctl.chain_folder import folder_for
+        from qmpctl.backup.folder import folder_for
 
         return chain.backup_chain(session, deadline, options, agent=agent_target, progress=show,
                                   progress_every=every, folder=folder_for(vm, into))
@@ -95,7 +95,7 @@ OFFLINE_TIMEOUT = 86400.0
 
 def backup_verify(common: Common, *, path: str, json_lines: bool, wait_timeout: Optional[float]) -> int:
     """``backup-verify DIR``: exit 0 when every image is sound, 6 naming the first broken one."""
-    from qmpctl import restore
+    from qmpctl.backup import restore
     from qmpctl.deadline import Deadline
 
     checks = restore.verify(path, Deadline(wait_timeout or OFFLINE_TIMEOUT))
@@ -116,7 +116,7 @@ def restore_chain(common: Common, *, chain: str, target: str, point: Optional[in
                   image_format: str, progress: str, wait_timeout: Optional[float], boot_check: bool,
                   qemu_args: list[str], boot_timeout: float, check_command: Optional[str]) -> int:
     """``restore CHAIN TARGET``: a standalone image of the disk at one backup; ``--boot-check`` boots it."""
-    from qmpctl import restore
+    from qmpctl.backup import restore
     from qmpctl.deadline import Deadline
 
     if check_command is not None and not boot_check:

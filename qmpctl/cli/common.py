@@ -15,12 +15,12 @@ from qmpctl.cli.spec import DEFAULT_JOBS, DEFAULT_TIMEOUT
 from qmpctl.errors import ExitCode, OutputError, QmpctlError, UsageError
 from qmpctl.output import hmp_text, render_reply, to_json
 from qmpctl.records import TYPE_CHECKING, NamedTuple
-from qmpctl.request import Request
-from qmpctl.targets import MONITOR, Target, resolve_targets
+from qmpctl.wire.request import Request
+from qmpctl.wire.targets import MONITOR, Target, resolve_targets
 
 if TYPE_CHECKING:
     from typing import Any, Optional
-    from qmpctl.targets import Action
+    from qmpctl.wire.targets import Action
 
 MAX_TIMEOUT = 365 * 24 * 3600.0
 

@@ -14,7 +14,7 @@ from qmpctl.deadline import Deadline
 from qmpctl.errors import ExecFailed, ExecLost, ExecTimeout, ExitCode, Interrupted, OutputError, QmpctlError, UsageError
 from qmpctl.output import render_reply, to_json
 from qmpctl.records import TYPE_CHECKING, NamedTuple
-from qmpctl.targets import Target
+from qmpctl.wire.targets import Target
 
 if TYPE_CHECKING:
     from typing import Any, BinaryIO, Optional
@@ -76,7 +76,7 @@ def execute_exec(options: ExecOptions, common: Common) -> int:
 
 
 def _execute(options: ExecOptions, common: Common) -> int:
-    from qmpctl import guest_exec
+    from qmpctl.guest import exec as guest_exec
     from qmpctl.cli import report
 
     check_wait_timeout(options.wait_timeout)

@@ -1,8 +1,8 @@
 """``agent cp``, ``agent set-password``, ``agent fsfreeze``, ``agent shutdown``: into the guest OS.
 
-Declared in :mod:`qmpctl.cli.spec`; the work is in :mod:`qmpctl.guest_files`,
-:mod:`qmpctl.guest_users`, :mod:`qmpctl.guest_freeze` and
-:mod:`qmpctl.guest_power`. Everything that can be refused locally (a
+Declared in :mod:`qmpctl.cli.spec`; the work is in :mod:`qmpctl.guest.files`,
+:mod:`qmpctl.guest.users`, :mod:`qmpctl.guest.freeze` and
+:mod:`qmpctl.guest.power`. Everything that can be refused locally (a
 destination that exists, a missing source, a bad option) is refused before
 connecting.
 """
@@ -16,7 +16,7 @@ from qmpctl.cli.common import MAX_TIMEOUT, Common, execute_one, run
 from qmpctl.deadline import Deadline
 from qmpctl.errors import UsageError
 from qmpctl.records import TYPE_CHECKING
-from qmpctl.targets import Target
+from qmpctl.wire.targets import Target
 
 if TYPE_CHECKING:
     from typing import Any, BinaryIO
@@ -46,7 +46,7 @@ class _CopyProgress:
 
     def __init__(self, mode: str) -> None:
         from qmpctl.cli.progress import printer_for
-        from qmpctl.progress import Meter, bar_text, json_text
+        from qmpctl.cli.readings import Meter, bar_text, json_text
 
         self.small_copies_quiet = mode == "auto"  # auto: a bar on a terminal, and only for big copies
         self.printer = printer_for(mode, bar=bar_text, json=json_text,
@@ -55,7 +55,7 @@ class _CopyProgress:
         self.meter = Meter()
 
     def __call__(self, done: int, total: int | None) -> None:
-        from qmpctl.jobs import JobState
+        from qmpctl.vm.jobs import JobState
 
         if self.printer is None or (self.small_copies_quiet and max(done, total or 0) < PROGRESS_FROM_BYTES):
             return
@@ -71,7 +71,7 @@ class _CopyProgress:
 def cp(common: Common, *, source: str, destination: str, force: bool, verify: bool, progress: str,
        wait_timeout: float | None) -> int:
     """Copy one file between this machine and the guest (guest-file-open/read/write/close)."""
-    from qmpctl import guest_files
+    from qmpctl.guest import files as guest_files
 
     _one_target(common, "agent cp")
     src, dst = guest_files.plan_copy(source, destination)
@@ -129,7 +129,7 @@ def _open_source(path: str) -> tuple[BinaryIO, Any]:
 
 def set_password(common: Common, *, user: str, password_file: str | None, crypted: bool) -> int:
     """Set a guest user's password from stdin or a file, never from the command line."""
-    from qmpctl import guest_users
+    from qmpctl.guest import users as guest_users
 
     if password_file is not None:
         try:
@@ -158,7 +158,7 @@ FREEZE_ACTIONS = ("status", "freeze", "thaw")
 def fsfreeze(common: Common, *, action: str, mountpoint: list[str], for_seconds: float | None,
              thaw_timeout: float) -> int:
     """guest-fsfreeze-status / -freeze(-list) / -thaw; freeze --for thaws on every way out."""
-    from qmpctl import guest_freeze
+    from qmpctl.guest import freeze as guest_freeze
     from qmpctl.cli import report
 
     if action not in FREEZE_ACTIONS:
@@ -198,7 +198,7 @@ def fsfreeze(common: Common, *, action: str, mountpoint: list[str], for_seconds:
 
 def shutdown(common: Common, *, mode: str, qmp: str | None, wait_timeout: float | None) -> int:
     """guest-shutdown; with -s and --wait-timeout, until QEMU reports the guest down."""
-    from qmpctl import guest_power
+    from qmpctl.guest import power as guest_power
 
     request = guest_power.shutdown_request(mode)
     if wait_timeout is not None and qmp is None:

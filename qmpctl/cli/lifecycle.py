@@ -10,8 +10,8 @@ from qmpctl.deadline import Deadline
 from qmpctl.errors import ExitCode, UsageError
 from qmpctl.output import to_json
 from qmpctl.records import TYPE_CHECKING
-from qmpctl.request import Request
-from qmpctl.targets import Session, Target
+from qmpctl.wire.request import Request
+from qmpctl.wire.targets import Session, Target
 
 if TYPE_CHECKING:
     from typing import Any
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 def events(common: Common, *, count: int | None, wait: list[str], match: list[str]) -> int:
     """Print events as JSON lines; --wait/--count end it (bounded by --timeout), else Ctrl-C does (exit 0)."""
-    from qmpctl import events as events_lib
+    from qmpctl.wire import events as events_lib
 
     if count is not None and count < 1:
         raise UsageError(f"--count must be at least 1, got {count}")
@@ -61,7 +61,7 @@ def events(common: Common, *, count: int | None, wait: list[str], match: list[st
 
 def powerdown(common: Common, *, wait: bool, wait_timeout: float | None, force_after: float | None) -> int:
     """Press the ACPI power button and wait for SHUTDOWN (exit 4 if ignored; --force-after quits QEMU)."""
-    from qmpctl import lifecycle
+    from qmpctl.vm import lifecycle
     from qmpctl.cli import report
 
     for name, value in (("--wait-timeout", wait_timeout), ("--force-after", force_after)):
@@ -87,7 +87,7 @@ def powerdown(common: Common, *, wait: bool, wait_timeout: float | None, force_a
 
 def reset(common: Common) -> int:
     """Reset the machine (system_reset) and return once QEMU reports the RESET."""
-    from qmpctl import lifecycle
+    from qmpctl.vm import lifecycle
 
     return run(common, lambda session, deadline, target: lifecycle.reset(session, deadline),
                [Request("system_reset")])
@@ -95,7 +95,7 @@ def reset(common: Common) -> int:
 
 def quit(common: Common) -> int:
     """Make QEMU exit at once (quit); the monitor closing afterwards is the success."""
-    from qmpctl import lifecycle
+    from qmpctl.vm import lifecycle
 
     if common.domains:
         raise UsageError(lifecycle.QUIT_REFUSED)

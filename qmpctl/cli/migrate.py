@@ -1,7 +1,7 @@
 """The ``migrate`` command: live migration (--to), saved state (--to-file, --from-file), --status, --cancel.
 
-The work, and every cleanup, happens in :mod:`qmpctl.migration` and
-:mod:`qmpctl.savedstate`; this module checks the combination of options
+The work, and every cleanup, happens in :mod:`qmpctl.vm.migration` and
+:mod:`qmpctl.vm.savedstate`; this module checks the combination of options
 before anything is contacted, and shows progress.
 """
 
@@ -14,7 +14,7 @@ from qmpctl.errors import ExitCode
 from qmpctl.cli.progress import CHECK_EVERY
 from qmpctl.errors import UsageError
 from qmpctl.records import TYPE_CHECKING
-from qmpctl.request import Request
+from qmpctl.wire.request import Request
 
 if TYPE_CHECKING:
     from typing import Any, Optional
@@ -41,7 +41,7 @@ CANCEL_PLAN_NOTE = ("a plan (--dry-run connects to nothing): the run sends migra
 def _progress_printer(mode: str) -> Any:
     """A printer of migration readings on stderr (bar or JSON lines), or None for ``none``."""
     from qmpctl.cli.progress import printer_for
-    from qmpctl.progress import migration_bar_text, migration_json_text
+    from qmpctl.cli.readings import migration_bar_text, migration_json_text
 
     return printer_for(mode, bar=migration_bar_text, json=migration_json_text,
                        finished=lambda reading: reading.ended, changed=lambda reading: reading.transferred)
@@ -104,7 +104,7 @@ def migrate(common: Common, *, to: Optional[str], uri: Optional[str], speed: Opt
 
 
 def _wait_timeout(value: Optional[float]) -> float:
-    from qmpctl.migration import DEFAULT_WAIT_TIMEOUT
+    from qmpctl.vm.migration import DEFAULT_WAIT_TIMEOUT
 
     if value is None:
         return DEFAULT_WAIT_TIMEOUT
@@ -124,9 +124,9 @@ def _run_with_progress(common: Common, action: Any, requests: list[Request], pri
 def _live(common: Common, to: str, uri: Optional[str], speed: Optional[str], downtime: Optional[int],
           auto_converge: bool, postcopy_after: Optional[float], stall_timeout: Optional[float], wait: bool,
           wait_timeout: Optional[float], progress: str) -> int:
-    from qmpctl import migration
-    from qmpctl.address import parse_address
-    from qmpctl.backup import parse_speed
+    from qmpctl.vm import migration
+    from qmpctl.wire.address import parse_address
+    from qmpctl.backup.full import parse_speed
 
     options = migration.MigrateOptions(uri, parse_speed(speed) if speed else None, downtime, auto_converge,
                                        postcopy_after, stall_timeout, wait, _wait_timeout(wait_timeout))
@@ -144,7 +144,7 @@ def _live(common: Common, to: str, uri: Optional[str], speed: Optional[str], dow
     every = printer.every if printer is not None else CHECK_EVERY
 
     def action(source: Any, deadline: Any, target: Any) -> dict[str, Any]:
-        from qmpctl.qmp import QmpSession
+        from qmpctl.wire.qmp import QmpSession
 
         with QmpSession.connect(destination_address, deadline) as destination:
             return migration.migrate(source, destination, deadline, options, progress=printer,
@@ -155,15 +155,15 @@ def _live(common: Common, to: str, uri: Optional[str], speed: Optional[str], dow
 
 
 def _is_local(address: Any) -> bool:
-    from qmpctl.targets import SocketTarget
+    from qmpctl.wire.targets import SocketTarget
 
     return SocketTarget(address).is_local
 
 
 def _save(common: Common, path: str, then: str, force: bool, speed: Optional[str], wait_timeout: Optional[float],
           progress: str) -> int:
-    from qmpctl import savedstate
-    from qmpctl.backup import parse_speed
+    from qmpctl.vm import savedstate
+    from qmpctl.backup.full import parse_speed
 
     rate = parse_speed(speed) if speed else None
     timeout = _wait_timeout(wait_timeout)
@@ -182,7 +182,7 @@ def _save(common: Common, path: str, then: str, force: bool, speed: Optional[str
 
 
 def _restore(common: Common, path: str, paused: bool, wait_timeout: Optional[float]) -> int:
-    from qmpctl import savedstate
+    from qmpctl.vm import savedstate
 
     timeout = _wait_timeout(wait_timeout)
     _require_unix_socket(common, "--from-file")
@@ -206,13 +206,13 @@ def _require_unix_socket(common: Common, flag: str) -> None:
     (target,) = common.targets()
     address = getattr(target, "address", None)
     if address is not None and not address.is_unix:
-        from qmpctl.savedstate import fd_passing_refused
+        from qmpctl.vm.savedstate import fd_passing_refused
 
         raise fd_passing_refused(flag, str(address))
 
 
 def _status_or_cancel(common: Common, cancel: bool) -> int:
-    from qmpctl import migration
+    from qmpctl.vm import migration
 
     def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
         return migration.cancel(session, deadline) if cancel else migration.status(session, deadline)

@@ -7,8 +7,8 @@ from qmpctl.deadline import Deadline
 from qmpctl.errors import ExitCode, QmpctlError, UsageError
 from qmpctl.output import render_reply, to_json
 from qmpctl.records import TYPE_CHECKING
-from qmpctl.request import Request
-from qmpctl.targets import Session, Target
+from qmpctl.wire.request import Request
+from qmpctl.wire.targets import Session, Target
 
 if TYPE_CHECKING:
     from typing import Any
@@ -22,7 +22,7 @@ def _stats_requests() -> list[Request]:
 
 
 def _collect(session: Session, deadline: Deadline, target: Target) -> dict[str, Any]:
-    from qmpctl.stats import collect
+    from qmpctl.vm.stats import collect
 
     return {"return": collect(session, deadline)}
 
@@ -47,8 +47,8 @@ def stats(common: Common, *, watch: float | None, count: int | None) -> int:
 
 
 def _watch(common: Common, interval: float, count: int | None) -> int:
-    from qmpctl.events import interleave
-    from qmpctl.stats import Rates, ticks
+    from qmpctl.wire.events import interleave
+    from qmpctl.vm.stats import Rates, ticks
 
     targets = common.targets()
     rates = Rates()
@@ -88,7 +88,7 @@ def _watch(common: Common, interval: float, count: int | None) -> int:
 
 def _limits(values: dict[str, Any]) -> dict[str, int]:
     """The limits named on the command line, in bytes or operations; rates in bytes take suffixes."""
-    from qmpctl.throttle import option_name
+    from qmpctl.vm.throttle import option_name
     from qmpctl.units import parse_size
 
     changes: dict[str, int] = {}
@@ -115,7 +115,7 @@ def throttle(common: Common, *, device: str, off: bool, group: str | None,
              iops_max_length: int | None, iops_rd_max_length: int | None, iops_wr_max_length: int | None,
              iops_size: str | None) -> int:
     """Show a disk's I/O limits, or change the named ones (read-modify-write), printing what is in force."""
-    from qmpctl import throttle as throttle_lib
+    from qmpctl.vm import throttle as throttle_lib
 
     changes = _limits({
         "bps": bps, "bps_rd": bps_rd, "bps_wr": bps_wr, "iops": iops, "iops_rd": iops_rd, "iops_wr": iops_wr,
@@ -147,7 +147,7 @@ def throttle(common: Common, *, device: str, off: bool, group: str | None,
 
 def balloon(common: Common, *, size: str | None, wait_timeout: float | None) -> int:
     """Show the balloon's size, or ask the guest for SIZE bytes (and wait with --wait-timeout)."""
-    from qmpctl import balloon as balloon_lib
+    from qmpctl.vm import balloon as balloon_lib
     from qmpctl.units import parse_size
 
     if size is None:

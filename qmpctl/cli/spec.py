@@ -31,7 +31,7 @@ This module is imported on every run: keep it to NamedTuples and literals.
 from __future__ import annotations
 
 from qmpctl.records import TYPE_CHECKING, NamedTuple
-from qmpctl.targets import AGENT, MONITOR
+from qmpctl.wire.targets import AGENT, MONITOR
 
 if TYPE_CHECKING:
     from typing import Any

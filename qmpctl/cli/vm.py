@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from qmpctl.cli.common import Common, execute_one, run
-from qmpctl.request import Request
+from qmpctl.wire.request import Request
 
 
 def send_plain(common: Common, execute: str) -> int:
@@ -25,13 +25,13 @@ def cont(common: Common) -> int:
 
 
 def monitor_command(common: Common, *, words: list[str], hmp: bool) -> int:
-    from qmpctl.rawcommand import read_request_words
+    from qmpctl.cli.rawcommand import read_request_words
 
     words = read_request_words(words)
     if hmp:
         request = Request("human-monitor-command", {"command-line": " ".join(words)})
         return run(common, execute_one(request), [request], text=True)
-    from qmpctl.rawcommand import parse_raw_command
+    from qmpctl.cli.rawcommand import parse_raw_command
 
     request = parse_raw_command(words)
     return run(common, execute_one(request), [request])

@@ -25,16 +25,16 @@ sys.path[:0] = [str(HERE.parent.parent), str(HERE.parent)]
 import atheris  # noqa: E402
 
 with atheris.instrument_imports():
-    from qmpctl.address import parse_address
-    from qmpctl.agent import AgentSession
+    from qmpctl.wire.address import parse_address
+    from qmpctl.wire.agent import AgentSession
     from qmpctl.deadline import Deadline
     from qmpctl.errors import QmpctlError
-    from qmpctl.qmp import QmpSession
-    from qmpctl.rawcommand import parse_raw_command
-    from qmpctl.request import Request, parse_json
-    from qmpctl.transport import Connection
+    from qmpctl.wire.qmp import QmpSession
+    from qmpctl.cli.rawcommand import parse_raw_command
+    from qmpctl.wire.request import Request, parse_json
+    from qmpctl.wire.transport import Connection
 
-from qmpctl.address import Address  # noqa: E402
+from qmpctl.wire.address import Address  # noqa: E402
 from support.fakes import ScriptedSocket  # noqa: E402
 
 ADDRESS = Address(path="/fuzz.sock")
@@ -80,7 +80,7 @@ def qmp_session(provider: atheris.FuzzedDataProvider) -> None:
 
 
 def agent_session(provider: atheris.FuzzedDataProvider) -> None:
-    with mock.patch("qmpctl.agent._random_id", return_value=7):
+    with mock.patch("qmpctl.wire.agent._random_id", return_value=7):
         session = AgentSession(connection(provider))
         session.resync(Deadline(60))
         session.execute(Request("guest-ping", protocol="qga"), Deadline(60))

@@ -268,7 +268,7 @@ class Tripwire:
 class ScriptedSocket:
     """Stands in for a connected socket: ``recv`` hands out ``chunks`` one at a time, then EOF (or ``end``).
 
-    For driving :class:`qmpctl.transport.Connection` and the sessions over
+    For driving :class:`qmpctl.wire.transport.Connection` and the sessions over
     exact chunkings in fuzz tests, with no threads or real sockets involved.
     ``chunks`` may be any iterable, even an endless generator.
     """
