@@ -4,7 +4,7 @@ Commands, arguments, options, defaults and their environment variables come
 from the command declaration (qmpctl/cli/spec.py). Everything hand-written
 comes from README.md, the one place people edit: the description, addresses, environment, output, exit codes,
 guarantees, troubleshooting and the examples (the README's runnable blocks,
-which tests/test_docs.py executes). ``qmpctl.1.in`` beside this file holds the
+which tests/project/test_docs.py executes). ``qmpctl.1.in`` beside this file holds the
 page's frame with ``@NAME@`` placeholders.
 
 Usage: .venv/bin/python man/generate.py [--check]
@@ -276,7 +276,7 @@ def command_section(commands: tuple[Command, ...]) -> str:
 
 
 def environment(readme: Readme, commands: tuple[Command, ...]) -> str:
-    """README's environment table; every variable an option reads must be in it (tests/test_manpage.py)."""
+    """README's environment table; every variable an option reads must be in it (tests/project/test_manpage.py)."""
     rows = [row for table in _tables(readme.section("Environment").text) for row in table[1:]]
     return tagged_rows(rows)
 

@@ -2,7 +2,7 @@
 
 README.md is the one hand-written source of qmpctl's documentation. The man
 page generator (``generate.py``) takes sections of it, and the doc tests
-(``tests/test_docs.py``) run its example blocks, so both read it through this
+(``tests/project/test_docs.py``) run its example blocks, so both read it through this
 module and agree on what a section, a block and a table are.
 
 Only the Markdown README.md uses is understood: ATX headings (``#``), fenced
@@ -19,9 +19,9 @@ from pathlib import Path
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 RUNNABLE = "sh"
-"""Info string of an example that tests/test_docs.py runs as a bash script."""
+"""Info string of an example that tests/project/test_docs.py runs as a bash script."""
 CRONTAB = "crontab"
-"""Info string of crontab lines whose commands tests/test_docs.py runs as cron would."""
+"""Info string of crontab lines whose commands tests/project/test_docs.py runs as cron would."""
 
 _EXPECTED_EXIT = re.compile(r"#\s*exit:\s*(\d+)\s*$")
 _HEADING = re.compile(r"(#{1,6})\s+(.*?)\s*#*\s*$")

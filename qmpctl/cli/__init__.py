@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
+from qmpctl.cli.diagnostics import report
 from qmpctl.errors import ExitCode, QmpctlError
 from qmpctl.records import TYPE_CHECKING
 
@@ -27,15 +28,6 @@ def __getattr__(name: str) -> Any:
 
         return build_app()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def report(message: str) -> None:
-    """One clear diagnostic line on stderr."""
-    try:
-        sys.stderr.write(f"qmpctl: {message}\n")
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):
-        pass  # no stderr to speak to: the exit code still tells
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -77,7 +77,7 @@ def execute_exec(options: ExecOptions, common: Common) -> int:
 
 def _execute(options: ExecOptions, common: Common) -> int:
     from qmpctl.guest import exec as guest_exec
-    from qmpctl.cli import report
+    from qmpctl.cli.diagnostics import report
 
     check_wait_timeout(options.wait_timeout)
     if options.no_wait and options.wait_timeout is not None:

@@ -159,7 +159,7 @@ def fsfreeze(common: Common, *, action: str, mountpoint: list[str], for_seconds:
              thaw_timeout: float) -> int:
     """guest-fsfreeze-status / -freeze(-list) / -thaw; freeze --for thaws on every way out."""
     from qmpctl.guest import freeze as guest_freeze
-    from qmpctl.cli import report
+    from qmpctl.cli.diagnostics import report
 
     if action not in FREEZE_ACTIONS:
         raise UsageError(f"agent fsfreeze takes one of {', '.join(FREEZE_ACTIONS)}, got {action!r}")

@@ -62,7 +62,7 @@ def events(common: Common, *, count: int | None, wait: list[str], match: list[st
 def powerdown(common: Common, *, wait: bool, wait_timeout: float | None, force_after: float | None) -> int:
     """Press the ACPI power button and wait for SHUTDOWN (exit 4 if ignored; --force-after quits QEMU)."""
     from qmpctl.vm import lifecycle
-    from qmpctl.cli import report
+    from qmpctl.cli.diagnostics import report
 
     for name, value in (("--wait-timeout", wait_timeout), ("--force-after", force_after)):
         if value is not None and not 0 < value <= MAX_TIMEOUT:

@@ -8,7 +8,7 @@ reads them exactly as click would: options spelled out (``--opt VALUE``,
 positional words in place. Anything unusual (``--help``, an unknown option, a
 missing or odd-looking value, a value click would refuse, an empty environment
 variable, shell completion) yields None, and Typer, the single source of help
-and usage errors, takes the line. ``tests/test_cli_parsers.py`` generates
+and usage errors, takes the line. ``tests/unit/test_cli_parsers.py`` generates
 command lines from the declaration and requires both parsers to agree.
 """
 

@@ -10,7 +10,7 @@ Everything else is derived from :data:`COMMANDS`:
 - the man page (``man/generate.py`` reads the Typer application built from
   this table);
 - the parser tests, which generate command lines from this table and require
-  both parsers to read them alike (``tests/test_cli_parsers.py``).
+  both parsers to read them alike (``tests/unit/test_cli_parsers.py``).
 
 Why the table is written by hand and Typer is built from it, and not the
 other way round: the start-up parser must know the grammar without importing

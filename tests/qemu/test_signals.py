@@ -20,7 +20,7 @@ import pytest
 
 from support.disks import block_state, wait_for_job
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 PAIRS = {
     "two SIGINTs 2 ms apart": (signal.SIGINT, signal.SIGINT, 0.002),

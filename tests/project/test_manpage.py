@@ -97,7 +97,7 @@ def test_every_exit_code_and_environment_variable_is_described():
 
 
 def test_guarantees_and_examples_come_from_the_readme():
-    """The page shows only examples tests/test_docs.py runs, and every guarantee the README backs with a test."""
+    """The page shows only examples test_docs.py runs, and every guarantee the README backs with a test."""
     text = rendered()
     tested = {line.strip() for block in readme.Readme.load().blocks if block.info in (readme.RUNNABLE, readme.CRONTAB)
               for line in block.text.splitlines()}

@@ -1,6 +1,6 @@
 """guest-shutdown and guest-suspend-* answer only when they fail.
 
-The success path (a real guest powering off) is in tests/test_lab.py; these
+The success path (a real guest powering off) is in tests/lab/test_lab.py; these
 fakes show the refusal and the two ways success looks from the host. The real
 host qemu-ga is never sent guest-shutdown: it runs as root on this machine.
 """

@@ -26,7 +26,7 @@ from support.qga import HostAgent, have_qemu_ga
 # What qmpctl imports does not depend on the QEMU it talks to.
 pytestmark = pytest.mark.one_qemu
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 HEAVY = {
     "jsonschema": "validation uses qmpctl.wire.schema; jsonschema is for the test suite only",

@@ -72,7 +72,7 @@ def _guest_disks(run: CliRunner, guest) -> set[str]:
     return {name for name in listing.out.split() if name.startswith("vd")}
 
 
-@pytest.mark.one_qemu  # lab-heavy; hotplug on QEMU 10 is in test_block_hotplug.py
+@pytest.mark.one_qemu  # lab-heavy; hotplug on QEMU 10 is in qemu/test_hotplug_disk.py
 def test_hotplug_then_unplug_a_disk_the_guest_really_sees(run, guest, tmp_path):
     image = tmp_path / "extra.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
@@ -87,7 +87,7 @@ def test_hotplug_then_unplug_a_disk_the_guest_really_sees(run, guest, tmp_path):
     assert not any(node["node-name"].startswith("extra0") for node in json.loads(nodes.out))
 
 
-@pytest.mark.one_qemu  # lab-heavy; backup on QEMU 10 is in test_block_backup.py
+@pytest.mark.one_qemu  # lab-heavy; backup on QEMU 10 is in qemu/test_backup.py
 def test_backup_of_a_disk_the_guest_wrote_to(run, guest, tmp_path):
     marker = f"written by the guest at {time.time()}"
     wrote = guest_exec(run, guest, "sh", "-c", f"echo '{marker}' | dd of=/dev/vda conv=fsync 2>/dev/null")

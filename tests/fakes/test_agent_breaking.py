@@ -1,6 +1,6 @@
 """Agent sessions that break: a frozen or dying qemu-ga, and channels that close or babble.
 
-tests/test_agent_faults.py and tests/test_agent.py cover stale replies, foreign
+tests/fakes/test_agent_channel_leftovers.py and tests/qemu/test_agent.py cover stale replies, foreign
 ids, a restart between calls and disabled commands; this module covers the
 agent failing *during* a call, and output that never becomes a reply.
 """

@@ -1,6 +1,6 @@
 """A misbehaving QMP peer, scripted: each fault ends in the right exit code, a clear message, in bounded time.
 
-These complement tests/test_faults_core.py (no greeting, garbage greeting, a
+These complement tests/fakes/test_core_faults.py (no greeting, garbage greeting, a
 foreign reply, closed mid-reply, endless line, id-less error) with the rest of
 what a monitor can do to a one-shot client.
 """

@@ -13,7 +13,7 @@ import pytest
 
 from support.fakes import FakeServer, Peer
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 
 SAMPLE = '''
 import pytest

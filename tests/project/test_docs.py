@@ -362,7 +362,7 @@ def test_exit_code_table_is_the_exit_code_contract():
 
 def test_every_test_named_in_the_readme_exists():
     """Each guarantee names the test behind it; a renamed or deleted test must not leave a false promise."""
-    references = re.findall(r"`(?:tests/)?(test_\w+\.py)::(\w+)(?:\[[^\]]*\])?`", README.text)
+    references = re.findall(r"`(?:tests/)?((?:\w+/)?test_\w+\.py)::(\w+)(?:\[[^\]]*\])?`", README.text)
     assert len(references) >= 30
     for filename, name in references:
         path = REPO / "tests" / filename

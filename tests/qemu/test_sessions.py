@@ -7,9 +7,7 @@ held to all of them here, against the real peer behind it.
 
 from __future__ import annotations
 
-import ast
 import json
-from pathlib import Path
 
 import pytest
 
@@ -25,45 +23,8 @@ from qmpctl.wire.waiting import event_named
 from support.libvirt import domain, libvirtd  # noqa: F401 (fixtures)
 from support.qga import HostAgent, have_qemu_ga
 
-PACKAGE = Path(__file__).resolve().parent.parent / "qmpctl"
 PROTOCOL_MEMBERS = sorted({*Session.__annotations__, *(name for name in vars(Session) if not name.startswith("_"))})
 """Every member the contract names (at run time Session is a plain class: typing is for type checkers only)."""
-
-
-def _library_imports() -> dict[str, set[str]]:
-    """Module -> the qmpctl modules it imports anywhere in its text (lazy imports included), outside cli/.
-
-    Imports under ``if TYPE_CHECKING:`` count as well.
-    """
-    graph: dict[str, set[str]] = {}
-    for path in PACKAGE.glob("*.py"):
-        name = f"qmpctl.{path.stem}"
-        found: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module == "qmpctl":  # from qmpctl import trace
-                found.update(f"qmpctl.{alias.name}" for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("qmpctl."):
-                found.add(node.module)
-            elif isinstance(node, ast.Import):
-                found.update(alias.name for alias in node.names if alias.name.startswith("qmpctl."))
-        graph[name] = {module for module in found if not module.startswith("qmpctl.cli")}
-    return graph
-
-
-def test_the_library_has_no_import_cycles():
-    graph = _library_imports()
-    cycles: list[list[str]] = []
-
-    def visit(module: str, trail: list[str]) -> None:
-        for imported in sorted(graph.get(module, ())):
-            if imported in trail:
-                cycles.append(trail[trail.index(imported):] + [imported])
-            elif len(trail) < len(graph):
-                visit(imported, trail + [imported])
-
-    for module in sorted(graph):
-        visit(module, [module])
-    assert cycles == []
 
 
 def _check_contract(session: object) -> Session:

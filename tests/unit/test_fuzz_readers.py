@@ -7,7 +7,7 @@ the 64 MiB cap.
 
 The normal suite runs a modest number of examples per property. For a long
 run (documented in README): ``HYPOTHESIS_PROFILE=long .venv/bin/python -m
-pytest -q tests/test_fuzz.py`` (about 100x the examples; a few minutes).
+pytest -q tests/unit/test_fuzz_readers.py`` (about 100x the examples; a few minutes).
 """
 
 from __future__ import annotations
