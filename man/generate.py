@@ -1,11 +1,20 @@
-"""Generate man/qmpctl.1 from the command declaration and README.md, so the page cannot drift from either.
+"""Generate qmpctl's manual pages from the command declaration and their hand-written sources.
 
-Commands, arguments, options, defaults and their environment variables come
-from the command declaration (qmpctl/cli/spec.py). Everything hand-written
-comes from README.md, the one place people edit: the description, addresses, environment, output, exit codes,
-guarantees, troubleshooting and the examples (the README's runnable blocks,
-which tests/project/test_docs.py executes). ``qmpctl.1.in`` beside this file holds the
-page's frame with ``@NAME@`` placeholders.
+Every page in ``MANUALS`` (qmpctl/cli/spec.py) becomes ``man/NAME.SECTION``:
+
+- generated from the declaration: NAME, SYNOPSIS, and the COMMANDS section
+  (each command's summary, description, arguments, options, defaults,
+  environment variables and ``--help`` example); in the index, qmpctl(1),
+  also MANUAL PAGES and COMMON OPTIONS;
+- hand-written: ``man/pages/NAME.md``, in the Markdown README.md uses
+  (``man/readme.py`` reads both). The text before its first ``##`` heading is
+  the DESCRIPTION; each ``##`` heading starts a section (``.SH``, its title in
+  capitals), each ``###`` a subsection. A paragraph that is only a placeholder
+  puts generated text there: ``@COMMANDS@`` (every page that documents
+  commands has it), and in the index ``@MANUALS@``, ``@COMMON_OPTIONS@``,
+  ``@EXIT_STATUS@`` and ``@GUARANTEES@`` (README.md's "Exit codes" and
+  "Guarantees", which stay on the front page). ``sh`` and ``crontab`` blocks
+  are run by tests/project/test_docs.py, like README.md's.
 
 Usage: .venv/bin/python man/generate.py [--check]
 """
@@ -14,7 +23,6 @@ from __future__ import annotations
 
 import re
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Iterable
 
@@ -22,15 +30,22 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
 from qmpctl import __version__  # noqa: E402
-from qmpctl.cli.spec import COMMANDS, Argument, Command, Option, all_options  # noqa: E402
-from readme import CRONTAB, RUNNABLE, Readme, split_row  # noqa: E402
+from qmpctl.cli.spec import (  # noqa: E402
+    COMMANDS, MANUALS, Argument, Command, Manual, Option, all_options, shared_options,
+)
+from qmpctl.wire.targets import AGENT, MONITOR  # noqa: E402
+from readme import PAGES, Readme, split_row  # noqa: E402
 
-TEMPLATE = HERE / "qmpctl.1.in"
-PAGE = HERE / "qmpctl.1"
+DATE = "2026-11-25"
+"""The date on every page (``.TH``): when the page layout last changed, not when it was generated."""
 
-EXAMPLE_SECTIONS = ("First steps", "Install", "Commands", "Lifecycle and events", "Performance", "Block devices",
-                    "Guest agent", "libvirt users", "Cron and CI recipes")
-"""README sections whose runnable blocks make the EXAMPLES section, in this order."""
+
+def page_file(manual: Manual) -> Path:
+    return HERE / f"{manual.name}.{manual.section}"
+
+
+def source_file(manual: Manual) -> Path:
+    return PAGES / f"{manual.name}.md"
 
 
 # --- roff text ----------------------------------------------------------------------
@@ -107,11 +122,12 @@ def tidy(page: str) -> str:
     return "\n".join(fold(line) for line in out)
 
 
-# --- README Markdown to roff -------------------------------------------------------------
+# --- Markdown to roff ----------------------------------------------------------------------
 
 
 def markdown_chunks(markdown: str) -> Iterable[tuple[str, object]]:
-    """Split Markdown into ("heading", text), ("code", text), ("table", rows), ("list", items), ("para", text)."""
+    """Split Markdown into ("heading", (level, text)), ("code", text), ("table", rows with the header first),
+    ("list", items) and ("para", text)."""
     lines = markdown.split("\n")
     index = 0
     while index < len(lines):
@@ -123,7 +139,8 @@ def markdown_chunks(markdown: str) -> Iterable[tuple[str, object]]:
             yield "code", "\n".join(lines[index + 1:end])
             index = end + 1
         elif line.startswith("#"):
-            yield "heading", line.lstrip("#").strip()
+            level = len(line) - len(line.lstrip("#"))
+            yield "heading", (level, line.lstrip("#").strip())
             index += 1
         elif line.lstrip().startswith("|"):
             rows = []
@@ -132,7 +149,7 @@ def markdown_chunks(markdown: str) -> Iterable[tuple[str, object]]:
                 if not all(re.fullmatch(r":?-{3,}:?", cell) for cell in cells):
                     rows.append(cells)
                 index += 1
-            yield "table", rows[1:]
+            yield "table", rows
         elif line.startswith("- "):
             items: list[str] = []
             while index < len(lines) and (lines[index].startswith("- ") or lines[index].startswith("  ")):
@@ -150,20 +167,49 @@ def markdown_chunks(markdown: str) -> Iterable[tuple[str, object]]:
             yield "para", " ".join(paragraph)
 
 
-def render(markdown: str) -> str:
-    """A README section as roff: paragraphs, subheadings, lists, two-column tables and literal blocks."""
+PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
+
+
+def heading(title: str) -> str:
+    """A section title in capitals, as man pages have them; code spans keep their case."""
+    pieces = re.split(r"(`[^`]+`)", title)
+    return inline("".join(piece if piece.startswith("`") else piece.upper() for piece in pieces))
+
+
+def render(markdown: str, generated: dict[str, str] | None = None) -> str:
+    """Markdown as roff: ``##`` sections, ``###`` subsections, paragraphs, lists, tables, literal blocks;
+    a paragraph that is a placeholder becomes the generated text of that name."""
     out = []
     for kind, value in markdown_chunks(markdown):
         if kind == "heading":
-            out.append(f".SS {inline(str(value))}")
+            level, title = value  # type: ignore[misc]
+            out.append(f".SH {heading(title)}" if level <= 2 else f".SS {inline(title)}")
         elif kind == "code":
             out.append(example(str(value)))
         elif kind == "table":
-            out.append(tagged_rows(value))  # type: ignore[arg-type]
+            out.append(table(value))  # type: ignore[arg-type]
         elif kind == "list":
             out.extend(f".IP \\(bu 2\n{text_line(item)}" for item in value)  # type: ignore[union-attr]
+        elif PLACEHOLDER.fullmatch(str(value)):
+            name = PLACEHOLDER.fullmatch(str(value)).group(1)  # type: ignore[union-attr]
+            if generated is None or name not in generated:
+                raise ValueError(f"unknown placeholder @{name}@")
+            out.append(generated[name])
         else:
             out.append(f".PP\n{text_line(str(value))}")
+    return "\n".join(out)
+
+
+def table(rows: list[list[str]]) -> str:
+    """A table as tagged paragraphs, the first cell the tag. With more than two columns each further cell
+    is a line of its own, led by its column's header."""
+    header, body = rows[0], rows[1:]
+    if len(header) <= 2:
+        return tagged_rows(body)
+    out = []
+    for row in body:
+        lines = [f"{inline(name)}: {inline(cell)}" for name, cell in zip(header[1:], row[1:], strict=True) if cell]
+        out.append(f".TP\n{text_line(row[0])}\n" + lines_safe("\n.br\n".join(lines)))
     return "\n".join(out)
 
 
@@ -179,21 +225,7 @@ def guarantees(readme: Readme) -> str:
 
 
 def _tables(markdown: str) -> list[list[list[str]]]:
-    return [[[]] + rows for kind, rows in markdown_chunks(markdown) if kind == "table"]  # type: ignore[operator]
-
-
-def examples(readme: Readme) -> str:
-    out = []
-    for title in EXAMPLE_SECTIONS:
-        heading = None
-        for block in readme.blocks:
-            if block.section != title or block.info not in (RUNNABLE, CRONTAB):
-                continue
-            if block.heading != heading:
-                heading = block.heading
-                out.append(f".SS {inline(heading)}")
-            out.append(example(block.text))
-    return "\n".join(out)
+    return [rows for kind, rows in markdown_chunks(markdown) if kind == "table"]  # type: ignore[misc]
 
 
 # --- the command declaration ----------------------------------------------------------------
@@ -234,29 +266,35 @@ def describe(parameter: Option | Argument) -> str:
     return escape_options(help_text)
 
 
-def common_options(commands: tuple[Command, ...]) -> set[tuple]:
-    """Options that several commands share word for word: described once, under COMMON OPTIONS."""
-    counts = Counter(signature(option) for command in commands for option in all_options(command))
-    return {key for key, count in counts.items() if count > 1}
+def global_options() -> set[tuple]:
+    """The options every command that talks to a VM takes: described once, in qmpctl(1)."""
+    return {signature(option) for kind in (MONITOR, AGENT) for option in shared_options(kind)}
 
 
-def common_section(commands: tuple[Command, ...]) -> str:
-    shared = common_options(commands)
+def common_section() -> str:
     seen: dict[tuple, Option] = {}
-    for command in commands:
-        for option in all_options(command):
-            if signature(option) in shared:
-                seen.setdefault(signature(option), option)
+    for kind in (MONITOR, AGENT):
+        for option in shared_options(kind):
+            seen.setdefault(signature(option), option)
     return "\n".join(f".TP\n{option_words(option)}\n{lines_safe(describe(option))}" for option in seen.values())
 
 
-def command_section(commands: tuple[Command, ...]) -> str:
-    shared = common_options(commands)
+def usage(command: Command) -> str:
+    words = []
+    for argument in command.arguments:
+        name = value_name(argument)
+        if argument.variadic and not name.endswith("..."):
+            name += "..."
+        words.append(f"\\fI{escape_code(name)}\\fR" if argument.required else f"[\\fI{escape_code(name)}\\fR]")
+    options = " [\\fIOPTIONS\\fR]" if all_options(command) else ""
+    return " ".join([f"\\fBqmpctl {escape_code(' '.join(command.words))}\\fR{options}"] + words)
+
+
+def command_section(commands: list[Command]) -> str:
+    shared = global_options()
     out: list[str] = []
     for command in commands:
-        name = " ".join(command.words)
-        arguments = " ".join(f"\\fI{escape_code(value_name(a))}\\fR" for a in command.arguments)
-        out.append(f".SS \\fBqmpctl {escape_code(name)}\\fR [\\fIOPTIONS\\fR] {arguments}".rstrip())
+        out.append(f".SS {usage(command)}")
         paragraphs = [command.summary] + [p for p in command.description.split("\n\n") if p]
         for index, paragraph in enumerate(paragraphs):
             out.append(".PP" if index else "")
@@ -268,54 +306,115 @@ def command_section(commands: tuple[Command, ...]) -> str:
                 out.append(f".TP\n{option_words(option)}\n{lines_safe(describe(option))}")
         common = [next((f for f in o.flags if f.startswith("--")), o.flags[0]) for o in all_options(command)
                   if signature(o) in shared]
-        out.append(".PP\nAnd the common options " + ", ".join(f"\\fB{escape_code(o)}\\fR" for o in common) + ".")
+        if common:
+            out.append(".PP\nAnd the common options " + ", ".join(f"\\fB{escape_code(o)}\\fR" for o in common)
+                       + " (see qmpctl(1)).")
         found = [" ".join(line.split()) for line in command.example.split(";  ")]
         out.append(".PP\nExample" + ("s:" if len(found) > 1 else ":"))
         out.append(example("\n".join(found)))
     return "\n".join(line for line in out if line != "")
 
 
-def environment(readme: Readme, commands: tuple[Command, ...]) -> str:
-    """README's environment table; every variable an option reads must be in it (tests/project/test_manpage.py)."""
-    rows = [row for table in _tables(readme.section("Environment").text) for row in table[1:]]
-    return tagged_rows(rows)
+def commands_of(manual: Manual) -> list[Command]:
+    by_name = {" ".join(command.words): command for command in COMMANDS}
+    return [by_name[name] for name in manual.commands]
 
 
-def generate() -> str:
-    readme = Readme.load()
-    commands = COMMANDS
-    intro = next(text for kind, text in markdown_chunks(readme.section("qmpctl").intro()) if kind == "para")
-    parts = {
-        "VERSION": __version__,
-        "DESCRIPTION": text_line(str(intro)),
-        "ADDRESSES": render(readme.section("Addresses").intro()),
-        "OUTPUT": render(readme.section("Output").text),
-        "COMMON_OPTIONS": common_section(commands),
-        "COMMANDS": command_section(commands),
-        "ENVIRONMENT": environment(readme, commands),
-        "EXIT_STATUS": render(readme.section("Exit codes").text),
-        "GUARANTEES": guarantees(readme),
-        "DIAGNOSTICS": render(readme.section("Troubleshooting").text),
-        "EXAMPLES": examples(readme),
-    }
-    page = TEMPLATE.read_text(encoding="utf-8")
-    for name, value in parts.items():
-        page = page.replace(f"@{name}@", value)
-    page = tidy(page)
-    leftover = re.findall(r"@[A-Z_]+@", page)
+def manuals_section() -> str:
+    out = []
+    for manual in MANUALS[1:]:
+        what = escape_options(manual.summary[:1].upper() + manual.summary[1:]) + "."
+        if manual.commands:
+            what += " Commands: " + ", ".join(f"\\fB{escape_code(name)}\\fR" for name in manual.commands) + "."
+        out.append(f".TP\n\\fB{escape_code(manual.name)}\\fR({manual.section})\n{what}")
+    return "\n".join(out)
+
+
+def synopsis(manual: Manual) -> str:
+    if manual.name != "qmpctl":
+        if not manual.commands:
+            return ".B qmpctl\n[\\fIOPTIONS\\fR] \\fB\\-d\\fR \\fIDOMAIN\\fR | \\fB\\-s ssh://\\fR\\fIHOST/PATH\\fR"
+        return "\n.br\n".join(usage(command) for command in commands_of(manual))
+    return "\n".join([
+        ".B qmpctl", ".I COMMAND", "[\\fIOPTIONS\\fR] [\\fIARGUMENTS\\fR]", ".br",
+        ".B qmpctl agent", ".I COMMAND", "[\\fIOPTIONS\\fR] [\\fIARGUMENTS\\fR]", ".br",
+        ".B qmpctl help", "[\\fITOPIC\\fR]", ".br",
+        ".B qmpctl", ".B \\-\\-version", "|", ".B \\-\\-install\\-completion", ".I SHELL", "|",
+        ".B \\-\\-show\\-completion", ".I SHELL",
+    ])
+
+
+def see_also(manual: Manual) -> str:
+    others = [m for m in MANUALS if m is not manual]
+    refs = [f".BR {escape_code(m.name)} ({m.section})" for m in others]
+    if manual.name == "qmpctl":
+        refs += [".BR qemu\\-system\\-x86_64 (1)", ".BR qemu\\-ga (8)", ".BR virsh (1)"]
+    text = ",\n".join(refs)
+    return text + "\n.PP\nREADME.md in the source tree has the tests behind each guarantee."
+
+
+def generate_page(manual: Manual, readme: Readme) -> str:
+    source = Readme.load(source_file(manual))
+    body = "\n".join(source.lines)
+    first, _, body = body.partition("\n")
+    if first != f"# {manual.name}":
+        raise ValueError(f"{source_file(manual).name}: the first line must be '# {manual.name}'")
+    generated = {"COMMANDS": command_section(commands_of(manual))}
+    if manual.name == "qmpctl":
+        generated.update(MANUALS=manuals_section(), COMMON_OPTIONS=common_section(),
+                         EXIT_STATUS=render(readme.section("Exit codes").text), GUARANTEES=guarantees(readme))
+    if manual.commands and "@COMMANDS@" not in body:
+        raise ValueError(f"{source_file(manual).name}: a page with commands needs a '@COMMANDS@' paragraph")
+    description, separator, sections = body.partition("\n## ")
+    parts = [
+        f'.\\" Generated by man/generate.py from qmpctl/cli/spec.py and man/pages/{manual.name}.md: '
+        "edit those, not this page.",
+        f'.TH {manual.name.upper().replace("-", chr(92) + "-")} {manual.section} {DATE} "qmpctl {__version__}" '
+        f'"{"User Commands" if manual.section == "1" else "Miscellaneous Information Manual"}"',
+        ".nr HY 0", ".nh", ".ad l",
+        ".SH NAME", f"{escape_code(manual.name)} \\- {escape_options(manual.summary)}",
+        ".SH SYNOPSIS", synopsis(manual),
+        ".SH DESCRIPTION", render(description, generated),
+        render(separator.lstrip("\n") + sections, generated) if separator else "",
+        ".SH SEE ALSO", see_also(manual),
+    ]
+    page = tidy("\n".join(part for part in parts if part) + "\n")
+    leftover = PLACEHOLDER.findall(page)
     if leftover:
-        raise ValueError(f"{TEMPLATE.name}: unknown placeholders {leftover}")
+        raise ValueError(f"{manual.name}.md: unknown placeholders {leftover}")
     return page
 
 
+def generate_all() -> dict[Path, str]:
+    """Every page's file and text."""
+    readme = Readme.load()
+    return {page_file(manual): generate_page(manual, readme) for manual in MANUALS}
+
+
+def generate() -> str:
+    """qmpctl(1), the index."""
+    return generate_page(MANUALS[0], Readme.load())
+
+
+def stale_pages(pages: dict[Path, str]) -> list[Path]:
+    """Pages in man/ no manual declares any more."""
+    return sorted(path for path in HERE.glob("qmpctl*.[1-8]") if path not in pages)
+
+
 def main() -> int:
-    page = generate()
+    pages = generate_all()
     if "--check" in sys.argv[1:]:
-        if PAGE.read_text(encoding="utf-8") != page:
-            print("man/qmpctl.1 is out of date: run .venv/bin/python man/generate.py", file=sys.stderr)
+        old = [path.name for path, text in pages.items()
+               if not path.exists() or path.read_text(encoding="utf-8") != text]
+        old += [path.name for path in stale_pages(pages)]
+        if old:
+            print(f"out of date: {', '.join(old)}: run .venv/bin/python man/generate.py", file=sys.stderr)
             return 1
         return 0
-    PAGE.write_text(page, encoding="utf-8")
+    for path in stale_pages(pages):
+        path.unlink()
+    for path, text in pages.items():
+        path.write_text(text, encoding="utf-8")
     return 0
 
 

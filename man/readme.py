@@ -1,11 +1,12 @@
-"""Read README.md as data: its sections, fenced blocks and tables.
+"""Read qmpctl's hand-written documentation as data: sections, fenced blocks and tables.
 
-README.md is the one hand-written source of qmpctl's documentation. The man
-page generator (``generate.py``) takes sections of it, and the doc tests
-(``tests/project/test_docs.py``) run its example blocks, so both read it through this
-module and agree on what a section, a block and a table are.
+The hand-written sources are README.md (the front page) and the manual pages'
+texts, ``man/pages/NAME.md``. The man page generator (``generate.py``) renders
+them, and the doc tests (``tests/project/test_docs.py``) run their example
+blocks, so both read them through this module and agree on what a section, a
+block and a table are.
 
-Only the Markdown README.md uses is understood: ATX headings (``#``), fenced
+Only the Markdown these files use is understood: ATX headings (``#``), fenced
 code blocks (three backticks and an info string), pipe tables, ``-`` lists
 and paragraphs.
 """
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+PAGES = Path(__file__).resolve().parent / "pages"
+"""The hand-written text of each manual page, ``NAME.md``."""
 
 RUNNABLE = "sh"
 """Info string of an example that tests/project/test_docs.py runs as a bash script."""
@@ -34,11 +37,13 @@ class Block:
     info: str
     text: str
     line: int
-    """1-based line number of the opening fence in README.md."""
+    """1-based line number of the opening fence in its file."""
     section: str
     """Title of the ``##`` section the block is in."""
     heading: str
     """Title of the nearest heading above the block (the section, or a ``###`` in it)."""
+    source: str = "README.md"
+    """The file, relative to the repository: ``README.md`` or ``man/pages/NAME.md``."""
 
     @property
     def expected_exit(self) -> int:
@@ -75,9 +80,10 @@ class Section:
 
 
 class Readme:
-    """README.md, parsed once."""
+    """README.md, or another of the hand-written sources, parsed once."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, source: str = "README.md") -> None:
+        self.source = source
         self.text = text
         self.lines = text.splitlines()
         self.sections = self._sections()
@@ -85,7 +91,7 @@ class Readme:
 
     @classmethod
     def load(cls, path: Path = README) -> "Readme":
-        return cls(path.read_text(encoding="utf-8"))
+        return cls(path.read_text(encoding="utf-8"), str(path.relative_to(README.parent)))
 
     def _headings(self) -> list[tuple[int, int, str]]:
         """(line index, level, title) of every heading outside code blocks."""
@@ -117,7 +123,7 @@ class Readme:
         for section in self.sections:
             if section.title == title:
                 return section
-        raise KeyError(f"README.md has no section {title!r}; it has {[s.title for s in self.sections]}")
+        raise KeyError(f"{self.source} has no section {title!r}; it has {[s.title for s in self.sections]}")
 
     def _blocks(self) -> list[Block]:
         blocks = []
@@ -134,16 +140,26 @@ class Readme:
                 elif line.startswith("```"):
                     opened, body = (index + 1, line[3:].strip()), []
             elif line.startswith("```"):
-                blocks.append(Block(opened[1], "\n".join(body), opened[0], section, heading))
+                blocks.append(Block(opened[1], "\n".join(body), opened[0], section, heading, self.source))
                 opened = None
             else:
                 body.append(line)
         if opened is not None:
-            raise ValueError(f"README.md:{opened[0]}: a code block is never closed")
+            raise ValueError(f"{self.source}:{opened[0]}: a code block is never closed")
         return blocks
 
     def runnable(self) -> list[Block]:
         return [block for block in self.blocks if block.info == RUNNABLE]
+
+
+def page_sources() -> list[Path]:
+    """The manual pages' hand-written texts, in name order."""
+    return sorted(PAGES.glob("*.md"))
+
+
+def documents() -> list[Readme]:
+    """Every hand-written source: README.md first, then each page's text."""
+    return [Readme.load()] + [Readme.load(path) for path in page_sources()]
 
 
 def split_row(line: str) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from qmpctl.cli.spec import SHARED_NAMES, Command, all_options
+from qmpctl.cli.spec import LOCAL, SHARED_NAMES, Command, all_options
 from qmpctl.errors import ExitCode
 from qmpctl.records import TYPE_CHECKING
 
@@ -33,6 +33,10 @@ def invoke(command: Command, values: dict[str, Any]) -> int:
     for argument in command.arguments:
         if argument.variadic and values.get(argument.name) is not None:
             values[argument.name] = list(values[argument.name])
+    if command.kind == LOCAL:  # talks to no VM: no shared options to check or gather
+        from qmpctl.cli.common import Common
+
+        return int(handler_of(command)(Common(sockets=[], domains=[], kind=LOCAL), **values))
     shared = {name: values.pop(name) for name in SHARED_NAMES}
     if command.usage_exit == ExitCode.EXEC_FAILED:
         from qmpctl.cli.exec_run import own_failures_exit_125

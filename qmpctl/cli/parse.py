@@ -159,7 +159,7 @@ def _arguments(command: Command, words: list[str]) -> dict[str, Any] | None:
             converted = [_convert(argument.type, word) for word in taken]
             if any(value is None for value in converted):
                 return None
-            values[argument.name] = converted
+            values[argument.name] = converted if taken else None  # as click: an optional one not given
             continue
         if index >= len(words):
             if argument.required:

@@ -96,12 +96,53 @@ GROUPS: dict[str, str] = {
 }
 """Command groups (first word of a two-word command) and their help text."""
 
+LOCAL = "local"
+"""The kind of a command that talks to no VM (``help``): it takes none of the shared options."""
+
+
+class Manual(NamedTuple):
+    """One manual page: its name, man section, one-line summary, and the commands it documents.
+
+    ``man/generate.py`` writes ``man/NAME.SECTION`` from the commands' declarations
+    below and the page's hand-written text, ``man/pages/NAME.md``; ``qmpctl help
+    TOPIC`` shows the page that documents the command TOPIC names.
+    """
+
+    name: str
+    section: str
+    summary: str
+    commands: tuple[str, ...]
+    """The commands as typed (``"agent exec"``), in the order the page describes them."""
+
+
+MANUALS: tuple[Manual, ...] = (
+    Manual("qmpctl", "1", "one-shot QMP and qemu-guest-agent commands with exit codes scripts can trust",
+           ("help",)),
+    Manual("qmpctl-lifecycle", "1", "a VM's run state, power button, reset, quit, events and raw QMP",
+           ("status", "stop", "cont", "monitor-command", "events", "powerdown", "reset", "quit")),
+    Manual("qmpctl-performance", "1", "a VM's I/O counters, disk I/O limits and memory balloon",
+           ("stats", "throttle", "balloon")),
+    Manual("qmpctl-block", "1", "a VM's disks and jobs: list, hot-plug, unplug",
+           ("block", "hotplug-disk", "unplug-disk", "jobs")),
+    Manual("qmpctl-backup", "1", "backups that never overwrite, backup chains, verification and restore",
+           ("backup", "backup-verify", "restore")),
+    Manual("qmpctl-migrate", "1", "live migration to another QEMU, and a VM's state saved to a file",
+           ("migrate",)),
+    Manual("qmpctl-agent", "1", "the guest agent: ping, raw commands, programs, files, passwords, freeze, shutdown",
+           ("agent ping", "agent info", "agent interfaces", "agent command", "agent exec", "agent exec-status",
+            "agent cp", "agent set-password", "agent fsfreeze", "agent shutdown")),
+    Manual("qmpctl-remote", "7", "VMs managed by libvirt, VMs on other hosts over SSH, and fleets of VMs", ()),
+)
+"""Every manual page; each declared command is on exactly one (tests/project/test_manpage.py)."""
+
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_JOBS = 16
 
 
 def shared_options(kind: str) -> tuple[Option, ...]:
-    """The options every monitor command (``-s``) or agent command (``-a``) takes."""
+    """The options every monitor command (``-s``) or agent command (``-a``) takes; none for LOCAL ones."""
+    if kind == LOCAL:
+        return ()
     if kind == AGENT:
         target = Option(
             "target_sockets", ("-a", "--agent"), "list", None,
@@ -151,6 +192,21 @@ REQUEST_WORDS_HELP = ("A JSON request object, or a command name followed by its 
 
 
 COMMANDS: tuple[Command, ...] = (
+    # --- the manual ------------------------------------------------------------------------
+    Command(
+        ("help",), "qmpctl.cli.manual:show",
+        "Show the manual page of a command, or the index of every page.",
+        "On a terminal with man installed, man shows the page (its pager, its width). Otherwise the page is "
+        "rendered as plain text on stdout: by mandoc, else groff, else a rough rendering of the page's source. "
+        "The page is the source tree's man/ when qmpctl runs from a checkout, else the installed one "
+        "(share/man under the installation prefix). TOPIC is a command (backup, agent exec), a command group "
+        "(agent) or a page's name (remote, qmpctl-remote); none is the index, qmpctl(1). Exit 2 for an "
+        "unknown topic, naming the topics there are.",
+        example="qmpctl help backup;  qmpctl help agent exec",
+        kind=LOCAL,
+        arguments=(Argument("topic", "TOPIC", "A command, a command group or a manual page's name.",
+                            variadic=True, required=False),),
+    ),
     # --- VM-wide ---------------------------------------------------------------------------
     Command(("status",), "qmpctl.cli.vm:status", "Show the VM's run state (query-status).",
             example="qmpctl status -s /tmp/vm.sock --return-value"),

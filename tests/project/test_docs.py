@@ -1,6 +1,8 @@
-"""The documentation cannot rot: every example in README.md (and so in the man page) runs for real.
+"""The documentation cannot rot: every example in README.md and in the manual pages runs for real.
 
-README's ``sh`` blocks are bash scripts run with ``set -euo pipefail``; a block
+The examples are the ``sh`` and ``crontab`` blocks of README.md and of each
+manual page's hand-written text, ``man/pages/NAME.md`` (the pages show them
+as they are). ``sh`` blocks are bash scripts run with ``set -euo pipefail``; a block
 whose first line is ``# exit: N`` shows a failure and must exit with N. Before
 a block runs, its example paths are replaced by real resources (see
 :data:`PLACEHOLDERS`): one QEMU, one qemu-ga, a folder of several VMs' sockets,
@@ -41,6 +43,15 @@ pytestmark = [pytest.mark.qemu, pytest.mark.agent]
 
 readme_module = man_module("readme")
 README = readme_module.Readme.load()
+DOCUMENTS = readme_module.documents()
+"""README.md, then every manual page's hand-written text: all the example blocks there are."""
+BLOCKS = [block for document in DOCUMENTS for block in document.blocks]
+
+EXAMPLES_BEFORE_THE_MANUAL_PAGES = 48
+"""How many README blocks ran when README.md was the only source; moving text to the pages must not lose one."""
+HELP_EXAMPLES_BEFORE = 31
+"""How many ``--help`` example lines ran then."""
+README_MOST_LINES = 400
 
 PLACEHOLDERS = {
     "/var/lib/libvirt/qemu/web1.qmp": "the second QMP socket the README's <qemu:commandline> gives the libvirt domain",
@@ -56,7 +67,7 @@ PLACEHOLDERS = {
     "root@hv1": "a test sshd on loopback (root on this machine); an ssh first on PATH carries its keys",
     "root@hv2": "the same sshd under another name (localhost), so it counts as a second host",
 }
-"""Example names README.md uses, and what tests run them against (README's Development section lists them)."""
+"""Example names the documentation uses, and what tests run them against (tests/README.md lists them)."""
 
 HARMLESS_PROGRAMS = {"uname", "sh", "cat", "echo", "printf", "true", "sleep", "df", "ls"}
 HARMFUL_AGENT_COMMANDS = re.compile(r"guest-(shutdown|suspend|set-|file-|fsfreeze|fstrim|ssh-|exec\b)")
@@ -196,7 +207,7 @@ def migration_pair(root: Path) -> tuple[QemuVM, QemuVM]:
 
 def readme_qemu_commandline() -> tuple[str, ...]:
     """The QEMU arguments of README's <qemu:commandline> example, so that example is what the domain runs."""
-    xml = next(block.text for block in README.blocks if block.info == "xml" and "<qemu:commandline>" in block.text)
+    xml = next(block.text for block in BLOCKS if block.info == "xml" and "<qemu:commandline>" in block.text)
     return tuple(re.findall(r"<qemu:arg value='([^']*)'/>", xml))
 
 
@@ -265,19 +276,42 @@ def crontab_commands(text: str) -> list[str]:
     return commands
 
 
-# --- README's examples -------------------------------------------------------------------
+# --- the examples of README and the manual pages ---------------------------------------------
+
+
+def runnable_blocks() -> list:
+    return [block for block in BLOCKS if block.info in (readme_module.RUNNABLE, readme_module.CRONTAB)]
+
+
+def where(block) -> str:
+    return f"{block.source}:{block.line}"
 
 
 def _example_params() -> list:
     params = []
-    for block in README.blocks:
-        if block.info not in (readme_module.RUNNABLE, readme_module.CRONTAB):
-            continue
+    for block in runnable_blocks():
         slug = re.sub(r"[^a-z0-9]+", "-", block.heading.lower()).strip("-")
+        page = "readme" if block.source == "README.md" else Path(block.source).stem
         marks = [pytest.mark.libvirt] if re.search(r"\bweb1\b", block.text) else []
         marks += [pytest.mark.lab] if boots_lab_guest(block) else []
-        params.append(pytest.param(block, id=f"{slug}-L{block.line}", marks=marks))
+        params.append(pytest.param(block, id=f"{page}-{slug}-L{block.line}", marks=marks))
     return params
+
+
+def test_no_example_was_lost_when_the_readme_became_a_front_page():
+    """Every block that ran before README's long sections moved to the pages still runs (or more do)."""
+    assert len(_example_params()) >= EXAMPLES_BEFORE_THE_MANUAL_PAGES
+    assert len(_help_examples()) >= HELP_EXAMPLES_BEFORE
+    pages = {block.source for block in runnable_blocks()}
+    assert {path.relative_to(REPO).as_posix() for path in readme_module.page_sources()} <= pages, \
+        "a manual page's text without an example that runs"
+
+
+def test_readme_is_a_front_page():
+    lines = README.text.splitlines()
+    assert len(lines) <= README_MOST_LINES, (
+        f"README.md has {len(lines)} lines, more than {README_MOST_LINES}: move the detail to a manual page's "
+        "text (man/pages/NAME.md) and point to it")
 
 
 @pytest.mark.parametrize("block", _example_params())
@@ -287,7 +321,7 @@ def test_readme_example(block, world: World, request: pytest.FixtureRequest, tmp
         request.getfixturevalue("libvirt_world")
     if re.search(r"\broot@hv[12]\b", block.text):
         request.getfixturevalue("ssh_world")
-    values = world.mapping(f"L{block.line}", for_libvirt)
+    values = world.mapping(f"{Path(block.source).stem}-L{block.line}", for_libvirt)
     if MIGRATION_PAIR.search(block.text):
         source, destination = migration_pair(tmp_path / "migration")
         request.addfinalizer(source.kill)
@@ -303,23 +337,21 @@ def test_readme_example(block, world: World, request: pytest.FixtureRequest, tmp
     if block.info == readme_module.CRONTAB:
         for command in crontab_commands(script):
             proc = run_shell(["sh", "-c", command], world, tmp_path)
-            assert proc.returncode == 0, f"README.md:{block.line}: crontab command failed" + report(command, proc)
+            assert proc.returncode == 0, f"{where(block)}: crontab command failed" + report(command, proc)
         return
     cwd = REPO if boots_lab_guest(block) else None  # its commands name files of the checkout
     proc = run_shell(["bash", "-c", "set -euo pipefail\n" + script], world, tmp_path, cwd)
     assert proc.returncode == block.expected_exit, (
-        f"README.md:{block.line}: expected exit {block.expected_exit}" + report(script, proc))
+        f"{where(block)}: expected exit {block.expected_exit}" + report(script, proc))
     assert "Traceback" not in proc.stderr, report(script, proc)
 
 
 def test_readme_uses_only_the_example_names_the_tests_know():
     """A path the tests do not replace would make an example touch the real machine, or fail."""
     known = re.compile("|".join(re.escape(name) for name in PLACEHOLDERS))
-    for block in README.blocks:
-        if block.info not in (readme_module.RUNNABLE, readme_module.CRONTAB):
-            continue
+    for block in runnable_blocks():
         for path in re.findall(r"(?<![\w$.])/(?:tmp|run|var|srv|etc|home)/[\w./*-]*", block.text):
-            assert known.match(path), f"README.md:{block.line}: {path} is not one of {sorted(PLACEHOLDERS)}"
+            assert known.match(path), f"{where(block)}: {path} is not one of {sorted(PLACEHOLDERS)}"
 
 
 def _commandline(line: str) -> str:
@@ -328,12 +360,12 @@ def _commandline(line: str) -> str:
 
 def test_qmpctl_commands_are_shown_only_in_blocks_that_run():
     """Output blocks show output; a command shown anywhere else could rot unnoticed."""
-    for block in README.blocks:
+    for block in BLOCKS:
         if block.info in (readme_module.RUNNABLE, readme_module.CRONTAB):
             continue
         for line in block.text.splitlines():
             assert not re.match(r"\s*(\$\s+)?qmpctl\s", line), (
-                f"README.md:{block.line}: a qmpctl command in a {block.info or 'plain'} block is never run: "
+                f"{where(block)}: a qmpctl command in a {block.info or 'plain'} block is never run: "
                 f"put it in an 'sh' block ({line.strip()})")
 
 
@@ -342,7 +374,8 @@ def test_command_table_covers_every_command_with_an_example_that_runs():
 
     names = {" ".join(command.words) for command in COMMANDS}
     table = next(rows for rows in readme_module.tables(README.section("Commands").text) if rows[0][0] == "command")
-    run_lines = {_commandline(line) for block in README.runnable() for line in block.text.splitlines()}
+    run_lines = {_commandline(line) for block in BLOCKS if block.info == readme_module.RUNNABLE
+                 for line in block.text.splitlines()}
     documented = set()
     for command, _, example in table[1:]:
         name = command.strip("`")
@@ -364,6 +397,8 @@ def test_every_test_named_in_the_readme_exists():
     """Each guarantee names the test behind it; a renamed or deleted test must not leave a false promise."""
     references = re.findall(r"`(?:tests/)?((?:\w+/)?test_\w+\.py)::(\w+)(?:\[[^\]]*\])?`", README.text)
     assert len(references) >= 30
+    for document in DOCUMENTS[1:] + [readme_module.Readme.load(REPO / "tests" / "README.md")]:
+        references += re.findall(r"`(?:tests/)?((?:\w+/)?test_\w+\.py)::(\w+)(?:\[[^\]]*\])?`", document.text)
     for filename, name in references:
         path = REPO / "tests" / filename
         assert path.is_file(), f"README names {filename}, which does not exist"

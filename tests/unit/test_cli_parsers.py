@@ -64,7 +64,8 @@ def argument_words(draw: st.DrawFn, argument: Argument) -> list[str]:
 def well_formed(draw: st.DrawFn) -> list[str]:
     """A line a user could type: the command's words, some options, its arguments, in click's grammar."""
     command: Command = draw(st.sampled_from(COMMANDS))
-    chosen = draw(st.lists(st.sampled_from(all_options(command)), max_size=6))
+    options = all_options(command)  # none for help, which talks to no VM
+    chosen = draw(st.lists(st.sampled_from(options), max_size=6)) if options else []
     chunks = [draw(option_tokens(option)) for option in chosen]
     positional = [word for argument in command.arguments if argument.required or draw(st.booleans())
                   for word in draw(argument_words(argument))]
