@@ -151,3 +151,9 @@ def test_an_installed_copy_reads_the_page_under_its_prefix(tmp_path, monkeypatch
 
 def test_the_source_trees_page_comes_first():
     assert manual.locate(manual.find_manual(["backup"])) == str(MAN / "qmpctl-backup.1")
+
+
+def test_the_short_help_points_to_the_manual(cli):
+    result = cli("--help")
+    assert result.code == 0 and "qmpctl help COMMAND shows a command's manual page" in result.out
+    assert re.search(r"^\s+help\s+Show the manual page", result.out, re.MULTILINE), result.out
