@@ -209,7 +209,7 @@ def table(rows: list[list[str]]) -> str:
     out = []
     for row in body:
         lines = [f"{inline(name)}: {inline(cell)}" for name, cell in zip(header[1:], row[1:], strict=True) if cell]
-        out.append(f".TP\n{text_line(row[0])}\n" + lines_safe("\n.br\n".join(lines)))
+        out.append(f".TP\n{text_line(row[0])}\n" + "\n.br\n".join(lines_safe(line) for line in lines))
     return "\n".join(out)
 
 

@@ -210,3 +210,10 @@ def test_the_wheel_installs_the_page_under_share_man_man1():
     assert pages, "the installed qmpctl carries no man page"
     installed = Path(distribution.locate_file(pages[0]))
     assert installed.is_file()
+
+
+@pytest.mark.parametrize("page", PAGES, ids=PAGE_IDS)
+def test_no_roff_request_is_printed_as_text(page):
+    """A request protected as text (``\\&.br``) or folded into a line shows up in the page instead of acting."""
+    leaked = re.findall(r"(?<![\w/.-])\.(?:br|PP|TP|IP|SH|SS|EX|EE|RS|RE)\b", rendered(page))
+    assert leaked == [], f"{page.name}: roff requests printed as text: {leaked}"
