@@ -176,7 +176,8 @@ COMMANDS: tuple[Command, ...] = (
         "Each line is {\"event\", \"data\", \"timestamp\"} as QEMU sent it (with \"target\" first when "
         "there are several VMs). Only events from the moment qmpctl connected are seen: QEMU keeps none. "
         "Without --wait or --count the stream runs until Ctrl-C, which ends it with exit 0. With --wait or "
-        "--count, --timeout is the time to wait: exit 4 with \"no NAME within S s\" when it runs out. "
+        "--count, --timeout is the time to wait: exit 4 with \"no NAME within S s\" when it runs out. A --wait "
+        "name that is not an event of this VM (its query-qmp-schema) is exit 2 at once, naming close matches. "
         "Through --domain the events come from libvirt's QEMU monitor event API.",
         example="qmpctl events -s /tmp/vm.sock --wait SHUTDOWN --timeout 120 --dry-run",
         options=(
