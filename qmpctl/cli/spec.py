@@ -519,7 +519,9 @@ COMMANDS: tuple[Command, ...] = (
             Option("force", ("--force",), "flag", False,
                    "With --to-file: replace an existing FILE, once the new state is complete."),
             Option("from_file", ("--from-file",), "text", None,
-                   "Restore the state saved in FILE into this QEMU (started with -incoming defer).",
+                   "Restore the state saved in FILE into this QEMU (started with -incoming defer). FILE is "
+                   "checked first against the record --to-file wrote: truncated or corrupted is exit 6, another "
+                   "machine type or an older QEMU exit 2, before the destination is touched.",
                    metavar="FILE", show_default=False),
             Option("paused", ("--paused",), "flag", False, "With --from-file: leave the restored VM paused."),
         ),
