@@ -36,6 +36,7 @@ def events(common: Common, *, count: int | None, wait: list[str], match: list[st
         session = target.open(deadline)
         try:
             session.listen_events(deadline)
+            events_lib.check_names(session, keep.names, deadline)
             yield from events_lib.follow(session, shared or Deadline(MAX_TIMEOUT), keep,
                                          count or (1 if wait else None), until_closed=not bounded)
         finally:

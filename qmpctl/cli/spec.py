@@ -232,7 +232,8 @@ COMMANDS: tuple[Command, ...] = (
         "Each line is {\"event\", \"data\", \"timestamp\"} as QEMU sent it (with \"target\" first when "
         "there are several VMs). Only events from the moment qmpctl connected are seen: QEMU keeps none. "
         "Without --wait or --count the stream runs until Ctrl-C, which ends it with exit 0. With --wait or "
-        "--count, --timeout is the time to wait: exit 4 with \"no NAME within S s\" when it runs out. "
+        "--count, --timeout is the time to wait: exit 4 with \"no NAME within S s\" when it runs out. A --wait "
+        "name that is not an event of this VM (its query-qmp-schema) is exit 2 at once, naming close matches. "
         "Through --domain the events come from libvirt's QEMU monitor event API.",
         example="qmpctl events -s /tmp/vm.sock --wait SHUTDOWN --timeout 120 --dry-run",
         options=(
@@ -574,7 +575,9 @@ COMMANDS: tuple[Command, ...] = (
             Option("force", ("--force",), "flag", False,
                    "With --to-file: replace an existing FILE, once the new state is complete."),
             Option("from_file", ("--from-file",), "text", None,
-                   "Restore the state saved in FILE into this QEMU (started with -incoming defer).",
+                   "Restore the state saved in FILE into this QEMU (started with -incoming defer). FILE is "
+                   "checked first against the record --to-file wrote: truncated or corrupted is exit 6, another "
+                   "machine type or an older QEMU exit 2, before the destination is touched.",
                    metavar="FILE", show_default=False),
             Option("paused", ("--paused",), "flag", False, "With --from-file: leave the restored VM paused."),
         ),

@@ -5,15 +5,27 @@ qmpctl opens itself and hands to QEMU over the monitor socket (``getfd``
 with SCM_RIGHTS, then an ``fd:`` URI): no ``exec:`` shell, no path QEMU must
 be allowed to open, and no existing file overwritten. The same
 :class:`~qmpctl.vm.migration.Handover` gives the VM back on every failure.
+
+Like ``virsh save``, the file starts with a header of qmpctl's own
+(:data:`HEADER_BYTES`, a magic line and a JSON record): the machine type and
+QEMU version that saved it, the stream's length and its sha256. QEMU writes
+and reads the stream after it (the descriptor is handed over positioned
+there), so ``--from-file`` can refuse a truncated or corrupted file (exit 6)
+or a destination of another machine type or an older QEMU (exit 2) before the
+destination is touched. A file that starts with QEMU's own stream magic (an
+earlier qmpctl's) is loaded as it is, unchecked.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
 
 from qmpctl.deadline import Deadline
-from qmpctl.errors import ConnectionClosed, DeadlineExceeded, Interrupted, JobFailed, QmpctlError, UsageError, VmError
+from qmpctl.errors import (ConnectionClosed, DeadlineExceeded, Interrupted, JobFailed, QmpctlError, UsageError,
+                           VerificationFailed, VmError)
 from qmpctl.vm.migration import (CHECK_EVERY, CLEANUP_SECONDS, DEFAULT_WAIT_TIMEOUT, Handover, add_note,
                               after_wait, capabilities_request, check_destination, check_source,
                               dismiss_destination, failure, name_wait_timeout, parameters_request, run_state,
@@ -31,6 +43,81 @@ FD_NAME = "qmpctl-state"
 """The name the file descriptor gets in QEMU (``getfd``), for the ``fd:`` URI."""
 THEN = ("stay", "cont", "quit")
 """What --to-file does with the VM once its state is on disk."""
+HEADER_BYTES = 4096
+"""qmpctl's header before QEMU's stream: a magic line, a JSON record, padding."""
+MAGIC = b"qmpctl-saved-state 1\n"
+QEMU_MAGIC = b"QEVM"
+"""How QEMU's own migration stream starts (a file saved without qmpctl's header)."""
+HASH_CHUNK = 1 << 20
+
+
+def describe_vm(session: QmpSession, deadline: Deadline) -> dict[str, Any]:
+    """What a saved state needs of the QEMU that loads it: the same machine type, a QEMU at least as new."""
+    machine = session.execute(Request("qom-get", {"path": "/machine", "property": "type"}), deadline).get("return")
+    version = session.execute(Request("query-version"), deadline).get("return", {}).get("qemu", {})
+    return {"machine": str(machine).removesuffix("-machine"),
+            "qemu": [int(version.get(part, 0)) for part in ("major", "minor", "micro")]}
+
+
+def _header(record: dict[str, Any]) -> bytes:
+    body = MAGIC + json.dumps(record, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    if len(body) > HEADER_BYTES:
+        raise ValueError("saved-state record longer than its header")
+    return body.ljust(HEADER_BYTES, b" ")
+
+
+def _stream_digest(fd: int, length: int) -> str:
+    """sha256 of the ``length`` bytes after the header, read with pread (the descriptor's offset is QEMU's)."""
+    digest = hashlib.sha256()
+    offset = HEADER_BYTES
+    while offset < HEADER_BYTES + length:
+        chunk = os.pread(fd, min(HASH_CHUNK, HEADER_BYTES + length - offset), offset)
+        if not chunk:
+            break
+        digest.update(chunk)
+        offset += len(chunk)
+    return digest.hexdigest()
+
+
+def read_record(fd: int, path: str) -> Optional[dict[str, Any]]:
+    """The header's record after checking the stream against it; None for a bare QEMU stream (no header).
+
+    :raise VerificationFailed: truncated, longer than recorded, incomplete, or a checksum that differs (exit 6).
+    """
+    start = os.pread(fd, HEADER_BYTES, 0)
+    if start.startswith(QEMU_MAGIC):
+        return None
+    if not start.startswith(MAGIC):
+        raise VerificationFailed(f"{path} is not a saved state: it has neither qmpctl's header nor QEMU's "
+                                 "stream magic")
+    try:
+        record = json.loads(start[len(MAGIC):].split(b"\n", 1)[0])
+        length, recorded_digest = int(record["stream-bytes"]), str(record["sha256"])
+        str(record["machine"])
+        [int(part) for part in record["qemu"]]
+    except (ValueError, KeyError, TypeError):
+        raise VerificationFailed(f"{path}: its header is damaged or the save never completed") from None
+    size = os.fstat(fd).st_size
+    if size != HEADER_BYTES + length:
+        what = "truncated" if size < HEADER_BYTES + length else "longer than recorded"
+        raise VerificationFailed(f"{path} is {what}: {size - HEADER_BYTES} bytes of state where {length} were "
+                                 "saved; nothing was loaded")
+    if _stream_digest(fd, length) != recorded_digest:
+        raise VerificationFailed(f"{path} is corrupted: the state's sha256 checksum differs from the one recorded "
+                                 "when it was saved; nothing was loaded")
+    return dict(record)
+
+
+def check_destination_matches(session: QmpSession, deadline: Deadline, record: dict[str, Any], path: str) -> None:
+    """A destination of another machine type, or an older QEMU, is refused (exit 2) before it is touched."""
+    here = describe_vm(session, deadline)
+    if here["machine"] != record["machine"]:
+        raise UsageError(f"{path} holds a {record['machine']} machine, and {session.target} is a {here['machine']} "
+                         f"machine: start the destination with -machine {record['machine']}")
+    if tuple(here["qemu"]) < tuple(record["qemu"]):
+        saved, found = (".".join(map(str, version)) for version in (record["qemu"], here["qemu"]))
+        raise UsageError(f"{path} was saved by QEMU {saved}, and {session.target} is QEMU {found}: an older "
+                         "QEMU cannot load a newer QEMU's state")
 
 
 def fd_passing_refused(what: str, where: str) -> UsageError:
@@ -75,12 +162,23 @@ class SaveTarget:
         folder = os.path.dirname(path)
         writing = path if not force else os.path.join(folder, f".{os.path.basename(path)}.qmpctl-{os.getpid()}")
         try:
-            fd = os.open(writing, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd = os.open(writing, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileExistsError:
             raise UsageError(f"{path} exists; qmpctl does not overwrite saved state (pass --force)") from None
         except OSError as exc:
             raise UsageError(f"cannot create {writing}: {exc.strerror or exc}") from None
         return cls(path, force, writing, fd)
+
+    def reserve_header(self) -> None:
+        """An incomplete header first: QEMU's stream goes after it, and a cut save never looks complete."""
+        os.write(self.fd, _header({"complete": False}))
+
+    def record(self, described: dict[str, Any]) -> None:
+        """Write the finished header: what saved the stream, how long it is and its checksum."""
+        length = os.fstat(self.fd).st_size - HEADER_BYTES
+        record = {**described, "stream-bytes": length, "sha256": _stream_digest(self.fd, length),
+                  "saved-at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        os.pwrite(self.fd, _header(record), 0)
 
     def finish(self) -> None:
         """Flush to disk and put the file in place."""
@@ -120,7 +218,8 @@ def _close_fd(session: QmpSession, deadline: Deadline) -> None:
 
 def save_requests() -> list[Request]:
     """The requests of a save, as --dry-run shows them."""
-    return [Request("stop"), capabilities_request({"events": True}), parameters_request(None, None),
+    return [Request("stop"), Request("qom-get", {"path": "/machine", "property": "type"}), Request("query-version"),
+            capabilities_request({"events": True}), parameters_request(None, None),
             Request("getfd", {"fdname": FD_NAME}), Request("migrate", {"uri": f"fd:{FD_NAME}"})]
 
 
@@ -139,6 +238,7 @@ def save(session: QmpSession, deadline: Deadline, path: str, *, force: bool = Fa
     target = SaveTarget.create(path, force)
     try:
         was_running = check_source(session, deadline)
+        target.reserve_header()
     except BaseException:
         target.discard()
         raise
@@ -146,6 +246,7 @@ def save(session: QmpSession, deadline: Deadline, path: str, *, force: bool = Fa
     try:
         with Handover(session, None, was_running, "save", hands_over=False) as handover:
             session.execute(Request("stop"), deadline)
+            described = describe_vm(session, deadline)
             session.execute(capabilities_request({"events": True}), deadline)
             session.execute(parameters_request(speed, None), deadline)
             _hand_fd(session, deadline, target.fd)
@@ -162,6 +263,7 @@ def save(session: QmpSession, deadline: Deadline, path: str, *, force: bool = Fa
                 raise
             if final.status != "completed":
                 raise failure(final, "save")
+            target.record(described)
             target.finish()
             handover.completed = True
     except BaseException as exc:
@@ -191,7 +293,8 @@ def open_saved(path: str) -> int:
 
 
 def restore_requests() -> list[Request]:
-    return [capabilities_request({"events": True}), Request("getfd", {"fdname": FD_NAME}),
+    return [Request("qom-get", {"path": "/machine", "property": "type"}), Request("query-version"),
+            capabilities_request({"events": True}), Request("getfd", {"fdname": FD_NAME}),
             Request("migrate-incoming", {"uri": f"fd:{FD_NAME}"}), Request("cont")]
 
 
@@ -205,13 +308,18 @@ def restore(session: QmpSession, deadline: Deadline, path: str, *, paused: bool 
     require_fd_passing(session, "restoring a saved state")
     fd = open_saved(path)
     try:
-        return _restore(session, deadline, fd, paused, wait_timeout)
+        record = read_record(fd, path)
+        os.lseek(fd, 0 if record is None else HEADER_BYTES, os.SEEK_SET)  # QEMU reads the stream from here
+        return _restore(session, deadline, fd, paused, wait_timeout, record, path)
     finally:
         os.close(fd)
 
 
-def _restore(session: QmpSession, deadline: Deadline, fd: int, paused: bool, wait_timeout: float) -> dict[str, Any]:
+def _restore(session: QmpSession, deadline: Deadline, fd: int, paused: bool, wait_timeout: float,
+             record: Optional[dict[str, Any]], path: str) -> dict[str, Any]:
     check_destination(session, deadline)
+    if record is not None:
+        check_destination_matches(session, deadline, record, path)
     started = time.monotonic()
     try:
         session.execute(capabilities_request({"events": True}), deadline)

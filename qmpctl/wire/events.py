@@ -75,6 +75,34 @@ class EventFilter(NamedTuple):
         return what
 
 
+def check_names(session: Session, names: frozenset[str], deadline: Deadline) -> None:
+    """Refuse (exit 2) a name this QEMU never sends, naming close matches, rather than wait out the timeout.
+
+    The VM's own schema (``query-qmp-schema``) lists every event it can send,
+    so the check holds for any QEMU release and costs one request, made only
+    when ``--wait`` names events.
+    """
+    if not names:
+        return
+    from qmpctl.wire.request import Request
+
+    reply = session.execute(Request("query-qmp-schema"), deadline).get("return")
+    entries = reply if isinstance(reply, list) else []
+    known = {str(entry.get("name")) for entry in entries
+             if isinstance(entry, dict) and entry.get("meta-type") == "event"}
+    unknown = sorted(names - known)
+    if not known or not unknown:
+        return  # a schema without events says nothing: wait as asked
+    import difflib
+
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+        hints.append(f"{name} (did you mean {' or '.join(close)}?)" if close else name)
+    raise UsageError(f"--wait: {session.target} never sends {', '.join(hints)}; it sends "
+                     f"{len(known)} events, e.g. SHUTDOWN, STOP, RESUME, DEVICE_DELETED, JOB_STATUS_CHANGE")
+
+
 def event_line(event: dict[str, Any]) -> dict[str, Any]:
     """An event as qmpctl prints it: name, data and QEMU's own timestamp."""
     return {"event": event.get("event"), "data": event.get("data", {}), "timestamp": event.get("timestamp")}

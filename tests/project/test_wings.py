@@ -84,3 +84,19 @@ def test_the_checker_sees_an_upward_import():
     """The rule can fail: a vm module importing the backup wing is reported."""
     assert FLOORS.index(floor_of("qmpctl.backup.chain")) < FLOORS.index(floor_of("qmpctl.vm.block"))
     assert floor_of("qmpctl.errors") == "" and floor_of("qmpctl.wire") == "wire"
+
+
+def test_hacking_draws_the_same_map():
+    """HACKING.md names every wing and every shared top-level module, and nothing that is not there."""
+    text = (PACKAGE.parent / "HACKING.md").read_text()
+    tree = text.split("## The wings", 1)[1].split("```", 2)[1]
+    named_wings = {line.split()[0].rstrip("/") for line in tree.splitlines()[1:] if line.startswith("  ")
+                   and line.split()[0].endswith("/")}
+    assert named_wings == {floor for floor in FLOORS if floor}
+    top_line = next(line for line in tree.splitlines() if "errors.py" in line)
+    named_modules = {word for word in top_line.split() if word.endswith(".py")}
+    actual = {path.name for path in PACKAGE.glob("*.py") if path.name not in ("__init__.py", "__main__.py")}
+    assert named_modules == actual
+    table = text.split("| floor | may import |", 1)[1].split("\n\n", 1)[0]
+    assert [row.split("|")[1].strip().strip("`") for row in table.splitlines()[2:]] == \
+        [floor or "top level" for floor in FLOORS]

@@ -146,6 +146,23 @@ def test_cli_events_wait_with_nothing_happening_is_exit_4_in_about_the_timeout(c
 
 
 @pytest.mark.qemu
+@pytest.mark.qemu
+def test_cli_events_wait_for_a_name_this_qemu_never_sends_is_exit_2_at_once(cli, vm):
+    """A typo must not wait out the timeout: the VM's own schema lists the events it can send."""
+    result = cli("events", "-s", str(vm.qmp_path), "--wait", "STOP,SHUTDWON", "--timeout", "30")
+    assert result.code == 2, result
+    assert result.seconds < 10, result
+    assert "SHUTDWON" in result.err and "SHUTDOWN" in result.err, result
+    assert result.out == ""
+
+
+@pytest.mark.qemu
+def test_cli_events_wait_for_a_real_event_name_is_not_refused(cli, vm):
+    """Every event QEMU can send passes the check: a known name times out (4), it is not refused (2)."""
+    result = cli("events", "-s", str(vm.qmp_path), "--wait", "block_job_completed,DEVICE_DELETED", "--timeout", "1")
+    assert result.code == 4, result
+
+
 def test_cli_events_of_several_vms_name_the_target_in_each_line(cli, vm_factory):
     vms = [vm_factory(), vm_factory()]
     for one in vms:
