@@ -9,6 +9,7 @@ repository with the project's venv:
     .venv/bin/python tests/bench/bench.py --typer-versions   # pick the Typer/click releases
     .venv/bin/python tests/bench/bench.py --only cp  # agent cp throughput on the lab guest, a few minutes
     .venv/bin/python tests/bench/bench.py --only ssh  # ssh:// against ssh HOST qmpctl (starts an sshd)
+    QMPCTL_BENCH_QMPBACKUP=DIR .venv/bin/python tests/bench/bench.py --only chains  # backups vs qmpbackup
 
 It starts its own QEMU VMs (TCG, paused), a host qemu-ga, and a transient
 libvirt domain named ``qmpctl-bench-*`` (starting virtlogd and libvirtd when
@@ -727,6 +728,141 @@ def bench_backup(ctx: Context) -> None:
     ctx.verdicts.append(verdict("backup notices completion (median)", statistics.median(latencies) * 1000, 50, " ms"))
 
 
+# --- whole-disk backups next to qmpbackup and the copy limit -----------------------------------
+
+CHAIN_DISKS = 3
+CHAIN_DISK_MIB = 1024
+CHAIN_INCREMENT_MIB = 64
+QMPBACKUP_LIMIT = 1.0
+"""qmpctl's chain backups may take at most as long as qmpbackup's, for a full and for an incremental."""
+COPY_LIMIT = 2.0
+"""A full backup may take at most twice a plain copy of the same data made durable (qemu-img convert + sync)."""
+
+
+def qmpbackup_command(ctx: Context) -> list[str] | None:
+    """qmpbackup installed from a local copy of its source into a throwaway venv, or None (the comparison skips).
+
+    qmpbackup is not on the package index: ``QMPCTL_BENCH_QMPBACKUP=DIR`` names a checkout of it.
+    """
+    source = os.environ.get("QMPCTL_BENCH_QMPBACKUP")
+    if not source:
+        skip("qmpbackup comparison", "set QMPCTL_BENCH_QMPBACKUP to a local copy of qmpbackup's source")
+        return None
+    venv = ctx.scratch / "qmpbackup-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    pip = [str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check"]
+    subprocess.run(pip + ["qemu.qmp", "colorlog"], check=True)
+    subprocess.run(pip + ["--no-deps", source], check=True)
+    return [str(venv / "bin" / "python"), str(venv / "bin" / "qmpbackup")]
+
+
+def hmp(sock: Path, command: str) -> None:
+    """One HMP command through a short QMP session of the bench's own."""
+    with socket.socket(socket.AF_UNIX) as conn:
+        conn.connect(str(sock))
+        reader = conn.makefile("rb")
+        reader.readline()
+        for message in ({"execute": "qmp_capabilities"},
+                        {"execute": "human-monitor-command", "arguments": {"command-line": command}}):
+            conn.sendall(json.dumps(message).encode() + b"\n")
+            while True:
+                reply = json.loads(reader.readline())
+                if "return" in reply or "error" in reply:
+                    break
+            if "error" in reply:
+                raise SystemExit(f"bench: {command}: {reply['error']}")
+
+
+def durable_copy_case(name: str, disks: list[Path], folder: Path) -> Case:
+    """The copy limit: qemu-img convert of each disk (in parallel, as the jobs run) and a sync of each copy."""
+    steps = " & ".join(f"(qemu-img convert -U -f qcow2 -O qcow2 {disk} {folder}/copy{index}.qcow2 && "
+                       f"sync {folder}/copy{index}.qcow2)" for index, disk in enumerate(disks))
+    return Case(name, ["sh", "-c", f"rm -f {folder}/copy*.qcow2; {steps}; wait"])
+
+
+def bench_chains(ctx: Context) -> None:
+    """Full backups of 1 and of 3 disks and an incremental, next to qmpbackup and to a durable copy."""
+    folder = ctx.scratch / "chains"
+    folder.mkdir()
+    disks = [folder / f"disk{index}.qcow2" for index in range(CHAIN_DISKS)]
+    for index, disk in enumerate(disks):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), f"{CHAIN_DISK_MIB}M"], check=True)
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {0x41 + index} 0 {CHAIN_DISK_MIB}M", str(disk)],
+                       check=True, stdout=subprocess.DEVNULL)
+    devices: list[str] = []
+    for index, disk in enumerate(disks):
+        devices += ["-blockdev", f"driver=qcow2,node-name=disk{index},file.driver=file,file.filename={disk}",
+                    "-device", f"virtio-blk-pci,drive=disk{index},id=vd{index}"]
+    [sock] = start_vms(ctx.processes, folder / "vm", 1, *devices)
+    qmpbackup = qmpbackup_command(ctx)
+    rounds = max(2, ctx.args.runs // 7)
+    counter = iter(range(1_000_000))
+
+    def fresh(kind: str) -> Path:
+        target = folder / "targets" / f"{kind}-{next(counter)}"
+        target.mkdir(parents=True)
+        return target
+
+    def qmpctl_full(names: list[str]) -> list[str]:
+        return ["sh", "-c", f'd=$(mktemp -d {folder}/targets/q-XXXXXX) && '
+                f'exec {QMPCTL} backup -s {sock} {" ".join(names)} --into "$d" --progress none']
+
+    def qmpbackup_full(names: list[str]) -> list[str]:
+        assert qmpbackup is not None
+        include = ",".join(f"disk{name[2:]}" for name in names)
+        return ["sh", "-c", f'd=$(mktemp -d {folder}/targets/b-XXXXXX) && exec {" ".join(qmpbackup)} '
+                f'--socket {sock} backup --level full --target "$d" --include {include} --no-symlink']
+
+    (folder / "targets").mkdir()
+    for title, names in ((f"1 disk of {CHAIN_DISK_MIB} MiB", ["vd0"]),
+                         (f"{CHAIN_DISKS} disks of {CHAIN_DISK_MIB} MiB", [f"vd{i}" for i in range(CHAIN_DISKS)])):
+        cases = [Case("qmpctl backup --into (full)", qmpctl_full(names)),
+                 durable_copy_case("qemu-img convert + sync", disks[:len(names)], fresh("copy"))]
+        if qmpbackup:
+            cases.append(Case("qmpbackup backup --level full", qmpbackup_full(names)))
+        samples = alternate(cases, rounds, folder)
+        shutil.rmtree(folder / "targets")
+        (folder / "targets").mkdir()
+        print_table(f"chains: a full backup of {title} (paused VM, TCG)", samples, "qemu-img convert + sync")
+        mine = samples["qmpctl backup --into (full)"].median_ms
+        ctx.verdicts.append(verdict(f"full of {title} vs the copy limit",
+                                    mine / samples["qemu-img convert + sync"].median_ms, COPY_LIMIT))
+        if qmpbackup:
+            ctx.verdicts.append(verdict(f"full of {title} vs qmpbackup",
+                                        mine / samples["qmpbackup backup --level full"].median_ms, QMPBACKUP_LIMIT))
+    if not qmpbackup:
+        return
+    chain_dir, qb_dir = fresh("chain"), fresh("qb")
+    for argv in ([str(QMPCTL), "backup", "-s", str(sock), "vd0", "--into", str(chain_dir), "--progress", "none"],
+                 qmpbackup + ["--socket", str(sock), "backup", "--level", "full", "--target", str(qb_dir),
+                              "--include", "disk0", "--no-symlink"]):
+        subprocess.run(argv, check=True, capture_output=True, env=child_env())
+    incrementals = {"qmpctl backup --into (incremental)":
+                    [str(QMPCTL), "backup", "-s", str(sock), "vd0", "--into", str(chain_dir), "--progress", "none"],
+                    "qmpbackup backup --level inc":
+                    qmpbackup + ["--socket", str(sock), "backup", "--level", "inc", "--target", str(qb_dir),
+                                 "--include", "disk0", "--no-symlink"]}
+    samples = {name: Samples() for name in incrementals}
+    for round_number in range(rounds * 2):
+        order = list(incrementals.items())
+        if round_number % 2:
+            order.reverse()
+        offset = (round_number * CHAIN_INCREMENT_MIB) % (CHAIN_DISK_MIB - CHAIN_INCREMENT_MIB)
+        hmp(sock, f'qemu-io -d /machine/peripheral/vd0/virtio-backend '
+                  f'"write -P {0x61 + round_number % 20} {offset}M {CHAIN_INCREMENT_MIB}M"')
+        for name, argv in order:
+            seconds, rss, code = run_once(Case(name, argv), folder / "inc.out")
+            if code != 0:
+                raise SystemExit(f"bench: {name} failed: {(folder / 'inc.out').read_text(errors='replace')[:2000]}")
+            samples[name].seconds.append(seconds)
+            samples[name].max_rss_kib.append(rss)
+    print_table(f"chains: an incremental of {CHAIN_INCREMENT_MIB} MiB (each run after the same write)", samples,
+                "qmpbackup backup --level inc")
+    ctx.verdicts.append(verdict(f"incremental of {CHAIN_INCREMENT_MIB} MiB vs qmpbackup",
+                                samples["qmpctl backup --into (incremental)"].median_ms
+                                / samples["qmpbackup backup --level inc"].median_ms, QMPBACKUP_LIMIT))
+
+
 # --- choosing the Typer release --------------------------------------------------------------
 
 TYPER_CANDIDATES = [
@@ -809,8 +945,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fleet", type=int, default=FLEET_TARGET_VMS,
                         help=f"VMs in the fleet comparison (default {FLEET_TARGET_VMS})")
     parser.add_argument("--quick", action="store_true", help="7 rounds and 20 fleet VMs: a smoke run")
-    parser.add_argument("--only", default="single,startup,fleet,agent,backup,cp,ssh",
-                        help="comma-separated subset of: single, startup, fleet, agent, backup, cp, ssh")
+    parser.add_argument("--only", default="single,startup,fleet,agent,backup,cp,ssh,chains",
+                        help="comma-separated subset of: single, startup, fleet, agent, backup, cp, ssh, chains")
     parser.add_argument("--source", action="store_true",
                         help="run qmpctl from the source tree (PYTHONPATH) instead of the installed copy")
     parser.add_argument("--typer-versions", action="store_true",
@@ -852,7 +988,7 @@ class Bench:
             wanted = set(self.args.only.split(","))
             for name, step in (("single", bench_single), ("startup", bench_startup), ("fleet", bench_fleet),
                                ("agent", bench_agent), ("backup", bench_backup), ("cp", bench_agent_cp),
-                               ("ssh", bench_ssh)):
+                               ("ssh", bench_ssh), ("chains", bench_chains)):
                 if name in wanted:
                     step(ctx)
             print(f"\n{sum(ctx.verdicts)} of {len(ctx.verdicts)} targets met")
