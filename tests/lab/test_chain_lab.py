@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import json
-import random
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
 from support.lab import lab_guest_module
 from support.qemu import RawQmp
+from support.qga import agent_request
 from support.runner import CliRunner
 
 pytestmark = pytest.mark.lab
@@ -24,27 +23,8 @@ FS_DEVICE = "fs0"
 """The lab guest's ext2 filesystem, /mnt/data (a raw image: its bitmap lives as long as the QEMU)."""
 
 
-def agent_call(path: Path, execute: str, timeout: float = 10) -> Any:
-    """One request to the guest agent on a fresh, resynchronised connection (independent of qmpctl)."""
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(path))
-        sync_id = random.randrange(1, 1 << 30)
-        sock.sendall(b"\xff" + json.dumps({"execute": "guest-sync-delimited", "arguments": {"id": sync_id}}).encode())
-        reader = sock.makefile("rb")
-        while True:
-            line = reader.readline().lstrip(b"\xff")
-            try:
-                if json.loads(line).get("return") == sync_id:
-                    break
-            except ValueError:
-                continue
-        sock.sendall(json.dumps({"execute": execute}).encode())
-        return json.loads(reader.readline())["return"]
-
-
-def in_guest(run: CliRunner, guest, script: str) -> str:
-    result = run("agent", "exec", "-a", str(guest.agent_path), "--wait-timeout", "120", "--", "sh", "-c", script,
+def in_guest(cli: CliRunner, guest, script: str) -> str:
+    result = cli("agent", "exec", "-a", str(guest.agent_path), "--wait-timeout", "120", "--", "sh", "-c", script,
                  timeout=150)
     assert result.code == 0, result
     return result.out
@@ -61,13 +41,8 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
         yield booted
 
 
-@pytest.fixture
-def run() -> CliRunner:
-    return CliRunner()
-
-
-def chain_backup(run: CliRunner, guest, into: Path, *arguments: str):
-    return run("backup", "-s", str(guest.qmp_path), FS_DEVICE, "--into", str(into),
+def chain_backup(cli: CliRunner, guest, into: Path, *arguments: str):
+    return cli("backup", "-s", str(guest.qmp_path), FS_DEVICE, "--into", str(into),
                "--progress", "none", *arguments)
 
 
@@ -79,38 +54,38 @@ def read_file_from(image: Path, name: str, workdir: Path) -> str:
     return shown.stdout
 
 
-def test_freeze_brackets_the_job_start_and_the_image_holds_what_the_guest_had_not_synced(run, guest, tmp_path):
+def test_freeze_brackets_the_job_start_and_the_image_holds_what_the_guest_had_not_synced(cli, guest, tmp_path):
     into = tmp_path / "b"
-    assert chain_backup(run, guest, into).code == 0
-    in_guest(run, guest, f"echo '{MARKER}' > /mnt/data/marker")  # in the guest's page cache only
-    result = chain_backup(run, guest, into, "--freeze", "-a", str(guest.agent_path))
+    assert chain_backup(cli, guest, into).code == 0
+    in_guest(cli, guest, f"echo '{MARKER}' > /mnt/data/marker")  # in the guest's page cache only
+    result = chain_backup(cli, guest, into, "--freeze", "-a", str(guest.agent_path))
     assert result.code == 0, result
     reply = json.loads(result.out)["return"]
     assert reply["level"] == "incremental" and reply["freeze"]["frozen"] >= 1
     assert reply["freeze"]["thawed"] == reply["freeze"]["frozen"]
-    assert agent_call(guest.agent_path, "guest-fsfreeze-status") == "thawed"
+    assert agent_request(guest.agent_path, "guest-fsfreeze-status") == "thawed"
     restored = tmp_path / "restored.qcow2"
-    assert run("restore", reply["chain"], str(restored)).code == 0
+    assert cli("restore", reply["chain"], str(restored)).code == 0
     assert read_file_from(restored, "marker", tmp_path).strip() == MARKER  # the freeze flushed it first
 
 
-def test_freeze_without_an_agent_starts_nothing_and_try_backs_up_unfrozen(run, guest, tmp_path):
+def test_freeze_without_an_agent_starts_nothing_and_try_backs_up_unfrozen(cli, guest, tmp_path):
     into = tmp_path / "b"
     missing = tmp_path / "no-agent.sock"
-    refused = chain_backup(run, guest, into, "--freeze", "-a", str(missing))
+    refused = chain_backup(cli, guest, into, "--freeze", "-a", str(missing))
     assert refused.code == 3 and "agent" in refused.err, refused
     assert not any(into.glob("*/*.qcow2"))
-    tried = chain_backup(run, guest, into, "--freeze-try", "-a", str(missing))
+    tried = chain_backup(cli, guest, into, "--freeze-try", "-a", str(missing))
     assert tried.code == 0, tried
     reply = json.loads(tried.out)["return"]
     assert reply["freeze"]["frozen"] is False and "cannot be reached" in reply["freeze"]["reason"]
 
 
-def test_an_interrupted_frozen_backup_leaves_the_guest_thawed(run, guest, tmp_path):
+def test_an_interrupted_frozen_backup_leaves_the_guest_thawed(cli, guest, tmp_path):
     into = tmp_path / "b"
-    assert chain_backup(run, guest, into).code == 0
-    in_guest(run, guest, "dd if=/dev/urandom of=/mnt/data/big bs=1M count=4 2>/dev/null && sync")
-    child = run.popen("backup", "-s", str(guest.qmp_path), FS_DEVICE, "--into", str(into),
+    assert chain_backup(cli, guest, into).code == 0
+    in_guest(cli, guest, "dd if=/dev/urandom of=/mnt/data/big bs=1M count=4 2>/dev/null && sync")
+    child = cli.popen("backup", "-s", str(guest.qmp_path), FS_DEVICE, "--into", str(into),
                       "--freeze", "-a", str(guest.agent_path), "--speed", "128K", "--progress", "none")
 
     with RawQmp(guest.check_path) as qmp:
@@ -120,10 +95,10 @@ def test_an_interrupted_frozen_backup_leaves_the_guest_thawed(run, guest, tmp_pa
         child.send_signal(signal.SIGINT)
     _, err = child.communicate(timeout=30)
     assert child.returncode == 130, err
-    assert agent_call(guest.agent_path, "guest-fsfreeze-status") == "thawed", err
+    assert agent_request(guest.agent_path, "guest-fsfreeze-status") == "thawed", err
     with RawQmp(guest.check_path) as qmp:
         assert qmp.cmd("query-jobs") == []
-    in_guest(run, guest, "echo still writable > /mnt/data/after && sync")
+    in_guest(cli, guest, "echo still writable > /mnt/data/after && sync")
 
 
 def test_a_signal_between_the_frozen_block_and_the_thaw_still_thaws(guest, monkeypatch):
@@ -167,42 +142,42 @@ def test_a_signal_between_the_frozen_block_and_the_thaw_still_thaws(guest, monke
     assert len(attempts) == 2
 
 
-def test_restore_boot_check_boots_the_restored_disk_and_reads_back_the_data(run, guest, tmp_path):
+def test_restore_boot_check_boots_the_restored_disk_and_reads_back_the_data(cli, guest, tmp_path):
     into = tmp_path / "b"
-    in_guest(run, guest, f"echo '{MARKER}' > /mnt/data/drill && sync")
-    backed = chain_backup(run, guest, into, "--freeze", "-a", str(guest.agent_path))
+    in_guest(cli, guest, f"echo '{MARKER}' > /mnt/data/drill && sync")
+    backed = chain_backup(cli, guest, into, "--freeze", "-a", str(guest.agent_path))
     assert backed.code == 0, backed
     kernel, initrd = lab_guest_module().lab_build.build()
     boot = ["--qemu-arg=-kernel", f"--qemu-arg={kernel}", "--qemu-arg=-initrd", f"--qemu-arg={initrd}",
             "--qemu-arg=-append", "--qemu-arg=console=ttyS0 quiet panic=-1", "--qemu-arg=-m", "--qemu-arg=256",
             "--qemu-arg=-M", "--qemu-arg=pc", "--qemu-arg=-accel", "--qemu-arg=tcg", "--boot-timeout", "90"]
     chain = json.loads(backed.out)["return"]["chain"]
-    drill = run("restore", chain, str(tmp_path / "drill.qcow2"), "--boot-check", *boot,
+    drill = cli("restore", chain, str(tmp_path / "drill.qcow2"), "--boot-check", *boot,
                 "--check-command", "mount -t ext2 /dev/vda /mnt && cat /mnt/drill", timeout=150)
     assert drill.code == 0, drill
     checked = json.loads(drill.out)["return"]["boot-check"]
     assert checked["booted"] and checked["check"]["stdout"].strip() == MARKER
 
 
-def test_restore_boot_check_of_a_guest_that_never_answers_is_exit_6_with_the_console(run, guest, tmp_path):
-    backed = chain_backup(run, guest, tmp_path / "b")
+def test_restore_boot_check_of_a_guest_that_never_answers_is_exit_6_with_the_console(cli, guest, tmp_path):
+    backed = chain_backup(cli, guest, tmp_path / "b")
     assert backed.code == 0, backed
     chain = json.loads(backed.out)["return"]["chain"]
-    silent = run("restore", chain, str(tmp_path / "r.qcow2"), "--boot-check", "--boot-timeout", "3",
+    silent = cli("restore", chain, str(tmp_path / "r.qcow2"), "--boot-check", "--boot-timeout", "3",
                  "--qemu-arg=-accel", "--qemu-arg=tcg", "--check-command", "true")
     assert silent.code == 6 and "did not answer within --boot-timeout 3s" in silent.err, silent
     assert "serial console stayed empty" in silent.err  # SeaBIOS alone prints nothing on ttyS0
     assert (tmp_path / "r.qcow2").exists()  # the restore itself stays
 
 
-def test_a_freeze_that_takes_too_long_is_thawed_and_nothing_starts(run, guest, tmp_path):
+def test_a_freeze_that_takes_too_long_is_thawed_and_nothing_starts(cli, guest, tmp_path):
     into = tmp_path / "b"
-    in_guest(run, guest, "dd if=/dev/urandom of=/mnt/data/dirty bs=1M count=4 2>/dev/null")  # the freeze syncs it
-    result = chain_backup(run, guest, into, "--freeze", "-a", str(guest.agent_path), "--freeze-timeout", "0.01")
+    in_guest(cli, guest, "dd if=/dev/urandom of=/mnt/data/dirty bs=1M count=4 2>/dev/null")  # the freeze syncs it
+    result = chain_backup(cli, guest, into, "--freeze", "-a", str(guest.agent_path), "--freeze-timeout", "0.01")
     assert result.code == 4 and "did not freeze" in result.err and "nothing was started" in result.err, result
-    assert agent_call(guest.agent_path, "guest-fsfreeze-status") == "thawed"
+    assert agent_request(guest.agent_path, "guest-fsfreeze-status") == "thawed"
     assert not list(into.glob("2*"))
     with RawQmp(guest.check_path) as qmp:
         assert qmp.cmd("query-jobs") == []
         assert not [node for node in qmp.cmd("query-named-block-nodes") if node["node-name"].startswith("chain-")]
-    in_guest(run, guest, "rm /mnt/data/dirty && sync")
+    in_guest(cli, guest, "rm /mnt/data/dirty && sync")

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 from support.lab import lab_guest, lab_guest_module
+from support.qemu import RawQmp
 from support.runner import CliRunner
+from support.waits import wait_for
 
 pytestmark = pytest.mark.lab
 
@@ -32,17 +34,12 @@ def guest(tmp_path_factory: pytest.TempPathFactory, qemu_build) -> Iterator:
         yield booted
 
 
-@pytest.fixture
-def run() -> CliRunner:
-    return CliRunner()
+def agent(cli: CliRunner, guest, *args: str, **kwargs):
+    return cli("agent", *args[:1], "-a", str(guest.agent_path), *args[1:], **kwargs)
 
 
-def agent(run: CliRunner, guest, *args: str, **kwargs):
-    return run("agent", *args[:1], "-a", str(guest.agent_path), *args[1:], **kwargs)
-
-
-def guest_sh(run: CliRunner, guest, script: str) -> str:
-    result = agent(run, guest, "exec", "--", "sh", "-c", script)
+def guest_sh(cli: CliRunner, guest, script: str) -> str:
+    result = agent(cli, guest, "exec", "--", "sh", "-c", script)
     assert result.code == 0, result
     return result.out
 
@@ -51,88 +48,81 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def wait_for(predicate, seconds: float = 30.0, what: str = "the condition") -> None:
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 # ----------------------------------------------------------------------------- agent cp
 
 
 @pytest.mark.one_qemu  # bulk copying is qmpctl's side; the smaller copies below run on every qemu-ga
-def test_copy_5_mib_in_and_out_with_equal_hashes(run, guest, tmp_path):
+def test_copy_5_mib_in_and_out_with_equal_hashes(cli, guest, tmp_path):
     data = os.urandom(5 * 1024 * 1024)
     source = tmp_path / "random.bin"
     source.write_bytes(data)
-    copied_in = agent(run, guest, "cp", str(source), "guest:/mnt/data/random.bin", timeout=180)
+    copied_in = agent(cli, guest, "cp", str(source), "guest:/mnt/data/random.bin", timeout=180)
     assert copied_in.code == 0, copied_in
     result = json.loads(copied_in.out)["return"]
     assert result["bytes"] == len(data) and result["seconds"] > 0 and result["verified"] is True, result
     assert result["sha256"] == sha256(data)
-    assert guest_sh(run, guest, "sha256sum /mnt/data/random.bin").split()[0] == sha256(data)
+    assert guest_sh(cli, guest, "sha256sum /mnt/data/random.bin").split()[0] == sha256(data)
 
     back = tmp_path / "back.bin"
-    copied_out = agent(run, guest, "cp", "guest:/mnt/data/random.bin", str(back), timeout=180)
+    copied_out = agent(cli, guest, "cp", "guest:/mnt/data/random.bin", str(back), timeout=180)
     assert copied_out.code == 0, copied_out
     assert json.loads(copied_out.out)["return"]["verified"] is True
     assert sha256(back.read_bytes()) == sha256(data)
     assert not [name for name in os.listdir(tmp_path) if "qmpctl" in name], "a temporary file was left behind"
-    guest_sh(run, guest, "rm /mnt/data/random.bin")
+    guest_sh(cli, guest, "rm /mnt/data/random.bin")
 
 
-def test_dash_is_stdin_and_stdout_binary_safe(run, guest):
+def test_dash_is_stdin_and_stdout_binary_safe(cli, guest):
     data = bytes(range(256)) * 300 + b"\r\n\x00\xff"
-    sent = agent(run, guest, "cp", "-", "guest:/tmp/from-stdin", input=data)
+    sent = agent(cli, guest, "cp", "-", "guest:/tmp/from-stdin", input=data)
     assert sent.code == 0 and json.loads(sent.out)["return"]["bytes"] == len(data), sent
-    received = agent(run, guest, "cp", "guest:/tmp/from-stdin", "-")
+    received = agent(cli, guest, "cp", "guest:/tmp/from-stdin", "-")
     assert received.code == 0 and received.out_bytes == data, received
-    into_grep = subprocess.run(f"{' '.join(run.argv())} agent cp -a {guest.agent_path} guest:/etc/os-release - "
-                               "| grep ^ID=", shell=True, capture_output=True, env=run.env(), timeout=60, check=False)
+    into_grep = subprocess.run(f"{' '.join(cli.argv())} agent cp -a {guest.agent_path} guest:/etc/os-release - "
+                               "| grep ^ID=", shell=True, capture_output=True, env=cli.env(), timeout=60, check=False)
     assert into_grep.stdout == b"ID=qmpctl-lab\n", into_grep
 
 
-def test_existing_destinations_are_refused_on_both_sides_and_kept(run, guest, tmp_path):
+def test_existing_destinations_are_refused_on_both_sides_and_kept(cli, guest, tmp_path):
     local = tmp_path / "exists.txt"
     local.write_bytes(b"local original\n")
-    agent(run, guest, "cp", "-", "guest:/tmp/exists.txt", input=b"guest original\n")
+    agent(cli, guest, "cp", "-", "guest:/tmp/exists.txt", input=b"guest original\n")
 
-    out = agent(run, guest, "cp", "guest:/tmp/exists.txt", str(local))
+    out = agent(cli, guest, "cp", "guest:/tmp/exists.txt", str(local))
     assert out.code == 2 and str(local) in out.err and "--force" in out.err, out
     assert local.read_bytes() == b"local original\n"
 
-    into = agent(run, guest, "cp", str(local), "guest:/tmp/exists.txt")
+    into = agent(cli, guest, "cp", str(local), "guest:/tmp/exists.txt")
     assert into.code == 2 and "guest:/tmp/exists.txt exists" in into.err, into
-    assert agent(run, guest, "cp", "guest:/tmp/exists.txt", "-").out_bytes == b"guest original\n"
+    assert agent(cli, guest, "cp", "guest:/tmp/exists.txt", "-").out_bytes == b"guest original\n"
 
-    forced = agent(run, guest, "cp", "--force", str(local), "guest:/tmp/exists.txt")
+    forced = agent(cli, guest, "cp", "--force", str(local), "guest:/tmp/exists.txt")
     assert forced.code == 0, forced
-    assert agent(run, guest, "cp", "guest:/tmp/exists.txt", "-").out_bytes == b"local original\n"
-    forced_out = agent(run, guest, "cp", "--force", "guest:/etc/hostname", str(local))
+    assert agent(cli, guest, "cp", "guest:/tmp/exists.txt", "-").out_bytes == b"local original\n"
+    forced_out = agent(cli, guest, "cp", "--force", "guest:/etc/hostname", str(local))
     assert forced_out.code == 0 and local.read_bytes() == b"lab\n", forced_out
 
 
-def test_the_guests_refusals_exit_1_in_one_line(run, guest, tmp_path):
+def test_the_guests_refusals_exit_1_in_one_line(cli, guest, tmp_path):
     source = tmp_path / "small"
     source.write_bytes(b"x")
-    read_only = agent(run, guest, "cp", str(source), "guest:/mnt/ro/small")
+    read_only = agent(cli, guest, "cp", str(source), "guest:/mnt/ro/small")
     assert read_only.code == 1 and "Read-only file system" in read_only.err, read_only
-    missing = agent(run, guest, "cp", "guest:/no/such/file", str(tmp_path / "missing"))
+    missing = agent(cli, guest, "cp", "guest:/no/such/file", str(tmp_path / "missing"))
     assert missing.code == 1 and "No such file or directory" in missing.err, missing
     assert not (tmp_path / "missing").exists()
-    directory = agent(run, guest, "cp", "guest:/etc", str(tmp_path / "etc"))
+    directory = agent(cli, guest, "cp", "guest:/etc", str(tmp_path / "etc"))
     assert directory.code == 1 and "guest:/etc" in directory.err, directory
     for result in (read_only, missing, directory):
         assert result.err.count("\n") == 1, result
-    both_local = agent(run, guest, "cp", str(source), str(tmp_path / "other"))
+    both_local = agent(cli, guest, "cp", str(source), str(tmp_path / "other"))
     assert both_local.code == 2, both_local
 
 
-def test_ctrl_c_during_a_copy_closes_the_guest_handle_and_names_the_partial_file(run, guest, tmp_path):
+def test_ctrl_c_during_a_copy_closes_the_guest_handle_and_names_the_partial_file(cli, guest, tmp_path):
     source = tmp_path / "big.bin"
     source.write_bytes(os.urandom(24 * 1024 * 1024))
-    copy = run.popen("agent", "cp", "-a", str(guest.agent_path), "--progress", "json", str(source),
+    copy = cli.popen("agent", "cp", "-a", str(guest.agent_path), "--progress", "json", str(source),
                      "guest:/tmp/interrupted.bin")
     assert copy.stderr is not None
     first = copy.stderr.readline()  # a progress line: the guest file is open and written to
@@ -141,22 +131,22 @@ def test_ctrl_c_during_a_copy_closes_the_guest_handle_and_names_the_partial_file
     _, err = copy.communicate(timeout=60)
     assert copy.returncode == 130, err
     assert b"the partial file guest:/tmp/interrupted.bin is left in the guest" in err, err
-    handles = guest_sh(run, guest, "ls -l /proc/$(pidof qemu-ga)/fd")
+    handles = guest_sh(cli, guest, "ls -l /proc/$(pidof qemu-ga)/fd")
     assert "/tmp/interrupted.bin" not in handles, handles
 
 
-def test_a_file_that_changes_under_the_copy_fails_verification_with_exit_6(run, guest, tmp_path):
+def test_a_file_that_changes_under_the_copy_fails_verification_with_exit_6(cli, guest, tmp_path):
     """The guest's sha256sum runs after the copy: a file still growing then hashes differently."""
-    started = agent(run, guest, "exec", "--no-wait", "--return-value", "--", "sh", "-c",
+    started = agent(cli, guest, "exec", "--no-wait", "--return-value", "--", "sh", "-c",
                     "while true; do echo more >> /tmp/growing; done")
     assert started.code == 0, started
     writer = json.loads(started.out)["pid"]
     try:
-        wait_for(lambda: guest_sh(run, guest, "wc -c < /tmp/growing 2>/dev/null || echo 0").strip() != "0",
-                 what="the guest to start writing")
-        copied = agent(run, guest, "cp", "guest:/tmp/growing", str(tmp_path / "growing"))
+        wait_for(lambda: guest_sh(cli, guest, "wc -c < /tmp/growing 2>/dev/null || echo 0").strip() != "0",
+                 "the guest to start writing", timeout=30, pause=0.05)
+        copied = agent(cli, guest, "cp", "guest:/tmp/growing", str(tmp_path / "growing"))
     finally:
-        guest_sh(run, guest, f"kill {writer}")
+        guest_sh(cli, guest, f"kill {writer}")
     assert copied.code == 6 and "verification failed" in copied.err, copied
     assert not (tmp_path / "growing").exists(), "a copy that failed verification must not take the name"
 
@@ -164,21 +154,21 @@ def test_a_file_that_changes_under_the_copy_fails_verification_with_exit_6(run, 
 # ----------------------------------------------------------------------------- agent set-password
 
 
-def _shadow_entry(run, guest) -> str:
-    return guest_sh(run, guest, "grep ^lab: /etc/shadow").strip()
+def _shadow_entry(cli, guest) -> str:
+    return guest_sh(cli, guest, "grep ^lab: /etc/shadow").strip()
 
 
-def test_set_password_changes_the_shadow_entry_and_shows_the_password_nowhere(run, guest, tmp_path):
-    before = _shadow_entry(run, guest)
-    process = subprocess.Popen([*run.argv("agent", "set-password", "-a", str(guest.agent_path), "lab")],
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=run.env())
+def test_set_password_changes_the_shadow_entry_and_shows_the_password_nowhere(cli, guest, tmp_path):
+    before = _shadow_entry(cli, guest)
+    process = subprocess.Popen([*cli.argv("agent", "set-password", "-a", str(guest.agent_path), "lab")],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli.env())
     assert process.stdin is not None
     visible = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
     out, err = process.communicate(PASSWORD.encode() + b"\n", timeout=60)
     assert process.returncode == 0, err
     assert PASSWORD not in visible and PASSWORD.encode() not in cmdline
-    after = _shadow_entry(run, guest)
+    after = _shadow_entry(cli, guest)
     assert after != before and after.split(":")[1].startswith("$6$"), after
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -189,8 +179,8 @@ def test_set_password_changes_the_shadow_entry_and_shows_the_password_nowhere(ru
 
     secret_file = tmp_path / "pw"
     secret_file.write_text(PASSWORD + "\n")
-    dry = agent(run, guest, "set-password", "--dry-run", "--password-file", str(secret_file), "lab")
-    refused = agent(run, guest, "set-password", "--password-file", str(secret_file), "nosuchuser")
+    dry = agent(cli, guest, "set-password", "--dry-run", "--password-file", str(secret_file), "lab")
+    refused = agent(cli, guest, "set-password", "--password-file", str(secret_file), "nosuchuser")
     assert dry.code == 0 and '"password":"********"' in dry.out, dry
     assert refused.code == 1 and "nosuchuser" in refused.err, refused
     encoded = __import__("base64").b64encode(PASSWORD.encode()).decode()
@@ -198,50 +188,50 @@ def test_set_password_changes_the_shadow_entry_and_shows_the_password_nowhere(ru
         assert PASSWORD not in result.out + result.err and encoded not in result.out + result.err, result
 
 
-def test_set_password_crypted_passes_the_hash_through(run, guest):
+def test_set_password_crypted_passes_the_hash_through(cli, guest):
     hashed = "$6$labsalt$" + "A" * 86
-    done = agent(run, guest, "set-password", "--crypted", "lab", input=hashed.encode() + b"\n")
+    done = agent(cli, guest, "set-password", "--crypted", "lab", input=hashed.encode() + b"\n")
     assert done.code == 0, done
-    assert _shadow_entry(run, guest).split(":")[1] == hashed
+    assert _shadow_entry(cli, guest).split(":")[1] == hashed
 
 
 # ----------------------------------------------------------------------------- agent fsfreeze
 
 
-def _status(run, guest) -> str:
-    result = agent(run, guest, "fsfreeze", "status", "--return-value")
+def _status(cli, guest) -> str:
+    result = agent(cli, guest, "fsfreeze", "status", "--return-value")
     assert result.code == 0, result
     return json.loads(result.out)
 
 
-def test_freeze_status_thaw_and_what_is_refused_while_frozen(run, guest):
-    frozen = agent(run, guest, "fsfreeze", "freeze", "--mountpoint", guest.data_fs_mountpoint)
+def test_freeze_status_thaw_and_what_is_refused_while_frozen(cli, guest):
+    frozen = agent(cli, guest, "fsfreeze", "freeze", "--mountpoint", guest.data_fs_mountpoint)
     try:
         assert frozen.code == 0 and json.loads(frozen.out) == {"return": 1}, frozen
         assert "stay frozen" in frozen.err and "fsfreeze thaw" in frozen.err
-        assert _status(run, guest) == "frozen"
-        exec_refused = agent(run, guest, "exec", "--", "touch", "/mnt/data/x")
+        assert _status(cli, guest) == "frozen"
+        exec_refused = agent(cli, guest, "exec", "--", "touch", "/mnt/data/x")
         assert exec_refused.code == 125 and "frozen" in exec_refused.err, exec_refused
-        cp_refused = agent(run, guest, "cp", "-", "guest:/mnt/data/x", input=b"x")
+        cp_refused = agent(cli, guest, "cp", "-", "guest:/mnt/data/x", input=b"x")
         assert cp_refused.code == 1 and "frozen" in cp_refused.err and "thaw" in cp_refused.err, cp_refused
         assert cp_refused.seconds < 10
     finally:
-        thawed = agent(run, guest, "fsfreeze", "thaw")
+        thawed = agent(cli, guest, "fsfreeze", "thaw")
     assert thawed.code == 0 and json.loads(thawed.out) == {"return": 1}, thawed
-    assert _status(run, guest) == "thawed"
+    assert _status(cli, guest) == "thawed"
 
 
-def test_freeze_for_thaws_after_the_time(run, guest):
-    held = agent(run, guest, "fsfreeze", "freeze", "--for", "2")
+def test_freeze_for_thaws_after_the_time(cli, guest):
+    held = agent(cli, guest, "fsfreeze", "freeze", "--for", "2")
     assert held.code == 0, held
     result = json.loads(held.out)["return"]
     assert result["frozen"] >= 1 and result["thawed"] == result["frozen"] and result["seconds"] >= 2, result
     assert held.seconds >= 2
-    assert _status(run, guest) == "thawed"
+    assert _status(cli, guest) == "thawed"
 
 
-def test_freeze_for_thaws_on_ctrl_c(run, guest):
-    held = run.popen("agent", "fsfreeze", "-a", str(guest.agent_path), "freeze", "--for", "300")
+def test_freeze_for_thaws_on_ctrl_c(cli, guest):
+    held = cli.popen("agent", "fsfreeze", "-a", str(guest.agent_path), "freeze", "--for", "300")
     assert held.stderr is not None
     line = held.stderr.readline()
     assert b"froze" in line, line
@@ -250,7 +240,7 @@ def test_freeze_for_thaws_on_ctrl_c(run, guest):
     _, err = held.communicate(timeout=30)
     assert held.returncode == 130, err
     assert time.monotonic() - started < 20
-    assert _status(run, guest) == "thawed"
+    assert _status(cli, guest) == "thawed"
 
 
 # ----------------------------------------------------------------------------- shutdown (last: ends the guest)
@@ -259,17 +249,19 @@ def test_freeze_for_thaws_on_ctrl_c(run, guest):
 def test_system_powerdown_presses_the_power_button_the_lab_guest_obeys(tmp_path_factory):
     lab = lab_guest_module()
     with lab.LabGuest(tmp_path_factory.mktemp("off"), name="off") as own_guest:
-        own_guest.qmp_command("system_powerdown")
-        wait_for(lambda: not own_guest.is_running(), 60, "the guest to power off on the ACPI button")
+        with RawQmp(own_guest.qmp_path, timeout=10) as qmp:
+            qmp.cmd("system_powerdown")
+        wait_for(lambda: not own_guest.is_running(), "the guest to power off on the ACPI button", timeout=60,
+                 pause=0.05)
         assert "lab: power button" in own_guest.console_log.read_text()
 
 
-def test_shutdown_with_qmp_returns_once_qemu_reports_it(run, guest):
+def test_shutdown_with_qmp_returns_once_qemu_reports_it(cli, guest):
     """The module's guest goes down here, so this test comes last."""
-    dry = agent(run, guest, "shutdown", "--mode", "halt", "--dry-run")
+    dry = agent(cli, guest, "shutdown", "--mode", "halt", "--dry-run")
     assert json.loads(dry.out) == {"execute": "guest-shutdown", "arguments": {"mode": "halt"}}, dry
-    down = agent(run, guest, "shutdown", "-s", str(guest.qmp_path), "--wait-timeout", "60")
+    down = agent(cli, guest, "shutdown", "-s", str(guest.qmp_path), "--wait-timeout", "60")
     assert down.code == 0, down
     seen = json.loads(down.out)["return"]
     assert seen["event"] == "SHUTDOWN" and seen["data"]["reason"] == "guest-shutdown", seen
-    wait_for(lambda: not guest.is_running(), what="QEMU to exit after the guest powered off")
+    wait_for(lambda: not guest.is_running(), "QEMU to exit after the guest powered off", timeout=30, pause=0.05)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import uuid
 from typing import Iterator
 
@@ -29,16 +28,20 @@ AGENT_READY_SECONDS = 120
 def _wait_for_agent(domain: TestDomain) -> None:
     """Retry ``agent ping --domain`` until the guest's qemu-ga answers (boot takes seconds under TCG)."""
     cli = CliRunner()
-    deadline = time.monotonic() + AGENT_READY_SECONDS
-    while True:
-        result = cli("agent", "ping", "--domain", domain.name, "--timeout", "3")
-        if result.code == 0:
-            return
-        if result.code not in (4,) or time.monotonic() > deadline:
-            console = domain.workdir / "console.log"
-            tail = console.read_text(errors="replace")[-2000:] if console.exists() else "(no console log)"
-            raise AssertionError(f"agent never answered through libvirt: {result}\nconsole: {tail}")
-        time.sleep(0.5)
+    results = []
+
+    def answered() -> bool:
+        results.append(cli("agent", "ping", "--domain", domain.name, "--timeout", "3"))
+        if results[-1].code not in (0, 4):  # 4: no answer yet; anything else will not get better
+            raise TimeoutError(f"agent ping exited {results[-1].code}")
+        return results[-1].code == 0
+
+    try:
+        wait_for(answered, "the agent answering through libvirt", AGENT_READY_SECONDS, pause=0.5)
+    except TimeoutError:
+        console = domain.workdir / "console.log"
+        tail = console.read_text(errors="replace")[-2000:] if console.exists() else "(no console log)"
+        raise AssertionError(f"agent never answered through libvirt: {results[-1]}\nconsole: {tail}") from None
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +115,8 @@ def test_hotplugged_virtio_disk_is_seen_by_the_guest_and_released_on_unplug(cli,
     lab_domain.qemu_writable(image)
     plugged = cli("hotplug-disk", "-d", lab_domain.name, str(image), "--id", "labhp0")
     assert plugged.code == 0, plugged
-    deadline = time.monotonic() + 20
-    while "vdb" not in cli("agent", "exec", "-d", lab_domain.name, "--", "ls", "/dev").out:
-        assert time.monotonic() < deadline, "the guest never saw the hotplugged disk as /dev/vdb"
-        time.sleep(0.5)
+    wait_for(lambda: "vdb" in cli("agent", "exec", "-d", lab_domain.name, "--", "ls", "/dev").out,
+             "the guest to see the hotplugged disk as /dev/vdb", timeout=20, pause=0.5)
     unplugged = cli("unplug-disk", "-d", lab_domain.name, "labhp0", "--wait-timeout", "30")
     assert unplugged.code == 0, unplugged
     assert "vdb" not in cli("agent", "exec", "-d", lab_domain.name, "--", "ls", "/dev").out
@@ -227,7 +228,5 @@ def test_guest_shutdown_without_reply_powers_the_guest_off(lab_domain):
         session.execute_no_reply(Request.raw({"execute": "guest-shutdown"}, protocol="qga"), Deadline(10))
     finally:
         session.close()
-    deadline = time.monotonic() + 60
-    while lab_domain.state() != "shut off":
-        assert time.monotonic() < deadline, f"guest still {lab_domain.state()} after guest-shutdown"
-        time.sleep(0.5)
+    wait_for(lambda: lab_domain.state() == "shut off", "the domain shut off after guest-shutdown", timeout=60,
+             pause=0.5)

@@ -18,8 +18,9 @@ from typing import Iterator
 import pytest
 
 from support.lab import lab_guest_module
-from support.polling import eventually
+from support.qemu import RawQmp
 from support.runner import CliRunner
+from support.waits import wait_for
 
 pytestmark = [pytest.mark.lab, pytest.mark.qemu]
 
@@ -63,17 +64,13 @@ def destination(journey: Journey):
     return journey.twin()
 
 
-@pytest.fixture
-def run() -> CliRunner:
-    return CliRunner()
-
-
 def qmp(vm, execute: str) -> dict:
-    return vm.qmp_command(execute)["return"]
+    with RawQmp(vm.qmp_path, timeout=10) as check:
+        return check.cmd(execute)
 
 
-def agent(run: CliRunner, agent_path: Path, *command: str):
-    return run("agent", "exec", "-a", str(agent_path), "--", *command)
+def agent(cli: CliRunner, agent_path: Path, *command: str):
+    return cli("agent", "exec", "-a", str(agent_path), "--", *command)
 
 
 def left_waiting(vm) -> bool:
@@ -85,23 +82,23 @@ def left_waiting(vm) -> bool:
         return vm.is_running()
 
 
-def migrate(run: CliRunner, guest, destination, *options: str, **kwargs):
-    return run("migrate", "-s", str(guest.qmp_path), "--to", str(destination.qmp_path), *options, **kwargs)
+def migrate(cli: CliRunner, guest, destination, *options: str, **kwargs):
+    return cli("migrate", "-s", str(guest.qmp_path), "--to", str(destination.qmp_path), *options, **kwargs)
 
 
-def test_a_throttled_migration_cut_short_leaves_the_guest_running_on_the_source(run, guest, destination):
-    result = migrate(run, guest, destination, "--speed", "1M", "--wait-timeout", "2", "--progress", "none")
+def test_a_throttled_migration_cut_short_leaves_the_guest_running_on_the_source(cli, guest, destination):
+    result = migrate(cli, guest, destination, "--speed", "1M", "--wait-timeout", "2", "--progress", "none")
     assert result.code == 4, result
     assert "--wait-timeout 2s" in result.err and "the source is running" in result.err, result.err
     assert qmp(guest, "query-status")["status"] == "running"
     assert qmp(guest, "query-migrate")["status"] == "cancelled"
-    assert eventually(lambda: not left_waiting(destination)), "the destination is left waiting"
-    alive = agent(run, guest.agent_path, "echo", "still here")
+    wait_for(lambda: not left_waiting(destination), "the destination is left waiting", timeout=15)
+    alive = agent(cli, guest.agent_path, "echo", "still here")
     assert alive.code == 0 and alive.out == "still here\n", alive
 
 
-def test_sigint_during_a_migration_gives_the_guest_back(run, guest, destination):
-    process = run.popen("migrate", "-s", str(guest.qmp_path), "--to", str(destination.qmp_path),
+def test_sigint_during_a_migration_gives_the_guest_back(cli, guest, destination):
+    process = cli.popen("migrate", "-s", str(guest.qmp_path), "--to", str(destination.qmp_path),
                         "--speed", "1M", "--progress", "json")
     first = process.stderr.readline()  # a progress line: the migration is under way
     assert json.loads(first)["status"] in ("setup", "active"), first
@@ -110,15 +107,15 @@ def test_sigint_during_a_migration_gives_the_guest_back(run, guest, destination)
     assert process.returncode == 130, err
     assert b"the source is running" in err, err
     assert qmp(guest, "query-status")["status"] == "running"
-    assert eventually(lambda: not left_waiting(destination))
+    wait_for(lambda: not left_waiting(destination), "the destination no longer waiting", timeout=15)
 
 
-def test_the_guest_moves_with_its_memory_and_keeps_counting(run, journey, guest, destination):
+def test_the_guest_moves_with_its_memory_and_keeps_counting(cli, journey, guest, destination):
     marker = f"in guest RAM only {os.urandom(8).hex()}"
-    wrote = agent(run, guest.agent_path, "sh", "-c", f"echo '{marker}' > /tmp/marker; cat /proc/uptime")
+    wrote = agent(cli, guest.agent_path, "sh", "-c", f"echo '{marker}' > /tmp/marker; cat /proc/uptime")
     assert wrote.code == 0, wrote
     uptime_before = float(wrote.out.split()[0])
-    result = migrate(run, guest, destination, "--progress", "json", "--timeout", "30")
+    result = migrate(cli, guest, destination, "--progress", "json", "--timeout", "30")
     assert result.code == 0, result
     summary = json.loads(result.out)["return"]
     assert summary["source"] == {"status": "postmigrate", "migration": "completed"}, summary
@@ -128,7 +125,7 @@ def test_the_guest_moves_with_its_memory_and_keeps_counting(run, journey, guest,
     print(f"lab guest migrated: {summary['bytes']} bytes in {summary['total-time-ms']} ms, "
           f"downtime {summary['downtime-ms']} ms")
     assert qmp(guest, "query-status")["status"] == "postmigrate"
-    after = agent(run, destination.agent_path, "sh", "-c", "cat /tmp/marker; cat /proc/uptime")
+    after = agent(cli, destination.agent_path, "sh", "-c", "cat /tmp/marker; cat /proc/uptime")
     assert after.code == 0, after
     kept, uptime = after.out.splitlines()
     assert kept == marker
@@ -136,24 +133,24 @@ def test_the_guest_moves_with_its_memory_and_keeps_counting(run, journey, guest,
     journey.current = destination
 
 
-def test_saved_state_restored_into_a_new_qemu_continues_the_guest(run, journey, tmp_path):
+def test_saved_state_restored_into_a_new_qemu_continues_the_guest(cli, journey, tmp_path):
     guest = journey.current
     marker = f"saved with the state {os.urandom(8).hex()}"
-    wrote = agent(run, guest.agent_path, "sh", "-c", f"echo '{marker}' > /tmp/saved; cat /proc/uptime")
+    wrote = agent(cli, guest.agent_path, "sh", "-c", f"echo '{marker}' > /tmp/saved; cat /proc/uptime")
     assert wrote.code == 0, wrote
     uptime_before = float(wrote.out.split()[0])
     state_file = tmp_path / "lab.state"
-    saved = run("migrate", "-s", str(guest.qmp_path), "--to-file", str(state_file), "--then", "quit",
+    saved = cli("migrate", "-s", str(guest.qmp_path), "--to-file", str(state_file), "--then", "quit",
                 "--progress", "none", "--return-value")
     assert saved.code == 0, saved
-    assert eventually(lambda: not guest.is_running()), "--then quit did not end the QEMU"
+    wait_for(lambda: not guest.is_running(), "--then quit did not end the QEMU", timeout=15)
     print(f"lab guest saved: {state_file.stat().st_size} bytes, downtime {json.loads(saved.out)['downtime-ms']} ms")
     home = journey.twin()
-    restored = run("migrate", "--from-file", str(state_file), "-s", str(home.qmp_path), "--return-value")
+    restored = cli("migrate", "--from-file", str(state_file), "-s", str(home.qmp_path), "--return-value")
     assert restored.code == 0, restored
     assert json.loads(restored.out)["run-state"] == "running"
     journey.current = home
-    after = agent(run, home.agent_path, "sh", "-c", "cat /tmp/saved; cat /proc/uptime")
+    after = agent(cli, home.agent_path, "sh", "-c", "cat /tmp/saved; cat /proc/uptime")
     assert after.code == 0, after
     kept, uptime = after.out.splitlines()
     assert kept == marker

@@ -20,6 +20,8 @@ from qmpctl.errors import DeadlineExceeded, UsageError
 from qmpctl.wire.qmp import QmpSession
 from support.lab import lab_guest_module
 from support.libvirt import TestDomain, libvirtd, virsh  # noqa: F401 (fixture)
+from support.qemu import RawQmp
+from support.waits import wait_for
 
 STOP = events.EventFilter(frozenset({"STOP"}))
 
@@ -224,7 +226,8 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 
 @pytest.mark.lab
 def test_reset_reboots_the_lab_guest_and_its_agent_answers_again(cli, guest):
-    guest.qmp_command("set-action", {"reboot": "reset"})  # the lab runs with -no-reboot
+    with RawQmp(guest.qmp_path, timeout=10) as qmp:
+        qmp.cmd("set-action", reboot="reset")  # the lab runs with -no-reboot
     reset = cli("reset", "-s", str(guest.qmp_path), "--return-value")
     assert reset.code == 0, reset
     result = json.loads(reset.out)
@@ -239,9 +242,7 @@ def test_powerdown_of_the_lab_guest_ends_with_its_shutdown(cli, guest):
     result = json.loads(powerdown.out)
     assert result["forced"] is False
     assert result["event"]["event"] == "SHUTDOWN" and result["event"]["data"]["guest"] is True
-    deadline = time.monotonic() + 10
-    while guest.is_running() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_for(lambda: not guest.is_running(), "the lab guest's QEMU to exit", timeout=10, pause=0.1)
     assert not guest.is_running()
 
 

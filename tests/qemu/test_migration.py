@@ -23,9 +23,9 @@ from qmpctl.errors import DeadlineExceeded, Interrupted, JobFailed, UsageError
 from qmpctl.vm.migration import MigrateOptions, migrate
 from qmpctl.vm.savedstate import restore, save
 from qmpctl.wire.qmp import QmpSession
-from support.polling import eventually
 from support.qemu import QemuVM
 from support.sshd import sshd  # noqa: F401  (a fixture)
+from support.waits import wait_for
 
 pytestmark = pytest.mark.qemu
 
@@ -117,7 +117,7 @@ def test_wait_timeout_gives_the_vm_back_to_the_source(make_vm):
     assert "--wait-timeout 2s" in failure.value.message and "the source is running" in failure.value.message
     assert state(source) == "running"
     assert migration_status(source)["status"] == "cancelled"
-    assert eventually(lambda: not_waiting(destination)), "the destination is left waiting"
+    wait_for(lambda: not_waiting(destination), "the destination is left waiting", timeout=15)
 
 
 def test_interrupt_gives_the_vm_back_and_a_paused_source_stays_paused(make_vm):
@@ -132,7 +132,7 @@ def test_interrupt_gives_the_vm_back_and_a_paused_source_stays_paused(make_vm):
                     progress_every=0.1)
     assert "the source is paused" in failure.value.message
     assert state(source) == "paused", "a source that was paused is not started by the cleanup"
-    assert eventually(lambda: not_waiting(destination))
+    wait_for(lambda: not_waiting(destination), "the destination no longer waiting", timeout=15)
 
 
 def test_a_destination_not_waiting_is_refused_before_the_source_is_touched(make_vm):
@@ -247,7 +247,7 @@ def test_cli_sigint_cancels_and_the_source_runs_again(cli, make_vm, signum):
     assert process.returncode == 130, err
     assert b"the source is running" in err, err
     assert state(source) == "running" and migration_status(source)["status"] == "cancelled"
-    assert eventually(lambda: not_waiting(destination))
+    wait_for(lambda: not_waiting(destination), "the destination no longer waiting", timeout=15)
 
 
 def test_cli_stall_timeout_cancels_when_the_destination_hangs(cli, make_vm):
@@ -259,14 +259,14 @@ def test_cli_stall_timeout_cancels_when_the_destination_hangs(cli, make_vm):
         assert json.loads(process.stderr.readline())["status"] == "active"
         destination.proc.send_signal(signal.SIGSTOP)
         # The cleanup asks the destination how it is; let it answer once the source has given up.
-        assert eventually(lambda: migration_status(source).get("status") == "cancelled", 30)
+        wait_for(lambda: migration_status(source).get("status") == "cancelled", "the migration cancelled", timeout=30)
     finally:
         destination.proc.send_signal(signal.SIGCONT)
     out, err = process.communicate(timeout=30)
     assert process.returncode == 4, err
     assert b"stalled" in err and b"the source is running" in err, err
     assert state(source) == "running"
-    assert eventually(lambda: not_waiting(destination))
+    wait_for(lambda: not_waiting(destination), "the destination no longer waiting", timeout=15)
 
 
 def test_cli_no_wait_status_and_cancel(cli, make_vm):
@@ -283,7 +283,7 @@ def test_cli_no_wait_status_and_cancel(cli, make_vm):
     cancelled = cli("migrate", "-s", str(source.qmp_path), "--cancel", "--return-value")
     assert cancelled.code == 0, cancelled
     assert json.loads(cancelled.out) == {"migration": "cancelled", "run-state": "running"}
-    assert eventually(lambda: not_waiting(destination))
+    wait_for(lambda: not_waiting(destination), "the destination no longer waiting", timeout=15)
 
 
 def test_cli_save_quit_restore(cli, make_vm, vm_factory, blob, tmp_path):
@@ -292,7 +292,7 @@ def test_cli_save_quit_restore(cli, make_vm, vm_factory, blob, tmp_path):
     result = cli("migrate", "-s", str(source.qmp_path), "--to-file", str(saved), "--then", "quit")
     assert result.code == 0, result
     assert json.loads(result.out)["return"]["bytes"] == saved.stat().st_size
-    assert eventually(lambda: not source.alive())
+    wait_for(lambda: not source.alive(), "the source QEMU gone", timeout=15)
     destination = vm_factory(extra_args=["-incoming", "defer"], paused=False)
     restored = cli("migrate", "--from-file", str(saved), "-s", str(destination.qmp_path), "--return-value")
     assert restored.code == 0, restored
@@ -362,7 +362,7 @@ def test_a_destination_that_cannot_load_the_state_gives_the_vm_back(make_vm):
             migrate(src, dst, Deadline(10), MigrateOptions())
     assert "the source is running" in failure.value.message, failure.value.message
     assert state(source) == "running"
-    assert eventually(lambda: not destination.alive())
+    wait_for(lambda: not destination.alive(), "the destination QEMU gone", timeout=15)
 
 
 def test_cli_a_migration_may_take_longer_than_timeout(cli, make_vm, tmp_path):

@@ -7,8 +7,6 @@ with O_DIRECT, so neither the guest's page cache nor QEMU's hides the limit.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -23,6 +21,7 @@ from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded, UsageError, VmError
 from qmpctl.wire.qmp import QmpSession
 from support.lab import lab_guest_module
+from support.waits import wait_for
 
 MiB = 1024 * 1024
 
@@ -211,16 +210,16 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
         yield booted
 
 
-def guest_read_command(guest, mebibytes: int) -> list[str]:
-    """Read ``mebibytes`` from the guest's data disk past every cache (O_DIRECT), through the agent."""
-    return [sys.executable, "-m", "qmpctl", "agent", "exec", "-a", str(guest.agent_path), "--timeout", "120",
+def guest_read_arguments(guest, mebibytes: int) -> list[str]:
+    """qmpctl reading ``mebibytes`` from the guest's data disk past every cache (O_DIRECT), through the agent."""
+    return ["agent", "exec", "-a", str(guest.agent_path), "--timeout", "120",
             "--", "dd", "if=/dev/vda", "of=/dev/null", "bs=64k", f"count={mebibytes * 16}", "iflag=direct"]
 
 
-def guest_read(guest, mebibytes: int) -> float:
+def guest_read(cli, guest, mebibytes: int) -> float:
     started = time.monotonic()
-    done = subprocess.run(guest_read_command(guest, mebibytes), capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    done = cli(*guest_read_arguments(guest, mebibytes), timeout=150)
+    assert done.code == 0, done.err
     return time.monotonic() - started
 
 
@@ -240,23 +239,22 @@ def test_stats_counters_grow_by_what_the_guest_reads(cli, guest):
         return next(disk["rd_bytes"] for disk in disks if disk["device"] == guest.data_disk_device_id)
 
     before = read_bytes()
-    guest_read(guest, 4)
+    guest_read(cli, guest, 4)
     assert read_bytes() - before >= 4 * MiB
 
 
 @pytest.mark.lab
 def test_a_read_limit_holds_in_the_guest_is_seen_in_watch_and_kept_by_other_limits(cli, guest):
     sock, device = str(guest.qmp_path), guest.data_disk_device_id
-    unthrottled = guest_read(guest, 8)
+    unthrottled = guest_read(cli, guest, 8)
     limited = cli("throttle", "-s", sock, device, "--bps-rd", "1M", "--return-value")
     assert limited.code == 0 and json.loads(limited.out)["limits"]["bps_rd"] == MiB, limited
     try:
         before = disk_read_bytes(guest)
         started = time.monotonic()
-        reader = subprocess.Popen(guest_read_command(guest, 8), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        reading_by = time.monotonic() + 30
-        while disk_read_bytes(guest) == before and time.monotonic() < reading_by:
-            pass  # the watch below is to see the guest reading, so wait until it has begun
+        reader = cli.popen(*guest_read_arguments(guest, 8))
+        # The watch below is to see the guest reading, so wait until it has begun.
+        wait_for(lambda: disk_read_bytes(guest) != before, "the guest beginning to read", 30)
         watched = cli("stats", "-s", sock, "--watch", "1", "--count", "3", "--return-value")
         assert reader.wait(timeout=120) == 0, reader.stderr.read() if reader.stderr else ""
         throttled = time.monotonic() - started

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -22,6 +21,7 @@ from support.disks import jobs, wait_for_job
 from support.qemu import QemuVM
 from support.qga import HostAgent, have_qemu_ga
 from support.sshd import Sshd, sshd  # noqa: F401  (a fixture)
+from support.waits import wait_for
 
 pytestmark = pytest.mark.qemu
 
@@ -282,13 +282,6 @@ def ssh_processes(port: int) -> list[str]:
     return found
 
 
-def wait_for(condition, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-
-
 def test_sigterm_while_logging_in_to_a_fleet_kills_every_ssh(cli, sshd, tmp_path):
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -298,7 +291,7 @@ def test_sigterm_while_logging_in_to_a_fleet_kills_every_ssh(cli, sshd, tmp_path
         # Several hosts (user names make them distinct), each logging in on its own fleet thread.
         targets = [arg for user in ("a", "b", "c") for arg in ("-s", f"ssh://{user}@127.0.0.1:{port}/run/vm.qmp")]
         proc = cli.popen("status", "--timeout", "60", *targets, env=sshd.env())
-        wait_for(lambda: len(ssh_processes(port)) == 3)
+        wait_for(lambda: len(ssh_processes(port)) == 3, "three ssh logging in", pause=0.02)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=10)
     finally:

@@ -119,7 +119,7 @@ def test_qmpctl_cannot_see_the_host_folder(admin, host, hv):
     assert not (host / "b0").exists()
 
 
-def test_full_then_incremental_on_the_host(admin, sshd, hv, host, tmp_path):
+def test_full_then_incremental_on_the_host(cli, admin, sshd, hv, host, tmp_path):
     into = host / "b1"
     write_pattern(hv, [(0x11, 0, MiB)])
     before = sshd.commands()
@@ -144,10 +144,10 @@ def test_full_then_incremental_on_the_host(admin, sshd, hv, host, tmp_path):
                                      capture_output=True, text=True, check=True).stdout)
     assert info["backing-filename"] == "0001-full.qcow2" and info["backing-filename-format"] == "qcow2"
     assert sorted(path.name for path in into.iterdir()) == [".vd0.lock", chain.name]
-    verify = CliRunner(tmp_path)("backup-verify", str(into), "--json")  # offline, on this (the host's) side
+    verify = cli("backup-verify", str(into), "--json")  # offline, on this (the host's) side
     assert verify.code == 0, verify
     restored = tmp_path / "r.qcow2"
-    assert CliRunner(tmp_path)("restore", str(chain), str(restored), "--progress", "none").code == 0
+    assert cli("restore", str(chain), str(restored), "--progress", "none").code == 0
     assert images_identical(hv.disk, restored).returncode == 0
     assert state(hv) == ([], [])
     assert (full_commands, incremental_commands) == (4, 4)  # lock and list, create, measure, manifest
@@ -245,7 +245,7 @@ def test_a_manifest_cut_on_the_way_never_replaces_the_whole_one(remote_folder):
     assert manifest(folder) == {"images": [{"file": "0001-full.qcow2"}]}
 
 
-def test_a_held_lock_is_busy_and_a_killed_run_lets_it_go(admin, sshd, hv, host):
+def test_a_held_lock_is_busy_and_a_killed_run_lets_it_go(cli, admin, sshd, hv, host):
     into = host / "b5"
     into.mkdir()
     with open(into / ".vd0.lock", "a+b") as held:
@@ -274,7 +274,7 @@ def test_a_held_lock_is_busy_and_a_killed_run_lets_it_go(admin, sshd, hv, host):
             return True
 
     wait_for(free, "the killed run's lock on the host to be released")
-    cancelled = CliRunner(host)("jobs", "-s", sshd.url(hv.qmp_path), "--cancel", job["id"], env=sshd.env())
+    cancelled = cli("jobs", "-s", sshd.url(hv.qmp_path), "--cancel", job["id"], env=sshd.env())
     assert cancelled.code == 0, cancelled
     for control in own_tmp.glob("qmpctl-ssh-*/m*[0-9]"):  # the killed qmpctl's master, rather than 15 s idle
         subprocess.run(["ssh", "-S", str(control), "-O", "exit", "hv"], capture_output=True)

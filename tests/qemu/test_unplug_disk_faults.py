@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 
 import pytest
 
 from support.disks import block_state, hmp, make_image
+from support.waits import wait_for
 
 pytestmark = pytest.mark.qemu
 
@@ -107,13 +107,7 @@ def pending_unplugs(vm) -> int:
 
 
 def wait_for_pending_unplug(vm, timeout: float = 20) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        slots = pending_unplugs(vm)
-        if slots:
-            return slots
-        time.sleep(0.02)
-    raise TimeoutError("device_del never reached the VM")
+    return wait_for(lambda: pending_unplugs(vm), "device_del reaching the VM", timeout, pause=0.02)
 
 
 def test_sigterm_twice_after_device_del_then_the_guest_lets_go(cli, vm):

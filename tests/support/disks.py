@@ -7,9 +7,10 @@ or runs qemu-img / qemu-io, never through qmpctl.
 from __future__ import annotations
 
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
+
+from support.waits import wait_for
 
 VD0_BACKEND = "/machine/peripheral/vd0/virtio-backend"
 
@@ -64,10 +65,10 @@ def jobs(vm) -> list[dict[str, Any]]:
 
 
 def wait_for_job(vm, status: str = "running", job_type: str = "backup", timeout: float = 20) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for job in jobs(vm):
-            if job["status"] == status and job["type"] == job_type:
-                return job
-        time.sleep(0.02)
-    raise TimeoutError(f"no {job_type} job reached {status}: {jobs(vm)}")
+    def reached() -> dict[str, Any] | None:
+        return next((job for job in jobs(vm) if job["status"] == status and job["type"] == job_type), None)
+
+    try:
+        return wait_for(reached, f"a {job_type} job {status}", timeout, pause=0.02)
+    except TimeoutError:
+        raise TimeoutError(f"no {job_type} job reached {status}: {jobs(vm)}") from None

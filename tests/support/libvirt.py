@@ -33,13 +33,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Iterator
 from xml.sax.saxutils import quoteattr
 
 import pytest
+
+from support.waits import wait_for
 
 SYSTEM_URI = "qemu:///system"
 IMAGES_ROOT = Path("/var/lib/libvirt/images")
@@ -116,11 +117,10 @@ def ensure_libvirtd(timeout: float = 60) -> None:
                 subprocess.run(["virtlogd", "-d"], check=False, timeout=30)
             if not socket_is_served(LIBVIRT_SOCKET):
                 subprocess.run(["libvirtd", "-d"], check=False, timeout=30)
-            deadline = time.monotonic() + timeout
-            while not _daemon_answers():
-                if time.monotonic() > deadline:
-                    raise LibvirtUnavailable(f"libvirtd did not answer on {LIBVIRT_SOCKET} within {timeout:g}s")
-                time.sleep(0.5)
+            try:
+                wait_for(_daemon_answers, f"libvirtd answering on {LIBVIRT_SOCKET}", timeout, pause=0.5)
+            except TimeoutError:
+                raise LibvirtUnavailable(f"libvirtd did not answer on {LIBVIRT_SOCKET} within {timeout:g}s") from None
     fix_kvm_node_for_libvirt()
 
 

@@ -13,7 +13,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -101,12 +100,7 @@ def free_tcp_port() -> int:
 
 
 def wait_for_socket(path: Path, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            return
-        time.sleep(0.02)
-    raise TimeoutError(f"{path} did not appear")
+    wait_for(path.exists, f"{path} appearing", timeout, pause=0.02)
 
 
 class RawQmp:
@@ -115,16 +109,20 @@ class RawQmp:
     def __init__(self, path: Path, timeout: float = 20) -> None:
         self.sock = socket.socket(socket.AF_UNIX)
         self.sock.settimeout(timeout)
-        # QEMU binds the socket file before it listens: a connect in between is refused.
-        refused_until = time.monotonic() + 2
-        while True:
+
+        def connected() -> bool:
             try:
                 self.sock.connect(str(path))
-                break
             except ConnectionRefusedError:
-                if time.monotonic() > refused_until:
-                    raise
-                time.sleep(0.01)
+                return False
+            return True
+
+        # QEMU binds the socket file before it listens: a connect in between is refused.
+        try:
+            wait_for(connected, f"QEMU listening on {path}", 2)
+        except BaseException:
+            self.sock.close()
+            raise
         self.file = self.sock.makefile("rb")
         self.events: list[dict[str, Any]] = []
         json.loads(self.file.readline())
@@ -208,18 +206,19 @@ class QemuVM:
                                      stderr=open(self.workdir / "qemu.log", "wb"))
         wait_for_socket(self.qmp2_path)
         if self.tcp_port:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                try:
-                    with socket.create_connection(("127.0.0.1", self.tcp_port), timeout=5) as probe:
-                        probe.recv(1)  # the greeting's first byte: QEMU serves this probe client
-                    break
-                except OSError:
-                    time.sleep(0.02)
+            wait_for(self._greets_on_tcp, f"QEMU greeting on tcp port {self.tcp_port}", 20, pause=0.02)
             with self.check() as qmp:  # until QEMU has let the probe go, so the test's client is served
                 wait_for(lambda: not any(chardev["filename"].startswith("tcp:")
                                          for chardev in qmp.cmd("query-chardev")),
                          f"QEMU dropping the probe client of tcp port {self.tcp_port}")
+
+    def _greets_on_tcp(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.tcp_port), timeout=5) as probe:
+                probe.recv(1)  # the greeting's first byte: QEMU serves this probe client
+                return True
+        except OSError:
+            return False
 
     def check(self) -> RawQmp:
         """An independent QMP connection on the second monitor."""

@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import pty
+import random
 import select
 import shutil
 import signal
@@ -20,7 +21,6 @@ import subprocess
 import sys
 import termios
 import threading
-import time
 import tty
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,25 @@ from support.waits import blocked_in_poll, wait_for
 QGA = "qemu-ga"
 AGENT_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C"}
 """The environment guest-exec programs inherit when qmpctl passes no --env."""
+
+
+def agent_request(path: Path, execute: str, timeout: float = 10) -> Any:
+    """One request to an agent on a fresh, resynchronised connection: a check that does not go through qmpctl."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        sync_id = random.randrange(1, 1 << 30)
+        sock.sendall(b"\xff" + json.dumps({"execute": "guest-sync-delimited", "arguments": {"id": sync_id}}).encode())
+        reader = sock.makefile("rb")
+        while True:
+            line = reader.readline().lstrip(b"\xff")
+            try:
+                if json.loads(line).get("return") == sync_id:
+                    break
+            except ValueError:
+                continue
+        sock.sendall(json.dumps({"execute": execute}).encode())
+        return json.loads(reader.readline())["return"]
 
 
 def have_qemu_ga() -> bool:
@@ -72,14 +91,14 @@ class HostAgent:
     def start(self, timeout: float = 10) -> "HostAgent":
         self.path.unlink(missing_ok=True)
         self._spawn()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def listening() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"qemu-ga exited with {self.proc.returncode}: see {self.workdir}/qemu-ga.log")
-            if self._listening():
-                return self
-            time.sleep(0.01)
-        raise TimeoutError(f"qemu-ga did not listen on {self.path}")
+            return self._listening()
+
+        wait_for(listening, f"qemu-ga listening on {self.path}", timeout)
+        return self
 
     def _listening(self) -> bool:
         """Connect and leave at once: qemu-ga takes that as a client that said nothing."""
@@ -115,19 +134,20 @@ class HostAgent:
         while it is still busy with the previous client a connect can fail with
         EAGAIN: wait for the queue to drain, as a patient client would.
         """
-        give_up = time.monotonic() + timeout
-        while True:
+        def connected() -> socket.socket | None:
             sock = socket.socket(socket.AF_UNIX)
             sock.settimeout(timeout)
             try:
                 sock.connect(str(self.path))
-                break
             except BlockingIOError:
                 sock.close()
-                if time.monotonic() > give_up:
-                    raise
-                time.sleep(0.01)
-        with sock:
+                return None
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+
+        with wait_for(connected, f"qemu-ga's listen queue on {self.path} to drain", timeout) as sock:
             sock.sendall(data)
             if not read:
                 return b""
@@ -164,12 +184,8 @@ class ChannelAgent(HostAgent):
 
     def start(self, timeout: float = 10) -> "ChannelAgent":
         self._spawn()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._has_tty_open():
-                return self
-            time.sleep(0.01)
-        raise TimeoutError(f"qemu-ga did not open {self.tty_name}")
+        wait_for(self._has_tty_open, f"qemu-ga opening {self.tty_name}", timeout)
+        return self
 
     def wait_until_idle(self, timeout: float = 10) -> None:
         """Until the agent has read every byte sent to it and waits for more: every request is answered.

@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from support.qemu import free_tcp_port
+from support.waits import wait_for
 
 SSHD = "/usr/sbin/sshd"
 PRIVSEP_DIR = Path("/run/sshd")
@@ -71,14 +71,17 @@ class Sshd:
         PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
         self.proc = subprocess.Popen([SSHD, "-D", "-f", str(self.folder / "sshd_config"), "-E", str(self.log)],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while "Server listening" not in self.log_text():
+        def listening() -> bool:
+            assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"sshd exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''} "
                                    f"{self.log_text()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"sshd did not start: {self.log_text()}")
-            time.sleep(0.01)
+            return "Server listening" in self.log_text()
+
+        try:
+            wait_for(listening, "sshd listening", 10)
+        except TimeoutError:
+            raise TimeoutError(f"sshd did not start: {self.log_text()}") from None
         return self
 
     def client_config(self, key: Path) -> str:
@@ -138,11 +141,10 @@ class Sshd:
 
     def wait_all_closed(self, timeout: float = 10) -> None:
         """Until every accepted connection has ended again (qmpctl stops its master at exit)."""
-        deadline = time.monotonic() + timeout
-        while self.disconnected() < self.accepted():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.accepted() - self.disconnected()} SSH connection(s) still open")
-            time.sleep(0.02)
+        try:
+            wait_for(lambda: self.disconnected() >= self.accepted(), "every SSH connection closed", timeout, pause=0.02)
+        except TimeoutError:
+            raise AssertionError(f"{self.accepted() - self.disconnected()} SSH connection(s) still open") from None
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -1,10 +1,12 @@
 """Waiting for a condition instead of sleeping and hoping: the tests' only way to let time pass.
 
-``wait_for`` polls a condition with a short pause and fails with a clear
-message when it never holds. The process probes read /proc to tell *what a
-qmpctl process is doing*: blocked on a socket (waiting for a greeting or a
-reply), sleeping between retries, or running a child (qemu-ga's guest-exec
-programs), so a test can act at exactly the moment it means to.
+``wait_for`` polls a condition with a short pause, returns its first true
+answer, and fails with a clear message when it never holds: the one polling
+loop of the tests and of tests/support (the lab's and the benchmark's
+stand-alone scripts keep their own). The process probes read /proc to tell
+*what a qmpctl process is doing*: blocked on a socket (waiting for a greeting
+or a reply), sleeping between retries, or running a child (qemu-ga's
+guest-exec programs), so a test can act at exactly the moment it means to.
 """
 
 from __future__ import annotations
@@ -12,18 +14,30 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 POLL_PAUSE = 0.01
 
+T = TypeVar("T")
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 10) -> None:
-    """Return as soon as ``condition()`` is true; TimeoutError naming ``what`` after ``timeout`` seconds."""
+
+def wait_for(condition: Callable[[], T], what: str, timeout: float = 10, pause: float = POLL_PAUSE) -> T:
+    """``condition()``'s first true answer, asked every ``pause`` seconds.
+
+    TimeoutError naming ``what`` when it is still false after ``timeout``
+    seconds (it is asked once more at the end, so a slow last answer counts).
+    An exception from ``condition`` ends the wait at once: a condition that
+    can never hold (a peer that exited) says so by raising.
+    """
     give_up = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > give_up:
+    while True:
+        last_try = time.monotonic() > give_up
+        answer = condition()
+        if answer:
+            return answer
+        if last_try:
             raise TimeoutError(f"{what}: not within {timeout:g}s")
-        time.sleep(POLL_PAUSE)
+        time.sleep(pause)
 
 
 def _kernel_wait(pid: int) -> str:
