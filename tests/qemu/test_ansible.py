@@ -83,7 +83,8 @@ def inventory(path: Path, sshd: Sshd) -> Path:
 def test_readme_ansible_play_reports_each_vm_that_is_not_running(playbook: str, sshd: Sshd,  # noqa: F811
                                                                  vm_factory, tmp_path: Path):
     line, play = readme_play()
-    assert play.count(FLEET_PLACEHOLDER) == 1, f"qmpctl-remote.md:{line}: the play no longer asks for {FLEET_PLACEHOLDER}*"
+    assert play.count(FLEET_PLACEHOLDER) == 1, \
+        f"qmpctl-remote.md:{line}: the play no longer asks for {FLEET_PLACEHOLDER}*"
     assert all(re.search(rf"\b{name}\b", play) for name in HYPERVISORS), f"qmpctl-remote.md:{line}: not {HYPERVISORS}"
 
     fleet = tmp_path / "fleet"
