@@ -15,8 +15,7 @@ import tempfile
 import time
 
 from qmpctl.backup import qemu_img
-from qmpctl.backup.chain import chains_of, read_manifest
-from qmpctl.backup.folder import MANIFEST, sha256_of
+from qmpctl.backup.manifest import MANIFEST, chains_of, read_manifest, sha256_of
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectError, DeadlineExceeded, ProtocolError, QmpctlError, UsageError, VerificationFailed
 from qmpctl.records import TYPE_CHECKING, NamedTuple

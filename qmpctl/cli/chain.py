@@ -77,7 +77,7 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ke
     show, every, printer = _printer(progress)
 
     def action(session: Any, deadline: Any, vm: Any) -> dict[str, Any]:
-        from qmpctl.backup.folder import folder_for
+        from qmpctl.backup.remote_folder import folder_for
 
         return chain.backup_chain(session, deadline, options, agent=agent_target, progress=show,
                                   progress_every=every, folder=folder_for(vm, into))

@@ -201,7 +201,7 @@ def test_an_image_left_in_the_chain_is_never_overwritten(admin, sshd, hv, host):
 def remote_folder(sshd, host, monkeypatch):
     """The library's view of a folder on the host, reached through the test sshd (for what a run cannot show)."""
     from qmpctl.wire.address import SshHost
-    from qmpctl.backup.folder import RemoteFolder
+    from qmpctl.backup.remote_folder import RemoteFolder
     from qmpctl.wire import ssh
     from qmpctl.wire.ssh import RemoteFiles, close_all
 
@@ -233,7 +233,7 @@ def test_the_hosts_exclusive_create_refuses_any_existing_name(remote_folder, ssh
 
 def test_a_manifest_cut_on_the_way_never_replaces_the_whole_one(remote_folder):
     """stdin also ends when qmpctl or the connection dies: the host checks the length before the rename."""
-    from qmpctl.backup.folder import MANIFEST_SCRIPT
+    from qmpctl.backup.remote_folder import MANIFEST_SCRIPT
     from qmpctl.deadline import Deadline
 
     folder = Path(remote_folder.into)
