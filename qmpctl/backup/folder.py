@@ -16,8 +16,8 @@ import contextlib
 import os
 
 from qmpctl.backup import qemu_img
-from qmpctl.backup.manifest import MANIFEST, manifest_bytes, parse_manifest, sha256_of
-from qmpctl.errors import Busy, UsageError
+from qmpctl.backup.manifest import MANIFEST, manifest_bytes, parse_manifest, read_file, sha256_of
+from qmpctl.errors import Busy
 from qmpctl.records import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -36,9 +36,10 @@ class View(NamedTuple):
     names: frozenset[str]
     """Every entry of DIR."""
     chains: list[tuple[str, dict[str, Any]]]
-    """(name, manifest) of each folder with a valid manifest, sorted by name (oldest first)."""
+    """(name, manifest) of each chain folder, sorted by name (oldest first); a folder whose chain.json is not a
+    valid manifest makes the listing fail (exit 6): nothing is planned on a chain qmpctl cannot read."""
     marked: frozenset[str]
-    """Folders with something at chain.json (valid or not): a chain, not one whose first run was killed."""
+    """Folders with something at chain.json: a chain, not one whose first run was killed."""
     dirs: frozenset[str]
     files: dict[str, dict[str, Optional[int]]]
     """Per chain: each entry's size (links followed), None where it cannot be had (a dangling link)."""
@@ -154,14 +155,7 @@ class LocalFolder(ChainFolder):
             if not os.path.exists(path):
                 continue
             marked.add(name)
-            if not os.path.isfile(path):
-                continue
-            try:
-                with open(path, "rb") as handle:
-                    manifest = parse_manifest(handle.read(), path)
-            except (OSError, UsageError):
-                continue
-            chains.append((name, manifest))
+            chains.append((name, parse_manifest(read_file(path, path), path)))
             sizes: dict[str, Optional[int]] = {}
             for entry in os.listdir(folder):
                 try:

@@ -12,7 +12,7 @@ import contextlib
 import os
 
 from qmpctl.backup.folder import ChainFolder, LocalFolder, NewImage, View, lock_name
-from qmpctl.backup.manifest import MANIFEST, manifest_bytes, parse_manifest
+from qmpctl.backup.manifest import MANIFEST, invalid, manifest_bytes, parse_manifest
 from qmpctl.errors import JobFailed, ProtocolError, QmpctlError, UsageError
 from qmpctl.records import TYPE_CHECKING
 
@@ -295,10 +295,7 @@ def _parse_scan(out: bytes, into: str, side: str) -> Optional[View]:
                     sizes[entry] = int(field()) if kind == b"S" else sizes.get(entry)
                 if kind != b"E":
                     raise ValueError(kind)
-                try:
-                    chains.append((name, parse_manifest(content, f"{os.path.join(into, name, MANIFEST)}{side}")))
-                except UsageError:
-                    continue
+                chains.append((name, parse_manifest(content, f"{os.path.join(into, name, MANIFEST)}{side}")))
                 files[name] = sizes
             else:
                 raise ValueError(kind)
@@ -307,6 +304,9 @@ def _parse_scan(out: bytes, into: str, side: str) -> Optional[View]:
     except ValueError:
         raise ProtocolError(f"the listing of {into}{side} could not be read (is its shell a POSIX sh, "
                             "with GNU coreutils' stat?)") from None
+    unread = sorted(marked - {name for name, _ in chains})
+    if unread:
+        raise invalid(f"{os.path.join(into, unread[0], MANIFEST)}{side}", "it is not a regular file qmpctl can read")
     chains.sort(key=lambda chain: chain[0])
     return View(frozenset(names), chains, frozenset(marked), frozenset(dirs), files)
 

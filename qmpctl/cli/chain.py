@@ -7,7 +7,7 @@ handlers check the options, pick the agent for --freeze, and print.
 from __future__ import annotations
 
 from qmpctl.cli.common import Common, emit, printed_plan, run
-from qmpctl.errors import ExitCode, UsageError
+from qmpctl.errors import ExitCode, UsageError, VerificationFailed
 from qmpctl.output import render_reply, to_json
 from qmpctl.records import TYPE_CHECKING
 
@@ -99,6 +99,8 @@ def backup_verify(common: Common, *, path: str, json_lines: bool, wait_timeout: 
     from qmpctl.deadline import Deadline
 
     checks = restore.verify(path, Deadline(wait_timeout or OFFLINE_TIMEOUT))
+    if not checks:  # a manifest lists at least one image; this is only the last line of defence
+        raise VerificationFailed(f"{path}: no image to verify; a chain without an image is not a backup")
     broken = restore.first_broken(checks)
     if json_lines:
         for number, check in enumerate(checks, 1):

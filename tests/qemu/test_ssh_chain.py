@@ -235,14 +235,16 @@ def test_a_manifest_cut_on_the_way_never_replaces_the_whole_one(remote_folder):
     """stdin also ends when qmpctl or the connection dies: the host checks the length before the rename."""
     from qmpctl.backup.remote_folder import MANIFEST_SCRIPT
     from qmpctl.deadline import Deadline
+    from qmpctl.wire.schema import load_schema
 
     folder = Path(remote_folder.into)
     (folder / "chain.json").write_text('{"images": []}\n')
     cut = remote_folder.master.run(MANIFEST_SCRIPT, [str(folder), "100"], Deadline(10), "write", b'{"ima')
     assert cut.returncode == 1 and b"did not arrive whole" in cut.stderr
     assert (folder / "chain.json").read_text() == '{"images": []}\n' and os.listdir(folder) == ["chain.json"]
-    remote_folder.write_manifest(str(folder), {"images": [{"file": "0001-full.qcow2"}]}, Deadline(10))
-    assert manifest(folder) == {"images": [{"file": "0001-full.qcow2"}]}
+    whole = load_schema("chain")["examples"][0]  # a manifest that does not match its schema is never written
+    remote_folder.write_manifest(str(folder), whole, Deadline(10))
+    assert manifest(folder) == whole
 
 
 def test_a_held_lock_is_busy_and_a_killed_run_lets_it_go(admin, sshd, hv, host):
