@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 
-from qmpctl.backup import qemu_img
-from qmpctl.backup.manifest import MANIFEST, manifest_bytes, parse_manifest, read_file, sha256_of
-from qmpctl.errors import Busy
+from qmpctl.backup import qemu_img, safe_open
+from qmpctl.backup.manifest import MANIFEST, manifest_bytes, parse_manifest, read_file, sha256_of_descriptor
+from qmpctl.errors import Busy, QmpctlError
 from qmpctl.records import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -111,7 +112,19 @@ class ChainFolder:
 # -- this host --------------------------------------------------------------------------------------
 
 class LocalFolder(ChainFolder):
-    """DIR on this host: system calls, the images created by qemu-img."""
+    """DIR on this host: system calls, the images created by qemu-img.
+
+    DIR may be writable by QEMU's user while qmpctl runs as root: it is opened
+    once (:mod:`qmpctl.backup.safe_open`), every name in it and in its chain
+    folders is used through a folder descriptor without following links, and a
+    chain folder that is a link or belongs to another user than root or DIR's
+    owner is refused (exit 6).
+    """
+
+    def __init__(self, into: str) -> None:
+        super().__init__(into)
+        self.dir_fd: Optional[int] = None
+        self.chain_fds: dict[str, int] = {}
 
     def lock(self, devices: list[tuple[str, str]], deadline: Deadline) -> contextlib.AbstractContextManager[None]:
         return self._locks(devices)
@@ -120,26 +133,62 @@ class LocalFolder(ChainFolder):
     def _locks(self, devices: list[tuple[str, str]]) -> Iterator[None]:
         import fcntl
 
-        if not os.path.isdir(self.into):
-            os.mkdir(self.into)
-        handles = []
+        try:
+            os.mkdir(self.into, 0o755)
+        except FileExistsError:
+            pass
+        self.dir_fd = safe_open.open_dir(self.into, f"--into {self.into}")
+        descriptors = []
         try:
             for device, label in sorted(devices):
-                path = os.path.join(self.into, lock_name(label))
-                handle = open(path, "a+b")
-                handles.append(handle)
+                name = lock_name(label)
+                path = os.path.join(self.into, name)
                 try:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    descriptor = safe_open.create_exclusive(name, path, self.dir_fd, 0o644)
+                except FileExistsError:
+                    descriptor = safe_open.open_regular(name, path, self.dir_fd)
+                descriptors.append(descriptor)
+                try:
+                    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
                     raise self._busy(device, path) from None
             yield
         finally:
-            for handle in handles:
-                handle.close()
+            for descriptor in descriptors:
+                os.close(descriptor)
+            self._close()
+
+    def _close(self) -> None:
+        for descriptor in self.chain_fds.values():
+            os.close(descriptor)
+        self.chain_fds.clear()
+        if self.dir_fd is not None:
+            os.close(self.dir_fd)
+            self.dir_fd = None
+
+    def _dir(self) -> int:
+        if self.dir_fd is None:
+            self.dir_fd = safe_open.open_dir(self.into, f"--into {self.into}")
+        return self.dir_fd
+
+    def _chain(self, chain_dir: str) -> int:
+        """The chain folder ``chain_dir`` (a folder of DIR) as a descriptor: a real folder of a trusted owner."""
+        descriptor = self.chain_fds.get(chain_dir)
+        if descriptor is None:
+            if os.path.dirname(chain_dir) != self.into:
+                raise safe_open.refused(chain_dir, f"is not a folder of {self.into}")
+            descriptor = safe_open.open_dir(os.path.basename(chain_dir), chain_dir, dir_fd=self._dir())
+            try:
+                safe_open.check_owner(descriptor, chain_dir, safe_open.trusted_owners(self._dir()))
+            except BaseException:
+                os.close(descriptor)
+                raise
+            self.chain_fds[chain_dir] = descriptor
+        return descriptor
 
     def scan(self, deadline: Deadline) -> View:
         try:
-            names = sorted(os.listdir(self.into))
+            names = sorted(os.listdir(self._dir()))
         except FileNotFoundError:
             names = []
         chains: list[tuple[str, dict[str, Any]]] = []
@@ -148,77 +197,109 @@ class LocalFolder(ChainFolder):
         files: dict[str, dict[str, Optional[int]]] = {}
         for name in names:
             folder = os.path.join(self.into, name)
-            if not os.path.isdir(folder):
+            mode = os.stat(name, dir_fd=self._dir(), follow_symlinks=False).st_mode
+            if stat.S_ISLNK(mode):
+                if os.path.isdir(folder):
+                    raise safe_open.refused(folder, "is a symbolic link to a folder, where a chain folder would be")
+                continue
+            if not stat.S_ISDIR(mode):
                 continue
             dirs.add(name)
-            path = os.path.join(folder, MANIFEST)
-            if not os.path.exists(path):
+            try:
+                os.stat(os.path.join(name, MANIFEST), dir_fd=self._dir(), follow_symlinks=False)
+            except FileNotFoundError:
                 continue
             marked.add(name)
-            chains.append((name, parse_manifest(read_file(path, path), path)))
+            chain_fd = self._chain(folder)
+            path = os.path.join(folder, MANIFEST)
+            chains.append((name, parse_manifest(read_file(MANIFEST, path, dir_fd=chain_fd), path)))
             sizes: dict[str, Optional[int]] = {}
-            for entry in os.listdir(folder):
-                try:
-                    sizes[entry] = os.path.getsize(os.path.join(folder, entry))
-                except OSError:
-                    sizes[entry] = None
+            for entry in os.listdir(chain_fd):
+                info = os.stat(entry, dir_fd=chain_fd, follow_symlinks=False)
+                if stat.S_ISLNK(info.st_mode):
+                    raise safe_open.refused(os.path.join(folder, entry), "is a symbolic link in a chain folder")
+                sizes[entry] = info.st_size
             files[name] = sizes
         return View(frozenset(names), chains, frozenset(marked), frozenset(dirs), files)
 
+    def _dir_of(self, name: str) -> int:
+        """A folder of DIR only for a look inside it (never written through): the chain's own when opened."""
+        return self._chain(os.path.join(self.into, name))
+
     def create(self, images: list[NewImage], deadline: Deadline) -> None:
         for image in images:
+            name = os.path.basename(image.chain_dir)
             if image.make_dir:
-                os.mkdir(image.chain_dir)
+                os.mkdir(name, dir_fd=self._dir())  # never an existing folder, nor through a link
                 image.dir_made = True
-            descriptor = os.open(image.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never overwrite
-            os.close(descriptor)
-            image.created = True
-            self._owned_like_into(image.path, image.chain_dir if image.dir_made else None)
-            qemu_img.create(image.path, image.size, deadline, image.backing)
+            chain_fd = self._chain(image.chain_dir)
+            descriptor = safe_open.create_exclusive(os.path.basename(image.path), image.path, chain_fd)
+            try:
+                image.created = True
+                self._owned_like_into(descriptor, chain_fd if image.dir_made else None)
+                qemu_img.create(image.path, image.size, deadline, image.backing, descriptor=descriptor)
+            finally:
+                os.close(descriptor)
 
-    def _owned_like_into(self, *paths: Optional[str]) -> None:
+    def _owned_like_into(self, *descriptors: Optional[int]) -> None:
         """Root backing up a VM whose QEMU runs as another user (libvirt's): the files QEMU must open
         belong to DIR's owner, as DIR is the folder that user was given."""
         if os.geteuid() != 0:
             return
-        owner = os.stat(self.into)
+        owner = os.fstat(self._dir())
         if owner.st_uid == 0 and owner.st_gid == 0:
             return
-        for path in paths:
-            if path is not None:
-                os.chown(path, owner.st_uid, owner.st_gid)
+        for descriptor in descriptors:
+            if descriptor is not None:
+                os.fchown(descriptor, owner.st_uid, owner.st_gid)
 
     def measure(self, paths: list[str], deadline: Deadline) -> list[tuple[int, str]]:
         measured = []
         for path in paths:
-            with open(path, "rb+") as handle:
-                os.fsync(handle.fileno())
-            measured.append((os.path.getsize(path), sha256_of(path)))
+            descriptor = safe_open.open_regular(os.path.basename(path), path, self._chain(os.path.dirname(path)))
+            try:
+                os.fsync(descriptor)
+                measured.append((os.fstat(descriptor).st_size, sha256_of_descriptor(descriptor)))
+            finally:
+                os.close(descriptor)
         return measured
 
     def write_manifest(self, chain_dir: str, manifest: dict[str, Any], deadline: Deadline) -> None:
+        data = manifest_bytes(manifest)
+        chain_fd = self._chain(chain_dir)
         path = os.path.join(chain_dir, MANIFEST)
-        temporary = f"{path}.tmp-{os.getpid()}"
-        with open(temporary, "wb") as handle:
-            handle.write(manifest_bytes(manifest))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        descriptor = os.open(chain_dir, os.O_RDONLY)
+        name, descriptor = safe_open.temporary(MANIFEST, path, chain_fd, 0o644)
         try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(descriptor, view):]
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            os.replace(name, MANIFEST, src_dir_fd=chain_fd, dst_dir_fd=chain_fd)  # replaces a link, never follows
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(name, dir_fd=chain_fd)
+            raise
+        safe_open.fsync_dir(chain_fd)
 
     def remove_trees(self, paths: list[str], deadline: Deadline) -> list[str]:
         import shutil
 
         notes = []
         for path in paths:
+            descriptor = self.chain_fds.pop(path, None)
+            if descriptor is not None:
+                os.close(descriptor)
             try:
-                shutil.rmtree(path)
+                if os.path.dirname(path) != self.into:
+                    raise safe_open.refused(path, f"is not a folder of {self.into}")
+                shutil.rmtree(os.path.basename(path), dir_fd=self._dir())  # never follows a link
             except OSError as exc:
                 notes.append(f"could not delete the old chain {path}: {exc.strerror or exc}")
+            except QmpctlError as exc:
+                notes.append(f"could not delete the old chain {path}: {exc.message}")
         return notes
 
     def discard(self, images: list[NewImage], deadline: Deadline) -> list[str]:
@@ -226,15 +307,20 @@ class LocalFolder(ChainFolder):
         for image in images:
             if image.created:
                 try:
-                    os.unlink(image.path)
+                    os.unlink(os.path.basename(image.path), dir_fd=self._chain(image.chain_dir))
                     notes.append(f"removed the incomplete {image.path}")
                 except FileNotFoundError:
                     pass
                 except OSError as exc:
                     notes.append(f"could not remove the incomplete {image.path}: {exc.strerror or exc}")
+                except QmpctlError as exc:
+                    notes.append(f"could not remove the incomplete {image.path}: {exc.message}")
                 image.created = False
             if image.dir_made:
+                descriptor = self.chain_fds.pop(image.chain_dir, None)
+                if descriptor is not None:
+                    os.close(descriptor)
                 with contextlib.suppress(OSError):
-                    os.rmdir(image.chain_dir)
+                    os.rmdir(os.path.basename(image.chain_dir), dir_fd=self._dir())
                 image.dir_made = False
         return notes

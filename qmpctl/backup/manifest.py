@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 
+from qmpctl.backup import safe_open
 from qmpctl.errors import UsageError, VerificationFailed
 from qmpctl.records import TYPE_CHECKING
 from qmpctl.wire import schema
@@ -81,29 +82,34 @@ def manifest_bytes(manifest: dict[str, Any]) -> bytes:
 
 
 def sha256_of(path: str) -> str:
+    """The sha256 of the regular file ``path``, opened without following a link at its last component."""
+    descriptor = safe_open.open_regular(path, path, None)
+    try:
+        return sha256_of_descriptor(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def sha256_of_descriptor(descriptor: int) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK):
-            digest.update(chunk)
+    os.lseek(descriptor, 0, os.SEEK_SET)
+    while chunk := os.read(descriptor, HASH_CHUNK):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
 def read_file(path: str, where: str, *, dir_fd: Optional[int] = None) -> bytes:
     """The bytes of the manifest at ``path`` (relative to ``dir_fd`` when given), never through a symbolic
     link, a FIFO or a device: :class:`VerificationFailed` naming ``where`` for anything but a regular file."""
-    import stat
-
     try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        descriptor = safe_open.open_regular(path, where, dir_fd)
+    except VerificationFailed as exc:
+        raise invalid(where, exc.message.removeprefix(f"refused: {where} ").split(";")[0]) from None
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise invalid(where, "it is a symbolic link") from None
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             raise UsageError(f"cannot read {where}: {exc.strerror or exc}") from None
         raise invalid(where, f"it cannot be read ({exc.strerror or exc})") from None
     try:
-        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
-            raise invalid(where, "it is not a regular file")
         chunks = []
         left = MAX_MANIFEST_BYTES + 1
         while left > 0 and (chunk := os.read(descriptor, min(left, HASH_CHUNK))):

@@ -13,7 +13,8 @@ import os
 
 from qmpctl.backup.folder import ChainFolder, LocalFolder, NewImage, View, lock_name
 from qmpctl.backup.manifest import MANIFEST, invalid, manifest_bytes, parse_manifest
-from qmpctl.errors import JobFailed, ProtocolError, QmpctlError, UsageError
+from qmpctl.backup.safe_open import refused
+from qmpctl.errors import JobFailed, ProtocolError, QmpctlError, UsageError, VerificationFailed
 from qmpctl.records import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -27,81 +28,143 @@ sysexits codes flock uses for its own failures, below the shell's 126 and 127.""
 MAX_LOCKS = 125 - BUSY_EXIT
 """Disks per run on a remote host: each needs an exit status of its own to say which one is busy."""
 
+ENTER = """enter() {
+  cd -P -- "$1" 2>/dev/null && [ "$(stat -c %d:%i .)" = "$(stat -c %d:%i -- "$1")" ] ||
+    { echo "refused: $1 is a symbolic link, not a folder; qmpctl never follows one in DIR" >&2; return 1; }
+  o=$(stat -c %u .) && d=$(stat -c %u -- "${1%/*}") || return 1
+  case " 0 $(id -u) $d " in *" $o "*) return 0;; esac
+  echo "refused: $1 belongs to user $o, not to root or to the owner of ${1%/*}" >&2
+  return 1
+}
+"""
+"""``enter FOLDER`` (a chain folder, an absolute path in DIR): cd into it, then check that the folder qmpctl is
+in is the one at that name, not a link followed, and belongs to root, this user or DIR's owner. From then on
+every name is used relative to it, as a folder descriptor would be: a rename of the folder cannot redirect it."""
+
 LOCK_SCRIPT = """into=$1; shift
+if [ -L "$into" ]; then echo link; exit 0; fi
 if [ ! -d "$into" ]; then
-  if [ -e "$into" ] || [ -L "$into" ]; then echo notdir; exit 0; fi
+  if [ -e "$into" ]; then echo notdir; exit 0; fi
   [ -d "$(dirname -- "$into")" ] || { echo noparent; exit 0; }
   mkdir -- "$into" 2>/dev/null || [ -d "$into" ] || { mkdir -- "$into"; exit 1; }
 fi
-cd -- "$into" && exec "$@"
+cd -P -- "$into" && [ "$(stat -c %d:%i .)" = "$(stat -c %d:%i -- "$into")" ] || { echo link; exit 0; }
+level=$1
+shift
+exec sh -c "$level" "$level" "$@"
 """
-"""DIR made if only its last level is missing, then ``flock -n`` nested once per disk around ``HOLD``."""
+"""DIR made if only its last level is missing (never through a link), then :data:`LOCK_LEVEL` (the first
+argument after DIR), run as ``sh -c LEVEL LEVEL ...``: its ``$0`` is itself, so it runs itself once per disk."""
+LOCK_LEVEL = """if [ "$1" = -- ]; then shift; exec "$@"; fi
+code=$1 lock=$2
+shift 2
+if [ ! -e "$lock" ] && [ ! -L "$lock" ]; then
+  t=$(mktemp ./.lock.XXXXXXXXXX) || exit 1
+  ln -T -- "$t" "$lock" 2>/dev/null
+  rm -f -- "$t"
+fi
+if [ -L "$lock" ] || [ ! -f "$lock" ]; then echo "linklock $lock"; exit 0; fi
+exec 9<"$lock" || exit 1
+[ "$(stat -L -c %d:%i /dev/fd/9)" = "$(stat -c %d:%i -- "$lock")" ] || { echo "linklock $lock"; exit 0; }
+exec flock -n -E "$code" /dev/fd/9 sh -c "$0" "$0" "$@"
+"""
+"""One disk's lock: the lock file made, when missing, by a hard link of a new ``mktemp`` file (never opening
+the name, so a link planted there is never followed and nothing is created through one), then opened
+read-only and checked to be the regular file at that name; ``flock -n`` then locks that open file
+(``/dev/fd/9``, not the name) and runs the next level. ``--`` ends the disks: then ``HOLD``."""
 HOLD = 'echo locked; (%s); exec cat >/dev/null'
 """Says the locks are held, lists DIR (:data:`SCAN_SCRIPT`, in a subshell), then keeps the locks until stdin
 closes: qmpctl is done, or died and ssh with it. One remote command for both: the listing needs the lock."""
 
 SCAN_SCRIPT = """export LC_ALL=C
 cd -- "$1" || exit 1
+trusted=" 0 $(id -u) $(stat -c %u .) "
 for d in * .[!.]* ..?*; do
   [ -e "$d" ] || [ -L "$d" ] || continue
   printf 'N\\0%s\\0' "$d"
+  if [ -L "$d" ]; then
+    [ -d "$d" ] && printf 'L\\0%s\\0' "$d"
+    continue
+  fi
   [ -d "$d" ] || continue
   printf 'D\\0%s\\0' "$d"
   m="$d/chain.json"
   [ -e "$m" ] || [ -L "$m" ] || continue
   printf 'H\\0%s\\0' "$d"
-  [ -f "$m" ] || continue
+  o=$(stat -c %u -- "$d") || continue
+  case $trusted in *" $o "*) ;; *) printf 'O\\0%s\\0%s\\0' "$d" "$o"; continue;; esac
+  [ -f "$m" ] && [ ! -L "$m" ] || continue
   c=$(cat -- "$m" && echo x) || continue
   c=${c%x}
   printf 'M\\0%s\\0%s\\0%s' "$d" "${#c}" "$c"
   (cd -- "$d" || exit 0
-   for f in * .[!.]* ..?*; do if [ -e "$f" ] || [ -L "$f" ]; then printf 'F\\0%s\\0' "$f"; fi; done
-   stat -L --printf 'S\\0%n\\0%s\\0' -- * .[!.]* ..?* 2>/dev/null)
+   for f in * .[!.]* ..?*; do
+     if [ -L "$f" ]; then printf 'K\\0%s\\0' "$f"; elif [ -e "$f" ]; then printf 'F\\0%s\\0' "$f"; fi
+   done
+   stat --printf 'S\\0%n\\0%s\\0' -- * .[!.]* ..?* 2>/dev/null)
   printf 'E\\0'
 done
 printf 'Z\\0'
 """
-"""Every entry of DIR (N), folders (D), those with a chain.json (H), readable manifests (M: name, length,
-content) and then their entries (F: name) and sizes (S: name, size; none where stat fails) up to E; Z ends
-the listing. NUL-separated: any name survives (a manifest cannot hold a NUL: the shell drops them)."""
+"""Every entry of DIR (N), folders (D), links to folders (L: refused), those with a chain.json (H), a chain
+folder of an untrusted owner (O: refused), readable manifests (M: name, length, content) and then their
+entries (F: name; K: a link, refused) and sizes (S: name, size; none where stat fails) up to E; Z ends the
+listing. NUL-separated: any name survives (a manifest cannot hold a NUL: the shell drops them)."""
 
-CREATE_SCRIPT = """own=$(stat -c %u:%g -- "$1") || exit 1
+CREATE_SCRIPT = ENTER + """into=$1
 shift
+own=$(stat -c %u:%g -- "$into") || exit 1
 mine=no
 [ "$(id -u)" = 0 ] && [ "$own" != 0:0 ] && mine=yes
 while [ $# -ge 3 ]; do
-  new=$1 dir=$2 image=$3
+  new=$1 dir=$2 name=$3
   shift 3
   if [ "$new" = 1 ]; then
     mkdir -- "$dir" || exit 1
     echo dir
-    [ "$mine" = no ] || chown -- "$own" "$dir" || exit 1
   fi
-  if [ -e "$image" ] || [ -L "$image" ]; then echo exists; exit 0; fi
-  (umask 077; set -C; : >"$image") || exit 1
+  enter "$dir" || { echo refused; exit 0; }
+  if [ "$new" = 1 ] && [ "$mine" = yes ]; then chown -- "$own" . || exit 1; fi
+  if [ -e "$name" ] || [ -L "$name" ]; then echo exists; exit 0; fi
+  t=$(mktemp ./.new.XXXXXXXXXX) || exit 1
+  if ! ln -T -- "$t" "$name" 2>/dev/null; then rm -f -- "$t"; echo exists; exit 0; fi
+  rm -f -- "$t"
   echo image
-  [ "$mine" = no ] || chown -- "$own" "$image" || exit 1
+  [ "$mine" = no ] || chown -h -- "$own" "$name" || exit 1
+  cd / || exit 1
 done
 """
-"""Per image: its folder if new, then the image, empty and exclusively (noclobber: O_EXCL); owned like DIR
-when root makes them (QEMU may run as DIR's owner). One line per step done, for the taking back."""
+"""Per image: its folder if new, then the image, empty and exclusively: a hard link of a new ``mktemp`` file,
+made in the checked folder (never over a name that exists, a link included, and never through one); owned
+like DIR when root makes them (QEMU may run as DIR's owner). One line per step done, for the taking back."""
 
-MEASURE_SCRIPT = """for image; do
-  sync -- "$image" && stat -L -c %s -- "$image" && sha256sum <"$image" || exit 1
+MEASURE_SCRIPT = ENTER + """while [ $# -ge 2 ]; do
+  dir=$1 name=$2
+  shift 2
+  (enter "$dir" || exit 1
+   if [ -L "$name" ] || [ ! -f "$name" ]; then
+     echo "refused: $dir/$name is a symbolic link or not a regular file" >&2; exit 1
+   fi
+   exec 3<"$name" || exit 1
+   [ "$(stat -L -c %d:%i /dev/fd/3)" = "$(stat -c %d:%i -- "$name")" ] ||
+     { echo "refused: $dir/$name was replaced while it was read" >&2; exit 1; }
+   sync -- /dev/fd/3 && stat -L -c %s /dev/fd/3 && sha256sum <&3) || exit 1
 done
 """
-MANIFEST_SCRIPT = """dir=$1 length=$2
-temporary="$dir/chain.json.tmp-$$"
-if cat >"$temporary" && [ "$(stat -c %s -- "$temporary")" = "$length" ] && sync -- "$temporary" &&
-   mv -f -- "$temporary" "$dir/chain.json" && sync -- "$dir"; then
+MANIFEST_SCRIPT = ENTER + """dir=$1 length=$2
+enter "$dir" || exit 1
+temporary=$(mktemp -u ./.chain.json.XXXXXXXXXX) || exit 1
+if (set -C; cat >"$temporary") && [ "$(stat -c %s -- "$temporary")" = "$length" ] && sync -- "$temporary" &&
+   mv -f -T -- "$temporary" chain.json && sync -- .; then
   exit 0
 fi
 rm -f -- "$temporary"
 echo "the manifest did not arrive whole, or could not be written; the old one is kept" >&2
 exit 1
 """
-"""Temp file, fsync, rename, fsync the folder. The length is checked first: stdin also ends when qmpctl
-or its connection dies, and a cut manifest must never replace a whole one."""
+"""Temp file (an unpredictable name, created exclusively: noclobber is O_EXCL), fsync, rename (over a link,
+never through it), fsync the folder. The length is checked first: stdin also ends when qmpctl or its
+connection dies, and a cut manifest must never replace a whole one."""
 REMOVE_TREES_SCRIPT = """for p; do rm -rf -- "$p" 2>&1 || echo; done; exit 0"""
 DISCARD_SCRIPT = """while [ $# -ge 3 ]; do
   image=$1 made=$2 dir=$3
@@ -115,6 +178,7 @@ DISCARD_SCRIPT = """while [ $# -ge 3 ]; do
 done
 exit 0
 """
+"""``rm`` and ``rmdir`` remove a link itself, never what it points to."""
 
 
 def _last_line(text: bytes) -> str:
@@ -141,6 +205,8 @@ class RemoteFolder(ChainFolder):
         done = self.master.run(script, args, deadline, what, data)
         if done.returncode != 0:
             said = _last_line(done.stderr) or f"exit status {done.returncode}"
+            if said.startswith("refused: "):
+                raise VerificationFailed(f"{said} (on {self.host})")
             raise JobFailed(f"could not {what} on {self.host}: {said}")
         out: bytes = done.stdout
         return out
@@ -150,10 +216,10 @@ class RemoteFolder(ChainFolder):
         ordered = sorted(devices)
         if len(ordered) > MAX_LOCKS:
             raise UsageError(f"at most {MAX_LOCKS} disks per run into a DIR on another host (got {len(ordered)})")
-        command: list[str] = []
+        command: list[str] = [LOCK_LEVEL]
         for number, (_, label) in enumerate(ordered):
-            command += ["flock", "-n", "-E", str(BUSY_EXIT + number), lock_name(label)]
-        command += ["sh", "-c", HOLD % SCAN_SCRIPT, "sh", "."]
+            command += [str(BUSY_EXIT + number), lock_name(label)]
+        command += ["--", "sh", "-c", HOLD % SCAN_SCRIPT, "sh", "."]
         held = self.master.hold(LOCK_SCRIPT, [self.into, *command], deadline,
                                 f"lock {', '.join(device for device, _ in ordered)} in {self.into}")
         try:
@@ -170,6 +236,11 @@ class RemoteFolder(ChainFolder):
     def _judge_lock(self, held: Any, ordered: list[tuple[str, str]], deadline: Deadline) -> None:
         if held.line == "locked":
             return
+        if held.line == "link":
+            raise refused(self.where(self.into), "is a symbolic link, not a folder")
+        if held.line.startswith("linklock "):
+            raise refused(self.where(os.path.join(self.into, held.line.split(" ", 1)[1])),
+                          "is a symbolic link or not a regular file, where a lock file must be")
         if held.line == "notdir":
             raise UsageError(f"--into {self.where(self.into)}: it exists and is not a directory")
         if held.line == "noparent":
@@ -195,7 +266,7 @@ class RemoteFolder(ChainFolder):
     def create(self, images: list[NewImage], deadline: Deadline) -> None:
         args = [self.into]
         for image in images:
-            args += ["1" if image.make_dir else "0", image.chain_dir, image.path]
+            args += ["1" if image.make_dir else "0", image.chain_dir, os.path.basename(image.path)]
         done = self.master.run(CREATE_SCRIPT, args, deadline, "create the chain's images")
         steps = done.stdout.decode("utf-8", "replace").split()
         pending = list(images)
@@ -208,12 +279,15 @@ class RemoteFolder(ChainFolder):
                 pending.pop(0)
             elif step == "exists":
                 raise UsageError(f"{self.where(image.path)} exists; qmpctl never overwrites a backup")
+            elif step == "refused":
+                raise VerificationFailed(f"{_last_line(done.stderr)} (on {self.host})")
         if done.returncode != 0 or pending:
             said = _last_line(done.stderr) or f"exit status {done.returncode}"
             raise JobFailed(f"could not create {self.where(pending[0].path if pending else self.into)}: {said}")
 
     def measure(self, paths: list[str], deadline: Deadline) -> list[tuple[int, str]]:
-        out = self._run(MEASURE_SCRIPT, paths, deadline, "read the new images").decode("utf-8", "replace")
+        args = [part for path in paths for part in os.path.split(path)]
+        out = self._run(MEASURE_SCRIPT, args, deadline, "read the new images").decode("utf-8", "replace")
         words = out.split()
         if len(words) != 3 * len(paths):
             raise ProtocolError(f"{self.host} answered the images' size and sha256 with {out[:200]!r}")
@@ -284,14 +358,24 @@ def _parse_scan(out: bytes, into: str, side: str) -> Optional[View]:
                 dirs.add(text(field()))
             elif kind == b"H":
                 marked.add(text(field()))
+            elif kind == b"L":
+                raise refused(f"{os.path.join(into, text(field()))}{side}",
+                              "is a symbolic link to a folder, where a chain folder would be")
+            elif kind == b"O":
+                name, owner = text(field()), text(field())
+                raise refused(f"{os.path.join(into, name)}{side}",
+                              f"belongs to user {owner}, not to root or to the owner of {into}")
             elif kind == b"M":
                 name, length = text(field()), int(field())
                 if len(out) < position + length:
                     raise _Incomplete
                 content, position = out[position:position + length], position + length
                 sizes: dict[str, Optional[int]] = {}
-                while (kind := field()) in (b"F", b"S"):
+                while (kind := field()) in (b"F", b"S", b"K"):
                     entry = text(field())
+                    if kind == b"K":
+                        raise refused(f"{os.path.join(into, name, entry)}{side}",
+                                      "is a symbolic link in a chain folder")
                     sizes[entry] = int(field()) if kind == b"S" else sizes.get(entry)
                 if kind != b"E":
                     raise ValueError(kind)
