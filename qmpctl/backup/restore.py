@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from qmpctl.vm.jobs import Progress
 
 CONSOLE_TAIL_LINES = 20
+FORMATS = ("qcow2", "raw")
+"""What restore writes, and so what the boot check tells QEMU the image is."""
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
 STOP_GRACE = 5.0
 
@@ -84,10 +86,18 @@ def _problem(chain_dir: str, entry: dict[str, Any], previous: Optional[str], dea
     said = qemu_img.check(path, deadline)
     if said is not None:
         return f"qemu-img check: {said}"
-    backing = qemu_img.info(path, deadline).get("backing-filename")
+    found = qemu_img.info(path, deadline)
+    backing = found.get("backing-filename")
     if backing != previous:
         expected = f"backed by {previous}" if previous else "standalone (no backing file)"
         return f"it should be {expected}, but its backing file is {backing}"
+    if backing is not None and found.get("backing-filename-format") != "qcow2":
+        return (f"its backing file's format is {found.get('backing-filename-format') or 'not named'}, not qcow2: "
+                "qemu-img would guess it")
+    specific = found.get("format-specific")
+    data = specific.get("data") if isinstance(specific, dict) else None
+    if isinstance(data, dict) and data.get("data-file"):
+        return f"it names an external data file, {data['data-file']}: a chain's images hold their own data"
     return None
 
 
@@ -242,9 +252,14 @@ def _stop(child: "subprocess.Popen[bytes]") -> None:
             child.wait()
 
 
-def boot_check(image: str, *, qemu_args: list[str], boot_timeout: float, check_command: Optional[str],
-               reply_timeout: float, qemu_binary: str = "qemu-system-x86_64") -> dict[str, Any]:
+def boot_check(image: str, *, image_format: str, qemu_args: list[str], boot_timeout: float,
+               check_command: Optional[str], reply_timeout: float,
+               qemu_binary: str = "qemu-system-x86_64") -> dict[str, Any]:
     """Boot ``image`` in a throwaway QEMU (``-snapshot``) and wait until its guest agent answers.
+
+    ``image_format`` is the format restore wrote, never one guessed from the
+    image: a raw image holds the guest's bytes, which can look like a qcow2
+    header naming any host file as its backing file.
 
     Exit 6 (:class:`VerificationFailed`) with the console's last lines when
     the guest does not answer within ``boot_timeout`` or ``check_command``
@@ -257,9 +272,8 @@ def boot_check(image: str, *, qemu_args: list[str], boot_timeout: float, check_c
 
     if not boot_timeout > 0:
         raise UsageError(f"--boot-timeout must be more than 0 seconds, got {boot_timeout:g}")
-    from qmpctl.vm.block import detect_format
-
-    image_format = detect_format(image)
+    if image_format not in FORMATS:
+        raise UsageError(f"cannot boot a {image_format!r} image: restore writes {' or '.join(FORMATS)}")
     workdir = tempfile.mkdtemp(prefix="qmpctl-boot-")
     agent_path = os.path.join(workdir, "qga.sock")
     console = os.path.join(workdir, "console.log")

@@ -133,8 +133,9 @@ def restore_chain(common: Common, *, chain: str, target: str, point: Optional[in
         if printer is not None:
             printer.close()
     if boot_check:
-        checked = restore.boot_check(reply["return"]["target"], qemu_args=qemu_args, boot_timeout=boot_timeout,
-                                     check_command=check_command, reply_timeout=common.timeout)
+        checked = restore.boot_check(reply["return"]["target"], image_format=reply["return"]["format"],
+                                     qemu_args=qemu_args, boot_timeout=boot_timeout, check_command=check_command,
+                                     reply_timeout=common.timeout)
         reply["return"]["boot-check"] = checked["return"]
     emit(render_reply(reply, pretty=common.pretty, return_value=common.return_value), final=True)
     return ExitCode.OK
