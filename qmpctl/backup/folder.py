@@ -134,7 +134,7 @@ class LocalFolder(ChainFolder):
         import fcntl
 
         try:
-            os.mkdir(self.into, 0o755)
+            os.mkdir(self.into)
         except FileExistsError:
             pass
         self.dir_fd = safe_open.open_dir(self.into, f"--into {self.into}")

@@ -104,7 +104,7 @@ def read_file(path: str, where: str, *, dir_fd: Optional[int] = None) -> bytes:
     try:
         descriptor = safe_open.open_regular(path, where, dir_fd)
     except VerificationFailed as exc:
-        raise invalid(where, exc.message.removeprefix(f"refused: {where} ").split(";")[0]) from None
+        raise invalid(where, "it " + exc.message.removeprefix(f"refused: {where} ").split(";")[0]) from None
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             raise UsageError(f"cannot read {where}: {exc.strerror or exc}") from None
@@ -136,6 +136,8 @@ def chains_of(into: str, device: Optional[str] = None) -> list[tuple[str, dict[s
         return []
     for name in names:
         chain_dir = os.path.join(into, name)
+        if os.path.islink(chain_dir) and os.path.isdir(chain_dir):
+            raise safe_open.refused(chain_dir, "is a symbolic link to a folder, where a chain folder would be")
         if not os.path.lexists(os.path.join(chain_dir, MANIFEST)):
             continue
         manifest = read_manifest(chain_dir)

@@ -105,6 +105,10 @@ def test_a_chain_folder_replaced_by_a_link_is_refused_and_what_it_points_to_unto
     result = backup(cli, vm, into)
     assert result.code == 6 and f"{chain} is a symbolic link to a folder" in result.err, result
     assert tree(elsewhere) == before
+    for command in (["backup-verify", str(into)], ["restore", str(into), str(tmp_path / "r.img")]):
+        refused = cli(*command)
+        assert refused.code == 6 and f"{chain} is a symbolic link to a folder" in refused.err, refused
+    assert tree(elsewhere) == before and not (tmp_path / "r.img").exists()
 
 
 def test_dir_itself_as_a_link_is_refused(cli, vm_factory, tmp_path):
