@@ -31,7 +31,8 @@ import time
 
 from qmpctl.backup.full import DEFAULT_WAIT_TIMEOUT, MAX_JOB_ID, find_disk, target_nodes
 from qmpctl.vm.block import ROLLBACK_GRACE, blockdev_del, named_nodes, undo_all, with_notes
-from qmpctl.backup.folder import MANIFEST, LocalFolder, NewImage, View, parse_manifest
+from qmpctl.backup.folder import LocalFolder, NewImage, View
+from qmpctl.backup.manifest import MANIFEST_VERSION
 from qmpctl.deadline import Deadline
 from qmpctl.guest.freeze import FreezeReport
 from qmpctl.errors import (Busy, ConnectError, DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError,
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
     from qmpctl.backup.folder import ChainFolder
     from qmpctl.vm.jobs import Progress
 
-MANIFEST_VERSION = 1
 BITMAP_PREFIX = "qmpctl-"
 DEFAULT_FREEZE_TIMEOUT = 10.0
 THAW_GRACE = 10.0
@@ -158,36 +158,6 @@ def bitmap_remove(session: Session, device: str, bitmap: str, deadline: Deadline
 def now_text() -> str:
     """UTC, milliseconds, ``Z``: sortable as text, readable by ``datetime.fromisoformat``."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def read_manifest(chain_dir: str) -> dict[str, Any]:
-    path = os.path.join(chain_dir, MANIFEST)
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    return parse_manifest(data, path)
-
-
-def chains_of(into: str, device: Optional[str] = None) -> list[tuple[str, dict[str, Any]]]:
-    """The chains in ``into`` (of ``device``, as the user named it), oldest first."""
-    found = []
-    try:
-        names = sorted(os.listdir(into))
-    except FileNotFoundError:
-        return []
-    for name in names:
-        chain_dir = os.path.join(into, name)
-        if not os.path.isfile(os.path.join(chain_dir, MANIFEST)):
-            continue
-        try:
-            manifest = read_manifest(chain_dir)
-        except UsageError:
-            continue
-        if device is None or manifest.get("device") == device:
-            found.append((chain_dir, manifest))
-    return found
 
 
 # -- the guest's filesystems ------------------------------------------------------------------------
@@ -677,7 +647,7 @@ def backup_chain(session: Session, deadline: Deadline, options: ChainOptions, *,
                  folder: Optional[ChainFolder] = None) -> dict[str, Any]:
     """Extend each disk's chain in ``options.into`` by one incremental, or start one with a full backup.
 
-    ``folder`` is DIR where the VM's QEMU is (:func:`qmpctl.backup.folder.folder_for`); this host's by default.
+    ``folder`` is DIR where the VM's QEMU is (:func:`qmpctl.backup.remote_folder.folder_for`); this host's by default.
     """
     if folder is None:
         folder = LocalFolder(prepare_dir(options.into, is_local=True))

@@ -28,11 +28,11 @@ QEMU_IMG_MISSING = "qemu-img is not installed (it comes with QEMU's tools, e.g. 
 
 
 def run(arguments: list[str], deadline: Deadline, what: str, *, cwd: Optional[str] = None,
-        check: bool = True) -> subprocess.CompletedProcess[str]:
+        check: bool = True, pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess[str]:
     """``qemu-img ARGUMENTS``; a non-zero exit is :class:`JobFailed` carrying its message when ``check``."""
     try:
         done = subprocess.run(["qemu-img", *arguments], capture_output=True, text=True, cwd=cwd,
-                              stdin=subprocess.DEVNULL, timeout=deadline.remaining(what))
+                              stdin=subprocess.DEVNULL, timeout=deadline.remaining(what), pass_fds=pass_fds)
     except FileNotFoundError:
         raise UsageError(QEMU_IMG_MISSING) from None
     except subprocess.TimeoutExpired:
@@ -42,15 +42,28 @@ def run(arguments: list[str], deadline: Deadline, what: str, *, cwd: Optional[st
     return done
 
 
-def create(path: str, size: int, deadline: Deadline, backing: Optional[str] = None) -> None:
+def by_descriptor(descriptor: int) -> str:
+    """The file open at ``descriptor``, for a qemu-img that inherits it: the file itself, not a name that
+    could be a link by the time qemu-img opens it."""
+    return f"/dev/fd/{descriptor}"
+
+
+def create(path: str, size: int, deadline: Deadline, backing: Optional[str] = None, *,
+           descriptor: Optional[int] = None) -> None:
     """A new qcow2 image at ``path``, which the caller has just created empty and owns.
 
     ``backing`` is a path relative to the image's folder, so the chain can be
-    moved as a folder.
+    moved as a folder. With ``descriptor`` (the new file, open), qemu-img
+    writes through it, never through the name, and records the backing file
+    without opening it (``-u``: the size is given).
     """
     arguments = ["create", "-q", "-f", "qcow2"]
     if backing is not None:
-        arguments += ["-b", backing, "-F", "qcow2"]
+        arguments += ["-b", backing, "-F", "qcow2"] + (["-u"] if descriptor is not None else [])
+    if descriptor is not None:
+        run(arguments + [by_descriptor(descriptor), str(size)], deadline, f"creating {path}",
+            pass_fds=(descriptor,))
+        return
     run(arguments + [os.path.basename(path), str(size)], deadline, f"creating {path}", cwd=os.path.dirname(path))
 
 
@@ -72,8 +85,12 @@ def check(path: str, deadline: Deadline) -> Optional[str]:
 
 
 def convert(source: str, target: str, target_format: str, wait: Deadline,
-            progress: Optional[Callable[[JobState], None]] = None, size: int = 0) -> None:
+            progress: Optional[Callable[[JobState], None]] = None, size: int = 0, *,
+            descriptor: Optional[int] = None) -> None:
     """Write ``source`` (read through its backing chain) to ``target`` as one standalone image.
+
+    With ``descriptor`` (``target`` created empty and open), qemu-img writes
+    through it, never through the name.
 
     Progress comes from qemu-img's own ``-p`` output (percent), as job states
     in bytes of the disk's ``size`` where it is known.
@@ -83,8 +100,9 @@ def convert(source: str, target: str, target_format: str, wait: Deadline,
     if progress is not None:
         arguments.append("-p")
     try:
-        child = subprocess.Popen(arguments + [source, target], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE)
+        child = subprocess.Popen(arguments + [source, target if descriptor is None else by_descriptor(descriptor)],
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 pass_fds=() if descriptor is None else (descriptor,))
     except FileNotFoundError:
         raise UsageError(QEMU_IMG_MISSING) from None
     assert child.stdout is not None and child.stderr is not None

@@ -10,13 +10,13 @@ from __future__ import annotations
 import datetime
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
 
-from qmpctl.backup import qemu_img
-from qmpctl.backup.chain import chains_of, read_manifest
-from qmpctl.backup.folder import MANIFEST, sha256_of
+from qmpctl.backup import qemu_img, safe_open
+from qmpctl.backup.manifest import MANIFEST, chains_of, read_manifest, sha256_of
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectError, DeadlineExceeded, ProtocolError, QmpctlError, UsageError, VerificationFailed
 from qmpctl.records import TYPE_CHECKING, NamedTuple
@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from qmpctl.vm.jobs import Progress
 
 CONSOLE_TAIL_LINES = 20
+FORMATS = ("qcow2", "raw")
+"""What restore writes, and so what the boot check tells QEMU the image is."""
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
 STOP_GRACE = 5.0
 
@@ -68,20 +70,34 @@ def chain_folders(path: str) -> list[str]:
 def _problem(chain_dir: str, entry: dict[str, Any], previous: Optional[str], deadline: Deadline) -> Optional[str]:
     path = os.path.join(chain_dir, str(entry.get("file")))
     try:
-        size = os.path.getsize(path)
+        info = os.lstat(path)
     except OSError as exc:
         return f"missing ({exc.strerror or exc})"
-    if size != entry.get("size"):
-        return f"its size is {size} bytes, the manifest says {entry.get('size')}"
-    if sha256_of(path) != entry.get("sha256"):
+    if not stat.S_ISREG(info.st_mode):
+        return "it is not a regular file (a symbolic link?): a chain's images are files of the chain's folder"
+    if info.st_size != entry.get("size"):
+        return f"its size is {info.st_size} bytes, the manifest says {entry.get('size')}"
+    try:
+        digest = sha256_of(path)
+    except (OSError, QmpctlError) as exc:
+        return f"it cannot be read ({getattr(exc, 'strerror', None) or exc})"
+    if digest != entry.get("sha256"):
         return "its sha256 differs from the manifest's: the file changed after the backup"
     said = qemu_img.check(path, deadline)
     if said is not None:
         return f"qemu-img check: {said}"
-    backing = qemu_img.info(path, deadline).get("backing-filename")
+    found = qemu_img.info(path, deadline)
+    backing = found.get("backing-filename")
     if backing != previous:
         expected = f"backed by {previous}" if previous else "standalone (no backing file)"
         return f"it should be {expected}, but its backing file is {backing}"
+    if backing is not None and found.get("backing-filename-format") != "qcow2":
+        return (f"its backing file's format is {found.get('backing-filename-format') or 'not named'}, not qcow2: "
+                "qemu-img would guess it")
+    specific = found.get("format-specific")
+    data = specific.get("data") if isinstance(specific, dict) else None
+    if isinstance(data, dict) and data.get("data-file"):
+        return f"it names an external data file, {data['data-file']}: a chain's images hold their own data"
     return None
 
 
@@ -175,23 +191,34 @@ def restore(chain: str, target: str, deadline: Deadline, *, point: Optional[int]
     entry = manifest["images"][number - 1]
     source = os.path.join(chain_dir, str(entry["file"]))
     started = time.monotonic()
-    descriptor, partial = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".partial",
-                                           dir=os.path.dirname(target))
-    os.close(descriptor)  # a name of qmpctl's own, which qemu-img then writes
+    folder, name = os.path.split(target)
+    folder = os.path.realpath(folder)  # the folder TARGET names, opened once: its files are used through it
+    dir_fd = safe_open.open_dir(folder, folder)
     try:
-        qemu_img.convert(source, partial, target_format, deadline, progress, int(manifest.get("size") or 0))
-        if force:
-            os.replace(partial, target)
-        else:
-            try:
-                os.link(partial, target)  # fails if TARGET appeared meanwhile: never overwrite
-            except FileExistsError:
-                raise UsageError(f"{target} appeared while restoring; it was left alone") from None
-    finally:
+        # A name of qmpctl's own, created exclusively; qemu-img writes through the open file, never the name.
+        partial, descriptor = safe_open.temporary(name, target, dir_fd)
         try:
-            os.unlink(partial)
-        except FileNotFoundError:
-            pass
+            try:
+                qemu_img.convert(source, partial, target_format, deadline, progress, int(manifest.get("size") or 0),
+                                 descriptor=descriptor)
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            if force:
+                os.replace(partial, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # replaces a link, never follows
+            else:
+                try:
+                    os.link(partial, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+                except FileExistsError:  # TARGET appeared meanwhile: never overwrite
+                    raise UsageError(f"{target} appeared while restoring; it was left alone") from None
+            safe_open.fsync_dir(dir_fd)
+        finally:
+            try:
+                os.unlink(partial, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+    finally:
+        os.close(dir_fd)
     return {"return": {"chain": chain_dir, "point": number, "points": len(manifest["images"]),
                        "level": entry.get("level"), "started": entry.get("started"), "image": source,
                        "target": target, "format": target_format, "device": manifest.get("device"),
@@ -225,9 +252,14 @@ def _stop(child: "subprocess.Popen[bytes]") -> None:
             child.wait()
 
 
-def boot_check(image: str, *, qemu_args: list[str], boot_timeout: float, check_command: Optional[str],
-               reply_timeout: float, qemu_binary: str = "qemu-system-x86_64") -> dict[str, Any]:
+def boot_check(image: str, *, image_format: str, qemu_args: list[str], boot_timeout: float,
+               check_command: Optional[str], reply_timeout: float,
+               qemu_binary: str = "qemu-system-x86_64") -> dict[str, Any]:
     """Boot ``image`` in a throwaway QEMU (``-snapshot``) and wait until its guest agent answers.
+
+    ``image_format`` is the format restore wrote, never one guessed from the
+    image: a raw image holds the guest's bytes, which can look like a qcow2
+    header naming any host file as its backing file.
 
     Exit 6 (:class:`VerificationFailed`) with the console's last lines when
     the guest does not answer within ``boot_timeout`` or ``check_command``
@@ -240,9 +272,8 @@ def boot_check(image: str, *, qemu_args: list[str], boot_timeout: float, check_c
 
     if not boot_timeout > 0:
         raise UsageError(f"--boot-timeout must be more than 0 seconds, got {boot_timeout:g}")
-    from qmpctl.vm.block import detect_format
-
-    image_format = detect_format(image)
+    if image_format not in FORMATS:
+        raise UsageError(f"cannot boot a {image_format!r} image: restore writes {' or '.join(FORMATS)}")
     workdir = tempfile.mkdtemp(prefix="qmpctl-boot-")
     agent_path = os.path.join(workdir, "qga.sock")
     console = os.path.join(workdir, "console.log")

@@ -7,7 +7,7 @@ handlers check the options, pick the agent for --freeze, and print.
 from __future__ import annotations
 
 from qmpctl.cli.common import Common, emit, printed_plan, run
-from qmpctl.errors import ExitCode, UsageError
+from qmpctl.errors import ExitCode, UsageError, VerificationFailed
 from qmpctl.output import render_reply, to_json
 from qmpctl.records import TYPE_CHECKING
 
@@ -77,7 +77,7 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ke
     show, every, printer = _printer(progress)
 
     def action(session: Any, deadline: Any, vm: Any) -> dict[str, Any]:
-        from qmpctl.backup.folder import folder_for
+        from qmpctl.backup.remote_folder import folder_for
 
         return chain.backup_chain(session, deadline, options, agent=agent_target, progress=show,
                                   progress_every=every, folder=folder_for(vm, into))
@@ -99,6 +99,8 @@ def backup_verify(common: Common, *, path: str, json_lines: bool, wait_timeout: 
     from qmpctl.deadline import Deadline
 
     checks = restore.verify(path, Deadline(wait_timeout or OFFLINE_TIMEOUT))
+    if not checks:  # a manifest lists at least one image; this is only the last line of defence
+        raise VerificationFailed(f"{path}: no image to verify; a chain without an image is not a backup")
     broken = restore.first_broken(checks)
     if json_lines:
         for number, check in enumerate(checks, 1):
@@ -131,8 +133,9 @@ def restore_chain(common: Common, *, chain: str, target: str, point: Optional[in
         if printer is not None:
             printer.close()
     if boot_check:
-        checked = restore.boot_check(reply["return"]["target"], qemu_args=qemu_args, boot_timeout=boot_timeout,
-                                     check_command=check_command, reply_timeout=common.timeout)
+        checked = restore.boot_check(reply["return"]["target"], image_format=reply["return"]["format"],
+                                     qemu_args=qemu_args, boot_timeout=boot_timeout, check_command=check_command,
+                                     reply_timeout=common.timeout)
         reply["return"]["boot-check"] = checked["return"]
     emit(render_reply(reply, pretty=common.pretty, return_value=common.return_value), final=True)
     return ExitCode.OK

@@ -504,7 +504,8 @@ COMMANDS: tuple[Command, ...] = (
                    "Give up (exit 4) when verifying and writing take longer [default: one day].",
                    metavar="SECONDS", show_default=False),
             Option("boot_check", ("--boot-check",), "flag", False,
-                   "Boot the restored image and wait for its guest agent (a restore drill)."),
+                   "Boot the restored image and wait for its guest agent (a restore drill); QEMU is told "
+                   "--format, never a format guessed from the guest's bytes."),
             Option("qemu_args", ("--qemu-arg",), "list", None,
                    "One more QEMU argument for --boot-check, repeatable: --qemu-arg=-m --qemu-arg=512, "
                    "-kernel/-initrd for a guest that does not boot from its disk, -accel kvm.", metavar="ARG",

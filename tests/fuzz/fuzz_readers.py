@@ -7,7 +7,7 @@ Not part of the test suite (atheris is not a test dependency). Run:
     .venv/bin/python tests/fuzz/fuzz_readers.py -dict=tests/fuzz/qmpctl.dict -max_total_time=60
 
 The first input byte picks a target: the transport readers over a chunked
-stream, a QMP session, an agent session, address parsing, raw requests.
+stream, a QMP session, an agent session, address parsing, raw requests, a chain's manifest.
 Anything but a QmpctlError escaping is a finding (libFuzzer saves the input
 as crash-*; replay it by passing that file as the only argument).
 """
@@ -25,6 +25,7 @@ sys.path[:0] = [str(HERE.parent.parent), str(HERE.parent)]
 import atheris  # noqa: E402
 
 with atheris.instrument_imports():
+    from qmpctl.backup.manifest import parse_manifest
     from qmpctl.wire.address import parse_address
     from qmpctl.wire.agent import AgentSession
     from qmpctl.deadline import Deadline
@@ -101,7 +102,11 @@ def raw_command(provider: atheris.FuzzedDataProvider) -> None:
     parse_json(request.wire(1).decode("utf-8"))  # what goes on the wire is strict UTF-8 JSON
 
 
-TARGETS = [readers, qmp_session, agent_session, address, raw_command]
+def manifest(provider: atheris.FuzzedDataProvider) -> None:
+    parse_manifest(provider.ConsumeBytes(provider.remaining_bytes()), "/fuzz/chain.json")
+
+
+TARGETS = [readers, qmp_session, agent_session, address, raw_command, manifest]
 
 
 def test_one_input(data: bytes) -> None:

@@ -201,7 +201,7 @@ def test_an_image_left_in_the_chain_is_never_overwritten(admin, sshd, hv, host):
 def remote_folder(sshd, host, monkeypatch):
     """The library's view of a folder on the host, reached through the test sshd (for what a run cannot show)."""
     from qmpctl.wire.address import SshHost
-    from qmpctl.backup.folder import RemoteFolder
+    from qmpctl.backup.remote_folder import RemoteFolder
     from qmpctl.wire import ssh
     from qmpctl.wire.ssh import RemoteFiles, close_all
 
@@ -233,16 +233,18 @@ def test_the_hosts_exclusive_create_refuses_any_existing_name(remote_folder, ssh
 
 def test_a_manifest_cut_on_the_way_never_replaces_the_whole_one(remote_folder):
     """stdin also ends when qmpctl or the connection dies: the host checks the length before the rename."""
-    from qmpctl.backup.folder import MANIFEST_SCRIPT
+    from qmpctl.backup.remote_folder import MANIFEST_SCRIPT
     from qmpctl.deadline import Deadline
+    from qmpctl.wire.schema import load_schema
 
     folder = Path(remote_folder.into)
     (folder / "chain.json").write_text('{"images": []}\n')
     cut = remote_folder.master.run(MANIFEST_SCRIPT, [str(folder), "100"], Deadline(10), "write", b'{"ima')
     assert cut.returncode == 1 and b"did not arrive whole" in cut.stderr
     assert (folder / "chain.json").read_text() == '{"images": []}\n' and os.listdir(folder) == ["chain.json"]
-    remote_folder.write_manifest(str(folder), {"images": [{"file": "0001-full.qcow2"}]}, Deadline(10))
-    assert manifest(folder) == {"images": [{"file": "0001-full.qcow2"}]}
+    whole = load_schema("chain")["examples"][0]  # a manifest that does not match its schema is never written
+    remote_folder.write_manifest(str(folder), whole, Deadline(10))
+    assert manifest(folder) == whole
 
 
 def test_a_held_lock_is_busy_and_a_killed_run_lets_it_go(cli, admin, sshd, hv, host):
@@ -329,3 +331,107 @@ def test_a_relative_dir_and_a_dry_run_connect_to_nothing(admin, sshd, hv):
     assert sshd.accepted() == before
     tcp = admin("backup", "-s", "tcp:192.0.2.1:4444", "vd0", "--into", "/srv/backups")  # refused before connecting
     assert tcp.code == 2 and "on this host or reached over ssh://" in tcp.err, tcp
+
+
+# -- links planted in DIR on the host: refused, never followed ------------------------------------------
+
+PRECIOUS = b"root's file on the host, not qmpctl's to write\n"
+
+
+def planted(host: Path, name: str) -> Path:
+    aim = host / name
+    aim.write_bytes(PRECIOUS)
+    return aim
+
+
+def listing(path: Path) -> dict[str, bytes | str]:
+    return {str(entry.relative_to(path)): os.readlink(entry) if entry.is_symlink()
+            else entry.read_bytes() if entry.is_file() else "dir" for entry in sorted(path.rglob("*"))}
+
+
+@pytest.mark.parametrize("target", ["missing", "existing"])
+def test_a_link_planted_as_the_lock_file_on_the_host_is_refused(admin, sshd, hv, host, target):
+    into = host / f"l1-{target}"
+    into.mkdir()
+    aim = planted(host, f"victim-l1-{target}") if target == "existing" else host / f"created-by-root-{target}"
+    (into / ".vd0.lock").symlink_to(aim)
+    result = run(admin, sshd, hv, into)
+    assert result.code == 6 and f"{into}/.vd0.lock on {sshd.destination} is a symbolic link" in result.err, result
+    assert (aim.read_bytes() == PRECIOUS) if target == "existing" else not aim.exists()
+    assert sorted(path.name for path in into.iterdir()) == [".vd0.lock"] and state(hv) == ([], [])
+
+
+def test_a_link_planted_in_a_chain_on_the_host_is_refused(admin, sshd, hv, host):
+    into = host / "l2"
+    chain = Path(ok(admin, sshd, hv, into)["chain"])
+    aim = planted(host, "victim-l2")
+    (chain / "0002-inc.qcow2").symlink_to(aim)
+    before = listing(into)
+    result = run(admin, sshd, hv, into)
+    assert result.code == 6 and f"0002-inc.qcow2 on {sshd.destination} is a symbolic link in a chain folder" \
+        in result.err, result
+    assert listing(into) == before and aim.read_bytes() == PRECIOUS and state(hv) == ([], [])
+
+
+def test_a_chain_folder_replaced_by_a_link_on_the_host_is_refused(admin, sshd, hv, host):
+    into = host / "l3"
+    chain = Path(ok(admin, sshd, hv, into)["chain"])
+    elsewhere = host / "l3-elsewhere"
+    chain.rename(elsewhere)
+    chain.symlink_to(elsewhere)
+    before = listing(elsewhere)
+    result = run(admin, sshd, hv, into)
+    assert result.code == 6 and f"{chain} on {sshd.destination} is a symbolic link to a folder" in result.err, result
+    assert listing(elsewhere) == before and state(hv) == ([], [])
+
+
+def test_dir_as_a_link_on_the_host_is_refused(admin, sshd, hv, host):
+    real = host / "l4-real"
+    real.mkdir()
+    (host / "l4").symlink_to(real)
+    result = run(admin, sshd, hv, host / "l4")
+    assert result.code == 6 and f"{host / 'l4'} on {sshd.destination} is a symbolic link" in result.err, result
+    assert list(real.iterdir()) == []
+
+
+def test_a_chain_folder_of_another_user_on_the_host_is_refused(admin, sshd, hv, host):
+    into = host / "l5"
+    chain = Path(ok(admin, sshd, hv, into)["chain"])
+    os.chown(chain, 12345, 12345)
+    before = listing(into)
+    result = run(admin, sshd, hv, into)
+    assert result.code == 6 and f"{chain} on {sshd.destination} belongs to user 12345" in result.err, result
+    assert listing(into) == before
+
+
+def test_the_hosts_scripts_write_nothing_through_links_planted_in_the_race(remote_folder, host):
+    """What a run cannot show: links planted between the listing and the write."""
+    from qmpctl.backup.folder import NewImage
+    from qmpctl.deadline import Deadline
+    from qmpctl.errors import VerificationFailed
+    from qmpctl.wire.schema import load_schema
+
+    folder = Path(remote_folder.into)
+    aim = planted(host, f"victim-{folder.name}")
+    elsewhere = folder / "elsewhere"
+    elsewhere.mkdir()
+    (folder / "c").symlink_to(elsewhere)  # the chain folder, swapped for a link after the listing
+    image = NewImage(str(folder / "c"), str(folder / "c" / "0001-full.qcow2"), MiB, None, make_dir=False)
+    with pytest.raises(VerificationFailed, match=f"{folder}/c is a symbolic link, not a folder"):
+        remote_folder.create([image], Deadline(10))
+    whole = load_schema("chain")["examples"][0]
+    with pytest.raises(VerificationFailed, match=f"{folder}/c is a symbolic link, not a folder"):
+        remote_folder.write_manifest(str(folder / "c"), whole, Deadline(10))
+    with pytest.raises(VerificationFailed, match=f"{folder}/c is a symbolic link, not a folder"):
+        remote_folder.measure([str(folder / "c" / "0001-full.qcow2")], Deadline(10))
+    assert list(elsewhere.iterdir()) == []
+    chain = folder / "d"
+    chain.mkdir()
+    (chain / "chain.json").symlink_to(aim)  # the manifest is renamed over the link, never written through it
+    (chain / "0001-full.qcow2").symlink_to(aim)
+    remote_folder.write_manifest(str(chain), whole, Deadline(10))
+    assert manifest(chain) == whole and not (chain / "chain.json").is_symlink()
+    with pytest.raises(VerificationFailed, match="0001-full.qcow2 is a symbolic link or not a regular file"):
+        remote_folder.measure([str(chain / "0001-full.qcow2")], Deadline(10))
+    assert aim.read_bytes() == PRECIOUS
+    assert sorted(path.name for path in chain.iterdir()) == ["0001-full.qcow2", "chain.json"]  # no temp left

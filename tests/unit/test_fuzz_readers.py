@@ -21,16 +21,18 @@ from typing import Any, Callable
 from unittest import mock
 
 import pytest
+import jsonschema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qmpctl.wire.address import parse_address
 from qmpctl.wire.agent import AgentSession
 from qmpctl.deadline import Deadline
-from qmpctl.errors import DeadlineExceeded, ProtocolError, QmpctlError, UsageError, VmError
+from qmpctl.errors import DeadlineExceeded, ProtocolError, QmpctlError, UsageError, VerificationFailed, VmError
 from qmpctl.wire.qmp import QmpSession
 from qmpctl.cli.rawcommand import parse_raw_command
 from qmpctl.wire.request import Request, parse_json
+from qmpctl.wire.schema import load_schema
 from qmpctl.wire.transport import MAX_MESSAGE_BYTES, RECV_CHUNK, Connection
 from support.fakes import GREETING, ScriptedSocket
 
@@ -319,3 +321,58 @@ def test_raw_command_is_a_valid_request_or_a_usage_error(words, protocol):
     assert sent == request.as_dict("id-1")
     assert NAME_PATTERN.match(sent["execute"])
     assert isinstance(sent.get("arguments", {}), dict)
+
+
+# --- chain manifests (chain.json: data from a folder the QEMU user may write) ----------
+
+GOOD_MANIFEST = load_schema("chain")["examples"][0]
+
+
+def _mutated_manifest(data) -> Any:
+    """A manifest near a valid one: a member replaced, removed or added, at the top or in an image."""
+    manifest = json.loads(json.dumps(GOOD_MANIFEST))
+    for _ in range(data.draw(st.integers(0, 3))):
+        target = manifest
+        if data.draw(st.booleans()) and isinstance(manifest.get("images"), list) and manifest["images"]:
+            index = data.draw(st.integers(0, len(manifest["images"]) - 1))
+            if not isinstance(manifest["images"][index], dict):
+                manifest["images"][index] = {}
+            target = manifest["images"][index]
+        action = data.draw(st.sampled_from(["replace", "remove", "add"]))
+        keys = sorted(target)
+        if action == "add" or not keys:
+            target[data.draw(st.text(max_size=8))] = data.draw(json_values)
+        elif action == "remove":
+            target.pop(data.draw(st.sampled_from(keys)))
+        else:
+            target[data.draw(st.sampled_from(keys))] = data.draw(json_values | special_values.map(parse_special))
+    return manifest
+
+
+def parse_special(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+
+
+@FUZZ
+@given(st.data())
+def test_a_manifest_is_checked_whole_or_refused_naming_its_file(data):
+    """Only exit 6 naming the file comes out; what passes matches the schema (by the reference jsonschema)
+    and the chain's naming, so every later ``entry["size"]`` or ``entry["file"]`` is what it claims."""
+    from qmpctl.backup.manifest import parse_manifest
+
+    if data.draw(st.booleans()):
+        raw = data.draw(stream_bytes | special_values.map(str.encode))
+    else:
+        raw = json.dumps(_mutated_manifest(data)).encode()
+    try:
+        manifest = parse_manifest(raw, "/b/c/chain.json")
+    except VerificationFailed as error:
+        assert error.message.startswith("/b/c/chain.json is not a valid qmpctl chain manifest")
+        return
+    assert jsonschema.Draft202012Validator(load_schema("chain")).is_valid(manifest)
+    for number, entry in enumerate(manifest["images"], 1):
+        assert entry["file"] == f"{number:04d}-{'full' if number == 1 else 'inc'}.qcow2"
+        assert "/" not in entry["file"] and isinstance(entry["size"], int) and not isinstance(entry["size"], bool)

@@ -158,3 +158,28 @@ def test_job_ids_with_newlines_are_refused(instance):
 def test_fast_checker_reads_dollar_as_json_schema_does(pattern, text, matches):
     """The checker's own guard, for schemas that forget the lookahead: ``$`` is the end of the string."""
     assert bool(schema.compile_pattern(pattern).search(text)) is matches
+
+
+def _sources() -> str:
+    package = Path(schema.__file__).resolve().parents[1]
+    return "".join(path.read_text() for path in package.rglob("*.py"))
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_every_schema_is_used(name):
+    """A schema nobody validates against is a promise nobody keeps: each one is named where qmpctl uses it."""
+    sources = _sources()
+    if "/" in name:  # qmp/NAME, qga/NAME: validated when a Request("NAME") is built (or a transaction action)
+        assert f'"{name.split("/")[1]}"' in sources, f"schemas/{name}.json: qmpctl never sends {name}"
+    elif name.endswith("-request"):  # the envelope of a raw request, as f"{protocol}-request"
+        assert 'f"{protocol}-request"' in sources and name.split("-")[0] in ("qmp", "qga")
+    else:  # data qmpctl reads, by the name of its schema constant
+        assert f'SCHEMA = "{name}"' in sources, f"schemas/{name}.json is not read by qmpctl"
+
+
+@pytest.mark.parametrize("name", SCHEMA_NAMES)
+def test_every_example_is_valid(name):
+    loaded = schema.load_schema(name)
+    for example in loaded.get("examples", []):
+        jsonschema.Draft202012Validator(loaded).validate(example)
+        assert schema.errors(loaded, example) == []

@@ -1,0 +1,107 @@
+"""Files in a folder another user may write to (DIR of ``backup --into``, restore's TARGET folder), opened as root.
+
+The folder is opened once (``O_DIRECTORY | O_NOFOLLOW``) and every name in it
+is used relative to that descriptor (``dir_fd=``) with ``O_NOFOLLOW``: a
+symbolic link planted where qmpctl creates, opens or renames a file is
+refused, never followed. Files qmpctl creates are created exclusively
+(``O_EXCL``), temporary ones under unpredictable names. A refusal is
+:class:`~qmpctl.errors.VerificationFailed` (exit 6): the folder cannot be
+trusted.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+
+from qmpctl.errors import UsageError, VerificationFailed
+from qmpctl.records import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Optional
+
+NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW
+
+
+def refused(where: str, why: str) -> VerificationFailed:
+    return VerificationFailed(f"refused: {where} {why}; qmpctl never follows a symbolic link or uses another "
+                              "user's folder where it creates or opens files")
+
+
+def open_dir(name: str, where: str, *, dir_fd: Optional[int] = None) -> int:
+    """The folder ``name`` (relative to ``dir_fd``) as a descriptor; a symbolic link or a non-folder is refused."""
+    try:
+        return os.open(name, DIRECTORY, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise refused(where, "is a symbolic link, not a folder") from None
+        if exc.errno == errno.ENOTDIR:
+            if _is_link(name, dir_fd):
+                raise refused(where, "is a symbolic link, not a folder") from None
+            raise UsageError(f"{where} is not a directory") from None
+        if exc.errno == errno.ENOENT:
+            raise UsageError(f"{where} does not exist") from None
+        raise UsageError(f"cannot open {where}: {exc.strerror or exc}") from None
+
+
+def _is_link(name: str, dir_fd: Optional[int]) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def check_owner(descriptor: int, where: str, allowed: set[int]) -> None:
+    """Refuse a folder or file owned by someone not in ``allowed`` (root, this user, DIR's owner)."""
+    owner = os.fstat(descriptor).st_uid
+    if owner not in allowed:
+        raise refused(where, f"belongs to user {owner}, not to root or to the owner of the folder it is in")
+
+
+def trusted_owners(dir_fd: int) -> set[int]:
+    """Who may own what qmpctl opens in the folder ``dir_fd``: root, this user, and the folder's owner."""
+    return {0, os.geteuid(), os.fstat(dir_fd).st_uid}
+
+
+def create_exclusive(name: str, where: str, dir_fd: int, mode: int = 0o600, flags: int = os.O_RDWR) -> int:
+    """A new empty file ``name`` in ``dir_fd``: never over anything that exists there, link or not."""
+    try:
+        return os.open(name, flags | os.O_CREAT | os.O_EXCL | NOFOLLOW, mode, dir_fd=dir_fd)
+    except FileExistsError:
+        if _is_link(name, dir_fd):
+            raise refused(where, "is a symbolic link") from None
+        raise
+
+
+def open_regular(name: str, where: str, dir_fd: Optional[int], flags: int = os.O_RDONLY) -> int:
+    """An existing regular file ``name`` of ``dir_fd``, never through a link, a FIFO or a device."""
+    try:
+        descriptor = os.open(name, flags | os.O_NONBLOCK | NOFOLLOW, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise refused(where, "is a symbolic link") from None
+        raise
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise refused(where, "is not a regular file")
+    os.set_blocking(descriptor, True)
+    return descriptor
+
+
+def temporary(name: str, where: str, dir_fd: int, mode: int = 0o600) -> tuple[str, int]:
+    """A new file next to ``name`` under an unpredictable name (``.NAME.RANDOM.tmp``), created exclusively."""
+    for _ in range(16):
+        candidate = f".{name}.{secrets.token_hex(8)}.tmp"
+        try:
+            return candidate, create_exclusive(candidate, os.path.join(os.path.dirname(where), candidate), dir_fd,
+                                               mode, os.O_WRONLY)
+        except FileExistsError:
+            continue
+    raise refused(where, "could not get a temporary name of its own next to it")
+
+
+def fsync_dir(dir_fd: int) -> None:
+    os.fsync(dir_fd)
