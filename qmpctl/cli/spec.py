@@ -422,18 +422,23 @@ COMMANDS: tuple[Command, ...] = (
         ),
     ),
     Command(
-        ("restore",), "qmpctl.cli.chain:restore_chain",
+        ("restore",), "qmpctl.cli.restore_modes:restore",
         "Write a standalone image of a disk as it was at one backup of a chain.",
         "Verifies the chain's images up to that backup first (as backup-verify does), then writes TARGET with "
         "qemu-img convert; TARGET is never overwritten (exit 2) unless --force. No VM is needed; the chain is read "
         "on this host (a chain on a VM's host: run it there, or over a mount). --boot-check "
         "then boots the restored image in a throwaway QEMU (-snapshot: nothing is written to it) with a guest "
         "agent channel, waits for guest-ping, runs --check-command in the guest, and exits 6 with the console's "
-        "last lines when the guest did not come up or the check failed.",
+        "last lines when the guest did not come up or the check failed.\n\n"
+        "--serve ADDR writes nothing: it verifies the point's images the same way, then serves the point "
+        "read-only over NBD with qemu-nbd (format given, never probed), prints the NBD URI as one JSON line and "
+        "serves until Ctrl-C, SIGTERM or --for SECONDS, each a normal end (exit 0); the server is then stopped "
+        "and its socket removed. --writable serves a throwaway qcow2 overlay on top instead, deleted at the end.",
         example="qmpctl restore /backup/vm1 /backup/vd0-restored.qcow2 --point 1",
         arguments=(
             Argument("chain", "CHAIN", "A chain folder, or a folder of one disk's chains (then the latest chain)."),
-            Argument("target", "TARGET", "The image file to write; it must not exist."),
+            Argument("target", "TARGET", "The image file to write; it must not exist. Not with --serve.",
+                     required=False),
         ),
         options=(
             Option("point", ("--point",), "int", None, "Backup N of the chain, 1 being the full [default: the "
@@ -457,6 +462,18 @@ COMMANDS: tuple[Command, ...] = (
             Option("check_command", ("--check-command",), "text", None,
                    "A shell command to run in the booted guest (sh -c) through its agent; it must exit 0.",
                    metavar="CMD", show_default=False),
+            Option("serve", ("--serve",), "text", None,
+                   "Instead of writing TARGET, serve the point read-only over NBD at unix:PATH or tcp:HOST:PORT "
+                   "(loopback only unless --allow-remote) until Ctrl-C, SIGTERM or --for.", metavar="ADDR",
+                   show_default=False),
+            Option("serve_for", ("--for",), "float", None,
+                   "With --serve: stop serving after this long (exit 0) [default: until Ctrl-C or SIGTERM].",
+                   metavar="SECONDS", show_default=False),
+            Option("writable", ("--writable",), "flag", False,
+                   "With --serve: serve a throwaway overlay that takes writes (deleted at the end); the chain's "
+                   "images stay read-only."),
+            Option("allow_remote", ("--allow-remote",), "flag", False,
+                   "With --serve tcp:HOST:PORT: allow an address other than loopback (NBD has no authentication)."),
         ),
     ),
     # --- migration -------------------------------------------------------------------------
