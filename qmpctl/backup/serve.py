@@ -22,13 +22,13 @@ import subprocess
 import tempfile
 import time
 
-from qmpctl.backup.point import Point
 from qmpctl.deadline import Deadline
 from qmpctl.errors import JobFailed, UsageError
 from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.signals import shielded
 
 if TYPE_CHECKING:
+    from qmpctl.backup.point import Point
     from typing import Any, Optional
 
 EXPORT = "disk"

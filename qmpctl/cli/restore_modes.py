@@ -1,4 +1,5 @@
-"""``restore CHAIN`` without writing a whole image: serve a point over NBD (``--serve``).
+"""``restore CHAIN`` without writing a whole image: serve a point over NBD (``--serve``), or create a thin
+overlay on it to boot from at once (``--instant``).
 
 Each mode verifies the point's images first, as a plain restore does, and
 opens them read-only.
@@ -14,7 +15,7 @@ from qmpctl.records import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Any, Optional
 
-MODES = ("serve",)
+MODES = ("serve", "instant")
 """The options that each choose a mode, in the order their flags are named in messages."""
 ONLY_WITH = {"serve_for": "serve", "writable": "serve", "allow_remote": "serve"}
 """Options that belong to one mode."""
@@ -36,7 +37,8 @@ def chosen(target: Optional[str], modes: dict[str, Any], *, force: bool, image_f
             raise UsageError(f"{_flag(name)} goes with {_flag(owner)}")
     if mode is None:
         if target is None:
-            raise UsageError("restore needs TARGET, the image file to write (or --serve)")
+            raise UsageError("restore needs TARGET, the image file to write (or one of "
+                             f"{', '.join(_flag(name) for name in MODES)})")
         return None
     if target is not None:
         raise UsageError(f"{_flag(mode)} writes no TARGET: leave {target!r} out")
@@ -51,12 +53,12 @@ def chosen(target: Optional[str], modes: dict[str, Any], *, force: bool, image_f
 def restore(common: Common, *, chain: str, target: Optional[str], point: Optional[int], at: Optional[str],
             force: bool, image_format: str, progress: str, wait_timeout: Optional[float], boot_check: bool,
             qemu_args: list[str], boot_timeout: float, check_command: Optional[str], serve: Optional[str],
-            serve_for: Optional[float], writable: bool, allow_remote: bool) -> int:
+            serve_for: Optional[float], writable: bool, allow_remote: bool, instant: Optional[str]) -> int:
     """``restore CHAIN TARGET`` (:func:`qmpctl.cli.chain.restore_chain`), or the mode an option chooses."""
     from qmpctl.cli.chain import OFFLINE_TIMEOUT, restore_chain
 
     modes: dict[str, Any] = {"serve": serve, "serve_for": serve_for, "writable": writable,
-                             "allow_remote": allow_remote}
+                             "allow_remote": allow_remote, "instant": instant}
     mode = chosen(target, modes, force=force, image_format=image_format, progress=progress, boot_check=boot_check,
                   qemu_args=qemu_args, check_command=check_command)
     if mode is None:
@@ -66,6 +68,9 @@ def restore(common: Common, *, chain: str, target: Optional[str], point: Optiona
                              boot_check=boot_check, qemu_args=qemu_args, boot_timeout=boot_timeout,
                              check_command=check_command)
     wait = wait_timeout or OFFLINE_TIMEOUT
+    if mode == "instant":
+        assert instant is not None
+        return instant_overlay(common, chain=chain, point=point, at=at, wait_timeout=wait, target=instant)
     assert serve is not None
     return serve_point(common, chain=chain, point=point, at=at, wait_timeout=wait, listen=serve,
                        serve_for=serve_for, writable=writable, allow_remote=allow_remote)
@@ -91,4 +96,19 @@ def serve_point(common: Common, *, chain: str, point: Optional[int], at: Optiona
     except KeyboardInterrupt:
         if not serving:
             raise
+    return ExitCode.OK
+
+
+def instant_overlay(common: Common, *, chain: str, point: Optional[int], at: Optional[str], wait_timeout: float,
+                    target: str) -> int:
+    """``restore CHAIN --instant TARGET``: a thin overlay on the verified point."""
+    from qmpctl.backup.instant import create_instant
+    from qmpctl.backup.point import verified_point
+    from qmpctl.deadline import Deadline
+    from qmpctl.output import render_reply
+
+    deadline = Deadline(wait_timeout)
+    found = verified_point(chain, deadline, point=point, at=at)
+    reply = {"return": create_instant(found, target, deadline)}
+    emit(render_reply(reply, pretty=common.pretty, return_value=common.return_value), final=True)
     return ExitCode.OK

@@ -404,6 +404,32 @@ COMMANDS: tuple[Command, ...] = (
                    show_default=False),
         ),
     ),
+    Command(
+        ("stream",), "qmpctl.cli.stream:stream",
+        "Copy a disk's backing data into it while the VM runs, so it stands alone (block-stream, like virsh "
+        "blockpull).",
+        "For a VM started on an overlay (restore --instant): when the job has completed qmpctl flushes the disk, "
+        "so the copied data and the image's new header are on the host's disk, checks that the disk names no "
+        "backing file any more, and prints the bytes copied; then the chain the overlay was made on is no "
+        "longer needed, and its reference to the overlay is removed. A disk that already stands alone is flushed "
+        "and reported (exit 0). The job (stream-DEVICE) shows in qmpctl jobs. Exit 4 (--wait-timeout) and 130 "
+        "(Ctrl-C, SIGTERM): the job is cancelled, what it copied stays, the VM keeps running on its overlay, and "
+        "stream again continues. --no-wait returns once the job started; stream again later waits for it, or "
+        "reads how it ended, and flushes. Exit 6: the job failed (the reason follows).",
+        example="qmpctl stream -s /tmp/vm.sock vd0 --speed 100M --progress none",
+        arguments=(Argument("device", "DEVICE", "The disk: its device id (vd0), drive name or node name."),),
+        options=(
+            Option("speed", ("--speed",), "text", None, "Limit the copy rate, e.g. 10M [default: no limit].",
+                   metavar="BYTES_PER_SEC", show_default=False),
+            Option("wait", ("--wait",), "switch", True,
+                   "Wait until the disk stands alone (default), or return once the job started.",
+                   off_flags=("--no-wait",)),
+            Option("wait_timeout", ("--wait-timeout",), "float", None,
+                   "Cancel the job and exit 4 when it takes longer [default: one day].", metavar="SECONDS",
+                   show_default=False),
+            Option("progress", ("--progress",), "choice", "auto", PROGRESS_HELP, choices=PROGRESS_CHOICES),
+        ),
+    ),
     # --- backup chains, offline ------------------------------------------------------------
     Command(
         ("backup-verify",), "qmpctl.cli.chain:backup_verify",
@@ -433,7 +459,11 @@ COMMANDS: tuple[Command, ...] = (
         "--serve ADDR writes nothing: it verifies the point's images the same way, then serves the point "
         "read-only over NBD with qemu-nbd (format given, never probed), prints the NBD URI as one JSON line and "
         "serves until Ctrl-C, SIGTERM or --for SECONDS, each a normal end (exit 0); the server is then stopped "
-        "and its socket removed. --writable serves a throwaway qcow2 overlay on top instead, deleted at the end.",
+        "and its socket removed. --writable serves a throwaway qcow2 overlay on top instead, deleted at the end."
+        "\n\n--instant TARGET creates TARGET as a thin qcow2 overlay whose backing file is the point's image "
+        "(never overwriting: exit 2 when it exists), in milliseconds; a VM started on it runs at once, and qmpctl "
+        "stream copies the rest into it while it runs. Until then the chain folder holds "
+        "instant-HASH.json naming TARGET, and backup --keep-chains keeps that chain.",
         example="qmpctl restore /backup/vm1 /backup/vd0-restored.qcow2 --point 1",
         arguments=(
             Argument("chain", "CHAIN", "A chain folder, or a folder of one disk's chains (then the latest chain)."),
@@ -472,6 +502,10 @@ COMMANDS: tuple[Command, ...] = (
             Option("writable", ("--writable",), "flag", False,
                    "With --serve: serve a throwaway overlay that takes writes (deleted at the end); the chain's "
                    "images stay read-only."),
+            Option("instant", ("--instant",), "text", None,
+                   "Instead of writing a whole image, create TARGET as a thin qcow2 overlay on the point, at "
+                   "once whatever the disk's size; a VM can start on it, and qmpctl stream makes it standalone.",
+                   metavar="TARGET", show_default=False),
             Option("allow_remote", ("--allow-remote",), "flag", False,
                    "With --serve tcp:HOST:PORT: allow an address other than loopback (NBD has no authentication)."),
         ),
