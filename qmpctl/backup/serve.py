@@ -115,7 +115,7 @@ def parse_listen(text: str, *, allow_remote: bool = False) -> Listen:
     raise UsageError(f"--serve wants unix:PATH or tcp:HOST:PORT, got {text!r}")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: SIGTERM when qmpctl dies, however it dies (Linux prctl PR_SET_PDEATHSIG)."""
     import ctypes
 
@@ -176,7 +176,7 @@ class Server:
         with open(self.log, "wb") as log:
             try:
                 self.child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                              start_new_session=True, preexec_fn=_die_with_parent)
+                                              start_new_session=True, preexec_fn=die_with_parent)
             except FileNotFoundError:
                 raise UsageError(QEMU_NBD_MISSING) from None
         self._wait_until_ready(Deadline(START_TIMEOUT))

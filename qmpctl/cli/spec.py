@@ -463,7 +463,13 @@ COMMANDS: tuple[Command, ...] = (
         "\n\n--instant TARGET creates TARGET as a thin qcow2 overlay whose backing file is the point's image "
         "(never overwriting: exit 2 when it exists), in milliseconds; a VM started on it runs at once, and qmpctl "
         "stream copies the rest into it while it runs. Until then the chain folder holds "
-        "instant-HASH.json naming TARGET, and backup --keep-chains keeps that chain.",
+        "instant-HASH.json naming TARGET, and backup --keep-chains keeps that chain.\n\n"
+        "--ls PATH, --cat PATH and --extract PATH --to DIR read single files of the point through libguestfs "
+        "(guestfish, read-only, format given), with the filesystem found by inspection, the disk's only one, or "
+        "--filesystem. --cat writes the file's exact bytes; --extract keeps modes and times, never replaces an "
+        "existing file (exit 2) unless --force, and prints what it wrote. A PATH the backup does not hold is "
+        "exit 1 naming it; a filesystem that cannot be read is exit 6. Each call boots libguestfs's appliance "
+        "(seconds with KVM, a minute or more under emulation).",
         example="qmpctl restore /backup/vm1 /backup/vd0-restored.qcow2 --point 1",
         arguments=(
             Argument("chain", "CHAIN", "A chain folder, or a folder of one disk's chains (then the latest chain)."),
@@ -506,6 +512,20 @@ COMMANDS: tuple[Command, ...] = (
                    "Instead of writing a whole image, create TARGET as a thin qcow2 overlay on the point, at "
                    "once whatever the disk's size; a VM can start on it, and qmpctl stream makes it standalone.",
                    metavar="TARGET", show_default=False),
+            Option("ls", ("--ls",), "text", None,
+                   "Instead, list the folder PATH of the disk at that point (or the file PATH), through libguestfs.",
+                   metavar="PATH", show_default=False),
+            Option("cat", ("--cat",), "text", None,
+                   "Instead, write the exact bytes of the file PATH of the disk at that point to stdout.",
+                   metavar="PATH", show_default=False),
+            Option("extract", ("--extract",), "text", None,
+                   "Instead, copy the file or folder PATH of the disk at that point into --to DIR (modes and times "
+                   "kept; an existing one is not replaced unless --force).", metavar="PATH", show_default=False),
+            Option("to", ("--to",), "text", None, "With --extract: the local folder to write into.",
+                   metavar="DIR", show_default=False),
+            Option("filesystem", ("--filesystem",), "text", None,
+                   "With --ls/--cat/--extract: the filesystem to read, like /dev/sda1 [default: found by inspection, "
+                   "or the disk's only filesystem].", metavar="DEVICE", show_default=False),
             Option("allow_remote", ("--allow-remote",), "flag", False,
                    "With --serve tcp:HOST:PORT: allow an address other than loopback (NBD has no authentication)."),
         ),
