@@ -102,16 +102,14 @@ def stream(session: Session, deadline: Deadline, name: str, *, speed: Optional[i
                            "note": "the disk has no backing file: nothing to stream"}}
     if existing is not None and existing.type != "stream":
         raise Busy(f"busy: job {job_id} of {name} is a {existing.type} job, not a stream")
-    if existing is None:
-        session.execute(stream_request(job_id, disk.node, speed), deadline)
-        result["resumed"] = False
-    else:
-        result["resumed"] = True  # a stream --no-wait started, or a qmpctl that was killed left it
-    if not wait:
-        return {"return": result}
+    result["resumed"] = existing is not None  # a stream --no-wait started it, or a qmpctl that was killed left it
     started = time.monotonic()
     limit = Deadline(wait_timeout)
     try:
+        if existing is None:
+            session.execute(stream_request(job_id, disk.node, speed), deadline)
+        if not wait:
+            return {"return": result}
         with deadline.paused():
             final = wait_for_end(session, job_id, limit, deadline, progress, progress_every)
     except (DeadlineExceeded, KeyboardInterrupt) as exc:
