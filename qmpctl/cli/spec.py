@@ -449,7 +449,8 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         ("restore",), "qmpctl.cli.restore_modes:restore",
-        "Write a standalone image of a disk as it was at one backup of a chain.",
+        "Get a disk back as it was at one backup of a chain: a standalone image, an NBD export (--serve), a thin "
+        "overlay to boot from at once (--instant), or single files (--ls, --cat, --extract).",
         "Verifies the chain's images up to that backup first (as backup-verify does), then writes TARGET with "
         "qemu-img convert; TARGET is never overwritten (exit 2) unless --force. No VM is needed; the chain is read "
         "on this host (a chain on a VM's host: run it there, or over a mount). --boot-check "
