@@ -246,12 +246,16 @@ class Guestfs:
         if not self._answer(f"exists {quoted(path)}"):
             raise NoSuchPath(f"{path}: no such file or folder in backup {self.point.number} of {self.point.chain_dir}")
 
-    def stat(self, path: str) -> dict[str, Any]:
+    def _lstat(self, path: str) -> dict[str, int]:
         fields: dict[str, int] = {}
         for line in self.run(f"lstatns {quoted(path)}"):
             name, _, value = line.strip().partition(": ")
             if value.lstrip("-").isdigit():
                 fields[name] = int(value)
+        return fields
+
+    def stat(self, path: str) -> dict[str, Any]:
+        fields = self._lstat(path)
         mode = fields.get("st_mode", 0)
         kind = ("directory" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode)
                 else "symlink" if stat.S_ISLNK(mode) else "other")
@@ -294,6 +298,13 @@ class Guestfs:
             except GuestfishError as exc:
                 raise VerificationFailed(f"cannot read {path} from the backup: {exc}") from None
             made = os.path.join(staging, os.path.basename(path))
+            if not os.path.isdir(made) or os.path.islink(made):  # copy-out keeps these for folders (tar), not files
+                fields = self._lstat(path)
+                if not os.path.islink(made):
+                    os.chmod(made, stat.S_IMODE(fields.get("st_mode", 0o644)))
+                os.utime(made, ns=(fields.get("st_atime_sec", 0) * 10**9 + fields.get("st_atime_nsec", 0),
+                                   fields.get("st_mtime_sec", 0) * 10**9 + fields.get("st_mtime_nsec", 0)),
+                         follow_symlinks=False)
             files, size = 0, 0
             if os.path.isdir(made) and not os.path.islink(made):
                 for top, _, names in os.walk(made):

@@ -99,6 +99,13 @@ def test_extract_writes_a_tree_with_modes_and_times_and_ls_lists_it(cli, vm_fact
     assert sorted(path.name for path in out.iterdir()) == ["data"]  # no staging folder left
     again = cli("restore", chain, "--extract", "/data", "--to", str(out))
     assert again.code == 2 and "exists" in again.err  # refused before libguestfs starts
+    one = cli("restore", chain, "--extract", "/data/sub/secret", "--to", str(out), env=guestfs_env(tmp_path),
+              timeout=600)
+    assert one.code == 0, one
+    assert json.loads(one.out)["return"]["type"] == "file"
+    single = out / "secret"
+    assert single.read_bytes() == b"only root\n" and single.stat().st_mode & 0o777 == 0o640
+    assert int(single.stat().st_mtime) == WHEN
     listed = cli("restore", chain, "--ls", "/data", env=guestfs_env(tmp_path), timeout=600)
     assert listed.code == 0, listed
     entries = {entry["name"]: entry for entry in json.loads(listed.out)["return"]["entries"]}
