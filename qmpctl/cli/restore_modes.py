@@ -1,6 +1,7 @@
-"""``restore CHAIN`` without writing a whole image: serve a point over NBD (``--serve``), or create a thin
-overlay on it to boot from at once (``--instant``), or read single files from it (``--ls``, ``--cat``,
-``--extract``).
+"""``restore CHAIN`` without writing a whole image: ``--serve``, ``--instant``, ``--ls``/``--cat``/``--extract``.
+
+A point is served over NBD (``--serve``), a thin overlay is created on it to
+boot from at once (``--instant``), or single files are read from it.
 
 Each mode verifies the point's images first, as a plain restore does, and
 opens them read-only.
@@ -21,7 +22,7 @@ MODES = ("serve", "instant", "ls", "cat", "extract")
 FILES = ("ls", "cat", "extract")
 ONLY_WITH: dict[str, tuple[str, ...]] = {"serve_for": ("serve",), "writable": ("serve",), "allow_remote": ("serve",),
                                          "to": ("extract",), "filesystem": FILES}
-"""Options that belong to one mode."""
+"""Options that belong to some modes only (``--wait-timeout`` and ``--point``/``--at`` go with every one)."""
 
 
 def _flag(name: str) -> str:
