@@ -109,6 +109,12 @@ class VerificationFailed(QmpctlError):
     exit_code = ExitCode.JOB_FAILED
 
 
+class NoSuchPath(QmpctlError):
+    """A path asked for inside a backup is not there (or not what was asked for): exit 1, naming it."""
+
+    exit_code = ExitCode.VM_ERROR
+
+
 class Interrupted(QmpctlError):
     """SIGINT or SIGTERM arrived; whatever qmpctl started was cleaned up first."""
 

@@ -561,9 +561,21 @@ class ChainRun:
         """The disk's oldest chains beyond --keep-chains (as the run found them: the lock kept them so)."""
         chains = [path for path, _ in self.chains(disk.name) if path != disk.chain_dir]
         surplus = chains[:max(len(chains) - (self.options.keep_chains or 1) + 1, 0)]
+        surplus = [path for path in surplus if not self._held_by_instant(path)]
         if surplus:
             self.notes += self.folder.remove_trees(surplus, Deadline(ROLLBACK_GRACE))
         return surplus
+
+    def _held_by_instant(self, chain_dir: str) -> bool:
+        """A chain an overlay of ``restore --instant`` may still read is kept, and the run says so."""
+        from qmpctl.backup.holds import references
+
+        held = references(self.view.files.get(os.path.basename(chain_dir), {}))
+        if held:
+            self.notes.append(f"kept the old chain {self.folder.where(chain_dir)}: an instant restore may still "
+                              f"read it ({', '.join(held)}; stream its disk, or delete the file once that disk "
+                              "is gone)")
+        return bool(held)
 
     def take_back(self) -> None:
         """After a failure: jobs ended, nodes gone, new images and bitmaps removed, manifests untouched.

@@ -125,7 +125,7 @@ MANUALS: tuple[Manual, ...] = (
     Manual("qmpctl-block", "1", "a VM's disks and jobs: list, hot-plug, unplug",
            ("block", "hotplug-disk", "unplug-disk", "jobs")),
     Manual("qmpctl-backup", "1", "backups that never overwrite, backup chains, verification and restore",
-           ("backup", "backup-verify", "restore")),
+           ("backup", "backup-verify", "restore", "stream")),
     Manual("qmpctl-migrate", "1", "live migration to another QEMU, and a VM's state saved to a file",
            ("migrate",)),
     Manual("qmpctl-agent", "1", "the guest agent: ping, raw commands, programs, files, passwords, freeze, shutdown",
@@ -461,6 +461,32 @@ COMMANDS: tuple[Command, ...] = (
                    show_default=False),
         ),
     ),
+    Command(
+        ("stream",), "qmpctl.cli.stream:stream",
+        "Copy a disk's backing data into it while the VM runs, so it stands alone (block-stream, like virsh "
+        "blockpull).",
+        "For a VM started on an overlay (restore --instant): when the job has completed qmpctl flushes the disk, "
+        "so the copied data and the image's new header are on the host's disk, checks that the disk names no "
+        "backing file any more, and prints the bytes copied; then the chain the overlay was made on is no "
+        "longer needed, and its reference to the overlay is removed. A disk that already stands alone is flushed "
+        "and reported (exit 0). The job (stream-DEVICE) shows in qmpctl jobs. Exit 4 (--wait-timeout) and 130 "
+        "(Ctrl-C, SIGTERM): the job is cancelled, what it copied stays, the VM keeps running on its overlay, and "
+        "stream again continues. --no-wait returns once the job started; stream again later waits for it, or "
+        "reads how it ended, and flushes. Exit 6: the job failed (the reason follows).",
+        example="qmpctl stream -s /tmp/vm.sock vd0 --speed 100M --progress none",
+        arguments=(Argument("device", "DEVICE", "The disk: its device id (vd0), drive name or node name."),),
+        options=(
+            Option("speed", ("--speed",), "text", None, "Limit the copy rate, e.g. 10M [default: no limit].",
+                   metavar="BYTES_PER_SEC", show_default=False),
+            Option("wait", ("--wait",), "switch", True,
+                   "Wait until the disk stands alone (default), or return once the job started.",
+                   off_flags=("--no-wait",)),
+            Option("wait_timeout", ("--wait-timeout",), "float", None,
+                   "Cancel the job and exit 4 when it takes longer [default: one day].", metavar="SECONDS",
+                   show_default=False),
+            Option("progress", ("--progress",), "choice", "auto", PROGRESS_HELP, choices=PROGRESS_CHOICES),
+        ),
+    ),
     # --- backup chains, offline ------------------------------------------------------------
     Command(
         ("backup-verify",), "qmpctl.cli.chain:backup_verify",
@@ -479,18 +505,34 @@ COMMANDS: tuple[Command, ...] = (
         ),
     ),
     Command(
-        ("restore",), "qmpctl.cli.chain:restore_chain",
-        "Write a standalone image of a disk as it was at one backup of a chain.",
+        ("restore",), "qmpctl.cli.restore_modes:restore",
+        "Get a disk back as it was at one backup of a chain: a standalone image, an NBD export (--serve), a thin "
+        "overlay to boot from at once (--instant), or single files (--ls, --cat, --extract).",
         "Verifies the chain's images up to that backup first (as backup-verify does), then writes TARGET with "
         "qemu-img convert; TARGET is never overwritten (exit 2) unless --force. No VM is needed; the chain is read "
         "on this host (a chain on a VM's host: run it there, or over a mount). --boot-check "
         "then boots the restored image in a throwaway QEMU (-snapshot: nothing is written to it) with a guest "
         "agent channel, waits for guest-ping, runs --check-command in the guest, and exits 6 with the console's "
-        "last lines when the guest did not come up or the check failed.",
+        "last lines when the guest did not come up or the check failed.\n\n"
+        "--serve ADDR writes nothing: it verifies the point's images the same way, then serves the point "
+        "read-only over NBD with qemu-nbd (format given, never probed), prints the NBD URI as one JSON line and "
+        "serves until Ctrl-C, SIGTERM or --for SECONDS, each a normal end (exit 0); the server is then stopped "
+        "and its socket removed. --writable serves a throwaway qcow2 overlay on top instead, deleted at the end."
+        "\n\n--instant TARGET creates TARGET as a thin qcow2 overlay whose backing file is the point's image "
+        "(never overwriting: exit 2 when it exists), in milliseconds; a VM started on it runs at once, and qmpctl "
+        "stream copies the rest into it while it runs. Until then the chain folder holds "
+        "instant-HASH.json naming TARGET, and backup --keep-chains keeps that chain.\n\n"
+        "--ls PATH, --cat PATH and --extract PATH --to DIR read single files of the point through libguestfs "
+        "(guestfish, read-only, format given), with the filesystem found by inspection, the disk's only one, or "
+        "--filesystem. --cat writes the file's exact bytes; --extract keeps modes and times, never replaces an "
+        "existing file (exit 2) unless --force, and prints what it wrote. A PATH the backup does not hold is "
+        "exit 1 naming it; a filesystem that cannot be read is exit 6. Each call boots libguestfs's appliance "
+        "(seconds with KVM, a minute or more under emulation).",
         example="qmpctl restore /backup/vm1 /backup/vd0-restored.qcow2 --point 1",
         arguments=(
             Argument("chain", "CHAIN", "A chain folder, or a folder of one disk's chains (then the latest chain)."),
-            Argument("target", "TARGET", "The image file to write; it must not exist."),
+            Argument("target", "TARGET", "The image file to write; it must not exist. Not with --serve.",
+                     required=False),
         ),
         options=(
             Option("point", ("--point",), "int", None, "Backup N of the chain, 1 being the full [default: the "
@@ -515,6 +557,36 @@ COMMANDS: tuple[Command, ...] = (
             Option("check_command", ("--check-command",), "text", None,
                    "A shell command to run in the booted guest (sh -c) through its agent; it must exit 0.",
                    metavar="CMD", show_default=False),
+            Option("serve", ("--serve",), "text", None,
+                   "Instead of writing TARGET, serve the point read-only over NBD at unix:PATH or tcp:HOST:PORT "
+                   "(loopback only unless --allow-remote) until Ctrl-C, SIGTERM or --for.", metavar="ADDR",
+                   show_default=False),
+            Option("serve_for", ("--for",), "float", None,
+                   "With --serve: stop serving after this long (exit 0) [default: until Ctrl-C or SIGTERM].",
+                   metavar="SECONDS", show_default=False),
+            Option("writable", ("--writable",), "flag", False,
+                   "With --serve: serve a throwaway overlay that takes writes (deleted at the end); the chain's "
+                   "images stay read-only."),
+            Option("instant", ("--instant",), "text", None,
+                   "Instead of writing a whole image, create TARGET as a thin qcow2 overlay on the point, at "
+                   "once whatever the disk's size; a VM can start on it, and qmpctl stream makes it standalone.",
+                   metavar="TARGET", show_default=False),
+            Option("ls", ("--ls",), "text", None,
+                   "Instead, list the folder PATH of the disk at that point (or the file PATH), through libguestfs.",
+                   metavar="PATH", show_default=False),
+            Option("cat", ("--cat",), "text", None,
+                   "Instead, write the exact bytes of the file PATH of the disk at that point to stdout.",
+                   metavar="PATH", show_default=False),
+            Option("extract", ("--extract",), "text", None,
+                   "Instead, copy the file or folder PATH of the disk at that point into --to DIR (modes and times "
+                   "kept; an existing one is not replaced unless --force).", metavar="PATH", show_default=False),
+            Option("to", ("--to",), "text", None, "With --extract: the local folder to write into.",
+                   metavar="DIR", show_default=False),
+            Option("filesystem", ("--filesystem",), "text", None,
+                   "With --ls/--cat/--extract: the filesystem to read, like /dev/sda1 [default: found by inspection, "
+                   "or the disk's only filesystem].", metavar="DEVICE", show_default=False),
+            Option("allow_remote", ("--allow-remote",), "flag", False,
+                   "With --serve tcp:HOST:PORT: allow an address other than loopback (NBD has no authentication)."),
         ),
     ),
     # --- migration -------------------------------------------------------------------------

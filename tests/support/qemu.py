@@ -55,6 +55,11 @@ class QemuBuild:
         """The qemu-ga binary itself (not a wrapper) for the lab guest's initramfs; None: the installed one."""
         return None if self.bin_dir is None else self.bin_dir.parent / "usr/sbin/qemu-ga"
 
+    def tools_env(self) -> dict[str, str]:
+        """The environment that puts this build's tools (qemu-img, qemu-nbd) first on PATH, for qmpctl to run."""
+        path = os.environ.get("PATH", os.defpath)
+        return {"PATH": path if self.bin_dir is None else f"{self.bin_dir}{os.pathsep}{path}"}
+
     def missing(self) -> str | None:
         """Why this build cannot run here, or None."""
         for binary in (self.qemu, self.qemu_img, self.qemu_ga):
