@@ -93,6 +93,8 @@ class Command(NamedTuple):
 
 GROUPS: dict[str, str] = {
     "agent": "Guest-agent (qemu-ga) commands.",
+    "snapshot": "Internal snapshots of the VM state and its qcow2 disks.",
+    "media": "CD-ROM and floppy media.",
 }
 """Command groups (first word of a two-word command) and their help text."""
 
@@ -337,6 +339,68 @@ COMMANDS: tuple[Command, ...] = (
         arguments=(Argument("device_id", "ID", "The disk's device id (as hotplug-disk printed it)."),),
         options=(Option("wait_timeout", ("--wait-timeout",), "float", 30.0,
                         "How long the guest may take to release the device.", metavar="SECONDS"),),
+    ),
+    # --- snapshots ---------------------------------------------------------------------------
+    Command(
+        ("snapshot", "save"), "qmpctl.cli.snapshot:snapshot_save",
+        "Save the VM state and every writable qcow2 disk as internal snapshot NAME (snapshot-save).",
+        "The VM state goes on the first writable qcow2 disk (or --vmstate DEVICE). Read-only media are left out "
+        "and listed in the result (\"read-only\"). A writable disk that cannot hold snapshots (raw) is exit 2 "
+        "before anything starts, naming it, unless --exclude leaves it out (then listed in \"excluded\"). An "
+        "existing NAME is exit 2; --force replaces it, saving the new state under a temporary name first, so a "
+        "complete snapshot exists at every moment. A failed save (6), one that outlives --wait-timeout (4) or "
+        "is interrupted (130) deletes its tag from every disk again. The VM pauses while its state is written.",
+        example="qmpctl snapshot save -s /tmp/vm.sock before-upgrade --force",
+        arguments=(Argument("name", "NAME", "The snapshot's name (tag); not only digits."),),
+        options=(
+            Option("vmstate", ("--vmstate",), "text", None,
+                   "The disk that holds the VM state [default: the first writable qcow2 disk].",
+                   metavar="DEVICE", show_default=False),
+            Option("exclude", ("--exclude",), "list", None,
+                   "Leave this disk out (repeatable): it is neither saved nor, by load, restored.",
+                   metavar="DEVICE", show_default=False),
+            Option("force", ("--force",), "flag", False, "Replace an existing snapshot NAME."),
+            Option("wait_timeout", ("--wait-timeout",), "float", None,
+                   "Give up after this long, exit 4, leaving no part of the snapshot [default: one hour].",
+                   metavar="SECONDS", show_default=False),
+        ),
+    ),
+    Command(
+        ("snapshot", "load"), "qmpctl.cli.snapshot:snapshot_load",
+        "Go back to internal snapshot NAME: the VM state and every disk that holds it (snapshot-load).",
+        "Every writable qcow2 disk must hold NAME (--exclude leaves one out): otherwise exit 2 before the VM is "
+        "touched, naming the disks that lack it, because a failed snapshot-load leaves a running VM stopped in "
+        "restore-vm. A running VM runs on from the snapshot, a paused one stays paused. Exit 6 when QEMU fails "
+        "the load; the message then says the state the VM is left in.",
+        example="qmpctl snapshot load -s /tmp/vm.sock before-upgrade",
+        arguments=(Argument("name", "NAME", "The snapshot to go back to."),),
+        options=(
+            Option("exclude", ("--exclude",), "list", None,
+                   "Leave this disk as it is (repeatable).", metavar="DEVICE", show_default=False),
+            Option("wait_timeout", ("--wait-timeout",), "float", None,
+                   "Give up waiting after this long, exit 4 [default: one hour].", metavar="SECONDS",
+                   show_default=False),
+        ),
+    ),
+    Command(
+        ("snapshot", "list"), "qmpctl.cli.snapshot:snapshot_list",
+        "List the VM's internal snapshots: the disks holding each, date, VM state size, VM clock.",
+        "One JSON object per snapshot name, oldest first: \"disks\" that hold it, \"date\" (UTC), "
+        "\"vm-state-size\" in bytes (0: a disk-only snapshot) with the disk that holds it (\"vmstate\"), and "
+        "\"vm-clock\", the guest's running time when it was taken.",
+        example="qmpctl snapshot list -s /tmp/vm.sock --pretty",
+    ),
+    Command(
+        ("snapshot", "delete"), "qmpctl.cli.snapshot:snapshot_delete",
+        "Delete internal snapshot NAME from every writable disk that holds it (snapshot-delete).",
+        "Exit 2 when no disk holds NAME. A read-only disk keeps its copy (listed in \"kept-on-read-only\").",
+        example="qmpctl snapshot delete -s /tmp/vm.sock before-upgrade",
+        arguments=(Argument("name", "NAME", "The snapshot to delete."),),
+        options=(
+            Option("wait_timeout", ("--wait-timeout",), "float", None,
+                   "Give up waiting after this long, exit 4 [default: one hour].", metavar="SECONDS",
+                   show_default=False),
+        ),
     ),
     Command(
         ("backup",), "qmpctl.cli.block:backup",

@@ -417,6 +417,10 @@ def _prepare_help_example(name: str, world: World, tmp_path: Path) -> dict[str, 
         chained = run_shell(["qmpctl", "backup", "-s", str(world.vm.qmp_path), "vd0", "--into",
                              str(tmp_path / "backup" / "vm1")], world, tmp_path)
         assert chained.returncode == 0, chained.stderr
+    if name in ("snapshot load", "snapshot delete"):
+        saved = run_shell(["qmpctl", "snapshot", "save", "-s", str(world.vm.qmp_path), "before-upgrade", "--force"],
+                          world, tmp_path)
+        assert saved.returncode == 0, saved.stderr
     if name == "agent exec-status":
         started = run_shell(["qmpctl", "agent", "exec", "-a", str(world.agent.path), "--no-wait", "--return-value",
                              "--", "true"], world, tmp_path)
