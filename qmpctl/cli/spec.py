@@ -402,6 +402,38 @@ COMMANDS: tuple[Command, ...] = (
                    show_default=False),
         ),
     ),
+    # --- removable media ---------------------------------------------------------------------
+    Command(
+        ("media", "insert"), "qmpctl.cli.devices:media_insert",
+        "Put an image into a CD-ROM or floppy drive (blockdev-change-medium), always naming its format.",
+        "FILE is checked (it exists and can be read) before anything is sent. Its format is --format, or read "
+        "from its first bytes: QEMU is never left to probe it, since a qcow2 header can name a backing file "
+        "QEMU would then open (such an image needs --format qcow2). A medium already in the drive is replaced "
+        "(\"replaced\" names it). Exit 2: no such drive, a fixed disk, FILE missing or unreadable; exit 1: "
+        "QEMU refused, for instance a tray the guest holds locked.",
+        example="qmpctl media insert -s /tmp/vm.sock cdrom0 /var/lib/images/install.iso --format raw --dry-run",
+        arguments=(
+            Argument("device", "DEVICE", "The drive: its device id (cdrom0) or drive name."),
+            Argument("file", "FILE", "The image to insert (a path on the VM's host)."),
+        ),
+        options=(
+            Option("image_format", ("--format",), "choice", None,
+                   "The image format [default: read from its header].", choices=("raw", "qcow2"),
+                   show_default=False),
+            Option("read_only", ("--read-only",), "flag", False,
+                   "Insert it read-only (a CD-ROM always is)."),
+        ),
+    ),
+    Command(
+        ("media", "eject"), "qmpctl.cli.devices:media_eject",
+        "Take the medium out of a CD-ROM or floppy drive (eject).",
+        "A guest that holds the tray locked makes QEMU refuse: exit 1 with QEMU's words (QEMU also asks the "
+        "guest to open the tray). --force ejects anyway, behind the guest's back. The result names the "
+        "medium that was ejected (null: the drive was empty).",
+        example="qmpctl media eject -s /tmp/vm.sock cdrom0 --dry-run",
+        arguments=(Argument("device", "DEVICE", "The drive: its device id (cdrom0) or drive name."),),
+        options=(Option("force", ("--force",), "flag", False, "Eject even when the guest has locked the tray."),),
+    ),
     Command(
         ("backup",), "qmpctl.cli.block:backup",
         "Back a disk up to a new image file, or extend its backup chain (--into), and wait until the copy is "

@@ -417,6 +417,11 @@ def _prepare_help_example(name: str, world: World, tmp_path: Path) -> dict[str, 
         chained = run_shell(["qmpctl", "backup", "-s", str(world.vm.qmp_path), "vd0", "--into",
                              str(tmp_path / "backup" / "vm1")], world, tmp_path)
         assert chained.returncode == 0, chained.stderr
+    if name == "media insert":
+        images = tmp_path / "images"
+        images.mkdir()
+        subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(images / "install.iso"), "1M"], check=True)
+        values["/var/lib/images/"] = f"{images}/"
     if name in ("snapshot load", "snapshot delete"):
         saved = run_shell(["qmpctl", "snapshot", "save", "-s", str(world.vm.qmp_path), "before-upgrade", "--force"],
                           world, tmp_path)
