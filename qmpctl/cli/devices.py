@@ -34,3 +34,49 @@ def media_eject(common: Common, *, device: str, force: bool) -> int:
     if printed_plan(common, [request], media.ID_PLAN_NOTE.format(device=device)):
         return ExitCode.OK
     return run(common, lambda session, deadline, target: media.eject(session, deadline, device, force), [request])
+
+
+def hotplug_nic(common: Common, *, device_id: Optional[str], model: str, mac: Optional[str], net: str,
+                bus: Optional[str]) -> int:
+    """netdev_add + device_add, all or nothing (help in :mod:`qmpctl.cli.spec`)."""
+    from qmpctl.errors import UsageError
+    from qmpctl.vm import nics
+
+    if device_id is None:
+        raise UsageError("hotplug-nic needs --id ID: the NIC's device id (its backend becomes ID-net)")
+
+    plan = nics.NicPlan(device_id, model, mac, net, bus).check()
+    return run(common, lambda session, deadline, target: nics.hotplug(session, deadline, plan), plan.requests())
+
+
+def unplug_nic(common: Common, *, device_id: str, wait_timeout: float) -> int:
+    """device_del, wait for the release, netdev_del (help in :mod:`qmpctl.cli.spec`)."""
+    from qmpctl.errors import UsageError
+    from qmpctl.vm import nics
+    from qmpctl.wire.request import Request
+
+    if not wait_timeout > 0:
+        raise UsageError(f"--wait-timeout must be more than 0 seconds, got {wait_timeout:g}")
+    request = Request("device_del", {"id": device_id})
+    if printed_plan(common, [request], nics.UNPLUG_PLAN_NOTE):
+        return ExitCode.OK
+    return run(common, lambda session, deadline, target: nics.unplug(session, deadline, device_id, wait_timeout),
+               [request])
+
+
+def list_nics(common: Common, *, link: Optional[str], state: Optional[str]) -> int:
+    """The NICs (qom-list, qom-get), or set_link with --link ID up|down."""
+    from qmpctl.errors import UsageError
+    from qmpctl.vm import nics
+    from qmpctl.wire.request import Request
+
+    if link is None:
+        if state is not None:
+            raise UsageError(f"{state!r}: a link state goes with --link ID (nics --link ID up|down)")
+        return run(common, lambda session, deadline, target: nics.listing(session, deadline),
+                   [Request("qom-list", {"path": nics.PERIPHERAL})])
+    if state not in ("up", "down"):
+        raise UsageError("--link ID needs the state: up or down (nics --link net0 down)")
+    up = state == "up"
+    return run(common, lambda session, deadline, target: nics.set_link(session, deadline, link, up),
+               [Request("set_link", {"name": link, "up": up})])

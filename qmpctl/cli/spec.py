@@ -434,6 +434,52 @@ COMMANDS: tuple[Command, ...] = (
         arguments=(Argument("device", "DEVICE", "The drive: its device id (cdrom0) or drive name."),),
         options=(Option("force", ("--force",), "flag", False, "Eject even when the guest has locked the tray."),),
     ),
+    # --- network cards -----------------------------------------------------------------------
+    Command(
+        ("hotplug-nic",), "qmpctl.cli.devices:hotplug_nic",
+        "Add a network card (netdev_add + device_add), all or nothing.",
+        "The backend is ID-net: user networking (QEMU's own NAT, no root needed), an existing tap interface "
+        "(tap:IFNAME, no scripts run) or a bridge (bridge:BRIDGE, through QEMU's qemu-bridge-helper). When "
+        "device_add is refused, the backend is deleted again: exit 1 with QEMU's words, nothing left. Exit 2: "
+        "an id in use, a bad MAC or --net, nothing sent. Prints the id, model, MAC (QEMU's pick without "
+        "--mac) and backend.",
+        example="qmpctl hotplug-nic -s /tmp/vm.sock --id net1 --mac 52:54:00:12:34:57 --dry-run",
+        options=(
+            Option("device_id", ("--id",), "text", None, "The NIC's device id; its backend is ID-net.",
+                   metavar="ID", show_default=False),
+            Option("model", ("--model",), "choice", "virtio-net-pci", "The device model.",
+                   choices=("virtio-net-pci", "e1000", "e1000e", "rtl8139")),
+            Option("mac", ("--mac",), "text", None, "The MAC address [default: QEMU picks one].", metavar="MAC",
+                   show_default=False),
+            Option("net", ("--net",), "text", "user", "The backend: user, tap:IFNAME or bridge:BRIDGE.",
+                   metavar="NET"),
+            Option("bus", ("--bus",), "text", None, "The PCI bus to plug into [default: QEMU's choice].",
+                   metavar="BUS", show_default=False),
+        ),
+    ),
+    Command(
+        ("unplug-nic",), "qmpctl.cli.devices:unplug_nic",
+        "Remove a network card: device_del, wait for the guest to release it, then netdev_del its backend.",
+        "A PCI NIC needs the guest's cooperation: a guest that does not release it within --wait-timeout is "
+        "exit 4 with nothing deleted (the request stays pending in QEMU). Ctrl-C or SIGTERM after device_del "
+        "gives the guest a few seconds more and deletes the backend if it let go; otherwise the message says "
+        "what stays, and unplug-nic ID deletes a backend left behind by a device already gone.",
+        example="qmpctl unplug-nic -s /tmp/vm.sock net1 --wait-timeout 60 --dry-run",
+        arguments=(Argument("device_id", "ID", "The NIC's device id (as hotplug-nic or nics shows it)."),),
+        options=(Option("wait_timeout", ("--wait-timeout",), "float", 30.0,
+                        "How long the guest may take to release the device.", metavar="SECONDS"),),
+    ),
+    Command(
+        ("nics",), "qmpctl.cli.devices:list_nics",
+        "List the VM's network cards (id, model, MAC, backend), or set one's link up or down (set_link).",
+        "Each NIC is {\"id\", \"model\", \"mac\", \"netdev\", \"path\"}; a NIC added without an id has "
+        "\"id\": null. QEMU has no command that reports a link's state, so none is shown. --link ID up|down "
+        "sets it as the guest sees it (carrier lost or back).",
+        example="qmpctl nics -s /tmp/vm.sock --pretty",
+        arguments=(Argument("state", "up|down", "With --link: the link state to set.", required=False),),
+        options=(Option("link", ("--link",), "text", None, "Set this NIC's link (its id) to STATE.", metavar="ID",
+                        show_default=False),),
+    ),
     Command(
         ("backup",), "qmpctl.cli.block:backup",
         "Back a disk up to a new image file, or extend its backup chain (--into), and wait until the copy is "
