@@ -80,3 +80,54 @@ def list_nics(common: Common, *, link: Optional[str], state: Optional[str]) -> i
     up = state == "up"
     return run(common, lambda session, deadline, target: nics.set_link(session, deadline, link, up),
                [Request("set_link", {"name": link, "up": up})])
+
+
+def vcpus(common: Common, *, count: Optional[int]) -> int:
+    """The vCPU slots (query-hotpluggable-cpus), or plug vCPUs up to COUNT."""
+    from qmpctl.wire.request import Request
+
+    query = Request("query-hotpluggable-cpus")
+    if count is None:
+        from qmpctl.vm.cpus import listing
+
+        return run(common, lambda session, deadline, target: listing(session, deadline), [query])
+    from qmpctl.errors import UsageError
+    from qmpctl.vm import cpus
+
+    if count < 1:
+        raise UsageError(f"N must be at least 1, got {count}")
+    if printed_plan(common, [query], cpus.PLAN_NOTE):
+        return ExitCode.OK
+    return run(common, lambda session, deadline, target: cpus.plug(session, deadline, count), [query])
+
+
+def hotplug_memory(common: Common, *, size: str, device_id: Optional[str]) -> int:
+    """object-add + device_add pc-dimm, all or nothing (help in :mod:`qmpctl.cli.spec`)."""
+    from qmpctl.errors import UsageError
+    from qmpctl.units import parse_size
+    from qmpctl.vm import memory
+
+    if device_id is None:
+        raise UsageError("hotplug-memory needs --id ID: the DIMM's device id (its backend becomes ID-mem)")
+    if not memory.ID_PATTERN.match(device_id) or len(device_id) > memory.MAX_ID:
+        raise UsageError(f"--id {device_id!r} is not valid: use a letter, then letters, digits, '-', '.' or '_', "
+                         f"at most {memory.MAX_ID} characters")
+    bytes_ = memory.check_size(parse_size(size, "SIZE"))
+    requests = memory.add_requests(device_id, bytes_)  # exactly what a run sends, after its checks
+    return run(common, lambda session, deadline, target: memory.hotplug(session, deadline, device_id, bytes_),
+               requests)
+
+
+def unplug_memory(common: Common, *, device_id: str, wait_timeout: float) -> int:
+    """device_del, wait for the release, object-del (help in :mod:`qmpctl.cli.spec`)."""
+    from qmpctl.errors import UsageError
+    from qmpctl.vm import memory
+    from qmpctl.wire.request import Request
+
+    if not wait_timeout > 0:
+        raise UsageError(f"--wait-timeout must be more than 0 seconds, got {wait_timeout:g}")
+    request = Request("device_del", {"id": device_id})
+    if printed_plan(common, [request], memory.UNPLUG_PLAN_NOTE):
+        return ExitCode.OK
+    return run(common, lambda session, deadline, target: memory.unplug(session, deadline, device_id, wait_timeout),
+               [request])

@@ -480,6 +480,41 @@ COMMANDS: tuple[Command, ...] = (
         options=(Option("link", ("--link",), "text", None, "Set this NIC's link (its id) to STATE.", metavar="ID",
                         show_default=False),),
     ),
+    # --- vCPUs and memory ----------------------------------------------------------------------
+    Command(
+        ("vcpus",), "qmpctl.cli.devices:vcpus",
+        "Show the VM's vCPU slots, or plug vCPUs until it has N (device_add of the type QEMU names).",
+        "Without N: {\"vcpus\", \"max\", \"slots\"}, each slot with its CPU type, placement properties and "
+        "whether it is plugged (query-hotpluggable-cpus). With N: the free slots are filled in order, one "
+        "device_add each with every property QEMU names for the slot; a failure asks the vCPUs this call added "
+        "to go again (exit 1). N above the VM's maxcpus is exit 2 naming the maximum; N below the current "
+        "count is exit 2 too: taking vCPUs away needs the guest's help, and qmpctl only adds them.",
+        example="qmpctl vcpus -s /tmp/vm.sock --pretty",
+        arguments=(Argument("count", "N", "The number of vCPUs the VM should have.", type="int", required=False),),
+    ),
+    Command(
+        ("hotplug-memory",), "qmpctl.cli.devices:hotplug_memory",
+        "Add a DIMM of SIZE (object-add memory-backend-ram + device_add pc-dimm), all or nothing.",
+        "The VM must have been started with memory slots (-m SIZE,slots=N,maxmem=M): without, or with every "
+        "slot used, or when SIZE would go past maxmem, exit 2 before anything is sent. SIZE is a multiple of "
+        "2 MiB. The backend is ID-mem; it is deleted again when the DIMM is refused (exit 1).",
+        example="qmpctl hotplug-memory -s /tmp/vm.sock 1G --id dimm1 --dry-run",
+        arguments=(Argument("size", "SIZE", "The DIMM's size: 512M, 1G (a multiple of 2 MiB)."),),
+        options=(Option("device_id", ("--id",), "text", None, "The DIMM's device id; its backend is ID-mem.",
+                        metavar="ID", show_default=False),),
+    ),
+    Command(
+        ("unplug-memory",), "qmpctl.cli.devices:unplug_memory",
+        "Remove a DIMM: device_del, wait for the guest to release it, then object-del its backend.",
+        "The guest must offline the memory first: one that does not release the DIMM within --wait-timeout is "
+        "exit 4 with nothing deleted (the request stays pending). Ctrl-C or SIGTERM after device_del gives it "
+        "a few seconds more and deletes the backend if it let go, else says what stays; unplug-memory ID of a "
+        "DIMM already gone deletes the backend it left.",
+        example="qmpctl unplug-memory -s /tmp/vm.sock dimm1 --wait-timeout 60 --dry-run",
+        arguments=(Argument("device_id", "ID", "The DIMM's device id."),),
+        options=(Option("wait_timeout", ("--wait-timeout",), "float", 30.0,
+                        "How long the guest may take to release the DIMM.", metavar="SECONDS"),),
+    ),
     Command(
         ("backup",), "qmpctl.cli.block:backup",
         "Back a disk up to a new image file, or extend its backup chain (--into), and wait until the copy is "

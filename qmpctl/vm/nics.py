@@ -140,10 +140,25 @@ def hotplug(session: Session, deadline: Deadline, plan: NicPlan) -> dict[str, An
         raise UsageError(f"the VM already has a device with id {plan.device_id!r}: choose another --id")
     netdev = netdev_of(plan.device_id)
     undo: list[UndoStep] = []
+    drop = (f"delete network backend {netdev}", lambda grace: _drop_backend(session, netdev, grace))
     try:
-        session.execute(plan.netdev_add(), deadline)
-        undo.append((f"delete network backend {netdev}", lambda grace: _netdev_del(session, netdev, grace)))
-        session.execute(plan.device_add(), deadline)
+        try:
+            session.execute(plan.netdev_add(), deadline)
+        except VmError:
+            raise  # QEMU refused it: nothing was added (the id may be someone else's)
+        except BaseException:
+            undo.append(drop)  # cut short after sending: it may have been added
+            raise
+        undo.append(drop)
+        ask = (f"remove NIC {plan.device_id}", lambda grace: _ask_removal(session, plan.device_id, grace))
+        try:
+            session.execute(plan.device_add(), deadline)
+        except VmError:
+            raise
+        except BaseException:
+            undo.append(ask)  # cut short after sending: the device may be there
+            raise
+        undo.append(ask)
         mac = _qom_get(session, f"{PERIPHERAL}/{plan.device_id}", "mac", deadline)
     except BaseException as exc:
         raise with_notes(exc, undo_all(undo))  # noqa: B904 (the same exception, its message amended)
@@ -153,6 +168,30 @@ def hotplug(session: Session, deadline: Deadline, plan: NicPlan) -> dict[str, An
 def _netdev_del(session: Session, netdev: str, deadline: Deadline) -> None:
     """Delete a network backend (an undo step: it has nothing to add)."""
     session.execute(Request("netdev_del", {"id": netdev}), deadline)
+    return None
+
+
+def _ask_removal(session: Session, device_id: str, deadline: Deadline) -> Optional[str]:
+    """A PCI NIC leaves only when the guest lets it go: ask (if it is there), and say so when it did not go at once.
+
+    Its backend, deleted right after, then stays until the NIC goes and goes with it (QEMU keeps a NIC's peer).
+    """
+    if device_id not in _children(session, PERIPHERAL, deadline):
+        return None
+    session.execute(Request("device_del", {"id": device_id}), deadline)
+    if device_id in _children(session, PERIPHERAL, deadline):
+        return (f"the NIC {device_id} qmpctl added is asked to go, and goes with its backend once the guest "
+                "releases it")
+    return None
+
+
+def _drop_backend(session: Session, netdev: str, deadline: Deadline) -> None:
+    """Delete the backend this call added, if it got as far as QEMU (netdev_del of a missing one: DeviceNotFound)."""
+    try:
+        _netdev_del(session, netdev, deadline)
+    except VmError as exc:
+        if exc.error_class != "DeviceNotFound":
+            raise
     return None
 
 

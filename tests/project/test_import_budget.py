@@ -106,7 +106,7 @@ def test_status_of_a_fleet_stays_light(vm_factory, tmp_path):
 
 
 @pytest.mark.qemu
-@pytest.mark.parametrize("listing", [("snapshot", "list"), ("nics",)], ids=" ".join)
+@pytest.mark.parametrize("listing", [("snapshot", "list"), ("nics",), ("vcpus",)], ids=" ".join)
 def test_listings_against_a_real_vm_stay_light(listing, vm, tmp_path):
     """The listings of the device commands are quick commands too, unlike the changes they go with."""
     code, out, modules = imported_by(tmp_path, *listing, "-s", str(vm.qmp_path))

@@ -203,3 +203,40 @@ def test_a_refused_netdev_add_adds_nothing(cli, vm_factory):
     assert result.code == 1, result
     assert "net1-net" in result.err
     assert state(vm) == before
+
+
+class InterruptAfter:
+    """A session that raises KeyboardInterrupt once ``execute`` has sent one command and had its answer."""
+
+    def __init__(self, session, command: str) -> None:
+        self.session = session
+        self.command = command
+
+    def __getattr__(self, name: str):
+        return getattr(self.session, name)
+
+    def execute(self, request, deadline, *args):
+        reply = self.session.execute(request, deadline, *args)
+        if request.execute == self.command:
+            raise KeyboardInterrupt
+        return reply
+
+
+@pytest.mark.parametrize("command", ["netdev_add", "device_add"])
+def test_an_interrupt_during_hotplug_takes_everything_back(vm, command):
+    """The signal strikes right after QEMU answered: what it had added must go again."""
+    from qmpctl.deadline import Deadline
+    from qmpctl.vm import nics
+    from qmpctl.wire.address import parse_address
+    from qmpctl.wire.qmp import QmpSession
+
+    before = state(vm)
+    with QmpSession.connect(parse_address(str(vm.qmp_path)), Deadline(10)) as session:
+        with pytest.raises(KeyboardInterrupt):
+            nics.hotplug(InterruptAfter(session, command), Deadline(10), nics.NicPlan("net1").check())
+    if command == "device_add":  # a PCI NIC leaves only with a guest's help: it was asked to go; play the guest
+        hmp(vm, f"o /w 0xae08 {wait_for_pending_unplug(vm)}")
+        deadline = time.monotonic() + 10
+        while state(vm) != before and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert state(vm) == before  # the backend went with the NIC
