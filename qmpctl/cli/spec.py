@@ -768,6 +768,27 @@ COMMANDS: tuple[Command, ...] = (
                    EXEC_JSON_HELP.replace("Print", "Instead of the agent's reply, print")),
         ),
     ),
+    Command(
+        ("agent", "time"), "qmpctl.cli.guestinfo:agent_time",
+        "Show the guest's clock against the host's (guest-get-time), or set it from the host's (--sync).",
+        "Prints the guest's and the host's time (UTC), the offset in seconds (guest minus host) and its "
+        "uncertainty (half the round trip). --sync sends the host's time with guest-set-time; the agent sets "
+        "the guest's clock and writes its RTC with /sbin/hwclock, and refuses the call (exit 1, its words) in a "
+        "guest without hwclock, or where guest-set-time is disabled. The output then adds the offset before.",
+        example="qmpctl agent time -a /tmp/channel.sock --pretty",
+        kind=AGENT,
+        options=(Option("sync", ("--sync",), "flag", False, "Set the guest's clock to the host's time."),),
+    ),
+    Command(
+        ("agent", "guestinfo"), "qmpctl.cli.guestinfo:guestinfo",
+        "Show what the agent knows about the guest: OS, hostname, timezone, users, filesystems, disks, vCPUs.",
+        "One JSON document, one section per agent command (guest-get-osinfo, -host-name, -timezone, -users, "
+        "-fsinfo, -disks, -vcpus). A section whose command the agent lacks, has disabled or refuses holds "
+        "{\"error\": {\"class\", \"desc\"}} instead; the exit code is 0 unless the agent cannot be reached "
+        "or stops answering.",
+        example="qmpctl agent guestinfo -a /tmp/channel.sock --pretty",
+        kind=AGENT,
+    ),
     # --- guest agent: into the guest OS (files, passwords, freeze, shutdown) ---------------
     Command(
         ("agent", "cp"), "qmpctl.cli.guest:cp",

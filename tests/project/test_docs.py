@@ -68,6 +68,10 @@ def refuse_harmful(script: str) -> None:
     if re.search(r"--freeze\b", script):
         raise AssertionError("an example freezes through the host's qemu-ga, which would freeze this machine: "
                              "show it in a block that is not run, or run it on the lab guest")
+    for line in script.splitlines():
+        if re.search(r"\bagent time\b.*--sync\b", line) and "--dry-run" not in line:
+            raise AssertionError("an example syncs the clock through the host's qemu-ga, which would set this "
+                                 "machine's clock: add --dry-run, or show it in a block that is not run")
     found = HARMFUL_AGENT_COMMANDS.search(script)
     if found:
         raise AssertionError(f"an example sends {found.group(0)!r} to the agent, which runs on this machine: "
