@@ -370,7 +370,8 @@ COMMANDS: tuple[Command, ...] = (
         "Go back to internal snapshot NAME: the VM state and every disk that holds it (snapshot-load).",
         "Every writable qcow2 disk must hold NAME (--exclude leaves one out): otherwise exit 2 before the VM is "
         "touched, naming the disks that lack it, because a failed snapshot-load leaves a running VM stopped in "
-        "restore-vm. A running VM runs on from the snapshot, a paused one stays paused. Exit 6 when QEMU fails "
+        "restore-vm; the same for a disk with dirty bitmaps (a backup chain's), onto which QEMU loads no "
+        "snapshot. A running VM runs on from the snapshot, a paused one stays paused. Exit 6 when QEMU fails "
         "the load; the message then says the state the VM is left in.",
         example="qmpctl snapshot load -s /tmp/vm.sock before-upgrade",
         arguments=(Argument("name", "NAME", "The snapshot to go back to."),),

@@ -51,6 +51,8 @@ class Disk(NamedTuple):
     read_only: bool
     drive: str
     snapshots: list[dict[str, Any]]
+    bitmaps: list[str]
+    """Its dirty bitmaps (a backup chain's): QEMU refuses to load a snapshot onto a disk that has any."""
 
     def known_as(self, word: str) -> bool:
         return word in (self.name, self.node, self.drive) and word != ""
@@ -86,7 +88,10 @@ def disks(session: Session, deadline: Deadline) -> list[Disk]:
         node = str(inserted["node-name"])
         name = _device_id(str(entry.get("qdev") or "")) or drive or node
         snapshots = [snap for snap in image.get("snapshots") or [] if isinstance(snap, dict)]
-        found.append(Disk(name, node, str(inserted.get("drv", "")), bool(inserted.get("ro")), drive, snapshots))
+        bitmaps = [str(bitmap.get("name")) for bitmap in inserted.get("dirty-bitmaps") or []
+                   if isinstance(bitmap, dict)]
+        found.append(Disk(name, node, str(inserted.get("drv", "")), bool(inserted.get("ro")), drive, snapshots,
+                          bitmaps))
     return found
 
 
@@ -304,6 +309,13 @@ def load(session: Session, deadline: Deadline, tag: str, *, exclude: list[str], 
         raise UsageError(f"snapshot {tag!r} is missing on {', '.join(disk.name for disk in missing)}: loading it "
                          "would leave those disks as they are now, out of step with the rest; nothing was "
                          f"changed (--exclude {missing[0].name} loads the others anyway)")
+    tracked = [disk for disk in holders if disk.bitmaps]
+    if tracked:
+        listed = "; ".join(f"{disk.name}: {', '.join(disk.bitmaps)}" for disk in tracked)
+        raise UsageError(f"snapshot {tag!r} cannot be loaded while its disks have dirty bitmaps ({listed}): QEMU "
+                         "refuses, and a refused load leaves the VM stopped in restore-vm; nothing was changed. "
+                         "Remove the bitmaps first (block-dirty-bitmap-remove); for a backup chain's bitmap, the "
+                         "next backup --into then starts a new chain")
     state = next((disk for disk in holders if int((disk.entry(tag) or {}).get("vm-state-size") or 0) > 0), None)
     if state is None:
         raise UsageError(f"snapshot {tag!r} has no VM state on any disk (a disk-only snapshot): qmpctl loads "

@@ -203,3 +203,24 @@ def test_dry_run_is_a_plan(cli, tmp_path):
     shown = json.loads(result.out)
     assert shown["plan"][0]["execute"] == "snapshot-save" and shown["plan"][0]["arguments"]["tag"] == "s1"
     assert "a plan, not the exact requests" in shown["note"]
+
+
+def test_a_save_that_outlives_wait_timeout_leaves_no_tag_and_no_job(cli, vm):
+    """QEMU writes the state after it answered snapshot-save: a 1 ms wait always runs out first."""
+    result = cli("snapshot", "save", "-s", str(vm.qmp_path), "slow", "--wait-timeout", "0.001")
+    assert result.code == 4, result
+    assert "took longer than --wait-timeout" in result.err
+    assert "no part of snapshot 'slow' is left on any disk" in result.err
+    assert vd0_tags(vm) == [] and jobs(vm) == []
+
+
+def test_load_onto_a_disk_with_dirty_bitmaps_is_refused_before_the_vm_is_touched(cli, vm):
+    """QEMU refuses it ("Device has active dirty bitmaps") only after stopping the VM in restore-vm."""
+    assert cli("snapshot", "save", "-s", str(vm.qmp_path), "s1").code == 0
+    with vm.check() as qmp:
+        qmp.cmd("block-dirty-bitmap-add", node="disk0", name="chain-1", persistent=True)
+    assert cli("cont", "-s", str(vm.qmp_path)).code == 0
+    result = cli("snapshot", "load", "-s", str(vm.qmp_path), "s1")
+    assert result.code == 2, result
+    assert "dirty bitmaps (vd0: chain-1)" in result.err and "nothing was changed" in result.err
+    assert run_state(vm) == "running" and jobs(vm) == []
