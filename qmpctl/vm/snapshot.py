@@ -142,10 +142,14 @@ def select(all_disks: list[Disk], vmstate: Optional[str], exclude: list[str]) ->
     return Selection(writable, state, read_only, excluded)
 
 
+MAX_TAG = 128 - len(REPLACING_SUFFIX)
+"""Room for the temporary tag of a --force save."""
+
+
 def check_tag(name: str) -> str:
-    if not name or len(name) > 128 or any(ord(char) < 0x20 for char in name) or name.isdigit():
-        raise UsageError(f"snapshot name {name!r} is not valid: 1 to 128 printable characters, not only digits "
-                         "(QEMU reads a number as a snapshot id)")
+    if not name or len(name) > MAX_TAG or any(ord(char) < 0x20 for char in name) or name.isdigit():
+        raise UsageError(f"snapshot name {name!r} is not valid: 1 to {MAX_TAG} printable characters, not only "
+                         "digits (QEMU reads a number as a snapshot id)")
     return name
 
 
