@@ -11,14 +11,24 @@ from qmpctl.errors import ExitCode
 from qmpctl.records import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from typing import Optional
+    from typing import Any, Optional
 
 
 def media_insert(common: Common, *, device: str, file: str, image_format: Optional[str], read_only: bool) -> int:
-    from qmpctl.cli.block import _only_target_is_local
+    from qmpctl.cli.block import _only_target_is_local, _over_ssh
     from qmpctl.vm import media
 
     is_local = _only_target_is_local(common, "media insert changes one drive")
+    if _over_ssh(common):  # FILE is QEMU's, on the VM's host: checked there, through the same SSH connection
+        from qmpctl.vm.block import check_image
+        from qmpctl.wire.ssh import remote_files
+
+        def insert_remote(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
+            filename, detected = check_image(file, image_format, is_local=False, files=remote_files(target),
+                                             deadline=deadline)
+            return media.insert(session, deadline, device, filename, detected, read_only)
+
+        return run(common, insert_remote, [])
     filename, detected = media.check_medium(file, image_format, is_local=is_local)  # before anything is sent
     request = media.change_request({"id": device}, filename, detected, read_only)
     if printed_plan(common, [request], media.ID_PLAN_NOTE.format(device=device)):

@@ -407,7 +407,8 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         ("media", "insert"), "qmpctl.cli.devices:media_insert",
         "Put an image into a CD-ROM or floppy drive (blockdev-change-medium), always naming its format.",
-        "FILE is checked (it exists and can be read) before anything is sent. Its format is --format, or read "
+        "FILE is checked (it exists and can be read; for an ssh:// VM on its host) before anything is sent. "
+        "Its format is --format, or read "
         "from its first bytes: QEMU is never left to probe it, since a qcow2 header can name a backing file "
         "QEMU would then open (such an image needs --format qcow2). A medium already in the drive is replaced "
         "(\"replaced\" names it). Exit 2: no such drive, a fixed disk, FILE missing or unreadable; exit 1: "
