@@ -130,3 +130,9 @@ def test_an_unreadable_file_is_refused_before_anything_is_sent(tmp_path, monkeyp
     monkeypatch.setattr(media.os, "access", lambda path, mode: False)
     with pytest.raises(UsageError, match="cannot read .*x.iso: permission denied"):
         media.check_medium(str(image), "raw", is_local=True)
+
+
+def test_eject_of_an_empty_drive_says_nothing_was_inside(cli, media_vm):
+    result = cli("media", "eject", "-s", str(media_vm.qmp_path), "fd0", "--return-value")  # by its drive name
+    assert result.code == 0, result
+    assert json.loads(result.out) == {"device": "floppy0", "ejected": None}

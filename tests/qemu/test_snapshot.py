@@ -224,3 +224,10 @@ def test_load_onto_a_disk_with_dirty_bitmaps_is_refused_before_the_vm_is_touched
     assert result.code == 2, result
     assert "dirty bitmaps (vd0: chain-1)" in result.err and "nothing was changed" in result.err
     assert run_state(vm) == "running" and jobs(vm) == []
+
+
+def test_save_of_a_running_vm_leaves_it_running(cli, vm):
+    assert cli("cont", "-s", str(vm.qmp_path)).code == 0
+    result = cli("snapshot", "save", "-s", str(vm.qmp_path), "live")
+    assert result.code == 0, result
+    assert run_state(vm) == "running" and vd0_tags(vm) == ["live"] and jobs(vm) == []
