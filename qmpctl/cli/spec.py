@@ -93,6 +93,8 @@ class Command(NamedTuple):
 
 GROUPS: dict[str, str] = {
     "agent": "Guest-agent (qemu-ga) commands.",
+    "snapshot": "Internal snapshots of the VM state and its qcow2 disks.",
+    "media": "CD-ROM and floppy media.",
 }
 """Command groups (first word of a two-word command) and their help text."""
 
@@ -124,13 +126,17 @@ MANUALS: tuple[Manual, ...] = (
            ("stats", "throttle", "balloon")),
     Manual("qmpctl-block", "1", "a VM's disks and jobs: list, hot-plug, unplug",
            ("block", "hotplug-disk", "unplug-disk", "jobs")),
+    Manual("qmpctl-devices", "1", "state and devices for CI: snapshots, media, NICs, vCPUs and memory",
+           ("snapshot save", "snapshot load", "snapshot list", "snapshot delete", "media insert", "media eject",
+            "hotplug-nic", "unplug-nic", "nics", "vcpus", "hotplug-memory", "unplug-memory")),
     Manual("qmpctl-backup", "1", "backups that never overwrite, backup chains, verification and restore",
            ("backup", "backup-verify", "restore", "stream")),
     Manual("qmpctl-migrate", "1", "live migration to another QEMU, and a VM's state saved to a file",
            ("migrate",)),
     Manual("qmpctl-agent", "1", "the guest agent: ping, raw commands, programs, files, passwords, freeze, shutdown",
            ("agent ping", "agent info", "agent interfaces", "agent command", "agent exec", "agent exec-status",
-            "agent cp", "agent set-password", "agent fsfreeze", "agent shutdown")),
+            "agent cp", "agent set-password", "agent fsfreeze", "agent shutdown", "agent time",
+            "agent guestinfo")),
     Manual("qmpctl-remote", "7", "VMs managed by libvirt, VMs on other hosts over SSH, and fleets of VMs", ()),
 )
 """Every manual page; each declared command is on exactly one (tests/project/test_manpage.py)."""
@@ -394,6 +400,183 @@ COMMANDS: tuple[Command, ...] = (
         arguments=(Argument("device_id", "ID", "The disk's device id (as hotplug-disk printed it)."),),
         options=(Option("wait_timeout", ("--wait-timeout",), "float", 30.0,
                         "How long the guest may take to release the device.", metavar="SECONDS"),),
+    ),
+    # --- snapshots ---------------------------------------------------------------------------
+    Command(
+        ("snapshot", "save"), "qmpctl.cli.snapshot:snapshot_save",
+        "Save the VM state and every writable qcow2 disk as internal snapshot NAME (snapshot-save).",
+        "The VM state goes on the first writable qcow2 disk (or --vmstate DEVICE). Read-only media are left out "
+        "and listed in the result (\"read-only\"). A writable disk that cannot hold snapshots (raw) is exit 2 "
+        "before anything starts, naming it, unless --exclude leaves it out (then listed in \"excluded\"). An "
+        "existing NAME is exit 2; --force replaces it, saving the new state under a temporary name first, so a "
+        "complete snapshot exists at every moment. A failed save (6), one that outlives --wait-timeout (4) or "
+        "is interrupted (130) deletes its tag from every disk again. The VM pauses while its state is written.",
+        example="qmpctl snapshot save -s /tmp/vm.sock before-upgrade --force",
+        arguments=(Argument("name", "NAME", "The snapshot's name (tag); not only digits."),),
+        options=(
+            Option("vmstate", ("--vmstate",), "text", None,
+                   "The disk that holds the VM state [default: the first writable qcow2 disk].",
+                   metavar="DEVICE", show_default=False),
+            Option("exclude", ("--exclude",), "list", None,
+                   "Leave this disk out (repeatable): it is neither saved nor, by load, restored.",
+                   metavar="DEVICE", show_default=False),
+            Option("force", ("--force",), "flag", False, "Replace an existing snapshot NAME."),
+            Option("wait_timeout", ("--wait-timeout",), "float", None,
+                   "Give up after this long, exit 4, leaving no part of the snapshot [default: one hour].",
+                   metavar="SECONDS", show_default=False),
+        ),
+    ),
+    Command(
+        ("snapshot", "load"), "qmpctl.cli.snapshot:snapshot_load",
+        "Go back to internal snapshot NAME: the VM state and every disk that holds it (snapshot-load).",
+        "Every writable qcow2 disk must hold NAME (--exclude leaves one out): otherwise exit 2 before the VM is "
+        "touched, naming the disks that lack it, because a failed snapshot-load leaves a running VM stopped in "
+        "restore-vm; the same for a disk with dirty bitmaps (a backup chain's), onto which QEMU loads no "
+        "snapshot. A running VM runs on from the snapshot, a paused one stays paused. Exit 6 when QEMU fails "
+        "the load; the message then says the state the VM is left in.",
+        example="qmpctl snapshot load -s /tmp/vm.sock before-upgrade",
+        arguments=(Argument("name", "NAME", "The snapshot to go back to."),),
+        options=(
+            Option("exclude", ("--exclude",), "list", None,
+                   "Leave this disk as it is (repeatable).", metavar="DEVICE", show_default=False),
+            Option("wait_timeout", ("--wait-timeout",), "float", None,
+                   "Give up waiting after this long, exit 4 [default: one hour].", metavar="SECONDS",
+                   show_default=False),
+        ),
+    ),
+    Command(
+        ("snapshot", "list"), "qmpctl.cli.snapshot:snapshot_list",
+        "List the VM's internal snapshots: the disks holding each, date, VM state size, VM clock.",
+        "One JSON object per snapshot name, oldest first: \"disks\" that hold it, \"date\" (UTC), "
+        "\"vm-state-size\" in bytes (0: a disk-only snapshot) with the disk that holds it (\"vmstate\"), and "
+        "\"vm-clock\", the guest's running time when it was taken.",
+        example="qmpctl snapshot list -s /tmp/vm.sock --pretty",
+    ),
+    Command(
+        ("snapshot", "delete"), "qmpctl.cli.snapshot:snapshot_delete",
+        "Delete internal snapshot NAME from every writable disk that holds it (snapshot-delete).",
+        "Exit 2 when no disk holds NAME. A read-only disk keeps its copy (listed in \"kept-on-read-only\").",
+        example="qmpctl snapshot delete -s /tmp/vm.sock before-upgrade",
+        arguments=(Argument("name", "NAME", "The snapshot to delete."),),
+        options=(
+            Option("wait_timeout", ("--wait-timeout",), "float", None,
+                   "Give up waiting after this long, exit 4 [default: one hour].", metavar="SECONDS",
+                   show_default=False),
+        ),
+    ),
+    # --- removable media ---------------------------------------------------------------------
+    Command(
+        ("media", "insert"), "qmpctl.cli.devices:media_insert",
+        "Put an image into a CD-ROM or floppy drive (blockdev-change-medium), always naming its format.",
+        "FILE is checked (it exists and can be read; for an ssh:// VM on its host) before anything is sent. "
+        "Its format is --format, or read "
+        "from its first bytes: QEMU is never left to probe it, since a qcow2 header can name a backing file "
+        "QEMU would then open (such an image needs --format qcow2). A medium already in the drive is replaced "
+        "(\"replaced\" names it). Exit 2: no such drive, a fixed disk, FILE missing or unreadable; exit 1: "
+        "QEMU refused, for instance a tray the guest holds locked.",
+        example="qmpctl media insert -s /tmp/vm.sock cdrom0 /var/lib/images/install.iso --format raw --dry-run",
+        arguments=(
+            Argument("device", "DEVICE", "The drive: its device id (cdrom0) or drive name."),
+            Argument("file", "FILE", "The image to insert (a path on the VM's host)."),
+        ),
+        options=(
+            Option("image_format", ("--format",), "choice", None,
+                   "The image format [default: read from its header].", choices=("raw", "qcow2"),
+                   show_default=False),
+            Option("read_only", ("--read-only",), "flag", False,
+                   "Insert it read-only (a CD-ROM always is)."),
+        ),
+    ),
+    Command(
+        ("media", "eject"), "qmpctl.cli.devices:media_eject",
+        "Take the medium out of a CD-ROM or floppy drive (eject).",
+        "A guest that holds the tray locked makes QEMU refuse: exit 1 with QEMU's words (QEMU also asks the "
+        "guest to open the tray). --force ejects anyway, behind the guest's back. The result names the "
+        "medium that was ejected (null: the drive was empty).",
+        example="qmpctl media eject -s /tmp/vm.sock cdrom0 --dry-run",
+        arguments=(Argument("device", "DEVICE", "The drive: its device id (cdrom0) or drive name."),),
+        options=(Option("force", ("--force",), "flag", False, "Eject even when the guest has locked the tray."),),
+    ),
+    # --- network cards -----------------------------------------------------------------------
+    Command(
+        ("hotplug-nic",), "qmpctl.cli.devices:hotplug_nic",
+        "Add a network card (netdev_add + device_add), all or nothing.",
+        "The backend is ID-net: user networking (QEMU's own NAT, no root needed), an existing tap interface "
+        "(tap:IFNAME, no scripts run) or a bridge (bridge:BRIDGE, through QEMU's qemu-bridge-helper). When "
+        "device_add is refused, the backend is deleted again: exit 1 with QEMU's words, nothing left. Exit 2: "
+        "an id in use, a bad MAC or --net, nothing sent. Prints the id, model, MAC (QEMU's pick without "
+        "--mac) and backend.",
+        example="qmpctl hotplug-nic -s /tmp/vm.sock --id net1 --mac 52:54:00:12:34:57 --dry-run",
+        options=(
+            Option("device_id", ("--id",), "text", None, "The NIC's device id; its backend is ID-net.",
+                   metavar="ID", show_default=False),
+            Option("model", ("--model",), "choice", "virtio-net-pci", "The device model.",
+                   choices=("virtio-net-pci", "e1000", "e1000e", "rtl8139")),
+            Option("mac", ("--mac",), "text", None, "The MAC address [default: QEMU picks one].", metavar="MAC",
+                   show_default=False),
+            Option("net", ("--net",), "text", "user", "The backend: user, tap:IFNAME or bridge:BRIDGE.",
+                   metavar="NET"),
+            Option("bus", ("--bus",), "text", None, "The PCI bus to plug into [default: QEMU's choice].",
+                   metavar="BUS", show_default=False),
+        ),
+    ),
+    Command(
+        ("unplug-nic",), "qmpctl.cli.devices:unplug_nic",
+        "Remove a network card: device_del, wait for the guest to release it, then netdev_del its backend.",
+        "A PCI NIC needs the guest's cooperation: a guest that does not release it within --wait-timeout is "
+        "exit 4 with nothing deleted (the request stays pending in QEMU). Ctrl-C or SIGTERM after device_del "
+        "gives the guest a few seconds more and deletes the backend if it let go; otherwise the message says "
+        "what stays, and unplug-nic ID deletes a backend left behind by a device already gone.",
+        example="qmpctl unplug-nic -s /tmp/vm.sock net1 --wait-timeout 60 --dry-run",
+        arguments=(Argument("device_id", "ID", "The NIC's device id (as hotplug-nic or nics shows it)."),),
+        options=(Option("wait_timeout", ("--wait-timeout",), "float", 30.0,
+                        "How long the guest may take to release the device.", metavar="SECONDS"),),
+    ),
+    Command(
+        ("nics",), "qmpctl.cli.devices:list_nics",
+        "List the VM's network cards (id, model, MAC, backend), or set one's link up or down (set_link).",
+        "Each NIC is {\"id\", \"model\", \"mac\", \"netdev\", \"path\"}; a NIC added without an id has "
+        "\"id\": null. QEMU has no command that reports a link's state, so none is shown. --link ID up|down "
+        "sets it as the guest sees it (carrier lost or back).",
+        example="qmpctl nics -s /tmp/vm.sock --pretty",
+        arguments=(Argument("state", "up|down", "With --link: the link state to set.", required=False),),
+        options=(Option("link", ("--link",), "text", None, "Set this NIC's link (its id) to STATE.", metavar="ID",
+                        show_default=False),),
+    ),
+    # --- vCPUs and memory ----------------------------------------------------------------------
+    Command(
+        ("vcpus",), "qmpctl.cli.devices:vcpus",
+        "Show the VM's vCPU slots, or plug vCPUs until it has N (device_add of the type QEMU names).",
+        "Without N: {\"vcpus\", \"max\", \"slots\"}, each slot with its CPU type, placement properties and "
+        "whether it is plugged (query-hotpluggable-cpus). With N: the free slots are filled in order, one "
+        "device_add each with every property QEMU names for the slot; a failure asks the vCPUs this call added "
+        "to go again (exit 1). N above the VM's maxcpus is exit 2 naming the maximum; N below the current "
+        "count is exit 2 too: taking vCPUs away needs the guest's help, and qmpctl only adds them.",
+        example="qmpctl vcpus -s /tmp/vm.sock --pretty",
+        arguments=(Argument("count", "N", "The number of vCPUs the VM should have.", type="int", required=False),),
+    ),
+    Command(
+        ("hotplug-memory",), "qmpctl.cli.devices:hotplug_memory",
+        "Add a DIMM of SIZE (object-add memory-backend-ram + device_add pc-dimm), all or nothing.",
+        "The VM must have been started with memory slots (-m SIZE,slots=N,maxmem=M): without, or with every "
+        "slot used, or when SIZE would go past maxmem, exit 2 before anything is sent. SIZE is a multiple of "
+        "2 MiB. The backend is ID-mem; it is deleted again when the DIMM is refused (exit 1).",
+        example="qmpctl hotplug-memory -s /tmp/vm.sock 1G --id dimm1 --dry-run",
+        arguments=(Argument("size", "SIZE", "The DIMM's size: 512M, 1G (a multiple of 2 MiB)."),),
+        options=(Option("device_id", ("--id",), "text", None, "The DIMM's device id; its backend is ID-mem.",
+                        metavar="ID", show_default=False),),
+    ),
+    Command(
+        ("unplug-memory",), "qmpctl.cli.devices:unplug_memory",
+        "Remove a DIMM: device_del, wait for the guest to release it, then object-del its backend.",
+        "The guest must offline the memory first: one that does not release the DIMM within --wait-timeout is "
+        "exit 4 with nothing deleted (the request stays pending). Ctrl-C or SIGTERM after device_del gives it "
+        "a few seconds more and deletes the backend if it let go, else says what stays; unplug-memory ID of a "
+        "DIMM already gone deletes the backend it left.",
+        example="qmpctl unplug-memory -s /tmp/vm.sock dimm1 --wait-timeout 60 --dry-run",
+        arguments=(Argument("device_id", "ID", "The DIMM's device id."),),
+        options=(Option("wait_timeout", ("--wait-timeout",), "float", 30.0,
+                        "How long the guest may take to release the DIMM.", metavar="SECONDS"),),
     ),
     Command(
         ("backup",), "qmpctl.cli.block:backup",
@@ -722,6 +905,27 @@ COMMANDS: tuple[Command, ...] = (
             Option("json_output", ("--json",), "flag", False,
                    EXEC_JSON_HELP.replace("Print", "Instead of the agent's reply, print")),
         ),
+    ),
+    Command(
+        ("agent", "time"), "qmpctl.cli.guestinfo:agent_time",
+        "Show the guest's clock against the host's (guest-get-time), or set it from the host's (--sync).",
+        "Prints the guest's and the host's time (UTC), the offset in seconds (guest minus host) and its "
+        "uncertainty (half the round trip). --sync sends the host's time with guest-set-time; the agent sets "
+        "the guest's clock and writes its RTC with /sbin/hwclock, and refuses the call (exit 1, its words) in a "
+        "guest without hwclock, or where guest-set-time is disabled. The output then adds the offset before.",
+        example="qmpctl agent time -a /tmp/channel.sock --pretty",
+        kind=AGENT,
+        options=(Option("sync", ("--sync",), "flag", False, "Set the guest's clock to the host's time."),),
+    ),
+    Command(
+        ("agent", "guestinfo"), "qmpctl.cli.guestinfo:guestinfo",
+        "Show what the agent knows about the guest: OS, hostname, timezone, users, filesystems, disks, vCPUs.",
+        "One JSON document, one section per agent command (guest-get-osinfo, -host-name, -timezone, -users, "
+        "-fsinfo, -disks, -vcpus). A section whose command the agent lacks, has disabled or refuses holds "
+        "{\"error\": {\"class\", \"desc\"}} instead; the exit code is 0 unless the agent cannot be reached "
+        "or stops answering.",
+        example="qmpctl agent guestinfo -a /tmp/channel.sock --pretty",
+        kind=AGENT,
     ),
     # --- guest agent: into the guest OS (files, passwords, freeze, shutdown) ---------------
     Command(

@@ -265,3 +265,27 @@ def test_shutdown_with_qmp_returns_once_qemu_reports_it(cli, guest):
     seen = json.loads(down.out)["return"]
     assert seen["event"] == "SHUTDOWN" and seen["data"]["reason"] == "guest-shutdown", seen
     wait_for(lambda: not guest.is_running(), "QEMU to exit after the guest powered off", timeout=30, pause=0.05)
+
+
+# ----------------------------------------------------------------------------- agent time
+
+
+def test_time_sync_sets_the_guests_clock_from_the_hosts(cli, guest):
+    """The lab guest's busybox has /sbin/hwclock, which guest-set-time needs to write the RTC."""
+    guest_sh(cli, guest, f"date -u -s @{int(time.time()) - 3600} >/dev/null")  # an hour behind
+    result = agent(cli, guest, "time", "--return-value")
+    assert result.code == 0, result
+    assert -3610 < json.loads(result.out)["offset"] < -3590
+    result = agent(cli, guest, "time", "--sync", "--return-value")
+    assert result.code == 0, result
+    synced = json.loads(result.out)
+    assert synced["synced"] is True and -3610 < synced["offset-before"] < -3590
+    assert abs(synced["offset"]) < 2  # TCG and a busy host: the clock is set, give or take a second
+    assert abs(json.loads(agent(cli, guest, "time", "--return-value").out)["offset"]) < 2
+
+
+def test_guestinfo_of_the_lab_guest(cli, guest):
+    result = agent(cli, guest, "guestinfo", "--return-value")
+    assert result.code == 0, result
+    report = json.loads(result.out)
+    assert report["os"]["kernel-release"] and isinstance(report["vcpus"], list)

@@ -62,7 +62,7 @@ PLACEHOLDERS = {
     "/var/lib/images": "an empty folder, new for each block",
     "web1": "a running libvirt test domain (no OS; its disk is virtio-disk0)",
     "/tmp/lab": "an empty folder for the lab guest (blocks that boot it run in the checkout, marker lab)",
-    "/run/vm1.sock": "a running QEMU to migrate, new for each block that names it",
+    "/run/vm1.sock": "a running QEMU to migrate or snapshot (disk vd0), new for each block that names it",
     "/run/vm1-new.sock": "its twin: the same hardware, waiting with -incoming defer (new for each block)",
     "root@hv1": "a test sshd on loopback (root on this machine); an ssh first on PATH carries its keys",
     "root@hv2": "the same sshd under another name (localhost), so it counts as a second host",
@@ -79,6 +79,10 @@ def refuse_harmful(script: str) -> None:
     if re.search(r"--freeze\b", script):
         raise AssertionError("an example freezes through the host's qemu-ga, which would freeze this machine: "
                              "show it in a block that is not run, or run it on the lab guest")
+    for line in script.splitlines():
+        if re.search(r"\bagent time\b.*--sync\b", line) and "--dry-run" not in line:
+            raise AssertionError("an example syncs the clock through the host's qemu-ga, which would set this "
+                                 "machine's clock: add --dry-run, or show it in a block that is not run")
     found = HARMFUL_AGENT_COMMANDS.search(script)
     if found:
         raise AssertionError(f"an example sends {found.group(0)!r} to the agent, which runs on this machine: "
@@ -430,9 +434,15 @@ def _help_examples() -> list:
     return found
 
 
-def _prepare_help_example(name: str, world: World, tmp_path: Path) -> dict[str, str]:
+def _prepare_help_example(name: str, world: World, tmp_path: Path,
+                          request: pytest.FixtureRequest) -> dict[str, str]:
     """What a help example assumes exists: an image to attach, a disk to detach, a program to ask about."""
     values = {"/tmp/vm.sock": str(world.vm.qmp_path), "/tmp/channel.sock": str(world.agent.path)}
+    if name.startswith("snapshot "):  # a VM of its own: the shared one's disk gets the backup chains' bitmaps,
+        own = QemuVM(tmp_path / "vm")  # and QEMU loads no snapshot onto a disk with dirty bitmaps
+        request.addfinalizer(own.kill)
+        own.start()
+        values["/tmp/vm.sock"] = str(own.qmp_path)
     if name == "hotplug-disk":
         images = tmp_path / "images"
         images.mkdir()
@@ -452,6 +462,15 @@ def _prepare_help_example(name: str, world: World, tmp_path: Path) -> dict[str, 
         chained = run_shell(["qmpctl", "backup", "-s", str(world.vm.qmp_path), "vd0", "--into",
                              str(tmp_path / "backup" / "vm1")], world, tmp_path)
         assert chained.returncode == 0, chained.stderr
+    if name == "media insert":
+        images = tmp_path / "images"
+        images.mkdir()
+        subprocess.run(["qemu-img", "create", "-q", "-f", "raw", str(images / "install.iso"), "1M"], check=True)
+        values["/var/lib/images/"] = f"{images}/"
+    if name in ("snapshot load", "snapshot delete"):
+        saved = run_shell(["qmpctl", "snapshot", "save", "-s", values["/tmp/vm.sock"], "before-upgrade", "--force"],
+                          world, tmp_path)
+        assert saved.returncode == 0, saved.stderr
     if name == "agent exec-status":
         started = run_shell(["qmpctl", "agent", "exec", "-a", str(world.agent.path), "--no-wait", "--return-value",
                              "--", "true"], world, tmp_path)
@@ -461,9 +480,9 @@ def _prepare_help_example(name: str, world: World, tmp_path: Path) -> dict[str, 
 
 
 @pytest.mark.parametrize("name, line", _help_examples())
-def test_help_example(name: str, line: str, world: World, tmp_path: Path):
+def test_help_example(name: str, line: str, world: World, tmp_path: Path, request: pytest.FixtureRequest):
     """``qmpctl COMMAND --help`` ends with an example; it must work as printed."""
-    script = substitute(line, _prepare_help_example(name, world, tmp_path))
+    script = substitute(line, _prepare_help_example(name, world, tmp_path, request))
     refuse_harmful(script)
     proc = run_shell(["bash", "-c", "set -euo pipefail\n" + script], world, tmp_path)
     assert proc.returncode == 0, f"the --help example of {name}" + report(script, proc)

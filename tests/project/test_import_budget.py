@@ -105,6 +105,15 @@ def test_status_of_a_fleet_stays_light(vm_factory, tmp_path):
     assert offenders(modules, {**HEAVY, **FAST_PATH_EXTRA}) == []
 
 
+@pytest.mark.qemu
+@pytest.mark.parametrize("listing", [("snapshot", "list"), ("nics",), ("vcpus",)], ids=" ".join)
+def test_listings_against_a_real_vm_stay_light(listing, vm, tmp_path):
+    """The listings of the device commands are quick commands too, unlike the changes they go with."""
+    code, out, modules = imported_by(tmp_path, *listing, "-s", str(vm.qmp_path))
+    assert code == 0 and "return" in json.loads(out), out
+    assert offenders(modules, {**HEAVY, **FAST_PATH_EXTRA}) == []
+
+
 def test_status_dry_run_stays_light(tmp_path):
     code, out, modules = imported_by(tmp_path, "status", "-s", str(tmp_path / "vm.sock"), "--dry-run")
     assert code == 0 and json.loads(out) == {"execute": "query-status"}, out

@@ -232,6 +232,17 @@ def test_a_probed_remote_image_naming_another_file_is_refused(cli, sshd, vms, tm
     assert f"{image} on {sshd.destination} looks like a qcow2 image that makes QEMU open another file" in result.err
 
 
+def test_media_insert_checks_the_file_on_the_vms_host(cli, sshd, vms, tmp_path):
+    """FILE is where QEMU opens it: looked up and read on the remote host before anything is sent."""
+    missing = ssh_cli(cli, sshd, "media", "insert", "-s", sshd.url(vms[3].qmp_path), "vd0", str(tmp_path / "no.iso"))
+    assert missing.code == 2, missing
+    assert f"no such image file on {sshd.destination}" in missing.err
+    (tmp_path / "disc.iso").write_bytes(bytes(1 << 20))
+    fixed = ssh_cli(cli, sshd, "media", "insert", "-s", sshd.url(vms[3].qmp_path), "vd0", str(tmp_path / "disc.iso"))
+    assert fixed.code == 2, fixed  # the file passed; the VM then says vd0 is no removable drive
+    assert "vd0 is not a CD-ROM or floppy drive" in fixed.err
+
+
 @pytest.mark.agent
 @pytest.mark.skipif(not have_qemu_ga(), reason="qemu-ga is not installed")
 def test_agent_over_ssh(cli, sshd, tmp_path):

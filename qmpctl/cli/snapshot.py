@@ -1,0 +1,66 @@
+"""``snapshot save | load | list | delete``: internal snapshots (declared in :mod:`qmpctl.cli.spec`).
+
+The work happens in :mod:`qmpctl.vm.snapshot`; ``snapshot list`` is one
+query-block and stays on the light start-up path.
+"""
+
+from __future__ import annotations
+
+from qmpctl.cli.common import Common, printed_plan, run
+from qmpctl.errors import ExitCode, UsageError
+from qmpctl.records import TYPE_CHECKING
+from qmpctl.wire.request import Request
+
+if TYPE_CHECKING:
+    from typing import Any, Optional
+
+
+def _wait(wait_timeout: Optional[float]) -> float:
+    from qmpctl.vm.snapshot import DEFAULT_WAIT
+
+    if wait_timeout is None:
+        return DEFAULT_WAIT
+    if not wait_timeout > 0:
+        raise UsageError(f"--wait-timeout must be more than 0 seconds, got {wait_timeout:g}")
+    return wait_timeout
+
+
+def snapshot_list(common: Common) -> int:
+    from qmpctl.vm.snapshot import listing
+
+    return run(common, lambda session, deadline, target: listing(session, deadline), [Request("query-block")])
+
+
+def _job_command(common: Common, verb: str, name: str, vmstate: Optional[str], action: Any) -> int:
+    from qmpctl.vm import snapshot as snapshot_lib
+
+    snapshot_lib.check_tag(name)
+    requests = snapshot_lib.plan(verb, name, vmstate)
+    if printed_plan(common, requests, snapshot_lib.PLAN_NOTE):
+        return ExitCode.OK
+    return run(common, action, requests)
+
+
+def snapshot_save(common: Common, *, name: str, vmstate: Optional[str], exclude: list[str], force: bool,
+                  wait_timeout: Optional[float]) -> int:
+    from qmpctl.vm import snapshot as snapshot_lib
+
+    wait = _wait(wait_timeout)
+    return _job_command(common, "save", name, vmstate, lambda session, deadline, target: snapshot_lib.save(
+        session, deadline, name, vmstate=vmstate, exclude=exclude, force=force, wait_seconds=wait))
+
+
+def snapshot_load(common: Common, *, name: str, exclude: list[str], wait_timeout: Optional[float]) -> int:
+    from qmpctl.vm import snapshot as snapshot_lib
+
+    wait = _wait(wait_timeout)
+    return _job_command(common, "load", name, None, lambda session, deadline, target: snapshot_lib.load(
+        session, deadline, name, exclude=exclude, wait_seconds=wait))
+
+
+def snapshot_delete(common: Common, *, name: str, wait_timeout: Optional[float]) -> int:
+    from qmpctl.vm import snapshot as snapshot_lib
+
+    wait = _wait(wait_timeout)
+    return _job_command(common, "delete", name, None, lambda session, deadline, target: snapshot_lib.delete(
+        session, deadline, name, wait_seconds=wait))

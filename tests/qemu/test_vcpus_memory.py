@@ -1,0 +1,149 @@
+"""vcpus and hotplug-memory/unplug-memory against a real, paused QEMU with no guest: the plug side."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.qemu
+
+SMP = ["-smp", "1,maxcpus=4"]
+SLOTS = ["-m", "64,slots=2,maxmem=512M"]  # after the fixture's -m 64: the last -m counts
+
+
+def cpu_count(vm) -> int:
+    with vm.check() as qmp:
+        return len(qmp.cmd("query-cpus-fast"))
+
+
+def dimm_state(vm) -> dict:
+    with vm.check() as qmp:
+        return {"dimms": sorted(d["data"]["id"] for d in qmp.cmd("query-memory-devices")),
+                "objects": sorted(o["name"] for o in qmp.cmd("qom-list", path="/objects")
+                                  if o["type"].startswith("child<memory-backend"))}
+
+
+def test_vcpus_lists_the_slots(cli, vm_factory):
+    vm = vm_factory(extra_args=SMP)
+    result = cli("vcpus", "-s", str(vm.qmp_path), "--return-value")
+    assert result.code == 0, result
+    listed = json.loads(result.out)
+    assert listed["vcpus"] == 1 and listed["max"] == 4 and len(listed["slots"]) == 4
+    assert [slot["plugged"] for slot in listed["slots"]] == [True, False, False, False]
+    assert listed["slots"][1]["props"]["core-id"] == 1 and listed["slots"][1]["type"].endswith("-cpu")
+
+
+def test_vcpus_n_plugs_the_free_slots_in_order(cli, vm_factory):
+    vm = vm_factory(extra_args=SMP)
+    result = cli("vcpus", "-s", str(vm.qmp_path), "3", "--return-value")
+    assert result.code == 0, result
+    assert json.loads(result.out) == {"vcpus": 3, "was": 1, "max": 4, "added": ["vcpu1", "vcpu2"]}
+    assert cpu_count(vm) == 3
+    listed = json.loads(cli("vcpus", "-s", str(vm.qmp_path), "--return-value").out)
+    assert [slot["id"] for slot in listed["slots"]] == [None, "vcpu1", "vcpu2", None]
+    result = cli("vcpus", "-s", str(vm.qmp_path), "4", "--return-value")
+    assert json.loads(result.out)["added"] == ["vcpu3"] and cpu_count(vm) == 4
+    result = cli("vcpus", "-s", str(vm.qmp_path), "4", "--return-value")
+    assert result.code == 0 and json.loads(result.out)["added"] == []  # already there: nothing to do
+
+
+@pytest.mark.parametrize("count, message", [("5", "at most 4 vCPUs (its maxcpus), not 5"),
+                                            ("0", "at least 1")])
+def test_vcpus_out_of_range_is_exit_2_and_changes_nothing(cli, vm_factory, count, message):
+    vm = vm_factory(extra_args=SMP)
+    result = cli("vcpus", "-s", str(vm.qmp_path), count)
+    assert result.code == 2, result
+    assert message in result.err and cpu_count(vm) == 1
+
+
+def test_vcpus_below_the_current_count_is_refused(cli, vm_factory):
+    vm = vm_factory(extra_args=["-smp", "2,maxcpus=4"])
+    result = cli("vcpus", "-s", str(vm.qmp_path), "1")
+    assert result.code == 2, result
+    assert "does not take them away" in result.err and cpu_count(vm) == 2
+
+
+def test_hotplug_memory_adds_a_dimm(cli, vm_factory):
+    vm = vm_factory(extra_args=SLOTS)
+    result = cli("hotplug-memory", "-s", str(vm.qmp_path), "128M", "--id", "dimm1", "--return-value")
+    assert result.code == 0, result
+    assert json.loads(result.out) == {"id": "dimm1", "size": 134217728, "memdev": "dimm1-mem",
+                                      "memory": 201326592, "max": 536870912}
+    assert dimm_state(vm) == {"dimms": ["dimm1"], "objects": ["dimm1-mem", "pc.ram"]}
+
+
+MEMORY_FAILURES = {
+    # name: (QEMU arguments, SIZE, options, exit code, message)
+    "no slots": ([], "128M", ["--id", "dimm1"], 2, "start QEMU with -m SIZE,slots=N,maxmem=M"),
+    "past maxmem": (SLOTS, "512M", ["--id", "dimm1"], 2, "would exceed the VM's maxmem (512 MiB"),
+    "not 2 MiB aligned": (SLOTS, "3M", ["--id", "dimm1"], 2, "multiple of 2 MiB"),
+    "no id": (SLOTS, "128M", [], 2, "needs --id"),
+    "id in use": (SLOTS, "128M", ["--id", "vd0"], 2, "already has a device with id 'vd0'"),
+    "backend refused": (SLOTS + ["-object", "memory-backend-ram,id=dimm1-mem,size=2M"], "128M", ["--id", "dimm1"],
+                        1, "dimm1-mem"),
+}
+
+
+@pytest.mark.parametrize("case", MEMORY_FAILURES)
+def test_hotplug_memory_failure_leaves_the_vm_unchanged(cli, vm_factory, case):
+    args, size, options, code, message = MEMORY_FAILURES[case]
+    vm = vm_factory(extra_args=args)
+    before = dimm_state(vm)
+    result = cli("hotplug-memory", "-s", str(vm.qmp_path), size, *options)
+    assert result.code == code, result
+    assert message in result.err
+    assert dimm_state(vm) == before
+
+
+def test_all_slots_used_is_exit_2(cli, vm_factory):
+    vm = vm_factory(extra_args=SLOTS)
+    assert cli("hotplug-memory", "-s", str(vm.qmp_path), "128M", "--id", "dimm1").code == 0
+    assert cli("hotplug-memory", "-s", str(vm.qmp_path), "128M", "--id", "dimm2").code == 0
+    before = dimm_state(vm)
+    result = cli("hotplug-memory", "-s", str(vm.qmp_path), "128M", "--id", "dimm3")
+    assert result.code == 2 and "all 2 memory slots" in result.err
+    assert dimm_state(vm) == before
+
+
+def test_unplug_memory_without_a_guest_times_out_and_deletes_nothing(cli, vm_factory):
+    vm = vm_factory(extra_args=SLOTS)
+    assert cli("hotplug-memory", "-s", str(vm.qmp_path), "128M", "--id", "dimm1").code == 0
+    before = dimm_state(vm)
+    result = cli("unplug-memory", "-s", str(vm.qmp_path), "dimm1", "--wait-timeout", "1")
+    assert result.code == 4, result
+    assert "did not release dimm1 within 1s" in result.err and "memory backend dimm1-mem stays" in result.err
+    assert dimm_state(vm) == before
+    result = cli("unplug-memory", "-s", str(vm.qmp_path), "nosuch")
+    assert result.code == 2 and "no DIMM with id 'nosuch'" in result.err
+
+
+class InterruptAfter:
+    """A session that raises KeyboardInterrupt once ``execute`` has sent one command and had its answer."""
+
+    def __init__(self, session, command: str) -> None:
+        self.session = session
+        self.command = command
+
+    def __getattr__(self, name: str):
+        return getattr(self.session, name)
+
+    def execute(self, request, deadline, *args):
+        reply = self.session.execute(request, deadline, *args)
+        if request.execute == self.command:
+            raise KeyboardInterrupt
+        return reply
+
+
+def test_an_interrupt_after_the_backend_was_added_takes_it_away(vm_factory):
+    from qmpctl.deadline import Deadline
+    from qmpctl.vm import memory
+    from qmpctl.wire.address import parse_address
+    from qmpctl.wire.qmp import QmpSession
+
+    vm = vm_factory(extra_args=SLOTS)
+    before = dimm_state(vm)
+    with QmpSession.connect(parse_address(str(vm.qmp_path)), Deadline(10)) as session:
+        with pytest.raises(KeyboardInterrupt):
+            memory.hotplug(InterruptAfter(session, "object-add"), Deadline(10), "dimm1", 128 * 1024 * 1024)
+    assert dimm_state(vm) == before
