@@ -124,3 +124,19 @@ def no_return() -> None:
 
 
 point_of_no_return = no_return
+
+
+def die_with_parent() -> None:
+    """In a child qmpctl starts (before exec): SIGTERM when qmpctl dies, however it dies, even by SIGKILL.
+
+    Linux's ``prctl(PR_SET_PDEATHSIG)``; for the QEMUs, NBD servers and
+    libguestfs appliances a command runs for its own duration, so none
+    outlives the qmpctl that started it.
+    """
+    import ctypes
+    import signal as signal_module
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal_module.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass

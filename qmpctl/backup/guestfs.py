@@ -28,7 +28,7 @@ import stat
 import subprocess
 import tempfile
 
-from qmpctl.backup.serve import die_with_parent
+from qmpctl.signals import die_with_parent
 from qmpctl.deadline import Deadline
 from qmpctl.errors import JobFailed, NoSuchPath, UsageError, VerificationFailed
 from qmpctl.records import TYPE_CHECKING

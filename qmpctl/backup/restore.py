@@ -20,6 +20,7 @@ from qmpctl.backup.manifest import MANIFEST, chains_of, read_manifest, sha256_of
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectError, DeadlineExceeded, ProtocolError, QmpctlError, UsageError, VerificationFailed
 from qmpctl.records import TYPE_CHECKING, NamedTuple
+from qmpctl.signals import die_with_parent
 
 if TYPE_CHECKING:
     from typing import Any, Optional
@@ -288,7 +289,8 @@ def boot_check(image: str, *, image_format: str, qemu_args: list[str], boot_time
     try:
         with open(log, "wb") as errors:
             try:
-                child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=errors, stderr=errors)
+                child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=errors, stderr=errors,
+                                         preexec_fn=die_with_parent)
             except FileNotFoundError:
                 raise UsageError(f"{qemu_binary} is not installed") from None
         boot = Deadline(boot_timeout)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -25,7 +24,7 @@ import time
 from qmpctl.deadline import Deadline
 from qmpctl.errors import JobFailed, UsageError
 from qmpctl.records import TYPE_CHECKING, NamedTuple
-from qmpctl.signals import shielded
+from qmpctl.signals import die_with_parent, shielded
 
 if TYPE_CHECKING:
     from qmpctl.backup.point import Point
@@ -113,16 +112,6 @@ def parse_listen(text: str, *, allow_remote: bool = False) -> Listen:
                              "the disk (there is no authentication): add --allow-remote to serve it anyway")
         return Listen(host=host, port=port)
     raise UsageError(f"--serve wants unix:PATH or tcp:HOST:PORT, got {text!r}")
-
-
-def die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when qmpctl dies, however it dies (Linux prctl PR_SET_PDEATHSIG)."""
-    import ctypes
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _tail(path: str) -> str:

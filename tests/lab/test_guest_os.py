@@ -243,30 +243,6 @@ def test_freeze_for_thaws_on_ctrl_c(cli, guest):
     assert _status(cli, guest) == "thawed"
 
 
-# ----------------------------------------------------------------------------- shutdown (last: ends the guest)
-
-
-def test_system_powerdown_presses_the_power_button_the_lab_guest_obeys(tmp_path_factory):
-    lab = lab_guest_module()
-    with lab.LabGuest(tmp_path_factory.mktemp("off"), name="off") as own_guest:
-        with RawQmp(own_guest.qmp_path, timeout=10) as qmp:
-            qmp.cmd("system_powerdown")
-        wait_for(lambda: not own_guest.is_running(), "the guest to power off on the ACPI button", timeout=60,
-                 pause=0.05)
-        assert "lab: power button" in own_guest.console_log.read_text()
-
-
-def test_shutdown_with_qmp_returns_once_qemu_reports_it(cli, guest):
-    """The module's guest goes down here, so this test comes last."""
-    dry = agent(cli, guest, "shutdown", "--mode", "halt", "--dry-run")
-    assert json.loads(dry.out) == {"execute": "guest-shutdown", "arguments": {"mode": "halt"}}, dry
-    down = agent(cli, guest, "shutdown", "-s", str(guest.qmp_path), "--wait-timeout", "60")
-    assert down.code == 0, down
-    seen = json.loads(down.out)["return"]
-    assert seen["event"] == "SHUTDOWN" and seen["data"]["reason"] == "guest-shutdown", seen
-    wait_for(lambda: not guest.is_running(), "QEMU to exit after the guest powered off", timeout=30, pause=0.05)
-
-
 # ----------------------------------------------------------------------------- agent time
 
 
@@ -289,3 +265,27 @@ def test_guestinfo_of_the_lab_guest(cli, guest):
     assert result.code == 0, result
     report = json.loads(result.out)
     assert report["os"]["kernel-release"] and isinstance(report["vcpus"], list)
+
+
+# ----------------------------------------------------------------------------- shutdown (last: ends the guest)
+
+
+def test_system_powerdown_presses_the_power_button_the_lab_guest_obeys(tmp_path_factory):
+    lab = lab_guest_module()
+    with lab.LabGuest(tmp_path_factory.mktemp("off"), name="off") as own_guest:
+        with RawQmp(own_guest.qmp_path, timeout=10) as qmp:
+            qmp.cmd("system_powerdown")
+        wait_for(lambda: not own_guest.is_running(), "the guest to power off on the ACPI button", timeout=60,
+                 pause=0.05)
+        assert "lab: power button" in own_guest.console_log.read_text()
+
+
+def test_shutdown_with_qmp_returns_once_qemu_reports_it(cli, guest):
+    """The module's guest goes down here, so this test comes last."""
+    dry = agent(cli, guest, "shutdown", "--mode", "halt", "--dry-run")
+    assert json.loads(dry.out) == {"execute": "guest-shutdown", "arguments": {"mode": "halt"}}, dry
+    down = agent(cli, guest, "shutdown", "-s", str(guest.qmp_path), "--wait-timeout", "60")
+    assert down.code == 0, down
+    seen = json.loads(down.out)["return"]
+    assert seen["event"] == "SHUTDOWN" and seen["data"]["reason"] == "guest-shutdown", seen
+    wait_for(lambda: not guest.is_running(), "QEMU to exit after the guest powered off", timeout=30, pause=0.05)

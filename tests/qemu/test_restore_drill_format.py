@@ -16,6 +16,16 @@ import pytest
 
 from support.disks import flush, hmp
 from support.qemu import RawQmp
+from support.waits import wait_for
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a dead child of nobody's)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
 
 pytestmark = [pytest.mark.qemu, pytest.mark.one_qemu]
 
@@ -38,9 +48,11 @@ def test_a_raw_restore_that_looks_like_a_qcow2_naming_a_host_file_is_booted_as_r
     chain = json.loads(backup.out)["return"]["chain"]
     target = tmp_path / "restored.img"
     monitor = tmp_path / "drill.sock"
+    pidfile = tmp_path / "drill.pid"
     drill = cli.popen("restore", chain, str(target), "--format", "raw", "--progress", "none", "--boot-check",
                       "--boot-timeout", "20", "--qemu-arg=-accel", "--qemu-arg=tcg", "--qemu-arg=-qmp",
-                      f"--qemu-arg=unix:{monitor},server=on,wait=off")
+                      f"--qemu-arg=unix:{monitor},server=on,wait=off", "--qemu-arg=-pidfile",
+                      f"--qemu-arg={pidfile}")
     try:
         deadline = time.monotonic() + 20
         while not monitor.exists():
@@ -52,8 +64,10 @@ def test_a_raw_restore_that_looks_like_a_qcow2_naming_a_host_file_is_booted_as_r
             disks = {entry["device"]: entry["inserted"] for entry in qmp.cmd("query-block") if "inserted" in entry}
             nodes = qmp.cmd("query-named-block-nodes")
     finally:
-        drill.kill()
+        drill.kill()  # SIGKILL: qmpctl cannot clean up, yet its drill QEMU must not outlive it
         drill.communicate()
+    qemu_pid = int(pidfile.read_text())
+    wait_for(lambda: not _alive(qemu_pid), "the drill's QEMU to end with the qmpctl that started it", timeout=15)
     restored = disks["restored"]
     assert restored["image"]["format"] in ("raw", "qcow2")  # -snapshot: a qcow2 overlay over the restore
     chain_of_images = [restored["image"]]
