@@ -14,8 +14,9 @@ import os
 import re
 import time
 
-from qmpctl.vm.block import (ROLLBACK_GRACE, block_devices, blockdev_del, check_id, device_id_of,
-                          first_free, named_nodes, undo_all, with_notes)
+from qmpctl.vm.block import (ROLLBACK_GRACE, blockdev_del, check_id, first_free, named_nodes, undo_all,
+                          with_notes)
+from qmpctl.vm.disks import find_disk
 from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError, UsageError, VmError
 from qmpctl.vm.jobs import (JobState, cancel_job, dismiss, failure_detail, find_job, finish, list_jobs,
@@ -171,28 +172,12 @@ class Source(NamedTuple):
     backing_format: Optional[str]
 
 
-def find_disk(session: Session, deadline: Deadline, name: str) -> tuple[str, dict[str, Any]]:
-    """Find ``name`` among the VM's disks: a device id (``vd0``), a drive name, or a node name.
-
-    Returns what block commands get (the drive name where there is one, else
-    the node name) and the node's description (query-block's ``inserted``).
-    """
-    for entry in block_devices(session, deadline):
-        inserted = entry.get("inserted")
-        if not isinstance(inserted, dict):
-            continue
-        drive, node = str(entry.get("device") or ""), str(inserted.get("node-name") or "")
-        if name in (drive, node) or device_id_of(str(entry.get("qdev") or "")) == name:
-            return drive or node, inserted
-    node_info = named_nodes(session, deadline).get(name)
-    if node_info is not None:
-        return name, node_info
-    raise UsageError(f"the VM has no disk {name!r}: give a device id, drive name or node name "
-                     "(qmpctl block and qmpctl block --nodes list them)")
-
-
 def resolve_source(session: Session, deadline: Deadline, name: str) -> Source:
-    return _source(*find_disk(session, deadline, name))
+    """The disk ``name`` means (see :func:`~qmpctl.vm.disks.find_disk`), as a backup's source."""
+    disk = find_disk(session, deadline, name)
+    if not disk.top:
+        raise UsageError(f"disk {disk.label!r} has no medium: there is nothing to back up")
+    return _source(disk.block_name, disk.info)
 
 
 def _members(value: Any) -> dict[str, Any]:
