@@ -136,7 +136,8 @@ def backup(common: Common, *, words: list[str], into: Optional[str], full: bool,
         backup_lib.check_target(target, is_local=is_local, force=force)  # before connecting to anything
     if printed_plan(common, options.requests(is_local), options.plan_note()):
         return ExitCode.OK
-    from qmpctl.cli.progress import CHECK_EVERY, printer_for
+    from qmpctl.cli.progress import printer_for
+    from qmpctl.timing import CHECK_EVERY
     from qmpctl.cli.readings import Meter, bar_text, json_text
 
     printer = printer_for(progress, bar=bar_text, json=json_text,

@@ -6,6 +6,7 @@ handlers check the options, pick the agent for --freeze, and print.
 
 from __future__ import annotations
 
+from qmpctl.timing import OFFLINE_TIMEOUT
 from qmpctl.cli.common import Common, emit, printed_plan, run
 from qmpctl.errors import ExitCode, UsageError
 from qmpctl.output import render_reply, to_json
@@ -17,7 +18,8 @@ if TYPE_CHECKING:
 
 def _printer(progress: str) -> tuple[Any, float, Any]:
     """The job-state callback for ``--progress``, how often to call it, and the printer to close."""
-    from qmpctl.cli.progress import CHECK_EVERY, printer_for
+    from qmpctl.cli.progress import printer_for
+    from qmpctl.timing import CHECK_EVERY
     from qmpctl.cli.readings import Meter, bar_text, json_text
 
     printer = printer_for(progress, bar=bar_text, json=json_text,
@@ -89,8 +91,6 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ke
             printer.close()
 
 
-OFFLINE_TIMEOUT = 86400.0
-"""Reading a chain's images takes as long as the disk is big: offline work gets a day unless told."""
 
 
 def backup_verify(common: Common, *, path: str, json_lines: bool, wait_timeout: Optional[float]) -> int:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import sys
 
 from qmpctl.deadline import Deadline
-from qmpctl.cli.spec import DEFAULT_JOBS, DEFAULT_TIMEOUT
+from qmpctl.cli.spec import DEFAULT_JOBS
+from qmpctl.timing import DEFAULT_TIMEOUT
 from qmpctl.errors import ExitCode, OutputError, QmpctlError, UsageError
 from qmpctl.output import hmp_text, render_reply, to_json
 from qmpctl.records import TYPE_CHECKING, NamedTuple

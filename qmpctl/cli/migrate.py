@@ -11,7 +11,7 @@ import os
 
 from qmpctl.cli.common import Common, printed_plan, run
 from qmpctl.errors import ExitCode
-from qmpctl.cli.progress import CHECK_EVERY
+from qmpctl.timing import CHECK_EVERY
 from qmpctl.errors import UsageError
 from qmpctl.records import TYPE_CHECKING
 from qmpctl.wire.request import Request
@@ -104,10 +104,10 @@ def migrate(common: Common, *, to: Optional[str], uri: Optional[str], speed: Opt
 
 
 def _wait_timeout(value: Optional[float]) -> float:
-    from qmpctl.vm.migration import DEFAULT_WAIT_TIMEOUT
+    from qmpctl.timing import MIGRATION_WAIT_TIMEOUT
 
     if value is None:
-        return DEFAULT_WAIT_TIMEOUT
+        return MIGRATION_WAIT_TIMEOUT
     if not 0 < value < float("inf"):
         raise UsageError(f"--wait-timeout must be more than 0 seconds, got {value:g}")
     return value

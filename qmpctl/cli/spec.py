@@ -30,6 +30,7 @@ This module is imported on every run: keep it to NamedTuples and literals.
 
 from __future__ import annotations
 
+from qmpctl.timing import DEFAULT_TIMEOUT
 from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.wire.targets import AGENT, MONITOR
 
@@ -96,7 +97,6 @@ GROUPS: dict[str, str] = {
 }
 """Command groups (first word of a two-word command) and their help text."""
 
-DEFAULT_TIMEOUT = 10.0
 DEFAULT_JOBS = 16
 
 

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from qmpctl.timing import THAW_TIMEOUT
 from qmpctl.guest.cleanup import recover_channel, shielded
 from qmpctl.deadline import Deadline
 from qmpctl.errors import Interrupted, ProtocolError, QmpctlError
@@ -25,8 +26,6 @@ from qmpctl.wire.targets import Session
 if TYPE_CHECKING:
     from typing import Any
 
-THAW_TIMEOUT = 10.0
-"""How long a thaw may take once the guest must be thawed: its own deadline, whatever the call's says."""
 FROZEN = "frozen"
 THAWED = "thawed"
 

@@ -21,8 +21,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 MODES = ("powerdown", "reboot", "halt")
-DEFAULT_WAIT_TIMEOUT = 60.0
-"""With -s and no --wait-timeout: how long a guest may take to go down."""
 
 
 def shutdown_request(mode: str) -> Request:

@@ -7,20 +7,19 @@ only truth, and waiting means polling it.
 
 from __future__ import annotations
 
-import time
 
+from qmpctl.timing import BALLOON_POLL_FIRST, BALLOON_POLL_MAX
 from qmpctl.deadline import Deadline, backoff
 from qmpctl.errors import DeadlineExceeded, VmError
 from qmpctl.records import TYPE_CHECKING
 from qmpctl.wire.request import Request
+from qmpctl.wire.waiting import wait_until
 from qmpctl.wire.targets import Session
 
 if TYPE_CHECKING:
     from typing import Any
 
 NO_BALLOON_HINT = "the VM has no balloon device: start it with -device virtio-balloon-pci"
-POLL_FIRST = 0.05
-POLL_MAX = 0.5
 CLOSE_ENOUGH = 1024 * 1024
 """The guest moves memory in pages and may keep a little: within 1 MiB of the target counts as reached."""
 
@@ -51,14 +50,24 @@ def set_target(session: Session, deadline: Deadline, size: int, wait: Deadline |
         raise _balloon_error(exc) from None
     actual = query(session, deadline)["return"].get("actual")
     if wait is not None:
-        pauses = backoff(POLL_FIRST, POLL_MAX)
-        while not (isinstance(actual, int) and abs(actual - size) <= CLOSE_ENOUGH):
-            time.sleep(max(0.0, min(next(pauses), wait.expires_at - time.monotonic())))
+        seen = [actual]
+
+        def reached() -> int | None:
+            actual = seen[0]
+            return actual if isinstance(actual, int) and abs(actual - size) <= CLOSE_ENOUGH else None
+
+        def read() -> int | None:
             try:
-                if wait.expired():
-                    raise wait.exceeded("the balloon")
-                actual = query(session, wait)["return"].get("actual")
+                seen[0] = query(session, wait)["return"].get("actual")
             except DeadlineExceeded:
-                raise DeadlineExceeded(f"the guest did not reach {size} bytes within {wait.seconds:g} s: "
-                                       f"it has {actual} bytes", received={"actual": actual, "target": size}) from None
+                raise short() from None
+            return reached()
+
+        def short() -> DeadlineExceeded:
+            return DeadlineExceeded(f"the guest did not reach {size} bytes within {wait.seconds:g} s: "
+                                    f"it has {seen[0]} bytes", received={"actual": seen[0], "target": size})
+
+        if reached() is None:
+            actual = wait_until(session, read, wait, "the balloon", timeout=short,
+                                pauses=backoff(BALLOON_POLL_FIRST, BALLOON_POLL_MAX))
     return {"return": {"actual": actual, "target": size}}

@@ -13,15 +13,16 @@ import itertools
 import os
 import re
 import stat
-import time
 
-from qmpctl.deadline import Deadline, backoff
+from qmpctl.timing import INTERRUPTED_UNPLUG_GRACE, NODE_RELEASE_GRACE
+from qmpctl.timing import ROLLBACK_GRACE as ROLLBACK_GRACE  # backup imports it from here
+from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded, Interrupted, QmpctlError, UsageError, VmError
 from qmpctl.records import TYPE_CHECKING
 from qmpctl.wire.request import Request
 from qmpctl.signals import shielded
 from qmpctl.wire.targets import Session
-from qmpctl.wire.waiting import POLL_FIRST, POLL_MAX, event_named, wait_until
+from qmpctl.wire.waiting import event_named, wait_until
 
 if TYPE_CHECKING:
     from typing import Any, Callable, Optional
@@ -46,12 +47,8 @@ MAX_DEVICE_ID = 24
 
 BUSES = {"virtio": "virtio-blk-pci", "scsi": "scsi-hd"}
 SCSI_CONTROLLER = "virtio-scsi-pci"
-ROLLBACK_GRACE = 5.0
-NODE_RELEASE_GRACE = 2.0
 UNPLUG_PLAN_NOTE = ("a plan, not all the requests (--dry-run connects to nothing): once the guest has released "
                     "the device, blockdev-del deletes its block nodes, which the run finds by asking the VM")
-INTERRUPTED_UNPLUG_GRACE = 3.0
-"""After Ctrl-C or SIGTERM following device_del: how long the guest may take to release the device."""
 
 
 # -- what the VM has -----------------------------------------------------------------------------
@@ -420,16 +417,19 @@ def _delete_released_node(session: Session, node: str, deadline: Deadline) -> bo
     QOM tree a moment earlier, so the node may still be in use: retry briefly.
     """
     release = Deadline(NODE_RELEASE_GRACE)
-    pauses = backoff(POLL_FIRST, POLL_MAX)
-    while node in named_nodes(session, deadline):
+
+    def deleted() -> Optional[bool]:
+        if node not in named_nodes(session, deadline):
+            return False
         try:
             blockdev_del(session, node, deadline)
             return True
         except VmError:
             if release.expired():
                 raise
-            time.sleep(next(pauses))
-    return False
+            return None
+
+    return wait_until(session, deleted, deadline, f"QEMU to release node {node}", check_first=True)
 
 
 def _delete_nodes(session: Session, nodes: list[str], deadline: Deadline) -> tuple[list[str], list[dict[str, str]]]:

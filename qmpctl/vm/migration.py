@@ -23,6 +23,8 @@ import tempfile
 import time
 from types import TracebackType
 
+from qmpctl.timing import (CHECK_EVERY, MIGRATION_CLEANUP_SECONDS, MIGRATION_WAIT_TIMEOUT, SETTLE_POLL_FIRST,
+                           SETTLE_POLL_MAX)
 from qmpctl.deadline import Deadline, backoff
 from qmpctl.errors import (ConnectionClosed, DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError,
                            UsageError, VmError)
@@ -35,13 +37,9 @@ from qmpctl.wire.waiting import event_named, wait_until
 if TYPE_CHECKING:
     from typing import Any, Callable, Optional
 
-DEFAULT_WAIT_TIMEOUT = 86400.0
 UNLIMITED_BANDWIDTH = 1 << 40
 """Bytes/s set when no --speed is given: QEMU's default (128 MiB/s in 7.2, 32 MiB/s before) makes a
 busy guest never converge; 1 TiB/s is "as fast as the channel goes" on every version."""
-CLEANUP_SECONDS = 15.0
-"""The most one cleanup step may take: a cancel takes milliseconds, a destination that hangs must not hang us."""
-CHECK_EVERY = 1.0
 
 ENDED = frozenset({"completed", "failed", "cancelled"})
 POSTCOPY = frozenset({"postcopy-active", "postcopy-paused", "postcopy-recover"})
@@ -167,7 +165,7 @@ class MigrateOptions:
     def __init__(self, uri: Optional[str] = None, speed: Optional[int] = None, downtime: Optional[int] = None,
                  auto_converge: bool = False, postcopy_after: Optional[float] = None,
                  stall_timeout: Optional[float] = None, wait: bool = True,
-                 wait_timeout: float = DEFAULT_WAIT_TIMEOUT) -> None:
+                 wait_timeout: float = MIGRATION_WAIT_TIMEOUT) -> None:
         self.uri = uri
         self.speed = speed
         self.downtime = downtime
@@ -243,7 +241,7 @@ class Handover:
 
     def give_back(self) -> str:
         """Cancel, resume the source if needed, dismiss the destination; returns the source's final run state."""
-        grace = Deadline(CLEANUP_SECONDS)
+        grace = Deadline(MIGRATION_CLEANUP_SECONDS)
         status = "unknown"
         try:
             status = cancel_and_wait(self.source, grace, self.what)
@@ -273,17 +271,22 @@ def resume_source(source: QmpSession, grace: Deadline) -> str:
     finish-migrate, and a ``cont`` then is refused ("Migration is not
     finalized yet"): try again, briefly, until QEMU has let go or ``grace`` ends.
     """
-    from qmpctl.deadline import backoff
+    refused = [""]
 
-    pauses = backoff(0.01, 0.2)
-    while True:
+    def attempt() -> Optional[str]:
         try:
             source.execute(Request("cont"), grace)
             return "resumed the source with cont"
         except QmpctlError as exc:
+            refused[0] = exc.message
             if "not finalized" not in exc.message or grace.expired():
                 return f"could not resume the source ({exc.message})"
-        time.sleep(min(next(pauses), max(grace.expires_at - time.monotonic(), 0)))
+            return None
+
+    try:
+        return wait_until(source, attempt, grace, "QEMU to finalize the failed migration", check_first=True)
+    except DeadlineExceeded:
+        return f"could not resume the source ({refused[0]})"
 
 
 def cancel_and_wait(source: QmpSession, deadline: Deadline, what: str = "migration") -> str:
@@ -415,11 +418,13 @@ def _settled(source: QmpSession, deadline: Deadline, reading: MigrationReading) 
     time and downtime still read 0) and puts the source in ``postmigrate``;
     no event marks that, so it is polled briefly.
     """
-    for pause in backoff(0.005, 0.1):
+    def settled() -> Optional[MigrationReading]:
         if run_state(source, deadline) == "postmigrate":
             return query_migrate(source, deadline)._replace(elapsed=reading.elapsed)
-        time.sleep(min(pause, deadline.remaining("the source to settle after the migration")))
-    raise AssertionError("unreachable")
+        return None
+
+    return wait_until(source, settled, deadline, "the source to settle after the migration", check_first=True,
+                      pauses=backoff(SETTLE_POLL_FIRST, SETTLE_POLL_MAX))
 
 
 def after_wait(deadline: Deadline) -> Deadline:
@@ -572,7 +577,7 @@ def migrate(source: QmpSession, destination: QmpSession, deadline: Deadline, opt
         channel.remove()
     finishing = after_wait(deadline)
     try:
-        destination_state = wait_destination(destination, Deadline(max(deadline.seconds, CLEANUP_SECONDS)),
+        destination_state = wait_destination(destination, Deadline(max(deadline.seconds, MIGRATION_CLEANUP_SECONDS)),
                                               deadline.seconds)
     except (JobFailed, ConnectionClosed) as exc:
         raise _destination_failed(source, was_running, exc) from None
@@ -607,7 +612,7 @@ def _connected(source: QmpSession, deadline: Deadline) -> Optional[MigrationRead
 def _destination_failed(source: QmpSession, was_running: bool, error: QmpctlError) -> JobFailed:
     """Everything was sent but the destination did not start the VM: the source, intact, takes it back."""
     with shielded():
-        grace = Deadline(CLEANUP_SECONDS)
+        grace = Deadline(MIGRATION_CLEANUP_SECONDS)
         note = ""
         if was_running and _safe_state(source, grace) in RESTARTABLE:
             note = "; " + resume_source(source, grace)

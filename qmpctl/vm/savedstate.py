@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import time
 
+from qmpctl.timing import CHECK_EVERY, MIGRATION_CLEANUP_SECONDS, MIGRATION_WAIT_TIMEOUT
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectionClosed, DeadlineExceeded, Interrupted, JobFailed, QmpctlError, UsageError, VmError
-from qmpctl.vm.migration import (CHECK_EVERY, CLEANUP_SECONDS, DEFAULT_WAIT_TIMEOUT, Handover, add_note,
+from qmpctl.vm.migration import (Handover, add_note,
                               after_wait, capabilities_request, check_destination, check_source,
                               dismiss_destination, failure, name_wait_timeout, parameters_request, run_state,
                               wait_destination, wait_for_source)
@@ -125,7 +126,7 @@ def save_requests() -> list[Request]:
 
 
 def save(session: QmpSession, deadline: Deadline, path: str, *, force: bool = False, then: str = "stay",
-         speed: Optional[int] = None, wait_timeout: float = DEFAULT_WAIT_TIMEOUT, progress: Optional[Progress] = None,
+         speed: Optional[int] = None, wait_timeout: float = MIGRATION_WAIT_TIMEOUT, progress: Optional[Progress] = None,
          progress_every: float = CHECK_EVERY) -> dict[str, Any]:
     """Pause the VM and write its whole state into a new file ``path``; then leave it paused, ``cont`` or ``quit`` it.
 
@@ -152,7 +153,7 @@ def save(session: QmpSession, deadline: Deadline, path: str, *, force: bool = Fa
             try:
                 session.execute(Request("migrate", {"uri": f"fd:{FD_NAME}"}), deadline)
             except BaseException:
-                _close_fd(session, Deadline(CLEANUP_SECONDS))
+                _close_fd(session, Deadline(MIGRATION_CLEANUP_SECONDS))
                 raise
             wait = Deadline(wait_timeout)
             try:
@@ -196,7 +197,7 @@ def restore_requests() -> list[Request]:
 
 
 def restore(session: QmpSession, deadline: Deadline, path: str, *, paused: bool = False,
-            wait_timeout: float = DEFAULT_WAIT_TIMEOUT) -> dict[str, Any]:
+            wait_timeout: float = MIGRATION_WAIT_TIMEOUT) -> dict[str, Any]:
     """Load the state saved in ``path`` into a QEMU started with ``-incoming defer``; ``cont`` it unless ``paused``.
 
     A load that fails or is interrupted leaves the file untouched and tells a
@@ -224,7 +225,7 @@ def _restore(session: QmpSession, deadline: Deadline, fd: int, paused: bool, wai
                             "QEMU can load (other hardware or version?); its log says why") from None
     except BaseException as exc:
         with shielded():
-            note = dismiss_destination(session, Deadline(CLEANUP_SECONDS))
+            note = dismiss_destination(session, Deadline(MIGRATION_CLEANUP_SECONDS))
         if isinstance(exc, KeyboardInterrupt):
             raise Interrupted(f"interrupted while restoring; {note}") from None
         if isinstance(exc, QmpctlError):

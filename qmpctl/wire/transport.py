@@ -12,6 +12,7 @@ import socket
 import stat
 import time
 
+from qmpctl.timing import QUEUE_FULL_RETRY_SECONDS
 from qmpctl.wire import trace
 from qmpctl.wire.address import Address
 from qmpctl.deadline import Deadline
@@ -27,7 +28,6 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 RECV_CHUNK = 256 * 1024
 UNIX_PATH_MAX = 107
 """sun_path holds 108 bytes including the terminating NUL."""
-QUEUE_FULL_RETRY_SECONDS = 0.05
 QUEUE_FULL_HINT = "its listen queue is full: busy serving other clients"
 
 
