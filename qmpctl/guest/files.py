@@ -414,10 +414,13 @@ def copy_to_guest(session: Session, source: BinaryIO, source_name: str, path: st
                     progress(written, total)
             guest_file.close(transfer.exchange())
     except KeyboardInterrupt:
-        raise Interrupted("interrupted" + (_partial(path, written) if began else "")) from None
+        interrupted = Interrupted("interrupted")
+        if began:
+            interrupted.add_note(_partial(path, written))
+        raise interrupted from None
     except QmpctlError as error:
         if began:
-            _add_to_message(error, _partial(path, written))
+            error.add_note(_partial(path, written))
         raise
     seconds = time.monotonic() - started
     result = CopyResult(source_name, GUEST_PREFIX + path, written, seconds, digest.hexdigest())
@@ -453,12 +456,7 @@ def copy_from_guest(session: Session, path: str, sink: BinaryIO, sink_name: str,
 
 
 def _partial(path: str, written: int) -> str:
-    return f"; the partial file guest:{path} is left in the guest ({written} bytes written)"
-
-
-def _add_to_message(error: QmpctlError, text: str) -> None:
-    error.message += text
-    error.args = (error.message,)
+    return f"the partial file guest:{path} is left in the guest ({written} bytes written)"
 
 
 def _read_local(source: BinaryIO, count: int, name: str) -> bytes:

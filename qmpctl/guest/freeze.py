@@ -124,12 +124,9 @@ def frozen(session: Session, deadline: Deadline, mountpoints: Sequence[str] = ()
         report.frozen_at = time.monotonic()
         yield report
     except KeyboardInterrupt:
-        raise Interrupted("interrupted" + _thaw_after_failure(session, report, thaw_timeout)) from None
+        raise _interrupted(_thaw_after_failure(session, report, thaw_timeout)) from None
     except QmpctlError as error:
-        note = _thaw_after_failure(session, report, thaw_timeout)
-        if note:
-            error.message += note
-            error.args = (error.message,)
+        error.add_note(_thaw_after_failure(session, report, thaw_timeout))
         raise
     except BaseException:
         _thaw_after_failure(session, report, thaw_timeout)
@@ -139,16 +136,22 @@ def frozen(session: Session, deadline: Deadline, mountpoints: Sequence[str] = ()
     except KeyboardInterrupt:
         # The signal came after the block ended but before the thaw held signals back (or while it let them
         # go again): thaw (again; a thawed guest answers 0) with signals now held by the handler.
-        raise Interrupted("interrupted" + _thaw_after_failure(session, report, thaw_timeout)) from None
+        raise _interrupted(_thaw_after_failure(session, report, thaw_timeout)) from None
     report.thawed_at = time.monotonic()
 
 
+def _interrupted(note: str) -> Interrupted:
+    error = Interrupted("interrupted")
+    error.add_note(note)
+    return error
+
+
 def _thaw_after_failure(session: Session, report: FreezeReport, thaw_timeout: float) -> str:
-    """Thaw on the way out of a failure; what to add to the failure's message ('' when thawed)."""
+    """Thaw on the way out of a failure; the note to add to the failure ('' when thawed)."""
     try:
         report.thawed = thaw_for_sure(session, thaw_timeout)
     except QmpctlError as error:
-        return (f"; the guest's filesystems may still be frozen (the thaw failed: {error.message}); "
+        return (f"the guest's filesystems may still be frozen (the thaw failed: {error.message}); "
                 "run qmpctl agent fsfreeze thaw")
     report.thawed_at = time.monotonic()
     return ""

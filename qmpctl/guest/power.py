@@ -58,8 +58,7 @@ def shutdown_and_wait(session: Session, request: Request, qmp: str, deadline: De
             return {"return": {"event": None, "qemu-exited": True, "seconds": round(time.monotonic() - started, 3)}}
         except DeadlineExceeded as exc:
             if mode == "halt":
-                exc.message += " (a halted guest stops its CPUs without QEMU noticing: no event follows)"
-                exc.args = (exc.message,)
+                exc.add_note("(a halted guest stops its CPUs without QEMU noticing: no event follows)", joined=" ")
             raise
         return {"return": {"event": event.get("event"), "data": event.get("data"),
                            "seconds": round(time.monotonic() - started, 3)}}

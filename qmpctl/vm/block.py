@@ -265,9 +265,9 @@ def undo_all(steps: list[UndoStep]) -> list[str]:
 
 def with_notes(error: BaseException, notes: list[str]) -> BaseException:
     """Add what cleanup could not do to an error's message, so the user learns of it."""
-    if notes and isinstance(error, QmpctlError):
-        error.message = f"{error.message}; " + "; ".join(notes)
-        error.args = (error.message,)
+    if isinstance(error, QmpctlError):
+        for note in notes:
+            error.add_note(note)
     return error
 
 

@@ -233,11 +233,18 @@ class Handover:
             return
         with shielded():
             final = self.give_back()
-        tail = f"; the source is {final}" + "".join(f"; {note}" for note in self.notes if note)
         if isinstance(error, KeyboardInterrupt):
-            raise Interrupted(f"interrupted during the {self.what}{tail}") from None
+            interrupted = Interrupted(f"interrupted during the {self.what}")
+            self._tell(interrupted, final)
+            raise interrupted from None
         if isinstance(error, QmpctlError):
-            add_note(error, tail)
+            self._tell(error, final)
+
+    def _tell(self, error: QmpctlError, final: str) -> None:
+        """Add to ``error`` what the cleanup did: where the source stands, and every note."""
+        error.add_note(f"the source is {final}")
+        for note in self.notes:
+            error.add_note(note)
 
     def give_back(self) -> str:
         """Cancel, resume the source if needed, dismiss the destination; returns the source's final run state."""
@@ -339,12 +346,6 @@ def dismiss_destination(destination: QmpSession, grace: Deadline) -> str:
     except QmpctlError as exc:
         return f"could not tell the destination to quit ({exc.message})"
     return "told the destination (which never ran) to quit"
-
-
-def add_note(error: QmpctlError, tail: str) -> None:
-    """Say in ``error``'s message what the cleanup did (the kind of error, and so the exit code, stays)."""
-    error.message += tail
-    error.args = (error.message,)
 
 
 # ------------------------------------------------------------------ waiting

@@ -15,7 +15,7 @@ import time
 from qmpctl.timing import CHECK_EVERY, MIGRATION_CLEANUP_SECONDS, MIGRATION_WAIT_TIMEOUT
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectionClosed, DeadlineExceeded, Interrupted, JobFailed, QmpctlError, UsageError, VmError
-from qmpctl.vm.migration import (Handover, add_note,
+from qmpctl.vm.migration import (Handover,
                               after_wait, capabilities_request, check_destination, check_source,
                               dismiss_destination, failure, name_wait_timeout, parameters_request, run_state,
                               wait_destination, wait_for_source)
@@ -168,7 +168,7 @@ def save(session: QmpSession, deadline: Deadline, path: str, *, force: bool = Fa
     except BaseException as exc:
         note = target.discard()
         if isinstance(exc, QmpctlError):
-            add_note(exc, f"; {note}")
+            exc.add_note(note)
         raise
     finishing = after_wait(deadline)
     if then == "cont":
@@ -229,7 +229,7 @@ def _restore(session: QmpSession, deadline: Deadline, fd: int, paused: bool, wai
         if isinstance(exc, KeyboardInterrupt):
             raise Interrupted(f"interrupted while restoring; {note}") from None
         if isinstance(exc, QmpctlError):
-            add_note(exc, f"; {note}")
+            exc.add_note(note)
         raise
     if not paused and state != "running":
         finishing = after_wait(deadline)
