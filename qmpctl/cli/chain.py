@@ -14,6 +14,7 @@ from qmpctl.records import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing import Any, Optional
+    from qmpctl.wire.session import HostFiles
 
 
 def _printer(progress: str) -> tuple[Any, float, Any]:
@@ -41,14 +42,14 @@ def _agent_target(common: Common, agent: Optional[str]) -> Any:
     return None
 
 
-def _ssh_host(common: Common) -> Optional[str]:
-    """The host of an ``ssh://`` VM (``root@hv1``), known from the address alone: nothing is connected."""
-    from qmpctl.wire.address import parse_address
+def _ssh_files(common: Common) -> Optional[HostFiles]:
+    """The files of an ``ssh://`` VM's host, known from how the target is written: nothing is connected."""
+    from qmpctl.wire.session import OVER_SSH
 
-    for socket in common.sockets:
-        if socket.startswith("ssh://"):
-            via = parse_address(socket).via
-            return str(via) if via is not None else None
+    for target in common.written_targets():
+        files = target.host_files()
+        if files.reach == OVER_SSH:
+            return files
     return None
 
 
@@ -65,16 +66,16 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ke
         tuple(devices), into, full, keep_chains, parse_speed(speed) if speed else None,
         DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout, freeze,
         chain.DEFAULT_FREEZE_TIMEOUT if freeze_timeout is None else freeze_timeout)
-    remote = _ssh_host(common)
+    remote = _ssh_files(common)
     if remote is not None:  # DIR is on the VM's host: here only its form can be checked, before connecting
-        into = chain.prepare_dir(into, is_local=False, side=f"on {remote}")
-    if printed_plan(common, options.requests(), options.plan_note(None if remote is None else f"on {remote}")):
+        into = chain.prepare_dir(into, is_local=False, side=remote.side)
+    if printed_plan(common, options.requests(), options.plan_note(None if remote is None else remote.side)):
         return ExitCode.OK
     targets = common.targets()
     if len(targets) > 1:
         raise UsageError(f"--into backs up one VM, not {len(targets)}: run one qmpctl per VM")
     if remote is None:
-        into = chain.prepare_dir(into, is_local=targets[0].is_local)  # before connecting to anything
+        into = chain.prepare_dir(into, is_local=targets[0].host_files().is_local)  # before connecting to anything
     agent_target = _agent_target(common, agent) if options.freeze != "no" else None
     show, every, printer = _printer(progress)
 
@@ -85,7 +86,7 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ke
                                   progress_every=every, folder=folder_for(vm, into))
 
     try:
-        return run(common, action, options.requests())
+        return run(common, action, options.requests(), targets=targets)
     finally:
         if printer is not None:
             printer.close()

@@ -31,7 +31,7 @@ from qmpctl.errors import (ConnectError, ConnectionClosed, DeadlineExceeded, Pro
 from qmpctl.wire.qmp import checked_reply
 from qmpctl.wire.request import Request
 from qmpctl.wire import trace
-from qmpctl.wire.session import AGENT, MONITOR, WithoutEvents
+from qmpctl.wire.session import AGENT, HERE, MONITOR, UNREACHABLE, HostFiles, WithoutEvents
 
 DEFAULT_URI = "qemu:///system"
 INSTALL_HINT = (
@@ -216,11 +216,17 @@ class DomainTarget(NamedTuple):
     def connect_uri(self) -> str:
         return self.uri or DEFAULT_URI
 
+    def host_files(self) -> HostFiles:
+        """Here for URIs without a remote host (qemu:///system, qemu+unix:///...); else out of reach.
+
+        A ``qemu+ssh://`` URI is libvirt's own way in: qmpctl does not reach that host's files through it.
+        """
+        host = uri_host(self.connect_uri)
+        return HostFiles(HERE if host in LOOPBACK_HOSTS or host.startswith("127.") else UNREACHABLE)
+
     @property
     def is_local(self) -> bool:
-        """True for URIs without a remote host (qemu:///system, qemu+unix:///...), where the VM's files are ours too."""
-        host = uri_host(self.connect_uri)
-        return host in LOOPBACK_HOSTS or host.startswith("127.")
+        return self.host_files().is_local
 
     def __str__(self) -> str:
         return self.label or f"domain:{self.name}"

@@ -527,10 +527,3 @@ class RemoteFiles:
     def remove(self, path: str, deadline: Deadline) -> None:
         self.master.shell(REMOVE_SCRIPT, [path], deadline, f"remove {path}")
 
-
-def remote_files(target: object) -> Optional[RemoteFiles]:
-    """The remote file system behind an ``ssh://`` socket target; None for any other target."""
-    address = getattr(target, "address", None)
-    if isinstance(address, Address) and address.via is not None:
-        return RemoteFiles(address.via)
-    return None
