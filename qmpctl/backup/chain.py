@@ -723,7 +723,7 @@ def backup_chain(session: Session, deadline: Deadline, options: ChainOptions, *,
     warnings = run.notes
     if warnings:
         result["warnings"] = warnings
-    return {"return": result}
+    return result
 
 
 def _failed(run: ChainRun, exc: BaseException, wait: Deadline, options: ChainOptions) -> BaseException:

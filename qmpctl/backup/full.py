@@ -404,7 +404,7 @@ def backup(session: Session, deadline: Deadline, options: BackupOptions, *, targ
     summary: dict[str, Any] = {"job-id": job_id, "device": source.device, "target": path,
                                "format": options.format, "sync": options.sync, "method": run.method}
     if not options.wait:
-        return {"return": summary}
+        return summary
     started = time.monotonic()
     wait = Deadline(options.wait_timeout)
     try:
@@ -444,7 +444,7 @@ def backup(session: Session, deadline: Deadline, options: BackupOptions, *, targ
     summary.update({"bytes": final.total, "seconds": round(time.monotonic() - started, 3)})
     if run.notes:
         summary["warnings"] = run.notes
-    return {"return": summary}
+    return summary
 
 
 def dismiss_job(session: Session, deadline: Deadline, job_id: str, *, target_is_local: bool) -> dict[str, Any]:
@@ -459,7 +459,7 @@ def dismiss_job(session: Session, deadline: Deadline, job_id: str, *, target_is_
     result, notes = _drop_target(session, deadline, job_id, state, target_is_local)
     result = {"dismissed": job_id, **result}
     if state is None or not state.error:
-        return {"return": result}
+        return result
     raise JobFailed(f"job {job_id} had failed: {state.error}; " + "; ".join(["dismissed it"] + notes),
                     sent=Request("query-jobs").as_dict(), received=state._asdict())
 
@@ -476,7 +476,7 @@ def cancel_backup_job(session: Session, deadline: Deadline, job_id: str, *,
         raise VmError("GenericError", f"the VM has no job {job_id!r} (qmpctl jobs lists them)",
                       sent=Request("query-jobs").as_dict())
     result, _ = _drop_target(session, deadline, job_id, state, target_is_local)
-    return {"return": {"cancelled": job_id, **result}}
+    return {"cancelled": job_id, **result}
 
 
 def _drop_target(session: Session, deadline: Deadline, job_id: str, state: Optional[JobState],

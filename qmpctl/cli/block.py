@@ -38,7 +38,7 @@ def jobs(common: Common, *, dismiss: Optional[str], cancel: Optional[str]) -> in
     request = Request("job-dismiss" if dismiss is not None else "job-cancel", {"id": job_id})
 
     def action(session: Any, deadline: Any, target: Target) -> dict[str, Any]:
-        return end(session, deadline, job_id, target_is_local=target.host_files().is_local)
+        return {"return": end(session, deadline, job_id, target_is_local=target.host_files().is_local)}
 
     if printed_plan(common, [request], backup_lib.END_JOB_PLAN_NOTE):
         return ExitCode.OK
@@ -72,15 +72,15 @@ def hotplug_disk(common: Common, *, file: str, bus: str, device_id: Optional[str
         def attach(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
             filename, detected = block_lib.check_image(file, image_format, is_local=False,
                                                        files=files.remote(), deadline=deadline)
-            return block_lib.hotplug(session, deadline,
-                                     block_lib.HotplugPlan(filename, detected, bus, device_id, readonly))
+            return {"return": block_lib.hotplug(session, deadline,
+                                                block_lib.HotplugPlan(filename, detected, bus, device_id, readonly))}
 
         return run(common, attach, [], targets=targets)
     filename, detected = block_lib.check_image(file, image_format, is_local=files.is_local)
     plan = block_lib.HotplugPlan(filename, detected, bus, device_id, readonly)
     if printed_plan(common, plan.requests(), plan.plan_note()):
         return ExitCode.OK
-    return run(common, lambda session, deadline, target: block_lib.hotplug(session, deadline, plan),
+    return run(common, lambda session, deadline, target: {"return": block_lib.hotplug(session, deadline, plan)},
                plan.requests(), targets=targets)
 
 
@@ -93,8 +93,8 @@ def unplug_disk(common: Common, *, device_id: str, wait_timeout: float) -> int:
     request = Request("device_del", {"id": device_id})
     if printed_plan(common, [request], block_lib.UNPLUG_PLAN_NOTE):
         return ExitCode.OK
-    return run(common, lambda session, deadline, target: block_lib.unplug(session, deadline, device_id,
-                                                                          wait_timeout), [request])
+    return run(common, lambda session, deadline, target: {"return": block_lib.unplug(session, deadline, device_id,
+                                                                                     wait_timeout)}, [request])
 
 
 def backup(common: Common, *, words: list[str], into: Optional[str], full: bool, keep_chains: Optional[int],
@@ -147,10 +147,10 @@ def backup(common: Common, *, words: list[str], into: Optional[str], full: bool,
             printer(meter.read(state))
 
     def action(session: Any, deadline: Any, vm: Any) -> dict[str, Any]:
-        return backup_lib.backup(session, deadline, options, target_is_local=files.is_local,
-                                 progress=show if printer is not None else None,
-                                 progress_every=printer.every if printer is not None else CHECK_EVERY,
-                                 files=files.remote())
+        return {"return": backup_lib.backup(session, deadline, options, target_is_local=files.is_local,
+                                            progress=show if printer is not None else None,
+                                            progress_every=printer.every if printer is not None else CHECK_EVERY,
+                                            files=files.remote())}
 
     try:
         return run(common, action, options.requests(files.is_local), targets=targets)

@@ -82,8 +82,8 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ke
     def action(session: Any, deadline: Any, vm: Any) -> dict[str, Any]:
         from qmpctl.backup.folder import folder_for
 
-        return chain.backup_chain(session, deadline, options, agent=agent_target, progress=show,
-                                  progress_every=every, folder=folder_for(vm, into))
+        return {"return": chain.backup_chain(session, deadline, options, agent=agent_target, progress=show,
+                                             progress_every=every, folder=folder_for(vm, into))}
 
     try:
         return run(common, action, options.requests(), targets=targets)
@@ -126,14 +126,14 @@ def restore_chain(common: Common, *, chain: str, target: str, point: Optional[in
         raise UsageError("--qemu-arg is for the booted restore: add --boot-check")
     show, _, printer = _printer(progress)
     try:
-        reply = restore.restore(chain, target, Deadline(wait_timeout or OFFLINE_TIMEOUT), point=point, at=at,
+        restored = restore.restore(chain, target, Deadline(wait_timeout or OFFLINE_TIMEOUT), point=point, at=at,
                                 force=force, target_format=image_format, progress=show)
     finally:
         if printer is not None:
             printer.close()
     if boot_check:
-        checked = restore.boot_check(reply["return"]["target"], qemu_args=qemu_args, boot_timeout=boot_timeout,
-                                     check_command=check_command, reply_timeout=common.timeout)
-        reply["return"]["boot-check"] = checked["return"]
-    emit(render_reply(reply, pretty=common.pretty, return_value=common.return_value), final=True)
+        restored["boot-check"] = restore.boot_check(restored["target"], qemu_args=qemu_args,
+                                                    boot_timeout=boot_timeout, check_command=check_command,
+                                                    reply_timeout=common.timeout)
+    emit(render_reply({"return": restored}, pretty=common.pretty, return_value=common.return_value), final=True)
     return ExitCode.OK

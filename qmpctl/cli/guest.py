@@ -211,6 +211,6 @@ def shutdown(common: Common, *, mode: str, qmp: str | None, wait_timeout: float 
     wait = _wait_seconds(wait_timeout if wait_timeout is not None else GUEST_SHUTDOWN_WAIT)
 
     def action(session: Any, deadline: Deadline, target: Target) -> dict[str, Any]:
-        return guest_power.shutdown_and_wait(session, request, qmp, deadline, wait)
+        return {"return": guest_power.shutdown_and_wait(session, request, qmp, deadline, wait)}
 
     return run(common, action, [request])

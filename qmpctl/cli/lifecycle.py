@@ -78,9 +78,9 @@ def powerdown(common: Common, *, wait: bool, wait_timeout: float | None, force_a
 
     def action(session: Session, deadline: Deadline, target: Target) -> dict[str, Any]:
         result = lifecycle.powerdown(session, deadline, wait_seconds=seconds, force_after=force_after)
-        if result["return"].get("forced"):
+        if result.get("forced"):
             report(f"{target}: the guest did not shut down within {force_after:g} s: made QEMU quit")
-        return result
+        return {"return": result}
 
     requests = [Request("system_powerdown")] + ([Request("quit")] if force_after is not None else [])
     return run(common, action, requests)
@@ -90,7 +90,7 @@ def reset(common: Common) -> int:
     """Reset the machine (system_reset) and return once QEMU reports the RESET."""
     from qmpctl.vm import lifecycle
 
-    return run(common, lambda session, deadline, target: lifecycle.reset(session, deadline),
+    return run(common, lambda session, deadline, target: {"return": lifecycle.reset(session, deadline)},
                [Request("system_reset")])
 
 

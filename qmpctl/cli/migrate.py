@@ -150,8 +150,8 @@ def _live(common: Common, targets: list[Target], to: str, uri: Optional[str], sp
         from qmpctl.wire.qmp import QmpSession
 
         with QmpSession.connect(destination_address, deadline) as destination:
-            return migration.migrate(source, destination, deadline, options, progress=printer,
-                                     progress_every=every)
+            return {"return": migration.migrate(source, destination, deadline, options, progress=printer,
+                                                progress_every=every)}
 
     return _run_with_progress(common, targets, action, options.setup_requests(uri or "unix:PRIVATE_DIR/channel.sock"),
                               printer)
@@ -178,8 +178,8 @@ def _save(common: Common, targets: list[Target], path: str, then: str, force: bo
     every = printer.every if printer is not None else CHECK_EVERY
 
     def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
-        return savedstate.save(session, deadline, path, force=force, then=then, speed=rate, wait_timeout=timeout,
-                               progress=printer, progress_every=every)
+        return {"return": savedstate.save(session, deadline, path, force=force, then=then, speed=rate,
+                                          wait_timeout=timeout, progress=printer, progress_every=every)}
 
     return _run_with_progress(common, targets, action, savedstate.save_requests(), printer)
 
@@ -194,7 +194,7 @@ def _restore(common: Common, targets: list[Target], path: str, paused: bool, wai
                                                     "no such file, or no permission"))
 
     def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
-        return savedstate.restore(session, deadline, path, paused=paused, wait_timeout=timeout)
+        return {"return": savedstate.restore(session, deadline, path, paused=paused, wait_timeout=timeout)}
 
     requests = savedstate.restore_requests()
     if printed_plan(common, requests[:-1] if paused else requests, RESTORE_PLAN_NOTE):
@@ -220,7 +220,7 @@ def _status_or_cancel(common: Common, targets: list[Target], cancel: bool) -> in
     from qmpctl.vm import migration
 
     def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
-        return migration.cancel(session, deadline) if cancel else migration.status(session, deadline)
+        return {"return": migration.cancel(session, deadline) if cancel else migration.status(session, deadline)}
 
     if cancel:
         if printed_plan(common, [Request("migrate_cancel")], CANCEL_PLAN_NOTE):

@@ -55,12 +55,12 @@ def shutdown_and_wait(session: Session, request: Request, qmp: str, deadline: De
         try:
             event = monitor.wait_event(_stopped(mode), wait, f"QEMU at {qmp} to report the guest's {mode}")
         except ConnectionClosed:
-            return {"return": {"event": None, "qemu-exited": True, "seconds": round(time.monotonic() - started, 3)}}
+            return {"event": None, "qemu-exited": True, "seconds": round(time.monotonic() - started, 3)}
         except DeadlineExceeded as exc:
             if mode == "halt":
                 exc.add_note("(a halted guest stops its CPUs without QEMU noticing: no event follows)", joined=" ")
             raise
-        return {"return": {"event": event.get("event"), "data": event.get("data"),
-                           "seconds": round(time.monotonic() - started, 3)}}
+        return {"event": event.get("event"), "data": event.get("data"),
+                           "seconds": round(time.monotonic() - started, 3)}
     finally:
         monitor.close()

@@ -31,9 +31,10 @@ def _balloon_error(exc: VmError) -> VmError:
 
 
 def query(session: Session, deadline: Deadline) -> dict[str, Any]:
-    """``query-balloon``'s reply (``actual`` in bytes); no balloon device is :class:`VmError` with the hint."""
+    """What ``query-balloon`` returns (``actual`` in bytes); no balloon device is :class:`VmError` with the hint."""
     try:
-        return session.execute(Request("query-balloon"), deadline)
+        reply: dict[str, Any] = session.execute(Request("query-balloon"), deadline)["return"]
+        return reply
     except VmError as exc:
         raise _balloon_error(exc) from None
 
@@ -41,14 +42,14 @@ def query(session: Session, deadline: Deadline) -> dict[str, Any]:
 def set_target(session: Session, deadline: Deadline, size: int, wait: Deadline | None = None) -> dict[str, Any]:
     """Ask the guest for ``size`` bytes; with ``wait``, poll until ``actual`` is there.
 
-    Returns ``{"return": {"actual": N, "target": size}}``; a wait that runs out
+    Returns ``{"actual": N, "target": size}``; a wait that runs out
     raises :class:`DeadlineExceeded` saying how far the guest got.
     """
     try:
         session.execute(Request("balloon", {"value": size}), deadline)
     except VmError as exc:
         raise _balloon_error(exc) from None
-    actual = query(session, deadline)["return"].get("actual")
+    actual = query(session, deadline).get("actual")
     if wait is not None:
         seen = [actual]
 
@@ -58,7 +59,7 @@ def set_target(session: Session, deadline: Deadline, size: int, wait: Deadline |
 
         def read() -> int | None:
             try:
-                seen[0] = query(session, wait)["return"].get("actual")
+                seen[0] = query(session, wait).get("actual")
             except DeadlineExceeded:
                 raise short() from None
             return reached()
@@ -70,4 +71,4 @@ def set_target(session: Session, deadline: Deadline, size: int, wait: Deadline |
         if reached() is None:
             actual = wait_until(session, read, wait, "the balloon", timeout=short,
                                 pauses=backoff(BALLOON_POLL_FIRST, BALLOON_POLL_MAX))
-    return {"return": {"actual": actual, "target": size}}
+    return {"actual": actual, "target": size}

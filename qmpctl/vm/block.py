@@ -375,7 +375,7 @@ def hotplug(session: Session, deadline: Deadline, plan: HotplugPlan) -> dict[str
         session.execute(plan.device_add(device_id, bus), deadline)
     except BaseException as exc:
         raise with_notes(exc, undo_all(undo))  # noqa: B904 (the same exception, its message amended)
-    return {"return": result}
+    return result
 
 
 def _ask_removal(session: Session, device_id: str, deadline: Deadline) -> Optional[str]:
@@ -472,7 +472,7 @@ def _remove_left_behind(session: Session, device_id: str, deadline: Deadline) ->
     result = _nodes_result(device_id, deleted, kept)
     result["note"] = (f"device {device_id} was already gone; deleted the block node(s) it left behind: "
                       + ", ".join(deleted))
-    return {"return": result}
+    return result
 
 
 def _after_interrupt(session: Session, device_id: str, nodes: list[str]) -> str:
@@ -537,4 +537,4 @@ def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: f
         with shielded():
             note = _after_interrupt(session, device_id, nodes)
         raise Interrupted(f"interrupted while unplugging {device_id}: {note}") from None
-    return {"return": _nodes_result(device_id, deleted, kept_nodes)}
+    return _nodes_result(device_id, deleted, kept_nodes)

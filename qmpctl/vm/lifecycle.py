@@ -45,7 +45,8 @@ def powerdown(session: Session, deadline: Deadline, *, wait_seconds: float | Non
     """
     request = Request("system_powerdown")
     if wait_seconds is None and force_after is None:
-        return session.execute(request, deadline)
+        pressed: dict[str, Any] = session.execute(request, deadline)["return"]
+        return pressed
     session.listen_events(deadline)
     started = time.monotonic()
     session.execute(request, deadline)
@@ -57,8 +58,8 @@ def powerdown(session: Session, deadline: Deadline, *, wait_seconds: float | Non
             raise DeadlineExceeded(f"the guest did not shut down within {wait.seconds:g} s of the power button "
                                    "(it may ignore ACPI; --force-after SECONDS quits QEMU then)") from None
         quit_vm(session, Deadline(FORCE_GRACE))
-        return {"return": {"forced": True, "seconds": round(time.monotonic() - started, 3)}}
-    return {"return": {"forced": False, "seconds": round(time.monotonic() - started, 3), "event": event}}
+        return {"forced": True, "seconds": round(time.monotonic() - started, 3)}
+    return {"forced": False, "seconds": round(time.monotonic() - started, 3), "event": event}
 
 
 def reset(session: Session, deadline: Deadline) -> dict[str, Any]:
@@ -73,4 +74,4 @@ def reset(session: Session, deadline: Deadline) -> dict[str, Any]:
     result: dict[str, Any] = {"event": event}
     if event.get("event") == "SHUTDOWN":
         result["note"] = NO_REBOOT_NOTE
-    return {"return": result}
+    return result

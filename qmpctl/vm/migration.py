@@ -563,7 +563,7 @@ def migrate(source: QmpSession, destination: QmpSession, deadline: Deadline, opt
                 handover.completed = connected.status != "failed"  # left to run: nothing to take back
                 if connected.status == "failed":
                     raise failure(connected, "migration")
-                return {"return": {"status": connected.status, "uri": uri}}
+                return {"status": connected.status, "uri": uri}
             wait = Deadline(options.wait_timeout)
             try:
                 final = wait_for_source(source, wait, deadline.seconds, options, progress, progress_every,
@@ -592,12 +592,12 @@ def migrate(source: QmpSession, destination: QmpSession, deadline: Deadline, opt
     if was_running and destination_state in ("paused", "prelaunch"):
         destination.execute(Request("cont"), finishing)  # a destination started with -S waits for it
         destination_state = run_state(destination, finishing)
-    return {"return": {
+    return {
         "source": {"status": run_state(source, finishing), "migration": final.status},
         "destination": {"status": destination_state},
         "uri": uri, "bytes": final.transferred, "total-time-ms": final.total_time,
         "downtime-ms": final.downtime, "setup-time-ms": final.setup_time,
-        "seconds": round(time.monotonic() - started, 3)}}
+        "seconds": round(time.monotonic() - started, 3)}
 
 
 def _migration_event(event: dict[str, Any]) -> bool:
@@ -625,7 +625,7 @@ def _destination_failed(source: QmpSession, was_running: bool, error: QmpctlErro
 def status(session: QmpSession, deadline: Deadline) -> dict[str, Any]:
     """``query-migrate`` as QEMU answers it, with the VM's run state."""
     reply = session.execute(Request("query-migrate"), deadline).get("return")
-    return {"return": {"run-state": run_state(session, deadline), "migration": reply}}
+    return {"run-state": run_state(session, deadline), "migration": reply}
 
 
 def cancel(session: QmpSession, deadline: Deadline) -> dict[str, Any]:
@@ -639,4 +639,4 @@ def cancel(session: QmpSession, deadline: Deadline) -> dict[str, Any]:
     result: dict[str, Any] = {"migration": status_after, "run-state": state}
     if status_after == "completed":
         result["note"] = "the migration had completed: the VM runs on the destination"
-    return {"return": result}
+    return result

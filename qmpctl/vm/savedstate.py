@@ -179,8 +179,8 @@ def save(session: QmpSession, deadline: Deadline, path: str, *, force: bool = Fa
         except ConnectionClosed:
             pass
     state = "exited" if then == "quit" else run_state(session, finishing)
-    return {"return": {"file": target.path, "bytes": os.path.getsize(target.path), "run-state": state,
-                       "downtime-ms": final.downtime, "seconds": round(time.monotonic() - started, 3)}}
+    return {"file": target.path, "bytes": os.path.getsize(target.path), "run-state": state,
+                       "downtime-ms": final.downtime, "seconds": round(time.monotonic() - started, 3)}
 
 
 def open_saved(path: str) -> int:
@@ -235,4 +235,4 @@ def _restore(session: QmpSession, deadline: Deadline, fd: int, paused: bool, wai
         finishing = after_wait(deadline)
         session.execute(Request("cont"), finishing)
         state = run_state(session, finishing)
-    return {"return": {"run-state": state, "seconds": round(time.monotonic() - started, 3)}}
+    return {"run-state": state, "seconds": round(time.monotonic() - started, 3)}
