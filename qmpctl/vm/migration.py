@@ -12,7 +12,7 @@ destination and the source is never resumed: two copies running on the same
 disks would corrupt them.
 
 Saved state (``virsh save``) is the same stream into a file:
-:mod:`qmpctl.vm.savedstate`. Facts: qapi/migration.json, PROTOCOL-NOTES "Migration".
+:mod:`qmpctl.vm.savedstate`. Facts: QEMU's qapi/migration.json.
 """
 
 from __future__ import annotations

@@ -197,14 +197,3 @@ class Connection:
         """One ``\\n``-terminated line (QMP ends lines with CRLF, the agent with LF)."""
         return self._take_until(b"\n", deadline, waiting_for, hint)
 
-    def skip_to_byte(self, marker: bytes, deadline: Deadline, waiting_for: str, hint: str = "") -> None:
-        """Discard everything up to and including ``marker`` (the agent's 0xFF sync byte)."""
-        while True:
-            index = self._buffer.find(marker)
-            if index >= 0:
-                del self._buffer[: index + 1]
-                self._scanned = 0
-                return
-            self._buffer.clear()
-            self._scanned = 0
-            self._fill(deadline, waiting_for, hint)
