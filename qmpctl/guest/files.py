@@ -21,6 +21,7 @@ import hashlib
 import os
 import re
 import time
+from typing import Any, BinaryIO, NamedTuple
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -35,12 +36,9 @@ from qmpctl.errors import (
     VerificationFailed,
     VmError,
 )
-from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.wire.request import Request
 from qmpctl.wire.targets import Session
 
-if TYPE_CHECKING:
-    from typing import Any, BinaryIO
 
 MiB = 1024 * 1024
 WRITE_CHUNK = 256 * 1024

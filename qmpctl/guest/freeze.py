@@ -12,6 +12,8 @@ commands; :mod:`qmpctl.wire.agent` turns that refusal into a plain message.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
+from typing import Any
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -19,12 +21,9 @@ from qmpctl.timing import THAW_TIMEOUT
 from qmpctl.guest.cleanup import recover_channel, shielded
 from qmpctl.deadline import Deadline
 from qmpctl.errors import Interrupted, ProtocolError, QmpctlError
-from qmpctl.records import TYPE_CHECKING
 from qmpctl.wire.request import Request
 from qmpctl.wire.targets import Session
 
-if TYPE_CHECKING:
-    from typing import Any
 
 FROZEN = "frozen"
 THAWED = "thawed"
@@ -84,15 +83,15 @@ def thaw_for_sure(session: Session, thaw_timeout: float = THAW_TIMEOUT) -> int:
         return thaw(session, deadline)
 
 
+@dataclass
 class FreezeReport:
     """What :func:`frozen` did: how many filesystems it froze and thawed, and for how long."""
 
-    def __init__(self, mountpoints: Sequence[str]) -> None:
-        self.mountpoints = list(mountpoints)
-        self.frozen = 0
-        self.thawed: int | None = None
-        self.frozen_at: float | None = None
-        self.thawed_at: float | None = None
+    mountpoints: list[str] = field(default_factory=list)
+    frozen: int = 0
+    thawed: int | None = None
+    frozen_at: float | None = None
+    thawed_at: float | None = None
 
     @property
     def seconds(self) -> float | None:
@@ -118,7 +117,7 @@ def frozen(session: Session, deadline: Deadline, mountpoints: Sequence[str] = ()
     is raised. After a failed block the block's error wins, and says so when
     the thaw failed too: the guest may then still be frozen.
     """
-    report = FreezeReport(mountpoints)
+    report = FreezeReport(list(mountpoints))
     try:
         report.frozen = freeze(session, deadline, mountpoints)
         report.frozen_at = time.monotonic()

@@ -21,6 +21,8 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple, Optional
 from types import TracebackType
 
 from qmpctl.timing import (CHECK_EVERY, MIGRATION_CLEANUP_SECONDS, MIGRATION_WAIT_TIMEOUT, SETTLE_POLL_FIRST,
@@ -29,13 +31,9 @@ from qmpctl.deadline import Deadline, backoff
 from qmpctl.errors import (ConnectionClosed, DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError,
                            UsageError, VmError)
 from qmpctl.wire.qmp import QmpSession
-from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.wire.request import Request
 from qmpctl.signals import shielded
 from qmpctl.wire.waiting import event_named, wait_until
-
-if TYPE_CHECKING:
-    from typing import Any, Callable, Optional
 
 UNLIMITED_BANDWIDTH = 1 << 40
 """Bytes/s set when no --speed is given: QEMU's default (128 MiB/s in 7.2, 32 MiB/s before) makes a
@@ -111,8 +109,7 @@ class MigrationReading(NamedTuple):
                 "pass": self.passes, "elapsed": round(self.elapsed, 3)}
 
 
-if TYPE_CHECKING:
-    Progress = Callable[[MigrationReading], None]
+Progress = Callable[[MigrationReading], None]
 
 
 # ------------------------------------------------------------------ requests
@@ -156,24 +153,20 @@ def _wanted_capabilities(options: "MigrateOptions") -> dict[str, bool]:
 # ------------------------------------------------------------------ options
 
 
+@dataclass(frozen=True)
 class MigrateOptions:
     """What ``migrate --to`` was asked to do; nonsense is refused on construction (exit 2)."""
 
-    __slots__ = ("uri", "speed", "downtime", "auto_converge", "postcopy_after", "stall_timeout", "wait",
-                 "wait_timeout")
+    uri: Optional[str] = None
+    speed: Optional[int] = None
+    downtime: Optional[int] = None
+    auto_converge: bool = False
+    postcopy_after: Optional[float] = None
+    stall_timeout: Optional[float] = None
+    wait: bool = True
+    wait_timeout: float = MIGRATION_WAIT_TIMEOUT
 
-    def __init__(self, uri: Optional[str] = None, speed: Optional[int] = None, downtime: Optional[int] = None,
-                 auto_converge: bool = False, postcopy_after: Optional[float] = None,
-                 stall_timeout: Optional[float] = None, wait: bool = True,
-                 wait_timeout: float = MIGRATION_WAIT_TIMEOUT) -> None:
-        self.uri = uri
-        self.speed = speed
-        self.downtime = downtime
-        self.auto_converge = auto_converge
-        self.postcopy_after = postcopy_after
-        self.stall_timeout = stall_timeout
-        self.wait = wait
-        self.wait_timeout = wait_timeout
+    def __post_init__(self) -> None:
         for name, value in (("--wait-timeout", self.wait_timeout), ("--stall-timeout", self.stall_timeout),
                             ("--postcopy-after", self.postcopy_after)):
             if value is not None and not 0 < value < float("inf"):

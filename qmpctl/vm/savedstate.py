@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from qmpctl.timing import CHECK_EVERY, MIGRATION_CLEANUP_SECONDS, MIGRATION_WAIT_TIMEOUT
 from qmpctl.deadline import Deadline
@@ -20,13 +22,10 @@ from qmpctl.vm.migration import (Handover,
                               dismiss_destination, failure, name_wait_timeout, parameters_request, run_state,
                               wait_destination, wait_for_source)
 from qmpctl.wire.qmp import QmpSession
-from qmpctl.records import TYPE_CHECKING
 from qmpctl.wire.request import Request
 from qmpctl.signals import shielded
 
-if TYPE_CHECKING:
-    from typing import Any, Optional
-    from qmpctl.vm.migration import Progress
+from qmpctl.vm.migration import Progress
 
 FD_NAME = "qmpctl-state"
 """The name the file descriptor gets in QEMU (``getfd``), for the ``fd:`` URI."""
@@ -60,14 +59,15 @@ def check_save_path(path: str, force: bool) -> str:
     return path
 
 
+@dataclass
 class SaveTarget:
     """The file qmpctl creates for a saved state; with --force it replaces FILE only once complete."""
 
-    def __init__(self, path: str, force: bool = False, writing: str = "", fd: int = -1) -> None:
-        self.path = path
-        self.force = force
-        self.writing = writing
-        self.fd = fd
+    path: str
+    force: bool = False
+    writing: str = ""
+    """The file written: FILE itself, or with --force a temporary name beside it."""
+    fd: int = -1
 
     @classmethod
     def create(cls, path: str, force: bool) -> "SaveTarget":
