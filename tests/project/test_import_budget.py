@@ -5,9 +5,9 @@ a real QEMU or qemu-ga, then lists ``sys.modules``. ``import jsonschema``
 alone costs more than a whole ``virsh`` call; Typer (with its click, rich and
 pydantic) several; ``dataclasses`` drags in ``inspect``. Every command is read
 by the start-up parser (qmpctl/cli/parse.py) and needs neither Typer nor
-jsonschema. The quick commands (:data:`QUICK`: one or two exchanges, run by
-scripts in loops) are held to the whole budget: no ``typing``,
-``dataclasses`` or ``inspect`` at run time either, and none of the long
+jsonschema. The quick commands (``QUICK`` in tests/support/quick.py: one or
+two exchanges, run by scripts in loops) are held to the whole budget: no
+``typing``, ``dataclasses`` or ``inspect`` at run time either, and none of the long
 workflows' modules, which may use them. The long workflows (backups, restore,
 migration, saved state, agent cp, fsfreeze, hotplug) take seconds to hours:
 a few milliseconds of imports are nothing to them.
@@ -26,6 +26,7 @@ import pytest
 from qmpctl.cli.spec import COMMANDS, Command
 from support.examples import dry_run_words
 from support.qga import HostAgent, have_qemu_ga
+from support.quick import QUICK
 
 # What qmpctl imports does not depend on the QEMU it talks to.
 pytestmark = pytest.mark.one_qemu
@@ -57,12 +58,8 @@ FAST_PATH_EXTRA = {
     "typing": "typing costs about 3 ms per call: qmpctl names its types under TYPE_CHECKING (see qmpctl/records.py)",
 }
 
-QUICK = frozenset({
-    ("status",), ("stop",), ("cont",), ("monitor-command",), ("block",), ("jobs",), ("stats",), ("throttle",),
-    ("balloon",), ("events",), ("agent", "ping"), ("agent", "info"), ("agent", "interfaces"), ("agent", "command"),
-    ("agent", "exec"), ("agent", "exec-status"),
-})
-"""The commands held to the start-up budget (:data:`FAST_PATH_EXTRA`); every other one only to :data:`ANY_COMMAND`."""
+# QUICK (tests/support/quick.py): the commands held to the start-up budget (FAST_PATH_EXTRA); every other one
+# only to ANY_COMMAND.
 ANY_COMMAND = {
     **NO_TYPER,
     "jsonschema": "validation uses qmpctl.wire.schema; jsonschema is for the test suite only",
