@@ -43,6 +43,18 @@ class QmpctlError(Exception):
         self.sent = sent
         self.received = received
 
+    def add_note(self, note: str, /, *, joined: str = "; ") -> None:
+        """Add ``note`` to the message, after ``joined``: what cleanup did or could not do, or a hint.
+
+        The error keeps its class, so its exit code, and what was sent and
+        received. Unlike :meth:`BaseException.add_note` the note becomes part
+        of the message, which is what the command line prints. An empty note
+        adds nothing.
+        """
+        if note:
+            self.message = f"{self.message}{joined}{note}"
+            self.args = (self.message,)
+
     def to_json(self) -> dict[str, Any]:
         """The error as fleet mode prints it: class name and message."""
         return {"class": type(self).__name__, "desc": self.message}

@@ -90,11 +90,6 @@ def restore(previous: Optional[list[Any]]) -> None:
         signal.signal(number, handler if handler is not None else signal.SIG_DFL)
 
 
-def interrupted_by() -> Optional[int]:
-    """The signal that interrupted the process, or None."""
-    return _caught
-
-
 class shielded:  # noqa: N801 (used like a function: ``with shielded():``)
     """Hold SIGINT and SIGTERM back while the block runs; one that came meanwhile arrives right after.
 
@@ -121,9 +116,6 @@ def no_return() -> None:
     _closed = True
     if _in_main_thread():
         _block()
-
-
-point_of_no_return = no_return
 
 
 def die_with_parent() -> None:

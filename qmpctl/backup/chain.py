@@ -29,8 +29,9 @@ import os
 import re
 import time
 
-from qmpctl.backup.full import DEFAULT_WAIT_TIMEOUT, MAX_JOB_ID, find_disk, target_nodes
+from qmpctl.backup.full import DEFAULT_WAIT_TIMEOUT, MAX_JOB_ID, target_nodes
 from qmpctl.vm.block import ROLLBACK_GRACE, blockdev_del, named_nodes, undo_all, with_notes
+from qmpctl.vm.disks import find_disk
 from qmpctl.backup.folder import LocalFolder, NewImage, View
 from qmpctl.backup.manifest import MANIFEST_VERSION
 from qmpctl.deadline import Deadline
@@ -281,12 +282,15 @@ class Disk:
 
 
 def _find(session: Session, deadline: Deadline, name: str) -> Disk:
-    device, info = find_disk(session, deadline, name)
+    found = find_disk(session, deadline, name)
+    if not found.top:
+        raise UsageError(f"disk {found.label!r} has no medium: there is nothing to back up")
+    info = found.info
     image = info.get("image") if isinstance(info.get("image"), dict) else {}
     assert isinstance(image, dict)
     bitmaps = {str(entry.get("name")): entry for entry in info.get("dirty-bitmaps") or []
                if isinstance(entry, dict) and entry.get("name")}
-    return Disk(name, device, str(info.get("node-name") or device), str(info.get("drv") or ""),
+    return Disk(name, found.block_name, found.top, str(info.get("drv") or ""),
                 int(image.get("virtual-size") or 0), bitmaps, job_id_for(name))
 
 
@@ -701,7 +705,7 @@ def backup_chain(session: Session, deadline: Deadline, options: ChainOptions, *,
     warnings = run.notes
     if warnings:
         result["warnings"] = warnings
-    return {"return": result}
+    return result
 
 
 def _failed(run: ChainRun, exc: BaseException, wait: Deadline, options: ChainOptions) -> BaseException:

@@ -14,8 +14,9 @@ import os
 import re
 import time
 
-from qmpctl.vm.block import (ROLLBACK_GRACE, block_devices, blockdev_del, check_id, device_id_of,
-                          first_free, named_nodes, undo_all, with_notes)
+from qmpctl.vm.block import (ROLLBACK_GRACE, blockdev_del, check_id, first_free, named_nodes, undo_all,
+                          with_notes)
+from qmpctl.vm.disks import find_disk
 from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError, UsageError, VmError
 from qmpctl.vm.jobs import (JobState, cancel_job, dismiss, failure_detail, find_job, finish, list_jobs,
@@ -171,28 +172,12 @@ class Source(NamedTuple):
     backing_format: Optional[str]
 
 
-def find_disk(session: Session, deadline: Deadline, name: str) -> tuple[str, dict[str, Any]]:
-    """Find ``name`` among the VM's disks: a device id (``vd0``), a drive name, or a node name.
-
-    Returns what block commands get (the drive name where there is one, else
-    the node name) and the node's description (query-block's ``inserted``).
-    """
-    for entry in block_devices(session, deadline):
-        inserted = entry.get("inserted")
-        if not isinstance(inserted, dict):
-            continue
-        drive, node = str(entry.get("device") or ""), str(inserted.get("node-name") or "")
-        if name in (drive, node) or device_id_of(str(entry.get("qdev") or "")) == name:
-            return drive or node, inserted
-    node_info = named_nodes(session, deadline).get(name)
-    if node_info is not None:
-        return name, node_info
-    raise UsageError(f"the VM has no disk {name!r}: give a device id, drive name or node name "
-                     "(qmpctl block and qmpctl block --nodes list them)")
-
-
 def resolve_source(session: Session, deadline: Deadline, name: str) -> Source:
-    return _source(*find_disk(session, deadline, name))
+    """The disk ``name`` means (see :func:`~qmpctl.vm.disks.find_disk`), as a backup's source."""
+    disk = find_disk(session, deadline, name)
+    if not disk.top:
+        raise UsageError(f"disk {disk.label!r} has no medium: there is nothing to back up")
+    return _source(disk.block_name, disk.info)
 
 
 def _members(value: Any) -> dict[str, Any]:
@@ -419,7 +404,7 @@ def backup(session: Session, deadline: Deadline, options: BackupOptions, *, targ
     summary: dict[str, Any] = {"job-id": job_id, "device": source.device, "target": path,
                                "format": options.format, "sync": options.sync, "method": run.method}
     if not options.wait:
-        return {"return": summary}
+        return summary
     started = time.monotonic()
     wait = Deadline(options.wait_timeout)
     try:
@@ -459,7 +444,7 @@ def backup(session: Session, deadline: Deadline, options: BackupOptions, *, targ
     summary.update({"bytes": final.total, "seconds": round(time.monotonic() - started, 3)})
     if run.notes:
         summary["warnings"] = run.notes
-    return {"return": summary}
+    return summary
 
 
 def dismiss_job(session: Session, deadline: Deadline, job_id: str, *, target_is_local: bool) -> dict[str, Any]:
@@ -474,7 +459,7 @@ def dismiss_job(session: Session, deadline: Deadline, job_id: str, *, target_is_
     result, notes = _drop_target(session, deadline, job_id, state, target_is_local)
     result = {"dismissed": job_id, **result}
     if state is None or not state.error:
-        return {"return": result}
+        return result
     raise JobFailed(f"job {job_id} had failed: {state.error}; " + "; ".join(["dismissed it"] + notes),
                     sent=Request("query-jobs").as_dict(), received=state._asdict())
 
@@ -491,7 +476,7 @@ def cancel_backup_job(session: Session, deadline: Deadline, job_id: str, *,
         raise VmError("GenericError", f"the VM has no job {job_id!r} (qmpctl jobs lists them)",
                       sent=Request("query-jobs").as_dict())
     result, _ = _drop_target(session, deadline, job_id, state, target_is_local)
-    return {"return": {"cancelled": job_id, **result}}
+    return {"cancelled": job_id, **result}
 
 
 def _drop_target(session: Session, deadline: Deadline, job_id: str, state: Optional[JobState],

@@ -20,6 +20,7 @@ from qmpctl.records import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import Any, Iterator, Optional
     from qmpctl.deadline import Deadline
+    from qmpctl.wire.session import Target
 
 
 BUSY_EXIT = 100
@@ -395,11 +396,9 @@ def _parse_scan(out: bytes, into: str, side: str) -> Optional[View]:
     return View(frozenset(names), chains, frozenset(marked), frozenset(dirs), files)
 
 
-def folder_for(target: object, into: str) -> ChainFolder:
+def folder_for(target: Target, into: str) -> ChainFolder:
     """DIR where the VM's QEMU is: on its SSH host for an ``ssh://`` target, else here."""
-    from qmpctl.wire.ssh import remote_files
-
-    files = remote_files(target)
+    files = target.host_files().remote()
     if files is not None:
         return RemoteFolder(into, files)
     return LocalFolder(into)

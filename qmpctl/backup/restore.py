@@ -220,10 +220,10 @@ def restore(chain: str, target: str, deadline: Deadline, *, point: Optional[int]
                 pass
     finally:
         os.close(dir_fd)
-    return {"return": {"chain": chain_dir, "point": number, "points": len(manifest["images"]),
+    return {"chain": chain_dir, "point": number, "points": len(manifest["images"]),
                        "level": entry.get("level"), "started": entry.get("started"), "image": source,
                        "target": target, "format": target_format, "device": manifest.get("device"),
-                       "seconds": round(time.monotonic() - started, 3)}}
+                       "seconds": round(time.monotonic() - started, 3)}
 
 
 # -- boot check -------------------------------------------------------------------------------------
@@ -336,7 +336,7 @@ def boot_check(image: str, *, image_format: str, qemu_args: list[str], boot_time
             raise failed(f"the check command could not run in the restored guest: {exc.message}") from None
         finally:
             session.close()
-        return {"return": result}
+        return result
     finally:
         if child is not None:
             _stop(child)

@@ -10,9 +10,11 @@ from qmpctl.cli.common import Common, execute_one, printed_plan, run
 from qmpctl.errors import ExitCode, UsageError
 from qmpctl.records import TYPE_CHECKING
 from qmpctl.wire.request import Request
+from qmpctl.wire.session import HERE, OVER_SSH, HostFiles
 
 if TYPE_CHECKING:
     from typing import Any, Optional
+    from qmpctl.wire.targets import Target
 
 
 def block(common: Common, *, nodes: bool) -> int:
@@ -35,31 +37,28 @@ def jobs(common: Common, *, dismiss: Optional[str], cancel: Optional[str]) -> in
     end = backup_lib.dismiss_job if dismiss is not None else backup_lib.cancel_backup_job
     request = Request("job-dismiss" if dismiss is not None else "job-cancel", {"id": job_id})
 
-    def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
-        return end(session, deadline, job_id, target_is_local=target.is_local)
+    def action(session: Any, deadline: Any, target: Target) -> dict[str, Any]:
+        return {"return": end(session, deadline, job_id, target_is_local=target.host_files().is_local)}
 
     if printed_plan(common, [request], backup_lib.END_JOB_PLAN_NOTE):
         return ExitCode.OK
     return run(common, action, [request])
 
 
-def _names_ssh(common: Common) -> bool:
-    return any(socket.startswith("ssh://") for socket in common.sockets)
+def _the_vm(common: Common, why: str) -> tuple[list[Target], HostFiles]:
+    """The one VM a command works on, resolved once (to hand to run()), and where its files are.
 
-
-def _only_target_is_local(common: Common, why: str) -> bool:
-    """Whether qmpctl can see the VM's files; the command works on exactly one VM."""
+    --dry-run resolves and asks nothing: it plans as if the files were here,
+    unless a target is written as ``ssh://``, whose host is known from the text.
+    """
     if common.dry_run:
-        return not _names_ssh(common)
+        over_ssh = [files for files in (target.host_files() for target in common.written_targets())
+                    if files.reach == OVER_SSH]
+        return [], over_ssh[0] if over_ssh else HostFiles(HERE)
     targets = common.targets()
     if len(targets) > 1:
         raise UsageError(f"{why}: give exactly one VM, not {len(targets)}")
-    return targets[0].is_local
-
-
-def _over_ssh(common: Common) -> bool:
-    """The one VM is reached over SSH: its file checks run on its host, within the call's deadline."""
-    return not common.dry_run and _names_ssh(common)
+    return targets, targets[0].host_files()
 
 
 def hotplug_disk(common: Common, *, file: str, bus: str, device_id: Optional[str],
@@ -67,23 +66,22 @@ def hotplug_disk(common: Common, *, file: str, bus: str, device_id: Optional[str
     """blockdev-add + device_add, all or nothing (help in :mod:`qmpctl.cli.spec`)."""
     from qmpctl.vm import block as block_lib
 
-    is_local = _only_target_is_local(common, "hotplug-disk attaches one image")
-    if _over_ssh(common):
-        from qmpctl.wire.ssh import remote_files
+    targets, files = _the_vm(common, "hotplug-disk attaches one image")
+    if files.reach == OVER_SSH and not common.dry_run:  # the image is checked on the VM's host, once connected
 
         def attach(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
             filename, detected = block_lib.check_image(file, image_format, is_local=False,
-                                                       files=remote_files(target), deadline=deadline)
-            return block_lib.hotplug(session, deadline,
-                                     block_lib.HotplugPlan(filename, detected, bus, device_id, readonly))
+                                                       files=files.remote(), deadline=deadline)
+            return {"return": block_lib.hotplug(session, deadline,
+                                                block_lib.HotplugPlan(filename, detected, bus, device_id, readonly))}
 
-        return run(common, attach, [])
-    filename, detected = block_lib.check_image(file, image_format, is_local=is_local)
+        return run(common, attach, [], targets=targets)
+    filename, detected = block_lib.check_image(file, image_format, is_local=files.is_local)
     plan = block_lib.HotplugPlan(filename, detected, bus, device_id, readonly)
     if printed_plan(common, plan.requests(), plan.plan_note()):
         return ExitCode.OK
-    return run(common, lambda session, deadline, target: block_lib.hotplug(session, deadline, plan),
-               plan.requests())
+    return run(common, lambda session, deadline, target: {"return": block_lib.hotplug(session, deadline, plan)},
+               plan.requests(), targets=targets)
 
 
 def unplug_disk(common: Common, *, device_id: str, wait_timeout: float) -> int:
@@ -95,8 +93,8 @@ def unplug_disk(common: Common, *, device_id: str, wait_timeout: float) -> int:
     request = Request("device_del", {"id": device_id})
     if printed_plan(common, [request], block_lib.UNPLUG_PLAN_NOTE):
         return ExitCode.OK
-    return run(common, lambda session, deadline, target: block_lib.unplug(session, deadline, device_id,
-                                                                          wait_timeout), [request])
+    return run(common, lambda session, deadline, target: {"return": block_lib.unplug(session, deadline, device_id,
+                                                                                     wait_timeout)}, [request])
 
 
 def backup(common: Common, *, words: list[str], into: Optional[str], full: bool, keep_chains: Optional[int],
@@ -128,15 +126,15 @@ def backup(common: Common, *, words: list[str], into: Optional[str], full: bool,
     options = backup_lib.BackupOptions(
         device, target, image_format, sync, backup_lib.parse_speed(speed) if speed else None, force,
         wait, backup_lib.DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout, job_id)
-    is_local = _only_target_is_local(common, "a backup writes one TARGET")
-    over_ssh = _over_ssh(common)
-    if not is_local and _names_ssh(common):  # the VM's host is checked through the session's connection
+    targets, files = _the_vm(common, "a backup writes one TARGET")
+    if files.reach == OVER_SSH:  # the VM's host is checked through the session's connection
         backup_lib.check_target(target, is_local=False, force=True)  # here: only that the path is absolute
     else:
-        backup_lib.check_target(target, is_local=is_local, force=force)  # before connecting to anything
-    if printed_plan(common, options.requests(is_local), options.plan_note()):
+        backup_lib.check_target(target, is_local=files.is_local, force=force)  # before connecting to anything
+    if printed_plan(common, options.requests(files.is_local), options.plan_note()):
         return ExitCode.OK
-    from qmpctl.cli.progress import CHECK_EVERY, printer_for
+    from qmpctl.cli.progress import printer_for
+    from qmpctl.timing import CHECK_EVERY
     from qmpctl.cli.readings import Meter, bar_text, json_text
 
     printer = printer_for(progress, bar=bar_text, json=json_text,
@@ -149,17 +147,13 @@ def backup(common: Common, *, words: list[str], into: Optional[str], full: bool,
             printer(meter.read(state))
 
     def action(session: Any, deadline: Any, vm: Any) -> dict[str, Any]:
-        files = None
-        if over_ssh:
-            from qmpctl.wire.ssh import remote_files
-
-            files = remote_files(vm)
-        return backup_lib.backup(session, deadline, options, target_is_local=vm.is_local,
-                                 progress=show if printer is not None else None,
-                                 progress_every=printer.every if printer is not None else CHECK_EVERY, files=files)
+        return {"return": backup_lib.backup(session, deadline, options, target_is_local=files.is_local,
+                                            progress=show if printer is not None else None,
+                                            progress_every=printer.every if printer is not None else CHECK_EVERY,
+                                            files=files.remote())}
 
     try:
-        return run(common, action, options.requests(is_local))
+        return run(common, action, options.requests(files.is_local), targets=targets)
     finally:
         if printer is not None:
             printer.close()

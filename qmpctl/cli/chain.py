@@ -6,6 +6,7 @@ handlers check the options, pick the agent for --freeze, and print.
 
 from __future__ import annotations
 
+from qmpctl.timing import OFFLINE_TIMEOUT
 from qmpctl.cli.common import Common, emit, printed_plan, run
 from qmpctl.errors import ExitCode, UsageError, VerificationFailed
 from qmpctl.output import render_reply, to_json
@@ -13,11 +14,13 @@ from qmpctl.records import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing import Any, Optional
+    from qmpctl.wire.session import HostFiles
 
 
 def _printer(progress: str) -> tuple[Any, float, Any]:
     """The job-state callback for ``--progress``, how often to call it, and the printer to close."""
-    from qmpctl.cli.progress import CHECK_EVERY, printer_for
+    from qmpctl.cli.progress import printer_for
+    from qmpctl.timing import CHECK_EVERY
     from qmpctl.cli.readings import Meter, bar_text, json_text
 
     printer = printer_for(progress, bar=bar_text, json=json_text,
@@ -39,14 +42,14 @@ def _agent_target(common: Common, agent: Optional[str]) -> Any:
     return None
 
 
-def _ssh_host(common: Common) -> Optional[str]:
-    """The host of an ``ssh://`` VM (``root@hv1``), known from the address alone: nothing is connected."""
-    from qmpctl.wire.address import parse_address
+def _ssh_files(common: Common) -> Optional[HostFiles]:
+    """The files of an ``ssh://`` VM's host, known from how the target is written: nothing is connected."""
+    from qmpctl.wire.session import OVER_SSH
 
-    for socket in common.sockets:
-        if socket.startswith("ssh://"):
-            via = parse_address(socket).via
-            return str(via) if via is not None else None
+    for target in common.written_targets():
+        files = target.host_files()
+        if files.reach == OVER_SSH:
+            return files
     return None
 
 
@@ -63,34 +66,32 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ke
         tuple(devices), into, full, keep_chains, parse_speed(speed) if speed else None,
         DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout, freeze,
         chain.DEFAULT_FREEZE_TIMEOUT if freeze_timeout is None else freeze_timeout)
-    remote = _ssh_host(common)
+    remote = _ssh_files(common)
     if remote is not None:  # DIR is on the VM's host: here only its form can be checked, before connecting
-        into = chain.prepare_dir(into, is_local=False, side=f"on {remote}")
-    if printed_plan(common, options.requests(), options.plan_note(None if remote is None else f"on {remote}")):
+        into = chain.prepare_dir(into, is_local=False, side=remote.side)
+    if printed_plan(common, options.requests(), options.plan_note(None if remote is None else remote.side)):
         return ExitCode.OK
     targets = common.targets()
     if len(targets) > 1:
         raise UsageError(f"--into backs up one VM, not {len(targets)}: run one qmpctl per VM")
     if remote is None:
-        into = chain.prepare_dir(into, is_local=targets[0].is_local)  # before connecting to anything
+        into = chain.prepare_dir(into, is_local=targets[0].host_files().is_local)  # before connecting to anything
     agent_target = _agent_target(common, agent) if options.freeze != "no" else None
     show, every, printer = _printer(progress)
 
     def action(session: Any, deadline: Any, vm: Any) -> dict[str, Any]:
         from qmpctl.backup.remote_folder import folder_for
 
-        return chain.backup_chain(session, deadline, options, agent=agent_target, progress=show,
-                                  progress_every=every, folder=folder_for(vm, into))
+        return {"return": chain.backup_chain(session, deadline, options, agent=agent_target, progress=show,
+                                             progress_every=every, folder=folder_for(vm, into))}
 
     try:
-        return run(common, action, options.requests())
+        return run(common, action, options.requests(), targets=targets)
     finally:
         if printer is not None:
             printer.close()
 
 
-OFFLINE_TIMEOUT = 86400.0
-"""Reading a chain's images takes as long as the disk is big: offline work gets a day unless told."""
 
 
 def backup_verify(common: Common, *, path: str, json_lines: bool, wait_timeout: Optional[float]) -> int:
@@ -127,15 +128,14 @@ def restore_chain(common: Common, *, chain: str, target: str, point: Optional[in
         raise UsageError("--qemu-arg is for the booted restore: add --boot-check")
     show, _, printer = _printer(progress)
     try:
-        reply = restore.restore(chain, target, Deadline(wait_timeout or OFFLINE_TIMEOUT), point=point, at=at,
+        restored = restore.restore(chain, target, Deadline(wait_timeout or OFFLINE_TIMEOUT), point=point, at=at,
                                 force=force, target_format=image_format, progress=show)
     finally:
         if printer is not None:
             printer.close()
     if boot_check:
-        checked = restore.boot_check(reply["return"]["target"], image_format=reply["return"]["format"],
-                                     qemu_args=qemu_args, boot_timeout=boot_timeout, check_command=check_command,
-                                     reply_timeout=common.timeout)
-        reply["return"]["boot-check"] = checked["return"]
-    emit(render_reply(reply, pretty=common.pretty, return_value=common.return_value), final=True)
+        restored["boot-check"] = restore.boot_check(restored["target"], image_format=restored["format"],
+                                                    qemu_args=qemu_args, boot_timeout=boot_timeout,
+                                                    check_command=check_command, reply_timeout=common.timeout)
+    emit(render_reply({"return": restored}, pretty=common.pretty, return_value=common.return_value), final=True)
     return ExitCode.OK

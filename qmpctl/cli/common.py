@@ -11,12 +11,13 @@ from __future__ import annotations
 import sys
 
 from qmpctl.deadline import Deadline
-from qmpctl.cli.spec import DEFAULT_JOBS, DEFAULT_TIMEOUT
+from qmpctl.cli.spec import DEFAULT_JOBS
+from qmpctl.timing import DEFAULT_TIMEOUT
 from qmpctl.errors import ExitCode, OutputError, QmpctlError, UsageError
 from qmpctl.output import hmp_text, render_reply, to_json
 from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.wire.request import Request
-from qmpctl.wire.targets import MONITOR, Target, resolve_targets
+from qmpctl.wire.targets import MONITOR, Target, resolve_targets, written_targets
 
 if TYPE_CHECKING:
     from typing import Any, Optional
@@ -63,7 +64,12 @@ class Common(NamedTuple):
     kind: str = MONITOR
 
     def targets(self) -> list[Target]:
+        """Every target, globs expanded (an ``ssh://`` glob is listed on its host): resolve once per call."""
         return resolve_targets(self.kind, self.sockets, self.domains, self.uri, self.timeout)
+
+    def written_targets(self) -> list[Target]:
+        """The targets as written, nothing expanded or asked: what --dry-run may look at."""
+        return written_targets(self.kind, self.sockets, self.domains, self.uri)
 
 
 def make_common(kind: str, shared: dict[str, Any]) -> Common:
@@ -156,18 +162,21 @@ def _run_on(target: Target, common: Common, action: Action) -> Any:
         session.close()
 
 
-def run(common: Common, action: Action, requests: list[Request], *, text: bool = False) -> int:
+def run(common: Common, action: Action, requests: list[Request], *, text: bool = False,
+        targets: Optional[list[Target]] = None) -> int:
     """Run ``action`` on every target and print its reply; returns the exit code.
 
     With one target, the reply is printed as it is. With several (repeated
     options or globs), each target gets one JSON line and the exit code is the
     highest seen, so ``qmpctl status -s '/run/vms/*.sock'`` answers for a host.
     ``text`` marks an action whose ``return`` is text to print as it is (HMP).
+    ``targets``: the ones a command already resolved (to look at them first), so they are resolved once.
     """
     if common.dry_run:
         print_dry_run(common, requests)
         return ExitCode.OK
-    targets = common.targets()
+    if targets is None:
+        targets = common.targets()
     if len(targets) == 1:
         reply = _run_on(targets[0], common, action)
         if reply is not None:

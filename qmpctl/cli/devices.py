@@ -15,26 +15,26 @@ if TYPE_CHECKING:
 
 
 def media_insert(common: Common, *, device: str, file: str, image_format: Optional[str], read_only: bool) -> int:
-    from qmpctl.cli.block import _only_target_is_local, _over_ssh
+    from qmpctl.cli.block import _the_vm
     from qmpctl.vm import media
+    from qmpctl.wire.session import OVER_SSH
 
-    is_local = _only_target_is_local(common, "media insert changes one drive")
-    if _over_ssh(common):  # FILE is QEMU's, on the VM's host: checked there, through the same SSH connection
+    targets, files = _the_vm(common, "media insert changes one drive")
+    if files.reach == OVER_SSH and not common.dry_run:  # FILE is QEMU's, on the VM's host: checked there
         from qmpctl.vm.block import check_image
-        from qmpctl.wire.ssh import remote_files
 
         def insert_remote(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
-            filename, detected = check_image(file, image_format, is_local=False, files=remote_files(target),
+            filename, detected = check_image(file, image_format, is_local=False, files=files.remote(),
                                              deadline=deadline)
             return media.insert(session, deadline, device, filename, detected, read_only)
 
-        return run(common, insert_remote, [])
-    filename, detected = media.check_medium(file, image_format, is_local=is_local)  # before anything is sent
+        return run(common, insert_remote, [], targets=targets)
+    filename, detected = media.check_medium(file, image_format, is_local=files.is_local)  # before anything is sent
     request = media.change_request({"id": device}, filename, detected, read_only)
     if printed_plan(common, [request], media.ID_PLAN_NOTE.format(device=device)):
         return ExitCode.OK
     return run(common, lambda session, deadline, target: media.insert(session, deadline, device, filename, detected,
-                                                                      read_only), [request])
+                                                                      read_only), [request], targets=targets)
 
 
 def media_eject(common: Common, *, device: str, force: bool) -> int:

@@ -104,8 +104,9 @@ def _execute(options: ExecOptions, common: Common) -> int:
                 raise  # the agent went silent: its message says what may be running
             if options.json_output:
                 emit(to_json(guest_exec.ExecStatus(pid, exited=False).to_json(), common.pretty))
-            raise ExecTimeout(f"{exc.message} and keeps running; read its result later with "
-                              f"'qmpctl agent exec-status {pid}'") from None
+            exc.add_note(f"and keeps running; read its result later with 'qmpctl agent exec-status {pid}'",
+                         joined=" ")
+            raise
         except KeyboardInterrupt:
             raise Interrupted(f"interrupted; the program keeps running in the guest as pid {pid}") from None
     finally:

@@ -199,6 +199,7 @@ def fsfreeze(common: Common, *, action: str, mountpoint: list[str], for_seconds:
 def shutdown(common: Common, *, mode: str, qmp: str | None, wait_timeout: float | None) -> int:
     """guest-shutdown; with -s and --wait-timeout, until QEMU reports the guest down."""
     from qmpctl.guest import power as guest_power
+    from qmpctl.timing import GUEST_SHUTDOWN_WAIT
 
     request = guest_power.shutdown_request(mode)
     if wait_timeout is not None and qmp is None:
@@ -207,9 +208,9 @@ def shutdown(common: Common, *, mode: str, qmp: str | None, wait_timeout: float 
         return run(common, lambda session, deadline, target: guest_power.shutdown(session, request, deadline),
                    [request])
     _one_target(common, "agent shutdown -s")
-    wait = _wait_seconds(wait_timeout if wait_timeout is not None else guest_power.DEFAULT_WAIT_TIMEOUT)
+    wait = _wait_seconds(wait_timeout if wait_timeout is not None else GUEST_SHUTDOWN_WAIT)
 
     def action(session: Any, deadline: Deadline, target: Target) -> dict[str, Any]:
-        return guest_power.shutdown_and_wait(session, request, qmp, deadline, wait)
+        return {"return": guest_power.shutdown_and_wait(session, request, qmp, deadline, wait)}
 
     return run(common, action, [request])

@@ -62,6 +62,7 @@ def events(common: Common, *, count: int | None, wait: list[str], match: list[st
 
 def powerdown(common: Common, *, wait: bool, wait_timeout: float | None, force_after: float | None) -> int:
     """Press the ACPI power button and wait for SHUTDOWN (exit 4 if ignored; --force-after quits QEMU)."""
+    from qmpctl.timing import POWERDOWN_WAIT
     from qmpctl.vm import lifecycle
     from qmpctl.cli.diagnostics import report
 
@@ -74,13 +75,13 @@ def powerdown(common: Common, *, wait: bool, wait_timeout: float | None, force_a
         raise UsageError("--force-after waits before it forces: it cannot be combined with --no-wait")
     if force_after is not None and common.domains:
         raise UsageError(f"--force-after: {lifecycle.QUIT_REFUSED}")
-    seconds = (wait_timeout or lifecycle.DEFAULT_POWERDOWN_WAIT) if wait else None
+    seconds = (wait_timeout or POWERDOWN_WAIT) if wait else None
 
     def action(session: Session, deadline: Deadline, target: Target) -> dict[str, Any]:
         result = lifecycle.powerdown(session, deadline, wait_seconds=seconds, force_after=force_after)
-        if result["return"].get("forced"):
+        if result.get("forced"):
             report(f"{target}: the guest did not shut down within {force_after:g} s: made QEMU quit")
-        return result
+        return {"return": result}
 
     requests = [Request("system_powerdown")] + ([Request("quit")] if force_after is not None else [])
     return run(common, action, requests)
@@ -90,7 +91,7 @@ def reset(common: Common) -> int:
     """Reset the machine (system_reset) and return once QEMU reports the RESET."""
     from qmpctl.vm import lifecycle
 
-    return run(common, lambda session, deadline, target: lifecycle.reset(session, deadline),
+    return run(common, lambda session, deadline, target: {"return": lifecycle.reset(session, deadline)},
                [Request("system_reset")])
 
 

@@ -11,13 +11,14 @@ import os
 
 from qmpctl.cli.common import Common, printed_plan, run
 from qmpctl.errors import ExitCode
-from qmpctl.cli.progress import CHECK_EVERY
+from qmpctl.timing import CHECK_EVERY
 from qmpctl.errors import UsageError
 from qmpctl.records import TYPE_CHECKING
 from qmpctl.wire.request import Request
 
 if TYPE_CHECKING:
     from typing import Any, Optional
+    from qmpctl.wire.targets import Target
 
 
 LIVE_PLAN_NOTE = (
@@ -63,17 +64,18 @@ def _refuse_options(mode: str, given: dict[str, bool]) -> None:
             raise UsageError(f"{flag} does not go with {mode}")
 
 
-def _one_socket_target(common: Common, what: str) -> None:
+def _one_socket_target(common: Common, what: str) -> list[Target]:
     """Exactly one VM, reached through its own monitor socket: never through libvirt (--domain)."""
     if common.domains:
         raise UsageError("migrate does not take --domain: libvirt owns the migration of its domains and would "
                          "lose track of one moved behind its back; use virsh migrate DOMAIN DEST_URI "
                          "(or virsh save / virsh restore for state files)")
     if common.dry_run:
-        return
+        return []  # --dry-run resolves nothing
     targets = common.targets()
     if len(targets) != 1:
         raise UsageError(f"{what} works on exactly one VM, not {len(targets)}")
+    return targets
 
 
 def migrate(common: Common, *, to: Optional[str], uri: Optional[str], speed: Optional[str],
@@ -83,47 +85,48 @@ def migrate(common: Common, *, to: Optional[str], uri: Optional[str], speed: Opt
             force: bool, paused: bool) -> int:
     """Dispatch to the mode the options name; each refuses options that belong to another."""
     mode = _one_mode(to, to_file, from_file, status, cancel)
-    _one_socket_target(common, "migrate")
+    targets = _one_socket_target(common, "migrate")  # resolved once, handed to run()
     live_only = {"--uri": uri is not None, "--downtime": downtime is not None, "--auto-converge": auto_converge,
                  "--postcopy-after": postcopy_after is not None, "--stall-timeout": stall_timeout is not None,
                  "--no-wait": not wait}
     save_only = {"--then": then != "stay", "--force": force}
     if mode == "--to":
         _refuse_options(mode, {**save_only, "--paused": paused})
-        return _live(common, to or "", uri, speed, downtime, auto_converge, postcopy_after, stall_timeout, wait,
-                     wait_timeout, progress)
+        return _live(common, targets, to or "", uri, speed, downtime, auto_converge, postcopy_after, stall_timeout,
+                     wait, wait_timeout, progress)
     if mode == "--to-file":
         _refuse_options(mode, {**live_only, "--paused": paused})
-        return _save(common, to_file or "", then, force, speed, wait_timeout, progress)
+        return _save(common, targets, to_file or "", then, force, speed, wait_timeout, progress)
     if mode == "--from-file":
         _refuse_options(mode, {**live_only, **save_only, "--speed": speed is not None})
-        return _restore(common, from_file or "", paused, wait_timeout)
+        return _restore(common, targets, from_file or "", paused, wait_timeout)
     _refuse_options(mode, {**live_only, **save_only, "--paused": paused, "--speed": speed is not None,
                            "--wait-timeout": wait_timeout is not None})
-    return _status_or_cancel(common, cancel)
+    return _status_or_cancel(common, targets, cancel)
 
 
 def _wait_timeout(value: Optional[float]) -> float:
-    from qmpctl.vm.migration import DEFAULT_WAIT_TIMEOUT
+    from qmpctl.timing import MIGRATION_WAIT_TIMEOUT
 
     if value is None:
-        return DEFAULT_WAIT_TIMEOUT
+        return MIGRATION_WAIT_TIMEOUT
     if not 0 < value < float("inf"):
         raise UsageError(f"--wait-timeout must be more than 0 seconds, got {value:g}")
     return value
 
 
-def _run_with_progress(common: Common, action: Any, requests: list[Request], printer: Any) -> int:
+def _run_with_progress(common: Common, targets: list[Target], action: Any, requests: list[Request],
+                       printer: Any) -> int:
     try:
-        return run(common, action, requests)
+        return run(common, action, requests, targets=targets)
     finally:
         if printer is not None:
             printer.close()
 
 
-def _live(common: Common, to: str, uri: Optional[str], speed: Optional[str], downtime: Optional[int],
-          auto_converge: bool, postcopy_after: Optional[float], stall_timeout: Optional[float], wait: bool,
-          wait_timeout: Optional[float], progress: str) -> int:
+def _live(common: Common, targets: list[Target], to: str, uri: Optional[str], speed: Optional[str],
+          downtime: Optional[int], auto_converge: bool, postcopy_after: Optional[float],
+          stall_timeout: Optional[float], wait: bool, wait_timeout: Optional[float], progress: str) -> int:
     from qmpctl.vm import migration
     from qmpctl.wire.address import parse_address
     from qmpctl.backup.full import parse_speed
@@ -132,8 +135,8 @@ def _live(common: Common, to: str, uri: Optional[str], speed: Optional[str], dow
                                        postcopy_after, stall_timeout, wait, _wait_timeout(wait_timeout))
     destination_address = parse_address(to)
     if not common.dry_run:
-        (source_target,) = common.targets()
-        if str(getattr(source_target, "address", "")) == str(destination_address):
+        (source_target,) = targets
+        if str(source_target) == str(destination_address):
             raise UsageError("--to names the source itself: give the destination QEMU's monitor")
         if uri is None and not (source_target.is_local and _is_local(destination_address)):
             raise UsageError("the destination is on another host: give --uri tcp:HOST:PORT, an address the "
@@ -147,10 +150,10 @@ def _live(common: Common, to: str, uri: Optional[str], speed: Optional[str], dow
         from qmpctl.wire.qmp import QmpSession
 
         with QmpSession.connect(destination_address, deadline) as destination:
-            return migration.migrate(source, destination, deadline, options, progress=printer,
-                                     progress_every=every)
+            return {"return": migration.migrate(source, destination, deadline, options, progress=printer,
+                                                progress_every=every)}
 
-    return _run_with_progress(common, action, options.setup_requests(uri or "unix:PRIVATE_DIR/channel.sock"),
+    return _run_with_progress(common, targets, action, options.setup_requests(uri or "unix:PRIVATE_DIR/channel.sock"),
                               printer)
 
 
@@ -160,14 +163,14 @@ def _is_local(address: Any) -> bool:
     return SocketTarget(address).is_local
 
 
-def _save(common: Common, path: str, then: str, force: bool, speed: Optional[str], wait_timeout: Optional[float],
-          progress: str) -> int:
+def _save(common: Common, targets: list[Target], path: str, then: str, force: bool, speed: Optional[str],
+          wait_timeout: Optional[float], progress: str) -> int:
     from qmpctl.vm import savedstate
     from qmpctl.backup.full import parse_speed
 
     rate = parse_speed(speed) if speed else None
     timeout = _wait_timeout(wait_timeout)
-    _require_unix_socket(common, "--to-file")
+    _require_unix_socket(targets, "--to-file")
     savedstate.check_save_path(path, force)  # before connecting to anything
     if printed_plan(common, savedstate.save_requests(), SAVE_PLAN_NOTE):
         return ExitCode.OK
@@ -175,50 +178,52 @@ def _save(common: Common, path: str, then: str, force: bool, speed: Optional[str
     every = printer.every if printer is not None else CHECK_EVERY
 
     def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
-        return savedstate.save(session, deadline, path, force=force, then=then, speed=rate, wait_timeout=timeout,
-                               progress=printer, progress_every=every)
+        return {"return": savedstate.save(session, deadline, path, force=force, then=then, speed=rate,
+                                          wait_timeout=timeout, progress=printer, progress_every=every)}
 
-    return _run_with_progress(common, action, savedstate.save_requests(), printer)
+    return _run_with_progress(common, targets, action, savedstate.save_requests(), printer)
 
 
-def _restore(common: Common, path: str, paused: bool, wait_timeout: Optional[float]) -> int:
+def _restore(common: Common, targets: list[Target], path: str, paused: bool, wait_timeout: Optional[float]) -> int:
     from qmpctl.vm import savedstate
 
     timeout = _wait_timeout(wait_timeout)
-    _require_unix_socket(common, "--from-file")
+    _require_unix_socket(targets, "--from-file")
     if not os.access(path, os.R_OK) or os.path.isdir(path):
         raise UsageError(f"cannot read {path}: " + ("it is a directory" if os.path.isdir(path) else
                                                     "no such file, or no permission"))
 
     def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
-        return savedstate.restore(session, deadline, path, paused=paused, wait_timeout=timeout)
+        return {"return": savedstate.restore(session, deadline, path, paused=paused, wait_timeout=timeout)}
 
     requests = savedstate.restore_requests()
     if printed_plan(common, requests[:-1] if paused else requests, RESTORE_PLAN_NOTE):
         return ExitCode.OK
-    return run(common, action, requests)
+    return run(common, action, requests, targets=targets)
 
 
-def _require_unix_socket(common: Common, flag: str) -> None:
-    """Refused before connecting: a file descriptor cannot travel over TCP or SSH."""
-    if common.dry_run:
+def _require_unix_socket(targets: list[Target], flag: str) -> None:
+    """Refused before connecting: a file descriptor cannot travel over TCP or SSH (none given: --dry-run)."""
+    from qmpctl.wire.targets import SocketTarget
+
+    if not targets:
         return
-    (target,) = common.targets()
-    address = getattr(target, "address", None)
+    (target,) = targets
+    address = target.address if isinstance(target, SocketTarget) else None
     if address is not None and not address.is_unix:
         from qmpctl.vm.savedstate import fd_passing_refused
 
         raise fd_passing_refused(flag, str(address))
 
 
-def _status_or_cancel(common: Common, cancel: bool) -> int:
+def _status_or_cancel(common: Common, targets: list[Target], cancel: bool) -> int:
     from qmpctl.vm import migration
 
     def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
-        return migration.cancel(session, deadline) if cancel else migration.status(session, deadline)
+        return {"return": migration.cancel(session, deadline) if cancel else migration.status(session, deadline)}
 
     if cancel:
         if printed_plan(common, [Request("migrate_cancel")], CANCEL_PLAN_NOTE):
             return ExitCode.OK
-        return run(common, action, [])
-    return run(common, action, [Request("query-migrate"), Request("query-status")])
+        return run(common, action, [], targets=targets)
+    return run(common, action, [Request("query-migrate"), Request("query-status")], targets=targets)

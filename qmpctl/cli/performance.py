@@ -153,7 +153,7 @@ def balloon(common: Common, *, size: str | None, wait_timeout: float | None) -> 
     if size is None:
         if wait_timeout is not None:
             raise UsageError("--wait-timeout needs a SIZE to wait for")
-        return run(common, lambda session, deadline, target: balloon_lib.query(session, deadline),
+        return run(common, lambda session, deadline, target: {"return": balloon_lib.query(session, deadline)},
                    [Request("query-balloon")])
     value = parse_size(size, "SIZE", "bytes")
     if wait_timeout is not None and not 0 < wait_timeout <= 86400:
@@ -161,6 +161,6 @@ def balloon(common: Common, *, size: str | None, wait_timeout: float | None) -> 
 
     def action(session: Session, deadline: Deadline, target: Target) -> dict[str, Any]:
         wait = Deadline(wait_timeout) if wait_timeout is not None else None
-        return balloon_lib.set_target(session, deadline, value, wait)
+        return {"return": balloon_lib.set_target(session, deadline, value, wait)}
 
     return run(common, action, [Request("balloon", {"value": value})])

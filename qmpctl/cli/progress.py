@@ -9,17 +9,12 @@ from __future__ import annotations
 import sys
 import time
 
+from qmpctl.timing import BAR_EVERY, JSON_EVERY
 from qmpctl.records import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing import Any, Callable, Optional
 
-BAR_EVERY = 0.25
-"""A bar is redrawn at most this often (seconds)."""
-JSON_EVERY = 1.0
-"""A JSON line is written at most this often, and only when the reading changed."""
-CHECK_EVERY = 1.0
-"""Without a printer: how often a wait reads the state anyway (a guard against a missed event)."""
 
 
 class ProgressPrinter:

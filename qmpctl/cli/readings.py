@@ -9,6 +9,7 @@ import json
 import time
 from collections import deque
 
+from qmpctl.timing import RATE_WINDOW
 from qmpctl.vm.jobs import JobState
 from qmpctl.records import TYPE_CHECKING, NamedTuple
 
@@ -16,8 +17,6 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Optional
     from qmpctl.vm.migration import MigrationReading
 
-RATE_WINDOW = 5.0
-"""The rate is measured over the last few seconds, so it follows a --speed change or a slow patch."""
 
 
 class Reading(NamedTuple):

@@ -63,7 +63,8 @@ def restore(common: Common, *, chain: str, target: Optional[str], point: Optiona
             ls: Optional[str], cat: Optional[str], extract: Optional[str], to: Optional[str],
             filesystem: Optional[str]) -> int:
     """``restore CHAIN TARGET`` (:func:`qmpctl.cli.chain.restore_chain`), or the mode an option chooses."""
-    from qmpctl.cli.chain import OFFLINE_TIMEOUT, restore_chain
+    from qmpctl.cli.chain import restore_chain
+    from qmpctl.timing import OFFLINE_TIMEOUT
 
     modes: dict[str, Any] = {"serve": serve, "serve_for": serve_for, "writable": writable,
                              "allow_remote": allow_remote, "instant": instant, "ls": ls, "cat": cat,

@@ -30,6 +30,7 @@ This module is imported on every run: keep it to NamedTuples and literals.
 
 from __future__ import annotations
 
+from qmpctl.timing import DEFAULT_TIMEOUT
 from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.wire.targets import AGENT, MONITOR
 
@@ -141,7 +142,6 @@ MANUALS: tuple[Manual, ...] = (
 )
 """Every manual page; each declared command is on exactly one (tests/project/test_manpage.py)."""
 
-DEFAULT_TIMEOUT = 10.0
 DEFAULT_JOBS = 16
 
 

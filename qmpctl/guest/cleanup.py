@@ -9,14 +9,13 @@ resynchronises the agent channel first, and runs shielded from signals
 
 from __future__ import annotations
 
+from qmpctl.timing import CLEANUP_SECONDS
 from qmpctl.deadline import Deadline
 from qmpctl.signals import shielded
 from qmpctl.wire.targets import Session
 
 __all__ = ["CLEANUP_SECONDS", "cleanup_deadline", "recover_channel", "shielded"]
 
-CLEANUP_SECONDS = 5.0
-"""How long closing a handle after a failure may take; a thaw has its own, documented limit."""
 
 
 def cleanup_deadline(seconds: float = CLEANUP_SECONDS) -> Deadline:

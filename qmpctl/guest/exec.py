@@ -14,10 +14,12 @@ import binascii
 import math
 import time
 
+from qmpctl.timing import EXEC_POLL_FIRST, EXEC_POLL_MAX
 from qmpctl.deadline import Deadline, backoff
 from qmpctl.errors import DeadlineExceeded, ExecLost, ExecTimeout, ProtocolError, UsageError, VmError
 from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.wire.request import Request
+from qmpctl.wire.waiting import wait_until
 from qmpctl.wire.targets import Session
 
 if TYPE_CHECKING:
@@ -27,13 +29,11 @@ MAX_INPUT_BYTES = 16 * 1024 * 1024
 """The most --stdin sends: the agent caps each output stream at the same size, and its
 JSON parser refuses single tokens over 64 MiB."""
 
-FIRST_POLL_DELAY = 0.001
-MAX_POLL_DELAY = 0.2
 
 
 def poll_delays() -> Iterator[float]:
     """Pauses between status polls: a millisecond first, growing by half up to 200 ms."""
-    return backoff(FIRST_POLL_DELAY, MAX_POLL_DELAY)
+    return backoff(EXEC_POLL_FIRST, EXEC_POLL_MAX)
 
 
 def parse_env(assignments: list[str]) -> list[str]:
@@ -193,7 +193,9 @@ def wait_for_exit(session: Session, pid: int, *, reply_timeout: float, wait_time
     the program may still be running.
     """
     wait = Deadline(math.inf if wait_timeout is None else wait_timeout)
-    for delay in poll_delays():
+    last: list[dict[str, Any]] = [{}]
+
+    def exited() -> tuple[ExecStatus, dict[str, Any]] | None:
         try:
             status, reply = read_status(session, pid, wait.sub(reply_timeout))
         except DeadlineExceeded as exc:
@@ -205,10 +207,12 @@ def wait_for_exit(session: Session, pid: int, *, reply_timeout: float, wait_time
                            f"program (guest pid {pid}) may still be running: read its result with "
                            f"'qmpctl agent exec-status {pid}' once the agent answers",
                            sent=exc.sent, received=exc.received) from None
-        if status.exited:
-            return status, reply
-        if wait.expired():
-            raise ExecTimeout(f"the program (guest pid {pid}) is still running after --wait-timeout "
-                              f"{wait_timeout:g}s", sent=status_request(pid).as_dict(), received=reply)
-        sleep(min(delay, max(wait.expires_at - time.monotonic(), 0.0)))
-    raise AssertionError("unreachable: poll_delays never ends")
+        last[0] = reply
+        return (status, reply) if status.exited else None
+
+    def outlived() -> ExecTimeout:
+        return ExecTimeout(f"the program (guest pid {pid}) is still running after --wait-timeout "
+                           f"{wait_timeout:g}s", sent=status_request(pid).as_dict(), received=last[0])
+
+    return wait_until(session, exited, wait, f"guest pid {pid} to exit", check_first=True, pauses=poll_delays(),
+                      timeout=outlived, sleep=sleep)

@@ -21,6 +21,7 @@ import hashlib
 import os
 import re
 import time
+from typing import Any, BinaryIO, NamedTuple
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -35,12 +36,9 @@ from qmpctl.errors import (
     VerificationFailed,
     VmError,
 )
-from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.wire.request import Request
 from qmpctl.wire.targets import Session
 
-if TYPE_CHECKING:
-    from typing import Any, BinaryIO
 
 MiB = 1024 * 1024
 WRITE_CHUNK = 256 * 1024
@@ -414,10 +412,13 @@ def copy_to_guest(session: Session, source: BinaryIO, source_name: str, path: st
                     progress(written, total)
             guest_file.close(transfer.exchange())
     except KeyboardInterrupt:
-        raise Interrupted("interrupted" + (_partial(path, written) if began else "")) from None
+        interrupted = Interrupted("interrupted")
+        if began:
+            interrupted.add_note(_partial(path, written))
+        raise interrupted from None
     except QmpctlError as error:
         if began:
-            _add_to_message(error, _partial(path, written))
+            error.add_note(_partial(path, written))
         raise
     seconds = time.monotonic() - started
     result = CopyResult(source_name, GUEST_PREFIX + path, written, seconds, digest.hexdigest())
@@ -453,12 +454,7 @@ def copy_from_guest(session: Session, path: str, sink: BinaryIO, sink_name: str,
 
 
 def _partial(path: str, written: int) -> str:
-    return f"; the partial file guest:{path} is left in the guest ({written} bytes written)"
-
-
-def _add_to_message(error: QmpctlError, text: str) -> None:
-    error.message += text
-    error.args = (error.message,)
+    return f"the partial file guest:{path} is left in the guest ({written} bytes written)"
 
 
 def _read_local(source: BinaryIO, count: int, name: str) -> bytes:

@@ -12,21 +12,19 @@ commands; :mod:`qmpctl.wire.agent` turns that refusal into a plain message.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
+from typing import Any
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+from qmpctl.timing import THAW_TIMEOUT
 from qmpctl.guest.cleanup import recover_channel, shielded
 from qmpctl.deadline import Deadline
 from qmpctl.errors import Interrupted, ProtocolError, QmpctlError
-from qmpctl.records import TYPE_CHECKING
 from qmpctl.wire.request import Request
 from qmpctl.wire.targets import Session
 
-if TYPE_CHECKING:
-    from typing import Any
 
-THAW_TIMEOUT = 10.0
-"""How long a thaw may take once the guest must be thawed: its own deadline, whatever the call's says."""
 FROZEN = "frozen"
 THAWED = "thawed"
 
@@ -85,15 +83,15 @@ def thaw_for_sure(session: Session, thaw_timeout: float = THAW_TIMEOUT) -> int:
         return thaw(session, deadline)
 
 
+@dataclass
 class FreezeReport:
     """What :func:`frozen` did: how many filesystems it froze and thawed, and for how long."""
 
-    def __init__(self, mountpoints: Sequence[str]) -> None:
-        self.mountpoints = list(mountpoints)
-        self.frozen = 0
-        self.thawed: int | None = None
-        self.frozen_at: float | None = None
-        self.thawed_at: float | None = None
+    mountpoints: list[str] = field(default_factory=list)
+    frozen: int = 0
+    thawed: int | None = None
+    frozen_at: float | None = None
+    thawed_at: float | None = None
 
     @property
     def seconds(self) -> float | None:
@@ -119,18 +117,15 @@ def frozen(session: Session, deadline: Deadline, mountpoints: Sequence[str] = ()
     is raised. After a failed block the block's error wins, and says so when
     the thaw failed too: the guest may then still be frozen.
     """
-    report = FreezeReport(mountpoints)
+    report = FreezeReport(list(mountpoints))
     try:
         report.frozen = freeze(session, deadline, mountpoints)
         report.frozen_at = time.monotonic()
         yield report
     except KeyboardInterrupt:
-        raise Interrupted("interrupted" + _thaw_after_failure(session, report, thaw_timeout)) from None
+        raise _interrupted(_thaw_after_failure(session, report, thaw_timeout)) from None
     except QmpctlError as error:
-        note = _thaw_after_failure(session, report, thaw_timeout)
-        if note:
-            error.message += note
-            error.args = (error.message,)
+        error.add_note(_thaw_after_failure(session, report, thaw_timeout))
         raise
     except BaseException:
         _thaw_after_failure(session, report, thaw_timeout)
@@ -140,16 +135,22 @@ def frozen(session: Session, deadline: Deadline, mountpoints: Sequence[str] = ()
     except KeyboardInterrupt:
         # The signal came after the block ended but before the thaw held signals back (or while it let them
         # go again): thaw (again; a thawed guest answers 0) with signals now held by the handler.
-        raise Interrupted("interrupted" + _thaw_after_failure(session, report, thaw_timeout)) from None
+        raise _interrupted(_thaw_after_failure(session, report, thaw_timeout)) from None
     report.thawed_at = time.monotonic()
 
 
+def _interrupted(note: str) -> Interrupted:
+    error = Interrupted("interrupted")
+    error.add_note(note)
+    return error
+
+
 def _thaw_after_failure(session: Session, report: FreezeReport, thaw_timeout: float) -> str:
-    """Thaw on the way out of a failure; what to add to the failure's message ('' when thawed)."""
+    """Thaw on the way out of a failure; the note to add to the failure ('' when thawed)."""
     try:
         report.thawed = thaw_for_sure(session, thaw_timeout)
     except QmpctlError as error:
-        return (f"; the guest's filesystems may still be frozen (the thaw failed: {error.message}); "
+        return (f"the guest's filesystems may still be frozen (the thaw failed: {error.message}); "
                 "run qmpctl agent fsfreeze thaw")
     report.thawed_at = time.monotonic()
     return ""

@@ -21,8 +21,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 MODES = ("powerdown", "reboot", "halt")
-DEFAULT_WAIT_TIMEOUT = 60.0
-"""With -s and no --wait-timeout: how long a guest may take to go down."""
 
 
 def shutdown_request(mode: str) -> Request:
@@ -57,13 +55,12 @@ def shutdown_and_wait(session: Session, request: Request, qmp: str, deadline: De
         try:
             event = monitor.wait_event(_stopped(mode), wait, f"QEMU at {qmp} to report the guest's {mode}")
         except ConnectionClosed:
-            return {"return": {"event": None, "qemu-exited": True, "seconds": round(time.monotonic() - started, 3)}}
+            return {"event": None, "qemu-exited": True, "seconds": round(time.monotonic() - started, 3)}
         except DeadlineExceeded as exc:
             if mode == "halt":
-                exc.message += " (a halted guest stops its CPUs without QEMU noticing: no event follows)"
-                exc.args = (exc.message,)
+                exc.add_note("(a halted guest stops its CPUs without QEMU noticing: no event follows)", joined=" ")
             raise
-        return {"return": {"event": event.get("event"), "data": event.get("data"),
-                           "seconds": round(time.monotonic() - started, 3)}}
+        return {"event": event.get("event"), "data": event.get("data"),
+                           "seconds": round(time.monotonic() - started, 3)}
     finally:
         monitor.close()

@@ -7,20 +7,19 @@ only truth, and waiting means polling it.
 
 from __future__ import annotations
 
-import time
 
+from qmpctl.timing import BALLOON_POLL_FIRST, BALLOON_POLL_MAX
 from qmpctl.deadline import Deadline, backoff
 from qmpctl.errors import DeadlineExceeded, VmError
 from qmpctl.records import TYPE_CHECKING
 from qmpctl.wire.request import Request
+from qmpctl.wire.waiting import wait_until
 from qmpctl.wire.targets import Session
 
 if TYPE_CHECKING:
     from typing import Any
 
 NO_BALLOON_HINT = "the VM has no balloon device: start it with -device virtio-balloon-pci"
-POLL_FIRST = 0.05
-POLL_MAX = 0.5
 CLOSE_ENOUGH = 1024 * 1024
 """The guest moves memory in pages and may keep a little: within 1 MiB of the target counts as reached."""
 
@@ -32,9 +31,10 @@ def _balloon_error(exc: VmError) -> VmError:
 
 
 def query(session: Session, deadline: Deadline) -> dict[str, Any]:
-    """``query-balloon``'s reply (``actual`` in bytes); no balloon device is :class:`VmError` with the hint."""
+    """What ``query-balloon`` returns (``actual`` in bytes); no balloon device is :class:`VmError` with the hint."""
     try:
-        return session.execute(Request("query-balloon"), deadline)
+        reply: dict[str, Any] = session.execute(Request("query-balloon"), deadline)["return"]
+        return reply
     except VmError as exc:
         raise _balloon_error(exc) from None
 
@@ -42,23 +42,33 @@ def query(session: Session, deadline: Deadline) -> dict[str, Any]:
 def set_target(session: Session, deadline: Deadline, size: int, wait: Deadline | None = None) -> dict[str, Any]:
     """Ask the guest for ``size`` bytes; with ``wait``, poll until ``actual`` is there.
 
-    Returns ``{"return": {"actual": N, "target": size}}``; a wait that runs out
+    Returns ``{"actual": N, "target": size}``; a wait that runs out
     raises :class:`DeadlineExceeded` saying how far the guest got.
     """
     try:
         session.execute(Request("balloon", {"value": size}), deadline)
     except VmError as exc:
         raise _balloon_error(exc) from None
-    actual = query(session, deadline)["return"].get("actual")
+    actual = query(session, deadline).get("actual")
     if wait is not None:
-        pauses = backoff(POLL_FIRST, POLL_MAX)
-        while not (isinstance(actual, int) and abs(actual - size) <= CLOSE_ENOUGH):
-            time.sleep(max(0.0, min(next(pauses), wait.expires_at - time.monotonic())))
+        seen = [actual]
+
+        def reached() -> int | None:
+            actual = seen[0]
+            return actual if isinstance(actual, int) and abs(actual - size) <= CLOSE_ENOUGH else None
+
+        def read() -> int | None:
             try:
-                if wait.expired():
-                    raise wait.exceeded("the balloon")
-                actual = query(session, wait)["return"].get("actual")
+                seen[0] = query(session, wait).get("actual")
             except DeadlineExceeded:
-                raise DeadlineExceeded(f"the guest did not reach {size} bytes within {wait.seconds:g} s: "
-                                       f"it has {actual} bytes", received={"actual": actual, "target": size}) from None
-    return {"return": {"actual": actual, "target": size}}
+                raise short() from None
+            return reached()
+
+        def short() -> DeadlineExceeded:
+            return DeadlineExceeded(f"the guest did not reach {size} bytes within {wait.seconds:g} s: "
+                                    f"it has {seen[0]} bytes", received={"actual": seen[0], "target": size})
+
+        if reached() is None:
+            actual = wait_until(session, read, wait, "the balloon", timeout=short,
+                                pauses=backoff(BALLOON_POLL_FIRST, BALLOON_POLL_MAX))
+    return {"actual": actual, "target": size}

@@ -13,15 +13,16 @@ import itertools
 import os
 import re
 import stat
-import time
 
-from qmpctl.deadline import Deadline, backoff
+from qmpctl.timing import INTERRUPTED_UNPLUG_GRACE, NODE_RELEASE_GRACE
+from qmpctl.timing import ROLLBACK_GRACE as ROLLBACK_GRACE  # backup imports it from here
+from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded, Interrupted, QmpctlError, UsageError, VmError
 from qmpctl.records import TYPE_CHECKING
 from qmpctl.wire.request import Request
 from qmpctl.signals import shielded
 from qmpctl.wire.targets import Session
-from qmpctl.wire.waiting import POLL_FIRST, POLL_MAX, event_named, wait_until
+from qmpctl.wire.waiting import event_named, wait_until
 
 if TYPE_CHECKING:
     from typing import Any, Callable, Optional
@@ -46,12 +47,8 @@ MAX_DEVICE_ID = 24
 
 BUSES = {"virtio": "virtio-blk-pci", "scsi": "scsi-hd"}
 SCSI_CONTROLLER = "virtio-scsi-pci"
-ROLLBACK_GRACE = 5.0
-NODE_RELEASE_GRACE = 2.0
 UNPLUG_PLAN_NOTE = ("a plan, not all the requests (--dry-run connects to nothing): once the guest has released "
                     "the device, blockdev-del deletes its block nodes, which the run finds by asking the VM")
-INTERRUPTED_UNPLUG_GRACE = 3.0
-"""After Ctrl-C or SIGTERM following device_del: how long the guest may take to release the device."""
 
 
 # -- what the VM has -----------------------------------------------------------------------------
@@ -268,9 +265,9 @@ def undo_all(steps: list[UndoStep]) -> list[str]:
 
 def with_notes(error: BaseException, notes: list[str]) -> BaseException:
     """Add what cleanup could not do to an error's message, so the user learns of it."""
-    if notes and isinstance(error, QmpctlError):
-        error.message = f"{error.message}; " + "; ".join(notes)
-        error.args = (error.message,)
+    if isinstance(error, QmpctlError):
+        for note in notes:
+            error.add_note(note)
     return error
 
 
@@ -378,7 +375,7 @@ def hotplug(session: Session, deadline: Deadline, plan: HotplugPlan) -> dict[str
         session.execute(plan.device_add(device_id, bus), deadline)
     except BaseException as exc:
         raise with_notes(exc, undo_all(undo))  # noqa: B904 (the same exception, its message amended)
-    return {"return": result}
+    return result
 
 
 def _ask_removal(session: Session, device_id: str, deadline: Deadline) -> Optional[str]:
@@ -420,16 +417,19 @@ def _delete_released_node(session: Session, node: str, deadline: Deadline) -> bo
     QOM tree a moment earlier, so the node may still be in use: retry briefly.
     """
     release = Deadline(NODE_RELEASE_GRACE)
-    pauses = backoff(POLL_FIRST, POLL_MAX)
-    while node in named_nodes(session, deadline):
+
+    def deleted() -> Optional[bool]:
+        if node not in named_nodes(session, deadline):
+            return False
         try:
             blockdev_del(session, node, deadline)
             return True
         except VmError:
             if release.expired():
                 raise
-            time.sleep(next(pauses))
-    return False
+            return None
+
+    return wait_until(session, deleted, deadline, f"QEMU to release node {node}", check_first=True)
 
 
 def _delete_nodes(session: Session, nodes: list[str], deadline: Deadline) -> tuple[list[str], list[dict[str, str]]]:
@@ -472,7 +472,7 @@ def _remove_left_behind(session: Session, device_id: str, deadline: Deadline) ->
     result = _nodes_result(device_id, deleted, kept)
     result["note"] = (f"device {device_id} was already gone; deleted the block node(s) it left behind: "
                       + ", ".join(deleted))
-    return {"return": result}
+    return result
 
 
 def _after_interrupt(session: Session, device_id: str, nodes: list[str]) -> str:
@@ -537,4 +537,4 @@ def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: f
         with shielded():
             note = _after_interrupt(session, device_id, nodes)
         raise Interrupted(f"interrupted while unplugging {device_id}: {note}") from None
-    return {"return": _nodes_result(device_id, deleted, kept_nodes)}
+    return _nodes_result(device_id, deleted, kept_nodes)

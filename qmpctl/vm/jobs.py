@@ -14,7 +14,8 @@ from qmpctl.errors import JobFailed, ProtocolError, VmError
 from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.wire.request import Request
 from qmpctl.wire.targets import Session
-from qmpctl.wire.waiting import CHECK_EVERY, POLL_MAX, event_named, wait_until
+from qmpctl.timing import CHECK_EVERY, POLL_MAX
+from qmpctl.wire.waiting import event_named, wait_until
 
 if TYPE_CHECKING:
     from typing import Any, Callable, Optional

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from qmpctl.timing import FORCE_GRACE, POWERDOWN_WAIT
 from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded
 from qmpctl.wire.events import EventFilter, wait_for
@@ -19,9 +20,6 @@ from qmpctl.wire.targets import Session
 if TYPE_CHECKING:
     from typing import Any
 
-DEFAULT_POWERDOWN_WAIT = 60.0
-FORCE_GRACE = 10.0
-"""How long ``quit`` may take after a forced powerdown (the --timeout clock has often run out by then)."""
 SHUTDOWN = EventFilter(frozenset({"SHUTDOWN"}))
 RESET_OR_SHUTDOWN = EventFilter(frozenset({"RESET", "SHUTDOWN"}))
 NO_REBOOT_NOTE = "QEMU runs with -no-reboot (or --action reboot=shutdown): the reset shut the VM down"
@@ -37,7 +35,7 @@ def quit_vm(session: Session, deadline: Deadline) -> dict[str, Any]:
     return session.execute_closing(Request("quit"), deadline)
 
 
-def powerdown(session: Session, deadline: Deadline, *, wait_seconds: float | None = DEFAULT_POWERDOWN_WAIT,
+def powerdown(session: Session, deadline: Deadline, *, wait_seconds: float | None = POWERDOWN_WAIT,
               force_after: float | None = None) -> dict[str, Any]:
     """Press the ACPI power button; unless ``wait_seconds`` is None, wait for ``SHUTDOWN``.
 
@@ -47,11 +45,12 @@ def powerdown(session: Session, deadline: Deadline, *, wait_seconds: float | Non
     """
     request = Request("system_powerdown")
     if wait_seconds is None and force_after is None:
-        return session.execute(request, deadline)
+        pressed: dict[str, Any] = session.execute(request, deadline)["return"]
+        return pressed
     session.listen_events(deadline)
     started = time.monotonic()
     session.execute(request, deadline)
-    wait = Deadline(force_after if force_after is not None else wait_seconds or DEFAULT_POWERDOWN_WAIT)
+    wait = Deadline(force_after if force_after is not None else wait_seconds or POWERDOWN_WAIT)
     try:
         event = wait_for(session, SHUTDOWN, wait)
     except DeadlineExceeded:
@@ -59,8 +58,8 @@ def powerdown(session: Session, deadline: Deadline, *, wait_seconds: float | Non
             raise DeadlineExceeded(f"the guest did not shut down within {wait.seconds:g} s of the power button "
                                    "(it may ignore ACPI; --force-after SECONDS quits QEMU then)") from None
         quit_vm(session, Deadline(FORCE_GRACE))
-        return {"return": {"forced": True, "seconds": round(time.monotonic() - started, 3)}}
-    return {"return": {"forced": False, "seconds": round(time.monotonic() - started, 3), "event": event}}
+        return {"forced": True, "seconds": round(time.monotonic() - started, 3)}
+    return {"forced": False, "seconds": round(time.monotonic() - started, 3), "event": event}
 
 
 def reset(session: Session, deadline: Deadline) -> dict[str, Any]:
@@ -75,4 +74,4 @@ def reset(session: Session, deadline: Deadline) -> dict[str, Any]:
     result: dict[str, Any] = {"event": event}
     if event.get("event") == "SHUTDOWN":
         result["note"] = NO_REBOOT_NOTE
-    return {"return": result}
+    return result

@@ -12,7 +12,7 @@ destination and the source is never resumed: two copies running on the same
 disks would corrupt them.
 
 Saved state (``virsh save``) is the same stream into a file:
-:mod:`qmpctl.vm.savedstate`. Facts: qapi/migration.json, PROTOCOL-NOTES "Migration".
+:mod:`qmpctl.vm.savedstate`. Facts: QEMU's qapi/migration.json.
 """
 
 from __future__ import annotations
@@ -21,27 +21,23 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
+from typing import Any, Callable, NamedTuple, Optional
 from types import TracebackType
 
+from qmpctl.timing import (CHECK_EVERY, MIGRATION_CLEANUP_SECONDS, MIGRATION_WAIT_TIMEOUT, SETTLE_POLL_FIRST,
+                           SETTLE_POLL_MAX)
 from qmpctl.deadline import Deadline, backoff
 from qmpctl.errors import (ConnectionClosed, DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError,
                            UsageError, VmError)
 from qmpctl.wire.qmp import QmpSession
-from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.wire.request import Request
 from qmpctl.signals import shielded
 from qmpctl.wire.waiting import event_named, wait_until
 
-if TYPE_CHECKING:
-    from typing import Any, Callable, Optional
-
-DEFAULT_WAIT_TIMEOUT = 86400.0
 UNLIMITED_BANDWIDTH = 1 << 40
 """Bytes/s set when no --speed is given: QEMU's default (128 MiB/s in 7.2, 32 MiB/s before) makes a
 busy guest never converge; 1 TiB/s is "as fast as the channel goes" on every version."""
-CLEANUP_SECONDS = 15.0
-"""The most one cleanup step may take: a cancel takes milliseconds, a destination that hangs must not hang us."""
-CHECK_EVERY = 1.0
 
 ENDED = frozenset({"completed", "failed", "cancelled"})
 POSTCOPY = frozenset({"postcopy-active", "postcopy-paused", "postcopy-recover"})
@@ -113,8 +109,7 @@ class MigrationReading(NamedTuple):
                 "pass": self.passes, "elapsed": round(self.elapsed, 3)}
 
 
-if TYPE_CHECKING:
-    Progress = Callable[[MigrationReading], None]
+Progress = Callable[[MigrationReading], None]
 
 
 # ------------------------------------------------------------------ requests
@@ -158,24 +153,20 @@ def _wanted_capabilities(options: "MigrateOptions") -> dict[str, bool]:
 # ------------------------------------------------------------------ options
 
 
+@dataclass(frozen=True)
 class MigrateOptions:
     """What ``migrate --to`` was asked to do; nonsense is refused on construction (exit 2)."""
 
-    __slots__ = ("uri", "speed", "downtime", "auto_converge", "postcopy_after", "stall_timeout", "wait",
-                 "wait_timeout")
+    uri: Optional[str] = None
+    speed: Optional[int] = None
+    downtime: Optional[int] = None
+    auto_converge: bool = False
+    postcopy_after: Optional[float] = None
+    stall_timeout: Optional[float] = None
+    wait: bool = True
+    wait_timeout: float = MIGRATION_WAIT_TIMEOUT
 
-    def __init__(self, uri: Optional[str] = None, speed: Optional[int] = None, downtime: Optional[int] = None,
-                 auto_converge: bool = False, postcopy_after: Optional[float] = None,
-                 stall_timeout: Optional[float] = None, wait: bool = True,
-                 wait_timeout: float = DEFAULT_WAIT_TIMEOUT) -> None:
-        self.uri = uri
-        self.speed = speed
-        self.downtime = downtime
-        self.auto_converge = auto_converge
-        self.postcopy_after = postcopy_after
-        self.stall_timeout = stall_timeout
-        self.wait = wait
-        self.wait_timeout = wait_timeout
+    def __post_init__(self) -> None:
         for name, value in (("--wait-timeout", self.wait_timeout), ("--stall-timeout", self.stall_timeout),
                             ("--postcopy-after", self.postcopy_after)):
             if value is not None and not 0 < value < float("inf"):
@@ -235,15 +226,22 @@ class Handover:
             return
         with shielded():
             final = self.give_back()
-        tail = f"; the source is {final}" + "".join(f"; {note}" for note in self.notes if note)
         if isinstance(error, KeyboardInterrupt):
-            raise Interrupted(f"interrupted during the {self.what}{tail}") from None
+            interrupted = Interrupted(f"interrupted during the {self.what}")
+            self._tell(interrupted, final)
+            raise interrupted from None
         if isinstance(error, QmpctlError):
-            add_note(error, tail)
+            self._tell(error, final)
+
+    def _tell(self, error: QmpctlError, final: str) -> None:
+        """Add to ``error`` what the cleanup did: where the source stands, and every note."""
+        error.add_note(f"the source is {final}")
+        for note in self.notes:
+            error.add_note(note)
 
     def give_back(self) -> str:
         """Cancel, resume the source if needed, dismiss the destination; returns the source's final run state."""
-        grace = Deadline(CLEANUP_SECONDS)
+        grace = Deadline(MIGRATION_CLEANUP_SECONDS)
         status = "unknown"
         try:
             status = cancel_and_wait(self.source, grace, self.what)
@@ -273,17 +271,22 @@ def resume_source(source: QmpSession, grace: Deadline) -> str:
     finish-migrate, and a ``cont`` then is refused ("Migration is not
     finalized yet"): try again, briefly, until QEMU has let go or ``grace`` ends.
     """
-    from qmpctl.deadline import backoff
+    refused = [""]
 
-    pauses = backoff(0.01, 0.2)
-    while True:
+    def attempt() -> Optional[str]:
         try:
             source.execute(Request("cont"), grace)
             return "resumed the source with cont"
         except QmpctlError as exc:
+            refused[0] = exc.message
             if "not finalized" not in exc.message or grace.expired():
                 return f"could not resume the source ({exc.message})"
-        time.sleep(min(next(pauses), max(grace.expires_at - time.monotonic(), 0)))
+            return None
+
+    try:
+        return wait_until(source, attempt, grace, "QEMU to finalize the failed migration", check_first=True)
+    except DeadlineExceeded:
+        return f"could not resume the source ({refused[0]})"
 
 
 def cancel_and_wait(source: QmpSession, deadline: Deadline, what: str = "migration") -> str:
@@ -336,12 +339,6 @@ def dismiss_destination(destination: QmpSession, grace: Deadline) -> str:
     except QmpctlError as exc:
         return f"could not tell the destination to quit ({exc.message})"
     return "told the destination (which never ran) to quit"
-
-
-def add_note(error: QmpctlError, tail: str) -> None:
-    """Say in ``error``'s message what the cleanup did (the kind of error, and so the exit code, stays)."""
-    error.message += tail
-    error.args = (error.message,)
 
 
 # ------------------------------------------------------------------ waiting
@@ -415,11 +412,13 @@ def _settled(source: QmpSession, deadline: Deadline, reading: MigrationReading) 
     time and downtime still read 0) and puts the source in ``postmigrate``;
     no event marks that, so it is polled briefly.
     """
-    for pause in backoff(0.005, 0.1):
+    def settled() -> Optional[MigrationReading]:
         if run_state(source, deadline) == "postmigrate":
             return query_migrate(source, deadline)._replace(elapsed=reading.elapsed)
-        time.sleep(min(pause, deadline.remaining("the source to settle after the migration")))
-    raise AssertionError("unreachable")
+        return None
+
+    return wait_until(source, settled, deadline, "the source to settle after the migration", check_first=True,
+                      pauses=backoff(SETTLE_POLL_FIRST, SETTLE_POLL_MAX))
 
 
 def after_wait(deadline: Deadline) -> Deadline:
@@ -557,7 +556,7 @@ def migrate(source: QmpSession, destination: QmpSession, deadline: Deadline, opt
                 handover.completed = connected.status != "failed"  # left to run: nothing to take back
                 if connected.status == "failed":
                     raise failure(connected, "migration")
-                return {"return": {"status": connected.status, "uri": uri}}
+                return {"status": connected.status, "uri": uri}
             wait = Deadline(options.wait_timeout)
             try:
                 final = wait_for_source(source, wait, deadline.seconds, options, progress, progress_every,
@@ -572,7 +571,7 @@ def migrate(source: QmpSession, destination: QmpSession, deadline: Deadline, opt
         channel.remove()
     finishing = after_wait(deadline)
     try:
-        destination_state = wait_destination(destination, Deadline(max(deadline.seconds, CLEANUP_SECONDS)),
+        destination_state = wait_destination(destination, Deadline(max(deadline.seconds, MIGRATION_CLEANUP_SECONDS)),
                                               deadline.seconds)
     except (JobFailed, ConnectionClosed) as exc:
         raise _destination_failed(source, was_running, exc) from None
@@ -586,12 +585,12 @@ def migrate(source: QmpSession, destination: QmpSession, deadline: Deadline, opt
     if was_running and destination_state in ("paused", "prelaunch"):
         destination.execute(Request("cont"), finishing)  # a destination started with -S waits for it
         destination_state = run_state(destination, finishing)
-    return {"return": {
+    return {
         "source": {"status": run_state(source, finishing), "migration": final.status},
         "destination": {"status": destination_state},
         "uri": uri, "bytes": final.transferred, "total-time-ms": final.total_time,
         "downtime-ms": final.downtime, "setup-time-ms": final.setup_time,
-        "seconds": round(time.monotonic() - started, 3)}}
+        "seconds": round(time.monotonic() - started, 3)}
 
 
 def _migration_event(event: dict[str, Any]) -> bool:
@@ -607,7 +606,7 @@ def _connected(source: QmpSession, deadline: Deadline) -> Optional[MigrationRead
 def _destination_failed(source: QmpSession, was_running: bool, error: QmpctlError) -> JobFailed:
     """Everything was sent but the destination did not start the VM: the source, intact, takes it back."""
     with shielded():
-        grace = Deadline(CLEANUP_SECONDS)
+        grace = Deadline(MIGRATION_CLEANUP_SECONDS)
         note = ""
         if was_running and _safe_state(source, grace) in RESTARTABLE:
             note = "; " + resume_source(source, grace)
@@ -619,7 +618,7 @@ def _destination_failed(source: QmpSession, was_running: bool, error: QmpctlErro
 def status(session: QmpSession, deadline: Deadline) -> dict[str, Any]:
     """``query-migrate`` as QEMU answers it, with the VM's run state."""
     reply = session.execute(Request("query-migrate"), deadline).get("return")
-    return {"return": {"run-state": run_state(session, deadline), "migration": reply}}
+    return {"run-state": run_state(session, deadline), "migration": reply}
 
 
 def cancel(session: QmpSession, deadline: Deadline) -> dict[str, Any]:
@@ -633,4 +632,4 @@ def cancel(session: QmpSession, deadline: Deadline) -> dict[str, Any]:
     result: dict[str, Any] = {"migration": status_after, "run-state": state}
     if status_after == "completed":
         result["note"] = "the migration had completed: the VM runs on the destination"
-    return {"return": result}
+    return result

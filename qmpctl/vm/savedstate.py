@@ -22,22 +22,22 @@ import hashlib
 import json
 import os
 import time
+from dataclasses import dataclass
+from typing import Any, Optional
 
+from qmpctl.timing import CHECK_EVERY, MIGRATION_CLEANUP_SECONDS, MIGRATION_WAIT_TIMEOUT
 from qmpctl.deadline import Deadline
 from qmpctl.errors import (ConnectionClosed, DeadlineExceeded, Interrupted, JobFailed, QmpctlError, UsageError,
                            VerificationFailed, VmError)
-from qmpctl.vm.migration import (CHECK_EVERY, CLEANUP_SECONDS, DEFAULT_WAIT_TIMEOUT, Handover, add_note,
+from qmpctl.vm.migration import (Handover,
                               after_wait, capabilities_request, check_destination, check_source,
                               dismiss_destination, failure, name_wait_timeout, parameters_request, run_state,
                               wait_destination, wait_for_source)
 from qmpctl.wire.qmp import QmpSession
-from qmpctl.records import TYPE_CHECKING
 from qmpctl.wire.request import Request
 from qmpctl.signals import shielded
 
-if TYPE_CHECKING:
-    from typing import Any, Optional
-    from qmpctl.vm.migration import Progress
+from qmpctl.vm.migration import Progress
 
 FD_NAME = "qmpctl-state"
 """The name the file descriptor gets in QEMU (``getfd``), for the ``fd:`` URI."""
@@ -146,14 +146,15 @@ def check_save_path(path: str, force: bool) -> str:
     return path
 
 
+@dataclass
 class SaveTarget:
     """The file qmpctl creates for a saved state; with --force it replaces FILE only once complete."""
 
-    def __init__(self, path: str, force: bool = False, writing: str = "", fd: int = -1) -> None:
-        self.path = path
-        self.force = force
-        self.writing = writing
-        self.fd = fd
+    path: str
+    force: bool = False
+    writing: str = ""
+    """The file written: FILE itself, or with --force a temporary name beside it."""
+    fd: int = -1
 
     @classmethod
     def create(cls, path: str, force: bool) -> "SaveTarget":
@@ -224,7 +225,7 @@ def save_requests() -> list[Request]:
 
 
 def save(session: QmpSession, deadline: Deadline, path: str, *, force: bool = False, then: str = "stay",
-         speed: Optional[int] = None, wait_timeout: float = DEFAULT_WAIT_TIMEOUT, progress: Optional[Progress] = None,
+         speed: Optional[int] = None, wait_timeout: float = MIGRATION_WAIT_TIMEOUT, progress: Optional[Progress] = None,
          progress_every: float = CHECK_EVERY) -> dict[str, Any]:
     """Pause the VM and write its whole state into a new file ``path``; then leave it paused, ``cont`` or ``quit`` it.
 
@@ -253,7 +254,7 @@ def save(session: QmpSession, deadline: Deadline, path: str, *, force: bool = Fa
             try:
                 session.execute(Request("migrate", {"uri": f"fd:{FD_NAME}"}), deadline)
             except BaseException:
-                _close_fd(session, Deadline(CLEANUP_SECONDS))
+                _close_fd(session, Deadline(MIGRATION_CLEANUP_SECONDS))
                 raise
             wait = Deadline(wait_timeout)
             try:
@@ -269,7 +270,7 @@ def save(session: QmpSession, deadline: Deadline, path: str, *, force: bool = Fa
     except BaseException as exc:
         note = target.discard()
         if isinstance(exc, QmpctlError):
-            add_note(exc, f"; {note}")
+            exc.add_note(note)
         raise
     finishing = after_wait(deadline)
     if then == "cont":
@@ -280,8 +281,8 @@ def save(session: QmpSession, deadline: Deadline, path: str, *, force: bool = Fa
         except ConnectionClosed:
             pass
     state = "exited" if then == "quit" else run_state(session, finishing)
-    return {"return": {"file": target.path, "bytes": os.path.getsize(target.path), "run-state": state,
-                       "downtime-ms": final.downtime, "seconds": round(time.monotonic() - started, 3)}}
+    return {"file": target.path, "bytes": os.path.getsize(target.path), "run-state": state,
+                       "downtime-ms": final.downtime, "seconds": round(time.monotonic() - started, 3)}
 
 
 def open_saved(path: str) -> int:
@@ -299,7 +300,7 @@ def restore_requests() -> list[Request]:
 
 
 def restore(session: QmpSession, deadline: Deadline, path: str, *, paused: bool = False,
-            wait_timeout: float = DEFAULT_WAIT_TIMEOUT) -> dict[str, Any]:
+            wait_timeout: float = MIGRATION_WAIT_TIMEOUT) -> dict[str, Any]:
     """Load the state saved in ``path`` into a QEMU started with ``-incoming defer``; ``cont`` it unless ``paused``.
 
     A load that fails or is interrupted leaves the file untouched and tells a
@@ -332,14 +333,14 @@ def _restore(session: QmpSession, deadline: Deadline, fd: int, paused: bool, wai
                             "QEMU can load (other hardware or version?); its log says why") from None
     except BaseException as exc:
         with shielded():
-            note = dismiss_destination(session, Deadline(CLEANUP_SECONDS))
+            note = dismiss_destination(session, Deadline(MIGRATION_CLEANUP_SECONDS))
         if isinstance(exc, KeyboardInterrupt):
             raise Interrupted(f"interrupted while restoring; {note}") from None
         if isinstance(exc, QmpctlError):
-            add_note(exc, f"; {note}")
+            exc.add_note(note)
         raise
     if not paused and state != "running":
         finishing = after_wait(deadline)
         session.execute(Request("cont"), finishing)
         state = run_state(session, finishing)
-    return {"return": {"run-state": state, "seconds": round(time.monotonic() - started, 3)}}
+    return {"run-state": state, "seconds": round(time.monotonic() - started, 3)}

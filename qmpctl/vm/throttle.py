@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from qmpctl.vm.block import block_devices, device_id_of
+from qmpctl.vm.block import device_id_of
+from qmpctl.vm.disks import find_disk
 from qmpctl.deadline import Deadline
 from qmpctl.errors import UsageError, VmError
 from qmpctl.records import TYPE_CHECKING
@@ -41,17 +42,6 @@ PLAN_NOTE = ("a plan, not the exact requests (--dry-run connects to nothing): th
 def option_name(field: str) -> str:
     """``bps_rd_max`` -> ``--bps-rd-max``: how messages name a limit."""
     return "--" + field.replace("_", "-")
-
-
-def find_disk(session: Session, deadline: Deadline, device: str) -> dict[str, Any]:
-    """The query-block entry of ``device`` (device id, qdev path, or -drive name); absent is a usage error."""
-    disks = block_devices(session, deadline)
-    for disk in disks:
-        qdev = str(disk.get("qdev") or "")
-        if device in (qdev, disk.get("device")) or (qdev and device_id_of(qdev) == device):
-            return disk
-    known = sorted({device_id_of(str(d.get("qdev") or "")) or str(d.get("device") or "") for d in disks} - {""})
-    raise UsageError(f"no disk {device!r} in {session.target} (disks: {', '.join(known) or 'none'})")
 
 
 def current_limits(disk: dict[str, Any]) -> dict[str, Any]:
@@ -161,9 +151,18 @@ def plan(disk: dict[str, Any], changes: Mapping[str, Any], *, off: bool = False)
     return throttle_request(str(qdev), merged)
 
 
+def _entry(session: Session, deadline: Deadline, device: str) -> dict[str, Any]:
+    """query-block's entry of the disk ``device`` names (see :func:`~qmpctl.vm.disks.find_disk`)."""
+    disk = find_disk(session, deadline, device)
+    if not disk.entry:
+        raise UsageError(f"node {disk.top!r} is not attached to a guest device: QEMU throttles a disk through "
+                         "its device")
+    return disk.entry
+
+
 def show(session: Session, deadline: Deadline, device: str) -> dict[str, Any]:
     """``{"device", "qdev", "limits"}`` of ``device`` as QEMU reports them now."""
-    disk = find_disk(session, deadline, device)
+    disk = _entry(session, deadline, device)
     return {"device": device_id_of(str(disk.get("qdev") or "")) or disk.get("device"), "qdev": disk.get("qdev"),
             "limits": current_limits(disk)}
 
@@ -171,7 +170,7 @@ def show(session: Session, deadline: Deadline, device: str) -> dict[str, Any]:
 def set_limits(session: Session, deadline: Deadline, device: str, changes: Mapping[str, Any], *,
                off: bool = False, group: str | None = None) -> dict[str, Any]:
     """Change the named limits of ``device`` (or clear all with ``off``); return what is in force afterwards."""
-    disk = find_disk(session, deadline, device)
+    disk = _entry(session, deadline, device)
     wanted = dict(changes)
     if group is not None:
         wanted["group"] = group

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
+from qmpctl.timing import NO_REPLY_GRACE_SECONDS
 from qmpctl.wire.address import Address
 from qmpctl.wire.connect import open_connection
 from qmpctl.deadline import Deadline
@@ -32,7 +33,6 @@ DISABLED_CLASS = "CommandNotFound"
 MAX_DRAIN_READS = 64
 NO_REPLY_COMMANDS = frozenset({"guest-shutdown", "guest-suspend-disk", "guest-suspend-ram", "guest-suspend-hybrid"})
 """Commands qemu-ga answers only when they fail: on success the guest goes away instead."""
-NO_REPLY_GRACE_SECONDS = 1.0
 
 
 def _random_id() -> int:

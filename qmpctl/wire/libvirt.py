@@ -23,6 +23,7 @@ import threading
 from types import ModuleType
 from typing import Any, Callable, NamedTuple, TypeVar
 
+from qmpctl.timing import EVENT_POLL_SECONDS, NO_REPLY_GRACE_SECONDS
 from qmpctl.wire.agent import SILENT_HINT, disabled_command_error, is_frozen
 from qmpctl.deadline import Deadline
 from qmpctl.errors import (ConnectError, ConnectionClosed, DeadlineExceeded, ProtocolError, QmpctlError,
@@ -30,7 +31,7 @@ from qmpctl.errors import (ConnectError, ConnectionClosed, DeadlineExceeded, Pro
 from qmpctl.wire.qmp import checked_reply
 from qmpctl.wire.request import Request
 from qmpctl.wire import trace
-from qmpctl.wire.session import AGENT, MONITOR, WithoutEvents
+from qmpctl.wire.session import AGENT, HERE, MONITOR, UNREACHABLE, HostFiles, WithoutEvents
 
 DEFAULT_URI = "qemu:///system"
 INSTALL_HINT = (
@@ -41,9 +42,6 @@ INSTALL_HINT = (
 LOOPBACK_HOSTS = ("", "localhost", "127.0.0.1", "::1")
 LIBVIRTD_HINT = "libvirtd is not answering"
 MONITOR_HINT = "libvirtd or QEMU's monitor is busy or not answering"
-NO_REPLY_GRACE_SECONDS = 1
-"""How long libvirt waits for an answer to a command that answers only when it fails
-(guest-shutdown): long enough for a quick refusal, libvirt's smallest timeout."""
 
 LIBVIRT_STRING_MAX = 4 * 1024 * 1024
 """libvirt's RPC carries a command or a reply as one string of at most 4 MiB
@@ -218,11 +216,17 @@ class DomainTarget(NamedTuple):
     def connect_uri(self) -> str:
         return self.uri or DEFAULT_URI
 
+    def host_files(self) -> HostFiles:
+        """Here for URIs without a remote host (qemu:///system, qemu+unix:///...); else out of reach.
+
+        A ``qemu+ssh://`` URI is libvirt's own way in: qmpctl does not reach that host's files through it.
+        """
+        host = uri_host(self.connect_uri)
+        return HostFiles(HERE if host in LOOPBACK_HOSTS or host.startswith("127.") else UNREACHABLE)
+
     @property
     def is_local(self) -> bool:
-        """True for URIs without a remote host (qemu:///system, qemu+unix:///...), where the VM's files are ours too."""
-        host = uri_host(self.connect_uri)
-        return host in LOOPBACK_HOSTS or host.startswith("127.")
+        return self.host_files().is_local
 
     def __str__(self) -> str:
         return self.label or f"domain:{self.name}"
@@ -337,8 +341,6 @@ class DomainSession(WithoutEvents):
 
 _event_loop_lock = threading.Lock()
 _event_loop_running = False
-EVENT_POLL_SECONDS = 0.5
-"""How often a wait for an event looks at Ctrl-C and its deadline."""
 
 
 def _run_event_loop(libvirt: ModuleType) -> None:

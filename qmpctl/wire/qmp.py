@@ -78,7 +78,6 @@ class QmpSession:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.target = str(connection.address)
-        self.greeting: dict[str, Any] = {}
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_KEPT_EVENTS)
         self._prefix = f"qmpctl-{os.getpid()}-"
         self._counter = 0
@@ -121,7 +120,6 @@ class QmpSession:
                     f"{self.target} is not a QMP monitor: its first message has no QMP greeting",
                     received=message,
                 )
-            self.greeting = message
             return
 
     def _negotiate(self, deadline: Deadline) -> None:

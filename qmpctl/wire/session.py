@@ -13,14 +13,23 @@ from __future__ import annotations
 
 from qmpctl.deadline import Deadline
 from qmpctl.errors import UsageError
-from qmpctl.records import TYPE_CHECKING
+from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.wire.request import Request
 
 MONITOR = "qmp"
 AGENT = "qga"
 
+HERE = "here"
+"""The VM runs on this machine: its files are qmpctl's files."""
+OVER_SSH = "ssh"
+"""The VM's host is reached over ssh (an ``ssh://`` socket): its files are checked and written there."""
+UNREACHABLE = "unreachable"
+"""The VM runs on another host qmpctl has no way into (a TCP monitor, a libvirt domain on a remote URI)."""
+
 if TYPE_CHECKING:
     from typing import Any, Callable, Iterable, Protocol
+    from qmpctl.wire.address import SshHost
+    from qmpctl.wire.ssh import RemoteFiles
 
     EventMatch = Callable[[dict[str, Any]], bool]
     """Accepts the events a wait is for (see :func:`qmpctl.wire.waiting.event_named`)."""
@@ -100,6 +109,34 @@ class Session(Protocol):
     def close(self) -> None: ...
 
 
+class HostFiles(NamedTuple):
+    """Where a VM's files (its images, a backup's target) are, as qmpctl can reach them: its target says.
+
+    ``reach`` is :data:`HERE`, :data:`OVER_SSH` (``host`` then names the
+    machine) or :data:`UNREACHABLE`. Nothing is connected to answer.
+    """
+
+    reach: str
+    host: SshHost | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return self.reach == HERE
+
+    @property
+    def side(self) -> str:
+        """How messages say where a path is: ``on HOST`` over ssh, else nothing."""
+        return f"on {self.host}" if self.host is not None else ""
+
+    def remote(self) -> RemoteFiles | None:
+        """The VM host's file system through ssh (its master is set up on first use); None unless over ssh."""
+        if self.host is None:
+            return None
+        from qmpctl.wire.ssh import RemoteFiles
+
+        return RemoteFiles(self.host)
+
+
 class Target(Protocol):
     """A VM's monitor or agent, by socket or by libvirt domain: something a :class:`Session` is opened to."""
 
@@ -107,9 +144,13 @@ class Target(Protocol):
 
     def __str__(self) -> str: ...
 
+    def host_files(self) -> HostFiles:
+        """Where the VM's files are: this machine, its host over ssh, or out of reach."""
+        ...
+
     @property
     def is_local(self) -> bool:
-        """True when the VM's files are visible to qmpctl (same machine)."""
+        """True when the VM's files are visible to qmpctl (same machine): ``host_files().is_local``."""
         ...
 
 

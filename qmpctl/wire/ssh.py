@@ -31,6 +31,7 @@ import subprocess
 import tempfile
 import threading
 
+from qmpctl.timing import CONTROL_PERSIST_SECONDS, SSH_CHECK_SECONDS, SSH_EXIT_SECONDS, SSH_RELEASE_SECONDS
 from qmpctl.wire.address import Address, SshHost
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectError, ConnectionClosed, Interrupted, QmpctlError, UsageError
@@ -41,16 +42,8 @@ if TYPE_CHECKING:
     from typing import Any, Optional, Sequence
 
 SSH_ENV = "QMPCTL_SSH"
-CONTROL_PERSIST_SECONDS = 15
-"""How long an idle master stays up: covers the gaps of one call, ends masters a killed qmpctl left behind."""
-CHECK_SECONDS = 2.0
-"""How long asking a master whether it still stands may take, when a channel ended unexpectedly."""
-EXIT_SECONDS = 2.0
-"""How long ``ssh -O exit`` may take at exit; a master that does not answer expires by ControlPersist."""
 SSH_FAILED = 255
 """ssh's own exit status: no connection, or the connection was lost; a remote command's is its own."""
-RELEASE_SECONDS = 5.0
-"""How long a script holding something on the host (a lock) may take to end once told to."""
 NOISE = ("Warning: Permanently added", "debug", "Transferred:", "Bytes per second", "Exit request sent",
          "Authenticated to", "** WARNING", "** This session", "** The server", "** upgraded")
 
@@ -275,7 +268,7 @@ class _Master:
     def alive(self) -> bool:
         """Whether the master still holds its connection (``ssh -O check``, briefly bounded)."""
         try:
-            done = _communicate(self._ssh("-O", "check"), Deadline(CHECK_SECONDS),
+            done = _communicate(self._ssh("-O", "check"), Deadline(SSH_CHECK_SECONDS),
                                 f"the SSH master for {self.host}")
         except QmpctlError:
             return False
@@ -291,7 +284,7 @@ class _Master:
         except ConnectError:
             return
         try:
-            proc.wait(timeout=EXIT_SECONDS)
+            proc.wait(timeout=SSH_EXIT_SECONDS)
         except BaseException:
             _kill(proc)
         _reaped(proc)
@@ -351,7 +344,7 @@ class Held:
                 except OSError:
                     pass
         try:
-            self.proc.wait(timeout=RELEASE_SECONDS)
+            self.proc.wait(timeout=SSH_RELEASE_SECONDS)
         except subprocess.TimeoutExpired:
             pass
         finally:  # killed on every path; a Ctrl-C meanwhile still reaches the caller
@@ -534,10 +527,3 @@ class RemoteFiles:
     def remove(self, path: str, deadline: Deadline) -> None:
         self.master.shell(REMOVE_SCRIPT, [path], deadline, f"remove {path}")
 
-
-def remote_files(target: object) -> Optional[RemoteFiles]:
-    """The remote file system behind an ``ssh://`` socket target; None for any other target."""
-    address = getattr(target, "address", None)
-    if isinstance(address, Address) and address.via is not None:
-        return RemoteFiles(address.via)
-    return None

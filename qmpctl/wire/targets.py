@@ -15,14 +15,15 @@ from qmpctl.wire.connect import expand_addresses
 from qmpctl.deadline import Deadline
 from qmpctl.errors import UsageError
 from qmpctl.records import TYPE_CHECKING, NamedTuple
-from qmpctl.wire.session import AGENT, MONITOR, Session, Target
+from qmpctl.wire.session import AGENT, HERE, MONITOR, OVER_SSH, UNREACHABLE, HostFiles, Session, Target
 
 if TYPE_CHECKING:
     from typing import Any, Callable
 
     Action = Callable[[Session, Deadline, Target], Any]
 
-__all__ = ["AGENT", "MONITOR", "Session", "SocketTarget", "Target", "resolve_targets"]
+__all__ = ["AGENT", "MONITOR", "HostFiles", "Session", "SocketTarget", "Target", "resolve_targets",
+           "written_targets"]
 
 
 class SocketTarget(NamedTuple):
@@ -40,11 +41,19 @@ class SocketTarget(NamedTuple):
 
         return QmpSession.connect(self.address, deadline)
 
+    def host_files(self) -> HostFiles:
+        """Here for a unix socket or a loopback TCP port; over ssh for ``ssh://``; else out of reach."""
+        address = self.address
+        if address.via is not None:
+            return HostFiles(OVER_SSH, address.via)
+        if address.is_unix or address.host in ("localhost", "127.0.0.1", "::1") or bool(
+                address.host and address.host.startswith("127.")):
+            return HostFiles(HERE)
+        return HostFiles(UNREACHABLE)
+
     @property
     def is_local(self) -> bool:
-        return self.address.is_unix or self.address.host in ("localhost", "127.0.0.1", "::1") or bool(
-            self.address.host and self.address.host.startswith("127.")
-        )
+        return self.host_files().is_local
 
     def __str__(self) -> str:
         return str(self.address)
@@ -57,15 +66,34 @@ def resolve_targets(kind: str, sockets: list[str], domains: list[str], uri: str 
     ``timeout`` bounds the listing of remote globs (``ssh://HOST/run/*.qmp``), done before any VM is asked.
     """
     targets: list[Target] = [SocketTarget(address, kind) for address in expand_addresses(sockets, timeout)]
-    if domains:
-        from qmpctl.wire.libvirt import DomainTarget, split_domain
-
-        for value in domains:  # URI/DOMAIN names a domain on its own URI; a bare name uses -c
-            own_uri, name = split_domain(value)
-            targets.append(DomainTarget(name, own_uri or uri, kind, value if own_uri else None))
+    targets += _domain_targets(kind, domains, uri)
     if not targets:
         if kind == AGENT:
             raise UsageError("no target: pass -a PATH (the agent channel socket), -d DOMAIN, or set QMPCTL_AGENT")
         raise UsageError("no target: pass -s PATH (the VM's -qmp socket), -d DOMAIN, or set QMPCTL_QMP")
     return targets
 
+
+
+def written_targets(kind: str, sockets: list[str], domains: list[str], uri: str | None) -> list[Target]:
+    """The targets as the options write them, globs not expanded and nothing asked: what --dry-run can know.
+
+    An ``ssh://`` glob stays one target, enough to tell where the VM's files are
+    (:meth:`Target.host_files`); none at all is an empty list, not an error.
+    """
+    from qmpctl.wire.address import parse_address
+
+    targets: list[Target] = [SocketTarget(parse_address(value), kind) for value in sockets]
+    return targets + _domain_targets(kind, domains, uri)
+
+
+def _domain_targets(kind: str, domains: list[str], uri: str | None) -> list[Target]:
+    if not domains:
+        return []
+    from qmpctl.wire.libvirt import DomainTarget, split_domain
+
+    targets: list[Target] = []
+    for value in domains:  # URI/DOMAIN names a domain on its own URI; a bare name uses -c
+        own_uri, name = split_domain(value)
+        targets.append(DomainTarget(name, own_uri or uri, kind, value if own_uri else None))
+    return targets

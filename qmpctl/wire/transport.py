@@ -12,6 +12,7 @@ import socket
 import stat
 import time
 
+from qmpctl.timing import QUEUE_FULL_RETRY_SECONDS
 from qmpctl.wire import trace
 from qmpctl.wire.address import Address
 from qmpctl.deadline import Deadline
@@ -27,7 +28,6 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 RECV_CHUNK = 256 * 1024
 UNIX_PATH_MAX = 107
 """sun_path holds 108 bytes including the terminating NUL."""
-QUEUE_FULL_RETRY_SECONDS = 0.05
 QUEUE_FULL_HINT = "its listen queue is full: busy serving other clients"
 
 
@@ -197,14 +197,3 @@ class Connection:
         """One ``\\n``-terminated line (QMP ends lines with CRLF, the agent with LF)."""
         return self._take_until(b"\n", deadline, waiting_for, hint)
 
-    def skip_to_byte(self, marker: bytes, deadline: Deadline, waiting_for: str, hint: str = "") -> None:
-        """Discard everything up to and including ``marker`` (the agent's 0xFF sync byte)."""
-        while True:
-            index = self._buffer.find(marker)
-            if index >= 0:
-                del self._buffer[: index + 1]
-                self._scanned = 0
-                return
-            self._buffer.clear()
-            self._scanned = 0
-            self._fill(deadline, waiting_for, hint)

@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import time
 
+from qmpctl.timing import CHECK_EVERY as CHECK_EVERY  # backup imports it from here
+from qmpctl.timing import POLL_FIRST, POLL_MAX
 from qmpctl.deadline import Deadline, backoff
 from qmpctl.errors import DeadlineExceeded
 from qmpctl.records import TYPE_CHECKING
 from qmpctl.wire.session import Session
 
 if TYPE_CHECKING:
-    from typing import Any, Callable, Optional, TypeVar
+    from typing import Any, Callable, Iterator, Optional, TypeVar
     from qmpctl.wire.session import EventMatch
 
     T = TypeVar("T")
 
 
-POLL_FIRST = 0.01
-POLL_MAX = 0.2
-CHECK_EVERY = 1.0
-"""With events: how often the check runs anyway (progress, and a guard against a missed event)."""
 
 
 def event_named(name: str, **data: Any) -> EventMatch:
@@ -38,25 +36,41 @@ def event_named(name: str, **data: Any) -> EventMatch:
     return match
 
 
-def wait_until(session: Session, check: Callable[[], Optional[T]], wait: Deadline, waiting_for: str, *,
-               event: EventMatch, every: float = CHECK_EVERY) -> T:
-    """Return the first value ``check`` gives that is not None, bounded by ``wait``.
+def wait_until(session: Optional[Session], check: Callable[[], Optional[T]], wait: Deadline, waiting_for: str, *,
+               event: Optional[EventMatch] = None, every: float = CHECK_EVERY,
+               pauses: Optional[Iterator[float]] = None, check_first: bool = False,
+               timeout: Optional[Callable[[], BaseException]] = None,
+               sleep: Callable[[float], None] = time.sleep) -> T:
+    """Return the first value ``check`` gives that is not None, bounded by ``wait``: every wait of qmpctl.
 
-    With events, ``check`` runs as soon as a matching ``event`` arrives, and
-    every ``every`` seconds in between; without, it is polled, pausing
-    10 ms at first and backing off to 200 ms. ``wait`` running out raises :class:`DeadlineExceeded`.
+    With events (``event`` given and a session that delivers them),
+    ``check`` runs as soon as a matching event arrives, and every ``every``
+    seconds in between; without, it is polled, pausing as long as ``pauses`` says at
+    first (``pauses``; by default 10 ms, backing off to 200 ms). ``check_first`` runs it once before
+    any pause (for retries, where the first try is the common case). ``wait``
+    running out raises what ``timeout`` builds, else :class:`DeadlineExceeded`
+    naming ``waiting_for``; ``check`` may raise to end the wait its own way.
     """
-    pauses = backoff(POLL_FIRST, POLL_MAX)
+    if check_first:
+        result = check()
+        if result is not None:
+            return result
+    if pauses is None:
+        pauses = backoff(POLL_FIRST, POLL_MAX)
     while True:
-        if session.supports_events:
+        if event is not None and session is not None and session.supports_events:
             window = wait.sub(every)
             try:
                 session.wait_event(event, window, waiting_for)
             except DeadlineExceeded:
                 if window is wait:
+                    if timeout is not None:
+                        raise timeout() from None
                     raise
         else:
-            time.sleep(min(next(pauses), wait.remaining(waiting_for)))
+            if wait.expired():
+                raise timeout() if timeout is not None else wait.exceeded(waiting_for)
+            sleep(max(0.0, min(next(pauses), wait.expires_at - time.monotonic())))
         result = check()
         if result is not None:
             return result

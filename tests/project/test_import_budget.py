@@ -4,9 +4,13 @@ Each check runs the command in a fresh interpreter through ``run_cli`` against
 a real QEMU or qemu-ga, then lists ``sys.modules``. ``import jsonschema``
 alone costs more than a whole ``virsh`` call; Typer (with its click, rich and
 pydantic) several; ``dataclasses`` drags in ``inspect``. Every command is read
-by the start-up parser (qmpctl/cli/parse.py) and needs no Typer; the ones
-scripts run most (status, stop, cont, agent ping/info/interfaces) need none of
-the rest either.
+by the start-up parser (qmpctl/cli/parse.py) and needs neither Typer nor
+jsonschema. The quick commands (``QUICK`` in tests/support/quick.py: one or
+two exchanges, run by scripts in loops) are held to the whole budget: no
+``typing``, ``dataclasses`` or ``inspect`` at run time either, and none of the long
+workflows' modules, which may use them. The long workflows (backups, restore,
+migration, saved state, agent cp, fsfreeze, hotplug) take seconds to hours:
+a few milliseconds of imports are nothing to them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import pytest
 from qmpctl.cli.spec import COMMANDS, Command
 from support.examples import dry_run_words
 from support.qga import HostAgent, have_qemu_ga
+from support.quick import QUICK
 
 # What qmpctl imports does not depend on the QEMU it talks to.
 pytestmark = pytest.mark.one_qemu
@@ -51,6 +56,20 @@ FAST_PATH_EXTRA = {
     "dataclasses": "dataclasses imports inspect: a few ms per call (use a NamedTuple on the hot path)",
     "inspect": "inspect costs a few ms per call and the hot path does not need it",
     "typing": "typing costs about 3 ms per call: qmpctl names its types under TYPE_CHECKING (see qmpctl/records.py)",
+}
+
+# QUICK (tests/support/quick.py): the commands held to the start-up budget (FAST_PATH_EXTRA); every other one
+# only to ANY_COMMAND.
+ANY_COMMAND = {
+    **NO_TYPER,
+    "jsonschema": "validation uses qmpctl.wire.schema; jsonschema is for the test suite only",
+}
+LONG_WORKFLOWS = {
+    "qmpctl.vm.migration": "only migrate needs it, and it may use typing and dataclasses",
+    "qmpctl.vm.savedstate": "only migrate --to-file/--from-file need it, and it may use typing and dataclasses",
+    "qmpctl.guest.files": "only agent cp needs it, and it may use typing and dataclasses",
+    "qmpctl.guest.freeze": "only fsfreeze and backup --freeze need it, and it may use typing and contextlib",
+    "qmpctl.backup": "only backup and restore need it",
 }
 
 PROBE = """
@@ -93,7 +112,7 @@ def agent(tmp_path_factory) -> HostAgent:
 def test_status_against_a_real_vm_stays_light(vm, tmp_path):
     code, out, modules = imported_by(tmp_path, "status", "-s", str(vm.qmp_path))
     assert code == 0 and json.loads(out)["return"]["status"] == "prelaunch", out
-    assert offenders(modules, {**HEAVY, **FAST_PATH_EXTRA}) == []
+    assert offenders(modules, {**HEAVY, **FAST_PATH_EXTRA, **LONG_WORKFLOWS}) == []
     assert "qmpctl.wire.qmp" in modules  # it really connected: the probe sees imports
 
 
@@ -138,7 +157,7 @@ def test_hmp_monitor_command_stays_clear_of_heavy_modules(vm, tmp_path):
 def test_agent_ping_against_a_real_agent_stays_light(agent, tmp_path):
     code, out, modules = imported_by(tmp_path, "agent", "ping", "-a", str(agent.path))
     assert code == 0 and json.loads(out) == {"return": {}}, out
-    assert offenders(modules, {**HEAVY, **FAST_PATH_EXTRA}) == []
+    assert offenders(modules, {**HEAVY, **FAST_PATH_EXTRA, **LONG_WORKFLOWS}) == []
     assert "qmpctl.wire.agent" in modules
 
 
@@ -168,12 +187,18 @@ def dry_run_line(command: Command, tmp_path: Path) -> list[str]:
     return line
 
 
+def test_the_quick_commands_are_declared_commands():
+    assert QUICK <= {command.words for command in COMMANDS}
+
+
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c.words))
-def test_every_command_runs_without_typer_or_heavy_modules(command, tmp_path):
+def test_every_command_runs_without_typer_or_jsonschema_and_the_quick_ones_within_the_budget(command, tmp_path):
     code, out, modules = imported_by(tmp_path, *dry_run_line(command, tmp_path))
     assert code in (0, 2, 3), out  # 2 or 3: its own checks of the example's files and socket, read without Typer
-    budget = {name: why for name, why in HEAVY.items() if not name.startswith("qmpctl.")}
-    assert offenders(modules, {**budget, **FAST_PATH_EXTRA}) == []
+    assert offenders(modules, ANY_COMMAND) == []
+    if command.words in QUICK:
+        budget = {name: why for name, why in HEAVY.items() if not name.startswith("qmpctl.")}
+        assert offenders(modules, {**budget, **FAST_PATH_EXTRA, **LONG_WORKFLOWS}) == []
 
 
 HELP_BUDGET = {
@@ -188,3 +213,17 @@ def test_typers_path_stays_clear_of_pydantic(argv, tmp_path):
     assert code in (0, 2)
     assert "typer" in modules  # the probe really took Typer's path
     assert offenders(modules, HELP_BUDGET) == []
+
+
+QUICK_LINES = [("stop",), ("cont",), ("block",), ("block", "--nodes"), ("jobs",), ("stats",), ("throttle", "vd0"),
+               ("balloon",), ("events", "--count", "1", "--timeout", "0.3")]
+
+
+@pytest.mark.qemu
+@pytest.mark.parametrize("line", QUICK_LINES, ids=" ".join)
+def test_quick_commands_against_a_real_vm_stay_within_the_budget(line, vm, tmp_path):
+    code, out, modules = imported_by(tmp_path, *line, "-s", str(vm.qmp_path))
+    assert code in (0, 1, 4), out  # 1: no balloon device; 4: no event within the time
+    budget = {name: why for name, why in HEAVY.items() if not name.startswith("qmpctl.")}
+    assert offenders(modules, {**budget, **FAST_PATH_EXTRA, **LONG_WORKFLOWS}) == []
+    assert "qmpctl.wire.qmp" in modules

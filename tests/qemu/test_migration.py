@@ -91,7 +91,7 @@ def test_a_running_vm_moves_and_both_sides_agree(make_vm):
     readings = []
     with session(source) as src, session(destination) as dst:
         result = migrate(src, dst, Deadline(10), MigrateOptions(), progress=readings.append, progress_every=0.1)
-    summary = result["return"]
+    summary = result
     assert summary["source"] == {"status": "postmigrate", "migration": "completed"}, summary
     assert summary["destination"] == {"status": "running"}
     assert summary["bytes"] >= BLOB_BYTES
@@ -105,7 +105,7 @@ def test_a_paused_source_arrives_paused(make_vm):
     source, destination = make_vm(running=False), make_vm(incoming=True)
     with session(source) as src, session(destination) as dst:
         result = migrate(src, dst, Deadline(10), MigrateOptions())
-    assert result["return"]["destination"] == {"status": "paused"}
+    assert result["destination"] == {"status": "paused"}
     assert state(destination) == "paused"
 
 

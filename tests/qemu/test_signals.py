@@ -102,7 +102,7 @@ def test_after_the_first_signal_later_ones_wait_for_the_exit():
             for _ in range(3):
                 os.kill(os.getpid(), signal.SIGTERM)
                 os.kill(os.getpid(), signal.SIGINT)
-            print("cleanup finished", signals.interrupted_by() == signal.SIGINT)
+            print("cleanup finished", signals._caught == signal.SIGINT)
     """)
     assert result.returncode == 0 and result.stdout.strip() == "cleanup finished True", result
 

@@ -73,5 +73,5 @@ def test_unplug_polls_where_the_session_has_no_events(vm_factory):
         session.supports_events = False
         session.wait_event = lambda *args: pytest.fail("waited for an event on a session without events")
         reply = block.unplug(session, Deadline(10), "sd1", wait_seconds=10)
-    assert reply == {"return": {"device": "sd1", "deleted-nodes": ["sd1-fmt"]}}
+    assert reply == {"device": "sd1", "deleted-nodes": ["sd1-fmt"]}
     assert block_state(vm) == before

@@ -1,6 +1,6 @@
 """Property tests for everything qmpctl parses from untrusted bytes or text.
 
-The peer's bytes (QMP line reader, agent 0xFF reader, message handling) and
+The peer's bytes (the line reader, QMP and agent message handling) and
 the user's text (addresses, raw requests) may be anything: the only
 exceptions allowed out are qmpctl's own errors, and memory stays bounded by
 the 64 MiB cap.
@@ -84,28 +84,6 @@ def test_read_line_returns_every_line_whatever_the_chunking(case):
 
 
 @FUZZ
-@given(chunked(), st.lists(st.sampled_from(["line", "skip"]), min_size=1, max_size=20))
-def test_line_and_sync_byte_readers_agree_with_a_reference(case, operations):
-    """read_line and skip_to_byte, interleaved, give what a plain scan of the whole stream gives."""
-    payload, chunks = case
-    conn = connection(chunks)
-    position = 0
-    for operation in operations:
-        delimiter = b"\n" if operation == "line" else b"\xff"
-        end = payload.find(delimiter, position)
-        if end < 0:
-            with pytest.raises(ProtocolError, match="connection closed"):
-                (conn.read_line if operation == "line" else
-                 lambda d, w: conn.skip_to_byte(b"\xff", d, w))(deadline(), "fuzz")
-            return
-        if operation == "line":
-            assert conn.read_line(deadline(), "fuzz") == payload[position:end + 1]
-        else:
-            conn.skip_to_byte(b"\xff", deadline(), "fuzz")
-        position = end + 1
-
-
-@FUZZ
 @given(chunked(), st.sampled_from([socket.timeout("timed out"), ConnectionResetError(104, "reset"),
                                    OSError(5, "Input/output error"), BrokenPipeError(32, "pipe")]))
 def test_socket_failures_become_qmpctl_errors(case, failure):
@@ -137,25 +115,6 @@ def test_line_over_the_cap_is_a_protocol_error_with_bounded_memory():
     with pytest.raises(ProtocolError, match="64 MiB"):
         conn.read_line(deadline(), "fuzz")
     assert len(conn._buffer) <= MAX_MESSAGE_BYTES + RECV_CHUNK
-
-
-def test_skipping_to_the_sync_byte_keeps_nothing_it_skipped():
-    """100 MiB without a 0xFF pass through a buffer that never holds more than one read."""
-    sizes: list[int] = []
-    conn = connection([])
-    chunk = b"y" * RECV_CHUNK
-    total = 100 * 1024 * 1024 // RECV_CHUNK
-
-    def junk():
-        for _ in range(total):
-            sizes.append(len(conn._buffer))
-            yield chunk
-        yield b"tail\xffrest"
-
-    conn.sock = ScriptedSocket(junk())  # type: ignore[assignment]
-    conn.skip_to_byte(b"\xff", deadline(), "fuzz")
-    assert max(sizes) <= RECV_CHUNK
-    assert bytes(conn._buffer) == b"rest"  # what follows the marker is kept for the next read
 
 
 # --- QMP message handling -------------------------------------------------------------------
