@@ -21,6 +21,8 @@ from qmpctl.cli.spec import COMMANDS, GROUPS, Command
 
 ROOT_HELP = """Talk to QEMU VMs over QMP and to their guest agents.
 
+qmpctl help COMMAND shows a command's manual page; qmpctl help, the index.
+
 Exit codes: 0 success, 1 the VM or agent answered with an error, 2 bad usage or
 invalid input (nothing sent), 3 could not connect, 4 timed out (also a busy
 monitor), 5 protocol error, 6 a block job failed, 70 internal error (a bug in
