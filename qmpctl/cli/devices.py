@@ -103,7 +103,7 @@ def vcpus(common: Common, *, count: Optional[int]) -> int:
     if count is None:
         from qmpctl.vm.cpus import listing
 
-        return run(common, lambda session, deadline, target: listing(session, deadline), [query])
+        return run(common, enveloped(lambda session, deadline, target: listing(session, deadline)), [query])
     from qmpctl.errors import UsageError
     from qmpctl.vm import cpus
 
