@@ -188,6 +188,11 @@ def run(common: Common, action: Action, requests: list[Request], *, text: bool =
     return run_fleet(targets, common, action)
 
 
+def enveloped(action: Action) -> Action:
+    """A library function's data, printed as QEMU's replies look (``{"return": ...}``): the library returns data."""
+    return lambda session, deadline, target: {"return": action(session, deadline, target)}
+
+
 def fleet_line(target: Target, reply: Any = None, error: QmpctlError | None = None) -> dict[str, Any]:
     if error is not None:
         return {"target": str(target), "error": error.to_json(), "exit": int(error.exit_code)}

@@ -6,7 +6,7 @@ imported inside the commands so that other commands do not pay for them.
 
 from __future__ import annotations
 
-from qmpctl.cli.common import Common, printed_plan, run
+from qmpctl.cli.common import Common, enveloped, printed_plan, run
 from qmpctl.errors import ExitCode
 from qmpctl.records import TYPE_CHECKING
 
@@ -26,15 +26,16 @@ def media_insert(common: Common, *, device: str, file: str, image_format: Option
         def insert_remote(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
             filename, detected = check_image(file, image_format, is_local=False, files=files.remote(),
                                              deadline=deadline)
-            return media.insert(session, deadline, device, filename, detected, read_only)
+            return {"return": media.insert(session, deadline, device, filename, detected, read_only)}
 
         return run(common, insert_remote, [], targets=targets)
     filename, detected = media.check_medium(file, image_format, is_local=files.is_local)  # before anything is sent
     request = media.change_request({"id": device}, filename, detected, read_only)
     if printed_plan(common, [request], media.ID_PLAN_NOTE.format(device=device)):
         return ExitCode.OK
-    return run(common, lambda session, deadline, target: media.insert(session, deadline, device, filename, detected,
-                                                                      read_only), [request], targets=targets)
+    insert = enveloped(lambda session, deadline, target: media.insert(session, deadline, device, filename, detected,
+                                                                       read_only))
+    return run(common, insert, [request], targets=targets)
 
 
 def media_eject(common: Common, *, device: str, force: bool) -> int:
@@ -43,7 +44,8 @@ def media_eject(common: Common, *, device: str, force: bool) -> int:
     request = media.eject_request({"id": device}, force)
     if printed_plan(common, [request], media.ID_PLAN_NOTE.format(device=device)):
         return ExitCode.OK
-    return run(common, lambda session, deadline, target: media.eject(session, deadline, device, force), [request])
+    eject = enveloped(lambda session, deadline, target: media.eject(session, deadline, device, force))
+    return run(common, eject, [request])
 
 
 def hotplug_nic(common: Common, *, device_id: Optional[str], model: str, mac: Optional[str], net: str,
@@ -56,7 +58,8 @@ def hotplug_nic(common: Common, *, device_id: Optional[str], model: str, mac: Op
         raise UsageError("hotplug-nic needs --id ID: the NIC's device id (its backend becomes ID-net)")
 
     plan = nics.NicPlan(device_id, model, mac, net, bus).check()
-    return run(common, lambda session, deadline, target: nics.hotplug(session, deadline, plan), plan.requests())
+    return run(common, enveloped(lambda session, deadline, target: nics.hotplug(session, deadline, plan)),
+               plan.requests())
 
 
 def unplug_nic(common: Common, *, device_id: str, wait_timeout: float) -> int:
@@ -70,8 +73,8 @@ def unplug_nic(common: Common, *, device_id: str, wait_timeout: float) -> int:
     request = Request("device_del", {"id": device_id})
     if printed_plan(common, [request], nics.UNPLUG_PLAN_NOTE):
         return ExitCode.OK
-    return run(common, lambda session, deadline, target: nics.unplug(session, deadline, device_id, wait_timeout),
-               [request])
+    unplug = enveloped(lambda session, deadline, target: nics.unplug(session, deadline, device_id, wait_timeout))
+    return run(common, unplug, [request])
 
 
 def list_nics(common: Common, *, link: Optional[str], state: Optional[str]) -> int:
@@ -83,12 +86,12 @@ def list_nics(common: Common, *, link: Optional[str], state: Optional[str]) -> i
     if link is None:
         if state is not None:
             raise UsageError(f"{state!r}: a link state goes with --link ID (nics --link ID up|down)")
-        return run(common, lambda session, deadline, target: nics.listing(session, deadline),
+        return run(common, enveloped(lambda session, deadline, target: nics.listing(session, deadline)),
                    [Request("qom-list", {"path": nics.PERIPHERAL})])
     if state not in ("up", "down"):
         raise UsageError("--link ID needs the state: up or down (nics --link net0 down)")
     up = state == "up"
-    return run(common, lambda session, deadline, target: nics.set_link(session, deadline, link, up),
+    return run(common, enveloped(lambda session, deadline, target: nics.set_link(session, deadline, link, up)),
                [Request("set_link", {"name": link, "up": up})])
 
 
@@ -100,7 +103,7 @@ def vcpus(common: Common, *, count: Optional[int]) -> int:
     if count is None:
         from qmpctl.vm.cpus import listing
 
-        return run(common, lambda session, deadline, target: listing(session, deadline), [query])
+        return run(common, enveloped(lambda session, deadline, target: listing(session, deadline)), [query])
     from qmpctl.errors import UsageError
     from qmpctl.vm import cpus
 
@@ -108,7 +111,7 @@ def vcpus(common: Common, *, count: Optional[int]) -> int:
         raise UsageError(f"N must be at least 1, got {count}")
     if printed_plan(common, [query], cpus.PLAN_NOTE):
         return ExitCode.OK
-    return run(common, lambda session, deadline, target: cpus.plug(session, deadline, count), [query])
+    return run(common, enveloped(lambda session, deadline, target: cpus.plug(session, deadline, count)), [query])
 
 
 def hotplug_memory(common: Common, *, size: str, device_id: Optional[str]) -> int:
@@ -124,8 +127,8 @@ def hotplug_memory(common: Common, *, size: str, device_id: Optional[str]) -> in
                          f"at most {memory.MAX_ID} characters")
     bytes_ = memory.check_size(parse_size(size, "SIZE"))
     requests = memory.add_requests(device_id, bytes_)  # exactly what a run sends, after its checks
-    return run(common, lambda session, deadline, target: memory.hotplug(session, deadline, device_id, bytes_),
-               requests)
+    plug = enveloped(lambda session, deadline, target: memory.hotplug(session, deadline, device_id, bytes_))
+    return run(common, plug, requests)
 
 
 def unplug_memory(common: Common, *, device_id: str, wait_timeout: float) -> int:
@@ -139,5 +142,5 @@ def unplug_memory(common: Common, *, device_id: str, wait_timeout: float) -> int
     request = Request("device_del", {"id": device_id})
     if printed_plan(common, [request], memory.UNPLUG_PLAN_NOTE):
         return ExitCode.OK
-    return run(common, lambda session, deadline, target: memory.unplug(session, deadline, device_id, wait_timeout),
-               [request])
+    unplug = enveloped(lambda session, deadline, target: memory.unplug(session, deadline, device_id, wait_timeout))
+    return run(common, unplug, [request])

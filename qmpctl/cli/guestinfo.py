@@ -27,4 +27,5 @@ def agent_time(common: Common, *, sync: bool) -> int:
 def guestinfo(common: Common) -> int:
     from qmpctl.guest import facts
 
-    return run(common, lambda session, deadline, target: facts.guest_facts(session, deadline), facts.requests())
+    return run(common, lambda session, deadline, target: {"return": facts.guest_facts(session, deadline)},
+               facts.requests())

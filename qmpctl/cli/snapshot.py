@@ -28,7 +28,8 @@ def _wait(wait_timeout: Optional[float]) -> float:
 def snapshot_list(common: Common) -> int:
     from qmpctl.vm.snapshot import listing
 
-    return run(common, lambda session, deadline, target: listing(session, deadline), [Request("query-block")])
+    return run(common, lambda session, deadline, target: {"return": listing(session, deadline)},
+               [Request("query-block")])
 
 
 def _job_command(common: Common, verb: str, name: str, vmstate: Optional[str], action: Any) -> int:
@@ -38,7 +39,7 @@ def _job_command(common: Common, verb: str, name: str, vmstate: Optional[str], a
     requests = snapshot_lib.plan(verb, name, vmstate)
     if printed_plan(common, requests, snapshot_lib.PLAN_NOTE):
         return ExitCode.OK
-    return run(common, action, requests)
+    return run(common, lambda session, deadline, target: {"return": action(session, deadline, target)}, requests)
 
 
 def snapshot_save(common: Common, *, name: str, vmstate: Optional[str], exclude: list[str], force: bool,

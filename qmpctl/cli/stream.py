@@ -27,17 +27,16 @@ def stream(common: Common, *, device: str, speed: Optional[str], wait: bool, wai
     show, every, printer = _printer(progress) if wait else (None, 1.0, None)
 
     def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
-        reply = stream_lib.stream(session, deadline, device, speed=rate, wait=wait,
-                                  wait_timeout=DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout,
-                                  progress=show, progress_every=every)
-        done = reply["return"]
+        done = stream_lib.stream(session, deadline, device, speed=rate, wait=wait,
+                                 wait_timeout=DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout,
+                                 progress=show, progress_every=every)
         if done.get("standalone") and done.get("backing") and target.is_local:
             from qmpctl.backup.holds import release_for
 
             released = release_for(str(done["backing"]), str(done["image"]))
             if released is not None:
                 done["released"] = released
-        return reply
+        return {"return": done}
 
     try:
         return run(common, action, [request])

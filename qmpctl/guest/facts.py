@@ -43,4 +43,4 @@ def guest_facts(session: Session, deadline: Deadline) -> dict[str, Any]:
         if section == "hostname" and isinstance(value, dict) and "host-name" in value:
             value = value["host-name"]
         report[section] = value
-    return {"return": report}
+    return report

@@ -49,7 +49,7 @@ def listing(session: Session, deadline: Deadline) -> dict[str, Any]:
     shown = [{"plugged": bool(slot.get("qom-path")), "id": _device_id(str(slot.get("qom-path") or "")),
               "type": slot.get("type"), "vcpus": int(slot.get("vcpus-count") or 1), "props": slot.get("props") or {},
               **({"qom-path": slot["qom-path"]} if slot.get("qom-path") else {})} for slot in found]
-    return {"return": {"vcpus": _count(plugged), "max": _count(found), "slots": shown}}
+    return {"vcpus": _count(plugged), "max": _count(found), "slots": shown}
 
 
 def add_request(slot: dict[str, Any], device_id: str) -> Request:
@@ -100,7 +100,7 @@ def plug(session: Session, deadline: Deadline, wanted: int) -> dict[str, Any]:
             undo.append((f"remove vCPU {device_id}", _removal(session, device_id)))
     except BaseException as exc:
         raise with_notes(exc, undo_all(undo))  # noqa: B904 (the same exception, its message amended)
-    return {"return": {"vcpus": wanted, "was": present, "max": most, "added": added}}
+    return {"vcpus": wanted, "was": present, "max": most, "added": added}
 
 
 def _removal(session: Session, device_id: str) -> Callable[[Deadline], Optional[str]]:

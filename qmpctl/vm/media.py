@@ -111,11 +111,11 @@ def insert(session: Session, deadline: Deadline, device: str, filename: str, ima
     result: dict[str, Any] = {"device": drive.name, "filename": filename, "format": image_format}
     if drive.medium:
         result["replaced"] = drive.medium
-    return {"return": result}
+    return result
 
 
 def eject(session: Session, deadline: Deadline, device: str, force: bool) -> dict[str, Any]:
     """Take the medium out of drive ``device``; a tray the guest holds locked is QEMU's refusal unless forced."""
     drive = removable_drive(session, deadline, device)
     session.execute(eject_request(_qmp_id(drive), force), deadline)
-    return {"return": {"device": drive.name, "ejected": drive.medium}}
+    return {"device": drive.name, "ejected": drive.medium}

@@ -112,7 +112,7 @@ def hotplug(session: Session, deadline: Deadline, device_id: str, size: int) -> 
             raise
     except BaseException as exc:
         raise with_notes(exc, undo_all(undo))  # noqa: B904 (the same exception, its message amended)
-    return {"return": {"id": device_id, "size": size, "memdev": memdev, "memory": used + size, "max": most}}
+    return {"id": device_id, "size": size, "memdev": memdev, "memory": used + size, "max": most}
 
 
 def _object_del(session: Session, memdev: str, deadline: Deadline) -> None:
@@ -158,8 +158,8 @@ def _remove_left_behind(session: Session, device_id: str, deadline: Deadline) ->
         _object_del(session, memdev, deadline)
     except VmError:
         raise UsageError(f"the VM has no DIMM with id {device_id!r} (query-memory-devices lists them)") from None
-    return {"return": {"id": device_id, "deleted-memdev": memdev,
-                       "note": f"DIMM {device_id} was already gone; deleted the memory backend it left: {memdev}"}}
+    return {"id": device_id, "deleted-memdev": memdev,
+                       "note": f"DIMM {device_id} was already gone; deleted the memory backend it left: {memdev}"}
 
 
 def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: float) -> dict[str, Any]:
@@ -189,7 +189,7 @@ def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: f
         with shielded():
             note = _after_interrupt(session, device_id, memdev)
         raise Interrupted(f"interrupted while unplugging {device_id}: {note}") from None
-    return {"return": {"id": device_id, "deleted-memdev": memdev}}
+    return {"id": device_id, "deleted-memdev": memdev}
 
 
 def _after_interrupt(session: Session, device_id: str, memdev: Optional[str]) -> str:

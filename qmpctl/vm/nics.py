@@ -109,7 +109,7 @@ def _nic_properties(session: Session, path: str, deadline: Deadline) -> Optional
     return str(_qom_get(session, path, "mac", deadline) or ""), str(netdev or "")
 
 
-def listing(session: Session, deadline: Deadline) -> dict[str, Any]:
+def listing(session: Session, deadline: Deadline) -> list[dict[str, Any]]:
     """Every NIC: id (null for one without), model, MAC, netdev, QOM path. No link state: QEMU reports none."""
     found = []
     for base in (PERIPHERAL, PERIPHERAL_ANON):
@@ -121,13 +121,13 @@ def listing(session: Session, deadline: Deadline) -> dict[str, Any]:
             mac, netdev = properties
             found.append({"id": name if base == PERIPHERAL else None, "model": model, "mac": mac,
                           "netdev": netdev or None, "path": path})
-    return {"return": found}
+    return found
 
 
 def set_link(session: Session, deadline: Deadline, name: str, up: bool) -> dict[str, Any]:
     """set_link on a NIC's id (or its netdev's); QEMU cannot read it back, so the result is what was asked."""
     session.execute(Request("set_link", {"name": name, "up": up}), deadline)
-    return {"return": {"id": name, "link": "up" if up else "down"}}
+    return {"id": name, "link": "up" if up else "down"}
 
 
 # -- hotplug -----------------------------------------------------------------------------------------
@@ -162,7 +162,7 @@ def hotplug(session: Session, deadline: Deadline, plan: NicPlan) -> dict[str, An
         mac = _qom_get(session, f"{PERIPHERAL}/{plan.device_id}", "mac", deadline)
     except BaseException as exc:
         raise with_notes(exc, undo_all(undo))  # noqa: B904 (the same exception, its message amended)
-    return {"return": {"id": plan.device_id, "model": plan.model, "mac": mac, "netdev": netdev, "net": plan.net}}
+    return {"id": plan.device_id, "model": plan.model, "mac": mac, "netdev": netdev, "net": plan.net}
 
 
 def _netdev_del(session: Session, netdev: str, deadline: Deadline) -> None:
@@ -215,8 +215,8 @@ def _remove_left_behind(session: Session, device_id: str, deadline: Deadline) ->
         _netdev_del(session, netdev, deadline)
     except VmError:
         raise UsageError(f"the VM has no device with id {device_id!r} ('qmpctl nics' lists the NICs)") from None
-    return {"return": {"id": device_id, "deleted-netdev": netdev,
-                       "note": f"device {device_id} was already gone; deleted the network backend it left: {netdev}"}}
+    return {"id": device_id, "deleted-netdev": netdev,
+                       "note": f"device {device_id} was already gone; deleted the network backend it left: {netdev}"}
 
 
 def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: float) -> dict[str, Any]:
@@ -248,7 +248,7 @@ def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: f
         with shielded():
             note = _after_interrupt(session, device_id, netdev)
         raise Interrupted(f"interrupted while unplugging {device_id}: {note}") from None
-    return {"return": {"id": device_id, "deleted-netdev": netdev}}
+    return {"id": device_id, "deleted-netdev": netdev}
 
 
 def _after_interrupt(session: Session, device_id: str, netdev: Optional[str]) -> str:

@@ -276,7 +276,7 @@ def save(session: Session, deadline: Deadline, tag: str, *, vmstate: Optional[st
                          "choose another name, or --force to replace it")
     if not old:
         _save_tag(session, deadline, tag, selection, wait)
-        return {"return": result}
+        return result
     temporary = tag + REPLACING_SUFFIX
     if _holders(all_disks, temporary):
         raise UsageError(f"snapshot {temporary!r} exists (a replacement cut short): 'qmpctl snapshot delete "
@@ -297,7 +297,7 @@ def save(session: Session, deadline: Deadline, tag: str, *, vmstate: Optional[st
     result["replaced"] = True
     if note:
         result["note"] = note
-    return {"return": result}
+    return result
 
 
 def load(session: Session, deadline: Deadline, tag: str, *, exclude: list[str], wait_seconds: float) -> dict[str, Any]:
@@ -331,8 +331,8 @@ def load(session: Session, deadline: Deadline, tag: str, *, exclude: list[str], 
         raise Interrupted(f"interrupted while loading snapshot {tag!r}: {_run_state(session)}") from None
     if error is not None:
         raise JobFailed(f"snapshot-load {tag!r} failed: {error}; {_run_state(session)}", sent=request.as_dict())
-    return {"return": {"name": tag, "disks": [disk.name for disk in holders], "vmstate": state.name,
-                       "excluded": [disk.name for disk in excluded]}}
+    return {"name": tag, "disks": [disk.name for disk in holders], "vmstate": state.name,
+                       "excluded": [disk.name for disk in excluded]}
 
 
 def _run_state(session: Session) -> str:
@@ -368,7 +368,7 @@ def delete(session: Session, deadline: Deadline, tag: str, *, wait_seconds: floa
                           "is left") from None
     if error is not None:
         raise JobFailed(f"snapshot-delete {tag!r} failed: {error}", sent=request.as_dict())
-    return {"return": result}
+    return result
 
 
 # -- listing -----------------------------------------------------------------------------------------
@@ -379,7 +379,7 @@ def _clock(seconds: int, nanoseconds: int) -> str:
     return f"{hours:02d}:{minute:02d}:{second:02d}.{nanoseconds // 1_000_000:03d}"
 
 
-def listing(session: Session, deadline: Deadline) -> dict[str, Any]:
+def listing(session: Session, deadline: Deadline) -> list[dict[str, Any]]:
     """Every snapshot tag, with the disks holding it, its date, VM state size and VM clock."""
     found: dict[str, dict[str, Any]] = {}
     for disk in disks(session, deadline):
@@ -397,4 +397,4 @@ def listing(session: Session, deadline: Deadline) -> dict[str, Any]:
             if size:
                 item["vm-state-size"] = size
                 item["vmstate"] = disk.name
-    return {"return": sorted(found.values(), key=lambda item: (item["date"], item["name"]))}
+    return sorted(found.values(), key=lambda item: (item["date"], item["name"]))

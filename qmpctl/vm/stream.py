@@ -98,8 +98,8 @@ def stream(session: Session, deadline: Deadline, name: str, *, speed: Optional[i
     existing = find_job(session, job_id, deadline)
     if existing is None and disk.backing is None:
         flush(session, disk, deadline)
-        return {"return": {**result, "standalone": True, "bytes": 0, "seconds": 0.0,
-                           "note": "the disk has no backing file: nothing to stream"}}
+        return {**result, "standalone": True, "bytes": 0, "seconds": 0.0,
+                           "note": "the disk has no backing file: nothing to stream"}
     if existing is not None and existing.type != "stream":
         raise Busy(f"busy: job {job_id} of {name} is a {existing.type} job, not a stream")
     result["resumed"] = existing is not None  # a stream --no-wait started it, or a qmpctl that was killed left it
@@ -109,7 +109,7 @@ def stream(session: Session, deadline: Deadline, name: str, *, speed: Optional[i
         if existing is None:
             session.execute(stream_request(job_id, disk.node, speed), deadline)
         if not wait:
-            return {"return": result}
+            return result
         with deadline.paused():
             final = wait_for_end(session, job_id, limit, deadline, progress, progress_every)
     except (DeadlineExceeded, KeyboardInterrupt) as exc:
@@ -138,5 +138,5 @@ def stream(session: Session, deadline: Deadline, name: str, *, speed: Optional[i
     after = find_stream_disk(session, deadline, name)
     if after.backing is not None:
         raise JobFailed(f"stream job {job_id} completed, but {name} still names a backing file ({after.backing})")
-    return {"return": {**result, "standalone": True, "bytes": final.total,
-                       "seconds": round(time.monotonic() - started, 3)}}
+    return {**result, "standalone": True, "bytes": final.total,
+                       "seconds": round(time.monotonic() - started, 3)}
