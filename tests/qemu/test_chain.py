@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -49,14 +50,16 @@ def bitmaps(vm, device: str = "vd0") -> dict[str, dict]:
     raise AssertionError(f"no {device}")
 
 
-def relaunch(vm, how: str) -> None:
-    """Stop QEMU cleanly (``quit``) or kill it, then start it again on the same disk."""
+def relaunch(vm, how: str, while_down=None) -> None:
+    """Stop QEMU cleanly (``quit``) or kill it, then (after ``while_down()``) start it again on the same disk."""
     if how == "quit":
         with vm.check() as qmp:
             qmp.cmd("quit")
         vm.proc.wait(timeout=20)
     else:
         vm.kill()
+    if while_down is not None:
+        while_down()
     for path in (vm.qmp_path, vm.qmp2_path):
         path.unlink(missing_ok=True)
     vm.proc = subprocess.Popen(vm.command_line(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -338,8 +341,8 @@ def test_wait_timeout_cancels_the_incremental_and_the_next_run_catches_up(cli, v
     assert ok(cli, vm, into)["bytes"] == 2 * MiB
 
 
-def test_a_killed_run_whose_job_completed_later_starts_a_new_chain(cli, vm_factory, tmp_path):
-    """QEMU finishes a job qmpctl no longer waits for, and clears the bitmap: that chain must not go on."""
+def test_a_killed_run_whose_job_completed_later_is_cleaned_up_and_the_chain_goes_on(cli, vm_factory, tmp_path):
+    """QEMU finishes a job qmpctl no longer waits for: it never cleared the bitmap it copied, so the chain goes on."""
     vm = vm_factory(disk_size="16M")
     into = tmp_path / "b"
     full = ok(cli, vm, into)
@@ -352,13 +355,40 @@ def test_a_killed_run_whose_job_completed_later_starts_a_new_chain(cli, vm_facto
     with vm.check() as qmp:
         qmp.cmd("block-job-set-speed", device=job["id"], speed=0)
     wait_for_job(vm, "concluded")
-    code, _, err = backup(cli, vm, into)
-    assert code == 4 and "jobs --dismiss chain-vd0" in err, err  # the job is still there: busy, not guessed
-    assert cli("jobs", "-s", str(vm.qmp_path), "--dismiss", job["id"]).code == 0
-    again = ok(cli, vm, into)
-    assert again["level"] == "full" and "not in the chain's manifest" in again["reason"], again
-    assert again["chain"] != full["chain"]
+    again = ok(cli, vm, into)  # nobody holds the lock in DIR: the job is the killed qmpctl's, cleaned up
+    assert again["level"] == "incremental" and again["chain"] == full["chain"] and again["bytes"] == 2 * MiB, again
+    assert any("dismissed job chain-vd0" in warning for warning in again["warnings"]), again
+    assert any("unrecorded image" in warning for warning in again["warnings"]), again
+    with vm.check() as qmp:
+        assert qmp.cmd("query-jobs") == []
+        assert not any(node["node-name"].startswith("chain-") for node in qmp.cmd("query-named-block-nodes"))
+    assert list(bitmaps(vm)) == [again["bitmap"]]
     assert images_identical(vm.disk, restored(cli, again["chain"], tmp_path / "r.qcow2")).returncode == 0
+
+
+def test_after_a_kill_9_mid_job_the_next_unchanged_run_succeeds(cli, vm_factory, tmp_path):
+    """No `jobs --dismiss` by hand: the next cron run finds the job of a qmpctl that no longer holds DIR's lock."""
+    vm = vm_factory(disk_size="16M")
+    into = tmp_path / "b"
+    full = ok(cli, vm, into)
+    write_pattern(vm, [(0x2F, 2 * MiB, 2 * MiB)])
+    child = cli.popen("backup", "-s", str(vm.qmp_path), "vd0", "--into", str(into), "--speed", "64K",
+                      "--progress", "none")
+    wait_for_job(vm, "running")
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    assert (Path(full["chain"]) / "0002-inc.qcow2").exists()  # the killed run's image, not in the manifest
+    write_pattern(vm, [(0x30, 10 * MiB, MiB)])
+    again = ok(cli, vm, into)
+    assert again["level"] == "incremental" and again["chain"] == full["chain"], again
+    assert again["bytes"] == 3 * MiB  # the bitmap the killed job read still holds every change
+    assert any("cancelled job chain-vd0" in warning for warning in again["warnings"]), again
+    assert block_state(vm)["jobs"] == []
+    assert sorted(path.name for path in Path(full["chain"]).iterdir()) == [
+        "0001-full.qcow2", "0002-inc.qcow2", "chain.json"]
+    assert list(bitmaps(vm)) == [again["bitmap"]]
+    assert images_identical(vm.disk, restored(cli, again["chain"], tmp_path / "r.qcow2")).returncode == 0
+    assert ok(cli, vm, into)["bytes"] == 0
 
 
 def test_a_killed_first_run_leaves_the_chain_going_and_its_bitmap_is_removed(cli, vm_factory, tmp_path):
@@ -375,5 +405,80 @@ def test_a_killed_first_run_leaves_the_chain_going_and_its_bitmap_is_removed(cli
     assert len(bitmaps(vm)) == 2  # the old chain's, and the one of the full that never finished
     then = ok(cli, vm, into)
     assert then["level"] == "incremental" and then["chain"] == full["chain"] and then["bytes"] == MiB
-    assert list(bitmaps(vm)) == [full["bitmap"]]
+    assert list(bitmaps(vm)) == [then["bitmap"]]  # the chain's current one only
     assert any("never got a manifest" in warning for warning in then["warnings"])
+
+
+def test_a_disk_put_back_from_an_older_copy_starts_a_new_chain_not_a_wrong_incremental(cli, vm_factory, tmp_path):
+    """The copy carries the chain's bitmap as it was: only a bitmap per backup tells it from the disk of today."""
+    vm = vm_factory(disk_size="16M")
+    into, aside = tmp_path / "b", tmp_path / "aside.qcow2"
+    full = ok(cli, vm, into)
+    relaunch(vm, "quit", lambda: shutil.copy(vm.disk, aside))
+    write_pattern(vm, [(0x41, 2 * MiB, MiB)])
+    assert ok(cli, vm, into)["level"] == "incremental"
+    relaunch(vm, "quit", lambda: shutil.copy(aside, vm.disk))
+    write_pattern(vm, [(0x42, 6 * MiB, MiB)])
+    again = ok(cli, vm, into)
+    assert again["level"] == "full" and "older copy" in again["reason"], again
+    assert again["chain"] != full["chain"]
+    assert images_identical(vm.disk, restored(cli, again["chain"], tmp_path / "r.qcow2")).returncode == 0
+    assert list(bitmaps(vm)) == [again["bitmap"]]  # the copy's stale bitmap of the first chain is gone
+    assert [image["bitmap"] for image in manifest(again["chain"])["images"]] == [again["bitmap"]]
+
+
+def test_a_disk_file_replaced_while_qemu_is_down_is_seen_and_every_point_restores(cli, vm_factory, tmp_path):
+    """A copy taken between two incrementals, put back after the second: its bitmap is the chain's, but not the
+    last one the chain recorded."""
+    vm = vm_factory(disk_size="16M")
+    into, aside, points = tmp_path / "b", tmp_path / "aside.qcow2", []
+
+    def backed_up(*arguments: str) -> dict:
+        reply = ok(cli, vm, into, *arguments)
+        copy = tmp_path / f"point{len(points)}.qcow2"
+        subprocess.run(["qemu-img", "convert", "-U", "-O", "qcow2", str(vm.disk), str(copy)], check=True)
+        points.append((reply, copy))
+        return reply
+
+    full = backed_up()
+    write_pattern(vm, [(0x51, 0, MiB)])
+    assert backed_up()["level"] == "incremental"
+    relaunch(vm, "quit", lambda: shutil.copy(vm.disk, aside))
+    write_pattern(vm, [(0x52, 4 * MiB, MiB)])
+    assert backed_up()["level"] == "incremental"
+    relaunch(vm, "quit", lambda: shutil.copy(aside, vm.disk))
+    write_pattern(vm, [(0x53, 8 * MiB, MiB)])
+    again = backed_up()
+    assert again["level"] == "full" and "older copy" in again["reason"], again
+    write_pattern(vm, [(0x54, 12 * MiB, MiB)])
+    assert backed_up()["level"] == "incremental"
+    for reply, copy in points:
+        chain = manifest(reply["chain"])
+        number = [image["file"] for image in chain["images"]].index(Path(reply["image"]).name) + 1
+        point = restored(cli, reply["chain"], tmp_path / f"r{len(list(tmp_path.iterdir()))}.qcow2", "--point",
+                         str(number))
+        assert images_identical(copy, point).returncode == 0, (reply, full)
+
+
+def test_a_chain_of_the_previous_version_never_gets_a_wrong_incremental(cli, vm_factory, tmp_path):
+    """One bitmap named after the chain, no bitmap in the entries: a new full with a reason, the old bitmap gone."""
+    vm = vm_factory(disk_size="16M")
+    into = tmp_path / "b"
+    full = ok(cli, vm, into)
+    old = manifest(full["chain"])
+    old_bitmap = f"qmpctl-{old['chain']}"
+    with vm.check() as qmp:
+        qmp.cmd("block-dirty-bitmap-remove", node="disk0", name=full["bitmap"])
+        qmp.cmd("block-dirty-bitmap-add", node="disk0", name=old_bitmap, persistent=True)
+    for key in ("id", "folder-tag"):
+        del old[key]
+    old.update({"version": 1, "bitmap": old_bitmap})
+    for image in old["images"]:
+        del image["bitmap"]
+    (Path(full["chain"]) / "chain.json").write_text(json.dumps(old))
+    write_pattern(vm, [(0x61, 0, MiB)])
+    again = ok(cli, vm, into)
+    assert again["level"] == "full" and "earlier qmpctl" in again["reason"], again
+    assert list(bitmaps(vm)) == [again["bitmap"]]
+    assert images_identical(vm.disk, restored(cli, again["chain"], tmp_path / "r.qcow2")).returncode == 0
+    assert ok(cli, vm, into)["level"] == "incremental"
