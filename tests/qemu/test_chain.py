@@ -482,3 +482,27 @@ def test_a_chain_of_the_previous_version_never_gets_a_wrong_incremental(cli, vm_
     assert list(bitmaps(vm)) == [again["bitmap"]]
     assert images_identical(vm.disk, restored(cli, again["chain"], tmp_path / "r.qcow2")).returncode == 0
     assert ok(cli, vm, into)["level"] == "incremental"
+
+
+def test_progress_json_ends_with_the_jobs_end_and_its_outcome(cli, vm_factory, tmp_path):
+    vm = vm_factory(disk_size="16M", extra_args=FAILING_DISK)
+    into = tmp_path / "b"
+    done = cli("backup", "-s", str(vm.qmp_path), "vd0", "--into", str(into), "--progress", "json")
+    assert done.code == 0, done
+    last = json.loads(done.err.splitlines()[-1])
+    assert (last["job-id"], last["status"], last["outcome"]) == ("chain-vd0", "concluded", "completed"), last
+    assert last["done"] == last["total"] == 16 * MiB and last["eta"] == 0
+    failed = cli("backup", "-s", str(vm.qmp_path), "bad", "--into", str(into), "--progress", "json")
+    assert failed.code == 6, failed
+    end = json.loads([line for line in failed.err.splitlines() if line.startswith("{")][-1])
+    assert (end["job-id"], end["status"], end["outcome"]) == ("chain-bad", "concluded", "failed"), end
+    assert "Input/output error" in end["error"]
+    write_pattern(vm, [(0x33, 0, 4 * MiB)])
+    child = cli.popen("backup", "-s", str(vm.qmp_path), "vd0", "--into", str(into), "--speed", "256K",
+                      "--progress", "json")
+    wait_for_job(vm, "running")
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == 130, err
+    end = json.loads([line for line in err.decode().splitlines() if line.startswith("{")][-1])
+    assert (end["status"], end["outcome"]) == ("concluded", "cancelled"), end
