@@ -439,6 +439,7 @@ class ChainRun:
         self.notes: list[str] = []
         self.view = View(frozenset(), [], frozenset(), frozenset(), {})
         self.progress: Optional[Progress] = None
+        self.stamp = ""
 
     # planning
 
@@ -454,6 +455,7 @@ class ChainRun:
                                           if manifest.get("folder-tag")}
 
     def plan(self, stamp: str) -> None:
+        self.stamp = stamp
         self.view = self.folder.scan(self.deadline)
         taken = self.view.names
         for disk in self.disks:
@@ -564,6 +566,11 @@ class ChainRun:
         if leftovers:
             self.notes += [note.replace("the incomplete", "the unrecorded image of a killed run,")
                            for note in self.folder.discard(leftovers, Deadline(ROLLBACK_GRACE))]
+        unborn = sorted(os.path.join(self.into, name) for name in self.view.dirs - self.view.marked)
+        for path in self.folder.remove_unborn(unborn, [_label(disk.name) for disk in self.disks],
+                                              Deadline(ROLLBACK_GRACE)):
+            self.notes.append(f"removed {self.folder.where(path)}: the first run of a chain that was killed "
+                              "before it wrote the chain's manifest")
 
     def _live(self) -> dict[str, str]:
         """Chain id -> folder of every chain in DIR with a manifest (of any disk)."""
@@ -603,7 +610,10 @@ class ChainRun:
             number = len(disk.manifest["images"]) + 1
             image = os.path.join(disk.chain_dir, f"{number:04d}-{'full' if disk.full else 'inc'}.qcow2")
             backing = None if disk.full else str(disk.manifest["images"][-1]["file"])
-            disk.new = NewImage(disk.chain_dir, image, disk.size, backing, make_dir=disk.full)  # a new name
+            marker = (f"{_label(disk.name)}\nthe first run of a qmpctl chain of {disk.name}, started {self.stamp} "
+                      f"by process {os.getpid()}; removed with the first manifest\n")
+            disk.new = NewImage(disk.chain_dir, image, disk.size, backing, make_dir=disk.full,  # a new name
+                                marker=marker)
         self.folder.create([disk.new for disk in self.disks if disk.new is not None], self.deadline)
 
     def add_targets(self) -> None:

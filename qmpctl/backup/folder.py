@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from qmpctl.deadline import Deadline
 
 MANIFEST = "chain.json"
+NEW_CHAIN = ".qmpctl-new-chain"
+"""Written first into a chain's new folder, removed with the first manifest: its first line is the disk's label,
+the rest names the run. A folder with it and no manifest is a killed first run's, which the next run of that disk
+removes."""
 HASH_CHUNK = 1 << 20
 
 
@@ -74,15 +78,18 @@ class View(NamedTuple):
 class NewImage:
     """One image a run creates: where, and how far its creation got (what a failure must take back)."""
 
-    __slots__ = ("chain_dir", "path", "size", "backing", "make_dir", "dir_made", "created")
+    __slots__ = ("chain_dir", "path", "size", "backing", "make_dir", "dir_made", "created", "marker")
 
-    def __init__(self, chain_dir: str, path: str, size: int, backing: Optional[str], make_dir: bool) -> None:
+    def __init__(self, chain_dir: str, path: str, size: int, backing: Optional[str], make_dir: bool,
+                 marker: str = "") -> None:
         self.chain_dir = chain_dir
         self.path = path
         self.size = size
         self.backing = backing
         """The image before it in the chain, relative to the chain's folder; None for a full backup."""
         self.make_dir = make_dir
+        self.marker = marker
+        """What :data:`NEW_CHAIN` says, in a new folder (``make_dir``)."""
         self.dir_made = False
         self.created = False
 
@@ -123,6 +130,11 @@ class ChainFolder:
 
     def remove_trees(self, paths: list[str], deadline: Deadline) -> list[str]:
         """Delete whole chains; notes on the ones that could not be."""
+        raise NotImplementedError
+
+    def remove_unborn(self, paths: list[str], labels: list[str], deadline: Deadline) -> list[str]:
+        """Delete the folders among ``paths`` that hold no manifest and a :data:`NEW_CHAIN` of one of
+        ``labels`` (disks whose lock the run holds); the ones deleted."""
         raise NotImplementedError
 
     def discard(self, images: list[NewImage], deadline: Deadline) -> list[str]:
@@ -203,6 +215,11 @@ class LocalFolder(ChainFolder):
             if image.make_dir:
                 os.mkdir(image.chain_dir)
                 image.dir_made = True
+                marker = os.open(os.path.join(image.chain_dir, NEW_CHAIN), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    os.write(marker, image.marker.encode("utf-8", "surrogateescape"))
+                finally:
+                    os.close(marker)
             descriptor = os.open(image.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never overwrite
             os.close(descriptor)
             image.created = True
@@ -237,6 +254,8 @@ class LocalFolder(ChainFolder):
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(chain_dir, NEW_CHAIN))
         descriptor = os.open(chain_dir, os.O_RDONLY)
         try:
             os.fsync(descriptor)
@@ -254,6 +273,21 @@ class LocalFolder(ChainFolder):
                 notes.append(f"could not delete the old chain {path}: {exc.strerror or exc}")
         return notes
 
+    def remove_unborn(self, paths: list[str], labels: list[str], deadline: Deadline) -> list[str]:
+        import shutil
+
+        removed = []
+        for path in paths:
+            try:
+                with open(os.path.join(path, NEW_CHAIN), "rb") as handle:
+                    label = handle.readline().decode("utf-8", "surrogateescape").strip()
+            except OSError:
+                continue
+            if label in labels and not os.path.lexists(os.path.join(path, MANIFEST)):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        return removed
+
     def discard(self, images: list[NewImage], deadline: Deadline) -> list[str]:
         notes = []
         for image in images:
@@ -267,6 +301,8 @@ class LocalFolder(ChainFolder):
                     notes.append(f"could not remove the incomplete {image.path}: {exc.strerror or exc}")
                 image.created = False
             if image.dir_made:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(image.chain_dir, NEW_CHAIN))
                 with contextlib.suppress(OSError):
                     os.rmdir(image.chain_dir)
                 image.dir_made = False
@@ -323,13 +359,14 @@ CREATE_SCRIPT = """own=$(stat -c %u:%g -- "$1") || exit 1
 shift
 mine=no
 [ "$(id -u)" = 0 ] && [ "$own" != 0:0 ] && mine=yes
-while [ $# -ge 3 ]; do
-  new=$1 dir=$2 image=$3
-  shift 3
+while [ $# -ge 4 ]; do
+  new=$1 dir=$2 image=$3 marker=$4
+  shift 4
   if [ "$new" = 1 ]; then
     mkdir -- "$dir" || exit 1
     echo dir
     [ "$mine" = no ] || chown -- "$own" "$dir" || exit 1
+    (umask 077; set -C; printf '%s' "$marker" >"$dir/.qmpctl-new-chain") || exit 1
   fi
   if [ -e "$image" ] || [ -L "$image" ]; then echo exists; exit 0; fi
   (umask 077; set -C; : >"$image") || exit 1
@@ -337,8 +374,9 @@ while [ $# -ge 3 ]; do
   [ "$mine" = no ] || chown -- "$own" "$image" || exit 1
 done
 """
-"""Per image: its folder if new, then the image, empty and exclusively (noclobber: O_EXCL); owned like DIR
-when root makes them (QEMU may run as DIR's owner). One line per step done, for the taking back."""
+"""Per image: its folder if new (with its :data:`NEW_CHAIN` first), then the image, empty and exclusively
+(noclobber: O_EXCL); owned like DIR when root makes them (QEMU may run as DIR's owner). One line per step done,
+for the taking back."""
 
 MEASURE_SCRIPT = """for image; do
   sync -- "$image" && stat -L -c %s -- "$image" && sha256sum <"$image" || exit 1
@@ -347,7 +385,7 @@ done
 MANIFEST_SCRIPT = """dir=$1 length=$2
 temporary="$dir/chain.json.tmp-$$"
 if cat >"$temporary" && [ "$(stat -c %s -- "$temporary")" = "$length" ] && sync -- "$temporary" &&
-   mv -f -- "$temporary" "$dir/chain.json" && sync -- "$dir"; then
+   mv -f -- "$temporary" "$dir/chain.json" && rm -f -- "$dir/.qmpctl-new-chain" && sync -- "$dir"; then
   exit 0
 fi
 rm -f -- "$temporary"
@@ -356,6 +394,15 @@ exit 1
 """
 """Temp file, fsync, rename, fsync the folder. The length is checked first: stdin also ends when qmpctl
 or its connection dies, and a cut manifest must never replace a whole one."""
+REMOVE_UNBORN_SCRIPT = """labels=$1; shift
+for d; do
+  [ -f "$d/.qmpctl-new-chain" ] && [ ! -e "$d/chain.json" ] && [ ! -L "$d/chain.json" ] || continue
+  IFS= read -r label <"$d/.qmpctl-new-chain" || [ -n "$label" ] || continue
+  case " $labels " in *" $label "*) rm -rf -- "$d" && printf '%s\\0' "$d";; esac
+done
+exit 0
+"""
+"""The folders of killed first runs of these disks (labels: space-separated, none has a space): NUL-ended."""
 REMOVE_TREES_SCRIPT = """for p; do rm -rf -- "$p" 2>&1 || echo; done; exit 0"""
 DISCARD_SCRIPT = """while [ $# -ge 3 ]; do
   image=$1 made=$2 dir=$3
@@ -365,7 +412,7 @@ DISCARD_SCRIPT = """while [ $# -ge 3 ]; do
   else
     echo gone
   fi
-  [ "$made" = 1 ] && rmdir -- "$dir" 2>/dev/null
+  [ "$made" = 1 ] && rm -f -- "$dir/.qmpctl-new-chain" && rmdir -- "$dir" 2>/dev/null
 done
 exit 0
 """
@@ -449,7 +496,7 @@ class RemoteFolder(ChainFolder):
     def create(self, images: list[NewImage], deadline: Deadline) -> None:
         args = [self.into]
         for image in images:
-            args += ["1" if image.make_dir else "0", image.chain_dir, image.path]
+            args += ["1" if image.make_dir else "0", image.chain_dir, image.path, image.marker]
         done = self.master.run(CREATE_SCRIPT, args, deadline, "create the chain's images")
         steps = done.stdout.decode("utf-8", "replace").split()
         pending = list(images)
@@ -484,6 +531,12 @@ class RemoteFolder(ChainFolder):
         out = self._run(REMOVE_TREES_SCRIPT, paths, deadline, "delete old chains")
         said = _last_line(out)
         return [f"could not delete every old chain of {', '.join(paths)}{self.side}: {said}"] if said else []
+
+    def remove_unborn(self, paths: list[str], labels: list[str], deadline: Deadline) -> list[str]:
+        if not paths:
+            return []
+        out = self._run(REMOVE_UNBORN_SCRIPT, [" ".join(labels), *paths], deadline, "remove killed first runs")
+        return [text for text in out.decode("utf-8", "surrogateescape").split("\0") if text]
 
     def discard(self, images: list[NewImage], deadline: Deadline) -> list[str]:
         args: list[str] = []

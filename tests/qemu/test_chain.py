@@ -506,3 +506,31 @@ def test_progress_json_ends_with_the_jobs_end_and_its_outcome(cli, vm_factory, t
     assert child.returncode == 130, err
     end = json.loads([line for line in err.decode().splitlines() if line.startswith("{")][-1])
     assert (end["status"], end["outcome"]) == ("concluded", "cancelled"), end
+
+
+def test_a_first_full_killed_before_its_manifest_leaves_no_folder_behind(cli, vm_factory, tmp_path):
+    """The folder's marker, written first, proves qmpctl made it: the next run removes it; a folder without is
+    never touched."""
+    vm = vm_factory(disk_size="16M")
+    into = tmp_path / "b"
+    into.mkdir()
+    (into / "20200101T000000Z").mkdir()
+    (into / "20200101T000000Z" / "0001-full.qcow2").write_bytes(b"not qmpctl's")
+    child = cli.popen("backup", "-s", str(vm.qmp_path), "vd0", "--into", str(into), "--speed", "64K",
+                      "--progress", "none")
+    wait_for_job(vm, "running")
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    killed = [path for path in into.iterdir() if path.is_dir() and path.name != "20200101T000000Z"]
+    assert len(killed) == 1 and not (killed[0] / "chain.json").exists()
+    assert (killed[0] / ".qmpctl-new-chain").read_text().splitlines()[0] == "vd0"
+    again = ok(cli, vm, into)
+    assert again["level"] == "full" and "no chain of vd0" in again["reason"], again
+    assert not killed[0].exists() or Path(again["chain"]) == killed[0]
+    assert any("killed before it wrote the chain's manifest" in warning for warning in again["warnings"]), again
+    assert sorted(path.name for path in into.iterdir() if path.is_dir()) == sorted(
+        ["20200101T000000Z", Path(again["chain"]).name])
+    assert (into / "20200101T000000Z" / "0001-full.qcow2").read_bytes() == b"not qmpctl's"
+    assert sorted(path.name for path in Path(again["chain"]).iterdir()) == ["0001-full.qcow2", "chain.json"]
+    assert list(bitmaps(vm)) == [again["bitmap"]] and block_state(vm)["jobs"] == []
+    assert images_identical(vm.disk, restored(cli, again["chain"], tmp_path / "r.qcow2")).returncode == 0
