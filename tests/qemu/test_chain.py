@@ -534,3 +534,40 @@ def test_a_first_full_killed_before_its_manifest_leaves_no_folder_behind(cli, vm
     assert sorted(path.name for path in Path(again["chain"]).iterdir()) == ["0001-full.qcow2", "chain.json"]
     assert list(bitmaps(vm)) == [again["bitmap"]] and block_state(vm)["jobs"] == []
     assert images_identical(vm.disk, restored(cli, again["chain"], tmp_path / "r.qcow2")).returncode == 0
+
+
+def test_bitmaps_never_pile_up_and_another_dirs_or_tools_are_kept(cli, vm_factory, tmp_path):
+    """A local and an off-site DIR on one disk: each run removes only its own DIR's bitmaps of gone chains."""
+    vm = vm_factory(disk_size="16M")
+    local, offsite = tmp_path / "local", tmp_path / "offsite"
+    with vm.check() as qmp:
+        qmp.cmd("block-dirty-bitmap-add", node="disk0", name="other-tool", persistent=True)
+        qmp.cmd("block-dirty-bitmap-add", node="disk0", name="qmpctl-not-ours", persistent=True)
+    strangers = {"other-tool", "qmpctl-not-ours"}
+
+    def current() -> set[str]:
+        return {manifest(chain)["bitmap"] for chain in (ok_last(local), ok_last(offsite)) if chain}
+
+    def ok_last(into: Path) -> str | None:
+        chains = sorted(path.parent.name for path in into.glob("*/chain.json")) if into.exists() else []
+        return str(into / chains[-1]) if chains else None
+
+    for _ in range(2):
+        for into in (local, offsite):
+            write_pattern(vm, [(0x10, 0, MiB)])
+            ok(cli, vm, into)
+    assert set(bitmaps(vm)) == current() | strangers and len(current()) == 2
+    shutil.rmtree(ok_last(local))  # the local chain deleted by hand
+    ok(cli, vm, offsite)  # the off-site DIR cannot know: the local chain's bitmap stays
+    assert len(set(bitmaps(vm)) - strangers) == 2
+    again = ok(cli, vm, local)
+    assert again["level"] == "full" and set(bitmaps(vm)) == current() | strangers, bitmaps(vm)
+    assert any("its chain is gone" in warning for warning in again["warnings"]), again
+    for _ in range(3):  # rotated chains, and chains replaced by a new full
+        ok(cli, vm, local, "--full", "--keep-chains", "1")
+        ok(cli, vm, offsite, "--full")
+    assert len(list(local.glob("*/chain.json"))) == 1 and len(list(offsite.glob("*/chain.json"))) == 4
+    assert set(bitmaps(vm)) == current() | strangers, bitmaps(vm)
+    last = ok(cli, vm, offsite)
+    assert last["level"] == "incremental"
+    assert images_identical(vm.disk, restored(cli, last["chain"], tmp_path / "r.qcow2")).returncode == 0
