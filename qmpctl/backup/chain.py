@@ -39,8 +39,9 @@ import os
 import re
 import time
 
-from qmpctl.backup.full import DEFAULT_WAIT_TIMEOUT, MAX_JOB_ID, find_disk, target_nodes
-from qmpctl.vm.block import ROLLBACK_GRACE, blockdev_del, named_nodes, undo_all, with_notes
+from qmpctl.backup.full import DEFAULT_WAIT_TIMEOUT, MAX_JOB_ID, target_nodes
+from qmpctl.vm.block import (ROLLBACK_GRACE, block_devices, blockdev_del, device_id_of, named_nodes,
+                             undo_all, with_notes)
 from qmpctl.backup.folder import MANIFEST, LocalFolder, NewImage, View, parse_manifest
 from qmpctl.deadline import Deadline
 from qmpctl.guest.freeze import FreezeReport
@@ -328,6 +329,10 @@ class Disk:
         self.started = ""
         self.state: Optional[JobState] = None
         self.committed = False
+        self.key = name
+        """The disk's first stable name (its device id, else its QOM path...): one lock, job, chain per disk."""
+        self.filters: list[tuple[str, str]] = []
+        """(node, driver) of the filters above the format node, top first."""
         self.leftovers: list[str] = []
         """Images a killed qmpctl created in this DIR (its job's target node named them): removed before the job."""
 
@@ -348,14 +353,87 @@ class Disk:
         return self.new.path if self.new is not None else ""
 
 
+FILTERS = frozenset({"throttle", "copy-before-write", "backup-top", "copy-on-read", "preallocate", "compress"})
+"""Drivers of filter nodes: the disk's bitmaps go on the format node under them."""
+BACKUP_FILTERS = frozenset({"copy-before-write", "backup-top"})
+"""A backup's filter: above a disk when no qmpctl job is, another tool is backing it up (fleecing)."""
+
+
+def _stable_names(entry: dict[str, Any], nodes: list[str]) -> list[str]:
+    """The names of a query-block entry that stay from one QEMU start to the next: device id, QOM path,
+    drive name, node names someone chose (QEMU's own start with ``#``)."""
+    qdev = str(entry.get("qdev") or "")
+    path = qdev[:-len("/virtio-backend")] if qdev.endswith("/virtio-backend") else qdev
+    names = [device_id_of(qdev) or "", path if path.startswith("/") else "", qdev if qdev != path else "",
+             str(entry.get("device") or ""), *nodes]
+    return list(dict.fromkeys(name for name in names if name and not name.startswith("#")))
+
+
+def _below(session: Session, deadline: Deadline, top: str, nodes: dict[str, dict[str, Any]]) -> list[str]:
+    """``top`` and the nodes under it through filters, down to the format node (the last)."""
+    chain = [top]
+    if str(nodes.get(top, {}).get("drv")) not in FILTERS:
+        return chain
+    graph = session.execute(Request("x-debug-query-block-graph"), deadline).get("return")
+    graph = graph if isinstance(graph, dict) else {}
+    ids = {str(node.get("name")): node.get("id") for node in graph.get("nodes") or []
+           if isinstance(node, dict) and node.get("type") == "block-driver"}
+    names = {number: name for name, number in ids.items()}
+    files = {edge.get("parent"): edge.get("child") for edge in graph.get("edges") or []
+             if isinstance(edge, dict) and edge.get("name") == "file"}
+    while str(nodes.get(chain[-1], {}).get("drv")) in FILTERS:
+        child = names.get(files.get(ids.get(chain[-1])))
+        if child is None or child in chain:
+            raise ProtocolError(f"cannot tell which node is under the filter {chain[-1]} "
+                                f"({nodes.get(chain[-1], {}).get('drv')})")
+        chain.append(child)
+    return chain
+
+
 def _find(session: Session, deadline: Deadline, name: str) -> Disk:
-    device, info = find_disk(session, deadline, name)
+    """The disk ``name`` names (device id, QOM path, drive name, or a node name someone chose), down to its
+    format node, where its bitmaps are: a filter above it (throttle, a backup's) is named in ``filters``."""
+    nodes = named_nodes(session, deadline)
+    for entry in block_devices(session, deadline):
+        inserted = entry.get("inserted")
+        if not isinstance(inserted, dict) or not inserted.get("node-name"):
+            continue
+        chain = _below(session, deadline, str(inserted["node-name"]), nodes)
+        names = _stable_names(entry, chain)
+        if name.startswith("#") and _part_of(name, chain, nodes):
+            said = (f"give one of {', '.join(names)} (qmpctl block lists them)" if names else
+                    "this disk has none: give it a device id")
+            raise UsageError(f"{name} is a node name QEMU made up at this start, and it changes at the next: a "
+                             f"chain needs a name that stays; {said}")
+        if name in names:
+            return _disk(name, names[0], chain, nodes)
+    if name.startswith("#"):
+        raise UsageError(f"{name} is a node name QEMU made up at this start, and it changes at the next: give "
+                         "the disk's device id, QOM path, drive name or a node name you chose (qmpctl block)")
+    if name in nodes:  # a node of no device (not attached): known by that name only
+        return _disk(name, name, _below(session, deadline, name, nodes), nodes)
+    raise UsageError(f"the VM has no disk {name!r}: give a device id, QOM path, drive name or node name "
+                     "(qmpctl block and qmpctl block --nodes list them)")
+
+
+def _part_of(name: str, chain: list[str], nodes: dict[str, dict[str, Any]]) -> bool:
+    """Whether node ``name`` is one of the disk's: above or at its format node, or its file under it."""
+    file = nodes.get(chain[-1], {}).get("file")
+    return name in chain or bool(file) and nodes.get(name, {}).get("file") == file
+
+
+def _disk(name: str, key: str, chain: list[str], nodes: dict[str, dict[str, Any]]) -> Disk:
+    node = chain[-1]
+    info = nodes.get(node, {})
     image = info.get("image") if isinstance(info.get("image"), dict) else {}
     assert isinstance(image, dict)
     bitmaps = {str(entry.get("name")): entry for entry in info.get("dirty-bitmaps") or []
                if isinstance(entry, dict) and entry.get("name")}
-    return Disk(name, device, str(info.get("node-name") or device), str(info.get("drv") or ""),
-                int(image.get("virtual-size") or 0), bitmaps, job_id_for(name))
+    disk = Disk(name, node, node, str(info.get("drv") or ""), int(image.get("virtual-size") or 0), bitmaps,
+                job_id_for(key))
+    disk.key = key
+    disk.filters = [(above, str(nodes.get(above, {}).get("drv"))) for above in chain[:-1]]
+    return disk
 
 
 def recorded_bitmap(manifest: dict[str, Any]) -> Optional[str]:
@@ -443,10 +521,11 @@ class ChainRun:
 
     # planning
 
-    def chains(self, device: str) -> list[tuple[str, dict[str, Any]]]:
-        """The chain folders of ``device`` in DIR when the run looked, oldest first."""
+    def chains(self, disk: Disk) -> list[tuple[str, dict[str, Any]]]:
+        """The chain folders of ``disk`` in DIR when the run looked, oldest first: by its stable key, whatever
+        name a run gave it (by the name given, for chains that recorded no key)."""
         return [(os.path.join(self.into, name), manifest) for name, manifest in self.view.chains
-                if manifest.get("device") == device]
+                if manifest.get("disk") == disk.key or "disk" not in manifest and manifest.get("device") == disk.name]
 
     @property
     def tags(self) -> set[str]:
@@ -459,7 +538,7 @@ class ChainRun:
         self.view = self.folder.scan(self.deadline)
         taken = self.view.names
         for disk in self.disks:
-            chains = self.chains(disk.name)
+            chains = self.chains(disk)
             previous = chains[-1] if chains else None
             reason = None
             if previous is not None and not self.options.full:
@@ -483,14 +562,14 @@ class ChainRun:
                 old = recorded_bitmap(previous[1]) or str(previous[1].get("bitmap"))
                 if old in disk.bitmaps:
                     disk.obsolete.append(old)
-            name = stamp if len(self.disks) == 1 else f"{stamp}-{_label(disk.name)}"
+            name = stamp if len(self.disks) == 1 else f"{stamp}-{_label(disk.key)}"
             disk.chain_dir = _unique_dir(self.into, name, taken)
             chain = os.path.basename(disk.chain_dir)
             taken |= {chain}
             chain_id, tag = os.urandom(4).hex(), folder_tag(self.into)
             disk.new_bitmap = bitmap_name(tag, chain_id, 1)
             disk.manifest = {"version": MANIFEST_VERSION, "chain": chain, "id": chain_id, "folder-tag": tag,
-                             "device": disk.name, "node": disk.node, "bitmap": disk.new_bitmap,
+                             "device": disk.name, "disk": disk.key, "node": disk.node, "bitmap": disk.new_bitmap,
                              "persistent": disk.persistent, "size": disk.size, "qemu": self.qemu_version,
                              "created": stamp, "images": []}
 
@@ -513,6 +592,11 @@ class ChainRun:
                        f"{disk.job_id} clears a concluded one); nothing was changed")
         if left:
             self._clean_up_after(left, jobs, nodes)
+        for disk in self.disks:
+            fleecing = [node for node, driver in disk.filters if driver in BACKUP_FILTERS]
+            if fleecing:
+                raise Busy(f"busy: another tool is backing {disk.name} up right now (its backup filter "
+                           f"{fleecing[0]} is above the disk); nothing was changed")
 
     def _clean_up_after(self, disks: list[Disk], jobs: dict[str, JobState], nodes: dict[str, Any]) -> None:
         """The jobs and nodes a killed qmpctl left in this DIR: cancelled, dismissed, deleted, with a note each.
@@ -537,8 +621,8 @@ class ChainRun:
                         self.notes.append(f"deleted block node {node} left by a qmpctl that is gone")
         for disk in disks:  # the job's filter node is gone from above the disk: look again
             fresh = _find(self.session, self.deadline, disk.name)
-            disk.device, disk.node, disk.driver, disk.size, disk.bitmaps = (
-                fresh.device, fresh.node, fresh.driver, fresh.size, fresh.bitmaps)
+            disk.device, disk.node, disk.driver, disk.size, disk.bitmaps, disk.filters = (
+                fresh.device, fresh.node, fresh.driver, fresh.size, fresh.bitmaps, fresh.filters)
 
     def drop_broken_bitmaps(self) -> None:
         """Before the jobs: bitmaps of this DIR no chain will use (leftovers of killed runs, of deleted or
@@ -567,7 +651,7 @@ class ChainRun:
             self.notes += [note.replace("the incomplete", "the unrecorded image of a killed run,")
                            for note in self.folder.discard(leftovers, Deadline(ROLLBACK_GRACE))]
         unborn = sorted(os.path.join(self.into, name) for name in self.view.dirs - self.view.marked)
-        for path in self.folder.remove_unborn(unborn, [_label(disk.name) for disk in self.disks],
+        for path in self.folder.remove_unborn(unborn, [_label(disk.key) for disk in self.disks],
                                               Deadline(ROLLBACK_GRACE)):
             self.notes.append(f"removed {self.folder.where(path)}: the first run of a chain that was killed "
                               "before it wrote the chain's manifest")
@@ -610,7 +694,7 @@ class ChainRun:
             number = len(disk.manifest["images"]) + 1
             image = os.path.join(disk.chain_dir, f"{number:04d}-{'full' if disk.full else 'inc'}.qcow2")
             backing = None if disk.full else str(disk.manifest["images"][-1]["file"])
-            marker = (f"{_label(disk.name)}\nthe first run of a qmpctl chain of {disk.name}, started {self.stamp} "
+            marker = (f"{_label(disk.key)}\nthe first run of a qmpctl chain of {disk.name}, started {self.stamp} "
                       f"by process {os.getpid()}; removed with the first manifest\n")
             disk.new = NewImage(disk.chain_dir, image, disk.size, backing, make_dir=disk.full,  # a new name
                                 marker=marker)
@@ -754,7 +838,7 @@ class ChainRun:
     def _rotate(self, disk: Disk) -> list[str]:
         """The disk's oldest chains beyond --keep-chains (as the run found them: the lock kept them so), with
         their bitmaps."""
-        chains = [(path, manifest) for path, manifest in self.chains(disk.name) if path != disk.chain_dir]
+        chains = [(path, manifest) for path, manifest in self.chains(disk) if path != disk.chain_dir]
         surplus = chains[:max(len(chains) - (self.options.keep_chains or 1) + 1, 0)]
         if surplus:
             self.notes += self.folder.remove_trees([path for path, _ in surplus], Deadline(ROLLBACK_GRACE))
@@ -847,8 +931,13 @@ def backup_chain(session: Session, deadline: Deadline, options: ChainOptions, *,
     """
     if folder is None:
         folder = LocalFolder(prepare_dir(options.into, is_local=True))
-    with folder.lock([(device, _label(device)) for device in options.devices], deadline):
-        disks = [_find(session, deadline, name) for name in options.devices]
+    disks = [_find(session, deadline, name) for name in options.devices]
+    for number, disk in enumerate(disks):
+        same = [other.name for other in disks[:number] if other.key == disk.key]
+        if same:
+            raise UsageError(f"{same[0]} and {disk.name} are the same disk ({disk.key}): give it once")
+    with folder.lock([(disk.name, _label(disk.key)) for disk in disks], deadline):
+        disks = [_find(session, deadline, name) for name in options.devices]  # as it is now, under the lock
         run = ChainRun(session, deadline, options, disks, folder, _qemu_version(session, deadline))
         run.check_not_busy()
         run.plan(time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))

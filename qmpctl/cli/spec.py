@@ -361,7 +361,8 @@ COMMANDS: tuple[Command, ...] = (
             Argument("words", "DEVICE...",
                      "The disk: its device id (vd0), drive name or node name; then TARGET, the image file to "
                      "create, a path on the VM's host (checked there over ssh://); it must not exist. With "
-                     "--into: one or more disks and no TARGET.", variadic=True),
+                     "--into: one or more disks and no TARGET, each by a name that stays (device id, QOM path, "
+                     "drive name, a node name you chose; not QEMU's #block123).", variadic=True),
         ),
         options=(
             Option("into", ("--into",), "text", None,

@@ -571,3 +571,96 @@ def test_bitmaps_never_pile_up_and_another_dirs_or_tools_are_kept(cli, vm_factor
     last = ok(cli, vm, offsite)
     assert last["level"] == "incremental"
     assert images_identical(vm.disk, restored(cli, last["chain"], tmp_path / "r.qcow2")).returncode == 0
+
+
+def named_node(vm, name: str) -> dict:
+    with vm.check() as qmp:
+        return next(node for node in qmp.cmd("query-named-block-nodes") if node["node-name"] == name)
+
+
+def test_a_name_qemu_made_up_is_refused_naming_the_disks_stable_names(cli, vm_factory, tmp_path):
+    second = make_image(tmp_path / "disk1.qcow2", "qcow2", "16M")
+    vm = vm_factory(disk_size="16M", extra_args=[
+        "-drive", f"file={second},format=qcow2,if=none,id=drive1", "-device", "virtio-blk-pci,drive=drive1,id=vd1"])
+    with vm.check() as qmp:
+        drives = {entry["device"]: entry["inserted"]["node-name"] for entry in qmp.cmd("query-block")}
+        under = [node["node-name"] for node in qmp.cmd("query-named-block-nodes")
+                 if node["drv"] == "file" and node["file"] == str(vm.disk)]
+    assert drives["drive1"].startswith("#") and under[0].startswith("#")
+    into = tmp_path / "b"
+    for made_up, names in ((drives["drive1"], ("vd1", "/machine/peripheral/vd1", "drive1")),
+                           (under[0], ("vd0", "/machine/peripheral/vd0", "disk0"))):
+        code, _, err = backup(cli, vm, into, device=(made_up,))
+        assert code == 2 and "QEMU made up" in err and all(name in err for name in names), err
+    assert not into.exists() and bitmaps(vm) == {}
+    assert ok(cli, vm, into, device=("drive1",))["level"] == "full"
+
+
+def test_two_names_of_one_disk_are_one_chain_and_a_qom_path_finds_a_disk_without_id(cli, vm_factory, tmp_path):
+    third = make_image(tmp_path / "disk2.qcow2", "qcow2", "16M")
+    vm = vm_factory(disk_size="16M", extra_args=[
+        "-device", "virtio-scsi-pci,id=scsi0",
+        "-blockdev", f"driver=qcow2,node-name=disk2,file.driver=file,file.filename={third}",
+        "-device", "scsi-hd,drive=disk2"])
+    into = tmp_path / "b"
+    full = ok(cli, vm, into)
+    for alias in ("disk0", "/machine/peripheral/vd0/virtio-backend", "/machine/peripheral/vd0"):
+        write_pattern(vm, [(0x44, 0, MiB)])
+        again = ok(cli, vm, into, device=(alias,))
+        assert (again["level"], again["chain"], again["bytes"]) == ("incremental", full["chain"], MiB), again
+    assert list(bitmaps(vm)) == [again["bitmap"]]
+    code, _, err = backup(cli, vm, into, device=("vd0", "disk0"))
+    assert code == 2 and "same disk" in err, err
+    anonymous = "/machine/peripheral-anon/device[0]"
+    first = ok(cli, vm, into, device=(anonymous,))
+    hmp(vm, f'qemu-io -d {anonymous} "write -P 0x45 2M 1M"')
+    flush(vm, anonymous)
+    then = ok(cli, vm, into, device=("disk2",))
+    assert (first["level"], then["level"], then["chain"], then["bytes"]) == ("full", "incremental", first["chain"], MiB)
+    assert images_identical(third, restored(cli, then["chain"], tmp_path / "r.qcow2")).returncode == 0
+
+
+def test_under_a_throttle_filter_the_bitmap_is_persistent_on_the_format_node(cli, vm_factory, tmp_path):
+    (tmp_path / "vm0").mkdir()
+    image = make_image(tmp_path / "vm0" / "disk0.qcow2", "qcow2", "16M")
+    vm = vm_factory(qemu_args_disk=False, extra_args=[
+        "-object", "throttle-group,id=tg0,x-bps-total=1000000000",
+        "-blockdev", f"driver=qcow2,node-name=disk0,file.driver=file,file.filename={image}",
+        "-blockdev", "driver=throttle,node-name=thr0,throttle-group=tg0,file=disk0",
+        "-device", "virtio-blk-pci,drive=thr0,id=vd0"])
+    assert vm.disk == image
+    into = tmp_path / "b"
+    full = ok(cli, vm, into)
+    assert [(b["name"], b["persistent"]) for b in named_node(vm, "disk0")["dirty-bitmaps"]] == [(full["bitmap"], True)]
+    assert "dirty-bitmaps" not in named_node(vm, "thr0") or named_node(vm, "thr0")["dirty-bitmaps"] == []
+    write_pattern(vm, [(0x46, 4 * MiB, MiB)])
+    relaunch(vm, "quit")
+    again = ok(cli, vm, into)
+    assert (again["level"], again["chain"], again["bytes"]) == ("incremental", full["chain"], MiB), again
+    assert images_identical(image, restored(cli, again["chain"], tmp_path / "r.qcow2")).returncode == 0
+
+
+def test_another_tools_backup_filter_makes_the_run_busy(cli, vm_factory, tmp_path):
+    vm = vm_factory(disk_size="16M")
+    into = tmp_path / "b"
+    full = ok(cli, vm, into)
+    scratch = make_image(tmp_path / "fleece.qcow2", "qcow2", "16M")
+    with vm.check() as qmp:
+        qmp.cmd("blockdev-add", driver="qcow2", **{"node-name": "fl-tmp"},
+                file={"driver": "file", "filename": str(scratch)})
+        qmp.cmd("blockdev-add", driver="copy-before-write", **{"node-name": "fl-cbw"}, file="disk0", target="fl-tmp")
+        qmp.cmd("qom-set", path="/machine/peripheral/vd0/virtio-backend", property="drive", value="fl-cbw")
+    before = bitmaps_of_node(vm)
+    code, _, err = backup(cli, vm, into)
+    assert code == 4 and "fl-cbw" in err and "another tool" in err, err
+    assert bitmaps_of_node(vm) == before and [image["file"] for image in manifest(full["chain"])["images"]] == [
+        "0001-full.qcow2"]
+    with vm.check() as qmp:
+        qmp.cmd("qom-set", path="/machine/peripheral/vd0/virtio-backend", property="drive", value="disk0")
+        qmp.cmd("blockdev-del", **{"node-name": "fl-cbw"})
+        qmp.cmd("blockdev-del", **{"node-name": "fl-tmp"})
+    assert ok(cli, vm, into)["level"] == "incremental"
+
+
+def bitmaps_of_node(vm, node: str = "disk0") -> list[str]:
+    return [bitmap.get("name", "") for bitmap in named_node(vm, node).get("dirty-bitmaps", [])]
