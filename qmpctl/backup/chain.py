@@ -663,17 +663,22 @@ class ChainRun:
     def _orphans(self, disk: Disk) -> list[tuple[str, str]]:
         """This DIR's bitmaps on ``disk`` no chain will use, with why; another DIR's or tool's are never listed."""
         tags, live = self.tags, self._live()
-        kept = {disk.new_bitmap, *disk.obsolete}
+        latest: dict[str, dict[str, Any]] = {}  # each disk's newest chain in DIR: only its bitmap goes on
         for _, manifest in self.view.chains:
-            if manifest.get("id") in live and recorded_bitmap(manifest):
-                kept.add(str(recorded_bitmap(manifest)))
+            latest[str(manifest.get("disk") or manifest.get("device"))] = manifest
+        kept = {disk.new_bitmap, *disk.obsolete}
+        kept |= {str(recorded_bitmap(manifest)) for manifest in latest.values() if recorded_bitmap(manifest)}
+        newest = {str(manifest.get("id")) for manifest in latest.values()}
         found = []
         for name in sorted(disk.bitmaps):
             owner = bitmap_owner(name)
             if name in kept:
                 continue
             if owner is not None and owner[0] in tags:
-                if owner[1] in live:
+                if owner[1] in live and owner[1] not in newest:
+                    found.append((name, f"chain {live[owner[1]]} was followed by a newer chain of its disk (the "
+                                        "bitmap came back with a disk put back from an older copy)"))
+                elif owner[1] in live:
                     found.append((name, f"chain {live[owner[1]]} did not record it (a run that was killed, or "
                                         "a disk put back from an older copy)"))
                 else:

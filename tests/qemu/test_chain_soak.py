@@ -140,6 +140,10 @@ class Night:
                                   self.log[-6:])
         reply = json.loads(result.out)["return"]
         self.log.append(f"  {reply['level']} {Path(reply['image']).relative_to(self.into)} {reply.get('reason', '')}")
+        with self.vm.check() as qmp:  # bitmaps never pile up: the chain's current one only
+            block = next(entry for entry in qmp.cmd("query-named-block-nodes") if entry["node-name"] == "disk0")
+        assert [bitmap.get("name") for bitmap in block.get("dirty-bitmaps", [])] == [reply["bitmap"]], (
+            f"seed {SEED}, night {number}", block.get("dirty-bitmaps"), self.log[-6:])
         copy = self.copies / f"point{number}.raw"
         subprocess.run(["qemu-img", "convert", "-U", "-O", "raw", str(self.vm.disk), str(copy)], check=True)
         self.points.append((reply["chain"], Path(reply["image"]).name, copy, number))
