@@ -601,17 +601,19 @@ class ChainRun:
     def _clean_up_after(self, disks: list[Disk], jobs: dict[str, JobState], nodes: dict[str, Any]) -> None:
         """The jobs and nodes a killed qmpctl left in this DIR: cancelled, dismissed, deleted, with a note each.
 
-        Its image is not in any manifest: :meth:`plan` leaves it to :meth:`drop_leftovers`. Its bitmap is
-        removed there too: the chain's recorded bitmap was never cleared (``bitmap-mode=never``).
+        Its image is not in any manifest: :meth:`drop_broken_bitmaps` removes it (``leftovers``), and its
+        bitmap, which no chain recorded; the chain's recorded bitmap was never cleared (``bitmap-mode=never``).
         """
         for disk in disks:
             with shielded():
                 for job_id in (f"{disk.job_id}-create", disk.job_id):
                     if job_id in jobs:
                         state = finish(self.session, job_id, Deadline(ROLLBACK_GRACE))
-                        status = "cancelled" if state is not None and state.error else "dismissed"
-                        self.notes.append(f"{status} job {job_id} of {disk.name}, left by a qmpctl that is gone "
-                                          f"(it held the lock in {self.folder.where(self.into)})")
+                        error = state.error if state is not None else None
+                        status = "cancelled" if error == CANCELLED else "dismissed"
+                        failed = f", which had failed: {error}" if error not in (None, CANCELLED) else ""
+                        self.notes.append(f"{status} job {job_id} of {disk.name}{failed}, left by a qmpctl that is "
+                                          f"gone (it held the lock in {self.folder.where(self.into)})")
                 image = str(nodes.get(target_nodes(disk.job_id)[1], {}).get("file") or "")
                 if image:
                     disk.leftovers.append(image)
