@@ -3,21 +3,31 @@
 A chain lives in ``DIR/<chain>/``: ``0001-full.qcow2``, ``0002-inc.qcow2`` ...
 each incremental backed by the one before (relative path, so the folder can
 move), and ``chain.json``, the manifest, which lists an image only once its
-job has succeeded (written to a temp file, then renamed). The disk carries a
-dirty bitmap named after the chain; an incremental copies what it recorded
-(``sync=bitmap``, ``bitmap-mode=on-success``: a failed or cancelled job keeps
-every bit for the next run).
+job has succeeded (written to a temp file, then renamed).
+
+Every backup adds a new dirty bitmap to the disk, in the transaction that
+starts its job, as libvirt's checkpoints do: ``qmpctl-<folder>-<chain>-<n>-<r>``
+(``<folder>`` tells this DIR from another DIR backing up the same disk,
+``<chain>`` is the chain's id, ``<n>`` the image's number, ``<r>`` random, so a
+name is never used twice). An incremental copies what the previous backup's
+bitmap recorded (``sync=bitmap``, ``bitmap-mode=never``: QEMU never clears it);
+that bitmap is removed only once the new image is recorded, and the manifest
+entry names the bitmap that follows it. A disk whose bitmaps do not include
+the one the chain's last image recorded is not the disk as of that backup (a
+file put back from an older copy, a raw disk restarted, a bitmap removed): the
+run starts a new chain with a full backup and says why.
 
 The file-system side (lock, listing, images, manifest) is a
 :class:`~qmpctl.backup.folder.ChainFolder`: DIR on this host, or on the host of
 an ``ssh://`` VM, where QEMU opens the images.
 
-When the bitmap cannot be trusted (missing after a restart with a raw disk or
-removal by hand, ``inconsistent`` after QEMU died, disabled, the disk
-resized, an image of the chain gone), the run starts a new chain with a full
-backup and says why. Nothing is ever overwritten: images are created
-exclusively, formatted by qemu-img (or by QEMU on a remote host), then
-attached with blockdev-add.
+When the bitmap cannot be trusted (missing, ``inconsistent`` after QEMU died,
+disabled, the disk resized, an image of the chain gone), the run starts a new
+chain with a full backup and says why. Nothing is ever overwritten: images are
+created exclusively, formatted by qemu-img (or by QEMU on a remote host), then
+attached with blockdev-add. What a killed run left behind in this DIR (a job,
+its nodes, an unrecorded image, a bitmap) is cleaned up by the next run, which
+holds the disk's lock and so knows its owner is gone.
 """
 
 from __future__ import annotations
@@ -30,8 +40,8 @@ import re
 import time
 
 from qmpctl.backup.full import DEFAULT_WAIT_TIMEOUT, MAX_JOB_ID, target_nodes
-from qmpctl.vm.block import ROLLBACK_GRACE, blockdev_del, named_nodes, undo_all, with_notes
-from qmpctl.vm.disks import find_disk
+from qmpctl.vm.block import (ROLLBACK_GRACE, block_devices, blockdev_del, device_id_of, named_nodes,
+                             undo_all, with_notes)
 from qmpctl.backup.folder import LocalFolder, NewImage, View
 from qmpctl.backup.manifest import MANIFEST_VERSION
 from qmpctl.deadline import Deadline
@@ -52,6 +62,8 @@ if TYPE_CHECKING:
     from qmpctl.vm.jobs import Progress
 
 BITMAP_PREFIX = "qmpctl-"
+BITMAP_NAME = re.compile(r"qmpctl-([0-9a-f]{8})-([0-9a-f]{8})-(\d{4,})-([0-9a-f]{6})\Z")
+"""A bitmap of a chain (version 2): folder tag, chain id, image number, random."""
 DEFAULT_FREEZE_TIMEOUT = 10.0
 THAW_GRACE = 10.0
 """The thaw's own deadline: it must run even when the call's deadline is spent."""
@@ -98,7 +110,7 @@ class ChainOptions:
 
     def requests(self) -> list[Request]:
         """What --dry-run shows: the transaction of a first run (images and nodes are only known at run time)."""
-        adds = [bitmap_add_action(device, f"{BITMAP_PREFIX}CHAIN", True) for device in self.devices]
+        adds = [bitmap_add_action(device, f"{BITMAP_PREFIX}FOLDER-CHAIN-0001-RANDOM", True) for device in self.devices]
         backups = [backup_action(job_id_for(device), device, target_nodes(job_id_for(device))[0], None, self.speed)
                    for device in self.devices]
         if len(self.devices) == 1:
@@ -111,9 +123,10 @@ class ChainOptions:
                  if side else "qemu-img formats the images")
         return ("a plan, not the exact requests (--dry-run connects to nothing): the run first locks each disk "
                 "in DIR, reads its chains and asks the VM for the disk and its bitmaps; it creates each new image "
-                f"exclusively and adds it (blockdev-add) before the transaction; {where}. A first run or --full "
-                f"adds the bitmap {BITMAP_PREFIX}<chain> as shown; a later run adds none and copies what the "
-                "chain's bitmap recorded (sync=bitmap)")
+                f"exclusively and adds it (blockdev-add) before the transaction; {where}. Every run adds a new "
+                f"bitmap ({BITMAP_PREFIX}<folder>-<chain>-<image number>-<random>) with its job; a later run "
+                "copies what the previous run's bitmap recorded (sync=bitmap, bitmap-mode=never) and removes "
+                "that bitmap once its image is recorded")
 
 
 def _label(device: str) -> str:
@@ -127,6 +140,24 @@ def job_id_for(device: str) -> str:
 
 # -- requests ---------------------------------------------------------------------------------------
 
+def folder_tag(into: str) -> str:
+    """What a bitmap's name says about the DIR of its chain: a hash of DIR's path where the VM runs."""
+    import hashlib
+
+    return hashlib.sha256(os.path.normpath(into).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def bitmap_name(tag: str, chain_id: str, number: int) -> str:
+    """A new bitmap for image ``number`` of a chain; random at the end: a name is never used twice."""
+    return f"{BITMAP_PREFIX}{tag}-{chain_id}-{number:04d}-{os.urandom(3).hex()}"
+
+
+def bitmap_owner(name: str) -> Optional[tuple[str, str]]:
+    """(folder tag, chain id) of a bitmap qmpctl named (version 2); None for any other name."""
+    match = BITMAP_NAME.match(name)
+    return (match[1], match[2]) if match else None
+
+
 def bitmap_add_action(device: str, bitmap: str, persistent: bool) -> dict[str, Any]:
     return {"type": "block-dirty-bitmap-add", "data": {"node": device, "name": bitmap, "persistent": persistent}}
 
@@ -136,7 +167,7 @@ def backup_action(job_id: str, device: str, target: str, bitmap: Optional[str], 
     if bitmap is None:
         data["sync"] = "full"
     else:
-        data.update({"sync": "bitmap", "bitmap": bitmap, "bitmap-mode": "on-success"})
+        data.update({"sync": "bitmap", "bitmap": bitmap, "bitmap-mode": "never"})
     if speed is not None:
         data["speed"] = speed
     data["auto-dismiss"] = False
@@ -252,8 +283,12 @@ class Disk:
         self.manifest: dict[str, Any] = {}
         self.full = True
         self.reason: Optional[str] = None
-        self.stale_bitmap: Optional[str] = None
-        """The previous chain's bitmap, removed once the new chain's full backup succeeded."""
+        self.source_bitmap: Optional[str] = None
+        """The bitmap an incremental copies: the one the chain's last image recorded (never cleared by QEMU)."""
+        self.new_bitmap = ""
+        """The bitmap this run adds, recorded with its image: what the next run copies."""
+        self.obsolete: list[str] = []
+        """Bitmaps removed once this run's image is recorded: the source, the replaced chain's."""
         self.new: Optional[NewImage] = None
         """The image this run adds, and how far its creation got."""
         self.size_written = 0
@@ -263,10 +298,16 @@ class Disk:
         self.started = ""
         self.state: Optional[JobState] = None
         self.committed = False
+        self.key = name
+        """The disk's first stable name (its device id, else its QOM path...): one lock, job, chain per disk."""
+        self.filters: list[tuple[str, str]] = []
+        """(node, driver) of the filters above the format node, top first."""
+        self.leftovers: list[str] = []
+        """Images a killed qmpctl created in this DIR (its job's target node named them): removed before the job."""
 
     @property
     def bitmap(self) -> str:
-        return str(self.manifest["bitmap"])
+        return self.new_bitmap
 
     @property
     def persistent(self) -> bool:
@@ -281,28 +322,118 @@ class Disk:
         return self.new.path if self.new is not None else ""
 
 
+FILTERS = frozenset({"throttle", "copy-before-write", "backup-top", "copy-on-read", "preallocate", "compress"})
+"""Drivers of filter nodes: the disk's bitmaps go on the format node under them."""
+BACKUP_FILTERS = frozenset({"copy-before-write", "backup-top"})
+"""A backup's filter: above a disk when no qmpctl job is, another tool is backing it up (fleecing)."""
+
+
+def _stable_names(entry: dict[str, Any], nodes: list[str]) -> list[str]:
+    """The names of a query-block entry that stay from one QEMU start to the next: device id, QOM path,
+    drive name, node names someone chose (QEMU's own start with ``#``)."""
+    qdev = str(entry.get("qdev") or "")
+    path = qdev[:-len("/virtio-backend")] if qdev.endswith("/virtio-backend") else qdev
+    names = [device_id_of(qdev) or "", path if path.startswith("/") else "", qdev if qdev != path else "",
+             str(entry.get("device") or ""), *nodes]
+    return list(dict.fromkeys(name for name in names if name and not name.startswith("#")))
+
+
+def _below(session: Session, deadline: Deadline, top: str, nodes: dict[str, dict[str, Any]]) -> list[str]:
+    """``top`` and the nodes under it through filters, down to the format node (the last)."""
+    chain = [top]
+    if str(nodes.get(top, {}).get("drv")) not in FILTERS:
+        return chain
+    graph = session.execute(Request("x-debug-query-block-graph"), deadline).get("return")
+    graph = graph if isinstance(graph, dict) else {}
+    ids = {str(node.get("name")): node.get("id") for node in graph.get("nodes") or []
+           if isinstance(node, dict) and node.get("type") == "block-driver"}
+    names = {number: name for name, number in ids.items()}
+    files = {edge.get("parent"): edge.get("child") for edge in graph.get("edges") or []
+             if isinstance(edge, dict) and edge.get("name") == "file"}
+    while str(nodes.get(chain[-1], {}).get("drv")) in FILTERS:
+        child = names.get(files.get(ids.get(chain[-1])))
+        if child is None or child in chain:
+            raise ProtocolError(f"cannot tell which node is under the filter {chain[-1]} "
+                                f"({nodes.get(chain[-1], {}).get('drv')})")
+        chain.append(child)
+    return chain
+
+
 def _find(session: Session, deadline: Deadline, name: str) -> Disk:
-    found = find_disk(session, deadline, name)
-    if not found.top:
-        raise UsageError(f"disk {found.label!r} has no medium: there is nothing to back up")
-    info = found.info
+    """The disk ``name`` names (device id, QOM path, drive name, or a node name someone chose), down to its
+    format node, where its bitmaps are: a filter above it (throttle, a backup's) is named in ``filters``."""
+    nodes = named_nodes(session, deadline)
+    for entry in block_devices(session, deadline):
+        inserted = entry.get("inserted")
+        if not isinstance(inserted, dict) or not inserted.get("node-name"):
+            continue
+        chain = _below(session, deadline, str(inserted["node-name"]), nodes)
+        names = _stable_names(entry, chain)
+        if name.startswith("#") and _part_of(name, chain, nodes):
+            said = (f"give one of {', '.join(names)} (qmpctl block lists them)" if names else
+                    "this disk has none: give it a device id")
+            raise UsageError(f"{name} is a node name QEMU made up at this start, and it changes at the next: a "
+                             f"chain needs a name that stays; {said}")
+        if name in names:
+            return _disk(name, names[0], chain, nodes)
+    if name.startswith("#"):
+        raise UsageError(f"{name} is a node name QEMU made up at this start, and it changes at the next: give "
+                         "the disk's device id, QOM path, drive name or a node name you chose (qmpctl block)")
+    if name in nodes:  # a node of no device (not attached): known by that name only
+        return _disk(name, name, _below(session, deadline, name, nodes), nodes)
+    raise UsageError(f"the VM has no disk {name!r}: give a device id, QOM path, drive name or node name "
+                     "(qmpctl block and qmpctl block --nodes list them)")
+
+
+def _part_of(name: str, chain: list[str], nodes: dict[str, dict[str, Any]]) -> bool:
+    """Whether node ``name`` is one of the disk's: above or at its format node, or its file under it."""
+    file = nodes.get(chain[-1], {}).get("file")
+    return name in chain or bool(file) and nodes.get(name, {}).get("file") == file
+
+
+def _disk(name: str, key: str, chain: list[str], nodes: dict[str, dict[str, Any]]) -> Disk:
+    node = chain[-1]
+    info = nodes.get(node, {})
     image = info.get("image") if isinstance(info.get("image"), dict) else {}
     assert isinstance(image, dict)
     bitmaps = {str(entry.get("name")): entry for entry in info.get("dirty-bitmaps") or []
                if isinstance(entry, dict) and entry.get("name")}
-    return Disk(name, found.block_name, found.top, str(info.get("drv") or ""),
-                int(image.get("virtual-size") or 0), bitmaps, job_id_for(name))
+    disk = Disk(name, node, node, str(info.get("drv") or ""), int(image.get("virtual-size") or 0), bitmaps,
+                job_id_for(key))
+    disk.key = key
+    disk.filters = [(above, str(nodes.get(above, {}).get("drv"))) for above in chain[:-1]]
+    return disk
+
+
+def recorded_bitmap(manifest: dict[str, Any]) -> Optional[str]:
+    """The bitmap that follows the chain's last image (version 2); None for a chain of version 1."""
+    images = manifest.get("images") or []
+    if manifest.get("version") != MANIFEST_VERSION or not manifest.get("id") or not images:
+        return None
+    last = images[-1]
+    return str(last["bitmap"]) if isinstance(last, dict) and last.get("bitmap") else None
 
 
 def _why_not_incremental(disk: Disk, folder: ChainFolder, chain_dir: str, manifest: dict[str, Any],
                          sizes: dict[str, Optional[int]]) -> Optional[str]:
     """None when the chain can be extended; else why a new chain must start (``sizes``: its folder's files)."""
-    bitmap = str(manifest.get("bitmap"))
+    images = manifest["images"]
+    if not images:
+        return f"the chain {folder.where(chain_dir)} lists no image"
+    bitmap = recorded_bitmap(manifest)
+    if bitmap is None:
+        return (f"the chain {folder.where(chain_dir)} was made by an earlier qmpctl, with one bitmap for the whole "
+                "chain: a disk put back from an older copy could not be told from the disk as of its last backup")
     info = disk.bitmaps.get(bitmap)
     if info is None:
+        ours = sorted(name for name in disk.bitmaps if (bitmap_owner(name) or ("", ""))[1] == manifest["id"])
+        if ours:
+            return (f"{disk.name} does not carry bitmap {bitmap}, which the chain's last backup added, but "
+                    f"{', '.join(ours)} of the same chain: the disk was put back from an older copy (or its "
+                    "bitmap removed), so an incremental would build on content it no longer has")
         return (f"bitmap {bitmap} is not on {disk.name}: QEMU was restarted and the disk is not qcow2 (bitmaps of "
-                "raw disks live in memory only), QEMU was killed before it ever closed the disk cleanly, or the "
-                "bitmap was removed")
+                "raw disks live in memory only), QEMU was killed before it ever closed the disk cleanly, the disk "
+                "was put back from a copy older than the chain, or the bitmap was removed")
     if info.get("busy"):
         raise Busy(f"busy: bitmap {bitmap} of {disk.name} is in use by a running job (another backup?); "
                    "nothing was changed")
@@ -312,14 +443,11 @@ def _why_not_incremental(disk: Disk, folder: ChainFolder, chain_dir: str, manife
         return f"bitmap {bitmap} was disabled: it did not record every write"
     if int(manifest.get("size") or 0) != disk.size:
         return f"{disk.name} changed size from {manifest.get('size')} to {disk.size} bytes"
-    images = manifest["images"]
-    if not images:
-        return f"the chain {folder.where(chain_dir)} lists no image"
-    listed = {str(entry.get("file")) for entry in images}
-    unlisted = sorted(name for name in sizes if IMAGE_NAME.match(name) and name not in listed)
+    unlisted = [name for name in unlisted_images(manifest, sizes)
+                if os.path.join(chain_dir, name) not in disk.leftovers]
     if unlisted:
         return (f"{folder.where(os.path.join(chain_dir, unlisted[0]))} is not in the chain's manifest: a run was "
-                "killed after its job started, and QEMU may have cleared the bitmap when that job completed")
+                "killed after its job started, or the file is not qmpctl's; it is left as it is")
     for entry in images:
         name = str(entry.get("file"))
         path = folder.where(os.path.join(chain_dir, name))
@@ -328,6 +456,12 @@ def _why_not_incremental(disk: Disk, folder: ChainFolder, chain_dir: str, manife
         if sizes[name] != entry.get("size"):
             return f"{path} of the chain changed size since it was written"
     return None
+
+
+def unlisted_images(manifest: dict[str, Any], sizes: dict[str, Optional[int]]) -> list[str]:
+    """Images in a chain's folder its manifest does not list: what a killed run left (never a recorded one)."""
+    listed = {str(entry.get("file")) for entry in manifest.get("images") or []}
+    return sorted(name for name in sizes if IMAGE_NAME.match(name) and name not in listed)
 
 
 def _unique_dir(into: str, name: str, taken: frozenset[str]) -> str:
@@ -351,19 +485,29 @@ class ChainRun:
         self.qemu_version = qemu_version
         self.notes: list[str] = []
         self.view = View(frozenset(), [], frozenset(), frozenset(), {})
+        self.progress: Optional[Progress] = None
+        self.stamp = ""
 
     # planning
 
-    def chains(self, device: str) -> list[tuple[str, dict[str, Any]]]:
-        """The chain folders of ``device`` in DIR when the run looked, oldest first."""
+    def chains(self, disk: Disk) -> list[tuple[str, dict[str, Any]]]:
+        """The chain folders of ``disk`` in DIR when the run looked, oldest first: by its stable key, whatever
+        name a run gave it (by the name given, for chains that recorded no key)."""
         return [(os.path.join(self.into, name), manifest) for name, manifest in self.view.chains
-                if manifest.get("device") == device]
+                if manifest.get("disk") == disk.key or "disk" not in manifest and manifest.get("device") == disk.name]
+
+    @property
+    def tags(self) -> set[str]:
+        """This DIR's folder tags: of its path, and those its chains recorded (DIR may have moved since)."""
+        return {folder_tag(self.into)} | {str(manifest["folder-tag"]) for _, manifest in self.view.chains
+                                          if manifest.get("folder-tag")}
 
     def plan(self, stamp: str) -> None:
+        self.stamp = stamp
         self.view = self.folder.scan(self.deadline)
         taken = self.view.names
         for disk in self.disks:
-            chains = self.chains(disk.name)
+            chains = self.chains(disk)
             previous = chains[-1] if chains else None
             reason = None
             if previous is not None and not self.options.full:
@@ -372,57 +516,151 @@ class ChainRun:
                 if reason is None:
                     disk.chain_dir, disk.manifest = previous[0], json.loads(json.dumps(previous[1]))
                     disk.full = False
+                    disk.source_bitmap = recorded_bitmap(disk.manifest)
+                    assert disk.source_bitmap is not None
+                    disk.obsolete.append(disk.source_bitmap)
+                    disk.new_bitmap = bitmap_name(str(disk.manifest["folder-tag"]), str(disk.manifest["id"]),
+                                                  len(disk.manifest["images"]) + 1)
                     continue
             if previous is None:
                 reason = f"no chain of {disk.name} in {self.folder.where(self.into)} yet"
             elif self.options.full:
                 reason = "--full starts a new chain"
             disk.reason = reason
-            if previous is not None and str(previous[1].get("bitmap")) in disk.bitmaps:
-                disk.stale_bitmap = str(previous[1]["bitmap"])
-            name = stamp if len(self.disks) == 1 else f"{stamp}-{_label(disk.name)}"
+            if previous is not None:  # the replaced chain's bitmap: kept until the new full is recorded
+                old = recorded_bitmap(previous[1]) or str(previous[1].get("bitmap"))
+                if old in disk.bitmaps:
+                    disk.obsolete.append(old)
+            name = stamp if len(self.disks) == 1 else f"{stamp}-{_label(disk.key)}"
             disk.chain_dir = _unique_dir(self.into, name, taken)
             chain = os.path.basename(disk.chain_dir)
             taken |= {chain}
-            bitmap = f"{BITMAP_PREFIX}{chain}"
-            while bitmap in disk.bitmaps:
-                bitmap += "x"
-            disk.manifest = {"version": MANIFEST_VERSION, "chain": chain, "device": disk.name, "node": disk.node,
-                             "bitmap": bitmap, "persistent": disk.persistent, "size": disk.size,
-                             "qemu": self.qemu_version, "created": stamp, "images": []}
+            chain_id, tag = os.urandom(4).hex(), folder_tag(self.into)
+            disk.new_bitmap = bitmap_name(tag, chain_id, 1)
+            disk.manifest = {"version": MANIFEST_VERSION, "chain": chain, "id": chain_id, "folder-tag": tag,
+                             "device": disk.name, "disk": disk.key, "node": disk.node, "bitmap": disk.new_bitmap,
+                             "persistent": disk.persistent, "size": disk.size, "qemu": self.qemu_version,
+                             "created": stamp, "images": []}
 
     def check_not_busy(self) -> None:
+        """A job or node of a disk's chain job: another qmpctl's, unless it works in this DIR (whose lock this run
+        holds: its owner is gone), then it is cleaned up with what it made."""
         jobs = list_jobs(self.session, self.deadline)
         nodes = named_nodes(self.session, self.deadline)
+        left: list[Disk] = []
         for disk in self.disks:
-            if disk.job_id in jobs or any(node in nodes for node in target_nodes(disk.job_id)):
-                raise Busy(f"busy: the VM already has a backup job or node {disk.job_id} for {disk.name} "
-                           "(another qmpctl backing it up, or one that was killed: qmpctl jobs --dismiss "
-                           f"{disk.job_id} clears a concluded one); nothing was changed")
+            if disk.job_id not in jobs and not any(node in nodes for node in target_nodes(disk.job_id)):
+                continue
+            image = str(nodes.get(target_nodes(disk.job_id)[1], {}).get("file") or "")
+            if image and os.path.dirname(os.path.dirname(image)) == self.into and IMAGE_NAME.match(
+                    os.path.basename(image)):
+                left.append(disk)
+                continue
+            raise Busy(f"busy: the VM already has a backup job or node {disk.job_id} for {disk.name} "
+                       "(another qmpctl backing it up, or one that was killed: qmpctl jobs --dismiss "
+                       f"{disk.job_id} clears a concluded one); nothing was changed")
+        if left:
+            self._clean_up_after(left, jobs, nodes)
+        for disk in self.disks:
+            fleecing = [node for node, driver in disk.filters if driver in BACKUP_FILTERS]
+            if fleecing:
+                raise Busy(f"busy: another tool is backing {disk.name} up right now (its backup filter "
+                           f"{fleecing[0]} is above the disk); nothing was changed")
+
+    def _clean_up_after(self, disks: list[Disk], jobs: dict[str, JobState], nodes: dict[str, Any]) -> None:
+        """The jobs and nodes a killed qmpctl left in this DIR: cancelled, dismissed, deleted, with a note each.
+
+        Its image is not in any manifest: :meth:`drop_broken_bitmaps` removes it (``leftovers``), and its
+        bitmap, which no chain recorded; the chain's recorded bitmap was never cleared (``bitmap-mode=never``).
+        """
+        for disk in disks:
+            with shielded():
+                for job_id in (f"{disk.job_id}-create", disk.job_id):
+                    if job_id in jobs:
+                        state = finish(self.session, job_id, Deadline(ROLLBACK_GRACE))
+                        error = state.error if state is not None else None
+                        status = "cancelled" if error == CANCELLED else "dismissed"
+                        failed = f", which had failed: {error}" if error not in (None, CANCELLED) else ""
+                        self.notes.append(f"{status} job {job_id} of {disk.name}{failed}, left by a qmpctl that is "
+                                          f"gone (it held the lock in {self.folder.where(self.into)})")
+                image = str(nodes.get(target_nodes(disk.job_id)[1], {}).get("file") or "")
+                if image:
+                    disk.leftovers.append(image)
+                for node in target_nodes(disk.job_id)[:2]:
+                    if node in nodes:
+                        blockdev_del(self.session, node, Deadline(ROLLBACK_GRACE))
+                        self.notes.append(f"deleted block node {node} left by a qmpctl that is gone")
+        for disk in disks:  # the job's filter node is gone from above the disk: look again
+            fresh = _find(self.session, self.deadline, disk.name)
+            disk.device, disk.node, disk.driver, disk.size, disk.bitmaps, disk.filters = (
+                fresh.device, fresh.node, fresh.driver, fresh.size, fresh.bitmaps, fresh.filters)
 
     def drop_broken_bitmaps(self) -> None:
-        """A bitmap that is inconsistent or disabled is useless and blocks nothing but itself: remove it now."""
+        """Before the jobs: bitmaps of this DIR no chain will use (leftovers of killed runs, of deleted or
+        rotated chains, of a disk put back from a copy), broken ones, and images no manifest lists."""
+        leftovers: list[NewImage] = []
         for disk in self.disks:
-            stale = disk.stale_bitmap
-            if stale is not None:
-                info = disk.bitmaps[stale]
+            for name in list(disk.obsolete):
+                info = disk.bitmaps.get(name, {})
                 if info.get("inconsistent") or not info.get("recording", True):
-                    bitmap_remove(self.session, disk.device, stale, self.deadline)
-                    disk.stale_bitmap = None
-            for name in self._unborn_chains(disk):
+                    bitmap_remove(self.session, disk.device, name, self.deadline)
+                    disk.obsolete.remove(name)
+            for name, why in self._orphans(disk):
+                if disk.bitmaps.get(name, {}).get("busy"):
+                    continue
                 bitmap_remove(self.session, disk.device, name, self.deadline)
-                self.notes.append(f"removed bitmap {name} of {disk.name}: its chain never got a manifest "
-                                  "(a first run that was killed)")
+                self.notes.append(f"removed bitmap {name} of {disk.name}: {why}")
+            for path in disk.leftovers:
+                name = os.path.basename(os.path.dirname(path))
+                if os.path.basename(path) in self.view.files.get(name, {}) and os.path.basename(path) not in {
+                        str(entry.get("file")) for chain, manifest in self.view.chains if chain == name
+                        for entry in manifest["images"]}:
+                    image = NewImage(os.path.dirname(path), path, 0, None, make_dir=False)
+                    image.created = True  # to remove: a killed run created it, and no manifest lists it
+                    leftovers.append(image)
+        if leftovers:
+            self.notes += [note.replace("the incomplete", "the unrecorded image of a killed run,")
+                           for note in self.folder.discard(leftovers, Deadline(ROLLBACK_GRACE))]
+        unborn = sorted(os.path.join(self.into, name) for name in self.view.dirs - self.view.marked)
+        for path in self.folder.remove_unborn(unborn, [_label(disk.key) for disk in self.disks],
+                                              Deadline(ROLLBACK_GRACE)):
+            self.notes.append(f"removed {self.folder.where(path)}: the first run of a chain that was killed "
+                              "before it wrote the chain's manifest")
 
-    def _unborn_chains(self, disk: Disk) -> list[str]:
-        """Bitmaps of this folder's chains whose full backup never completed: they would record for nothing."""
-        unborn = []
-        for name, info in disk.bitmaps.items():
-            folder = name[len(BITMAP_PREFIX):]
-            if (name.startswith(BITMAP_PREFIX) and not info.get("busy") and folder in self.view.dirs
-                    and folder not in self.view.marked and os.path.join(self.into, folder) != disk.chain_dir):
-                unborn.append(name)
-        return unborn
+    def _live(self) -> dict[str, str]:
+        """Chain id -> folder of every chain in DIR with a manifest (of any disk)."""
+        return {str(manifest["id"]): name for name, manifest in self.view.chains if manifest.get("id")}
+
+    def _orphans(self, disk: Disk) -> list[tuple[str, str]]:
+        """This DIR's bitmaps on ``disk`` no chain will use, with why; another DIR's or tool's are never listed."""
+        tags, live = self.tags, self._live()
+        latest: dict[str, dict[str, Any]] = {}  # each disk's newest chain in DIR: only its bitmap goes on
+        for _, manifest in self.view.chains:
+            latest[str(manifest.get("disk") or manifest.get("device"))] = manifest
+        kept = {disk.new_bitmap, *disk.obsolete}
+        kept |= {str(recorded_bitmap(manifest)) for manifest in latest.values() if recorded_bitmap(manifest)}
+        newest = {str(manifest.get("id")) for manifest in latest.values()}
+        found = []
+        for name in sorted(disk.bitmaps):
+            owner = bitmap_owner(name)
+            if name in kept:
+                continue
+            if owner is not None and owner[0] in tags:
+                if owner[1] in live and owner[1] not in newest:
+                    found.append((name, f"chain {live[owner[1]]} was followed by a newer chain of its disk (the "
+                                        "bitmap came back with a disk put back from an older copy)"))
+                elif owner[1] in live:
+                    found.append((name, f"chain {live[owner[1]]} did not record it (a run that was killed, or "
+                                        "a disk put back from an older copy)"))
+                else:
+                    found.append((name, "its chain is gone from this DIR (deleted or rotated), or it never got "
+                                        "a manifest (a first run that was killed)"))
+            elif owner is None and name.startswith(BITMAP_PREFIX):  # version 1: named after the chain's folder
+                folder = name[len(BITMAP_PREFIX):]
+                if folder in self.view.dirs and folder not in self.view.marked and \
+                        os.path.join(self.into, folder) != disk.chain_dir:
+                    found.append((name, "its chain never got a manifest (a first run that was killed)"))
+        return found
 
     # the run
 
@@ -432,7 +670,10 @@ class ChainRun:
             number = len(disk.manifest["images"]) + 1
             image = os.path.join(disk.chain_dir, f"{number:04d}-{'full' if disk.full else 'inc'}.qcow2")
             backing = None if disk.full else str(disk.manifest["images"][-1]["file"])
-            disk.new = NewImage(disk.chain_dir, image, disk.size, backing, make_dir=disk.full)  # a new name
+            marker = (f"{_label(disk.key)}\nthe first run of a qmpctl chain of {disk.name}, started {self.stamp} "
+                      f"by process {os.getpid()}; removed with the first manifest\n")
+            disk.new = NewImage(disk.chain_dir, image, disk.size, backing, make_dir=disk.full,  # a new name
+                                marker=marker)
         self.folder.create([disk.new for disk in self.disks if disk.new is not None], self.deadline)
 
     def add_targets(self) -> None:
@@ -468,31 +709,34 @@ class ChainRun:
                             sent=request.as_dict(), received=state._asdict())
 
     def start_jobs(self) -> None:
-        """Bitmaps and jobs in one transaction; several disks: all jobs grouped, from the same instant.
+        """Each disk's new bitmap and its job in one transaction; several disks: all jobs grouped, from the same
+        instant.
 
         QEMU refuses bitmap actions in a grouped transaction, so with several
         disks the new bitmaps are added just before: a write in between is in
-        the full backup and in the bitmap, copied once more next time, never lost.
+        the backup and in the new bitmap, copied once more next time, never lost.
         """
-        adds = [bitmap_add_action(disk.device, disk.bitmap, disk.persistent) for disk in self.disks if disk.full]
-        backups = [backup_action(disk.job_id, disk.device, disk.target, None if disk.full else disk.bitmap,
-                                 self.options.speed) for disk in self.disks]
+        adds = [bitmap_add_action(disk.device, disk.new_bitmap, disk.persistent) for disk in self.disks]
+        backups = [backup_action(disk.job_id, disk.device, disk.target, disk.source_bitmap, self.options.speed)
+                   for disk in self.disks]
         for disk in self.disks:
-            disk.bitmap_added = disk.full
+            disk.bitmap_added = True  # before sending: an interrupt may come between request and reply
         if len(self.disks) == 1:
             self.session.execute(transaction(adds + backups, grouped=False), self.deadline)
         else:
-            if adds:
-                self.session.execute(transaction(adds, grouped=False), self.deadline)
+            self.session.execute(transaction(adds, grouped=False), self.deadline)
             self.session.execute(transaction(backups, grouped=True), self.deadline)
         started = now_text()
         for disk in self.disks:
             disk.started = started
 
     def wait(self, wait: Deadline, progress: Optional[Progress], every: float) -> None:
+        self.progress = progress
         with self.deadline.paused():  # the copy has its own bound, --wait-timeout
             for disk in self.disks:
                 disk.state = wait_for_end(self.session, disk.job_id, wait, self.deadline, progress, every)
+                if progress is not None:
+                    progress(disk.state)  # the job's end, with its outcome: a log's last line for it
         failed = [disk for disk in self.disks if disk.state is not None and disk.state.error]
         if not failed:
             return
@@ -519,9 +763,12 @@ class ChainRun:
 
     def _end_job(self, disk: Disk) -> Any:
         def step(grace: Deadline) -> None:
+            reported = disk.state is not None and disk.state.concluded
             state = finish(self.session, disk.job_id, grace)
             if state is not None:
                 disk.state = state
+                if self.progress is not None and state.concluded and not reported:
+                    self.progress(state)  # cancelled: its end is reported as a finished one is
         return step
 
     def _end_create(self, disk: Disk, job_id: str) -> Any:
@@ -539,36 +786,48 @@ class ChainRun:
         return step
 
     def commit(self) -> list[str]:
-        """Record every new image in its manifest; then what the success makes obsolete goes."""
+        """Record every new image (with the bitmap that follows it) in its manifest; then what the success makes
+        obsolete goes: the bitmap the incremental copied, the replaced chain's, and rotated chains."""
         # Reading the images back takes as long as their size: --wait-timeout again, not what --timeout has left.
         measured = self.folder.measure([disk.image for disk in self.disks], Deadline(self.options.wait_timeout))
         for disk, (size, sha256) in zip(self.disks, measured, strict=True):
             assert disk.state is not None
             disk.size_written = size
             entry = {"file": os.path.basename(disk.image), "level": "full" if disk.full else "incremental",
-                     "started": disk.started, "bytes": disk.state.total, "size": size, "sha256": sha256}
+                     "started": disk.started, "bytes": disk.state.total, "size": size, "sha256": sha256,
+                     "bitmap": disk.new_bitmap}
             disk.manifest["images"].append(entry)
+            disk.manifest["bitmap"] = disk.new_bitmap
             self.folder.write_manifest(disk.chain_dir, disk.manifest, self.deadline)
             disk.committed = True
         deleted = []
         for disk in self.disks:
-            if disk.stale_bitmap is not None:
+            for name in disk.obsolete:
                 try:
-                    bitmap_remove(self.session, disk.device, disk.stale_bitmap, Deadline(ROLLBACK_GRACE))
+                    bitmap_remove(self.session, disk.device, name, Deadline(ROLLBACK_GRACE))
                 except QmpctlError as exc:
-                    self.notes.append(f"could not remove the old chain's bitmap {disk.stale_bitmap}: {exc.message}")
+                    self.notes.append(f"could not remove the obsolete bitmap {name}: {exc.message}")
             if self.options.keep_chains is not None:
                 deleted += self._rotate(disk)
         return deleted
 
     def _rotate(self, disk: Disk) -> list[str]:
-        """The disk's oldest chains beyond --keep-chains (as the run found them: the lock kept them so)."""
-        chains = [path for path, _ in self.chains(disk.name) if path != disk.chain_dir]
+        """The disk's oldest chains beyond --keep-chains (as the run found them: the lock kept them so), with
+        their bitmaps."""
+        chains = [(path, manifest) for path, manifest in self.chains(disk) if path != disk.chain_dir]
         surplus = chains[:max(len(chains) - (self.options.keep_chains or 1) + 1, 0)]
-        surplus = [path for path in surplus if not self._held_by_instant(path)]
+        surplus = [(path, manifest) for path, manifest in surplus if not self._held_by_instant(path)]
         if surplus:
-            self.notes += self.folder.remove_trees(surplus, Deadline(ROLLBACK_GRACE))
-        return surplus
+            self.notes += self.folder.remove_trees([path for path, _ in surplus], Deadline(ROLLBACK_GRACE))
+            gone = {str(manifest.get("id")) for _, manifest in surplus if manifest.get("id")}
+            for name in sorted(disk.bitmaps):
+                owner = bitmap_owner(name)
+                if owner is not None and owner[0] in self.tags and owner[1] in gone and name not in disk.obsolete:
+                    try:
+                        bitmap_remove(self.session, disk.device, name, Deadline(ROLLBACK_GRACE))
+                    except QmpctlError as exc:
+                        self.notes.append(f"could not remove bitmap {name} of a deleted chain: {exc.message}")
+        return [path for path, _ in surplus]
 
     def _held_by_instant(self, chain_dir: str) -> bool:
         """A chain an overlay of ``restore --instant`` may still read is kept, and the run says so."""
@@ -582,20 +841,16 @@ class ChainRun:
         return bool(held)
 
     def take_back(self) -> None:
-        """After a failure: jobs ended, nodes gone, new images and bitmaps removed, manifests untouched.
+        """After a failure: jobs ended, nodes gone, new images and this run's bitmaps removed, manifests untouched.
 
-        An incremental whose job completed but was not recorded cleared its
-        bitmap; that bitmap is removed too, so the next run starts a new chain
-        and says so, instead of building on a bitmap that lost bits.
+        The bitmap an incremental copied was never cleared (``bitmap-mode=never``): the next run copies all it
+        recorded, including what this run copied.
         """
         self.end_jobs()
         steps: list[UndoStep] = []
         for disk in self.disks:
-            if disk.committed:
-                continue
-            completed = disk.state is not None and disk.state.concluded and not disk.state.error
-            if disk.bitmap_added or completed:
-                steps.append((f"remove bitmap {disk.bitmap} of {disk.name}", self._remove_bitmap(disk, completed)))
+            if not disk.committed and disk.bitmap_added:
+                steps.append((f"remove bitmap {disk.new_bitmap} of {disk.name}", self._remove_bitmap(disk)))
         self.notes += undo_all(steps)
         self.discard()
 
@@ -604,16 +859,13 @@ class ChainRun:
         self.notes += self.folder.discard([disk.new for disk in self.disks if disk.new is not None
                                            and not disk.committed], Deadline(ROLLBACK_GRACE))
 
-    def _remove_bitmap(self, disk: Disk, completed: bool) -> Any:
-        def step(grace: Deadline) -> Optional[str]:
+    def _remove_bitmap(self, disk: Disk) -> Any:
+        def step(grace: Deadline) -> None:
             try:
-                bitmap_remove(self.session, disk.device, disk.bitmap, grace)
+                bitmap_remove(self.session, disk.device, disk.new_bitmap, grace)
             except VmError:
-                return None  # it was never added (the transaction failed)
-            if completed and not disk.full:
-                return (f"the job of {disk.name} had completed, which cleared bitmap {disk.bitmap}; "
-                        "it was removed, so the next run starts a new chain")
-            return None
+                pass  # it was never added (the transaction failed)
+            disk.bitmap_added = False
         return step
 
 
@@ -667,8 +919,13 @@ def backup_chain(session: Session, deadline: Deadline, options: ChainOptions, *,
     """
     if folder is None:
         folder = LocalFolder(prepare_dir(options.into, is_local=True))
-    with folder.lock([(device, _label(device)) for device in options.devices], deadline):
-        disks = [_find(session, deadline, name) for name in options.devices]
+    disks = [_find(session, deadline, name) for name in options.devices]
+    for number, disk in enumerate(disks):
+        same = [other.name for other in disks[:number] if other.key == disk.key]
+        if same:
+            raise UsageError(f"{same[0]} and {disk.name} are the same disk ({disk.key}): give it once")
+    with folder.lock([(disk.name, _label(disk.key)) for disk in disks], deadline):
+        disks = [_find(session, deadline, name) for name in options.devices]  # as it is now, under the lock
         run = ChainRun(session, deadline, options, disks, folder, _qemu_version(session, deadline))
         run.check_not_busy()
         run.plan(time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))

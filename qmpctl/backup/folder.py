@@ -25,6 +25,11 @@ if TYPE_CHECKING:
     from typing import Any, Iterator, Optional
     from qmpctl.deadline import Deadline
 
+NEW_CHAIN = ".qmpctl-new-chain"
+"""Written first into a chain's new folder, removed with the first manifest: its first line is the disk's label,
+the rest names the run. A folder with it and no manifest is a killed first run's, which the next run of that disk
+removes."""
+
 
 def lock_name(label: str) -> str:
     """The lock file of one disk in DIR (``label`` is the disk's name made file-safe)."""
@@ -49,15 +54,18 @@ class View(NamedTuple):
 class NewImage:
     """One image a run creates: where, and how far its creation got (what a failure must take back)."""
 
-    __slots__ = ("chain_dir", "path", "size", "backing", "make_dir", "dir_made", "created")
+    __slots__ = ("chain_dir", "path", "size", "backing", "make_dir", "dir_made", "created", "marker")
 
-    def __init__(self, chain_dir: str, path: str, size: int, backing: Optional[str], make_dir: bool) -> None:
+    def __init__(self, chain_dir: str, path: str, size: int, backing: Optional[str], make_dir: bool,
+                 marker: str = "") -> None:
         self.chain_dir = chain_dir
         self.path = path
         self.size = size
         self.backing = backing
         """The image before it in the chain, relative to the chain's folder; None for a full backup."""
         self.make_dir = make_dir
+        self.marker = marker
+        """What :data:`NEW_CHAIN` says, in a new folder (``make_dir``)."""
         self.dir_made = False
         self.created = False
 
@@ -98,6 +106,11 @@ class ChainFolder:
 
     def remove_trees(self, paths: list[str], deadline: Deadline) -> list[str]:
         """Delete whole chains; notes on the ones that could not be."""
+        raise NotImplementedError
+
+    def remove_unborn(self, paths: list[str], labels: list[str], deadline: Deadline) -> list[str]:
+        """Delete the folders among ``paths`` that hold no manifest and a :data:`NEW_CHAIN` of one of
+        ``labels`` (disks whose lock the run holds); the ones deleted."""
         raise NotImplementedError
 
     def discard(self, images: list[NewImage], deadline: Deadline) -> list[str]:
@@ -232,6 +245,12 @@ class LocalFolder(ChainFolder):
             if image.make_dir:
                 os.mkdir(name, dir_fd=self._dir())  # never an existing folder, nor through a link
                 image.dir_made = True
+                marker = safe_open.create_exclusive(NEW_CHAIN, os.path.join(image.chain_dir, NEW_CHAIN),
+                                                    self._chain(image.chain_dir), flags=os.O_WRONLY)
+                try:
+                    os.write(marker, image.marker.encode("utf-8", "surrogateescape"))
+                finally:
+                    os.close(marker)
             chain_fd = self._chain(image.chain_dir)
             descriptor = safe_open.create_exclusive(os.path.basename(image.path), image.path, chain_fd)
             try:
@@ -282,6 +301,8 @@ class LocalFolder(ChainFolder):
             with contextlib.suppress(OSError):
                 os.unlink(name, dir_fd=chain_fd)
             raise
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(NEW_CHAIN, dir_fd=chain_fd)  # the chain is born: its folder is no killed first run's
         safe_open.fsync_dir(chain_fd)
 
     def remove_trees(self, paths: list[str], deadline: Deadline) -> list[str]:
@@ -302,6 +323,31 @@ class LocalFolder(ChainFolder):
                 notes.append(f"could not delete the old chain {path}: {exc.message}")
         return notes
 
+    def remove_unborn(self, paths: list[str], labels: list[str], deadline: Deadline) -> list[str]:
+        import shutil
+
+        removed = []
+        for path in paths:
+            if os.path.dirname(path) != self.into:
+                continue
+            name = os.path.basename(path)
+            try:  # the marker is read through the chain's folder, opened without following a link
+                data = read_file(NEW_CHAIN, os.path.join(path, NEW_CHAIN), dir_fd=self._chain(path))
+                os.stat(MANIFEST, dir_fd=self._chain(path), follow_symlinks=False)
+                continue  # a manifest: the chain was born after all
+            except FileNotFoundError:
+                pass
+            except (OSError, QmpctlError):
+                continue
+            label = data.split(b"\n", 1)[0].decode("utf-8", "surrogateescape").strip()
+            if label in labels:
+                descriptor = self.chain_fds.pop(path, None)
+                if descriptor is not None:
+                    os.close(descriptor)
+                shutil.rmtree(name, dir_fd=self._dir(), ignore_errors=True)  # never follows a link
+                removed.append(path)
+        return removed
+
     def discard(self, images: list[NewImage], deadline: Deadline) -> list[str]:
         notes = []
         for image in images:
@@ -320,6 +366,8 @@ class LocalFolder(ChainFolder):
                 descriptor = self.chain_fds.pop(image.chain_dir, None)
                 if descriptor is not None:
                     os.close(descriptor)
+                with contextlib.suppress(OSError):
+                    os.unlink(NEW_CHAIN, dir_fd=self._chain(image.chain_dir))
                 with contextlib.suppress(OSError):
                     os.rmdir(os.path.basename(image.chain_dir), dir_fd=self._dir())
                 image.dir_made = False

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from typing import Any, Optional
 
 MANIFEST = "chain.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+"""2: a bitmap per backup, named in each image's entry; 1 (one bitmap for the whole chain) is read, never extended."""
 SCHEMA = "chain"
 """``schemas/chain.json``: the manifest's form, for the version it names."""
 MAX_MANIFEST_BYTES = 16 << 20

@@ -117,15 +117,16 @@ shift
 own=$(stat -c %u:%g -- "$into") || exit 1
 mine=no
 [ "$(id -u)" = 0 ] && [ "$own" != 0:0 ] && mine=yes
-while [ $# -ge 3 ]; do
-  new=$1 dir=$2 name=$3
-  shift 3
+while [ $# -ge 4 ]; do
+  new=$1 dir=$2 name=$3 marker=$4
+  shift 4
   if [ "$new" = 1 ]; then
     mkdir -- "$dir" || exit 1
     echo dir
   fi
   enter "$dir" || { echo refused; exit 0; }
   if [ "$new" = 1 ] && [ "$mine" = yes ]; then chown -- "$own" . || exit 1; fi
+  if [ "$new" = 1 ]; then (umask 077; set -C; printf '%s' "$marker" >.qmpctl-new-chain) || exit 1; fi
   if [ -e "$name" ] || [ -L "$name" ]; then echo exists; exit 0; fi
   t=$(mktemp ./.new.XXXXXXXXXX) || exit 1
   if ! ln -T -- "$t" "$name" 2>/dev/null; then rm -f -- "$t"; echo exists; exit 0; fi
@@ -135,7 +136,8 @@ while [ $# -ge 3 ]; do
   cd / || exit 1
 done
 """
-"""Per image: its folder if new, then the image, empty and exclusively: a hard link of a new ``mktemp`` file,
+"""Per image: its folder if new (with its new-chain marker first, created exclusively), then the image, empty
+and exclusively: a hard link of a new ``mktemp`` file,
 made in the checked folder (never over a name that exists, a link included, and never through one); owned
 like DIR when root makes them (QEMU may run as DIR's owner). One line per step done, for the taking back."""
 
@@ -156,7 +158,7 @@ MANIFEST_SCRIPT = ENTER + """dir=$1 length=$2
 enter "$dir" || exit 1
 temporary=$(mktemp -u ./.chain.json.XXXXXXXXXX) || exit 1
 if (set -C; cat >"$temporary") && [ "$(stat -c %s -- "$temporary")" = "$length" ] && sync -- "$temporary" &&
-   mv -f -T -- "$temporary" chain.json && sync -- .; then
+   mv -f -T -- "$temporary" chain.json && rm -f -- .qmpctl-new-chain && sync -- .; then
   exit 0
 fi
 rm -f -- "$temporary"
@@ -166,8 +168,20 @@ exit 1
 """Temp file (an unpredictable name, created exclusively: noclobber is O_EXCL), fsync, rename (over a link,
 never through it), fsync the folder. The length is checked first: stdin also ends when qmpctl or its
 connection dies, and a cut manifest must never replace a whole one."""
+REMOVE_UNBORN_SCRIPT = ENTER + """labels=$1; shift
+for d; do
+  (enter "$d" 2>/dev/null || exit 1
+   [ -f .qmpctl-new-chain ] && [ ! -L .qmpctl-new-chain ] && [ ! -e chain.json ] && [ ! -L chain.json ] || exit 1
+   IFS= read -r label <.qmpctl-new-chain || [ -n "$label" ] || exit 1
+   case " $labels " in *" $label "*) exit 0;; esac
+   exit 1) && rm -rf -- "$d" && printf '%s\\0' "$d"
+done
+exit 0
+"""
+"""The folders of killed first runs of these disks (labels: space-separated, none has a space), checked from
+inside (never through a link), then removed: NUL-ended."""
 REMOVE_TREES_SCRIPT = """for p; do rm -rf -- "$p" 2>&1 || echo; done; exit 0"""
-DISCARD_SCRIPT = """while [ $# -ge 3 ]; do
+DISCARD_SCRIPT = ENTER + """while [ $# -ge 3 ]; do
   image=$1 made=$2 dir=$3
   shift 3
   if [ -n "$image" ] && { [ -e "$image" ] || [ -L "$image" ]; }; then
@@ -175,7 +189,7 @@ DISCARD_SCRIPT = """while [ $# -ge 3 ]; do
   else
     echo gone
   fi
-  [ "$made" = 1 ] && rmdir -- "$dir" 2>/dev/null
+  [ "$made" = 1 ] && (enter "$dir" 2>/dev/null && rm -f -- .qmpctl-new-chain) && rmdir -- "$dir" 2>/dev/null
 done
 exit 0
 """
@@ -267,7 +281,7 @@ class RemoteFolder(ChainFolder):
     def create(self, images: list[NewImage], deadline: Deadline) -> None:
         args = [self.into]
         for image in images:
-            args += ["1" if image.make_dir else "0", image.chain_dir, os.path.basename(image.path)]
+            args += ["1" if image.make_dir else "0", image.chain_dir, os.path.basename(image.path), image.marker]
         done = self.master.run(CREATE_SCRIPT, args, deadline, "create the chain's images")
         steps = done.stdout.decode("utf-8", "replace").split()
         pending = list(images)
@@ -305,6 +319,12 @@ class RemoteFolder(ChainFolder):
         out = self._run(REMOVE_TREES_SCRIPT, paths, deadline, "delete old chains")
         said = _last_line(out)
         return [f"could not delete every old chain of {', '.join(paths)}{self.side}: {said}"] if said else []
+
+    def remove_unborn(self, paths: list[str], labels: list[str], deadline: Deadline) -> list[str]:
+        if not paths:
+            return []
+        out = self._run(REMOVE_UNBORN_SCRIPT, [" ".join(labels), *paths], deadline, "remove killed first runs")
+        return [text for text in out.decode("utf-8", "surrogateescape").split("\0") if text]
 
     def discard(self, images: list[NewImage], deadline: Deadline) -> list[str]:
         args: list[str] = []

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from typing import Any, Callable, Optional
     from qmpctl.vm.migration import MigrationReading
 
+CANCELLED = "Operation canceled"
+"""The error QEMU gives a job that was cancelled."""
 
 
 class Reading(NamedTuple):
@@ -27,6 +29,8 @@ class Reading(NamedTuple):
     elapsed: float
     rate: Optional[float]
     eta: Optional[float]
+    error: Optional[str] = None
+    """A concluded job's error (None: it completed)."""
 
     @property
     def percent(self) -> float:
@@ -36,7 +40,17 @@ class Reading(NamedTuple):
         return {"job-id": self.job_id, "status": self.status, "done": self.done, "total": self.total,
                 "percent": round(self.percent, 1), "elapsed": round(self.elapsed, 3),
                 "rate": None if self.rate is None else round(self.rate),
-                "eta": None if self.eta is None else round(self.eta, 1)}
+                "eta": None if self.eta is None else round(self.eta, 1), **self.outcome()}
+
+    def outcome(self) -> dict[str, Any]:
+        """A concluded job's end, as a log reader wants it last: completed, cancelled or failed (with why)."""
+        if self.status != "concluded":
+            return {}
+        if self.error is None:
+            return {"outcome": "completed"}
+        if self.error == CANCELLED:
+            return {"outcome": "cancelled"}
+        return {"outcome": "failed", "error": self.error}
 
 
 class Meter:
@@ -59,7 +73,7 @@ class Meter:
         eta = (state.total - state.done) / rate if rate and state.total >= state.done else None
         if state.concluded:
             eta = 0.0
-        return Reading(state.id, state.status, state.done, state.total, now - self.started, rate, eta)
+        return Reading(state.id, state.status, state.done, state.total, now - self.started, rate, eta, state.error)
 
 
 def human_bytes(count: float) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -49,14 +50,16 @@ def bitmaps(vm, device: str = "vd0") -> dict[str, dict]:
     raise AssertionError(f"no {device}")
 
 
-def relaunch(vm, how: str) -> None:
-    """Stop QEMU cleanly (``quit``) or kill it, then start it again on the same disk."""
+def relaunch(vm, how: str, while_down=None) -> None:
+    """Stop QEMU cleanly (``quit``) or kill it, then (after ``while_down()``) start it again on the same disk."""
     if how == "quit":
         with vm.check() as qmp:
             qmp.cmd("quit")
         vm.proc.wait(timeout=20)
     else:
         vm.kill()
+    if while_down is not None:
+        while_down()
     for path in (vm.qmp_path, vm.qmp2_path):
         path.unlink(missing_ok=True)
     vm.proc = subprocess.Popen(vm.command_line(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -338,8 +341,8 @@ def test_wait_timeout_cancels_the_incremental_and_the_next_run_catches_up(cli, v
     assert ok(cli, vm, into)["bytes"] == 2 * MiB
 
 
-def test_a_killed_run_whose_job_completed_later_starts_a_new_chain(cli, vm_factory, tmp_path):
-    """QEMU finishes a job qmpctl no longer waits for, and clears the bitmap: that chain must not go on."""
+def test_a_killed_run_whose_job_completed_later_is_cleaned_up_and_the_chain_goes_on(cli, vm_factory, tmp_path):
+    """QEMU finishes a job qmpctl no longer waits for: it never cleared the bitmap it copied, so the chain goes on."""
     vm = vm_factory(disk_size="16M")
     into = tmp_path / "b"
     full = ok(cli, vm, into)
@@ -352,13 +355,40 @@ def test_a_killed_run_whose_job_completed_later_starts_a_new_chain(cli, vm_facto
     with vm.check() as qmp:
         qmp.cmd("block-job-set-speed", device=job["id"], speed=0)
     wait_for_job(vm, "concluded")
-    code, _, err = backup(cli, vm, into)
-    assert code == 4 and "jobs --dismiss chain-vd0" in err, err  # the job is still there: busy, not guessed
-    assert cli("jobs", "-s", str(vm.qmp_path), "--dismiss", job["id"]).code == 0
-    again = ok(cli, vm, into)
-    assert again["level"] == "full" and "not in the chain's manifest" in again["reason"], again
-    assert again["chain"] != full["chain"]
+    again = ok(cli, vm, into)  # nobody holds the lock in DIR: the job is the killed qmpctl's, cleaned up
+    assert again["level"] == "incremental" and again["chain"] == full["chain"] and again["bytes"] == 2 * MiB, again
+    assert any("dismissed job chain-vd0" in warning for warning in again["warnings"]), again
+    assert any("unrecorded image" in warning for warning in again["warnings"]), again
+    with vm.check() as qmp:
+        assert qmp.cmd("query-jobs") == []
+        assert not any(node["node-name"].startswith("chain-") for node in qmp.cmd("query-named-block-nodes"))
+    assert list(bitmaps(vm)) == [again["bitmap"]]
     assert images_identical(vm.disk, restored(cli, again["chain"], tmp_path / "r.qcow2")).returncode == 0
+
+
+def test_after_a_kill_9_mid_job_the_next_unchanged_run_succeeds(cli, vm_factory, tmp_path):
+    """No `jobs --dismiss` by hand: the next cron run finds the job of a qmpctl that no longer holds DIR's lock."""
+    vm = vm_factory(disk_size="16M")
+    into = tmp_path / "b"
+    full = ok(cli, vm, into)
+    write_pattern(vm, [(0x2F, 2 * MiB, 2 * MiB)])
+    child = cli.popen("backup", "-s", str(vm.qmp_path), "vd0", "--into", str(into), "--speed", "64K",
+                      "--progress", "none")
+    wait_for_job(vm, "running")
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    assert (Path(full["chain"]) / "0002-inc.qcow2").exists()  # the killed run's image, not in the manifest
+    write_pattern(vm, [(0x30, 10 * MiB, MiB)])
+    again = ok(cli, vm, into)
+    assert again["level"] == "incremental" and again["chain"] == full["chain"], again
+    assert again["bytes"] == 3 * MiB  # the bitmap the killed job read still holds every change
+    assert any("cancelled job chain-vd0" in warning for warning in again["warnings"]), again
+    assert block_state(vm)["jobs"] == []
+    assert sorted(path.name for path in Path(full["chain"]).iterdir()) == [
+        "0001-full.qcow2", "0002-inc.qcow2", "chain.json"]
+    assert list(bitmaps(vm)) == [again["bitmap"]]
+    assert images_identical(vm.disk, restored(cli, again["chain"], tmp_path / "r.qcow2")).returncode == 0
+    assert ok(cli, vm, into)["bytes"] == 0
 
 
 def test_a_killed_first_run_leaves_the_chain_going_and_its_bitmap_is_removed(cli, vm_factory, tmp_path):
@@ -375,5 +405,262 @@ def test_a_killed_first_run_leaves_the_chain_going_and_its_bitmap_is_removed(cli
     assert len(bitmaps(vm)) == 2  # the old chain's, and the one of the full that never finished
     then = ok(cli, vm, into)
     assert then["level"] == "incremental" and then["chain"] == full["chain"] and then["bytes"] == MiB
-    assert list(bitmaps(vm)) == [full["bitmap"]]
+    assert list(bitmaps(vm)) == [then["bitmap"]]  # the chain's current one only
     assert any("never got a manifest" in warning for warning in then["warnings"])
+
+
+def test_a_disk_put_back_from_an_older_copy_starts_a_new_chain_not_a_wrong_incremental(cli, vm_factory, tmp_path):
+    """The copy carries the chain's bitmap as it was: only a bitmap per backup tells it from the disk of today."""
+    vm = vm_factory(disk_size="16M")
+    into, aside = tmp_path / "b", tmp_path / "aside.qcow2"
+    full = ok(cli, vm, into)
+    relaunch(vm, "quit", lambda: shutil.copy(vm.disk, aside))
+    write_pattern(vm, [(0x41, 2 * MiB, MiB)])
+    assert ok(cli, vm, into)["level"] == "incremental"
+    relaunch(vm, "quit", lambda: shutil.copy(aside, vm.disk))
+    write_pattern(vm, [(0x42, 6 * MiB, MiB)])
+    again = ok(cli, vm, into)
+    assert again["level"] == "full" and "older copy" in again["reason"], again
+    assert again["chain"] != full["chain"]
+    assert images_identical(vm.disk, restored(cli, again["chain"], tmp_path / "r.qcow2")).returncode == 0
+    assert list(bitmaps(vm)) == [again["bitmap"]]  # the copy's stale bitmap of the first chain is gone
+    assert [image["bitmap"] for image in manifest(again["chain"])["images"]] == [again["bitmap"]]
+
+
+def test_a_disk_file_replaced_while_qemu_is_down_is_seen_and_every_point_restores(cli, vm_factory, tmp_path):
+    """A copy taken between two incrementals, put back after the second: its bitmap is the chain's, but not the
+    last one the chain recorded."""
+    vm = vm_factory(disk_size="16M")
+    into, aside, points = tmp_path / "b", tmp_path / "aside.qcow2", []
+
+    def backed_up(*arguments: str) -> dict:
+        reply = ok(cli, vm, into, *arguments)
+        copy = tmp_path / f"point{len(points)}.qcow2"
+        subprocess.run(["qemu-img", "convert", "-U", "-O", "qcow2", str(vm.disk), str(copy)], check=True)
+        points.append((reply, copy))
+        return reply
+
+    full = backed_up()
+    write_pattern(vm, [(0x51, 0, MiB)])
+    assert backed_up()["level"] == "incremental"
+    relaunch(vm, "quit", lambda: shutil.copy(vm.disk, aside))
+    write_pattern(vm, [(0x52, 4 * MiB, MiB)])
+    assert backed_up()["level"] == "incremental"
+    relaunch(vm, "quit", lambda: shutil.copy(aside, vm.disk))
+    write_pattern(vm, [(0x53, 8 * MiB, MiB)])
+    again = backed_up()
+    assert again["level"] == "full" and "older copy" in again["reason"], again
+    write_pattern(vm, [(0x54, 12 * MiB, MiB)])
+    assert backed_up()["level"] == "incremental"
+    for reply, copy in points:
+        chain = manifest(reply["chain"])
+        number = [image["file"] for image in chain["images"]].index(Path(reply["image"]).name) + 1
+        point = restored(cli, reply["chain"], tmp_path / f"r{len(list(tmp_path.iterdir()))}.qcow2", "--point",
+                         str(number))
+        assert images_identical(copy, point).returncode == 0, (reply, full)
+
+
+def test_a_chain_of_the_previous_version_never_gets_a_wrong_incremental(cli, vm_factory, tmp_path):
+    """One bitmap named after the chain, no bitmap in the entries: a new full with a reason, the old bitmap gone."""
+    vm = vm_factory(disk_size="16M")
+    into = tmp_path / "b"
+    full = ok(cli, vm, into)
+    old = manifest(full["chain"])
+    old_bitmap = f"qmpctl-{old['chain']}"
+    with vm.check() as qmp:
+        qmp.cmd("block-dirty-bitmap-remove", node="disk0", name=full["bitmap"])
+        qmp.cmd("block-dirty-bitmap-add", node="disk0", name=old_bitmap, persistent=True)
+    for key in ("id", "folder-tag"):
+        del old[key]
+    old.update({"version": 1, "bitmap": old_bitmap})
+    for image in old["images"]:
+        del image["bitmap"]
+    (Path(full["chain"]) / "chain.json").write_text(json.dumps(old))
+    write_pattern(vm, [(0x61, 0, MiB)])
+    again = ok(cli, vm, into)
+    assert again["level"] == "full" and "earlier qmpctl" in again["reason"], again
+    assert list(bitmaps(vm)) == [again["bitmap"]]
+    assert images_identical(vm.disk, restored(cli, again["chain"], tmp_path / "r.qcow2")).returncode == 0
+    assert ok(cli, vm, into)["level"] == "incremental"
+
+
+def test_progress_json_ends_with_the_jobs_end_and_its_outcome(cli, vm_factory, tmp_path):
+    vm = vm_factory(disk_size="16M", extra_args=FAILING_DISK)
+    into = tmp_path / "b"
+    done = cli("backup", "-s", str(vm.qmp_path), "vd0", "--into", str(into), "--progress", "json")
+    assert done.code == 0, done
+    last = json.loads(done.err.splitlines()[-1])
+    assert (last["job-id"], last["status"], last["outcome"]) == ("chain-vd0", "concluded", "completed"), last
+    assert last["done"] == last["total"] == 16 * MiB and last["eta"] == 0
+    failed = cli("backup", "-s", str(vm.qmp_path), "bad", "--into", str(into), "--progress", "json")
+    assert failed.code == 6, failed
+    end = json.loads([line for line in failed.err.splitlines() if line.startswith("{")][-1])
+    assert (end["job-id"], end["status"], end["outcome"]) == ("chain-bad", "concluded", "failed"), end
+    assert "Input/output error" in end["error"]
+    write_pattern(vm, [(0x33, 0, 4 * MiB)])
+    child = cli.popen("backup", "-s", str(vm.qmp_path), "vd0", "--into", str(into), "--speed", "256K",
+                      "--progress", "json")
+    wait_for_job(vm, "running")
+    child.send_signal(signal.SIGINT)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == 130, err
+    end = json.loads([line for line in err.decode().splitlines() if line.startswith("{")][-1])
+    assert (end["status"], end["outcome"]) == ("concluded", "cancelled"), end
+
+
+def test_a_first_full_killed_before_its_manifest_leaves_no_folder_behind(cli, vm_factory, tmp_path):
+    """The folder's marker, written first, proves qmpctl made it: the next run removes it; a folder without is
+    never touched."""
+    vm = vm_factory(disk_size="16M")
+    into = tmp_path / "b"
+    into.mkdir()
+    (into / "20200101T000000Z").mkdir()
+    (into / "20200101T000000Z" / "0001-full.qcow2").write_bytes(b"not qmpctl's")
+    child = cli.popen("backup", "-s", str(vm.qmp_path), "vd0", "--into", str(into), "--speed", "64K",
+                      "--progress", "none")
+    wait_for_job(vm, "running")
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    killed = [path for path in into.iterdir() if path.is_dir() and path.name != "20200101T000000Z"]
+    assert len(killed) == 1 and not (killed[0] / "chain.json").exists()
+    assert (killed[0] / ".qmpctl-new-chain").read_text().splitlines()[0] == "vd0"
+    again = ok(cli, vm, into)
+    assert again["level"] == "full" and "no chain of vd0" in again["reason"], again
+    assert not killed[0].exists() or Path(again["chain"]) == killed[0]
+    assert any("killed before it wrote the chain's manifest" in warning for warning in again["warnings"]), again
+    assert sorted(path.name for path in into.iterdir() if path.is_dir()) == sorted(
+        ["20200101T000000Z", Path(again["chain"]).name])
+    assert (into / "20200101T000000Z" / "0001-full.qcow2").read_bytes() == b"not qmpctl's"
+    assert sorted(path.name for path in Path(again["chain"]).iterdir()) == ["0001-full.qcow2", "chain.json"]
+    assert list(bitmaps(vm)) == [again["bitmap"]] and block_state(vm)["jobs"] == []
+    assert images_identical(vm.disk, restored(cli, again["chain"], tmp_path / "r.qcow2")).returncode == 0
+
+
+def test_bitmaps_never_pile_up_and_another_dirs_or_tools_are_kept(cli, vm_factory, tmp_path):
+    """A local and an off-site DIR on one disk: each run removes only its own DIR's bitmaps of gone chains."""
+    vm = vm_factory(disk_size="16M")
+    local, offsite = tmp_path / "local", tmp_path / "offsite"
+    with vm.check() as qmp:
+        qmp.cmd("block-dirty-bitmap-add", node="disk0", name="other-tool", persistent=True)
+        qmp.cmd("block-dirty-bitmap-add", node="disk0", name="qmpctl-not-ours", persistent=True)
+    strangers = {"other-tool", "qmpctl-not-ours"}
+
+    def current() -> set[str]:
+        return {manifest(chain)["bitmap"] for chain in (ok_last(local), ok_last(offsite)) if chain}
+
+    def ok_last(into: Path) -> str | None:
+        chains = sorted(path.parent.name for path in into.glob("*/chain.json")) if into.exists() else []
+        return str(into / chains[-1]) if chains else None
+
+    for _ in range(2):
+        for into in (local, offsite):
+            write_pattern(vm, [(0x10, 0, MiB)])
+            ok(cli, vm, into)
+    assert set(bitmaps(vm)) == current() | strangers and len(current()) == 2
+    shutil.rmtree(ok_last(local))  # the local chain deleted by hand
+    ok(cli, vm, offsite)  # the off-site DIR cannot know: the local chain's bitmap stays
+    assert len(set(bitmaps(vm)) - strangers) == 2
+    again = ok(cli, vm, local)
+    assert again["level"] == "full" and set(bitmaps(vm)) == current() | strangers, bitmaps(vm)
+    assert any("its chain is gone" in warning for warning in again["warnings"]), again
+    for _ in range(3):  # rotated chains, and chains replaced by a new full
+        ok(cli, vm, local, "--full", "--keep-chains", "1")
+        ok(cli, vm, offsite, "--full")
+    assert len(list(local.glob("*/chain.json"))) == 1 and len(list(offsite.glob("*/chain.json"))) == 4
+    assert set(bitmaps(vm)) == current() | strangers, bitmaps(vm)
+    last = ok(cli, vm, offsite)
+    assert last["level"] == "incremental"
+    assert images_identical(vm.disk, restored(cli, last["chain"], tmp_path / "r.qcow2")).returncode == 0
+
+
+def named_node(vm, name: str) -> dict:
+    with vm.check() as qmp:
+        return next(node for node in qmp.cmd("query-named-block-nodes") if node["node-name"] == name)
+
+
+def test_a_name_qemu_made_up_is_refused_naming_the_disks_stable_names(cli, vm_factory, tmp_path):
+    second = make_image(tmp_path / "disk1.qcow2", "qcow2", "16M")
+    vm = vm_factory(disk_size="16M", extra_args=[
+        "-drive", f"file={second},format=qcow2,if=none,id=drive1", "-device", "virtio-blk-pci,drive=drive1,id=vd1"])
+    with vm.check() as qmp:
+        drives = {entry["device"]: entry["inserted"]["node-name"] for entry in qmp.cmd("query-block")}
+        under = [node["node-name"] for node in qmp.cmd("query-named-block-nodes")
+                 if node["drv"] == "file" and node["file"] == str(vm.disk)]
+    assert drives["drive1"].startswith("#") and under[0].startswith("#")
+    into = tmp_path / "b"
+    for made_up, names in ((drives["drive1"], ("vd1", "/machine/peripheral/vd1", "drive1")),
+                           (under[0], ("vd0", "/machine/peripheral/vd0", "disk0"))):
+        code, _, err = backup(cli, vm, into, device=(made_up,))
+        assert code == 2 and "QEMU made up" in err and all(name in err for name in names), err
+    assert not into.exists() and bitmaps(vm) == {}
+    assert ok(cli, vm, into, device=("drive1",))["level"] == "full"
+
+
+def test_two_names_of_one_disk_are_one_chain_and_a_qom_path_finds_a_disk_without_id(cli, vm_factory, tmp_path):
+    third = make_image(tmp_path / "disk2.qcow2", "qcow2", "16M")
+    vm = vm_factory(disk_size="16M", extra_args=[
+        "-device", "virtio-scsi-pci,id=scsi0",
+        "-blockdev", f"driver=qcow2,node-name=disk2,file.driver=file,file.filename={third}",
+        "-device", "scsi-hd,drive=disk2"])
+    into = tmp_path / "b"
+    full = ok(cli, vm, into)
+    for alias in ("disk0", "/machine/peripheral/vd0/virtio-backend", "/machine/peripheral/vd0"):
+        write_pattern(vm, [(0x44, 0, MiB)])
+        again = ok(cli, vm, into, device=(alias,))
+        assert (again["level"], again["chain"], again["bytes"]) == ("incremental", full["chain"], MiB), again
+    assert list(bitmaps(vm)) == [again["bitmap"]]
+    code, _, err = backup(cli, vm, into, device=("vd0", "disk0"))
+    assert code == 2 and "same disk" in err, err
+    anonymous = "/machine/peripheral-anon/device[0]"
+    first = ok(cli, vm, into, device=(anonymous,))
+    hmp(vm, f'qemu-io -d {anonymous} "write -P 0x45 2M 1M"')
+    flush(vm, anonymous)
+    then = ok(cli, vm, into, device=("disk2",))
+    assert (first["level"], then["level"], then["chain"], then["bytes"]) == ("full", "incremental", first["chain"], MiB)
+    assert images_identical(third, restored(cli, then["chain"], tmp_path / "r.qcow2")).returncode == 0
+
+
+def test_under_a_throttle_filter_the_bitmap_is_persistent_on_the_format_node(cli, vm_factory, tmp_path):
+    (tmp_path / "vm0").mkdir()
+    image = make_image(tmp_path / "vm0" / "disk0.qcow2", "qcow2", "16M")
+    vm = vm_factory(qemu_args_disk=False, extra_args=[
+        "-object", "throttle-group,id=tg0,x-bps-total=1000000000",
+        "-blockdev", f"driver=qcow2,node-name=disk0,file.driver=file,file.filename={image}",
+        "-blockdev", "driver=throttle,node-name=thr0,throttle-group=tg0,file=disk0",
+        "-device", "virtio-blk-pci,drive=thr0,id=vd0"])
+    assert vm.disk == image
+    into = tmp_path / "b"
+    full = ok(cli, vm, into)
+    assert [(b["name"], b["persistent"]) for b in named_node(vm, "disk0")["dirty-bitmaps"]] == [(full["bitmap"], True)]
+    assert "dirty-bitmaps" not in named_node(vm, "thr0") or named_node(vm, "thr0")["dirty-bitmaps"] == []
+    write_pattern(vm, [(0x46, 4 * MiB, MiB)])
+    relaunch(vm, "quit")
+    again = ok(cli, vm, into)
+    assert (again["level"], again["chain"], again["bytes"]) == ("incremental", full["chain"], MiB), again
+    assert images_identical(image, restored(cli, again["chain"], tmp_path / "r.qcow2")).returncode == 0
+
+
+def test_another_tools_backup_filter_makes_the_run_busy(cli, vm_factory, tmp_path):
+    vm = vm_factory(disk_size="16M")
+    into = tmp_path / "b"
+    full = ok(cli, vm, into)
+    scratch = make_image(tmp_path / "fleece.qcow2", "qcow2", "16M")
+    with vm.check() as qmp:
+        qmp.cmd("blockdev-add", driver="qcow2", **{"node-name": "fl-tmp"},
+                file={"driver": "file", "filename": str(scratch)})
+        qmp.cmd("blockdev-add", driver="copy-before-write", **{"node-name": "fl-cbw"}, file="disk0", target="fl-tmp")
+        qmp.cmd("qom-set", path="/machine/peripheral/vd0/virtio-backend", property="drive", value="fl-cbw")
+    before = bitmaps_of_node(vm)
+    code, _, err = backup(cli, vm, into)
+    assert code == 4 and "fl-cbw" in err and "another tool" in err, err
+    assert bitmaps_of_node(vm) == before and [image["file"] for image in manifest(full["chain"])["images"]] == [
+        "0001-full.qcow2"]
+    with vm.check() as qmp:
+        qmp.cmd("qom-set", path="/machine/peripheral/vd0/virtio-backend", property="drive", value="disk0")
+        qmp.cmd("blockdev-del", **{"node-name": "fl-cbw"})
+        qmp.cmd("blockdev-del", **{"node-name": "fl-tmp"})
+    assert ok(cli, vm, into)["level"] == "incremental"
+
+
+def bitmaps_of_node(vm, node: str = "disk0") -> list[str]:
+    return [bitmap.get("name", "") for bitmap in named_node(vm, node).get("dirty-bitmaps", [])]

@@ -197,6 +197,23 @@ def test_an_image_left_in_the_chain_is_never_overwritten(admin, sshd, hv, host):
     assert stray.read_bytes() == b"precious"
 
 
+def test_a_killed_first_run_is_removed_on_the_host_and_nothing_else(admin, sshd, hv, host):
+    """Only a folder with qmpctl's marker of this disk and no manifest goes; another disk's and a stranger's stay."""
+    into = host / "b4"
+    for name, marker in (("20200101T000000Z", "vd0\nthe first run\n"), ("20200101T000001Z", "vd9\n"),
+                         ("20200101T000002Z", None)):
+        (into / name).mkdir(parents=True)
+        (into / name / "0001-full.qcow2").write_bytes(b"x")
+        if marker is not None:
+            (into / name / ".qmpctl-new-chain").write_text(marker)
+    full = ok(admin, sshd, hv, into)
+    assert full["level"] == "full"
+    assert sorted(path.name for path in into.iterdir() if path.is_dir()) == [
+        "20200101T000001Z", "20200101T000002Z", Path(full["chain"]).name]
+    assert any("killed before it wrote" in warning for warning in full["warnings"]), full
+    assert sorted(path.name for path in Path(full["chain"]).iterdir()) == ["0001-full.qcow2", "chain.json"]
+
+
 @pytest.fixture
 def remote_folder(sshd, host, monkeypatch):
     """The library's view of a folder on the host, reached through the test sshd (for what a run cannot show)."""
