@@ -740,7 +740,8 @@ def backup(
                                       help=('The disk: its device id (vd0), drive name or node name; then TARGET, '
                                             "the image file to create, a path on the VM's host (checked there over "
                                             'ssh://); it must not exist. With --into: one or more disks and no '
-                                            'TARGET.')),
+                                            'TARGET, each by a name that stays (device id, QOM path, drive name, a '
+                                            "node name you chose; not QEMU's #block123).")),
     into: Optional[str] = typer.Option(None, '--into', metavar='DIR', show_default=False,
                                        help=("Chain mode: extend each DEVICE's backup chain in DIR (created if only "
                                              'its last level is missing). DIR is where QEMU opens the images: on '
@@ -799,7 +800,7 @@ def backup(
 
     DEVICE TARGET: one full copy. Exit 0 only when the job finished without error. Exit 2: TARGET exists (untouched; --force overwrites) or cannot be written. Exit 6: the job failed (the reason follows). Exit 4 (--wait-timeout) and 130 (Ctrl-C, SIGTERM): the job was cancelled first. An incomplete TARGET qmpctl created is removed. Uses drive-backup, or the blockdev flow where QEMU refuses it.
 
-    DEVICE... --into DIR: the first run makes a full backup and starts a chain in DIR/<chain>/ with a dirty bitmap on the disk; every later run adds an incremental image holding only what was written since. When the bitmap cannot be trusted (QEMU killed, a raw disk restarted, removed by hand) the run starts a new chain with a full backup and says why ("reason"). Several DEVICEs are backed up from one instant, all or none. A failed, timed-out or interrupted run leaves the chain as it was and the bitmap keeps every change. Exit 4 "busy": another qmpctl is backing up the same disk. For an ssh:// VM, DIR is on its host, and the lock, images and manifest are handled there through the SSH connection.
+    DEVICE... --into DIR: the first run makes a full backup and starts a chain in DIR/<chain>/ with a dirty bitmap on the disk; every later run adds an incremental image holding only what was written since, and a new bitmap (the one before is removed once the image is recorded). When the bitmap cannot be trusted (QEMU killed, a raw disk restarted, removed by hand, the disk put back from an older copy) the run starts a new chain with a full backup and says why ("reason"). Several DEVICEs are backed up from one instant, all or none. A failed, timed-out or interrupted run leaves the chain as it was and the bitmap keeps every change; what a killed qmpctl left (job, nodes, image, bitmap) is cleaned up by the next run. Exit 4 "busy": another qmpctl is backing up the same disk. For an ssh:// VM, DIR is on its host, and the lock, images and manifest are handled there through the SSH connection.
     """
     return dispatch.invoke(DECLARED[('backup',)], locals())
 

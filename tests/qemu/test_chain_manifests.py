@@ -43,7 +43,7 @@ BROKEN = {
                              "images[1].file"),
     "a start time that is no time": (lambda m: edit(m, setitem(("images", 0, "started"), "yesterday")),
                                      "images[0].started"),
-    "an unknown version": (lambda m: edit(m, setitem(("version",), 2)), "version"),
+    "an unknown version": (lambda m: edit(m, setitem(("version",), 3)), "version"),
     "no device": (lambda m: edit(m, lambda c: c.pop("device")), "device"),
     "not JSON": (lambda m: b'{"images": [', "not JSON"),
     "not an object": (lambda m: b"[]", "expected object"),
@@ -91,5 +91,5 @@ def test_a_chain_folder_whose_manifest_is_not_a_file_is_refused(cli, vm_factory,
     assert backup.code == 6 and "20260101T000000Z/chain.json" in backup.err, backup
     assert sorted(path.name for path in into.iterdir()) == [".vd0.lock", "20260101T000000Z"]
     verified = cli("backup-verify", str(into))
-    assert verified.code == 6 and "20260101T000000Z/chain.json is not a valid qmpctl chain manifest (version 1): " \
+    assert verified.code == 6 and "20260101T000000Z/chain.json is not a valid qmpctl chain manifest (version 2): " \
         "it is not a regular file" in verified.err, verified
