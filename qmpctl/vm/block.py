@@ -17,12 +17,12 @@ import stat
 from qmpctl.timing import INTERRUPTED_UNPLUG_GRACE, NODE_RELEASE_GRACE
 from qmpctl.timing import ROLLBACK_GRACE as ROLLBACK_GRACE  # backup imports it from here
 from qmpctl.deadline import Deadline
-from qmpctl.errors import DeadlineExceeded, Interrupted, QmpctlError, UsageError, VmError
+from qmpctl.errors import QmpctlError, UsageError, VmError
 from qmpctl.records import TYPE_CHECKING
 from qmpctl.wire.request import Request
 from qmpctl.signals import shielded
 from qmpctl.wire.targets import Session
-from qmpctl.wire.waiting import event_named, wait_until
+from qmpctl.wire.waiting import wait_until
 
 if TYPE_CHECKING:
     from typing import Any, Callable, Optional
@@ -483,9 +483,10 @@ def _after_interrupt(session: Session, device_id: str, nodes: list[str]) -> str:
     """
     grace = Deadline(INTERRUPTED_UNPLUG_GRACE)
     again = f"'qmpctl unplug-disk {device_id}'"
+    from qmpctl.vm.unplug import wait_released
+
     try:
-        wait_until(session, lambda: _gone(session, device_id, grace), grace,
-                   f"the guest to release {device_id}", event=event_named("DEVICE_DELETED", device=device_id))
+        wait_released(session, device_id, lambda within: _gone(session, device_id, within), grace, grace)
     except QmpctlError:
         listed = f"; its block node(s) {', '.join(nodes)} stay with it" if nodes else ""
         return (f"device {device_id} stays attached with its unplug request pending{listed}; once the guest "
@@ -515,26 +516,13 @@ def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: f
     if device_id not in qom_children(session, PERIPHERAL, deadline):
         return _remove_left_behind(session, device_id, deadline)
     nodes = _disk_nodes(session, device_id, deadline)
-    wait = Deadline(wait_seconds)
-    request = Request("device_del", {"id": device_id})
-    try:
-        session.execute(request, deadline)
-        try:
-            with deadline.paused():
-                wait_until(session, lambda: _gone(session, device_id, wait.within(deadline)), wait,
-                           f"the guest to release {device_id}",
-                           event=event_named("DEVICE_DELETED", device=device_id))
-        except DeadlineExceeded:
-            if not wait.expired():
-                raise
-            kept = f"; its block node {nodes[0]} stays" if nodes else ""
-            raise DeadlineExceeded(
-                f"the guest did not release {device_id} within {wait_seconds:g}s (a guest without an OS, or "
-                f"without hotplug support, never does); nothing was deleted: the device stays attached with "
-                f"its unplug request pending{kept}", sent=request.as_dict()) from None
+    from qmpctl.vm.unplug import interrupt_care, request_release
+
+    kept = f"; its block node {nodes[0]} stays" if nodes else ""
+    with interrupt_care(device_id, lambda: _after_interrupt(session, device_id, nodes)):
+        request_release(session, deadline, device_id, wait_seconds,
+                        gone=lambda within: _gone(session, device_id, within),
+                        why_not="a guest without an OS, or without hotplug support, never does",
+                        stays=f"the device stays attached with its unplug request pending{kept}")
         deleted, kept_nodes = _delete_nodes(session, nodes, deadline)
-    except KeyboardInterrupt:  # from device_del on: the device may go, and its nodes must not stay behind
-        with shielded():
-            note = _after_interrupt(session, device_id, nodes)
-        raise Interrupted(f"interrupted while unplugging {device_id}: {note}") from None
     return _nodes_result(device_id, deleted, kept_nodes)

@@ -12,9 +12,8 @@ from __future__ import annotations
 import re
 
 from qmpctl.deadline import Deadline
-from qmpctl.errors import DeadlineExceeded, Interrupted, QmpctlError, UsageError, VmError
+from qmpctl.errors import QmpctlError, UsageError, VmError
 from qmpctl.records import TYPE_CHECKING
-from qmpctl.signals import shielded
 from qmpctl.wire.request import Request
 from qmpctl.wire.targets import Session
 
@@ -145,10 +144,9 @@ def _gone(session: Session, device_id: str, deadline: Deadline) -> Optional[bool
 
 
 def _wait_released(session: Session, device_id: str, wait: Deadline, deadline: Deadline) -> None:
-    from qmpctl.wire.waiting import event_named, wait_until
+    from qmpctl.vm.unplug import wait_released
 
-    wait_until(session, lambda: _gone(session, device_id, wait.within(deadline)), wait,
-               f"the guest to release {device_id}", event=event_named("DEVICE_DELETED", device=device_id))
+    wait_released(session, device_id, lambda within: _gone(session, device_id, within), wait, deadline)
 
 
 def _remove_left_behind(session: Session, device_id: str, deadline: Deadline) -> dict[str, Any]:
@@ -159,7 +157,7 @@ def _remove_left_behind(session: Session, device_id: str, deadline: Deadline) ->
     except VmError:
         raise UsageError(f"the VM has no DIMM with id {device_id!r} (query-memory-devices lists them)") from None
     return {"id": device_id, "deleted-memdev": memdev,
-                       "note": f"DIMM {device_id} was already gone; deleted the memory backend it left: {memdev}"}
+            "note": f"DIMM {device_id} was already gone; deleted the memory backend it left: {memdev}"}
 
 
 def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: float) -> dict[str, Any]:
@@ -168,27 +166,16 @@ def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: f
     if dimm is None:
         return _remove_left_behind(session, device_id, deadline)
     memdev = str(dimm.get("memdev") or "").rsplit("/", 1)[-1] or None
-    wait = Deadline(wait_seconds)
-    request = Request("device_del", {"id": device_id})
-    try:
-        session.execute(request, deadline)
-        try:
-            with deadline.paused():
-                _wait_released(session, device_id, wait, deadline)
-        except DeadlineExceeded:
-            if not wait.expired():
-                raise
-            stays = f"; its memory backend {memdev} stays" if memdev else ""
-            raise DeadlineExceeded(
-                f"the guest did not release {device_id} within {wait_seconds:g}s (a guest without an OS, or one "
-                f"that uses the memory, does not); nothing was deleted: the DIMM stays with its unplug request "
-                f"pending{stays}", sent=request.as_dict()) from None
+    from qmpctl.vm.unplug import interrupt_care, request_release
+
+    stays = f"; its memory backend {memdev} stays" if memdev else ""
+    with interrupt_care(device_id, lambda: _after_interrupt(session, device_id, memdev)):
+        request_release(session, deadline, device_id, wait_seconds,
+                        gone=lambda within: _gone(session, device_id, within),
+                        why_not="a guest without an OS, or one that uses the memory, does not",
+                        stays=f"the DIMM stays with its unplug request pending{stays}")
         if memdev:
             _object_del(session, memdev, deadline)
-    except KeyboardInterrupt:
-        with shielded():
-            note = _after_interrupt(session, device_id, memdev)
-        raise Interrupted(f"interrupted while unplugging {device_id}: {note}") from None
     return {"id": device_id, "deleted-memdev": memdev}
 
 

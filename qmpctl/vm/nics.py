@@ -13,9 +13,8 @@ from __future__ import annotations
 import re
 
 from qmpctl.deadline import Deadline
-from qmpctl.errors import DeadlineExceeded, Interrupted, QmpctlError, UsageError, VmError
+from qmpctl.errors import QmpctlError, UsageError, VmError
 from qmpctl.records import TYPE_CHECKING, NamedTuple
-from qmpctl.signals import shielded
 from qmpctl.wire.request import Request
 from qmpctl.wire.targets import Session
 
@@ -202,10 +201,9 @@ def _gone(session: Session, device_id: str, deadline: Deadline) -> Optional[bool
 
 
 def _wait_released(session: Session, device_id: str, wait: Deadline, deadline: Deadline) -> None:
-    from qmpctl.wire.waiting import event_named, wait_until
+    from qmpctl.vm.unplug import wait_released
 
-    wait_until(session, lambda: _gone(session, device_id, wait.within(deadline)), wait,
-               f"the guest to release {device_id}", event=event_named("DEVICE_DELETED", device=device_id))
+    wait_released(session, device_id, lambda within: _gone(session, device_id, within), wait, deadline)
 
 
 def _remove_left_behind(session: Session, device_id: str, deadline: Deadline) -> dict[str, Any]:
@@ -216,7 +214,7 @@ def _remove_left_behind(session: Session, device_id: str, deadline: Deadline) ->
     except VmError:
         raise UsageError(f"the VM has no device with id {device_id!r} ('qmpctl nics' lists the NICs)") from None
     return {"id": device_id, "deleted-netdev": netdev,
-                       "note": f"device {device_id} was already gone; deleted the network backend it left: {netdev}"}
+            "note": f"device {device_id} was already gone; deleted the network backend it left: {netdev}"}
 
 
 def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: float) -> dict[str, Any]:
@@ -227,27 +225,16 @@ def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: f
     if properties is None:
         raise UsageError(f"device {device_id!r} is not a NIC ('qmpctl nics' lists them)")
     netdev = properties[1] or None
-    wait = Deadline(wait_seconds)
-    request = Request("device_del", {"id": device_id})
-    try:
-        session.execute(request, deadline)
-        try:
-            with deadline.paused():
-                _wait_released(session, device_id, wait, deadline)
-        except DeadlineExceeded:
-            if not wait.expired():
-                raise
-            stays = f"; its network backend {netdev} stays" if netdev else ""
-            raise DeadlineExceeded(
-                f"the guest did not release {device_id} within {wait_seconds:g}s (a guest without an OS, or "
-                f"without hotplug support, never does); nothing was deleted: the device stays with its unplug "
-                f"request pending{stays}", sent=request.as_dict()) from None
+    from qmpctl.vm.unplug import interrupt_care, request_release
+
+    stays = f"; its network backend {netdev} stays" if netdev else ""
+    with interrupt_care(device_id, lambda: _after_interrupt(session, device_id, netdev)):
+        request_release(session, deadline, device_id, wait_seconds,
+                        gone=lambda within: _gone(session, device_id, within),
+                        why_not="a guest without an OS, or without hotplug support, never does",
+                        stays=f"the device stays with its unplug request pending{stays}")
         if netdev:
             _netdev_del(session, netdev, deadline)
-    except KeyboardInterrupt:  # from device_del on: the device may go, and its backend must not stay behind
-        with shielded():
-            note = _after_interrupt(session, device_id, netdev)
-        raise Interrupted(f"interrupted while unplugging {device_id}: {note}") from None
     return {"id": device_id, "deleted-netdev": netdev}
 
 
