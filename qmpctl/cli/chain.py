@@ -53,23 +53,52 @@ def _ssh_files(common: Common) -> Optional[HostFiles]:
     return None
 
 
-def backup_into(common: Common, *, devices: list[str], into: str, full: bool, keep_chains: Optional[int],
-                speed: Optional[str], wait: bool, wait_timeout: Optional[float], progress: str,
-                freeze: str, freeze_timeout: Optional[float], agent: Optional[str]) -> int:
-    """``backup DEVICE... --into DIR``: extend each disk's chain, or start one."""
+def _is_fleet(common: Common) -> bool:
+    """Several VMs as written (several -s or -d, or a glob): each VM's chains then go in DIR/<vm>/."""
+    return len(common.sockets) + len(common.domains) > 1 or any(
+        character in value for value in common.sockets for character in "*?[")
+
+
+def _vm_agent(vm: Any, uri: Optional[str]) -> Any:
+    """For --freeze in a fleet: a libvirt domain's own agent channel; a socket VM has none to find."""
+    from qmpctl.wire.targets import AGENT, resolve_targets
+
+    if hasattr(vm, "uri") and hasattr(vm, "name"):
+        return resolve_targets(AGENT, [], [vm.label or vm.name], uri)[0]
+    return None
+
+
+def backup_into(common: Common, *, devices: list[str], into: str, full: bool, exclude: list[str],
+                keep_chains: Optional[int], speed: Optional[str], wait: bool, wait_timeout: Optional[float],
+                progress: str, freeze: str, freeze_timeout: Optional[float], agent: Optional[str]) -> int:
+    """``backup [DEVICE...] --into DIR``: extend each disk's chain, or start one; no DEVICE: the whole VM."""
     from qmpctl.backup import chain
     from qmpctl.backup.full import DEFAULT_WAIT_TIMEOUT, parse_speed
 
     if not wait:
         raise UsageError("--no-wait is refused with --into: a chain is only extended by a backup qmpctl saw finish")
-    options = chain.ChainOptions(
-        tuple(devices), into, full, keep_chains, parse_speed(speed) if speed else None,
-        DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout, freeze,
-        chain.DEFAULT_FREEZE_TIMEOUT if freeze_timeout is None else freeze_timeout)
+    speed_value = parse_speed(speed) if speed else None
+    wait_value = DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout
+    freeze_value = chain.DEFAULT_FREEZE_TIMEOUT if freeze_timeout is None else freeze_timeout
+
+    def options_for(chosen: tuple[str, ...], where: str) -> chain.ChainOptions:
+        return chain.ChainOptions(chosen, where, full, keep_chains, speed_value, wait_value, freeze, freeze_value)
+
+    whole = not devices or bool(exclude)
+    fleet = _is_fleet(common)
+    if len(set(exclude)) != len(exclude):
+        raise UsageError("each --exclude NAME may be given once")
+    options = options_for(tuple(devices) or ("DISK",), into)  # checks the options before connecting
+    if fleet:
+        return _backup_fleet(common, options, options_for, tuple(devices), tuple(exclude), into, agent)
     remote = _ssh_files(common)
     if remote is not None:  # DIR is on the VM's host: here only its form can be checked, before connecting
         into = chain.prepare_dir(into, is_local=False, side=remote.side)
-    if printed_plan(common, options.requests(), options.plan_note(None if remote is None else remote.side)):
+    note = options.plan_note(None if remote is None else remote.side)
+    if whole:
+        note += "; with no DEVICE, DISK stands for each disk the run picks (every writable disk of the VM, "
+        note += "less --exclude)"
+    if printed_plan(common, options.requests(), note):
         return ExitCode.OK
     targets = common.targets()
     if len(targets) > 1:
@@ -82,6 +111,12 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ke
     def action(session: Any, deadline: Any, vm: Any) -> dict[str, Any]:
         from qmpctl.backup.remote_folder import folder_for
 
+        if whole:
+            from qmpctl.backup import wholevm
+
+            return {"return": wholevm.backup_vm(session, deadline, lambda chosen: options_for(chosen, into),
+                                                tuple(devices), tuple(exclude), agent=agent_target, progress=show,
+                                                progress_every=every, folder=folder_for(vm, into))}
         return {"return": chain.backup_chain(session, deadline, options, agent=agent_target, progress=show,
                                              progress_every=every, folder=folder_for(vm, into))}
 
@@ -92,6 +127,48 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ke
             printer.close()
 
 
+def _backup_fleet(common: Common, options: Any, options_for: Any, devices: tuple[str, ...],
+                  exclude: tuple[str, ...], into: str, agent: Optional[str]) -> int:
+    """Every VM the targets name, each into DIR/<vm>/, -j at once; one JSON line per VM, the highest exit code."""
+    import os
+
+    from qmpctl.backup import chain
+    from qmpctl.cli.common import run_fleet
+    from qmpctl.cli.spec import DEFAULT_JOBS
+    from qmpctl.wire.request import Request
+
+    if agent is not None:
+        raise UsageError("-a names one guest agent: with several VMs, --freeze uses each -d DOMAIN's own agent")
+    note = (options.plan_note(None) + "; for each VM: its name first (query-name), then DISK stands for each disk "
+            "the run picks in DIR/<vm>/")
+    if printed_plan(common, [Request("query-name"), *options.requests()], note):
+        return ExitCode.OK
+    targets = common.targets()
+    roots: dict[int, str] = {}
+    for index, vm in enumerate(targets):  # every DIR is checked before any VM is asked
+        files = vm.host_files()
+        side = files.side if files.remote() is not None else None
+        roots[index] = chain.prepare_dir(into, is_local=files.is_local, side=side)
+    local = {root for index, root in roots.items() if targets[index].host_files().remote() is None}
+    for root in local:
+        if not os.path.isdir(root):
+            os.mkdir(root)
+    if common.jobs == DEFAULT_JOBS:
+        common = common._replace(jobs=min(4, os.cpu_count() or 1))
+    index_of = {id(vm): index for index, vm in enumerate(targets)}
+
+    def action(session: Any, deadline: Any, vm: Any) -> dict[str, Any]:
+        from qmpctl.backup import wholevm
+        from qmpctl.backup.remote_folder import folder_for
+
+        name = wholevm.vm_name(session, deadline, vm)
+        where = os.path.join(roots[index_of[id(vm)]], name)
+        vm_agent = _vm_agent(vm, common.uri) if options.freeze != "no" else None
+        result = wholevm.backup_vm(session, deadline, lambda chosen: options_for(chosen, where), devices, exclude,
+                                   agent=vm_agent, progress_every=1.0, folder=folder_for(vm, where))
+        return {"return": {"vm": name, **result}}
+
+    return run_fleet(targets, common, action)
 
 
 def backup_verify(common: Common, *, path: str, json_lines: bool, wait_timeout: Optional[float]) -> int:

@@ -592,14 +592,22 @@ COMMANDS: tuple[Command, ...] = (
         "a new chain with a full backup and says why (\"reason\"). Several DEVICEs are backed up from one "
         "instant, all or none. A failed, timed-out or interrupted run leaves the chain as it was and the bitmap "
         "keeps every change. Exit 4 \"busy\": another qmpctl is backing up the same disk. For an ssh:// VM, DIR "
-        "is on its host, and the lock, images and manifest are handled there through the SSH connection.",
+        "is on its host, and the lock, images and manifest are handled there through the SSH connection.\n\n"
+        "--into DIR with no DEVICE: the whole VM, every disk with a medium, a guest device and data the guest "
+        "can write (UEFI variables on pflash too); read-only media, empty drives and a TPM are listed under "
+        "\"skipped\" with the reason. --exclude leaves a disk out. Several VMs (-s GLOB, several -s or -d): "
+        "each VM's chains go in DIR/<vm>/ (its -name, libvirt's domain name, else its socket's file name), "
+        "one JSON line per VM, -j of them at once [default for backup: min(4, CPUs)]; a VM that fails leaves "
+        "its chains as they were and the others go on; the exit code is the highest.",
         example="qmpctl backup -s /tmp/vm.sock vd0 /backup/vd0-$(date +%F).qcow2 --progress json;  "
-                "qmpctl backup -s /tmp/vm.sock vd0 --into /backup/vm1 --keep-chains 4",
+                "qmpctl backup -s /tmp/vm.sock vd0 --into /backup/vm1 --keep-chains 4;  "
+                "qmpctl backup -s /tmp/vm.sock --into /backup/whole",
         arguments=(
             Argument("words", "DEVICE...",
                      "The disk: its device id (vd0), drive name or node name; then TARGET, the image file to "
                      "create, a path on the VM's host (checked there over ssh://); it must not exist. With "
-                     "--into: one or more disks and no TARGET.", variadic=True),
+                     "--into: the disks to back up and no TARGET [default: every disk of the VM].",
+                     variadic=True, required=False),
         ),
         options=(
             Option("into", ("--into",), "text", None,
@@ -607,6 +615,9 @@ COMMANDS: tuple[Command, ...] = (
                    "missing). DIR is where QEMU opens the images: on the VM's host for an ssh:// VM (an absolute "
                    "path there, worked on over the same SSH connection).", metavar="DIR", show_default=False),
             Option("full", ("--full",), "flag", False, "With --into: start a new chain with a full backup."),
+            Option("exclude", ("--exclude",), "list", None,
+                   "With --into: leave this disk out (repeatable): its device id, drive name, node name or QOM "
+                   "path.", metavar="NAME", show_default=False),
             Option("keep_chains", ("--keep-chains",), "int", None,
                    "With --into: after a successful backup, delete the oldest chains of the disk beyond N "
                    "(never the current one).", metavar="N", show_default=False),

@@ -734,11 +734,12 @@ def unplug_memory(
 
 def backup(
     *,
-    words: list[str] = typer.Argument(..., metavar='DEVICE...', show_default=False,
-                                      help=('The disk: its device id (vd0), drive name or node name; then TARGET, '
-                                            "the image file to create, a path on the VM's host (checked there over "
-                                            'ssh://); it must not exist. With --into: one or more disks and no '
-                                            'TARGET.')),
+    words: Optional[list[str]] = typer.Argument(None, metavar='DEVICE...', show_default=False,
+                                                help=('The disk: its device id (vd0), drive name or node name; then '
+                                                      "TARGET, the image file to create, a path on the VM's host "
+                                                      '(checked there over ssh://); it must not exist. With --into: '
+                                                      'the disks to back up and no TARGET [default: every disk of '
+                                                      'the VM].')),
     into: Optional[str] = typer.Option(None, '--into', metavar='DIR', show_default=False,
                                        help=("Chain mode: extend each DEVICE's backup chain in DIR (created if only "
                                              'its last level is missing). DIR is where QEMU opens the images: on '
@@ -746,6 +747,9 @@ def backup(
                                              'over the same SSH connection).')),
     full: bool = typer.Option(False, '--full', show_default=False,
                               help='With --into: start a new chain with a full backup.'),
+    exclude: Optional[list[str]] = typer.Option(None, '--exclude', metavar='NAME', show_default=False,
+                                                help=('With --into: leave this disk out (repeatable): its device '
+                                                      'id, drive name, node name or QOM path.')),
     keep_chains: Optional[int] = typer.Option(None, '--keep-chains', metavar='N', show_default=False,
                                               help=('With --into: after a successful backup, delete the oldest '
                                                     'chains of the disk beyond N (never the current one).')),
@@ -798,6 +802,8 @@ def backup(
     DEVICE TARGET: one full copy. Exit 0 only when the job finished without error. Exit 2: TARGET exists (untouched; --force overwrites) or cannot be written. Exit 6: the job failed (the reason follows). Exit 4 (--wait-timeout) and 130 (Ctrl-C, SIGTERM): the job was cancelled first. An incomplete TARGET qmpctl created is removed. Uses drive-backup, or the blockdev flow where QEMU refuses it.
 
     DEVICE... --into DIR: the first run makes a full backup and starts a chain in DIR/<chain>/ with a dirty bitmap on the disk; every later run adds an incremental image holding only what was written since. When the bitmap cannot be trusted (QEMU killed, a raw disk restarted, removed by hand) the run starts a new chain with a full backup and says why ("reason"). Several DEVICEs are backed up from one instant, all or none. A failed, timed-out or interrupted run leaves the chain as it was and the bitmap keeps every change. Exit 4 "busy": another qmpctl is backing up the same disk. For an ssh:// VM, DIR is on its host, and the lock, images and manifest are handled there through the SSH connection.
+
+    --into DIR with no DEVICE: the whole VM, every disk with a medium, a guest device and data the guest can write (UEFI variables on pflash too); read-only media, empty drives and a TPM are listed under "skipped" with the reason. --exclude leaves a disk out. Several VMs (-s GLOB, several -s or -d): each VM's chains go in DIR/<vm>/ (its -name, libvirt's domain name, else its socket's file name), one JSON line per VM, -j of them at once [default for backup: min(4, CPUs)]; a VM that fails leaves its chains as they were and the others go on; the exit code is the highest.
     """
     return dispatch.invoke(DECLARED[('backup',)], locals())
 

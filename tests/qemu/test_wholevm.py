@@ -1,0 +1,111 @@
+"""Whole-VM backups against a real QEMU: every disk the guest can write, what is left out and why, fleets."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from support.disks import flush, hmp, make_image, reads_pattern, write_pattern
+
+pytestmark = pytest.mark.qemu
+
+MiB = 1 << 20
+VD1 = "/machine/peripheral/vd1/virtio-backend"
+
+
+def whole_vm_args(workdir: Path) -> list[str]:
+    """A second disk, a CD-ROM with a medium and an empty one, and a raw pflash pair (code, UEFI variables)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    disk1 = make_image(workdir / "disk1.qcow2", size="8M")
+    iso = make_image(workdir / "cd.iso", "raw", "1M")
+    code, variables = workdir / "code.fd", workdir / "vars.fd"
+    code.write_bytes(bytes(128 << 10))
+    variables.write_bytes(b"\x5a" * (64 << 10) + bytes(64 << 10))
+    return ["-drive", f"if=pflash,format=raw,readonly=on,file={code}",
+            "-drive", f"if=pflash,format=raw,file={variables}",
+            "-blockdev", f"driver=qcow2,node-name=disk1,file.driver=file,file.filename={disk1}",
+            "-device", "virtio-blk-pci,drive=disk1,id=vd1",
+            "-drive", f"if=none,id=cd0,format=raw,readonly=on,file={iso}", "-device", "ide-cd,drive=cd0,id=cdrom0",
+            "-device", "ide-cd,id=cdrom1"]
+
+
+def write_vd1(vm, pattern: int, offset: int, length: int) -> None:
+    hmp(vm, f'qemu-io -d {VD1} "write -P {pattern:#x} {offset} {length}"')
+    flush(vm, VD1)
+
+
+def backup(cli, sockets: list[str], into: Path, *arguments: str):
+    targets = [word for socket in sockets for word in ("-s", socket)]
+    return cli("backup", *targets, "--into", str(into), "--progress", "none", *arguments)
+
+
+def test_no_device_backs_up_every_writable_disk_and_says_what_it_skipped(cli, vm_factory, tmp_path):
+    vm = vm_factory(disk_size="16M", extra_args=whole_vm_args(tmp_path / "files"))
+    write_pattern(vm, [(0x11, 0, MiB)])
+    write_vd1(vm, 0x22, MiB, MiB)
+    into = tmp_path / "b"
+    result = backup(cli, [str(vm.qmp_path)], into)
+    assert result.code == 0, result
+    reply = json.loads(result.out)["return"]
+    disks = {disk["device"]: disk for disk in reply["disks"]}
+    assert set(disks) == {"vd0", "vd1", "pflash1"}
+    assert all(disk["level"] == "full" for disk in disks.values())
+    assert "memory" in disks["pflash1"]["note"] and "note" not in disks["vd0"]
+    skipped = {item["device"]: item["reason"] for item in reply["skipped"]}
+    assert set(skipped) == {"pflash0", "cdrom0", "cdrom1"}
+    assert "firmware" in skipped["pflash0"] and "read-only" in skipped["cdrom0"] and "medium" in skipped["cdrom1"]
+    for disk in reply["disks"]:
+        assert json.loads((Path(disk["chain"]) / "chain.json").read_text())["device"] == disk["device"]
+    out = tmp_path / "vars.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", disks["pflash1"]["image"], str(out)], check=True)
+    assert out.read_bytes() == (tmp_path / "files" / "vars.fd").read_bytes()
+    assert reads_pattern(Path(disks["vd1"]["image"]), 0x22, MiB, MiB)
+    write_vd1(vm, 0x33, 4 * MiB, MiB)
+    again = backup(cli, [str(vm.qmp_path)], into)
+    assert again.code == 0, again
+    levels = {disk["device"]: (disk["level"], disk["bytes"]) for disk in json.loads(again.out)["return"]["disks"]}
+    assert levels == {"vd0": ("incremental", 0), "vd1": ("incremental", MiB), "pflash1": ("incremental", 0)}
+
+
+def test_exclude_narrows_the_set_by_any_name(cli, vm_factory, tmp_path):
+    vm = vm_factory(disk_size="16M", extra_args=whole_vm_args(tmp_path / "files"))
+    result = backup(cli, [str(vm.qmp_path)], tmp_path / "b", "--exclude", "disk1", "--exclude", "pflash1")
+    assert result.code == 0, result
+    reply = json.loads(result.out)["return"]
+    assert [disk["device"] for disk in reply["disks"]] == ["vd0"]
+    named = backup(cli, [str(vm.qmp_path)], tmp_path / "c", "vd0", "vd1", "--exclude", VD1)
+    assert named.code == 0, named
+    assert [disk["device"] for disk in json.loads(named.out)["return"]["disks"]] == ["vd0"]
+    unknown = backup(cli, [str(vm.qmp_path)], tmp_path / "d", "--exclude", "nosuch")
+    assert unknown.code == 2 and "nosuch" in unknown.err and not (tmp_path / "d").exists()
+
+
+def test_a_fleet_backs_up_each_vm_into_its_own_folder_and_one_failure_stops_none(cli, vm_factory, tmp_path):
+    vms = [vm_factory(disk_size="16M", extra_args=["-name", name]) for name in ("alpha", "beta", "gamma")]
+    into = tmp_path / "nightly"
+    broken = into / "beta" / "20260101T000000Z"
+    broken.mkdir(parents=True)
+    (broken / "chain.json").write_text("{not json")
+    before = {path: path.read_bytes() for path in broken.rglob("*")}
+    result = backup(cli, [str(tmp_path / "vm*" / "qmp.sock")], into, "-j", "2")
+    assert result.code == 6, result
+    lines = [json.loads(line) for line in result.out.splitlines()]
+    assert [line["target"] for line in lines] == [f"unix:{vm.qmp_path}" for vm in vms]
+    by_vm = {line["return"]["vm"]: line for line in lines if "return" in line}
+    assert set(by_vm) == {"alpha", "gamma"}
+    for name, line in by_vm.items():
+        assert line["return"]["disks"][0]["chain"].startswith(str(into / name) + "/")
+    assert lines[1]["exit"] == 6 and "chain.json" in lines[1]["error"]["desc"]
+    assert {path: path.read_bytes() for path in broken.rglob("*")} == before
+    assert sorted(path.name for path in (into / "beta").iterdir() if not path.name.startswith(".")) == [broken.name]
+
+
+def test_a_vm_name_that_cannot_be_a_folder_is_refused(cli, vm_factory, tmp_path):
+    vm = vm_factory(disk_size="16M", extra_args=["-name", ".hidden"])
+    result = backup(cli, [str(vm.qmp_path), str(vm.qmp_path)], tmp_path / "n")
+    assert result.code == 2, result
+    assert all(json.loads(line)["exit"] == 2 for line in result.out.splitlines())
+    assert list((tmp_path / "n").iterdir()) == []
