@@ -56,13 +56,18 @@ class ImageCheck(NamedTuple):
 
 
 def chain_folders(path: str) -> list[str]:
-    """``path`` itself when it is a chain folder, else every chain folder in it (oldest first)."""
+    """``path`` itself when it is a chain folder, else every chain folder in it (oldest first), else those of
+    each VM's folder in it (a fleet's DIR)."""
     path = os.path.abspath(path)
     if os.path.isfile(os.path.join(path, MANIFEST)):
         return [path]
     if not os.path.isdir(path):
         raise UsageError(f"{path} is not a directory")
     found = [chain_dir for chain_dir, _ in chains_of(path)]
+    if not found:  # a fleet's DIR: a folder of chains per VM, DIR/<vm>/<chain>/
+        found = [chain_dir for name in sorted(os.listdir(path)) if not name.startswith(".")
+                 and os.path.isdir(os.path.join(path, name)) and not os.path.islink(os.path.join(path, name))
+                 for chain_dir, _ in chains_of(os.path.join(path, name))]
     if not found:
         raise UsageError(f"{path} holds no chain (no {MANIFEST} in it or in its folders)")
     return found

@@ -114,7 +114,7 @@ def select_disks(session: Session, deadline: Deadline, devices: tuple[str, ...],
     return Selection(tuple(chosen), skipped, notes)
 
 
-def _as_disks(result: dict[str, Any]) -> dict[str, Any]:
+def as_disks(result: dict[str, Any]) -> dict[str, Any]:
     """One disk's result in the form of several: ``{"disks": [...], "seconds": ...}`` and the run's members."""
     if "disks" in result:
         return result
@@ -130,7 +130,7 @@ def backup_vm(session: Session, deadline: Deadline, options_for: Callable[[tuple
               folder: Optional[ChainFolder] = None) -> dict[str, Any]:
     """Back up the VM's disks (:func:`select_disks`) as one chain run; the result lists the disks and ``skipped``."""
     selection = select_disks(session, deadline, devices, exclude)
-    result = _as_disks(chain.backup_chain(session, deadline, options_for(selection.devices), agent=agent,
+    result = as_disks(chain.backup_chain(session, deadline, options_for(selection.devices), agent=agent,
                                           progress=progress, progress_every=progress_every, folder=folder))
     for disk in result["disks"]:
         note = selection.notes.get(str(disk.get("device")))
@@ -163,3 +163,12 @@ def vm_name(session: Session, deadline: Deadline, target: Target) -> str:
     if isinstance(path, str) and path:
         return check_vm_name(os.path.splitext(os.path.basename(path))[0], f"from its socket {path}")
     raise UsageError(f"the VM at {target} has no -name and no socket file to name it by: give it -name NAME")
+
+
+def fallback_name(target: Any) -> str:
+    """A VM's name without asking it (it could not be reached): libvirt's domain, its socket's file name."""
+    name = getattr(target, "name", None) if getattr(target, "uri", False) is not False else None
+    path = getattr(getattr(target, "address", None), "path", None)
+    if not name and isinstance(path, str) and path:
+        name = os.path.splitext(os.path.basename(path))[0]
+    return str(name or target)

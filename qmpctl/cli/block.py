@@ -98,7 +98,7 @@ def unplug_disk(common: Common, *, device_id: str, wait_timeout: float) -> int:
 
 
 def backup(common: Common, *, words: list[str], into: Optional[str], full: bool, exclude: list[str],
-           keep_chains: Optional[int],
+           metrics: Optional[str], keep_chains: Optional[int],
            freeze: bool, freeze_try: bool, freeze_timeout: Optional[float], agent: Optional[str], sync: str,
            image_format: str, speed: Optional[str], force: bool, wait: bool, wait_timeout: Optional[float],
            progress: str, job_id: Optional[str]) -> int:
@@ -116,8 +116,9 @@ def backup(common: Common, *, words: list[str], into: Optional[str], full: bool,
                            speed=speed,
                            wait=wait, wait_timeout=wait_timeout, progress=progress,
                            freeze="try" if freeze_try else "yes" if freeze else "no",
-                           freeze_timeout=freeze_timeout, agent=agent)
-    chained = {"--full": full, "--exclude": bool(exclude), "--keep-chains": keep_chains is not None,
+                           freeze_timeout=freeze_timeout, agent=agent, metrics=metrics)
+    chained = {"--full": full, "--exclude": bool(exclude), "--metrics": metrics is not None,
+               "--keep-chains": keep_chains is not None,
                "--freeze": freeze,
                "--freeze-try": freeze_try, "--freeze-timeout": freeze_timeout is not None, "-a": agent is not None}
     if any(chained.values()):

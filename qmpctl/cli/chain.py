@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from qmpctl.timing import OFFLINE_TIMEOUT
 from qmpctl.cli.common import Common, emit, printed_plan, run
-from qmpctl.errors import ExitCode, UsageError, VerificationFailed
+from qmpctl.errors import ExitCode, QmpctlError, UsageError, VerificationFailed
 from qmpctl.output import render_reply, to_json
 from qmpctl.records import TYPE_CHECKING
 
@@ -70,7 +70,8 @@ def _vm_agent(vm: Any, uri: Optional[str]) -> Any:
 
 def backup_into(common: Common, *, devices: list[str], into: str, full: bool, exclude: list[str],
                 keep_chains: Optional[int], speed: Optional[str], wait: bool, wait_timeout: Optional[float],
-                progress: str, freeze: str, freeze_timeout: Optional[float], agent: Optional[str]) -> int:
+                progress: str, freeze: str, freeze_timeout: Optional[float], agent: Optional[str],
+                metrics: Optional[str] = None) -> int:
     """``backup [DEVICE...] --into DIR``: extend each disk's chain, or start one; no DEVICE: the whole VM."""
     from qmpctl.backup import chain
     from qmpctl.backup.full import DEFAULT_WAIT_TIMEOUT, parse_speed
@@ -89,8 +90,13 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ex
     if len(set(exclude)) != len(exclude):
         raise UsageError("each --exclude NAME may be given once")
     options = options_for(tuple(devices) or ("DISK",), into)  # checks the options before connecting
+    outcomes = None
+    if metrics is not None and not common.dry_run:
+        from qmpctl.backup.metrics import check_path
+
+        outcomes = _Outcomes(check_path(metrics))
     if fleet:
-        return _backup_fleet(common, options, options_for, tuple(devices), tuple(exclude), into, agent)
+        return _backup_fleet(common, options, options_for, tuple(devices), tuple(exclude), into, agent, outcomes)
     remote = _ssh_files(common)
     if remote is not None:  # DIR is on the VM's host: here only its form can be checked, before connecting
         into = chain.prepare_dir(into, is_local=False, side=remote.side)
@@ -120,15 +126,19 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ex
         return {"return": chain.backup_chain(session, deadline, options, agent=agent_target, progress=show,
                                              progress_every=every, folder=folder_for(vm, into))}
 
+    if outcomes is not None:
+        targets, action = outcomes.watch(targets), outcomes.recorded(action)
     try:
         return run(common, action, options.requests(), targets=targets)
     finally:
         if printer is not None:
             printer.close()
+        if outcomes is not None:
+            outcomes.write(targets)
 
 
 def _backup_fleet(common: Common, options: Any, options_for: Any, devices: tuple[str, ...],
-                  exclude: tuple[str, ...], into: str, agent: Optional[str]) -> int:
+                  exclude: tuple[str, ...], into: str, agent: Optional[str], outcomes: Optional[_Outcomes]) -> int:
     """Every VM the targets name, each into DIR/<vm>/, -j at once; one JSON line per VM, the highest exit code."""
     import os
 
@@ -155,6 +165,8 @@ def _backup_fleet(common: Common, options: Any, options_for: Any, devices: tuple
             os.mkdir(root)
     if common.jobs == DEFAULT_JOBS:
         common = common._replace(jobs=min(4, os.cpu_count() or 1))
+    if outcomes is not None:
+        targets = outcomes.watch(targets)
     index_of = {id(vm): index for index, vm in enumerate(targets)}
 
     def action(session: Any, deadline: Any, vm: Any) -> dict[str, Any]:
@@ -168,23 +180,119 @@ def _backup_fleet(common: Common, options: Any, options_for: Any, devices: tuple
                                    agent=vm_agent, progress_every=1.0, folder=folder_for(vm, where))
         return {"return": {"vm": name, **result}}
 
-    return run_fleet(targets, common, action)
+    if outcomes is None:
+        return run_fleet(targets, common, action)
+    try:
+        return run_fleet(targets, common, outcomes.recorded(action))
+    finally:
+        outcomes.write(targets)
 
 
-def backup_verify(common: Common, *, path: str, json_lines: bool, wait_timeout: Optional[float]) -> int:
-    """``backup-verify DIR``: exit 0 when every image is sound, 6 naming the first broken one."""
+class _Watched:
+    """A target whose run is recorded for --metrics, from its connection on (a failed connect counts too)."""
+
+    def __init__(self, target: Any, index: int, outcomes: _Outcomes) -> None:
+        self.target = target
+        self.index = index
+        self.outcomes = outcomes
+
+    def open(self, deadline: Any) -> Any:
+        try:
+            return self.target.open(deadline)
+        except QmpctlError as exc:
+            self.outcomes.failed(self.index, int(exc.exit_code))
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.target, name)
+
+    def __str__(self) -> str:
+        return str(self.target)
+
+
+class _Outcomes:
+    """What each VM's run came to, written to --metrics FILE once every run has ended."""
+
+    def __init__(self, path: str) -> None:
+        import threading
+
+        self.path = path
+        self.lock = threading.Lock()
+        self.names: dict[int, str] = {}
+        self.results: dict[int, tuple[Optional[dict[str, Any]], int]] = {}
+
+    def watch(self, targets: list[Any]) -> list[Any]:
+        return [_Watched(target, index, self) for index, target in enumerate(targets)]
+
+    def failed(self, index: int, code: int) -> None:
+        with self.lock:
+            self.results[index] = (None, code)
+
+    def recorded(self, action: Any) -> Any:
+        def watched(session: Any, deadline: Any, vm: Any) -> Any:
+            from qmpctl.backup import wholevm
+
+            try:
+                name = wholevm.vm_name(session, deadline, vm)
+            except UsageError:
+                name = wholevm.fallback_name(vm)
+            with self.lock:
+                self.names[vm.index] = name
+            try:
+                reply = action(session, deadline, vm)
+            except QmpctlError as exc:
+                self.failed(vm.index, int(exc.exit_code))
+                raise
+            with self.lock:
+                self.results[vm.index] = (reply["return"], 0)
+            return reply
+        return watched
+
+    def write(self, targets: list[Any]) -> None:
+        from qmpctl.backup import metrics, wholevm
+
+        found = []
+        for index, target in enumerate(targets):
+            result, code = self.results.get(index, (None, int(ExitCode.INTERRUPTED)))
+            found.append(metrics.Outcome(self.names.get(index, ""), None if result is None
+                                         else wholevm.as_disks(result), code, str(target),
+                                         wholevm.fallback_name(target)))
+        try:
+            metrics.write(self.path, found)
+        except OSError as exc:
+            raise UsageError(f"--metrics {self.path}: cannot write it: {exc.strerror or exc}") from None
+
+
+def backup_verify(common: Common, *, path: str, json_lines: bool, wait_timeout: Optional[float],
+                  max_age: Optional[str] = None) -> int:
+    """``backup-verify DIR``: exit 0 when every image is sound, 6 naming the first broken one (and, with
+    --max-age, every disk whose newest backup is too old)."""
     from qmpctl.backup import restore
     from qmpctl.deadline import Deadline
 
+    oldest = None
+    if max_age is not None:
+        from qmpctl.units import parse_duration
+
+        oldest = parse_duration(max_age, "--max-age")
     checks = restore.verify(path, Deadline(wait_timeout or OFFLINE_TIMEOUT))
     if not checks:  # a manifest lists at least one image; this is only the last line of defence
         raise VerificationFailed(f"{path}: no image to verify; a chain without an image is not a backup")
     broken = restore.first_broken(checks)
+    stale = None
+    if oldest is not None:
+        from qmpctl.backup.metrics import too_old
+
+        stale = too_old(sorted({check.chain for check in checks}), oldest, max_age or "")
     if json_lines:
         for number, check in enumerate(checks, 1):
-            emit(to_json(check.to_json(), False), final=broken is None and number == len(checks))
+            emit(to_json(check.to_json(), False), final=broken is None and stale is None and number == len(checks))
+    if broken is not None and stale is not None:
+        raise VerificationFailed(f"{broken.message}; and {stale.message}")
     if broken is not None:
         raise broken
+    if stale is not None:
+        raise stale
     if not json_lines:
         chains = sorted({check.chain for check in checks})
         emit(render_reply({"return": {"chains": chains, "images": len(checks), "ok": True}}, pretty=common.pretty,

@@ -618,6 +618,10 @@ COMMANDS: tuple[Command, ...] = (
             Option("exclude", ("--exclude",), "list", None,
                    "With --into: leave this disk out (repeatable): its device id, drive name, node name or QOM "
                    "path.", metavar="NAME", show_default=False),
+            Option("metrics", ("--metrics",), "text", None,
+                   "With --into: update FILE, a Prometheus textfile (node_exporter's textfile collector), with "
+                   "each VM's and disk's last success, level, bytes, seconds and chain length, or one more "
+                   "failure; written whole (temporary file, then rename).", metavar="FILE", show_default=False),
             Option("keep_chains", ("--keep-chains",), "int", None,
                    "With --into: after a successful backup, delete the oldest chains of the disk beyond N "
                    "(never the current one).", metavar="N", show_default=False),
@@ -689,10 +693,13 @@ COMMANDS: tuple[Command, ...] = (
         "and have the size and sha256 the manifest recorded. Exit 0 when all are sound; exit 6 naming the first "
         "broken image. No VM is needed; the shared options other than --pretty do not apply. DIR is read on this "
         "host: for a chain on a VM's host (backup -s ssh://... --into), run it there or over a mount.",
-        example="qmpctl backup-verify /backup/vm1 --json",
+        example="qmpctl backup-verify /backup/vm1 --json;  qmpctl backup-verify /backup/vm1 --max-age 36h",
         arguments=(Argument("path", "DIR", "A folder of chains (as given to backup --into), or one chain folder."),),
         options=(
             Option("json_lines", ("--json",), "flag", False, "Print one JSON line per image (ok, problem)."),
+            Option("max_age", ("--max-age",), "text", None,
+                   "Also exit 6, naming each, when a disk's newest backup started longer ago than DURATION "
+                   "(90m, 36h, 7d, 1d12h).", metavar="DURATION", show_default=False),
             Option("wait_timeout", ("--wait-timeout",), "float", None,
                    "Give up (exit 4) when reading the images takes longer [default: one day].", metavar="SECONDS",
                    show_default=False),

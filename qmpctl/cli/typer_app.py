@@ -750,6 +750,11 @@ def backup(
     exclude: Optional[list[str]] = typer.Option(None, '--exclude', metavar='NAME', show_default=False,
                                                 help=('With --into: leave this disk out (repeatable): its device '
                                                       'id, drive name, node name or QOM path.')),
+    metrics: Optional[str] = typer.Option(None, '--metrics', metavar='FILE', show_default=False,
+                                          help=("With --into: update FILE, a Prometheus textfile (node_exporter's "
+                                                "textfile collector), with each VM's and disk's last success, "
+                                                'level, bytes, seconds and chain length, or one more failure; '
+                                                'written whole (temporary file, then rename).')),
     keep_chains: Optional[int] = typer.Option(None, '--keep-chains', metavar='N', show_default=False,
                                               help=('With --into: after a successful backup, delete the oldest '
                                                     'chains of the disk beyond N (never the current one).')),
@@ -845,6 +850,9 @@ def backup_verify(
                                help='A folder of chains (as given to backup --into), or one chain folder.'),
     json_lines: bool = typer.Option(False, '--json', show_default=False,
                                     help='Print one JSON line per image (ok, problem).'),
+    max_age: Optional[str] = typer.Option(None, '--max-age', metavar='DURATION', show_default=False,
+                                          help=("Also exit 6, naming each, when a disk's newest backup started "
+                                                'longer ago than DURATION (90m, 36h, 7d, 1d12h).')),
     wait_timeout: Optional[float] = typer.Option(None, '--wait-timeout', metavar='SECONDS', show_default=False,
                                                  help=('Give up (exit 4) when reading the images takes longer '
                                                        '[default: one day].')),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,96 @@ def test_a_vm_name_that_cannot_be_a_folder_is_refused(cli, vm_factory, tmp_path)
     assert result.code == 2, result
     assert all(json.loads(line)["exit"] == 2 for line in result.out.splitlines())
     assert list((tmp_path / "n").iterdir()) == []
+
+
+def read_metrics(path: Path) -> dict[tuple[str, frozenset], float]:
+    """A textfile's samples, parsed here (not by qmpctl): {(name, labels): value}; HELP and TYPE checked."""
+    samples: dict[tuple[str, frozenset], float] = {}
+    typed = set()
+    for line in path.read_text().splitlines():
+        if line.startswith("# TYPE "):
+            typed.add(line.split()[2])
+            continue
+        if line.startswith("#"):
+            continue
+        head, value = line.rsplit(" ", 1)
+        name, _, labels = head.partition("{")
+        assert name in typed, f"{name} has no # TYPE line"
+        pairs = [item.split("=", 1) for item in labels.rstrip("}").split(",")] if labels else []
+        samples[(name, frozenset((key, text.strip('"')) for key, text in pairs))] = float(value)
+    return samples
+
+
+def sample(samples, name: str, **labels: str) -> float:
+    return samples[(f"qmpctl_backup_{name}", frozenset(labels.items()))]
+
+
+def test_metrics_record_each_success_and_count_failures_without_losing_the_last_success(cli, vm_factory, tmp_path):
+    vms = [vm_factory(disk_size="16M", extra_args=["-name", name]) for name in ("alpha", "beta")]
+    into, prom = tmp_path / "nightly", tmp_path / "textfile" / "qmpctl.prom"
+    prom.parent.mkdir()
+    glob = str(tmp_path / "vm*" / "qmp.sock")
+    first = backup(cli, [glob], into, "--metrics", str(prom))
+    assert first.code == 0, first
+    write_pattern(vms[0], [(0x44, 0, MiB)])
+    second = backup(cli, [glob], into, "--metrics", str(prom))
+    assert second.code == 0, second
+    samples = read_metrics(prom)
+    assert sample(samples, "chain_length", vm="alpha", device="vd0") == 2
+    assert sample(samples, "last_level", vm="alpha", device="vd0", level="incremental") == 1
+    assert sample(samples, "last_bytes", vm="alpha", device="vd0") == MiB
+    assert sample(samples, "last_bytes", vm="beta", device="vd0") == 0
+    assert sample(samples, "failures_total", vm="alpha") == 0 and sample(samples, "last_run_success", vm="beta") == 1
+    succeeded = sample(samples, "last_success_timestamp_seconds", vm="beta", device="vd0")
+    assert abs(succeeded - time.time()) < 60
+    vms[1].kill()  # beta is gone: its run fails, alpha's goes on
+    third = backup(cli, [glob], into, "--metrics", str(prom))
+    assert third.code == 3, third
+    after = read_metrics(prom)
+    assert sample(after, "failures_total", vm="beta") == 1 and sample(after, "last_run_success", vm="beta") == 0
+    assert sample(after, "last_run_exit_code", vm="beta") == 3
+    assert sample(after, "last_success_timestamp_seconds", vm="beta", device="vd0") == succeeded
+    assert sample(after, "chain_length", vm="beta", device="vd0") == 2
+    assert sample(after, "chain_length", vm="alpha", device="vd0") == 3
+    assert [path.name for path in prom.parent.iterdir()] == ["qmpctl.prom"]  # no temporary file left
+
+
+def test_metrics_never_follow_a_link(cli, vm_factory, tmp_path):
+    vm = vm_factory(disk_size="16M")
+    victim = tmp_path / "victim"
+    victim.write_text("keep\n")
+    link = tmp_path / "qmpctl.prom"
+    link.symlink_to(victim)
+    result = backup(cli, [str(vm.qmp_path)], tmp_path / "b", "--metrics", str(link))
+    assert result.code == 2 and "symbolic link" in result.err
+    assert victim.read_text() == "keep\n" and not (tmp_path / "b").exists()
+
+
+def test_verify_max_age_names_every_disk_whose_newest_backup_is_too_old(cli, vm_factory, tmp_path):
+    vm = vm_factory(disk_size="16M", extra_args=whole_vm_args(tmp_path / "files"))
+    into = tmp_path / "b"
+    done = backup(cli, [str(vm.qmp_path)], into, "--exclude", "pflash1")
+    assert done.code == 0, done
+    fresh = cli("backup-verify", str(into), "--max-age", "90m")
+    assert fresh.code == 0, fresh
+    for disk in json.loads(done.out)["return"]["disks"]:  # as if the backups had stopped 3 days ago
+        manifest_path = Path(disk["chain"]) / "chain.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest["images"][0]["started"] = "2026-01-01T00:00:00.000Z"
+        manifest_path.write_text(json.dumps(manifest))
+    stale = cli("backup-verify", str(into), "--max-age", "36h")
+    assert stale.code == 6, stale
+    assert "vd0 in" in stale.err and "vd1 in" in stale.err and "--max-age 36h" in stale.err
+    wrong = cli("backup-verify", str(into), "--max-age", "soon")
+    assert wrong.code == 2 and "--max-age" in wrong.err
+
+
+def test_verify_reads_a_fleets_folder(cli, vm_factory, tmp_path):
+    for name in ("alpha", "beta"):
+        vm_factory(disk_size="16M", extra_args=["-name", name])
+    into = tmp_path / "nightly"
+    assert backup(cli, [str(tmp_path / "vm*" / "qmp.sock")], into).code == 0
+    verified = cli("backup-verify", str(into), "--max-age", "1d")
+    assert verified.code == 0, verified
+    chains = json.loads(verified.out)["return"]["chains"]
+    assert sorted(Path(chain).parent.name for chain in chains) == ["alpha", "beta"]
