@@ -311,6 +311,13 @@ def restore_chain(common: Common, *, chain: str, target: str, point: Optional[in
         raise UsageError("--check-command runs in the booted restore: add --boot-check")
     if qemu_args and not boot_check:
         raise UsageError("--qemu-arg is for the booted restore: add --boot-check")
+    from qmpctl.backup import vmrestore
+
+    if vmrestore.is_whole_vm(chain, target):
+        return _restore_vm(common, chain=chain, outdir=target, point=point, at=at, force=force,
+                           image_format=image_format, progress=progress, wait_timeout=wait_timeout,
+                           boot_check=boot_check, qemu_args=qemu_args, boot_timeout=boot_timeout,
+                           check_command=check_command)
     show, _, printer = _printer(progress)
     try:
         restored = restore.restore(chain, target, Deadline(wait_timeout or OFFLINE_TIMEOUT), point=point, at=at,
@@ -322,5 +329,31 @@ def restore_chain(common: Common, *, chain: str, target: str, point: Optional[in
         restored["boot-check"] = restore.boot_check(restored["target"], image_format=restored["format"],
                                                     qemu_args=qemu_args, boot_timeout=boot_timeout,
                                                     check_command=check_command, reply_timeout=common.timeout)
+    emit(render_reply({"return": restored}, pretty=common.pretty, return_value=common.return_value), final=True)
+    return ExitCode.OK
+
+
+def _restore_vm(common: Common, *, chain: str, outdir: str, point: Optional[int], at: Optional[str], force: bool,
+                image_format: str, progress: str, wait_timeout: Optional[float], boot_check: bool,
+                qemu_args: list[str], boot_timeout: float, check_command: Optional[str]) -> int:
+    """``restore DIR/<vm> OUTDIR``: every disk of one backup of the VM; ``--boot-check`` boots them together."""
+    from qmpctl.backup import restore, vmrestore
+    from qmpctl.deadline import Deadline
+
+    show, _, printer = _printer(progress)
+    try:
+        restored = vmrestore.restore_vm(chain, outdir, Deadline(wait_timeout or OFFLINE_TIMEOUT), point=point,
+                                        at=at, force=force, target_format=image_format, progress=show)
+    finally:
+        if printer is not None:
+            printer.close()
+    if boot_check:
+        disks, flash = vmrestore.boot_disks(restored)
+        if not disks:
+            raise UsageError("--boot-check: the backup holds no disk to boot from")
+        restored["boot-check"] = restore.boot_check(disks[0], image_format=image_format, qemu_args=qemu_args,
+                                                    boot_timeout=boot_timeout, check_command=check_command,
+                                                    reply_timeout=common.timeout, more_disks=tuple(disks[1:]),
+                                                    flash_vars=flash)
     emit(render_reply({"return": restored}, pretty=common.pretty, return_value=common.return_value), final=True)
     return ExitCode.OK

@@ -728,12 +728,19 @@ COMMANDS: tuple[Command, ...] = (
         "--filesystem. --cat writes the file's exact bytes; --extract keeps modes and times, never replaces an "
         "existing file (exit 2) unless --force, and prints what it wrote. A PATH the backup does not hold is "
         "exit 1 naming it; a filesystem that cannot be read is exit 6. Each call boots libguestfs's appliance "
-        "(seconds with KVM, a minute or more under emulation).",
+        "(seconds with KVM, a minute or more under emulation).\n\n"
+        "A whole VM: when CHAIN is a VM's folder holding chains of several disks (DIR, or DIR/<vm> of a fleet), "
+        "or TARGET is a folder (an existing one, or written with a trailing /), every disk of one backup of the "
+        "VM (the same grouped run: --at TIME, --point N with one chain per disk, or the latest) is written to "
+        "TARGET/<device>.qcow2, all or none; --boot-check boots them together, disks in the order of their "
+        "names and the UEFI variables (pflash1) as the second flash, after the firmware's code given with "
+        "--qemu-arg.",
         example="qmpctl restore /backup/vm1 /backup/vd0-restored.qcow2 --point 1",
         arguments=(
-            Argument("chain", "CHAIN", "A chain folder, or a folder of one disk's chains (then the latest chain)."),
-            Argument("target", "TARGET", "The image file to write; it must not exist. Not with --serve.",
-                     required=False),
+            Argument("chain", "CHAIN", "A chain folder, a folder of one disk's chains (then the latest chain), or "
+                     "a VM's folder of chains (a whole VM)."),
+            Argument("target", "TARGET", "The image file to write (a folder for a whole VM); it must not exist. "
+                     "Not with --serve.", required=False),
         ),
         options=(
             Option("point", ("--point",), "int", None, "Backup N of the chain, 1 being the full [default: the "

@@ -875,9 +875,11 @@ def backup_verify(
 def restore(
     *,
     chain: str = typer.Argument(..., metavar='CHAIN', show_default=False,
-                                help="A chain folder, or a folder of one disk's chains (then the latest chain)."),
+                                help=("A chain folder, a folder of one disk's chains (then the latest chain), or a "
+                                      "VM's folder of chains (a whole VM).")),
     target: Optional[str] = typer.Argument(None, metavar='TARGET', show_default=False,
-                                           help='The image file to write; it must not exist. Not with --serve.'),
+                                           help=('The image file to write (a folder for a whole VM); it must not '
+                                                 'exist. Not with --serve.')),
     point: Optional[int] = typer.Option(None, '--point', metavar='N', show_default=False,
                                         help='Backup N of the chain, 1 being the full [default: the latest].'),
     at: Optional[str] = typer.Option(None, '--at', metavar='TIME', show_default=False,
@@ -956,6 +958,8 @@ def restore(
     --instant TARGET creates TARGET as a thin qcow2 overlay whose backing file is the point's image (never overwriting: exit 2 when it exists), in milliseconds; a VM started on it runs at once, and qmpctl stream copies the rest into it while it runs. Until then the chain folder holds instant-HASH.json naming TARGET, and backup --keep-chains keeps that chain.
 
     --ls PATH, --cat PATH and --extract PATH --to DIR read single files of the point through libguestfs (guestfish, read-only, format given), with the filesystem found by inspection, the disk's only one, or --filesystem. --cat writes the file's exact bytes; --extract keeps modes and times, never replaces an existing file (exit 2) unless --force, and prints what it wrote. A PATH the backup does not hold is exit 1 naming it; a filesystem that cannot be read is exit 6. Each call boots libguestfs's appliance (seconds with KVM, a minute or more under emulation).
+
+    A whole VM: when CHAIN is a VM's folder holding chains of several disks (DIR, or DIR/<vm> of a fleet), or TARGET is a folder (an existing one, or written with a trailing /), every disk of one backup of the VM (the same grouped run: --at TIME, --point N with one chain per disk, or the latest) is written to TARGET/<device>.qcow2, all or none; --boot-check boots them together, disks in the order of their names and the UEFI variables (pflash1) as the second flash, after the firmware's code given with --qemu-arg.
     """
     return dispatch.invoke(DECLARED[('restore',)], locals())
 

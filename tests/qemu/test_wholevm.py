@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from support.disks import flush, hmp, make_image, reads_pattern, write_pattern
+from support.disks import flush, hmp, images_identical, make_image, reads_pattern, write_pattern
+from support.qemu import RawQmp
+from support.waits import wait_for
 
 pytestmark = pytest.mark.qemu
 
@@ -203,3 +205,75 @@ def test_verify_reads_a_fleets_folder(cli, vm_factory, tmp_path):
     assert verified.code == 0, verified
     chains = json.loads(verified.out)["return"]["chains"]
     assert sorted(Path(chain).parent.name for chain in chains) == ["alpha", "beta"]
+
+
+def started_times(chain: str) -> list[str]:
+    return [image["started"] for image in json.loads((Path(chain) / "chain.json").read_text())["images"]]
+
+
+def test_restore_a_whole_vm_writes_every_disk_of_one_backup(cli, vm_factory, tmp_path):
+    files = tmp_path / "files"
+    files.mkdir()
+    disk1 = make_image(files / "disk1.qcow2", size="8M")
+    vm = vm_factory(disk_size="16M", extra_args=[
+        "-blockdev", f"driver=qcow2,node-name=disk1,file.driver=file,file.filename={disk1}",
+        "-device", "virtio-blk-pci,drive=disk1,id=vd1", "-name", "app"])
+    write_pattern(vm, [(0x11, 0, MiB)])
+    write_vd1(vm, 0x22, MiB, MiB)
+    into = tmp_path / "nightly"
+    glob = str(tmp_path / "vm*" / "qmp.sock")
+    first = backup(cli, [glob], into)
+    assert first.code == 0, first
+    chain = json.loads(first.out)["return"]["disks"][0]["chain"]
+    write_pattern(vm, [(0x33, 2 * MiB, MiB)])
+    write_vd1(vm, 0x44, 3 * MiB, MiB)
+    assert backup(cli, [glob], into).code == 0
+    at_first = cli("restore", str(into / "app"), str(tmp_path / "then"), "--at", started_times(chain)[0],
+                   "--progress", "none")
+    assert at_first.code == 0, at_first
+    reply = json.loads(at_first.out)["return"]
+    assert [Path(disk["target"]).name for disk in reply["disks"]] == ["vd0.qcow2", "vd1.qcow2"]
+    assert reply["started"] == started_times(chain)[0] and {disk["point"] for disk in reply["disks"]} == {1}
+    then = tmp_path / "then"
+    vd0, vd1 = then / "vd0.qcow2", then / "vd1.qcow2"
+    assert reads_pattern(vd0, 0x11, 0, MiB) and not reads_pattern(vd0, 0x33, 2 * MiB, MiB)
+    assert reads_pattern(vd1, 0x22, MiB, MiB) and not reads_pattern(vd1, 0x44, 3 * MiB, MiB)
+    latest = cli("restore", str(into / "app"), str(tmp_path / "now"), "--point", "2", "--progress", "none")
+    assert latest.code == 0, latest
+    assert images_identical(vm.disk, tmp_path / "now" / "vd0.qcow2").returncode == 0
+    assert images_identical(disk1, tmp_path / "now" / "vd1.qcow2").returncode == 0
+    before = (then / "vd1.qcow2").read_bytes()
+    again = cli("restore", str(into / "app"), str(then), "--progress", "none")
+    assert again.code == 2 and "--force" in again.err and (then / "vd1.qcow2").read_bytes() == before
+
+
+def test_boot_check_of_a_whole_vm_boots_every_disk_in_order_with_its_uefi_variables(cli, vm_factory, tmp_path):
+    vm = vm_factory(disk_size="16M", extra_args=whole_vm_args(tmp_path / "files"))
+    into = tmp_path / "b"
+    assert backup(cli, [str(vm.qmp_path)], into).code == 0
+    code = tmp_path / "files" / "code.fd"
+    no_code = cli("restore", str(into), str(tmp_path / "r0"), "--boot-check", "--boot-timeout", "5",
+                  "--progress", "none")
+    assert no_code.code == 2 and "firmware's code" in no_code.err
+    monitor = tmp_path / "drill.sock"
+    drill = cli.popen("restore", str(into), str(tmp_path / "r"), "--progress", "none", "--boot-check",
+                      "--boot-timeout", "30", "--qemu-arg=-M", "--qemu-arg=pc", "--qemu-arg=-accel", "--qemu-arg=tcg",
+                      "--qemu-arg=-S", "--qemu-arg=-drive", f"--qemu-arg=if=pflash,format=raw,readonly=on,file={code}",
+                      "--qemu-arg=-qmp", f"--qemu-arg=unix:{monitor},server=on,wait=off")
+    try:
+        wait_for(lambda: monitor.exists() or drill.poll() is not None, "the drill's QEMU", 30)
+        assert drill.poll() is None, drill.communicate()
+        with RawQmp(monitor) as qmp:
+            disks = {entry["device"]: entry["inserted"] for entry in qmp.cmd("query-block") if "inserted" in entry}
+    finally:
+        drill.kill()
+        drill.communicate()
+
+    def bottom(image: dict) -> str:
+        while "backing-image" in image:
+            image = image["backing-image"]
+        return Path(image["filename"]).name
+
+    assert {name: bottom(inserted["image"]) for name, inserted in disks.items()} == {
+        "restored": "vd0.qcow2", "restored1": "vd1.qcow2", "pflash0": "code.fd", "pflash1": "pflash1.qcow2"}
+    assert disks["pflash0"]["ro"] and not disks["pflash1"]["ro"]
