@@ -172,3 +172,26 @@ def fallback_name(target: Any) -> str:
     if not name and isinstance(path, str) and path:
         name = os.path.splitext(os.path.basename(path))[0]
     return str(name or target)
+
+
+def make_vm_folder(root: str, name: str) -> str:
+    """``root/name`` on this host, made if missing, belonging to ``root``'s owner as the chains in it will
+    (QEMU, as that user, writes the images); never through a link."""
+    from qmpctl.backup import safe_open
+
+    dir_fd = safe_open.open_dir(root, f"--into {root}")
+    try:
+        try:
+            os.mkdir(name, 0o755, dir_fd=dir_fd)
+        except FileExistsError:
+            return os.path.join(root, name)
+        owner = os.fstat(dir_fd)
+        if owner.st_uid != os.geteuid() or owner.st_gid != os.getegid():
+            descriptor = safe_open.open_dir(name, os.path.join(root, name), dir_fd=dir_fd)
+            try:
+                os.fchown(descriptor, owner.st_uid, owner.st_gid)
+            finally:
+                os.close(descriptor)
+    finally:
+        os.close(dir_fd)
+    return os.path.join(root, name)

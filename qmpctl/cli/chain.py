@@ -174,7 +174,8 @@ def _backup_fleet(common: Common, options: Any, options_for: Any, devices: tuple
         from qmpctl.backup.remote_folder import folder_for
 
         name = wholevm.vm_name(session, deadline, vm)
-        where = os.path.join(roots[index_of[id(vm)]], name)
+        root = roots[index_of[id(vm)]]
+        where = os.path.join(root, name) if vm.host_files().remote() else wholevm.make_vm_folder(root, name)
         vm_agent = _vm_agent(vm, common.uri) if options.freeze != "no" else None
         result = wholevm.backup_vm(session, deadline, lambda chosen: options_for(chosen, where), devices, exclude,
                                    agent=vm_agent, progress_every=1.0, folder=folder_for(vm, where))
