@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -277,3 +278,27 @@ def test_boot_check_of_a_whole_vm_boots_every_disk_in_order_with_its_uefi_variab
     assert {name: bottom(inserted["image"]) for name, inserted in disks.items()} == {
         "restored": "vd0.qcow2", "restored1": "vd1.qcow2", "pflash0": "code.fd", "pflash1": "pflash1.qcow2"}
     assert disks["pflash0"]["ro"] and not disks["pflash1"]["ro"]
+
+
+def test_a_tpm_is_named_as_skipped(cli, vm_factory, tmp_path):
+    if shutil.which("swtpm") is None:
+        pytest.skip("swtpm is not installed (run tests/setup-host)")
+    state = tmp_path / "tpm"
+    state.mkdir()
+    control = state / "swtpm.sock"
+    swtpm = subprocess.Popen(["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}", "--ctrl",
+                              f"type=unixio,path={control}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(control.exists, "swtpm's control socket", 10)
+        vm = vm_factory(disk_size="16M", extra_args=["-chardev", f"socket,id=chrtpm,path={control}",
+                                                     "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+                                                     "-device", "tpm-tis,tpmdev=tpm0"])
+        result = backup(cli, [str(vm.qmp_path)], tmp_path / "b")
+        assert result.code == 0, result
+        reply = json.loads(result.out)["return"]
+        assert [disk["device"] for disk in reply["disks"]] == ["vd0"]
+        assert [item["device"] for item in reply["skipped"]] == ["tpm0"]
+        assert "swtpm" in reply["skipped"][0]["reason"]
+    finally:
+        swtpm.kill()
+        swtpm.wait()
