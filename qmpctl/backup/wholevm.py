@@ -55,6 +55,12 @@ def _key(disk: Disk) -> tuple[str, str, str]:
     return disk.qdev, disk.drive, disk.top
 
 
+def chain_name(disk: Disk) -> str:
+    """The name a disk's chains carry: stable across QEMU starts and distinct between disks: the device id,
+    the drive name (``-drive``), else the node name (``-blockdev``, named by whoever started QEMU)."""
+    return disk.device_id or disk.drive or disk.top or disk.qdev
+
+
 def _skip_reason(disk: Disk) -> Optional[str]:
     if not disk.qdev:
         return "no guest device uses this drive"
@@ -103,9 +109,9 @@ def select_disks(session: Session, deadline: Deadline, devices: tuple[str, ...],
             if reason is not None:
                 skipped.append({"device": disk.label, "reason": reason})
                 continue
-            chosen.append(disk.label)
+            chosen.append(chain_name(disk))
             if disk.qdev.startswith(PFLASH_QDEV):
-                notes[disk.label] = PFLASH_NOTE
+                notes[chain_name(disk)] = PFLASH_NOTE
         skipped += _tpms(session, deadline)
     if not chosen:
         what = "every DEVICE given was excluded" if devices else "the VM has no disk qmpctl can back up"

@@ -141,6 +141,7 @@ def _backup_fleet(common: Common, options: Any, options_for: Any, devices: tuple
                   exclude: tuple[str, ...], into: str, agent: Optional[str], outcomes: Optional[_Outcomes]) -> int:
     """Every VM the targets name, each into DIR/<vm>/, -j at once; one JSON line per VM, the highest exit code."""
     import os
+    import threading
 
     from qmpctl.backup import chain
     from qmpctl.cli.common import run_fleet
@@ -168,6 +169,8 @@ def _backup_fleet(common: Common, options: Any, options_for: Any, devices: tuple
     if outcomes is not None:
         targets = outcomes.watch(targets)
     index_of = {id(vm): index for index, vm in enumerate(targets)}
+    claimed: dict[tuple[str, str], str] = {}
+    claiming = threading.Lock()
 
     def action(session: Any, deadline: Any, vm: Any) -> dict[str, Any]:
         from qmpctl.backup import wholevm
@@ -175,6 +178,11 @@ def _backup_fleet(common: Common, options: Any, options_for: Any, devices: tuple
 
         name = wholevm.vm_name(session, deadline, vm)
         root = roots[index_of[id(vm)]]
+        with claiming:  # two VMs of one name would mix their chains in one folder
+            first = claimed.setdefault((str(vm.host_files().side), name), str(vm))
+        if first != str(vm):
+            raise UsageError(f"{first} is also named {name!r}: DIR/{name} would mix the chains of two VMs; "
+                             "give each VM its own -name")
         where = os.path.join(root, name) if vm.host_files().remote() else wholevm.make_vm_folder(root, name)
         vm_agent = _vm_agent(vm, common.uri) if options.freeze != "no" else None
         result = wholevm.backup_vm(session, deadline, lambda chosen: options_for(chosen, where), devices, exclude,

@@ -302,3 +302,32 @@ def test_a_tpm_is_named_as_skipped(cli, vm_factory, tmp_path):
     finally:
         swtpm.kill()
         swtpm.wait()
+
+
+def test_two_vms_of_one_name_are_not_mixed_in_one_folder(cli, vm_factory, tmp_path):
+    for _ in range(2):
+        vm_factory(disk_size="16M", extra_args=["-name", "twin"])
+    result = backup(cli, [str(tmp_path / "vm*" / "qmp.sock")], tmp_path / "b")
+    assert result.code == 2, result
+    lines = [json.loads(line) for line in result.out.splitlines()]
+    assert [line.get("exit", 0) for line in lines] == [0, 2] or [line.get("exit", 0) for line in lines] == [2, 0]
+    refused = next(line for line in lines if "error" in line)
+    assert "also named 'twin'" in refused["error"]["desc"]
+    assert len(list((tmp_path / "b" / "twin").glob("2*"))) == 1
+
+
+def test_disks_without_a_device_id_are_named_by_their_node(cli, vm_factory, tmp_path):
+    files = tmp_path / "files"
+    files.mkdir()
+    extra = []
+    for number in (1, 2):
+        image = make_image(files / f"anon{number}.qcow2", size="8M")
+        extra += ["-blockdev", f"driver=qcow2,node-name=anon{number},file.driver=file,file.filename={image}",
+                  "-device", f"virtio-blk-pci,drive=anon{number}"]
+    vm = vm_factory(disk_size="16M", extra_args=extra)
+    result = backup(cli, [str(vm.qmp_path)], tmp_path / "b")
+    assert result.code == 0, result
+    assert sorted(disk["device"] for disk in json.loads(result.out)["return"]["disks"]) == ["anon1", "anon2", "vd0"]
+    again = backup(cli, [str(vm.qmp_path)], tmp_path / "b")
+    assert again.code == 0, again
+    assert {disk["level"] for disk in json.loads(again.out)["return"]["disks"]} == {"incremental"}
