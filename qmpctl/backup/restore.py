@@ -55,16 +55,16 @@ class ImageCheck(NamedTuple):
         return found
 
 
-def chain_folders(path: str) -> list[str]:
-    """``path`` itself when it is a chain folder, else every chain folder in it (oldest first), else those of
-    each VM's folder in it (a fleet's DIR)."""
+def chain_folders(path: str, *, fleet: bool = False) -> list[str]:
+    """``path`` itself when it is a chain folder, else every chain folder in it (oldest first); ``fleet``:
+    else those of each VM's folder in it (a fleet's DIR, for verify: a restore needs one VM's folder)."""
     path = os.path.abspath(path)
     if os.path.isfile(os.path.join(path, MANIFEST)):
         return [path]
     if not os.path.isdir(path):
         raise UsageError(f"{path} is not a directory")
     found = [chain_dir for chain_dir, _ in chains_of(path)]
-    if not found:  # a fleet's DIR: a folder of chains per VM, DIR/<vm>/<chain>/
+    if not found and fleet:  # a fleet's DIR: a folder of chains per VM, DIR/<vm>/<chain>/
         found = [chain_dir for name in sorted(os.listdir(path)) if not name.startswith(".")
                  and os.path.isdir(os.path.join(path, name)) and not os.path.islink(os.path.join(path, name))
                  for chain_dir, _ in chains_of(os.path.join(path, name))]
@@ -121,7 +121,7 @@ def verify_chain(chain_dir: str, deadline: Deadline, upto: Optional[int] = None)
 
 
 def verify(path: str, deadline: Deadline) -> list[ImageCheck]:
-    return [check for chain_dir in chain_folders(path) for check in verify_chain(chain_dir, deadline)]
+    return [check for chain_dir in chain_folders(path, fleet=True) for check in verify_chain(chain_dir, deadline)]
 
 
 def first_broken(checks: list[ImageCheck]) -> Optional[VerificationFailed]:

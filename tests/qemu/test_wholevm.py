@@ -206,6 +206,8 @@ def test_verify_reads_a_fleets_folder(cli, vm_factory, tmp_path):
     assert verified.code == 0, verified
     chains = json.loads(verified.out)["return"]["chains"]
     assert sorted(Path(chain).parent.name for chain in chains) == ["alpha", "beta"]
+    one_of_them = cli("restore", str(into), str(tmp_path / "which.qcow2"))  # a restore needs the VM's folder
+    assert one_of_them.code == 2 and "no chain" in one_of_them.err and not (tmp_path / "which.qcow2").exists()
 
 
 def started_times(chain: str) -> list[str]:
