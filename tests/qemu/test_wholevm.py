@@ -333,3 +333,18 @@ def test_disks_without_a_device_id_are_named_by_their_node(cli, vm_factory, tmp_
     again = backup(cli, [str(vm.qmp_path)], tmp_path / "b")
     assert again.code == 0, again
     assert {disk["level"] for disk in json.loads(again.out)["return"]["disks"]} == {"incremental"}
+
+
+def test_metrics_of_one_vm_count_a_failed_run_too(cli, vm_factory, tmp_path):
+    vm = vm_factory(disk_size="16M", extra_args=["-name", "solo"])
+    into, prom = tmp_path / "b", tmp_path / "solo.prom"
+    done = backup(cli, [str(vm.qmp_path)], into, "vd0", "--metrics", str(prom))
+    assert done.code == 0, done
+    chain = Path(json.loads(done.out)["return"]["chain"])
+    (chain / "chain.json").write_text("{broken")
+    failed = backup(cli, [str(vm.qmp_path)], into, "vd0", "--metrics", str(prom))
+    assert failed.code == 6, failed
+    samples = read_metrics(prom)
+    assert sample(samples, "failures_total", vm="solo") == 1 and sample(samples, "last_run_exit_code", vm="solo") == 6
+    assert sample(samples, "chain_length", vm="solo", device="vd0") == 1
+    assert sample(samples, "last_level", vm="solo", device="vd0", level="full") == 1
