@@ -21,3 +21,19 @@ def parse_size(text: str, option: str, what: str = "bytes", *, allow_zero: bool 
         floor = "0 or more" if allow_zero else "above 0"
         raise UsageError(f"{option} wants {what} {floor}, like 1048576, 512K or 10M; got {text!r}")
     return int(found.group(1)) * SIZE_UNITS[found.group(2).upper()]
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_DURATION_PART = re.compile(r"(\d+)([smhdw])", re.IGNORECASE)
+_DURATION = re.compile(r"\s*(?:\d+[smhdw])+\s*", re.IGNORECASE)
+
+
+def parse_duration(text: str, option: str) -> int:
+    """The seconds ``text`` names: ``90m``, ``36h``, ``7d``, ``2w``, or several, ``1d12h``; above 0."""
+    if not _DURATION.fullmatch(text):
+        raise UsageError(f"{option} wants a duration above 0 like 90m, 36h, 7d or 1d12h (s, m, h, d, w); "
+                         f"got {text!r}")
+    seconds = sum(int(number) * DURATION_UNITS[unit.lower()] for number, unit in _DURATION_PART.findall(text))
+    if seconds <= 0:
+        raise UsageError(f"{option} wants a duration above 0, got {text!r}")
+    return seconds

@@ -55,14 +55,19 @@ class ImageCheck(NamedTuple):
         return found
 
 
-def chain_folders(path: str) -> list[str]:
-    """``path`` itself when it is a chain folder, else every chain folder in it (oldest first)."""
+def chain_folders(path: str, *, fleet: bool = False) -> list[str]:
+    """``path`` itself when it is a chain folder, else every chain folder in it (oldest first); ``fleet``:
+    else those of each VM's folder in it (a fleet's DIR, for verify: a restore needs one VM's folder)."""
     path = os.path.abspath(path)
     if os.path.isfile(os.path.join(path, MANIFEST)):
         return [path]
     if not os.path.isdir(path):
         raise UsageError(f"{path} is not a directory")
     found = [chain_dir for chain_dir, _ in chains_of(path)]
+    if not found and fleet:  # a fleet's DIR: a folder of chains per VM, DIR/<vm>/<chain>/
+        found = [chain_dir for name in sorted(os.listdir(path)) if not name.startswith(".")
+                 and os.path.isdir(os.path.join(path, name)) and not os.path.islink(os.path.join(path, name))
+                 for chain_dir, _ in chains_of(os.path.join(path, name))]
     if not found:
         raise UsageError(f"{path} holds no chain (no {MANIFEST} in it or in its folders)")
     return found
@@ -116,7 +121,7 @@ def verify_chain(chain_dir: str, deadline: Deadline, upto: Optional[int] = None)
 
 
 def verify(path: str, deadline: Deadline) -> list[ImageCheck]:
-    return [check for chain_dir in chain_folders(path) for check in verify_chain(chain_dir, deadline)]
+    return [check for chain_dir in chain_folders(path, fleet=True) for check in verify_chain(chain_dir, deadline)]
 
 
 def first_broken(checks: list[ImageCheck]) -> Optional[VerificationFailed]:
@@ -228,9 +233,26 @@ def restore(chain: str, target: str, deadline: Deadline, *, point: Optional[int]
 
 # -- boot check -------------------------------------------------------------------------------------
 
-def _drive_option(path: str, image_format: str) -> str:
+def _drive_option(path: str, image_format: str, drive_id: str = "restored") -> str:
     escaped = path.replace(",", ",,")
-    return f"file={escaped},format={image_format},if=none,id=restored,snapshot=on"
+    return f"file={escaped},format={image_format},if=none,id={drive_id},snapshot=on"
+
+
+def _more_drives(more_disks: tuple[str, ...], flash_vars: Optional[str], image_format: str,
+                 qemu_args: list[str]) -> tuple[list[str], list[str]]:
+    """The other disks of a whole-VM drill (after the first, in order), and the UEFI variables as the second
+    pflash unit, after the firmware's code that ``qemu_args`` must give."""
+    disks: list[str] = []
+    for number, path in enumerate(more_disks, 1):
+        disks += ["-drive", _drive_option(path, image_format, f"restored{number}"),
+                  "-device", f"virtio-blk-pci,drive=restored{number}"]
+    if flash_vars is None:
+        return disks, []
+    if not any("if=pflash" in arg for arg in qemu_args):
+        raise UsageError("the backup holds UEFI variables (pflash): give the firmware's code first, e.g. "
+                         "--qemu-arg=-drive --qemu-arg=if=pflash,format=raw,readonly=on,file=OVMF_CODE.fd")
+    escaped = flash_vars.replace(",", ",,")
+    return disks, ["-drive", f"if=pflash,file={escaped},format={image_format},snapshot=on"]
 
 
 def _console_tail(path: str) -> str:
@@ -255,7 +277,8 @@ def _stop(child: "subprocess.Popen[bytes]") -> None:
 
 def boot_check(image: str, *, image_format: str, qemu_args: list[str], boot_timeout: float,
                check_command: Optional[str], reply_timeout: float,
-               qemu_binary: str = "qemu-system-x86_64") -> dict[str, Any]:
+               qemu_binary: str = "qemu-system-x86_64", more_disks: tuple[str, ...] = (),
+               flash_vars: Optional[str] = None) -> dict[str, Any]:
     """Boot ``image`` in a throwaway QEMU (``-snapshot``) and wait until its guest agent answers.
 
     ``image_format`` is the format restore wrote, never one guessed from the
@@ -265,6 +288,10 @@ def boot_check(image: str, *, image_format: str, qemu_args: list[str], boot_time
     Exit 6 (:class:`VerificationFailed`) with the console's last lines when
     the guest does not answer within ``boot_timeout`` or ``check_command``
     fails. The QEMU is stopped and its files removed on every path.
+
+    A whole VM: ``more_disks`` follow ``image`` in that order, and
+    ``flash_vars`` (UEFI variables) is the second pflash unit, after the
+    firmware's code ``qemu_args`` give.
     """
     from qmpctl.guest import exec as guest_exec
     from qmpctl.wire.address import parse_address
@@ -275,14 +302,15 @@ def boot_check(image: str, *, image_format: str, qemu_args: list[str], boot_time
         raise UsageError(f"--boot-timeout must be more than 0 seconds, got {boot_timeout:g}")
     if image_format not in FORMATS:
         raise UsageError(f"cannot boot a {image_format!r} image: restore writes {' or '.join(FORMATS)}")
+    disks, flash = _more_drives(more_disks, flash_vars, image_format, qemu_args)
     workdir = tempfile.mkdtemp(prefix="qmpctl-boot-")
     agent_path = os.path.join(workdir, "qga.sock")
     console = os.path.join(workdir, "console.log")
     command = [qemu_binary, "-nodefaults", "-display", "none", "-no-reboot",
-               "-drive", _drive_option(image, image_format), "-device", "virtio-blk-pci,drive=restored",
+               "-drive", _drive_option(image, image_format), "-device", "virtio-blk-pci,drive=restored", *disks,
                "-chardev", f"socket,path={agent_path},server=on,wait=off,id=qga0",
                "-device", "virtio-serial", "-device", f"virtserialport,chardev=qga0,name={AGENT_CHANNEL}",
-               "-serial", f"file:{console}", *qemu_args]
+               "-serial", f"file:{console}", *qemu_args, *flash]
     started = time.monotonic()
     child: Optional[subprocess.Popen[bytes]] = None
     log = os.path.join(workdir, "qemu.log")

@@ -97,7 +97,8 @@ def unplug_disk(common: Common, *, device_id: str, wait_timeout: float) -> int:
                                                                                      wait_timeout)}, [request])
 
 
-def backup(common: Common, *, words: list[str], into: Optional[str], full: bool, keep_chains: Optional[int],
+def backup(common: Common, *, words: list[str], into: Optional[str], full: bool, exclude: list[str],
+           metrics: Optional[str], keep_chains: Optional[int],
            freeze: bool, freeze_try: bool, freeze_timeout: Optional[float], agent: Optional[str], sync: str,
            image_format: str, speed: Optional[str], force: bool, wait: bool, wait_timeout: Optional[float],
            progress: str, job_id: Optional[str]) -> int:
@@ -110,11 +111,15 @@ def backup(common: Common, *, words: list[str], into: Optional[str], full: bool,
         if any(single.values()):
             raise UsageError(f"{', '.join(flag for flag, given in single.items() if given)}: not with --into "
                              "(a chain's images are qcow2 files qmpctl names itself)")
-        return backup_into(common, devices=words, into=into, full=full, keep_chains=keep_chains, speed=speed,
+        return backup_into(common, devices=words or [], into=into, full=full, exclude=exclude or [],
+                           keep_chains=keep_chains,
+                           speed=speed,
                            wait=wait, wait_timeout=wait_timeout, progress=progress,
                            freeze="try" if freeze_try else "yes" if freeze else "no",
-                           freeze_timeout=freeze_timeout, agent=agent)
-    chained = {"--full": full, "--keep-chains": keep_chains is not None, "--freeze": freeze,
+                           freeze_timeout=freeze_timeout, agent=agent, metrics=metrics)
+    chained = {"--full": full, "--exclude": bool(exclude), "--metrics": metrics is not None,
+               "--keep-chains": keep_chains is not None,
+               "--freeze": freeze,
                "--freeze-try": freeze_try, "--freeze-timeout": freeze_timeout is not None, "-a": agent is not None}
     if any(chained.values()):
         raise UsageError(f"{', '.join(flag for flag, given in chained.items() if given)}: only with --into DIR")

@@ -594,15 +594,23 @@ COMMANDS: tuple[Command, ...] = (
         "from one instant, all or none. A failed, timed-out or interrupted run leaves the chain as it was and the "
         "bitmap keeps every change; what a killed qmpctl left (job, nodes, image, bitmap) is cleaned up by the "
         "next run. Exit 4 \"busy\": another qmpctl is backing up the same disk. For an ssh:// VM, DIR "
-        "is on its host, and the lock, images and manifest are handled there through the SSH connection.",
+        "is on its host, and the lock, images and manifest are handled there through the SSH connection.\n\n"
+        "--into DIR with no DEVICE: the whole VM, every disk with a medium, a guest device and data the guest "
+        "can write (UEFI variables on pflash too); read-only media, empty drives and a TPM are listed under "
+        "\"skipped\" with the reason. --exclude leaves a disk out. Several VMs (-s GLOB, several -s or -d): "
+        "each VM's chains go in DIR/<vm>/ (its -name, libvirt's domain name, else its socket's file name), "
+        "one JSON line per VM, -j of them at once [default for backup: min(4, CPUs)]; a VM that fails leaves "
+        "its chains as they were and the others go on; the exit code is the highest.",
         example="qmpctl backup -s /tmp/vm.sock vd0 /backup/vd0-$(date +%F).qcow2 --progress json;  "
-                "qmpctl backup -s /tmp/vm.sock vd0 --into /backup/vm1 --keep-chains 4",
+                "qmpctl backup -s /tmp/vm.sock vd0 --into /backup/vm1 --keep-chains 4;  "
+                "qmpctl backup -s /tmp/vm.sock --into /backup/whole",
         arguments=(
             Argument("words", "DEVICE...",
                      "The disk: its device id (vd0), drive name or node name; then TARGET, the image file to "
                      "create, a path on the VM's host (checked there over ssh://); it must not exist. With "
-                     "--into: one or more disks and no TARGET, each by a name that stays (device id, QOM path, "
-                     "drive name, a node name you chose; not QEMU's #block123).", variadic=True),
+                     "--into: the disks to back up and no TARGET [default: every disk of the VM], each by a name "
+                     "that stays (device id, QOM path, drive name, a node name you chose; not QEMU's #block123).",
+                     variadic=True, required=False),
         ),
         options=(
             Option("into", ("--into",), "text", None,
@@ -610,6 +618,13 @@ COMMANDS: tuple[Command, ...] = (
                    "missing). DIR is where QEMU opens the images: on the VM's host for an ssh:// VM (an absolute "
                    "path there, worked on over the same SSH connection).", metavar="DIR", show_default=False),
             Option("full", ("--full",), "flag", False, "With --into: start a new chain with a full backup."),
+            Option("exclude", ("--exclude",), "list", None,
+                   "With --into: leave this disk out (repeatable): its device id, drive name, node name or QOM "
+                   "path.", metavar="NAME", show_default=False),
+            Option("metrics", ("--metrics",), "text", None,
+                   "With --into: update FILE, a Prometheus textfile (node_exporter's textfile collector), with "
+                   "each VM's and disk's last success, level, bytes, seconds and chain length, or one more "
+                   "failure; written whole (temporary file, then rename).", metavar="FILE", show_default=False),
             Option("keep_chains", ("--keep-chains",), "int", None,
                    "With --into: after a successful backup, delete the oldest chains of the disk beyond N "
                    "(never the current one).", metavar="N", show_default=False),
@@ -681,10 +696,13 @@ COMMANDS: tuple[Command, ...] = (
         "and have the size and sha256 the manifest recorded. Exit 0 when all are sound; exit 6 naming the first "
         "broken image. No VM is needed; the shared options other than --pretty do not apply. DIR is read on this "
         "host: for a chain on a VM's host (backup -s ssh://... --into), run it there or over a mount.",
-        example="qmpctl backup-verify /backup/vm1 --json",
+        example="qmpctl backup-verify /backup/vm1 --json;  qmpctl backup-verify /backup/vm1 --max-age 36h",
         arguments=(Argument("path", "DIR", "A folder of chains (as given to backup --into), or one chain folder."),),
         options=(
             Option("json_lines", ("--json",), "flag", False, "Print one JSON line per image (ok, problem)."),
+            Option("max_age", ("--max-age",), "text", None,
+                   "Also exit 6, naming each, when a disk's newest backup started longer ago than DURATION "
+                   "(90m, 36h, 7d, 1d12h).", metavar="DURATION", show_default=False),
             Option("wait_timeout", ("--wait-timeout",), "float", None,
                    "Give up (exit 4) when reading the images takes longer [default: one day].", metavar="SECONDS",
                    show_default=False),
@@ -713,12 +731,19 @@ COMMANDS: tuple[Command, ...] = (
         "--filesystem. --cat writes the file's exact bytes; --extract keeps modes and times, never replaces an "
         "existing file (exit 2) unless --force, and prints what it wrote. A PATH the backup does not hold is "
         "exit 1 naming it; a filesystem that cannot be read is exit 6. Each call boots libguestfs's appliance "
-        "(seconds with KVM, a minute or more under emulation).",
+        "(seconds with KVM, a minute or more under emulation).\n\n"
+        "A whole VM: when CHAIN is a VM's folder holding chains of several disks (DIR, or DIR/<vm> of a fleet), "
+        "or TARGET is a folder (an existing one, or written with a trailing /), every disk of one backup of the "
+        "VM (the same grouped run: --at TIME, --point N with one chain per disk, or the latest) is written to "
+        "TARGET/<device>.qcow2, all or none; --boot-check boots them together, disks in the order of their "
+        "names and the UEFI variables (pflash1) as the second flash, after the firmware's code given with "
+        "--qemu-arg.",
         example="qmpctl restore /backup/vm1 /backup/vd0-restored.qcow2 --point 1",
         arguments=(
-            Argument("chain", "CHAIN", "A chain folder, or a folder of one disk's chains (then the latest chain)."),
-            Argument("target", "TARGET", "The image file to write; it must not exist. Not with --serve.",
-                     required=False),
+            Argument("chain", "CHAIN", "A chain folder, a folder of one disk's chains (then the latest chain), or "
+                     "a VM's folder of chains (a whole VM)."),
+            Argument("target", "TARGET", "The image file to write (a folder for a whole VM); it must not exist. "
+                     "Not with --serve.", required=False),
         ),
         options=(
             Option("point", ("--point",), "int", None, "Backup N of the chain, 1 being the full [default: the "

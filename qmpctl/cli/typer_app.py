@@ -736,12 +736,13 @@ def unplug_memory(
 
 def backup(
     *,
-    words: list[str] = typer.Argument(..., metavar='DEVICE...', show_default=False,
-                                      help=('The disk: its device id (vd0), drive name or node name; then TARGET, '
-                                            "the image file to create, a path on the VM's host (checked there over "
-                                            'ssh://); it must not exist. With --into: one or more disks and no '
-                                            'TARGET, each by a name that stays (device id, QOM path, drive name, a '
-                                            "node name you chose; not QEMU's #block123).")),
+    words: Optional[list[str]] = typer.Argument(None, metavar='DEVICE...', show_default=False,
+                                                help=('The disk: its device id (vd0), drive name or node name; then '
+                                                      "TARGET, the image file to create, a path on the VM's host "
+                                                      '(checked there over ssh://); it must not exist. With --into: '
+                                                      'the disks to back up and no TARGET [default: every disk of '
+                                                      'the VM], each by a name that stays (device id, QOM path, '
+                                                      "drive name, a node name you chose; not QEMU's #block123).")),
     into: Optional[str] = typer.Option(None, '--into', metavar='DIR', show_default=False,
                                        help=("Chain mode: extend each DEVICE's backup chain in DIR (created if only "
                                              'its last level is missing). DIR is where QEMU opens the images: on '
@@ -749,6 +750,14 @@ def backup(
                                              'over the same SSH connection).')),
     full: bool = typer.Option(False, '--full', show_default=False,
                               help='With --into: start a new chain with a full backup.'),
+    exclude: Optional[list[str]] = typer.Option(None, '--exclude', metavar='NAME', show_default=False,
+                                                help=('With --into: leave this disk out (repeatable): its device '
+                                                      'id, drive name, node name or QOM path.')),
+    metrics: Optional[str] = typer.Option(None, '--metrics', metavar='FILE', show_default=False,
+                                          help=("With --into: update FILE, a Prometheus textfile (node_exporter's "
+                                                "textfile collector), with each VM's and disk's last success, "
+                                                'level, bytes, seconds and chain length, or one more failure; '
+                                                'written whole (temporary file, then rename).')),
     keep_chains: Optional[int] = typer.Option(None, '--keep-chains', metavar='N', show_default=False,
                                               help=('With --into: after a successful backup, delete the oldest '
                                                     'chains of the disk beyond N (never the current one).')),
@@ -801,6 +810,8 @@ def backup(
     DEVICE TARGET: one full copy. Exit 0 only when the job finished without error. Exit 2: TARGET exists (untouched; --force overwrites) or cannot be written. Exit 6: the job failed (the reason follows). Exit 4 (--wait-timeout) and 130 (Ctrl-C, SIGTERM): the job was cancelled first. An incomplete TARGET qmpctl created is removed. Uses drive-backup, or the blockdev flow where QEMU refuses it.
 
     DEVICE... --into DIR: the first run makes a full backup and starts a chain in DIR/<chain>/ with a dirty bitmap on the disk; every later run adds an incremental image holding only what was written since, and a new bitmap (the one before is removed once the image is recorded). When the bitmap cannot be trusted (QEMU killed, a raw disk restarted, removed by hand, the disk put back from an older copy) the run starts a new chain with a full backup and says why ("reason"). Several DEVICEs are backed up from one instant, all or none. A failed, timed-out or interrupted run leaves the chain as it was and the bitmap keeps every change; what a killed qmpctl left (job, nodes, image, bitmap) is cleaned up by the next run. Exit 4 "busy": another qmpctl is backing up the same disk. For an ssh:// VM, DIR is on its host, and the lock, images and manifest are handled there through the SSH connection.
+
+    --into DIR with no DEVICE: the whole VM, every disk with a medium, a guest device and data the guest can write (UEFI variables on pflash too); read-only media, empty drives and a TPM are listed under "skipped" with the reason. --exclude leaves a disk out. Several VMs (-s GLOB, several -s or -d): each VM's chains go in DIR/<vm>/ (its -name, libvirt's domain name, else its socket's file name), one JSON line per VM, -j of them at once [default for backup: min(4, CPUs)]; a VM that fails leaves its chains as they were and the others go on; the exit code is the highest.
     """
     return dispatch.invoke(DECLARED[('backup',)], locals())
 
@@ -842,6 +853,9 @@ def backup_verify(
                                help='A folder of chains (as given to backup --into), or one chain folder.'),
     json_lines: bool = typer.Option(False, '--json', show_default=False,
                                     help='Print one JSON line per image (ok, problem).'),
+    max_age: Optional[str] = typer.Option(None, '--max-age', metavar='DURATION', show_default=False,
+                                          help=("Also exit 6, naming each, when a disk's newest backup started "
+                                                'longer ago than DURATION (90m, 36h, 7d, 1d12h).')),
     wait_timeout: Optional[float] = typer.Option(None, '--wait-timeout', metavar='SECONDS', show_default=False,
                                                  help=('Give up (exit 4) when reading the images takes longer '
                                                        '[default: one day].')),
@@ -864,9 +878,11 @@ def backup_verify(
 def restore(
     *,
     chain: str = typer.Argument(..., metavar='CHAIN', show_default=False,
-                                help="A chain folder, or a folder of one disk's chains (then the latest chain)."),
+                                help=("A chain folder, a folder of one disk's chains (then the latest chain), or a "
+                                      "VM's folder of chains (a whole VM).")),
     target: Optional[str] = typer.Argument(None, metavar='TARGET', show_default=False,
-                                           help='The image file to write; it must not exist. Not with --serve.'),
+                                           help=('The image file to write (a folder for a whole VM); it must not '
+                                                 'exist. Not with --serve.')),
     point: Optional[int] = typer.Option(None, '--point', metavar='N', show_default=False,
                                         help='Backup N of the chain, 1 being the full [default: the latest].'),
     at: Optional[str] = typer.Option(None, '--at', metavar='TIME', show_default=False,
@@ -945,6 +961,8 @@ def restore(
     --instant TARGET creates TARGET as a thin qcow2 overlay whose backing file is the point's image (never overwriting: exit 2 when it exists), in milliseconds; a VM started on it runs at once, and qmpctl stream copies the rest into it while it runs. Until then the chain folder holds instant-HASH.json naming TARGET, and backup --keep-chains keeps that chain.
 
     --ls PATH, --cat PATH and --extract PATH --to DIR read single files of the point through libguestfs (guestfish, read-only, format given), with the filesystem found by inspection, the disk's only one, or --filesystem. --cat writes the file's exact bytes; --extract keeps modes and times, never replaces an existing file (exit 2) unless --force, and prints what it wrote. A PATH the backup does not hold is exit 1 naming it; a filesystem that cannot be read is exit 6. Each call boots libguestfs's appliance (seconds with KVM, a minute or more under emulation).
+
+    A whole VM: when CHAIN is a VM's folder holding chains of several disks (DIR, or DIR/<vm> of a fleet), or TARGET is a folder (an existing one, or written with a trailing /), every disk of one backup of the VM (the same grouped run: --at TIME, --point N with one chain per disk, or the latest) is written to TARGET/<device>.qcow2, all or none; --boot-check boots them together, disks in the order of their names and the UEFI variables (pflash1) as the second flash, after the firmware's code given with --qemu-arg.
     """
     return dispatch.invoke(DECLARED[('restore',)], locals())
 

@@ -664,3 +664,17 @@ def test_another_tools_backup_filter_makes_the_run_busy(cli, vm_factory, tmp_pat
 
 def bitmaps_of_node(vm, node: str = "disk0") -> list[str]:
     return [bitmap.get("name", "") for bitmap in named_node(vm, node).get("dirty-bitmaps", [])]
+
+
+@pytest.mark.libvirt
+@pytest.mark.one_qemu
+def test_a_fleet_names_a_libvirt_vm_after_its_domain(cli, domain, vm_factory, tmp_path):
+    local = vm_factory(disk_size="16M")  # no -name: named after its socket, qmp.sock
+    into = domain.qemu_folder("fleet")
+    result = cli("backup", "-d", domain.name, "-s", str(local.qmp_path), "--into", str(into), "--progress", "none")
+    assert result.code == 0, result.out
+    lines = [json.loads(line) for line in result.out.splitlines()]
+    assert [line["return"]["vm"] for line in lines] == ["qmp", domain.name]  # sockets first, then domains
+    for line in lines:
+        chain = line["return"]["disks"][0]["chain"]
+        assert Path(chain).parent == into / line["return"]["vm"] and manifest(chain)["images"][0]["level"] == "full"

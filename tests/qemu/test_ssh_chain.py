@@ -452,3 +452,32 @@ def test_the_hosts_scripts_write_nothing_through_links_planted_in_the_race(remot
         remote_folder.measure([str(chain / "0001-full.qcow2")], Deadline(10))
     assert aim.read_bytes() == PRECIOUS
     assert sorted(path.name for path in chain.iterdir()) == ["0001-full.qcow2", "chain.json"]  # no temp left
+
+
+def test_a_fleet_on_the_host_backs_up_each_vm_into_its_folder_there(admin, sshd, host):
+    """An ssh:// glob: every VM on the host, each into DIR/<vm>/ there; one that fails stops none."""
+    started = []
+    try:
+        for name in ("alpha", "beta", "gamma"):
+            vm = QemuVM(host / f"fleet-{name}", disk_size="16M", extra_args=["-name", name])
+            vm.start()
+            started.append(vm)
+        started[1].kill()  # beta is down: its line says so, the others are backed up
+        into = host / "nightly"
+        into.mkdir()
+        result = admin("backup", "-s", sshd.url(host / "fleet-*" / "qmp.sock"), "--into", str(into),
+                       "--progress", "none", env=sshd.env())
+        sshd.wait_all_closed()
+        assert result.code == 3, result
+        lines = [json.loads(line) for line in result.out.splitlines()]
+        assert [line.get("return", {}).get("vm") for line in lines] == ["alpha", None, "gamma"]
+        assert lines[1]["exit"] == 3
+        for line in (lines[0], lines[2]):
+            disk = line["return"]["disks"][0]
+            assert disk["host"] == sshd.destination and disk["level"] == "full"
+            assert Path(disk["chain"]).parent == into / line["return"]["vm"]
+            assert manifest(disk["chain"])["images"][0]["sha256"] == sha256(Path(disk["image"]))
+        assert sorted(path.name for path in into.iterdir()) == ["alpha", "gamma"]
+    finally:
+        for vm in started:
+            vm.kill()

@@ -55,3 +55,26 @@ def test_commands_of_several_requests_show_a_plan(cli, tmp_path, args, first):
 
 def test_a_plain_jobs_listing_is_still_its_one_request(cli, tmp_path):
     assert dry(cli, tmp_path, "jobs") == {"execute": "query-jobs"}
+
+
+def test_whole_vm_and_fleet_dry_runs_say_the_disks_are_picked_at_run_time(cli, tmp_path):
+    whole = dry(cli, tmp_path, "backup", "--into", str(tmp_path / "b"), "--exclude", "cd0")
+    assert [request["execute"] for request in whole["plan"]] == ["transaction"]
+    assert "DISK stands for each disk the run picks" in whole["note"]
+    fleet = cli("backup", "-s", str(tmp_path / "*.sock"), "--into", str(tmp_path / "b"), "--dry-run")
+    assert fleet.code == 0, fleet
+    shown = json.loads(fleet.out)
+    assert [request["execute"] for request in shown["plan"]] == ["query-name", "transaction"]
+    assert "DIR/<vm>/" in shown["note"] and not (tmp_path / "b").exists()
+
+
+def test_backup_options_of_whole_vms_are_checked_before_connecting(cli, tmp_path):
+    twice = cli("backup", "-s", str(tmp_path / "absent.sock"), "--into", str(tmp_path / "b"), "--exclude", "a",
+                "--exclude", "a")
+    assert twice.code == 2 and "once" in twice.err
+    alone = cli("backup", "-s", str(tmp_path / "absent.sock"), "vd0", str(tmp_path / "x.qcow2"), "--metrics",
+                str(tmp_path / "m.prom"))
+    assert alone.code == 2 and "--metrics" in alone.err and "only with --into" in alone.err
+    agent = cli("backup", "-s", str(tmp_path / "a.sock"), "-s", str(tmp_path / "b.sock"), "--into",
+                str(tmp_path / "b"), "--freeze", "-a", str(tmp_path / "qga.sock"))
+    assert agent.code == 2 and "-d DOMAIN" in agent.err
