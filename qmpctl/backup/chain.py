@@ -134,8 +134,18 @@ def _label(device: str) -> str:
 
 
 def job_id_for(device: str) -> str:
-    """The same job id for the same disk at every run: a second qmpctl on the same disk finds it taken."""
-    return f"chain-{_label(device)}"[:MAX_JOB_ID].rstrip("-.")
+    """The same job id for the same disk at every run: a second qmpctl on the same disk finds it taken.
+
+    A name too long for a job id (a QOM path such as ``/machine/peripheral-anon/device[1]``) keeps its start
+    and ends with a hash of the whole name, so two disks never share one (their nodes would clash).
+    """
+    whole = f"chain-{_label(device)}"
+    if len(whole) <= MAX_JOB_ID:
+        return whole.rstrip("-.")
+    import hashlib
+
+    digest = hashlib.sha256(device.encode("utf-8", "surrogateescape")).hexdigest()[:6]
+    return f"{whole[:MAX_JOB_ID - len(digest) - 1].rstrip('-.')}-{digest}"
 
 
 # -- requests ---------------------------------------------------------------------------------------

@@ -63,3 +63,14 @@ def test_typing_is_not_imported_by_the_records_module_nor_the_cli_entry():
     probe = "import sys, qmpctl.records, qmpctl.cli, qmpctl.cli.parse; print('typing' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           check=True).stdout.strip() == "False"
+
+
+def test_chain_job_ids_of_two_long_disk_names_differ_and_stay_the_same():
+    """Two disks without an id are named by QOM paths that share their first 19 characters."""
+    from qmpctl.backup.chain import job_id_for
+    from qmpctl.backup.full import MAX_JOB_ID
+
+    first, second = (job_id_for(f"/machine/peripheral-anon/device[{n}]") for n in (0, 1))
+    assert first != second and len(first) <= MAX_JOB_ID and len(second) <= MAX_JOB_ID
+    assert first == job_id_for("/machine/peripheral-anon/device[0]")
+    assert job_id_for("vd0") == "chain-vd0"
