@@ -144,6 +144,15 @@ MANUALS: tuple[Manual, ...] = (
 
 DEFAULT_JOBS = 16
 
+SYNC_TIME_OPTION = Option(
+    "sync_time", ("--sync-time",), "flag", False,
+    "Once the VM runs again, set the guest's clock from the host's (guest-set-time through the agent: -a, or "
+    "the --domain's). No agent given: exit 2 before anything is done. An agent that does not answer is a "
+    "warning in the result (\"time-synced\": false), exit 0: the VM state was restored.")
+SYNC_AGENT_OPTION = Option(
+    "agent", ("-a", "--agent"), "text", None,
+    "The guest agent's channel socket, for --sync-time.", metavar="ADDR", show_default=False, complete="socket")
+
 
 def shared_options(kind: str) -> tuple[Option, ...]:
     """The options every monitor command (``-s``) or agent command (``-a``) takes; none for LOCAL ones."""
@@ -442,6 +451,8 @@ COMMANDS: tuple[Command, ...] = (
             Option("wait_timeout", ("--wait-timeout",), "float", None,
                    "Give up waiting after this long, exit 4 [default: one hour].", metavar="SECONDS",
                    show_default=False),
+            SYNC_TIME_OPTION,
+            SYNC_AGENT_OPTION,
         ),
     ),
     Command(
@@ -839,6 +850,8 @@ COMMANDS: tuple[Command, ...] = (
                    "machine type or an older QEMU exit 2, before the destination is touched.",
                    metavar="FILE", show_default=False),
             Option("paused", ("--paused",), "flag", False, "With --from-file: leave the restored VM paused."),
+            SYNC_TIME_OPTION,
+            SYNC_AGENT_OPTION,
         ),
     ),
     # --- guest agent -----------------------------------------------------------------------

@@ -494,6 +494,15 @@ def snapshot_load(
                                                 help='Leave this disk as it is (repeatable).'),
     wait_timeout: Optional[float] = typer.Option(None, '--wait-timeout', metavar='SECONDS', show_default=False,
                                                  help='Give up waiting after this long, exit 4 [default: one hour].'),
+    sync_time: bool = typer.Option(False, '--sync-time', show_default=False,
+                                   help=("Once the VM runs again, set the guest's clock from the host's "
+                                         "(guest-set-time through the agent: -a, or the --domain's). No agent "
+                                         'given: exit 2 before anything is done. An agent that does not answer is a '
+                                         'warning in the result ("time-synced": false), exit 0: the VM state was '
+                                         'restored.')),
+    agent: Optional[str] = typer.Option(None, '-a', '--agent', metavar='ADDR', show_default=False,
+                                        autocompletion=complete_socket,
+                                        help="The guest agent's channel socket, for --sync-time."),
     target_sockets: Optional[list[str]] = MONITOR_TARGET_SOCKETS,
     domain: Optional[list[str]] = DOMAIN,
     connect_uri: Optional[str] = CONNECT_URI,
@@ -1002,6 +1011,15 @@ def migrate(
                                                   'touched.')),
     paused: bool = typer.Option(False, '--paused', show_default=False,
                                 help='With --from-file: leave the restored VM paused.'),
+    sync_time: bool = typer.Option(False, '--sync-time', show_default=False,
+                                   help=("Once the VM runs again, set the guest's clock from the host's "
+                                         "(guest-set-time through the agent: -a, or the --domain's). No agent "
+                                         'given: exit 2 before anything is done. An agent that does not answer is a '
+                                         'warning in the result ("time-synced": false), exit 0: the VM state was '
+                                         'restored.')),
+    agent: Optional[str] = typer.Option(None, '-a', '--agent', metavar='ADDR', show_default=False,
+                                        autocompletion=complete_socket,
+                                        help="The guest agent's channel socket, for --sync-time."),
     target_sockets: Optional[list[str]] = MONITOR_TARGET_SOCKETS,
     domain: Optional[list[str]] = DOMAIN,
     connect_uri: Optional[str] = CONNECT_URI,
