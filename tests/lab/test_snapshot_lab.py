@@ -55,8 +55,9 @@ def vcpu_ids(guest) -> list[str]:
                 if slot.get("qom-path", "").startswith("/machine/peripheral/")]
 
 
-def online_cpus(cli: CliRunner, guest) -> int:
-    return int(guest_sh(cli, guest, "grep -c ^processor /proc/cpuinfo").strip())
+def guest_cpus(cli: CliRunner, guest) -> list[str]:
+    """The CPUs the guest's kernel knows (online or not), from sysfs."""
+    return guest_sh(cli, guest, "cd /sys/devices/system/cpu && ls -d cpu[0-9]*").split()
 
 
 # ----------------------------------------------------------------------------- snapshots
@@ -104,3 +105,27 @@ def test_sync_time_with_an_agent_that_does_not_answer_is_a_warning_after_the_loa
     gone = cli("agent", "exec", "-a", str(guest.agent_path), "--", "cat", "/tmp/after-mute")
     assert gone.code == 1, gone  # the load itself happened
     assert cli("snapshot", "delete", "-s", qmp, "mute", "--wait-timeout", "120", timeout=150).code == 0
+
+
+# ----------------------------------------------------------------------------- vCPUs
+
+
+def test_vcpus_below_the_count_unplugs_the_hot_plugged_vcpu_the_guest_was_using(cli, guest):
+    qmp = str(guest.qmp_path)
+    plugged = cli("vcpus", "-s", qmp, "2", "--return-value")
+    assert plugged.code == 0 and json.loads(plugged.out)["added"] == ["vcpu1"], plugged
+    assert vcpu_ids(guest) == ["vcpu1"]
+    cpu1 = "/sys/devices/system/cpu/cpu1/online"  # appears once the guest has seen the plug
+    assert guest_sh(cli, guest, f"for i in $(seq 100); do [ -e {cpu1} ] && break; sleep 0.1; done; echo 1 > {cpu1}; "
+                                "cat /sys/devices/system/cpu/online") == "0-1\n"  # the guest uses it
+    assert guest_cpus(cli, guest) == ["cpu0", "cpu1"]
+
+    unplugged = cli("vcpus", "-s", qmp, "1", "--wait-timeout", "60", "--return-value")
+    assert unplugged.code == 0, unplugged
+    assert json.loads(unplugged.out) == {"vcpus": 1, "was": 2, "max": 2, "removed": ["vcpu1"]}
+    assert vcpu_ids(guest) == []  # QEMU's own view: DEVICE_DELETED came
+    assert guest_cpus(cli, guest) == ["cpu0"]  # the guest's: it offlined and ejected it
+    assert guest_sh(cli, guest, "cat /sys/devices/system/cpu/online") == "0\n"
+
+    again = cli("vcpus", "-s", qmp, "1", "--return-value")
+    assert again.code == 0 and json.loads(again.out)["added"] == [], again  # already there: nothing to do
