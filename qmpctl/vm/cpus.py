@@ -163,18 +163,17 @@ def unplug(session: Session, deadline: Deadline, wanted: int, wait_seconds: floa
     chosen: list[str] = []
     total = present
     for slot in reversed(plugged):
-        if total <= wanted:
-            break
         device_id = _removable(slot)
-        if device_id is None:
-            at_start = [slot for slot in plugged if _removable(slot) is None]
-            named = "; ".join(f"{slot.get('qom-path')} ({_placement(slot)})" for slot in at_start)
-            lowest = _count(at_start)
-            raise UsageError(f"the VM cannot go down to {wanted} vCPUs: {len(at_start)} were present at start and "
-                             f"cannot be unplugged ({named}); only hot-plugged vCPUs can go, so {lowest} is the "
-                             "fewest; nothing was changed")
+        if total <= wanted or device_id is None:
+            continue
         chosen.append(device_id)
         total -= int(slot.get("vcpus-count") or 1)
+    if total > wanted:
+        at_start = [slot for slot in plugged if _removable(slot) is None]
+        named = "; ".join(f"{slot.get('qom-path')} ({_placement(slot)})" for slot in at_start)
+        raise UsageError(f"the VM cannot go down to {wanted} vCPUs: {len(at_start)} were present at start and "
+                         f"cannot be unplugged ({named}); only hot-plugged vCPUs can go, so {_count(at_start)} is "
+                         "the fewest; nothing was changed")
     if total != wanted:
         raise UsageError(f"{wanted} vCPUs cannot be reached by unplugging whole slots (the VM has {present})")
     wait = Deadline(wait_seconds)
