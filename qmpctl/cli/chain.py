@@ -33,13 +33,9 @@ def _printer(progress: str) -> tuple[Any, float, Any]:
 
 def _agent_target(common: Common, agent: Optional[str]) -> Any:
     """The guest agent --freeze talks to: -a AGENT, or the --domain's own agent channel."""
-    from qmpctl.wire.targets import AGENT, resolve_targets
+    from qmpctl.cli.common import agent_for
 
-    if agent is not None:
-        return resolve_targets(AGENT, [agent], [], None)[0]
-    if common.domains:
-        return resolve_targets(AGENT, [], common.domains[:1], common.uri)[0]
-    return None
+    return agent_for(common, agent)
 
 
 def _ssh_files(common: Common) -> Optional[HostFiles]:

@@ -241,3 +241,27 @@ def run_fleet(targets: list[Target], common: Common, action: Action) -> int:
         emit(to_json(line, common.pretty), final=True)
         worst = max(worst, line.get("exit", 0))
     return worst
+
+
+def agent_for(common: Common, agent: Optional[str]) -> Optional[Target]:
+    """The guest agent a monitor command also talks to: -a AGENT, else the --domain's own agent channel."""
+    from qmpctl.wire.targets import AGENT
+
+    if agent is not None:
+        return resolve_targets(AGENT, [agent], [], None)[0]
+    if common.domains:
+        return resolve_targets(AGENT, [], common.domains[:1], common.uri)[0]
+    return None
+
+
+def time_sync_agent(common: Common, agent: Optional[str], sync_time: bool) -> Optional[Target]:
+    """The agent --sync-time sets the clock through, checked before anything is done (exit 2 without one)."""
+    if not sync_time:
+        if agent is not None:
+            raise UsageError("-a/--agent goes with --sync-time (the agent that sets the guest's clock)")
+        return None
+    target = agent_for(common, agent)
+    if target is None:
+        raise UsageError("--sync-time needs the guest agent: pass -a AGENT (its channel socket), or -d DOMAIN "
+                         "for the domain's own agent; nothing was done")
+    return target

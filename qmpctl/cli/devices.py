@@ -95,8 +95,8 @@ def list_nics(common: Common, *, link: Optional[str], state: Optional[str]) -> i
                [Request("set_link", {"name": link, "up": up})])
 
 
-def vcpus(common: Common, *, count: Optional[int]) -> int:
-    """The vCPU slots (query-hotpluggable-cpus), or plug vCPUs up to COUNT."""
+def vcpus(common: Common, *, count: Optional[int], wait_timeout: Optional[float]) -> int:
+    """The vCPU slots (query-hotpluggable-cpus), or plug or unplug vCPUs until there are COUNT."""
     from qmpctl.wire.request import Request
 
     query = Request("query-hotpluggable-cpus")
@@ -109,9 +109,13 @@ def vcpus(common: Common, *, count: Optional[int]) -> int:
 
     if count < 1:
         raise UsageError(f"N must be at least 1, got {count}")
+    wait = cpus.DEFAULT_WAIT if wait_timeout is None else wait_timeout
+    if not 0 < wait < float("inf"):
+        raise UsageError(f"--wait-timeout must be more than 0 seconds, got {wait:g}")
     if printed_plan(common, [query], cpus.PLAN_NOTE):
         return ExitCode.OK
-    return run(common, enveloped(lambda session, deadline, target: cpus.plug(session, deadline, count)), [query])
+    return run(common, enveloped(lambda session, deadline, target: cpus.set_count(session, deadline, count, wait)),
+               [query])
 
 
 def hotplug_memory(common: Common, *, size: str, device_id: Optional[str]) -> int:

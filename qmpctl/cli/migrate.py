@@ -82,9 +82,11 @@ def migrate(common: Common, *, to: Optional[str], uri: Optional[str], speed: Opt
             downtime: Optional[int], auto_converge: bool, postcopy_after: Optional[float],
             stall_timeout: Optional[float], wait: bool, wait_timeout: Optional[float], progress: str,
             status: bool, cancel: bool, to_file: Optional[str], from_file: Optional[str], then: str,
-            force: bool, paused: bool) -> int:
+            force: bool, paused: bool, sync_time: bool, agent: Optional[str]) -> int:
     """Dispatch to the mode the options name; each refuses options that belong to another."""
     mode = _one_mode(to, to_file, from_file, status, cancel)
+    if mode != "--from-file":
+        _refuse_options(mode, {"--sync-time": sync_time, "-a/--agent": agent is not None})
     targets = _one_socket_target(common, "migrate")  # resolved once, handed to run()
     live_only = {"--uri": uri is not None, "--downtime": downtime is not None, "--auto-converge": auto_converge,
                  "--postcopy-after": postcopy_after is not None, "--stall-timeout": stall_timeout is not None,
@@ -99,7 +101,10 @@ def migrate(common: Common, *, to: Optional[str], uri: Optional[str], speed: Opt
         return _save(common, targets, to_file or "", then, force, speed, wait_timeout, progress)
     if mode == "--from-file":
         _refuse_options(mode, {**live_only, **save_only, "--speed": speed is not None})
-        return _restore(common, targets, from_file or "", paused, wait_timeout)
+        if sync_time and paused:
+            raise UsageError("--sync-time does not go with --paused: the guest's clock is set once the VM runs "
+                             "(qmpctl agent time --sync does it later)")
+        return _restore(common, targets, from_file or "", paused, wait_timeout, sync_time, agent)
     _refuse_options(mode, {**live_only, **save_only, "--paused": paused, "--speed": speed is not None,
                            "--wait-timeout": wait_timeout is not None})
     return _status_or_cancel(common, targets, cancel)
@@ -184,20 +189,36 @@ def _save(common: Common, targets: list[Target], path: str, then: str, force: bo
     return _run_with_progress(common, targets, action, savedstate.save_requests(), printer)
 
 
-def _restore(common: Common, targets: list[Target], path: str, paused: bool, wait_timeout: Optional[float]) -> int:
+def _restore(common: Common, targets: list[Target], path: str, paused: bool, wait_timeout: Optional[float],
+             sync_time: bool, agent: Optional[str]) -> int:
+    from qmpctl.cli.common import time_sync_agent
     from qmpctl.vm import savedstate
 
     timeout = _wait_timeout(wait_timeout)
+    clock_agent = time_sync_agent(common, agent, sync_time)
     _require_unix_socket(targets, "--from-file")
     if not os.access(path, os.R_OK) or os.path.isdir(path):
         raise UsageError(f"cannot read {path}: " + ("it is a directory" if os.path.isdir(path) else
                                                     "no such file, or no permission"))
 
     def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
-        return {"return": savedstate.restore(session, deadline, path, paused=paused, wait_timeout=timeout)}
+        result = savedstate.restore(session, deadline, path, paused=paused, wait_timeout=timeout)
+        if clock_agent is not None:
+            from qmpctl.guest.clock import sync_after_resume
+
+            result.update(sync_after_resume(clock_agent, common.timeout, result.get("run-state") == "running"))
+        return {"return": result}
 
     requests = savedstate.restore_requests()
-    if printed_plan(common, requests[:-1] if paused else requests, RESTORE_PLAN_NOTE):
+    note = RESTORE_PLAN_NOTE
+    if sync_time:
+        from qmpctl.guest.clock import set_request
+
+        requests.append(set_request(0))
+        note += ("; with --sync-time, once the VM runs, guest-set-time with the host's time then (in "
+                 "nanoseconds) goes to the guest agent")
+    if printed_plan(common, [request for request in requests if not (paused and request.execute == "cont")],
+                    note):
         return ExitCode.OK
     return run(common, action, requests, targets=targets)
 

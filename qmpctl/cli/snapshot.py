@@ -51,12 +51,35 @@ def snapshot_save(common: Common, *, name: str, vmstate: Optional[str], exclude:
         session, deadline, name, vmstate=vmstate, exclude=exclude, force=force, wait_seconds=wait))
 
 
-def snapshot_load(common: Common, *, name: str, exclude: list[str], wait_timeout: Optional[float]) -> int:
+def snapshot_load(common: Common, *, name: str, exclude: list[str], wait_timeout: Optional[float],
+                  sync_time: bool, agent: Optional[str]) -> int:
+    from qmpctl.cli.common import time_sync_agent
     from qmpctl.vm import snapshot as snapshot_lib
 
     wait = _wait(wait_timeout)
-    return _job_command(common, "load", name, None, lambda session, deadline, target: snapshot_lib.load(
-        session, deadline, name, exclude=exclude, wait_seconds=wait))
+    clock_agent = time_sync_agent(common, agent, sync_time)
+
+    def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
+        result = snapshot_lib.load(session, deadline, name, exclude=exclude, wait_seconds=wait)
+        if clock_agent is not None:
+            from qmpctl.guest.clock import sync_after_resume
+
+            status = session.execute(Request("query-status"), deadline).get("return") or {}
+            result.update(sync_after_resume(clock_agent, common.timeout, status.get("status") == "running"))
+        return result
+
+    if sync_time and common.dry_run:
+        from qmpctl.guest.clock import set_request
+
+        snapshot_lib.check_tag(name)
+        requests = [*snapshot_lib.plan("load", name, None), Request("query-status"), set_request(0)]
+        printed_plan(common, requests, snapshot_lib.PLAN_NOTE + SYNC_PLAN_NOTE)
+        return ExitCode.OK
+    return _job_command(common, "load", name, None, action)
+
+
+SYNC_PLAN_NOTE = ("; with --sync-time, once the VM runs again, guest-set-time with the host's time then (in "
+                  "nanoseconds) goes to the guest agent")
 
 
 def snapshot_delete(common: Common, *, name: str, wait_timeout: Optional[float]) -> int:

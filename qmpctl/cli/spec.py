@@ -144,6 +144,15 @@ MANUALS: tuple[Manual, ...] = (
 
 DEFAULT_JOBS = 16
 
+SYNC_TIME_OPTION = Option(
+    "sync_time", ("--sync-time",), "flag", False,
+    "Once the VM runs again, set the guest's clock from the host's (guest-set-time through the agent: -a, or "
+    "the --domain's). No agent given: exit 2 before anything is done. An agent that does not answer is a "
+    "warning in the result (\"time-synced\": false), exit 0: the VM state was restored.")
+SYNC_AGENT_OPTION = Option(
+    "agent", ("-a", "--agent"), "text", None,
+    "The guest agent's channel socket, for --sync-time.", metavar="ADDR", show_default=False, complete="socket")
+
 
 def shared_options(kind: str) -> tuple[Option, ...]:
     """The options every monitor command (``-s``) or agent command (``-a``) takes; none for LOCAL ones."""
@@ -442,6 +451,8 @@ COMMANDS: tuple[Command, ...] = (
             Option("wait_timeout", ("--wait-timeout",), "float", None,
                    "Give up waiting after this long, exit 4 [default: one hour].", metavar="SECONDS",
                    show_default=False),
+            SYNC_TIME_OPTION,
+            SYNC_AGENT_OPTION,
         ),
     ),
     Command(
@@ -546,14 +557,20 @@ COMMANDS: tuple[Command, ...] = (
     # --- vCPUs and memory ----------------------------------------------------------------------
     Command(
         ("vcpus",), "qmpctl.cli.devices:vcpus",
-        "Show the VM's vCPU slots, or plug vCPUs until it has N (device_add of the type QEMU names).",
+        "Show the VM's vCPU slots, or plug or unplug vCPUs until it has N (device_add, device_del).",
         "Without N: {\"vcpus\", \"max\", \"slots\"}, each slot with its CPU type, placement properties and "
-        "whether it is plugged (query-hotpluggable-cpus). With N: the free slots are filled in order, one "
-        "device_add each with every property QEMU names for the slot; a failure asks the vCPUs this call added "
-        "to go again (exit 1). N above the VM's maxcpus is exit 2 naming the maximum; N below the current "
-        "count is exit 2 too: taking vCPUs away needs the guest's help, and qmpctl only adds them.",
+        "whether it is plugged (query-hotpluggable-cpus). With N above the current count: the free slots are "
+        "filled in order, one device_add each with every property QEMU names for the slot; a failure asks the "
+        "vCPUs this call added to go again (exit 1). N above the VM's maxcpus is exit 2 naming the maximum. "
+        "With N below the current count: the highest hot-plugged vCPUs are unplugged one at a time "
+        "(device_del), each awaited until the guest has released it (DEVICE_DELETED); a guest that does not "
+        "within --wait-timeout is exit 4, naming the vCPU whose unplug request stays pending. vCPUs the VM "
+        "started with (-smp) cannot be unplugged: exit 2 naming them, before anything is sent.",
         example="qmpctl vcpus -s /tmp/vm.sock --pretty",
         arguments=(Argument("count", "N", "The number of vCPUs the VM should have.", type="int", required=False),),
+        options=(Option("wait_timeout", ("--wait-timeout",), "float", None,
+                        "When unplugging: how long the guest may take to release the vCPUs, all together "
+                        "[default: 30].", metavar="SECONDS", show_default=False),),
     ),
     Command(
         ("hotplug-memory",), "qmpctl.cli.devices:hotplug_memory",
@@ -864,6 +881,8 @@ COMMANDS: tuple[Command, ...] = (
                    "machine type or an older QEMU exit 2, before the destination is touched.",
                    metavar="FILE", show_default=False),
             Option("paused", ("--paused",), "flag", False, "With --from-file: leave the restored VM paused."),
+            SYNC_TIME_OPTION,
+            SYNC_AGENT_OPTION,
         ),
     ),
     # --- guest agent -----------------------------------------------------------------------

@@ -494,6 +494,15 @@ def snapshot_load(
                                                 help='Leave this disk as it is (repeatable).'),
     wait_timeout: Optional[float] = typer.Option(None, '--wait-timeout', metavar='SECONDS', show_default=False,
                                                  help='Give up waiting after this long, exit 4 [default: one hour].'),
+    sync_time: bool = typer.Option(False, '--sync-time', show_default=False,
+                                   help=("Once the VM runs again, set the guest's clock from the host's "
+                                         "(guest-set-time through the agent: -a, or the --domain's). No agent "
+                                         'given: exit 2 before anything is done. An agent that does not answer is a '
+                                         'warning in the result ("time-synced": false), exit 0: the VM state was '
+                                         'restored.')),
+    agent: Optional[str] = typer.Option(None, '-a', '--agent', metavar='ADDR', show_default=False,
+                                        autocompletion=complete_socket,
+                                        help="The guest agent's channel socket, for --sync-time."),
     target_sockets: Optional[list[str]] = MONITOR_TARGET_SOCKETS,
     domain: Optional[list[str]] = DOMAIN,
     connect_uri: Optional[str] = CONNECT_URI,
@@ -675,6 +684,9 @@ def vcpus(
     *,
     count: Optional[int] = typer.Argument(None, metavar='N', show_default=False,
                                           help='The number of vCPUs the VM should have.'),
+    wait_timeout: Optional[float] = typer.Option(None, '--wait-timeout', metavar='SECONDS', show_default=False,
+                                                 help=('When unplugging: how long the guest may take to release the '
+                                                       'vCPUs, all together [default: 30].')),
     target_sockets: Optional[list[str]] = MONITOR_TARGET_SOCKETS,
     domain: Optional[list[str]] = DOMAIN,
     connect_uri: Optional[str] = CONNECT_URI,
@@ -684,9 +696,9 @@ def vcpus(
     dry_run: bool = DRY_RUN,
     jobs: int = JOBS,
 ) -> int:
-    """Show the VM's vCPU slots, or plug vCPUs until it has N (device_add of the type QEMU names).
+    """Show the VM's vCPU slots, or plug or unplug vCPUs until it has N (device_add, device_del).
 
-    Without N: {"vcpus", "max", "slots"}, each slot with its CPU type, placement properties and whether it is plugged (query-hotpluggable-cpus). With N: the free slots are filled in order, one device_add each with every property QEMU names for the slot; a failure asks the vCPUs this call added to go again (exit 1). N above the VM's maxcpus is exit 2 naming the maximum; N below the current count is exit 2 too: taking vCPUs away needs the guest's help, and qmpctl only adds them.
+    Without N: {"vcpus", "max", "slots"}, each slot with its CPU type, placement properties and whether it is plugged (query-hotpluggable-cpus). With N above the current count: the free slots are filled in order, one device_add each with every property QEMU names for the slot; a failure asks the vCPUs this call added to go again (exit 1). N above the VM's maxcpus is exit 2 naming the maximum. With N below the current count: the highest hot-plugged vCPUs are unplugged one at a time (device_del), each awaited until the guest has released it (DEVICE_DELETED); a guest that does not within --wait-timeout is exit 4, naming the vCPU whose unplug request stays pending. vCPUs the VM started with (-smp) cannot be unplugged: exit 2 naming them, before anything is sent.
     """
     return dispatch.invoke(DECLARED[('vcpus',)], locals())
 
@@ -1020,6 +1032,15 @@ def migrate(
                                                   'touched.')),
     paused: bool = typer.Option(False, '--paused', show_default=False,
                                 help='With --from-file: leave the restored VM paused.'),
+    sync_time: bool = typer.Option(False, '--sync-time', show_default=False,
+                                   help=("Once the VM runs again, set the guest's clock from the host's "
+                                         "(guest-set-time through the agent: -a, or the --domain's). No agent "
+                                         'given: exit 2 before anything is done. An agent that does not answer is a '
+                                         'warning in the result ("time-synced": false), exit 0: the VM state was '
+                                         'restored.')),
+    agent: Optional[str] = typer.Option(None, '-a', '--agent', metavar='ADDR', show_default=False,
+                                        autocompletion=complete_socket,
+                                        help="The guest agent's channel socket, for --sync-time."),
     target_sockets: Optional[list[str]] = MONITOR_TARGET_SOCKETS,
     domain: Optional[list[str]] = DOMAIN,
     connect_uri: Optional[str] = CONNECT_URI,

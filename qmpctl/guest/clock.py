@@ -16,7 +16,7 @@ from qmpctl.deadline import Deadline
 from qmpctl.errors import ProtocolError
 from qmpctl.records import TYPE_CHECKING
 from qmpctl.wire.request import Request
-from qmpctl.wire.targets import Session
+from qmpctl.wire.targets import Session, Target
 
 if TYPE_CHECKING:
     from typing import Any
@@ -51,3 +51,30 @@ def sync(session: Session, deadline: Deadline) -> dict[str, Any]:
     session.execute(set_request(time.time_ns()), deadline)
     after = reading(session, deadline)
     return {**after, "offset-before": before["offset"], "synced": True}
+
+
+SYNC_AFTER_NOTE = "the guest's clock was not set"
+
+
+def sync_after_resume(agent: Target, timeout: float, running: bool = True) -> dict[str, Any]:
+    """After a VM came back (snapshot load, restored state): set its clock through ``agent`` (a Target).
+
+    The load itself has succeeded by then, so an agent that cannot be reached
+    or refuses is not an error: the result says ``"time-synced": false`` with
+    the reason, for the caller to report as a warning.
+    """
+    from qmpctl.errors import QmpctlError
+
+    if not running:
+        return {"time-synced": False, "time-sync-warning": f"the VM is not running: {SYNC_AFTER_NOTE}"}
+    deadline = Deadline(timeout)
+    try:
+        session = agent.open(deadline)
+        try:
+            synced = sync(session, deadline)
+        finally:
+            session.close()
+    except QmpctlError as exc:
+        return {"time-synced": False, "time-sync-warning": f"the guest agent at {agent} did not set the time "
+                                                          f"({exc.message}): {SYNC_AFTER_NOTE}"}
+    return {"time-synced": True, "time-offset-before": synced["offset-before"], "time-offset": synced["offset"]}

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""How fast qmpctl is next to virsh: start-up, fleet mode, agent exec, backup completion, agent cp.
+"""How fast qmpctl is next to virsh: start-up, fleet mode, agent exec, backup completion, agent cp, snapshot load.
 
 Not part of the test suite (pytest does not collect this file). Run it from the
 repository with the project's venv:
@@ -9,6 +9,7 @@ repository with the project's venv:
     .venv/bin/python tests/bench/bench.py --typer-versions   # pick the Typer/click releases
     .venv/bin/python tests/bench/bench.py --only cp  # agent cp throughput on the lab guest, a few minutes
     .venv/bin/python tests/bench/bench.py --only ssh  # ssh:// against ssh HOST qmpctl (starts an sshd)
+    .venv/bin/python tests/bench/bench.py --only snapshot  # snapshot load of the lab guest against a boot
     QMPCTL_BENCH_QMPBACKUP=DIR .venv/bin/python tests/bench/bench.py --only chains  # backups vs qmpbackup
 
 It starts its own QEMU VMs (TCG, paused), a host qemu-ga, and a transient
@@ -944,6 +945,66 @@ def bench_typer_versions(ctx: Context) -> None:
     print_table("Typer/click releases (qmpctl from the source tree)", samples, cases[0].name)
 
 
+# --- snapshot load against a boot -----------------------------------------------------------
+
+def bench_snapshot(ctx: Context) -> None:
+    """How long ``snapshot load`` takes a booted lab guest back to a ready agent, next to booting one.
+
+    Each round boots a fresh lab guest (QEMU started to the first answered
+    guest-sync) and loads the snapshot ``ready`` (saved once, of a guest just
+    booted, its agent answering) into another guest, through to its agent
+    answering again; the two alternate. The guests have no raw filesystem
+    (``data_fs=False``): their only writable disk is the qcow2 data disk that
+    holds the snapshot, and its VM state (256 MiB of RAM, mostly never
+    written). The target is only that a load beats a boot.
+    """
+    if not qmpctl_has("snapshot", "load"):
+        skip("snapshot load against a boot", "the installed qmpctl has no 'snapshot load' yet")
+        return
+    from support.lab import lab_guest_module
+
+    lab = lab_guest_module()
+    rounds = 3 if ctx.args.quick else 7
+    boots: list[float] = []
+    loads: list[float] = []
+    qmpctl_loads: list[float] = []
+
+    def boot(number: int) -> float:
+        guest = lab.LabGuest(ctx.scratch / f"boot{number}", name="boot", data_fs=False)
+        started = time.perf_counter()
+        try:
+            guest.start()
+            guest.wait_agent(timeout=120)
+            return time.perf_counter() - started
+        finally:
+            guest.destroy()
+
+    with lab.LabGuest(ctx.scratch / "snap", name="snap", data_fs=False) as guest:
+        qmp = str(guest.qmp_path)
+        saved = timed([str(QMPCTL), "snapshot", "save", "-s", qmp, "ready", "--wait-timeout", "600"])
+        print(f"  snapshot save of the booted guest: {saved:.2f} s", flush=True)
+
+        def load() -> float:
+            started = time.perf_counter()
+            command = timed([str(QMPCTL), "snapshot", "load", "-s", qmp, "ready", "--wait-timeout", "600"])
+            guest.wait_agent(timeout=120)
+            qmpctl_loads.append(command)
+            return time.perf_counter() - started
+
+        for number in range(rounds):
+            pair = [(boots, functools.partial(boot, number)), (loads, load)]
+            for into, call in pair if number % 2 == 0 else reversed(pair):  # load drifts: alternate
+                into.append(call())
+    boot_s, load_s = statistics.median(boots), statistics.median(loads)
+    print(f"\n## snapshot load against a boot, lab guest (TCG, 256 MiB; median of {rounds})")
+    print(f"{'boot to a ready agent':<48} {boot_s:6.2f} s   runs: " + ", ".join(f"{v:.2f}" for v in boots))
+    print(f"{'snapshot load to a ready agent':<48} {load_s:6.2f} s   runs: " + ", ".join(f"{v:.2f}" for v in loads))
+    print(f"{'  of which qmpctl snapshot load':<48} {statistics.median(qmpctl_loads):6.2f} s   runs: "
+          + ", ".join(f"{v:.2f}" for v in qmpctl_loads))
+    print(f"load / boot: {load_s / boot_s:.2f}x ({boot_s / load_s:.1f} times faster)")
+    ctx.verdicts.append(verdict("snapshot load / boot, to a ready agent", load_s / boot_s, 1.0))
+
+
 # --- main ------------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -952,8 +1013,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fleet", type=int, default=FLEET_TARGET_VMS,
                         help=f"VMs in the fleet comparison (default {FLEET_TARGET_VMS})")
     parser.add_argument("--quick", action="store_true", help="7 rounds and 20 fleet VMs: a smoke run")
-    parser.add_argument("--only", default="single,startup,fleet,agent,backup,cp,ssh,chains",
-                        help="comma-separated subset of: single, startup, fleet, agent, backup, cp, ssh, chains")
+    parser.add_argument("--only", default="single,startup,fleet,agent,backup,cp,ssh,chains,snapshot",
+                        help="comma-separated subset of: single, startup, fleet, agent, backup, cp, ssh, chains, "
+                             "snapshot")
     parser.add_argument("--source", action="store_true",
                         help="run qmpctl from the source tree (PYTHONPATH) instead of the installed copy")
     parser.add_argument("--typer-versions", action="store_true",
@@ -995,7 +1057,7 @@ class Bench:
             wanted = set(self.args.only.split(","))
             for name, step in (("single", bench_single), ("startup", bench_startup), ("fleet", bench_fleet),
                                ("agent", bench_agent), ("backup", bench_backup), ("cp", bench_agent_cp),
-                               ("ssh", bench_ssh), ("chains", bench_chains)):
+                               ("ssh", bench_ssh), ("chains", bench_chains), ("snapshot", bench_snapshot)):
                 if name in wanted:
                     step(ctx)
             print(f"\n{sum(ctx.verdicts)} of {len(ctx.verdicts)} targets met")

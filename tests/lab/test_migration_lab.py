@@ -155,3 +155,26 @@ def test_saved_state_restored_into_a_new_qemu_continues_the_guest(cli, journey, 
     kept, uptime = after.out.splitlines()
     assert kept == marker
     assert float(uptime.split()[0]) >= uptime_before
+
+
+def test_restored_with_sync_time_the_guest_clock_is_the_hosts(cli, journey, tmp_path):
+    """The saved guest is an hour behind; --sync-time sets its clock once it runs in its new QEMU."""
+    import time
+
+    guest = journey.current
+    assert agent(cli, guest.agent_path, "sh", "-c", f"date -u -s @{int(time.time()) - 3600}").code == 0
+    state_file = tmp_path / "lab.state"
+    saved = cli("migrate", "-s", str(guest.qmp_path), "--to-file", str(state_file), "--then", "quit",
+                "--progress", "none")
+    assert saved.code == 0, saved
+    wait_for(lambda: not guest.is_running(), "--then quit did not end the QEMU", timeout=15)
+    home = journey.twin()
+    restored = cli("migrate", "--from-file", str(state_file), "-s", str(home.qmp_path), "--sync-time", "-a",
+                   str(home.agent_path), "--return-value")
+    assert restored.code == 0, restored
+    journey.current = home
+    result = json.loads(restored.out)
+    assert result["run-state"] == "running" and result["time-synced"] is True, result
+    assert result["time-offset-before"] < -3500 and abs(result["time-offset"]) < 2, result
+    told = agent(cli, home.agent_path, "date", "+%s")
+    assert told.code == 0 and abs(int(told.out) - time.time()) < 3, told

@@ -509,3 +509,20 @@ def test_a_state_saved_by_a_newer_qemu_is_refused_by_an_older_one(cli, blob, vm_
     assert result.code == 2, result
     assert "older QEMU" in result.err and "10." in result.err, result
     _untouched(destination)
+
+
+@pytest.mark.one_qemu  # qmpctl's own checks, before the destination is touched
+def test_sync_time_needs_an_agent_and_a_running_vm_before_anything_is_loaded(cli, make_vm, vm_factory, tmp_path):
+    saved = _saved_state(make_vm, tmp_path)
+    destination = vm_factory(extra_args=["-incoming", "defer"], paused=False)
+    qmp = str(destination.qmp_path)
+    no_agent = cli("migrate", "--from-file", str(saved), "-s", qmp, "--sync-time")
+    assert no_agent.code == 2 and "--sync-time needs the guest agent" in no_agent.err, no_agent
+    paused = cli("migrate", "--from-file", str(saved), "-s", qmp, "--sync-time", "--paused", "-a",
+                 str(tmp_path / "agent.sock"))
+    assert paused.code == 2 and "--paused" in paused.err, paused
+    stray = cli("migrate", "--from-file", str(saved), "-s", qmp, "-a", str(tmp_path / "agent.sock"))
+    assert stray.code == 2 and "goes with --sync-time" in stray.err, stray
+    other_mode = cli("migrate", "--to-file", str(tmp_path / "new.state"), "-s", qmp, "--sync-time")
+    assert other_mode.code == 2 and "--sync-time does not go with --to-file" in other_mode.err, other_mode
+    _untouched(destination)

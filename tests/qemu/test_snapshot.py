@@ -231,3 +231,27 @@ def test_save_of_a_running_vm_leaves_it_running(cli, vm):
     result = cli("snapshot", "save", "-s", str(vm.qmp_path), "live")
     assert result.code == 0, result
     assert run_state(vm) == "running" and vd0_tags(vm) == ["live"] and jobs(vm) == []
+
+
+@pytest.mark.one_qemu  # qmpctl's own check, before anything is sent
+def test_sync_time_without_an_agent_is_exit_2_before_the_load(cli, vm):
+    assert cli("snapshot", "save", "-s", str(vm.qmp_path), "clean").code == 0
+    write(vm, 0xAA)
+    result = cli("snapshot", "load", "-s", str(vm.qmp_path), "clean", "--sync-time")
+    assert result.code == 2 and "--sync-time needs the guest agent" in result.err, result
+    assert holds(vm, 0xAA) and jobs(vm) == []  # not loaded
+    stray = cli("snapshot", "load", "-s", str(vm.qmp_path), "clean", "-a", str(vm.qmp_path) + ".qga")
+    assert stray.code == 2 and "goes with --sync-time" in stray.err, stray
+    assert holds(vm, 0xAA)
+
+
+def test_sync_time_on_a_vm_that_stays_paused_is_a_warning(cli, vm, tmp_path):
+    """A paused VM stays paused after the load, so its clock is not set: said in the result, exit 0."""
+    assert cli("snapshot", "save", "-s", str(vm.qmp_path), "clean").code == 0
+    write(vm, 0xAA)
+    result = cli("snapshot", "load", "-s", str(vm.qmp_path), "clean", "--sync-time", "-a",
+                 str(tmp_path / "agent.sock"), "--return-value")
+    assert result.code == 0, result
+    loaded = json.loads(result.out)
+    assert loaded["time-synced"] is False and "not running" in loaded["time-sync-warning"], loaded
+    assert holds(vm, 0x00) and run_state(vm) == "prelaunch"

@@ -57,11 +57,70 @@ def test_vcpus_out_of_range_is_exit_2_and_changes_nothing(cli, vm_factory, count
     assert message in result.err and cpu_count(vm) == 1
 
 
-def test_vcpus_below_the_current_count_is_refused(cli, vm_factory):
+def test_vcpus_below_the_current_count_is_refused_for_the_vcpus_the_vm_started_with(cli, vm_factory):
     vm = vm_factory(extra_args=["-smp", "2,maxcpus=4"])
     result = cli("vcpus", "-s", str(vm.qmp_path), "1")
     assert result.code == 2, result
-    assert "does not take them away" in result.err and cpu_count(vm) == 2
+    assert "2 were present at start and cannot be unplugged" in result.err and cpu_count(vm) == 2
+    assert "/machine/unattached/device[" in result.err and "core-id=1" in result.err, result
+    assert "nothing was changed" in result.err
+
+
+def test_an_unplug_that_would_take_a_vcpu_the_vm_started_with_sends_nothing(cli, vm_factory):
+    vm = vm_factory(extra_args=["-smp", "2,maxcpus=4"])
+    assert cli("vcpus", "-s", str(vm.qmp_path), "3").code == 0
+    result = cli("vcpus", "-s", str(vm.qmp_path), "1", "--wait-timeout", "1")
+    assert result.code == 2 and "cannot be unplugged" in result.err, result
+    assert cpu_count(vm) == 3  # vcpu1 was not asked to go either
+
+
+def modern_cpu_hotplug(vm) -> None:
+    """What a booting guest OS does through ACPI: switch the PIIX4's CPU hotplug to its modern interface.
+
+    Until then QEMU refuses to unplug a vCPU; after, it sends the guest the
+    eject request and waits for the guest (here: forever, there is no OS).
+    """
+    with vm.check() as qmp:  # /machine/unattached/device[18] on 7.2; device[3]/pm (in the PIIX3) on 10.0
+        parents = ["/machine/unattached"]
+        for depth in range(2):
+            children = []
+            for parent in parents:
+                for child in qmp.cmd("qom-list", path=parent):
+                    path = f"{parent}/{child['name']}"
+                    if child["type"] == "child<PIIX4_PM>":
+                        qmp.cmd("qom-set", path=path, property="cpu-hotplug-legacy", value=False)
+                        return
+                    if child["type"].startswith("child<") and depth == 0:
+                        children.append(path)
+            parents = children
+    raise AssertionError("the VM has no PIIX4_PM")
+
+
+def test_unplugging_a_vcpu_before_an_os_switched_cpu_hotplug_on_is_exit_1_and_changes_nothing(cli, vm_factory):
+    vm = vm_factory(extra_args=SMP)
+    assert cli("vcpus", "-s", str(vm.qmp_path), "3").code == 0
+    result = cli("vcpus", "-s", str(vm.qmp_path), "2")
+    assert result.code == 1, result
+    assert "vCPU vcpu2 was not asked to go" in result.err and "has not booted an OS" in result.err, result
+    assert cpu_count(vm) == 3
+
+
+def test_unplugging_vcpus_without_a_guest_times_out_naming_the_pending_one(cli, vm_factory):
+    """No OS answers the ACPI eject: the highest hot-plugged vCPU is asked first and stays pending."""
+    vm = vm_factory(extra_args=SMP)
+    assert cli("vcpus", "-s", str(vm.qmp_path), "3").code == 0
+    modern_cpu_hotplug(vm)
+    result = cli("vcpus", "-s", str(vm.qmp_path), "1", "--wait-timeout", "1")
+    assert result.code == 4, result
+    assert "did not release vCPU vcpu2 within 1s" in result.err and "unplug request pending" in result.err
+    assert "vcpu1" not in result.err  # asked one at a time: vcpu1 was never asked
+    assert cpu_count(vm) == 3
+
+
+@pytest.mark.one_qemu  # qmpctl's own check
+def test_vcpus_wait_timeout_must_be_positive(cli, tmp_path):
+    result = cli("vcpus", "-s", str(tmp_path / "absent.sock"), "1", "--wait-timeout", "0")
+    assert result.code == 2 and "--wait-timeout must be more than 0" in result.err, result
 
 
 def test_hotplug_memory_adds_a_dimm(cli, vm_factory):
@@ -147,3 +206,21 @@ def test_an_interrupt_after_the_backend_was_added_takes_it_away(vm_factory):
         with pytest.raises(KeyboardInterrupt):
             memory.hotplug(InterruptAfter(session, "object-add"), Deadline(10), "dimm1", 128 * 1024 * 1024)
     assert dimm_state(vm) == before
+
+
+def test_an_interrupt_after_a_vcpu_was_asked_to_go_says_it_stays_pending(cli, vm_factory):
+    from qmpctl.deadline import Deadline
+    from qmpctl.errors import Interrupted
+    from qmpctl.vm import cpus
+    from qmpctl.wire.address import parse_address
+    from qmpctl.wire.qmp import QmpSession
+
+    vm = vm_factory(extra_args=SMP)
+    assert cli("vcpus", "-s", str(vm.qmp_path), "2").code == 0
+    modern_cpu_hotplug(vm)
+    with QmpSession.connect(parse_address(str(vm.qmp_path)), Deadline(10)) as session:
+        with pytest.raises(Interrupted) as raised:
+            cpus.unplug(InterruptAfter(session, "device_del"), Deadline(10), 1, 30.0)
+    assert "interrupted while unplugging vCPU vcpu1" in raised.value.message
+    assert "stays with its unplug request pending" in raised.value.message
+    assert cpu_count(vm) == 2
