@@ -6,12 +6,12 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+
+from support.waits import alive, descendants, interrupt_twice, wait_for
 
 pytestmark = pytest.mark.qemu
 
@@ -34,8 +34,9 @@ def need_guestfish() -> None:
         pytest.skip("guestfish is not installed (run tests/setup-host)")
 
 
-def ext2_disk(tmp_path: Path) -> Path:
-    """A raw disk holding an ext2 filesystem made from a folder (mke2fs -d): /etc/app.conf and a /data tree."""
+def ext2_disk(tmp_path: Path, bulk: int = 0) -> Path:
+    """A raw disk holding an ext2 filesystem made from a folder (mke2fs -d): /etc/app.conf and a /data tree;
+    with ``bulk``, also /bulk holding that many bytes of random data in 1 MiB files (a copy that takes a while)."""
     source = tmp_path / "tree"
     (source / "etc").mkdir(parents=True)
     (source / "data" / "sub").mkdir(parents=True)
@@ -45,8 +46,13 @@ def ext2_disk(tmp_path: Path) -> Path:
     os.chmod(source / "data" / "sub" / "secret", 0o640)
     for path in (source / "data" / "sub" / "secret", source / "data" / "big.bin"):
         os.utime(path, (WHEN, WHEN))
+    if bulk:
+        (source / "bulk").mkdir()
+        for number in range(bulk >> 20):
+            (source / "bulk" / f"{number:03}.bin").write_bytes(os.urandom(1 << 20))
     disk = tmp_path / "fs.raw"
-    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext2", "-d", str(source), str(disk), "16M"], check=True)
+    size = f"{16 + 2 * (bulk >> 20)}M"
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext2", "-d", str(source), str(disk), size], check=True)
     return disk
 
 
@@ -148,18 +154,26 @@ def test_file_options_are_checked_before_anything_starts(cli, vm_factory, tmp_pa
 
 
 @pytest.mark.one_qemu
-def test_ctrl_c_while_libguestfs_runs_leaves_no_process_and_no_temp_files(cli, vm_factory, tmp_path):
+def test_ctrl_c_twice_mid_extract_leaves_no_process_no_temp_files_and_nothing_in_dir(cli, vm_factory, tmp_path):
     need_guestfish()
-    chain = backed_up(cli, vm_factory, tmp_path, ext2_disk(tmp_path))
+    chain = backed_up(cli, vm_factory, tmp_path, ext2_disk(tmp_path, bulk=24 << 20))
     private = tmp_path / "tmp"
-    child = cli.popen("restore", chain, "--ls", "/", env=guestfs_env(tmp_path))
-    deadline = time.monotonic() + 120
-    while not any(private.rglob("overlay*")) and time.monotonic() < deadline:  # the appliance is starting
+    out = tmp_path / "out"
+    out.mkdir()
+    child = cli.popen("restore", chain, "--extract", "/bulk", "--to", str(out), env=guestfs_env(tmp_path))
+
+    def copying() -> bool:  # the appliance is up and files arrive in the staging folder
         assert child.poll() is None, child.communicate()
-        time.sleep(0.1)
-    child.send_signal(signal.SIGINT)
+        return any(path.is_file() for path in out.rglob("*"))
+
+    wait_for(copying, "--extract writing its staging folder", timeout=300, pause=0.01)
+    below = descendants(child.pid)
+    assert below  # guestfish, and the appliance's QEMU under it
+    interrupt_twice(child)
     _, err = child.communicate(timeout=60)
     assert child.returncode == 130, err
     assert list(private.iterdir()) == []
+    assert list(out.iterdir()) == []  # no staging folder, no partial file
+    assert [pid for pid in below if alive(pid)] == []
     left = subprocess.run(["pgrep", "-f", str(private)], capture_output=True, text=True)
     assert left.stdout == "", left.stdout
