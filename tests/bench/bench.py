@@ -11,6 +11,7 @@ repository with the project's venv:
     .venv/bin/python tests/bench/bench.py --only ssh  # ssh:// against ssh HOST qmpctl (starts an sshd)
     .venv/bin/python tests/bench/bench.py --only snapshot  # snapshot load of the lab guest against a boot
     QMPCTL_BENCH_QMPBACKUP=DIR .venv/bin/python tests/bench/bench.py --only chains  # backups vs qmpbackup
+    .venv/bin/python tests/bench/bench.py --only instant  # restore --instant vs a full restore, to a booted guest
 
 It starts its own QEMU VMs (TCG, paused), a host qemu-ga, and a transient
 libvirt domain named ``qmpctl-bench-*`` (starting virtlogd and libvirtd when
@@ -736,6 +737,94 @@ def bench_backup(ctx: Context) -> None:
     ctx.verdicts.append(verdict("backup notices completion (median)", statistics.median(latencies) * 1000, 50, " ms"))
 
 
+# --- instant restore next to a full restore, each until the restored guest answers ----------------
+
+INSTANT_DATA_MIB = 3072
+"""Random data written into the backed-up filesystem: a full restore copies all of it."""
+INSTANT_LIMIT = 1.0
+"""restore --instant + boot may take at most as long as a full restore + boot of the same point."""
+INSTANT_NOTE = "/instant-bench-note"
+
+
+def bench_instant(ctx: Context) -> None:
+    """Back up a lab guest filesystem holding INSTANT_DATA_MIB of data, then time, from the restore command until
+    ``agent ping`` answers in a lab guest booted on the result: ``restore --instant`` (a thin overlay) against
+    ``restore`` (a full copy). The two paths alternate; each boot also reads a file back, outside the timing. The
+    verdict compares the best runs: a TCG boot under load varies by more than the copy costs."""
+    if not qmpctl_has("stream"):
+        skip("instant restore", "the installed qmpctl has no 'stream' yet (or pass --source)")
+        return
+    from support.lab import lab_guest_module
+
+    lab = lab_guest_module()
+    folder = ctx.scratch / "instant"
+    tree = folder / "tree"
+    tree.mkdir(parents=True)
+    (tree / INSTANT_NOTE.lstrip("/")).write_text("backed up\n")
+    with open(tree / "bulk.bin", "wb") as bulk:
+        for _ in range(INSTANT_DATA_MIB):
+            bulk.write(os.urandom(1 << 20))
+    fs = folder / "fs.img"
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext2", "-L", "labdata", "-d", str(tree), str(fs),
+                    f"{INSTANT_DATA_MIB + 256}M"], check=True)
+    shutil.rmtree(tree)
+    [sock] = start_vms(ctx.processes, folder, 1,
+                       "-blockdev", f"driver=raw,node-name=fs0,file.driver=file,file.filename={fs}",
+                       "-device", "virtio-blk-pci,drive=fs0,id=fs0")
+    backed = subprocess.run([str(QMPCTL), "backup", "-s", str(sock), "fs0", "--into", str(folder / "b"),
+                             "--progress", "none"], capture_output=True, env=child_env(), timeout=900)
+    if backed.returncode != 0:
+        raise SystemExit(f"bench: the backup failed: {backed.stderr.decode(errors='replace')[:2000]}")
+    ctx.processes.procs[-1].kill()
+    fs.unlink()
+    chain = json.loads(backed.stdout)["return"]["chain"]
+    rounds = 1 if ctx.args.quick else 3
+    times: dict[str, list[float]] = {"restore --instant + boot": [], "restore (full copy) + boot": []}
+    alone: dict[str, list[float]] = {name: [] for name in times}
+    """The restore command by itself."""
+
+    def restore_and_boot(name: str, number: int) -> float:
+        instant = "instant" in name
+        workdir = folder / f"{'i' if instant else 'f'}{number}"
+        workdir.mkdir()
+        image = workdir / "fs.qcow2"
+        command = [str(QMPCTL), "restore", chain, *(["--instant", str(image)] if instant else
+                                                       [str(image), "--progress", "none"])]
+        guest = lab.LabGuest(workdir, name="bench", data_fs_image=image, data_fs_format="qcow2")
+        started = time.perf_counter()
+        alone[name].append(timed(command))
+        try:
+            guest.start()
+            guest.wait_agent(timeout=300)
+            timed([str(QMPCTL), "agent", "ping", "-a", str(guest.agent_path)])
+            elapsed = time.perf_counter() - started
+            read = subprocess.run([str(QMPCTL), "agent", "exec", "-a", str(guest.agent_path), "--", "cat",
+                                   f"/mnt/data{INSTANT_NOTE}"], capture_output=True, env=child_env(), timeout=120)
+            if read.stdout.strip() != b"backed up":
+                raise SystemExit(f"bench: the guest on the {name} did not read its file back: {read.stdout[:200]!r} "
+                                 f"{read.stderr.decode(errors='replace')[:500]}")
+        finally:
+            guest.stop()
+        shutil.rmtree(workdir)
+        return elapsed
+
+    for number in range(rounds):
+        order = list(times) if number % 2 == 0 else list(reversed(times))  # load drifts: alternate
+        for name in order:
+            times[name].append(restore_and_boot(name, number))
+            print(f"  {name}: {times[name][-1]:.1f} s (the restore itself {alone[name][-1]:.2f} s)", flush=True)
+    print(f"\n## instant restore: from the restore command to the lab guest answering agent ping "
+          f"(TCG; {INSTANT_DATA_MIB} MiB of data in a {INSTANT_DATA_MIB + 256} MiB filesystem; "
+          f"best of {rounds})")
+    best = {name: min(values) for name, values in times.items()}
+    for name, values in times.items():
+        print(f"{name:<30} {best[name]:6.2f} s   runs: " + ", ".join(f"{v:.2f}" for v in values)
+              + f"   (the restore itself: best {min(alone[name]):.2f} s, runs: "
+              + ", ".join(f"{v:.2f}" for v in alone[name]) + ")")
+    ctx.verdicts.append(verdict("restore --instant + boot / restore + boot (best runs)",
+                                best["restore --instant + boot"] / best["restore (full copy) + boot"], INSTANT_LIMIT))
+
+
 # --- whole-disk backups next to qmpbackup and the copy limit -----------------------------------
 
 CHAIN_DISKS = 3
@@ -1015,7 +1104,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="7 rounds and 20 fleet VMs: a smoke run")
     parser.add_argument("--only", default="single,startup,fleet,agent,backup,cp,ssh,chains,snapshot",
                         help="comma-separated subset of: single, startup, fleet, agent, backup, cp, ssh, chains, "
-                             "snapshot")
+                             "snapshot, instant (not in the default: it writes several GiB and boots the lab guest "
+                             "six times)")
     parser.add_argument("--source", action="store_true",
                         help="run qmpctl from the source tree (PYTHONPATH) instead of the installed copy")
     parser.add_argument("--typer-versions", action="store_true",
@@ -1057,7 +1147,8 @@ class Bench:
             wanted = set(self.args.only.split(","))
             for name, step in (("single", bench_single), ("startup", bench_startup), ("fleet", bench_fleet),
                                ("agent", bench_agent), ("backup", bench_backup), ("cp", bench_agent_cp),
-                               ("ssh", bench_ssh), ("chains", bench_chains), ("snapshot", bench_snapshot)):
+                               ("ssh", bench_ssh), ("chains", bench_chains), ("snapshot", bench_snapshot),
+                               ("instant", bench_instant)):
                 if name in wanted:
                     step(ctx)
             print(f"\n{sum(ctx.verdicts)} of {len(ctx.verdicts)} targets met")

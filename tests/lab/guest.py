@@ -164,6 +164,8 @@ class LabGuest:
         initrd: Path | None = None,
         data_fs: bool = True,
         qemu_binary: str = QEMU_BINARY,
+        data_fs_image: Path | str | None = None,
+        data_fs_format: str = "raw",
     ) -> None:
         self.workdir = Path(workdir).resolve()
         self.qemu_binary = qemu_binary
@@ -180,6 +182,10 @@ class LabGuest:
         self.data_disk = self.workdir / f"{name}-data.qcow2"
         self.pidfile = self.workdir / f"{name}.pid"
         self.data_fs = self.workdir / f"{name}-fs.img" if data_fs else None
+        if data_fs and data_fs_image is not None:  # another image holding the filesystem, e.g. a restored overlay
+            self.data_fs = Path(data_fs_image).resolve()
+        self.data_fs_format = data_fs_format
+        self.data_fs_given = data_fs_image is not None
         self.data_fs_mountpoint = DATA_FS_MOUNTPOINT if data_fs else None
         self.data_disk_device_id = DATA_DISK_DEVICE_ID
         self.data_disk_node_name = DATA_DISK_NODE_NAME
@@ -221,7 +227,8 @@ class LabGuest:
             data_fs = [
                 "-device", "virtio-scsi-pci,id=scsi0",
                 "-blockdev", f"driver=file,filename={self.data_fs},node-name={DATA_FS_FILE_NODE_NAME}",
-                "-blockdev", f"driver=raw,file={DATA_FS_FILE_NODE_NAME},node-name={DATA_FS_NODE_NAME}",
+                "-blockdev",
+                f"driver={self.data_fs_format},file={DATA_FS_FILE_NODE_NAME},node-name={DATA_FS_NODE_NAME}",
                 "-device", f"scsi-hd,bus=scsi0.0,drive={DATA_FS_NODE_NAME},id={DATA_FS_DEVICE_ID}",
             ]
         return [
@@ -258,7 +265,7 @@ class LabGuest:
                 ["qemu-img", "create", "-q", "-f", "qcow2", str(self.data_disk), self.data_disk_size],
                 check=True,
             )
-        if self.data_fs is not None and not self.data_fs.exists():
+        if self.data_fs is not None and not self.data_fs.exists() and not self.data_fs_given:
             make_data_fs(self.data_fs)
         with open(self.qemu_log, "wb") as qemu_log:
             self.started_at = time.monotonic()

@@ -6,12 +6,12 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+
+from support.waits import alive, descendants, interrupt_twice, wait_for
 
 pytestmark = pytest.mark.qemu
 
@@ -34,8 +34,9 @@ def need_guestfish() -> None:
         pytest.skip("guestfish is not installed (run tests/setup-host)")
 
 
-def ext2_disk(tmp_path: Path) -> Path:
-    """A raw disk holding an ext2 filesystem made from a folder (mke2fs -d): /etc/app.conf and a /data tree."""
+def ext2_disk(tmp_path: Path, bulk: int = 0) -> Path:
+    """A raw disk holding an ext2 filesystem made from a folder (mke2fs -d): /etc/app.conf and a /data tree;
+    with ``bulk``, also /bulk holding that many bytes of random data in 1 MiB files (a copy that takes a while)."""
     source = tmp_path / "tree"
     (source / "etc").mkdir(parents=True)
     (source / "data" / "sub").mkdir(parents=True)
@@ -45,8 +46,13 @@ def ext2_disk(tmp_path: Path) -> Path:
     os.chmod(source / "data" / "sub" / "secret", 0o640)
     for path in (source / "data" / "sub" / "secret", source / "data" / "big.bin"):
         os.utime(path, (WHEN, WHEN))
+    if bulk:
+        (source / "bulk").mkdir()
+        for number in range(bulk >> 20):
+            (source / "bulk" / f"{number:03}.bin").write_bytes(os.urandom(1 << 20))
     disk = tmp_path / "fs.raw"
-    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext2", "-d", str(source), str(disk), "16M"], check=True)
+    size = f"{16 + 2 * (bulk >> 20)}M"
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext2", "-d", str(source), str(disk), size], check=True)
     return disk
 
 
@@ -88,7 +94,13 @@ def test_extract_writes_a_tree_with_modes_and_times_and_ls_lists_it(cli, vm_fact
     before = sums(chain)
     out = tmp_path / "out"
     out.mkdir()
-    result = cli("restore", chain, "--extract", "/data", "--to", str(out), env=guestfs_env(tmp_path), timeout=600)
+    one_out = tmp_path / "one"
+    one_out.mkdir()
+    # three independent reads of the same chain, each booting its own appliance: at once
+    result, one, listed = cli.concurrently(("restore", chain, "--extract", "/data", "--to", str(out)),
+                                           ("restore", chain, "--extract", "/data/sub/secret", "--to", str(one_out)),
+                                           ("restore", chain, "--ls", "/data"),
+                                           env=guestfs_env(tmp_path), timeout=600)
     assert result.code == 0, result
     done = json.loads(result.out)["return"]
     assert (done["to"], done["type"], done["files"], done["bytes"]) == (str(out / "data"), "directory", 2,
@@ -99,14 +111,12 @@ def test_extract_writes_a_tree_with_modes_and_times_and_ls_lists_it(cli, vm_fact
     assert sorted(path.name for path in out.iterdir()) == ["data"]  # no staging folder left
     again = cli("restore", chain, "--extract", "/data", "--to", str(out))
     assert again.code == 2 and "exists" in again.err  # refused before libguestfs starts
-    one = cli("restore", chain, "--extract", "/data/sub/secret", "--to", str(out), env=guestfs_env(tmp_path),
-              timeout=600)
     assert one.code == 0, one
     assert json.loads(one.out)["return"]["type"] == "file"
-    single = out / "secret"
+    single = one_out / "secret"
     assert single.read_bytes() == b"only root\n" and single.stat().st_mode & 0o777 == 0o640
     assert int(single.stat().st_mtime) == WHEN
-    listed = cli("restore", chain, "--ls", "/data", env=guestfs_env(tmp_path), timeout=600)
+    assert sorted(path.name for path in one_out.iterdir()) == ["secret"]
     assert listed.code == 0, listed
     entries = {entry["name"]: entry for entry in json.loads(listed.out)["return"]["entries"]}
     assert sorted(entries) == ["big.bin", "sub"]
@@ -119,14 +129,13 @@ def test_extract_writes_a_tree_with_modes_and_times_and_ls_lists_it(cli, vm_fact
 def test_a_missing_path_is_exit_1_and_no_filesystem_exit_6(cli, vm_factory, tmp_path):
     need_guestfish()
     chain = backed_up(cli, vm_factory, tmp_path, ext2_disk(tmp_path))
-    missing = cli("restore", chain, "--cat", "/etc/nope.conf", env=guestfs_env(tmp_path), timeout=600)
-    assert missing.code == 1 and "/etc/nope.conf" in missing.err, missing
-    assert list((tmp_path / "tmp").iterdir()) == []
     blank = vm_factory(disk_size="16M")  # a qcow2 disk with nothing on it
     made = cli("backup", "-s", str(blank.qmp_path), "vd0", "--into", str(tmp_path / "blank"), "--progress", "none")
     assert made.code == 0, made
-    unreadable = cli("restore", json.loads(made.out)["return"]["chain"], "--ls", "/", env=guestfs_env(tmp_path),
-                     timeout=600)
+    missing, unreadable = cli.concurrently(("restore", chain, "--cat", "/etc/nope.conf"),
+                                           ("restore", json.loads(made.out)["return"]["chain"], "--ls", "/"),
+                                           env=guestfs_env(tmp_path), timeout=600)
+    assert missing.code == 1 and "/etc/nope.conf" in missing.err, missing
     assert unreadable.code == 6 and "no readable filesystem" in unreadable.err, unreadable
     assert list((tmp_path / "tmp").iterdir()) == []
 
@@ -148,18 +157,29 @@ def test_file_options_are_checked_before_anything_starts(cli, vm_factory, tmp_pa
 
 
 @pytest.mark.one_qemu
-def test_ctrl_c_while_libguestfs_runs_leaves_no_process_and_no_temp_files(cli, vm_factory, tmp_path):
+def test_ctrl_c_twice_mid_extract_leaves_no_process_no_temp_files_and_nothing_in_dir(cli, vm_factory, tmp_path):
     need_guestfish()
-    chain = backed_up(cli, vm_factory, tmp_path, ext2_disk(tmp_path))
+    chain = backed_up(cli, vm_factory, tmp_path, ext2_disk(tmp_path, bulk=24 << 20))
     private = tmp_path / "tmp"
-    child = cli.popen("restore", chain, "--ls", "/", env=guestfs_env(tmp_path))
-    deadline = time.monotonic() + 120
-    while not any(private.rglob("overlay*")) and time.monotonic() < deadline:  # the appliance is starting
+    out = tmp_path / "out"
+    out.mkdir()
+    child = cli.popen("restore", chain, "--extract", "/bulk", "--to", str(out), env=guestfs_env(tmp_path))
+
+    def copying() -> bool:  # the appliance is up and files arrive in the staging folder
         assert child.poll() is None, child.communicate()
-        time.sleep(0.1)
-    child.send_signal(signal.SIGINT)
+        try:
+            return any(path.is_file() for path in out.rglob("*"))
+        except FileNotFoundError:  # a folder went while it was listed
+            return False
+
+    wait_for(copying, "--extract writing its staging folder", timeout=300, pause=0.01)
+    below = descendants(child.pid)
+    assert below  # guestfish, and the appliance's QEMU under it
+    interrupt_twice(child)
     _, err = child.communicate(timeout=60)
     assert child.returncode == 130, err
     assert list(private.iterdir()) == []
+    assert list(out.iterdir()) == []  # no staging folder, no partial file
+    assert [pid for pid in below if alive(pid)] == []
     left = subprocess.run(["pgrep", "-f", str(private)], capture_output=True, text=True)
     assert left.stdout == "", left.stdout

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from support.disks import wait_for_job, write_pattern
+from support.waits import interrupt_twice
 
 pytestmark = pytest.mark.qemu
 
@@ -116,6 +117,28 @@ def test_ctrl_c_mid_stream_cancels_and_stream_again_finishes(cli, vm_factory, qe
                               capture_output=True, text=True)
     assert compared.returncode == 0, compared.stdout + compared.stderr
     assert sums(chain) == before
+
+
+def test_ctrl_c_twice_mid_stream_leaves_no_job_and_the_vm_on_its_overlay(cli, vm_factory, qemu_build, tmp_path):
+    source = vm_factory(disk_size="32M")
+    chain = chain_with_data(cli, source, tmp_path / "b", megabytes=16)
+    overlay = tmp_path / "vd0.qcow2"
+    made = instant(cli, qemu_build, chain, overlay)
+    vm = on_overlay(vm_factory, overlay)
+    child = cli.popen("stream", "-s", str(vm.qmp_path), "vd0", "--speed", "1M", "--progress", "none")
+    wait_for_job(vm, "running", job_type="stream")
+    interrupt_twice(child)  # the second lands while the first one's cleanup runs
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 130, err
+    assert b"cancelled" in err and b"stream again" in err
+    assert vm.alive()
+    with vm.check() as qmp:
+        assert qmp.cmd("query-jobs") == []
+        assert qmp.cmd("query-status")["status"] in ("prelaunch", "paused", "running")
+        disk = [entry for entry in qmp.cmd("query-block") if entry.get("inserted")][0]["inserted"]
+        assert disk["image"]["filename"] == str(overlay)  # still on its overlay, never switched or closed
+    assert info(qemu_build, overlay)["full-backing-filename"] == str(Path(chain) / "0002-inc.qcow2")
+    assert Path(made["reference"]).exists()  # the overlay still needs the chain: it stays held
 
 
 @pytest.mark.one_qemu

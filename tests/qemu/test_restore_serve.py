@@ -14,6 +14,7 @@ import pytest
 
 from support.disks import write_pattern
 from support.qemu import free_tcp_port
+from support.waits import alive, descendants, interrupt_twice
 
 pytestmark = pytest.mark.qemu
 
@@ -115,11 +116,13 @@ def test_ctrl_c_twice_leaves_no_process_socket_or_overlay(cli, vm_factory, qemu_
     chain = chain_of_two(cli, vm, tmp_path)
     sock = tmp_path / "w.sock"
     child, served = started(cli, qemu_build, tmp_path, chain, "--serve", str(f"unix:{sock}"), "--writable")
-    child.send_signal(signal.SIGINT)
-    child.send_signal(signal.SIGINT)
+    below = descendants(child.pid)
+    assert served["pid"] in below
+    interrupt_twice(child)  # the second while the first one's cleanup runs
     _, err = child.communicate(timeout=30)
     assert child.returncode == 0, err
     assert gone(served["pid"]) and not sock.exists()
+    assert [pid for pid in below if alive(pid)] == []
     assert list(private_tmp(tmp_path).iterdir()) == []
 
 

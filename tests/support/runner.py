@@ -50,3 +50,22 @@ class CliRunner:
     def popen(self, *args: str, env: dict[str, str] | None = None, **kwargs: object) -> subprocess.Popen:
         return subprocess.Popen(self.argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 stdin=subprocess.DEVNULL, env=self.env(env), cwd=self.cwd, **kwargs)
+
+    def concurrently(self, *calls: tuple[str, ...], env: dict[str, str] | None = None,
+                     timeout: float = 60) -> list[Result]:
+        """Several independent qmpctl calls at once (each would wait on its own slow peer, e.g. a libguestfs
+        appliance): a Result each, in the order given, once all have ended."""
+        started = time.monotonic()
+        children = [self.popen(*args, env=env) for args in calls]
+        results = []
+        try:
+            for child in children:
+                out, err = child.communicate(timeout=max(1.0, timeout - (time.monotonic() - started)))
+                results.append(Result(child.returncode, out.decode("utf-8", "replace"),
+                                      err.decode("utf-8", "replace"), time.monotonic() - started, out))
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+        return results

@@ -12,6 +12,8 @@ guest-exec programs), so a test can act at exactly the moment it means to.
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -93,3 +95,43 @@ def children(parent: int, command: str | None = None) -> list[int]:
 def wait_for_child(parent: int, command: str | None = None, timeout: float = 10) -> None:
     """Until ``parent`` has a child (qemu-ga runs guest-exec programs as its children)."""
     wait_for(lambda: children(parent, command), f"process {parent} starting {command or 'a child'}", timeout)
+
+
+def descendants(parent: int) -> list[int]:
+    """Every process below ``parent``: its children, theirs, and so on (a child in its own session too)."""
+    found, todo = [], [parent]
+    while todo:
+        below = children(todo.pop())
+        found.extend(below)
+        todo.extend(below)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie waiting for its parent."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return text.rpartition(")")[2].split()[0] != "Z"
+
+
+def _blocks_sigint(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigBlk:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    return False
+
+
+def interrupt_twice(child: subprocess.Popen, timeout: float = 10) -> None:
+    """Ctrl-C twice: SIGINT, then a second SIGINT once qmpctl took the first and is cleaning up.
+
+    Two signals sent back to back can merge into one pending signal; qmpctl
+    blocks SIGINT when its handler runs (qmpctl/signals.py), so the second is
+    sent once /proc says SIGINT is blocked: it lands during the cleanup.
+    """
+    child.send_signal(signal.SIGINT)
+    wait_for(lambda: child.poll() is not None or _blocks_sigint(child.pid), f"process {child.pid} taking SIGINT",
+             timeout, pause=0.005)
+    if child.poll() is None:
+        child.send_signal(signal.SIGINT)
