@@ -40,8 +40,8 @@ import re
 import time
 
 from qmpctl.backup.full import DEFAULT_WAIT_TIMEOUT, MAX_JOB_ID, target_nodes
-from qmpctl.vm.block import (ROLLBACK_GRACE, block_devices, blockdev_del, device_id_of, named_nodes,
-                             undo_all, with_notes)
+from qmpctl.vm.block import ROLLBACK_GRACE, blockdev_del, named_nodes, undo_all, with_notes
+from qmpctl.vm.disks import find_disk, list_disks
 from qmpctl.backup.folder import LocalFolder, NewImage, View
 from qmpctl.backup.manifest import MANIFEST_VERSION
 from qmpctl.deadline import Deadline
@@ -322,87 +322,45 @@ class Disk:
         return self.new.path if self.new is not None else ""
 
 
-FILTERS = frozenset({"throttle", "copy-before-write", "backup-top", "copy-on-read", "preallocate", "compress"})
-"""Drivers of filter nodes: the disk's bitmaps go on the format node under them."""
 BACKUP_FILTERS = frozenset({"copy-before-write", "backup-top"})
 """A backup's filter: above a disk when no qmpctl job is, another tool is backing it up (fleecing)."""
 
 
-def _stable_names(entry: dict[str, Any], nodes: list[str]) -> list[str]:
-    """The names of a query-block entry that stay from one QEMU start to the next: device id, QOM path,
-    drive name, node names someone chose (QEMU's own start with ``#``)."""
-    qdev = str(entry.get("qdev") or "")
-    path = qdev[:-len("/virtio-backend")] if qdev.endswith("/virtio-backend") else qdev
-    names = [device_id_of(qdev) or "", path if path.startswith("/") else "", qdev if qdev != path else "",
-             str(entry.get("device") or ""), *nodes]
-    return list(dict.fromkeys(name for name in names if name and not name.startswith("#")))
-
-
-def _below(session: Session, deadline: Deadline, top: str, nodes: dict[str, dict[str, Any]]) -> list[str]:
-    """``top`` and the nodes under it through filters, down to the format node (the last)."""
-    chain = [top]
-    if str(nodes.get(top, {}).get("drv")) not in FILTERS:
-        return chain
-    graph = session.execute(Request("x-debug-query-block-graph"), deadline).get("return")
-    graph = graph if isinstance(graph, dict) else {}
-    ids = {str(node.get("name")): node.get("id") for node in graph.get("nodes") or []
-           if isinstance(node, dict) and node.get("type") == "block-driver"}
-    names = {number: name for name, number in ids.items()}
-    files = {edge.get("parent"): edge.get("child") for edge in graph.get("edges") or []
-             if isinstance(edge, dict) and edge.get("name") == "file"}
-    while str(nodes.get(chain[-1], {}).get("drv")) in FILTERS:
-        child = names.get(files.get(ids.get(chain[-1])))
-        if child is None or child in chain:
-            raise ProtocolError(f"cannot tell which node is under the filter {chain[-1]} "
-                                f"({nodes.get(chain[-1], {}).get('drv')})")
-        chain.append(child)
-    return chain
-
-
 def _find(session: Session, deadline: Deadline, name: str) -> Disk:
-    """The disk ``name`` names (device id, QOM path, drive name, or a node name someone chose), down to its
-    format node, where its bitmaps are: a filter above it (throttle, a backup's) is named in ``filters``."""
-    nodes = named_nodes(session, deadline)
-    for entry in block_devices(session, deadline):
-        inserted = entry.get("inserted")
-        if not isinstance(inserted, dict) or not inserted.get("node-name"):
-            continue
-        chain = _below(session, deadline, str(inserted["node-name"]), nodes)
-        names = _stable_names(entry, chain)
-        if name.startswith("#") and _part_of(name, chain, nodes):
-            said = (f"give one of {', '.join(names)} (qmpctl block lists them)" if names else
-                    "this disk has none: give it a device id")
-            raise UsageError(f"{name} is a node name QEMU made up at this start, and it changes at the next: a "
-                             f"chain needs a name that stays; {said}")
-        if name in names:
-            return _disk(name, names[0], chain, nodes)
+    """The disk ``name`` names (:func:`~qmpctl.vm.disks.find_disk`), with a chain's rules on top: a name QEMU
+    made up is refused (it changes at the next start), the disk's key is its first stable name, and its bitmaps
+    are those of its format node (under any filter, named in ``filters``)."""
     if name.startswith("#"):
-        raise UsageError(f"{name} is a node name QEMU made up at this start, and it changes at the next: give "
-                         "the disk's device id, QOM path, drive name or a node name you chose (qmpctl block)")
-    if name in nodes:  # a node of no device (not attached): known by that name only
-        return _disk(name, name, _below(session, deadline, name, nodes), nodes)
-    raise UsageError(f"the VM has no disk {name!r}: give a device id, QOM path, drive name or node name "
-                     "(qmpctl block and qmpctl block --nodes list them)")
-
-
-def _part_of(name: str, chain: list[str], nodes: dict[str, dict[str, Any]]) -> bool:
-    """Whether node ``name`` is one of the disk's: above or at its format node, or its file under it."""
-    file = nodes.get(chain[-1], {}).get("file")
-    return name in chain or bool(file) and nodes.get(name, {}).get("file") == file
-
-
-def _disk(name: str, key: str, chain: list[str], nodes: dict[str, dict[str, Any]]) -> Disk:
-    node = chain[-1]
-    info = nodes.get(node, {})
+        raise _made_up(session, deadline, name)
+    found = find_disk(session, deadline, name)
+    nodes = named_nodes(session, deadline)
+    info = nodes.get(found.node, {})
     image = info.get("image") if isinstance(info.get("image"), dict) else {}
     assert isinstance(image, dict)
     bitmaps = {str(entry.get("name")): entry for entry in info.get("dirty-bitmaps") or []
                if isinstance(entry, dict) and entry.get("name")}
-    disk = Disk(name, node, node, str(info.get("drv") or ""), int(image.get("virtual-size") or 0), bitmaps,
-                job_id_for(key))
+    key = (found.stable_names or [name])[0]
+    disk = Disk(name, found.node, found.node, str(info.get("drv") or found.driver),
+                int(image.get("virtual-size") or 0), bitmaps, job_id_for(key))
     disk.key = key
-    disk.filters = [(above, str(nodes.get(above, {}).get("drv"))) for above in chain[:-1]]
+    disk.filters = list(found.filters)
     return disk
+
+
+def _made_up(session: Session, deadline: Deadline, name: str) -> UsageError:
+    """Why a node name QEMU made up cannot name a chain's disk, with the stable names of the disk it is part of
+    (one of its nodes down to the format node, or the file under that)."""
+    nodes = named_nodes(session, deadline)
+    for disk in list_disks(session, deadline):
+        file = nodes.get(disk.node, {}).get("file")
+        if name in disk.nodes or bool(file) and nodes.get(name, {}).get("file") == file:
+            names = disk.stable_names
+            said = (f"give one of {', '.join(names)} (qmpctl block lists them)" if names else
+                    "this disk has none: give it a device id")
+            return UsageError(f"{name} is a node name QEMU made up at this start, and it changes at the next: a "
+                              f"chain needs a name that stays; {said}")
+    return UsageError(f"{name} is a node name QEMU made up at this start, and it changes at the next: give "
+                      "the disk's device id, QOM path, drive name or a node name you chose (qmpctl block)")
 
 
 def recorded_bitmap(manifest: dict[str, Any]) -> Optional[str]:
