@@ -1,4 +1,5 @@
-"""Sizes and rates on the command line: ``1048576``, ``512K``, ``10M``, ``1G`` (powers of 1024)."""
+"""Sizes, rates and durations on the command line: ``1048576``, ``512K``, ``10M``, ``1G`` (powers of 1024);
+``90s``, ``12h``, ``7d``."""
 
 from __future__ import annotations
 
@@ -21,3 +22,16 @@ def parse_size(text: str, option: str, what: str = "bytes", *, allow_zero: bool 
         floor = "0 or more" if allow_zero else "above 0"
         raise UsageError(f"{option} wants {what} {floor}, like 1048576, 512K or 10M; got {text!r}")
     return int(found.group(1)) * SIZE_UNITS[found.group(2).upper()]
+
+
+DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", re.IGNORECASE)
+
+
+def parse_duration(text: str, option: str) -> float:
+    """The seconds ``text`` names: ``90``, ``90s``, ``30m``, ``12h``, ``7d``, ``2w``; above 0, else a usage
+    error naming ``option``."""
+    found = _DURATION.fullmatch(text)
+    if not found or float(found.group(1)) <= 0:
+        raise UsageError(f"{option} wants a duration above 0, like 90s, 30m, 12h, 7d or 2w; got {text!r}")
+    return float(found.group(1)) * DURATION_UNITS[found.group(2).lower()]

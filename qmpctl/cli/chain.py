@@ -54,18 +54,24 @@ def _ssh_files(common: Common) -> Optional[HostFiles]:
 
 
 def backup_into(common: Common, *, devices: list[str], into: str, full: bool, keep_chains: Optional[int],
+                new_chain_after: Optional[str] = None, max_incrementals: Optional[int] = None,
+                compress: bool = False, estimate: bool = False, skip_below: Optional[str] = None,
                 speed: Optional[str], wait: bool, wait_timeout: Optional[float], progress: str,
                 freeze: str, freeze_timeout: Optional[float], agent: Optional[str]) -> int:
     """``backup DEVICE... --into DIR``: extend each disk's chain, or start one."""
     from qmpctl.backup import chain
     from qmpctl.backup.full import DEFAULT_WAIT_TIMEOUT, parse_speed
+    from qmpctl.units import parse_duration, parse_size
 
     if not wait:
         raise UsageError("--no-wait is refused with --into: a chain is only extended by a backup qmpctl saw finish")
     options = chain.ChainOptions(
         tuple(devices), into, full, keep_chains, parse_speed(speed) if speed else None,
         DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout, freeze,
-        chain.DEFAULT_FREEZE_TIMEOUT if freeze_timeout is None else freeze_timeout)
+        chain.DEFAULT_FREEZE_TIMEOUT if freeze_timeout is None else freeze_timeout, compress=compress,
+        new_chain_after=None if new_chain_after is None else parse_duration(new_chain_after, "--new-chain-after"),
+        max_incrementals=max_incrementals, estimate=estimate,
+        skip_below=None if skip_below is None else parse_size(skip_below, "--skip-below", allow_zero=True))
     remote = _ssh_files(common)
     if remote is not None:  # DIR is on the VM's host: here only its form can be checked, before connecting
         into = chain.prepare_dir(into, is_local=False, side=remote.side)
