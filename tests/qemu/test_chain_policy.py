@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from support.disks import images_identical, write_pattern
+from support.disks import images_identical, make_image, write_pattern
 
 pytestmark = pytest.mark.qemu
 
@@ -166,3 +166,30 @@ def test_skip_below_leaves_a_small_change_for_the_next_run(cli, vm_factory, tmp_
     then = ok(cli, vm, into, "--skip-below", "4M")
     assert (then["level"], then["bytes"], then["chain"]) == ("incremental", 5 * MiB, full["chain"]), then
     assert images_identical(vm.disk, Path(then["image"])).returncode == 0
+
+
+def test_with_several_disks_only_the_small_change_is_skipped_and_estimate_lists_each(cli, vm_factory, tmp_path):
+    second = make_image(tmp_path / "disk1.qcow2", "qcow2", "16M")
+    vm = vm_factory(disk_size="16M", extra_args=[
+        "-blockdev", f"driver=qcow2,node-name=disk1,file.driver=file,file.filename={second}",
+        "-device", "virtio-blk-pci,drive=disk1,id=vd1"])
+    into = tmp_path / "b"
+    disks = ("vd0", "vd1")
+    first = cli("backup", "-s", str(vm.qmp_path), *disks, "--into", str(into), "--progress", "none")
+    assert first.code == 0, first
+    chains = [disk["chain"] for disk in json.loads(first.out)["return"]["disks"]]
+    write_pattern(vm, [(0x71, 0, 3 * MiB)])
+    said = cli("backup", "-s", str(vm.qmp_path), *disks, "--into", str(into), "--estimate", "--skip-below", "1M")
+    assert said.code == 0, said
+    estimate = json.loads(said.out)["return"]
+    assert [(disk["device"], disk["level"], disk["bytes"]) for disk in estimate["disks"]] == [
+        ("vd0", "incremental", 3 * MiB), ("vd1", "skipped", 0)] and estimate["bytes"] == 3 * MiB, estimate
+    before = tree(Path(chains[1]))
+    run = cli("backup", "-s", str(vm.qmp_path), *disks, "--into", str(into), "--progress", "none",
+              "--skip-below", "1M")
+    assert run.code == 0, run
+    done = json.loads(run.out)["return"]["disks"]
+    assert [(disk["level"], disk["bytes"], disk["chain"]) for disk in done] == [
+        ("incremental", 3 * MiB, chains[0]), ("skipped", 0, chains[1])], done
+    assert tree(Path(chains[1])) == before
+    assert images_identical(vm.disk, Path(done[0]["image"])).returncode == 0
