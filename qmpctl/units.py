@@ -1,4 +1,5 @@
-"""Sizes and rates on the command line: ``1048576``, ``512K``, ``10M``, ``1G`` (powers of 1024)."""
+"""Sizes, rates and durations on the command line: ``1048576``, ``512K``, ``10M``, ``1G`` (powers of 1024);
+``90s``, ``12h``, ``7d``."""
 
 from __future__ import annotations
 
@@ -23,17 +24,18 @@ def parse_size(text: str, option: str, what: str = "bytes", *, allow_zero: bool 
     return int(found.group(1)) * SIZE_UNITS[found.group(2).upper()]
 
 
-DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_DURATION_PART = re.compile(r"(\d+)([smhdw])", re.IGNORECASE)
-_DURATION = re.compile(r"\s*(?:\d+[smhdw])+\s*", re.IGNORECASE)
+DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)", re.IGNORECASE)
+_DURATION = re.compile(r"\s*(?:\d+(?:\.\d+)?\s*[smhdw]?|(?:\d+(?:\.\d+)?[smhdw]){2,})\s*", re.IGNORECASE)
 
 
-def parse_duration(text: str, option: str) -> int:
-    """The seconds ``text`` names: ``90m``, ``36h``, ``7d``, ``2w``, or several, ``1d12h``; above 0."""
+def parse_duration(text: str, option: str) -> float:
+    """The seconds ``text`` names: ``90`` (seconds), ``90s``, ``30m``, ``1.5h``, ``7d``, ``2w``, or several units,
+    ``1d12h``; above 0, else a usage error naming ``option``."""
     if not _DURATION.fullmatch(text):
-        raise UsageError(f"{option} wants a duration above 0 like 90m, 36h, 7d or 1d12h (s, m, h, d, w); "
-                         f"got {text!r}")
-    seconds = sum(int(number) * DURATION_UNITS[unit.lower()] for number, unit in _DURATION_PART.findall(text))
+        raise UsageError(f"{option} wants a duration above 0, like 90s, 30m, 12h, 7d, 2w or 1d12h; got {text!r}")
+    seconds = sum(float(number) * DURATION_UNITS[unit.lower()]
+                  for number, unit in _DURATION_PART.findall(re.sub(r"\s+", "", text)))
     if seconds <= 0:
-        raise UsageError(f"{option} wants a duration above 0, got {text!r}")
+        raise UsageError(f"{option} wants a duration above 0, like 90s, 30m, 12h, 7d, 2w or 1d12h; got {text!r}")
     return seconds

@@ -40,8 +40,8 @@ import re
 import time
 
 from qmpctl.backup.full import DEFAULT_WAIT_TIMEOUT, MAX_JOB_ID, target_nodes
-from qmpctl.vm.block import (ROLLBACK_GRACE, block_devices, blockdev_del, device_id_of, named_nodes,
-                             undo_all, with_notes)
+from qmpctl.vm.block import ROLLBACK_GRACE, blockdev_del, named_nodes, undo_all, with_notes
+from qmpctl.vm.disks import find_disk, list_disks
 from qmpctl.backup.folder import LocalFolder, NewImage, View
 from qmpctl.backup.manifest import MANIFEST_VERSION
 from qmpctl.deadline import Deadline
@@ -81,11 +81,14 @@ class ChainOptions:
     reached) or ``try`` (back up unfrozen then).
     """
 
-    __slots__ = ("devices", "into", "full", "keep_chains", "speed", "wait_timeout", "freeze", "freeze_timeout")
+    __slots__ = ("devices", "into", "full", "keep_chains", "speed", "wait_timeout", "freeze", "freeze_timeout",
+                 "compress", "new_chain_after", "max_incrementals", "estimate", "skip_below")
 
     def __init__(self, devices: tuple[str, ...], into: str, full: bool = False, keep_chains: Optional[int] = None,
                  speed: Optional[int] = None, wait_timeout: float = DEFAULT_WAIT_TIMEOUT, freeze: str = "no",
-                 freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT) -> None:
+                 freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT, *, compress: bool = False,
+                 new_chain_after: Optional[float] = None, max_incrementals: Optional[int] = None,
+                 estimate: bool = False, skip_below: Optional[int] = None) -> None:
         self.devices = devices
         self.into = into
         self.full = full
@@ -94,6 +97,16 @@ class ChainOptions:
         self.wait_timeout = wait_timeout
         self.freeze = freeze
         self.freeze_timeout = freeze_timeout
+        self.compress = compress
+        """Compressed qcow2 images (the job's ``compress``): smaller, and slower to write."""
+        self.new_chain_after = new_chain_after
+        """Seconds: a chain whose first backup started longer ago gets a new full instead of an incremental."""
+        self.max_incrementals = max_incrementals
+        """A chain with this many incrementals gets a new full instead of one more."""
+        self.estimate = estimate
+        """Only say what the next run would copy, per disk: nothing is started, locked or written."""
+        self.skip_below = skip_below
+        """Bytes: an incremental with less to copy is not made this run (its bitmap keeps recording)."""
         if not self.devices:
             raise UsageError("give at least one DEVICE to back up")
         if len(set(self.devices)) != len(self.devices):
@@ -107,12 +120,16 @@ class ChainOptions:
             raise UsageError(f"--freeze takes no value or 'try', got {self.freeze!r}")
         if not self.freeze_timeout > 0:
             raise UsageError(f"--freeze-timeout must be more than 0 seconds, got {self.freeze_timeout:g}")
+        if self.new_chain_after is not None and not self.new_chain_after > 0:
+            raise UsageError(f"--new-chain-after must be more than 0 seconds, got {self.new_chain_after:g}")
+        if self.max_incrementals is not None and self.max_incrementals < 0:
+            raise UsageError(f"--max-incrementals must be 0 or more (0: a full every run), got {self.max_incrementals}")
 
     def requests(self) -> list[Request]:
         """What --dry-run shows: the transaction of a first run (images and nodes are only known at run time)."""
         adds = [bitmap_add_action(device, f"{BITMAP_PREFIX}FOLDER-CHAIN-0001-RANDOM", True) for device in self.devices]
-        backups = [backup_action(job_id_for(device), device, target_nodes(job_id_for(device))[0], None, self.speed)
-                   for device in self.devices]
+        backups = [backup_action(job_id_for(device), device, target_nodes(job_id_for(device))[0], None, self.speed,
+                                 self.compress) for device in self.devices]
         if len(self.devices) == 1:
             return [transaction(adds + backups, grouped=False)]
         return [transaction(adds, grouped=False), transaction(backups, grouped=True)]
@@ -172,7 +189,8 @@ def bitmap_add_action(device: str, bitmap: str, persistent: bool) -> dict[str, A
     return {"type": "block-dirty-bitmap-add", "data": {"node": device, "name": bitmap, "persistent": persistent}}
 
 
-def backup_action(job_id: str, device: str, target: str, bitmap: Optional[str], speed: Optional[int]) -> dict[str, Any]:
+def backup_action(job_id: str, device: str, target: str, bitmap: Optional[str], speed: Optional[int],
+                  compress: bool = False) -> dict[str, Any]:
     data: dict[str, Any] = {"job-id": job_id, "device": device, "target": target}
     if bitmap is None:
         data["sync"] = "full"
@@ -180,6 +198,10 @@ def backup_action(job_id: str, device: str, target: str, bitmap: Optional[str], 
         data.update({"sync": "bitmap", "bitmap": bitmap, "bitmap-mode": "never"})
     if speed is not None:
         data["speed"] = speed
+    if compress:
+        data["compress"] = True
+    else:  # copy_file_range: the kernel copies, QEMU does not read and write every byte (measured: tests/README)
+        data["x-perf"] = {"use-copy-range": True}
     data["auto-dismiss"] = False
     return {"type": "blockdev-backup", "data": data}
 
@@ -200,6 +222,15 @@ def bitmap_remove(session: Session, device: str, bitmap: str, deadline: Deadline
 def now_text() -> str:
     """UTC, milliseconds, ``Z``: sortable as text, readable by ``datetime.fromisoformat``."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _parse_time(text: str) -> Optional[datetime.datetime]:
+    """A time :func:`now_text` wrote (UTC), or None."""
+    try:
+        found = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return found if found.tzinfo is not None else found.replace(tzinfo=datetime.timezone.utc)
 
 
 # -- the guest's filesystems ------------------------------------------------------------------------
@@ -312,6 +343,8 @@ class Disk:
         """The disk's first stable name (its device id, else its QOM path...): one lock, job, chain per disk."""
         self.filters: list[tuple[str, str]] = []
         """(node, driver) of the filters above the format node, top first."""
+        self.skipped: Optional[int] = None
+        """The bytes an incremental skipped by --skip-below would have copied; None when it runs."""
         self.leftovers: list[str] = []
         """Images a killed qmpctl created in this DIR (its job's target node named them): removed before the job."""
 
@@ -332,87 +365,45 @@ class Disk:
         return self.new.path if self.new is not None else ""
 
 
-FILTERS = frozenset({"throttle", "copy-before-write", "backup-top", "copy-on-read", "preallocate", "compress"})
-"""Drivers of filter nodes: the disk's bitmaps go on the format node under them."""
 BACKUP_FILTERS = frozenset({"copy-before-write", "backup-top"})
 """A backup's filter: above a disk when no qmpctl job is, another tool is backing it up (fleecing)."""
 
 
-def _stable_names(entry: dict[str, Any], nodes: list[str]) -> list[str]:
-    """The names of a query-block entry that stay from one QEMU start to the next: device id, QOM path,
-    drive name, node names someone chose (QEMU's own start with ``#``)."""
-    qdev = str(entry.get("qdev") or "")
-    path = qdev[:-len("/virtio-backend")] if qdev.endswith("/virtio-backend") else qdev
-    names = [device_id_of(qdev) or "", path if path.startswith("/") else "", qdev if qdev != path else "",
-             str(entry.get("device") or ""), *nodes]
-    return list(dict.fromkeys(name for name in names if name and not name.startswith("#")))
-
-
-def _below(session: Session, deadline: Deadline, top: str, nodes: dict[str, dict[str, Any]]) -> list[str]:
-    """``top`` and the nodes under it through filters, down to the format node (the last)."""
-    chain = [top]
-    if str(nodes.get(top, {}).get("drv")) not in FILTERS:
-        return chain
-    graph = session.execute(Request("x-debug-query-block-graph"), deadline).get("return")
-    graph = graph if isinstance(graph, dict) else {}
-    ids = {str(node.get("name")): node.get("id") for node in graph.get("nodes") or []
-           if isinstance(node, dict) and node.get("type") == "block-driver"}
-    names = {number: name for name, number in ids.items()}
-    files = {edge.get("parent"): edge.get("child") for edge in graph.get("edges") or []
-             if isinstance(edge, dict) and edge.get("name") == "file"}
-    while str(nodes.get(chain[-1], {}).get("drv")) in FILTERS:
-        child = names.get(files.get(ids.get(chain[-1])))
-        if child is None or child in chain:
-            raise ProtocolError(f"cannot tell which node is under the filter {chain[-1]} "
-                                f"({nodes.get(chain[-1], {}).get('drv')})")
-        chain.append(child)
-    return chain
-
-
 def _find(session: Session, deadline: Deadline, name: str) -> Disk:
-    """The disk ``name`` names (device id, QOM path, drive name, or a node name someone chose), down to its
-    format node, where its bitmaps are: a filter above it (throttle, a backup's) is named in ``filters``."""
-    nodes = named_nodes(session, deadline)
-    for entry in block_devices(session, deadline):
-        inserted = entry.get("inserted")
-        if not isinstance(inserted, dict) or not inserted.get("node-name"):
-            continue
-        chain = _below(session, deadline, str(inserted["node-name"]), nodes)
-        names = _stable_names(entry, chain)
-        if name.startswith("#") and _part_of(name, chain, nodes):
-            said = (f"give one of {', '.join(names)} (qmpctl block lists them)" if names else
-                    "this disk has none: give it a device id")
-            raise UsageError(f"{name} is a node name QEMU made up at this start, and it changes at the next: a "
-                             f"chain needs a name that stays; {said}")
-        if name in names:
-            return _disk(name, names[0], chain, nodes)
+    """The disk ``name`` names (:func:`~qmpctl.vm.disks.find_disk`), with a chain's rules on top: a name QEMU
+    made up is refused (it changes at the next start), the disk's key is its first stable name, and its bitmaps
+    are those of its format node (under any filter, named in ``filters``)."""
     if name.startswith("#"):
-        raise UsageError(f"{name} is a node name QEMU made up at this start, and it changes at the next: give "
-                         "the disk's device id, QOM path, drive name or a node name you chose (qmpctl block)")
-    if name in nodes:  # a node of no device (not attached): known by that name only
-        return _disk(name, name, _below(session, deadline, name, nodes), nodes)
-    raise UsageError(f"the VM has no disk {name!r}: give a device id, QOM path, drive name or node name "
-                     "(qmpctl block and qmpctl block --nodes list them)")
-
-
-def _part_of(name: str, chain: list[str], nodes: dict[str, dict[str, Any]]) -> bool:
-    """Whether node ``name`` is one of the disk's: above or at its format node, or its file under it."""
-    file = nodes.get(chain[-1], {}).get("file")
-    return name in chain or bool(file) and nodes.get(name, {}).get("file") == file
-
-
-def _disk(name: str, key: str, chain: list[str], nodes: dict[str, dict[str, Any]]) -> Disk:
-    node = chain[-1]
-    info = nodes.get(node, {})
+        raise _made_up(session, deadline, name)
+    found = find_disk(session, deadline, name)
+    nodes = named_nodes(session, deadline)
+    info = nodes.get(found.node, {})
     image = info.get("image") if isinstance(info.get("image"), dict) else {}
     assert isinstance(image, dict)
     bitmaps = {str(entry.get("name")): entry for entry in info.get("dirty-bitmaps") or []
                if isinstance(entry, dict) and entry.get("name")}
-    disk = Disk(name, node, node, str(info.get("drv") or ""), int(image.get("virtual-size") or 0), bitmaps,
-                job_id_for(key))
+    key = (found.stable_names or [name])[0]
+    disk = Disk(name, found.node, found.node, str(info.get("drv") or found.driver),
+                int(image.get("virtual-size") or 0), bitmaps, job_id_for(key))
     disk.key = key
-    disk.filters = [(above, str(nodes.get(above, {}).get("drv"))) for above in chain[:-1]]
+    disk.filters = list(found.filters)
     return disk
+
+
+def _made_up(session: Session, deadline: Deadline, name: str) -> UsageError:
+    """Why a node name QEMU made up cannot name a chain's disk, with the stable names of the disk it is part of
+    (one of its nodes down to the format node, or the file under that)."""
+    nodes = named_nodes(session, deadline)
+    for disk in list_disks(session, deadline):
+        file = nodes.get(disk.node, {}).get("file")
+        if name in disk.nodes or bool(file) and nodes.get(name, {}).get("file") == file:
+            names = disk.stable_names
+            said = (f"give one of {', '.join(names)} (qmpctl block lists them)" if names else
+                    "this disk has none: give it a device id")
+            return UsageError(f"{name} is a node name QEMU made up at this start, and it changes at the next: a "
+                              f"chain needs a name that stays; {said}")
+    return UsageError(f"{name} is a node name QEMU made up at this start, and it changes at the next: give "
+                      "the disk's device id, QOM path, drive name or a node name you chose (qmpctl block)")
 
 
 def recorded_bitmap(manifest: dict[str, Any]) -> Optional[str]:
@@ -512,9 +503,10 @@ class ChainRun:
         return {folder_tag(self.into)} | {str(manifest["folder-tag"]) for _, manifest in self.view.chains
                                           if manifest.get("folder-tag")}
 
-    def plan(self, stamp: str) -> None:
+    def plan(self, stamp: str, view: Optional[View] = None) -> None:
+        """Where each disk's chain stands, and what this run adds to it (``view``: DIR as it is, when known)."""
         self.stamp = stamp
-        self.view = self.folder.scan(self.deadline)
+        self.view = self.folder.scan(self.deadline) if view is None else view
         taken = self.view.names
         for disk in self.disks:
             chains = self.chains(disk)
@@ -523,6 +515,8 @@ class ChainRun:
             if previous is not None and not self.options.full:
                 sizes = self.view.files.get(os.path.basename(previous[0]), {})
                 reason = _why_not_incremental(disk, self.folder, *previous, sizes)
+                if reason is None:
+                    reason = self._due(previous[1])
                 if reason is None:
                     disk.chain_dir, disk.manifest = previous[0], json.loads(json.dumps(previous[1]))
                     disk.full = False
@@ -551,6 +545,42 @@ class ChainRun:
                              "device": disk.name, "disk": disk.key, "node": disk.node, "bitmap": disk.new_bitmap,
                              "persistent": disk.persistent, "size": disk.size, "qemu": self.qemu_version,
                              "created": stamp, "images": []}
+
+    def _due(self, manifest: dict[str, Any]) -> Optional[str]:
+        """Why the chain policy wants a new full now (--max-incrementals, --new-chain-after), or None."""
+        images = manifest["images"]
+        limit = self.options.max_incrementals
+        if limit is not None and len(images) - 1 >= limit:
+            return (f"the chain {manifest.get('chain')} has {len(images) - 1} incremental(s): --max-incrementals "
+                    f"{limit} starts a new chain")
+        after = self.options.new_chain_after
+        if after is not None:
+            started = _parse_time(str(images[0].get("started") or ""))
+            age = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds() if started else None
+            if age is None or age >= after:
+                since = f"started {age:.0f}s ago" if age is not None else "has no start time qmpctl can read"
+                return f"the chain {manifest.get('chain')} {since}: --new-chain-after {after:g}s starts a new chain"
+        return None
+
+    def to_copy(self, disk: Disk) -> int:
+        """What this run would copy for ``disk``: its bitmap's ``count`` for an incremental, the format node's
+        allocated size (qemu-img info's disk size) for a full."""
+        if not disk.full:
+            assert disk.source_bitmap is not None
+            return int(disk.bitmaps.get(disk.source_bitmap, {}).get("count") or 0)
+        image = named_nodes(self.session, self.deadline).get(disk.node, {}).get("image")
+        return int(image.get("actual-size") or disk.size) if isinstance(image, dict) else disk.size
+
+    def skip_small(self) -> None:
+        """--skip-below: incrementals with less to copy leave this run; their bitmaps go on recording."""
+        limit = self.options.skip_below
+        if limit is None:
+            return
+        for disk in self.disks:
+            if not disk.full and (count := self.to_copy(disk)) < limit:
+                disk.skipped = count
+                disk.obsolete = []
+        self.disks = [disk for disk in self.disks if disk.skipped is None]
 
     def check_not_busy(self) -> None:
         """A job or node of a disk's chain job: another qmpctl's, unless it works in this DIR (whose lock this run
@@ -693,7 +723,8 @@ class ChainRun:
             # Two nodes, as backup's blockdev flow adds them: jobs --dismiss of a job left behind by a killed
             # qmpctl then deletes them (and the image, when the job failed) the same way.
             self.session.execute(Request("blockdev-add", {"driver": "file", "node-name": file_node,
-                                                          "filename": disk.image}), self.deadline)
+                                                          "filename": disk.image, "cache": {"no-flush": True}}),
+                                  self.deadline)
             if not self.folder.formats_images:
                 self._format(disk, file_node)
             self.session.execute(Request("blockdev-add", {"driver": "qcow2", "node-name": target, "backing": None,
@@ -727,8 +758,8 @@ class ChainRun:
         the backup and in the new bitmap, copied once more next time, never lost.
         """
         adds = [bitmap_add_action(disk.device, disk.new_bitmap, disk.persistent) for disk in self.disks]
-        backups = [backup_action(disk.job_id, disk.device, disk.target, disk.source_bitmap, self.options.speed)
-                   for disk in self.disks]
+        backups = [backup_action(disk.job_id, disk.device, disk.target, disk.source_bitmap, self.options.speed,
+                                 self.options.compress) for disk in self.disks]
         for disk in self.disks:
             disk.bitmap_added = True  # before sending: an interrupt may come between request and reply
         if len(self.disks) == 1:
@@ -920,6 +951,37 @@ def _disk_summary(disk: Disk, seconds: float) -> dict[str, Any]:
     return summary
 
 
+def _skipped_summary(disk: Disk, options: ChainOptions) -> dict[str, Any]:
+    return {"device": disk.name, "level": "skipped", "chain": disk.chain_dir, "bytes": disk.skipped,
+            "reason": f"{disk.skipped} bytes changed since the last backup, below --skip-below {options.skip_below}: "
+                      f"bitmap {disk.source_bitmap} keeps recording for the next run"}
+
+
+def _estimate(session: Session, deadline: Deadline, options: ChainOptions, disks: list[Disk],
+              folder: ChainFolder) -> dict[str, Any]:
+    """--estimate: what the next run would do and copy per disk, from DIR and the VM as they are; nothing is
+    locked, created, added or removed."""
+    run = ChainRun(session, deadline, options, disks, folder, "")
+    empty = folder.host is None and not os.path.isdir(folder.into)  # DIR is not there yet: every disk starts one
+    run.plan(time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
+             View(frozenset(), [], frozenset(), frozenset(), {}) if empty else None)
+    summaries = []
+    for disk in disks:
+        summary: dict[str, Any] = {"device": disk.name, "level": "full" if disk.full else "incremental",
+                                   "chain": disk.chain_dir, "bytes": run.to_copy(disk)}
+        if (not disk.full and options.skip_below is not None and summary["bytes"] < options.skip_below):
+            summary["level"] = "skipped"
+            summary["reason"] = f"below --skip-below {options.skip_below}"
+        elif disk.reason is not None:
+            summary["reason"] = disk.reason
+        if folder.host is not None:
+            summary["host"] = folder.host
+        summaries.append(summary)
+    result: dict[str, Any] = {"estimate": True, **summaries[0]} if len(summaries) == 1 else {
+        "estimate": True, "disks": summaries, "bytes": sum(summary["bytes"] for summary in summaries)}
+    return result
+
+
 def backup_chain(session: Session, deadline: Deadline, options: ChainOptions, *, agent: Optional[Target] = None,
                  progress: Optional[Progress] = None, progress_every: float = CHECK_EVERY,
                  folder: Optional[ChainFolder] = None) -> dict[str, Any]:
@@ -934,25 +996,30 @@ def backup_chain(session: Session, deadline: Deadline, options: ChainOptions, *,
         same = [other.name for other in disks[:number] if other.key == disk.key]
         if same:
             raise UsageError(f"{same[0]} and {disk.name} are the same disk ({disk.key}): give it once")
+    if options.estimate:
+        return _estimate(session, deadline, options, disks, folder)
+    deleted: list[str] = []
     with folder.lock([(disk.name, _label(disk.key)) for disk in disks], deadline):
         disks = [_find(session, deadline, name) for name in options.devices]  # as it is now, under the lock
         run = ChainRun(session, deadline, options, disks, folder, _qemu_version(session, deadline))
         run.check_not_busy()
         run.plan(time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
-        freezer = Freezer(agent, options.freeze, options.freeze_timeout)
+        run.skip_small()
+        freezer = Freezer(agent, options.freeze if run.disks else "no", options.freeze_timeout)
         freezer.connect(deadline)
         started = time.monotonic()
         wait = Deadline(options.wait_timeout)
         try:
-            run.drop_broken_bitmaps()
-            run.create_images()
-            run.add_targets()
-            with freezer.frozen():
-                run.start_jobs()
-            run.wait(wait, progress, progress_every)
-            with shielded():  # the jobs are done: record them whole, a Ctrl-C waits (the steps are bounded)
-                run.end_jobs()
-                deleted = run.commit()
+            if run.disks:
+                run.drop_broken_bitmaps()
+                run.create_images()
+                run.add_targets()
+                with freezer.frozen():
+                    run.start_jobs()
+                run.wait(wait, progress, progress_every)
+                with shielded():  # the jobs are done: record them whole, a Ctrl-C waits (the steps are bounded)
+                    run.end_jobs()
+                    deleted = run.commit()
         except BaseException as exc:
             with shielded():  # a second Ctrl-C must not cut the taking back short; every step has a deadline
                 failure = _failed(run, exc, wait, options)
@@ -960,7 +1027,8 @@ def backup_chain(session: Session, deadline: Deadline, options: ChainOptions, *,
         finally:
             freezer.close()
     seconds = round(time.monotonic() - started, 3)
-    summaries = [_disk_summary(disk, seconds) for disk in disks]
+    summaries = [_skipped_summary(disk, options) if disk.skipped is not None else _disk_summary(disk, seconds)
+                 for disk in disks]
     if folder.host is not None:
         for summary in summaries:
             summary["host"] = folder.host

@@ -273,15 +273,42 @@ class LocalFolder(ChainFolder):
                 os.fchown(descriptor, owner.st_uid, owner.st_gid)
 
     def measure(self, paths: list[str], deadline: Deadline) -> list[tuple[int, str]]:
-        measured = []
-        for path in paths:
-            descriptor = safe_open.open_regular(os.path.basename(path), path, self._chain(os.path.dirname(path)))
-            try:
-                os.fsync(descriptor)
-                measured.append((os.fstat(descriptor).st_size, sha256_of_descriptor(descriptor)))
-            finally:
+        """Every image's fsync and sha256 at once, each in a thread of its own: both wait on the disk or hash
+        with the GIL let go, so the images of several disks cost about as long as the biggest one."""
+        import threading
+
+        descriptors: list[int] = []
+        try:
+            for path in paths:
+                descriptors.append(safe_open.open_regular(os.path.basename(path), path,
+                                                          self._chain(os.path.dirname(path))))
+            sizes = [os.fstat(descriptor).st_size for descriptor in descriptors]
+            hashes = [""] * len(descriptors)
+            failures: list[BaseException] = []
+
+            def run(step: Any, *args: Any) -> None:
+                try:
+                    step(*args)
+                except BaseException as exc:  # noqa: BLE001 (handed to the caller's thread below)
+                    failures.append(exc)
+
+            def digest(number: int) -> None:
+                hashes[number] = sha256_of_descriptor(descriptors[number])
+
+            threads = [threading.Thread(target=run, args=(os.fsync, descriptor), daemon=True)
+                       for descriptor in descriptors]
+            threads += [threading.Thread(target=run, args=(digest, number), daemon=True)
+                        for number in range(len(descriptors))]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            if failures:
+                raise failures[0]
+            return list(zip(sizes, hashes, strict=True))
+        finally:
+            for descriptor in descriptors:
                 os.close(descriptor)
-        return measured
 
     def write_manifest(self, chain_dir: str, manifest: dict[str, Any], deadline: Deadline) -> None:
         data = manifest_bytes(manifest)

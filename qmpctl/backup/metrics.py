@@ -183,7 +183,7 @@ def write(path: str, outcomes: list[Outcome]) -> None:
         os.close(dir_fd)
 
 
-def too_old(chains: list[str], seconds: int, written: str) -> Optional[VerificationFailed]:
+def too_old(chains: list[str], seconds: float, written: str) -> Optional[VerificationFailed]:
     """Every disk of ``chains`` whose newest backup started more than ``seconds`` ago, or None.
 
     A disk is a device in one folder of chains (DIR, or DIR/<vm>/ of a fleet):

@@ -67,10 +67,13 @@ def _vm_agent(vm: Any, uri: Optional[str]) -> Any:
 def backup_into(common: Common, *, devices: list[str], into: str, full: bool, exclude: list[str],
                 keep_chains: Optional[int], speed: Optional[str], wait: bool, wait_timeout: Optional[float],
                 progress: str, freeze: str, freeze_timeout: Optional[float], agent: Optional[str],
-                metrics: Optional[str] = None) -> int:
+                metrics: Optional[str] = None, new_chain_after: Optional[str] = None,
+                max_incrementals: Optional[int] = None, compress: bool = False, estimate: bool = False,
+                skip_below: Optional[str] = None) -> int:
     """``backup [DEVICE...] --into DIR``: extend each disk's chain, or start one; no DEVICE: the whole VM."""
     from qmpctl.backup import chain
     from qmpctl.backup.full import DEFAULT_WAIT_TIMEOUT, parse_speed
+    from qmpctl.units import parse_duration, parse_size
 
     if not wait:
         raise UsageError("--no-wait is refused with --into: a chain is only extended by a backup qmpctl saw finish")
@@ -78,8 +81,13 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ex
     wait_value = DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout
     freeze_value = chain.DEFAULT_FREEZE_TIMEOUT if freeze_timeout is None else freeze_timeout
 
+    new_chain_seconds = None if new_chain_after is None else parse_duration(new_chain_after, "--new-chain-after")
+    skip_bytes = None if skip_below is None else parse_size(skip_below, "--skip-below", allow_zero=True)
+
     def options_for(chosen: tuple[str, ...], where: str) -> chain.ChainOptions:
-        return chain.ChainOptions(chosen, where, full, keep_chains, speed_value, wait_value, freeze, freeze_value)
+        return chain.ChainOptions(chosen, where, full, keep_chains, speed_value, wait_value, freeze, freeze_value,
+                                  compress=compress, new_chain_after=new_chain_seconds,
+                                  max_incrementals=max_incrementals, estimate=estimate, skip_below=skip_bytes)
 
     whole = not devices or bool(exclude)
     fleet = _is_fleet(common)

@@ -645,6 +645,24 @@ COMMANDS: tuple[Command, ...] = (
             Option("keep_chains", ("--keep-chains",), "int", None,
                    "With --into: after a successful backup, delete the oldest chains of the disk beyond N "
                    "(never the current one).", metavar="N", show_default=False),
+            Option("new_chain_after", ("--new-chain-after",), "text", None,
+                   "With --into: start a new chain with a full backup when the current one's first backup is "
+                   "older than DURATION (90s, 12h, 7d, 2w); its \"reason\" says so.", metavar="DURATION",
+                   show_default=False),
+            Option("max_incrementals", ("--max-incrementals",), "int", None,
+                   "With --into: start a new chain with a full backup when the current one already has N "
+                   "incrementals; its \"reason\" says so.", metavar="N", show_default=False),
+            Option("estimate", ("--estimate",), "flag", False,
+                   "With --into: print, per disk, what the next run would do (\"level\") and copy (\"bytes\": "
+                   "the bitmap's count for an incremental, the disk's allocated size for a full), and start, "
+                   "lock, create or change nothing."),
+            Option("skip_below", ("--skip-below",), "text", None,
+                   "With --into: a disk with less than SIZE changed since its last backup (512K, 10M) is not "
+                   "backed up this run (\"level\": \"skipped\"); its bitmap keeps recording.", metavar="SIZE",
+                   show_default=False),
+            Option("compress", ("--compress",), "flag", False,
+                   "With --into: write compressed qcow2 images (smaller, slower to write); restore, "
+                   "backup-verify, --serve and --instant read them as any other."),
             Option("freeze", ("--freeze",), "flag", False,
                    "With --into: freeze the guest's filesystems through its agent (-a, or --domain) while the "
                    "jobs start, and thaw them right after, on every path. No agent: exit 3, nothing started."),

@@ -773,6 +773,25 @@ def backup(
     keep_chains: Optional[int] = typer.Option(None, '--keep-chains', metavar='N', show_default=False,
                                               help=('With --into: after a successful backup, delete the oldest '
                                                     'chains of the disk beyond N (never the current one).')),
+    new_chain_after: Optional[str] = typer.Option(None, '--new-chain-after', metavar='DURATION', show_default=False,
+                                                  help=('With --into: start a new chain with a full backup when the '
+                                                        "current one's first backup is older than DURATION (90s, "
+                                                        '12h, 7d, 2w); its "reason" says so.')),
+    max_incrementals: Optional[int] = typer.Option(None, '--max-incrementals', metavar='N', show_default=False,
+                                                   help=('With --into: start a new chain with a full backup when '
+                                                         'the current one already has N incrementals; its "reason" '
+                                                         'says so.')),
+    estimate: bool = typer.Option(False, '--estimate', show_default=False,
+                                  help=('With --into: print, per disk, what the next run would do ("level") and '
+                                        'copy ("bytes": the bitmap\'s count for an incremental, the disk\'s '
+                                        'allocated size for a full), and start, lock, create or change nothing.')),
+    skip_below: Optional[str] = typer.Option(None, '--skip-below', metavar='SIZE', show_default=False,
+                                             help=('With --into: a disk with less than SIZE changed since its last '
+                                                   'backup (512K, 10M) is not backed up this run ("level": '
+                                                   '"skipped"); its bitmap keeps recording.')),
+    compress: bool = typer.Option(False, '--compress', show_default=False,
+                                  help=('With --into: write compressed qcow2 images (smaller, slower to write); '
+                                        'restore, backup-verify, --serve and --instant read them as any other.')),
     freeze: bool = typer.Option(False, '--freeze', show_default=False,
                                 help=("With --into: freeze the guest's filesystems through its agent (-a, or "
                                       '--domain) while the jobs start, and thaw them right after, on every path. No '

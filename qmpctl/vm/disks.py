@@ -6,7 +6,8 @@ id (``vd0``), its QOM path as ``query-block`` reports it
 ``/machine/peripheral-anon/device[0]/virtio-backend`` and the device itself,
 ``/machine/peripheral-anon/device[0]``), the ``-drive`` name of its
 BlockBackend, and the node names of its top node and of the format node under
-any filters (a ``throttle`` node, say). A node added with blockdev-add and not
+any filters (a ``throttle`` node, say; the block graph tells which node is
+under a filter). A node added with blockdev-add and not
 attached to a device is found by its node name too. Whatever the name, the
 answer is one :class:`Disk` with all of them; no match is a usage error that
 lists the VM's disks.
@@ -15,16 +16,17 @@ lists the VM's disks.
 from __future__ import annotations
 
 from qmpctl.deadline import Deadline
-from qmpctl.errors import UsageError
+from qmpctl.errors import ProtocolError, UsageError
 from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.vm.block import block_devices, device_id_of, named_nodes
+from qmpctl.wire.request import Request
 from qmpctl.wire.targets import Session
 
 if TYPE_CHECKING:
     from typing import Any, Optional
 
-FILTERS = frozenset({"throttle", "copy-on-read", "copy-before-write", "preallocate", "compress", "blkdebug",
-                     "blklogwrites", "blkreplay", "blkverify"})
+FILTERS = frozenset({"throttle", "copy-on-read", "copy-before-write", "backup-top", "preallocate", "compress",
+                     "blkdebug", "blklogwrites", "blkreplay", "blkverify"})
 """Block drivers that only pass their one child's data through: the disk's format is below them."""
 BACKEND_SUFFIX = "/virtio-backend"
 """A virtio-blk device's block backend hangs off this child object of the device (query-block's ``qdev``)."""
@@ -49,6 +51,8 @@ class Disk(NamedTuple):
     """query-block's entry for the disk; empty for a node on no device."""
     info: dict[str, Any]
     """The top node's description: query-block's ``inserted``, or query-named-block-nodes' entry."""
+    filters: tuple[tuple[str, str], ...] = ()
+    """(node name, driver) of each filter between ``top`` and ``node``, top first."""
 
     @property
     def block_name(self) -> str:
@@ -59,6 +63,20 @@ class Disk(NamedTuple):
     def label(self) -> str:
         """The name messages use: the device id, else the drive name, QOM path or node name."""
         return self.device_id or self.drive or self.qdev or self.top
+
+    @property
+    def nodes(self) -> list[str]:
+        """``top``, the filters under it, and ``node`` (the last): the disk's nodes down to its format node."""
+        return list(dict.fromkeys([*(name for name, _ in self.filters), self.node])) if self.node else []
+
+    @property
+    def stable_names(self) -> list[str]:
+        """The names that stay from one QEMU start to the next, most telling first: device id, QOM path, drive
+        name, node names someone chose (those QEMU made up start with ``#``)."""
+        path = self.qdev[:-len(BACKEND_SUFFIX)] if self.qdev.endswith(BACKEND_SUFFIX) else self.qdev
+        names = [self.device_id, path if path.startswith("/") else "", self.qdev if self.qdev != path else "",
+                 self.drive, *self.nodes]
+        return list(dict.fromkeys(name for name in names if name and not name.startswith("#")))
 
 
 def _names(entry: dict[str, Any]) -> set[str]:
@@ -73,58 +91,86 @@ def _names(entry: dict[str, Any]) -> set[str]:
     return names - {""}
 
 
-def _format_node(top: str, info: dict[str, Any], nodes: dict[str, dict[str, Any]]) -> tuple[str, str]:
-    """The format node under ``top``'s filters, and its driver.
+class _Graph:
+    """The block graph (x-debug-query-block-graph), asked for once per lookup and only when a filter is met."""
 
-    A filter's ``image`` describes its child as its ``backing-image`` (format
-    and file name, no node name), so the child is the named node with that
-    driver on that file.
-    """
-    name, driver, image = top, str(info.get("drv") or ""), info.get("image")
-    while driver in FILTERS and isinstance(image, dict) and isinstance(image.get("backing-image"), dict):
-        image = image["backing-image"]
-        wanted, filename = str(image.get("format") or ""), str(image.get("filename") or "")
-        child = next((key for key, node in nodes.items() if key != name and node.get("drv") == wanted
-                      and node.get("file") == filename), None)
-        if child is None:
-            break
-        name, driver = child, wanted
-    return name, driver
+    def __init__(self, session: Session, deadline: Deadline) -> None:
+        self.session = session
+        self.deadline = deadline
+        self.files: Optional[dict[str, str]] = None
+
+    def child(self, node: str) -> Optional[str]:
+        """The node a filter passes its data to (its ``file`` child)."""
+        if self.files is None:
+            graph = self.session.execute(Request("x-debug-query-block-graph"), self.deadline).get("return")
+            graph = graph if isinstance(graph, dict) else {}
+            names = {number: str(item.get("name")) for item in graph.get("nodes") or []
+                     if isinstance(item, dict) and item.get("type") == "block-driver"
+                     and isinstance((number := item.get("id")), int)}
+            self.files = {names[edge["parent"]]: names[edge["child"]] for edge in graph.get("edges") or []
+                          if isinstance(edge, dict) and edge.get("name") == "file"
+                          and edge.get("parent") in names and edge.get("child") in names}
+        return self.files.get(node)
 
 
-def _disk(entry: dict[str, Any], nodes: Optional[dict[str, dict[str, Any]]]) -> Disk:
+def _below(top: str, driver: str, nodes: dict[str, dict[str, Any]], graph: _Graph) -> tuple[str, str,
+                                                                                           tuple[tuple[str, str], ...]]:
+    """The format node under ``top``'s filters, its driver, and the filters (node, driver), top first."""
+    name, filters = top, list[tuple[str, str]]()
+    while driver in FILTERS:
+        child = graph.child(name)
+        if child is None or child == name or child in (node for node, _ in filters):
+            raise ProtocolError(f"cannot tell which node is under the filter {name} ({driver})")
+        filters.append((name, driver))
+        name, driver = child, str(nodes.get(child, {}).get("drv") or "")
+    return name, driver, tuple(filters)
+
+
+def _disk(entry: dict[str, Any], nodes: Optional[dict[str, dict[str, Any]]], graph: _Graph) -> Disk:
     qdev = str(entry.get("qdev") or "")
     inserted = entry.get("inserted")
     info = inserted if isinstance(inserted, dict) else {}
     top = str(info.get("node-name") or "")
-    node, driver = top, str(info.get("drv") or "")
+    node, driver, filters = top, str(info.get("drv") or ""), tuple[tuple[str, str], ...]()
     if top and driver in FILTERS and nodes is not None:
-        node, driver = _format_node(top, info, nodes)
-    return Disk(device_id_of(qdev) or "", qdev, str(entry.get("device") or ""), top, node, driver, entry, info)
+        node, driver, filters = _below(top, driver, nodes, graph)
+    return Disk(device_id_of(qdev) or "", qdev, str(entry.get("device") or ""), top, node, driver, entry, info,
+                filters)
+
+
+def list_disks(session: Session, deadline: Deadline) -> list[Disk]:
+    """Every disk with a medium on a device of the VM, down to its format node."""
+    entries = [entry for entry in block_devices(session, deadline)
+               if isinstance(entry.get("inserted"), dict) and entry["inserted"].get("node-name")]
+    nodes = named_nodes(session, deadline) if any(entry["inserted"].get("drv") in FILTERS
+                                                  for entry in entries) else None
+    graph = _Graph(session, deadline)
+    return [_disk(entry, nodes, graph) for entry in entries]
 
 
 def find_disk(session: Session, deadline: Deadline, name: str) -> Disk:
-    """The disk ``name`` means: a device id, QOM path, drive name or node name (top or format node).
+    """The disk ``name`` means: a device id, QOM path, drive name or node name (top, filter or format node).
 
     No match is a :class:`UsageError` naming the disks the VM has.
     """
     entries = block_devices(session, deadline)
+    graph = _Graph(session, deadline)
     nodes: Optional[dict[str, dict[str, Any]]] = None
     filtered = any(isinstance(entry.get("inserted"), dict) and entry["inserted"].get("drv") in FILTERS
                    for entry in entries)
     for entry in entries:
         if name in _names(entry):
-            return _disk(entry, named_nodes(session, deadline) if filtered else None)
+            return _disk(entry, named_nodes(session, deadline) if filtered else None, graph)
     nodes = named_nodes(session, deadline)
     for entry in entries:
-        disk = _disk(entry, nodes)
-        if name == disk.node:
+        disk = _disk(entry, nodes, graph)
+        if name in disk.nodes:
             return disk
     info = nodes.get(name)
     if info is not None:
-        node, driver = _format_node(name, info, nodes)
-        return Disk("", "", "", name, node, driver, {}, info)
-    known = sorted({_disk(entry, None).label for entry in entries} - {""})
+        node, driver, filters = _below(name, str(info.get("drv") or ""), nodes, graph)
+        return Disk("", "", "", name, node, driver, {}, info, filters)
+    known = sorted({_disk(entry, None, graph).label for entry in entries} - {""})
     raise UsageError(f"the VM {session.target} has no disk {name!r} (disks: {', '.join(known) or 'none'}): give "
                      "a device id, QOM path, drive name or node name (qmpctl block and qmpctl block --nodes "
                      "list them)")

@@ -198,3 +198,21 @@ def test_every_declared_handler_exists_and_takes_the_declared_keywords():
         declared = {a.name for a in command.arguments} | {o.name for o in command.options}
         assert set(parameters) - {"common"} == declared, command.words
         assert find(list(command.words)) is not None
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90.0), ("90s", 90.0), ("30m", 1800.0), ("12h", 43200.0),
+                                           ("7d", 604800.0), ("2w", 1209600.0), ("1.5h", 5400.0), (" 7D ", 604800.0),
+                                           ("1d2h", 93600.0)])
+def test_a_duration_reads_its_unit(text, seconds):
+    from qmpctl.units import parse_duration
+
+    assert parse_duration(text, "--new-chain-after") == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "0s", "-1d", "7 days", "d", "1y", "1d2"])
+def test_anything_else_is_a_usage_error_naming_the_option(text):
+    from qmpctl.errors import UsageError
+    from qmpctl.units import parse_duration
+
+    with pytest.raises(UsageError, match="--new-chain-after wants a duration above 0"):
+        parse_duration(text, "--new-chain-after")

@@ -10,12 +10,12 @@ from qmpctl.units import parse_duration
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90m", 5400), ("36h", 129600), ("7d", 604800), ("1d12h", 129600),
-                                               ("2w", 1209600), ("45s", 45)])
+                                               ("2w", 1209600), ("45s", 45), ("7", 7), ("1.5h", 5400)])
 def test_durations(text, seconds):
     assert parse_duration(text, "--max-age") == seconds
 
 
-@pytest.mark.parametrize("text", ["", "7", "0d", "-1d", "1.5h", "7 days", "d"])
+@pytest.mark.parametrize("text", ["", "0d", "-1d", "7 days", "d", "1d 12x"])
 def test_bad_durations_are_usage_errors(text):
     with pytest.raises(UsageError, match="--max-age"):
         parse_duration(text, "--max-age")
