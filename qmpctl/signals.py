@@ -27,6 +27,7 @@ from qmpctl.records import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing import Any, Optional
+    import subprocess
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -132,3 +133,16 @@ def die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal_module.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):
         pass
+
+
+def stop_child(child: "subprocess.Popen[bytes]", grace: float) -> None:
+    """End a child qmpctl started: SIGTERM, then SIGKILL if it is still there after ``grace`` seconds."""
+    import subprocess
+
+    if child.poll() is None:
+        child.terminate()
+        try:
+            child.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 
-from qmpctl.backup.manifest import read_manifest
-from qmpctl.backup.restore import _chain_to_restore, choose_point, first_broken, verify_chain
+from qmpctl.backup.restore import resolve_point
 from qmpctl.deadline import Deadline
 from qmpctl.records import TYPE_CHECKING, NamedTuple
 
@@ -37,12 +36,7 @@ def verified_point(chain: str, deadline: Deadline, *, point: Optional[int] = Non
 
     :raise VerificationFailed: an image up to that point is missing, changed or broken (exit 6).
     """
-    chain_dir = _chain_to_restore(chain)
-    manifest = read_manifest(chain_dir)
-    number = choose_point(manifest["images"], point, at)
-    broken = first_broken(verify_chain(chain_dir, deadline, number))
-    if broken is not None:
-        raise broken
+    chain_dir, manifest, number = resolve_point(chain, deadline, point, at)
     entry = manifest["images"][number - 1]
     device = manifest.get("device")
     return Point(chain_dir, number, len(manifest["images"]), os.path.join(chain_dir, str(entry["file"])), entry,

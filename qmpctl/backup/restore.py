@@ -20,7 +20,7 @@ from qmpctl.backup.manifest import MANIFEST, chains_of, read_manifest, sha256_of
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectError, DeadlineExceeded, ProtocolError, QmpctlError, UsageError, VerificationFailed
 from qmpctl.records import TYPE_CHECKING, NamedTuple
-from qmpctl.signals import die_with_parent
+from qmpctl.signals import die_with_parent, stop_child
 
 if TYPE_CHECKING:
     from typing import Any, Optional
@@ -173,6 +173,22 @@ def _chain_to_restore(path: str) -> str:
     return folders[-1]
 
 
+def resolve_point(chain: str, deadline: Deadline, point: Optional[int],
+                  at: Optional[str]) -> tuple[str, dict[str, Any], int]:
+    """The chain folder, its manifest and the number of the backup ``--point``/``--at`` names (the latest by
+    default), once every image that point needs is verified.
+
+    :raise VerificationFailed: an image up to that point is missing, changed or broken (exit 6).
+    """
+    chain_dir = _chain_to_restore(chain)
+    manifest = read_manifest(chain_dir)
+    number = choose_point(manifest["images"], point, at)
+    broken = first_broken(verify_chain(chain_dir, deadline, number))
+    if broken is not None:
+        raise broken
+    return chain_dir, manifest, number
+
+
 def restore(chain: str, target: str, deadline: Deadline, *, point: Optional[int] = None, at: Optional[str] = None,
             force: bool = False, target_format: str = "qcow2", progress: Optional[Progress] = None) -> dict[str, Any]:
     """Write the disk as it was at backup ``point`` of ``chain`` to the new standalone image ``target``.
@@ -188,12 +204,7 @@ def restore(chain: str, target: str, deadline: Deadline, *, point: Optional[int]
         raise UsageError(f"{target} exists; restore does not overwrite it (pass --force to replace it)")
     if not os.path.isdir(os.path.dirname(target)):
         raise UsageError(f"cannot restore to {target}: the directory {os.path.dirname(target)} does not exist")
-    chain_dir = _chain_to_restore(chain)
-    manifest = read_manifest(chain_dir)
-    number = choose_point(manifest["images"], point, at)
-    broken = first_broken(verify_chain(chain_dir, deadline, number))
-    if broken is not None:
-        raise broken
+    chain_dir, manifest, number = resolve_point(chain, deadline, point, at)
     entry = manifest["images"][number - 1]
     source = os.path.join(chain_dir, str(entry["file"]))
     started = time.monotonic()
@@ -226,9 +237,9 @@ def restore(chain: str, target: str, deadline: Deadline, *, point: Optional[int]
     finally:
         os.close(dir_fd)
     return {"chain": chain_dir, "point": number, "points": len(manifest["images"]),
-                       "level": entry.get("level"), "started": entry.get("started"), "image": source,
-                       "target": target, "format": target_format, "device": manifest.get("device"),
-                       "seconds": round(time.monotonic() - started, 3)}
+            "level": entry.get("level"), "started": entry.get("started"), "image": source,
+            "target": target, "format": target_format, "device": manifest.get("device"),
+            "seconds": round(time.monotonic() - started, 3)}
 
 
 # -- boot check -------------------------------------------------------------------------------------
@@ -266,13 +277,7 @@ def _console_tail(path: str) -> str:
 
 
 def _stop(child: "subprocess.Popen[bytes]") -> None:
-    if child.poll() is None:
-        child.terminate()
-        try:
-            child.wait(timeout=STOP_GRACE)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+    stop_child(child, STOP_GRACE)
 
 
 def boot_check(image: str, *, image_format: str, qemu_args: list[str], boot_timeout: float,

@@ -24,7 +24,7 @@ import time
 from qmpctl.deadline import Deadline
 from qmpctl.errors import JobFailed, UsageError
 from qmpctl.records import TYPE_CHECKING, NamedTuple
-from qmpctl.signals import die_with_parent, shielded
+from qmpctl.signals import die_with_parent, shielded, stop_child
 
 if TYPE_CHECKING:
     from qmpctl.backup.point import Point
@@ -202,13 +202,7 @@ class Server:
     def _stop(self) -> None:
         child, self.child = self.child, None
         if child is not None:
-            if child.poll() is None:
-                child.terminate()
-                try:
-                    child.wait(timeout=STOP_GRACE)
-                except subprocess.TimeoutExpired:
-                    child.kill()
-                    child.wait()
+            stop_child(child, STOP_GRACE)
         if child is not None and self.listen.path is not None:
             try:  # qemu-nbd removes its socket when it ends cleanly; a killed one leaves it
                 if stat.S_ISSOCK(os.lstat(self.listen.path).st_mode):
