@@ -31,12 +31,12 @@ class Point(NamedTuple):
 
 
 def verified_point(chain: str, deadline: Deadline, *, point: Optional[int] = None,
-                   at: Optional[str] = None) -> Point:
+                   at: Optional[str] = None, checksums: bool = True) -> Point:
     """The point ``--point``/``--at`` names (the latest by default), after verifying every image it needs.
 
     :raise VerificationFailed: an image up to that point is missing, changed or broken (exit 6).
     """
-    chain_dir, manifest, number = resolve_point(chain, deadline, point, at)
+    chain_dir, manifest, number = resolve_point(chain, deadline, point, at, checksums=checksums)
     entry = manifest["images"][number - 1]
     device = manifest.get("device")
     return Point(chain_dir, number, len(manifest["images"]), os.path.join(chain_dir, str(entry["file"])), entry,

@@ -21,7 +21,7 @@ MODES = ("serve", "instant", "ls", "cat", "extract")
 """The options that each choose a mode, in the order their flags are named in messages."""
 FILES = ("ls", "cat", "extract")
 ONLY_WITH: dict[str, tuple[str, ...]] = {"serve_for": ("serve",), "writable": ("serve",), "allow_remote": ("serve",),
-                                         "to": ("extract",), "filesystem": FILES}
+                                         "to": ("extract",), "filesystem": FILES, "verify": ("instant",)}
 """Options that belong to some modes only (``--wait-timeout`` and ``--point``/``--at`` go with every one)."""
 
 
@@ -61,14 +61,14 @@ def restore(common: Common, *, chain: str, target: Optional[str], point: Optiona
             qemu_args: list[str], boot_timeout: float, check_command: Optional[str], serve: Optional[str],
             serve_for: Optional[float], writable: bool, allow_remote: bool, instant: Optional[str],
             ls: Optional[str], cat: Optional[str], extract: Optional[str], to: Optional[str],
-            filesystem: Optional[str]) -> int:
+            filesystem: Optional[str], verify: bool) -> int:
     """``restore CHAIN TARGET`` (:func:`qmpctl.cli.chain.restore_chain`), or the mode an option chooses."""
     from qmpctl.cli.chain import restore_chain
     from qmpctl.timing import OFFLINE_TIMEOUT
 
     modes: dict[str, Any] = {"serve": serve, "serve_for": serve_for, "writable": writable,
                              "allow_remote": allow_remote, "instant": instant, "ls": ls, "cat": cat,
-                             "extract": extract, "to": to, "filesystem": filesystem}
+                             "extract": extract, "to": to, "filesystem": filesystem, "verify": verify}
     mode = chosen(target, modes, force=force, image_format=image_format, progress=progress, boot_check=boot_check,
                   qemu_args=qemu_args, check_command=check_command)
     if mode is None:
@@ -80,7 +80,8 @@ def restore(common: Common, *, chain: str, target: Optional[str], point: Optiona
     wait = wait_timeout or OFFLINE_TIMEOUT
     if mode == "instant":
         assert instant is not None
-        return instant_overlay(common, chain=chain, point=point, at=at, wait_timeout=wait, target=instant)
+        return instant_overlay(common, chain=chain, point=point, at=at, wait_timeout=wait, target=instant,
+                               checksums=verify)
     if mode in FILES:
         return files(common, mode, chain=chain, point=point, at=at, wait_timeout=wait, path=str(modes[mode]),
                      to=to, force=force, filesystem=filesystem)
@@ -113,16 +114,24 @@ def serve_point(common: Common, *, chain: str, point: Optional[int], at: Optiona
 
 
 def instant_overlay(common: Common, *, chain: str, point: Optional[int], at: Optional[str], wait_timeout: float,
-                    target: str) -> int:
-    """``restore CHAIN --instant TARGET``: a thin overlay on the verified point."""
+                    target: str, checksums: bool = False) -> int:
+    """``restore CHAIN --instant TARGET``: a thin overlay on the point, at once whatever the disk's size.
+
+    The images are checked as far as their metadata goes (regular files of the recorded size, sound, each
+    backed by the one before, no external data file); their sha256, which reads every byte, only with
+    ``--verify``: the result says which.
+    """
     from qmpctl.backup.instant import create_instant
     from qmpctl.backup.point import verified_point
     from qmpctl.deadline import Deadline
     from qmpctl.output import render_reply
 
     deadline = Deadline(wait_timeout)
-    found = verified_point(chain, deadline, point=point, at=at)
-    reply = {"return": create_instant(found, target, deadline)}
+    found = verified_point(chain, deadline, point=point, at=at, checksums=checksums)
+    made = create_instant(found, target, deadline)
+    made["checksums"] = "compared" if checksums else (
+        "not read (--verify compares them first; qmpctl backup-verify CHAIN does at any time)")
+    reply = {"return": made}
     emit(render_reply(reply, pretty=common.pretty, return_value=common.return_value), final=True)
     return ExitCode.OK
 

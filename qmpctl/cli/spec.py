@@ -815,8 +815,12 @@ COMMANDS: tuple[Command, ...] = (
                    "images stay read-only."),
             Option("instant", ("--instant",), "text", None,
                    "Instead of writing a whole image, create TARGET as a thin qcow2 overlay on the point, at "
-                   "once whatever the disk's size; a VM can start on it, and qmpctl stream makes it standalone.",
+                   "once whatever the disk's size; a VM can start on it, and qmpctl stream makes it standalone. "
+                   "The images' metadata is checked first; their sha256 only with --verify.",
                    metavar="TARGET", show_default=False),
+            Option("verify", ("--verify",), "flag", False,
+                   "With --instant: first compare every image the point needs with its sha256, as restore does "
+                   "(reads them all: seconds per GiB)."),
             Option("ls", ("--ls",), "text", None,
                    "Instead, list the folder PATH of the disk at that point (or the file PATH), through libguestfs.",
                    metavar="PATH", show_default=False),

@@ -954,7 +954,11 @@ def restore(
     instant: Optional[str] = typer.Option(None, '--instant', metavar='TARGET', show_default=False,
                                           help=('Instead of writing a whole image, create TARGET as a thin qcow2 '
                                                 "overlay on the point, at once whatever the disk's size; a VM can "
-                                                'start on it, and qmpctl stream makes it standalone.')),
+                                                "start on it, and qmpctl stream makes it standalone. The images' "
+                                                'metadata is checked first; their sha256 only with --verify.')),
+    verify: bool = typer.Option(False, '--verify', show_default=False,
+                                help=('With --instant: first compare every image the point needs with its sha256, '
+                                      'as restore does (reads them all: seconds per GiB).')),
     ls: Optional[str] = typer.Option(None, '--ls', metavar='PATH', show_default=False,
                                      help=('Instead, list the folder PATH of the disk at that point (or the file '
                                            'PATH), through libguestfs.')),

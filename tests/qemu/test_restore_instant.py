@@ -161,6 +161,26 @@ def test_rotation_keeps_a_chain_an_overlay_depends_on(cli, vm_factory, qemu_buil
 
 
 @pytest.mark.one_qemu
+def test_instant_reads_no_data_unless_verify_and_verify_finds_a_flipped_byte(cli, vm_factory, qemu_build, tmp_path):
+    """A byte of the full image flipped (its size, metadata and backing unchanged): only the sha256 tells."""
+    vm = vm_factory(disk_size="32M")
+    chain = chain_with_data(cli, vm, tmp_path / "b")
+    full = Path(chain) / "0001-full.qcow2"
+    data = bytearray(full.read_bytes())
+    offset = len(data) - 4096  # inside the last cluster of guest data, far from the qcow2 header
+    data[offset] ^= 0x01
+    full.write_bytes(bytes(data))
+    quick = instant(cli, qemu_build, chain, tmp_path / "quick.qcow2")
+    assert quick["checksums"].startswith("not read") and quick["seconds"] < 1, quick
+    checked = cli("restore", chain, "--instant", str(tmp_path / "checked.qcow2"), "--verify",
+                  env=qemu_build.tools_env())
+    assert checked.code == 6 and "sha256 differs" in checked.err, checked
+    assert not (tmp_path / "checked.qcow2").exists()
+    wrong = cli("restore", chain, str(tmp_path / "t.qcow2"), "--verify")
+    assert wrong.code == 2 and "--verify goes with --instant" in wrong.err, wrong
+
+
+@pytest.mark.one_qemu
 def test_instant_never_overwrites(cli, vm_factory, tmp_path):
     vm = vm_factory(disk_size="16M")
     made = cli("backup", "-s", str(vm.qmp_path), "vd0", "--into", str(tmp_path / "b"), "--progress", "none")
