@@ -174,4 +174,7 @@ def test_sixty_nights_of_faults_never_restore_different_content(cli, vm_factory,
                                           compared.stdout, soak.log)
         identical += 1
     assert identical + refused == NIGHTS and identical >= NIGHTS // 4, (identical, refused, soak.log)
-    assert time.monotonic() - started < 120, f"the soak took {time.monotonic() - started:.0f}s"
+    # How long it took is reported, not judged: a wall-clock limit here fails on a busy machine, not on a
+    # wrong restore (speed targets live in tests/bench/bench.py).
+    print(f"seed {SEED}: {NIGHTS} nights in {time.monotonic() - started:.0f} s, {identical} identical, "
+          f"{refused} refused")
