@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from support.guestfs import guestfs_env, need_guestfish
 from support.lab import lab_guest_module
 from support.qga import agent_request
 from support.runner import CliRunner
@@ -29,17 +29,6 @@ def in_guest(cli: CliRunner, guest, script: str) -> str:
     return result.out
 
 
-def guestfs_env(tmp_path: Path) -> dict[str, str]:
-    private = tmp_path / "tmp"
-    private.mkdir(exist_ok=True)
-    return {"TMPDIR": str(private), "LIBGUESTFS_CACHEDIR": os.environ.get("LIBGUESTFS_CACHEDIR", "/var/tmp")}
-
-
-def need_guestfish() -> None:
-    if shutil.which("guestfish") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("guestfish is not installed (run tests/setup-host)")
-        pytest.skip("guestfish is not installed (run tests/setup-host)")
 
 
 def backing_of(image: Path) -> str | None:

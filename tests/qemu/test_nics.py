@@ -9,6 +9,7 @@ import time
 import pytest
 
 from support.disks import hmp
+from support.interrupts import InterruptAfter
 
 pytestmark = pytest.mark.qemu
 
@@ -205,21 +206,6 @@ def test_a_refused_netdev_add_adds_nothing(cli, vm_factory):
     assert state(vm) == before
 
 
-class InterruptAfter:
-    """A session that raises KeyboardInterrupt once ``execute`` has sent one command and had its answer."""
-
-    def __init__(self, session, command: str) -> None:
-        self.session = session
-        self.command = command
-
-    def __getattr__(self, name: str):
-        return getattr(self.session, name)
-
-    def execute(self, request, deadline, *args):
-        reply = self.session.execute(request, deadline, *args)
-        if request.execute == self.command:
-            raise KeyboardInterrupt
-        return reply
 
 
 @pytest.mark.parametrize("command", ["netdev_add", "device_add"])

@@ -14,6 +14,7 @@ import pytest
 
 from support.disks import block_state, hmp, make_image
 from support.waits import wait_for
+from support.interrupts import InterruptAfter
 
 pytestmark = pytest.mark.qemu
 
@@ -26,21 +27,6 @@ def hotplugged(cli, vm, device_id: str, bus: str) -> None:
     assert result.code == 0, result
 
 
-class InterruptAfter:
-    """A session that raises KeyboardInterrupt once ``execute`` has sent one command and had its answer."""
-
-    def __init__(self, session, command: str) -> None:
-        self.session = session
-        self.command = command
-
-    def __getattr__(self, name: str):
-        return getattr(self.session, name)
-
-    def execute(self, request, deadline):
-        reply = self.session.execute(request, deadline)
-        if request.execute == self.command:
-            raise KeyboardInterrupt
-        return reply
 
 
 def unplug_interrupted(vm, device_id: str):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from support.interrupts import InterruptAfter
 
 pytestmark = pytest.mark.qemu
 
@@ -177,21 +178,6 @@ def test_unplug_memory_without_a_guest_times_out_and_deletes_nothing(cli, vm_fac
     assert result.code == 2 and "no DIMM with id 'nosuch'" in result.err
 
 
-class InterruptAfter:
-    """A session that raises KeyboardInterrupt once ``execute`` has sent one command and had its answer."""
-
-    def __init__(self, session, command: str) -> None:
-        self.session = session
-        self.command = command
-
-    def __getattr__(self, name: str):
-        return getattr(self.session, name)
-
-    def execute(self, request, deadline, *args):
-        reply = self.session.execute(request, deadline, *args)
-        if request.execute == self.command:
-            raise KeyboardInterrupt
-        return reply
 
 
 def test_an_interrupt_after_the_backend_was_added_takes_it_away(vm_factory):
