@@ -55,13 +55,35 @@ def _is_fleet(common: Common) -> bool:
         character in value for value in common.sockets for character in "*?[")
 
 
-def _vm_agent(vm: Any, uri: Optional[str]) -> Any:
-    """For --freeze in a fleet: a libvirt domain's own agent channel; a socket VM has none to find."""
+AGENT_FIELDS = ("{vm}", "{sock}")
+"""What -a may hold in a fleet: each VM's name, and its socket's file name without the extension."""
+
+
+def _check_agent_pattern(agent: Optional[str]) -> None:
+    """In a fleet, -a is a pattern for each VM's agent socket: it must name the VM, or every VM would share one."""
+    if agent is not None and not any(field in agent for field in AGENT_FIELDS):
+        raise UsageError(f"-a {agent} names one guest agent, and this run backs up several VMs: give a pattern "
+                         "with {vm} (the VM's name) or {sock} (its socket's file name without the extension), "
+                         "e.g. -a '/run/qemu/{vm}.qga'; a -d DOMAIN uses its own agent")
+
+
+def _vm_agent(vm: Any, uri: Optional[str], pattern: Optional[str], name: str) -> Any:
+    """For --freeze in a fleet: a libvirt domain's own agent channel; for a socket VM, -a's pattern filled in
+    with its name (on the VM's host, for a VM reached over ssh://), else none."""
+    import os
+
     from qmpctl.wire.targets import AGENT, resolve_targets
 
     if hasattr(vm, "uri") and hasattr(vm, "name"):
         return resolve_targets(AGENT, [], [vm.label or vm.name], uri)[0]
-    return None
+    address = getattr(vm, "address", None)
+    if pattern is None or address is None:
+        return None
+    stem = os.path.splitext(os.path.basename(address.path or ""))[0]
+    text = pattern.replace("{vm}", name).replace("{sock}", stem)
+    if address.via is not None and text.startswith("/"):
+        text = f"ssh://{address.via}{text}"
+    return resolve_targets(AGENT, [text], [], None)[0]
 
 
 def backup_into(common: Common, *, devices: list[str], into: str, full: bool, exclude: list[str],
@@ -115,11 +137,18 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ex
         raise UsageError(f"--into backs up one VM, not {len(targets)}: run one qmpctl per VM")
     if remote is None:
         into = chain.prepare_dir(into, is_local=targets[0].host_files().is_local)  # before connecting to anything
-    agent_target = _agent_target(common, agent) if options.freeze != "no" else None
+    pattern = agent if agent is not None and any(field in agent for field in AGENT_FIELDS) else None
+    agent_target = _agent_target(common, agent) if options.freeze != "no" and pattern is None else None
     show, every, printer = _printer(progress)
 
     def action(session: Any, deadline: Any, vm: Any) -> dict[str, Any]:
         from qmpctl.backup.remote_folder import folder_for
+
+        nonlocal agent_target
+        if pattern is not None and options.freeze != "no":  # the fleet's -a pattern, for one VM of it
+            from qmpctl.backup.wholevm import vm_name
+
+            agent_target = _vm_agent(vm, common.uri, pattern, vm_name(session, deadline, vm))
 
         if whole:
             from qmpctl.backup import wholevm
@@ -152,8 +181,7 @@ def _backup_fleet(common: Common, options: Any, options_for: Any, devices: tuple
     from qmpctl.cli.spec import DEFAULT_JOBS
     from qmpctl.wire.request import Request
 
-    if agent is not None:
-        raise UsageError("-a names one guest agent: with several VMs, --freeze uses each -d DOMAIN's own agent")
+    _check_agent_pattern(agent)
     note = (options.plan_note(None) + "; for each VM: its name first (query-name), then DISK stands for each disk "
             "the run picks in DIR/<vm>/")
     if printed_plan(common, [Request("query-name"), *options.requests()], note):
@@ -188,7 +216,7 @@ def _backup_fleet(common: Common, options: Any, options_for: Any, devices: tuple
             raise UsageError(f"{first} is also named {name!r}: DIR/{name} would mix the chains of two VMs; "
                              "give each VM its own -name")
         where = os.path.join(root, name) if vm.host_files().remote() else wholevm.make_vm_folder(root, name)
-        vm_agent = _vm_agent(vm, common.uri) if options.freeze != "no" else None
+        vm_agent = _vm_agent(vm, common.uri, agent, name) if options.freeze != "no" else None
         result = wholevm.backup_vm(session, deadline, lambda chosen: options_for(chosen, where), devices, exclude,
                                    agent=vm_agent, progress_every=1.0, folder=folder_for(vm, where))
         return {"return": {"vm": name, **result}}

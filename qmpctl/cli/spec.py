@@ -673,7 +673,10 @@ COMMANDS: tuple[Command, ...] = (
                    "How long the agent may take to freeze; then it is thawed [default: 10].", metavar="SECONDS",
                    show_default=False),
             Option("agent", ("-a", "--agent"), "text", None,
-                   "The guest agent's channel socket, for --freeze.", metavar="ADDR", show_default=False,
+                   "The guest agent's channel socket, for --freeze. Several VMs: a pattern, {vm} standing for "
+                   "each VM's name and {sock} for its socket's file name without the extension "
+                   "(-a '/run/qemu/{vm}.qga'; a VM over ssh:// finds an absolute path on its host).",
+                   metavar="ADDR", show_default=False,
                    complete="socket"),
             Option("sync", ("--sync",), "choice", "full",
                    "full: the whole disk; top: only what the top image holds (the target then names the "

@@ -804,7 +804,10 @@ def backup(
                                                          '[default: 10].')),
     agent: Optional[str] = typer.Option(None, '-a', '--agent', metavar='ADDR', show_default=False,
                                         autocompletion=complete_socket,
-                                        help="The guest agent's channel socket, for --freeze."),
+                                        help=("The guest agent's channel socket, for --freeze. Several VMs: a "
+                                              "pattern, {vm} standing for each VM's name and {sock} for its "
+                                              "socket's file name without the extension (-a '/run/qemu/{vm}.qga'; a "
+                                              'VM over ssh:// finds an absolute path on its host).')),
     sync: Literal['full', 'top'] = typer.Option('full', '--sync', show_default=True,
                                                 help=('full: the whole disk; top: only what the top image holds '
                                                       "(the target then names the source's backing file).")),

@@ -198,8 +198,7 @@ def test_verify_max_age_names_every_disk_whose_newest_backup_is_too_old(cli, vm_
 
 
 def test_verify_reads_a_fleets_folder(cli, vm_factory, tmp_path):
-    for name in ("alpha", "beta"):
-        vm_factory(disk_size="16M", extra_args=["-name", name])
+    alpha, _ = (vm_factory(disk_size="16M", extra_args=["-name", name]) for name in ("alpha", "beta"))
     into = tmp_path / "nightly"
     assert backup(cli, [str(tmp_path / "vm*" / "qmp.sock")], into).code == 0
     verified = cli("backup-verify", str(into), "--max-age", "1d")
@@ -348,3 +347,30 @@ def test_metrics_of_one_vm_count_a_failed_run_too(cli, vm_factory, tmp_path):
     assert sample(samples, "failures_total", vm="solo") == 1 and sample(samples, "last_run_exit_code", vm="solo") == 6
     assert sample(samples, "chain_length", vm="solo", device="vd0") == 1
     assert sample(samples, "last_level", vm="solo", device="vd0", level="full") == 1
+
+
+def test_a_fleets_agent_pattern_reaches_each_vms_own_agent(cli, vm_factory, tmp_path, qemu_build):
+    # The host's own qemu-ga must never freeze the host: it refuses the freeze, so --freeze-try backs up
+    # unfrozen and says which agent answered. A VM without an agent names the socket the pattern gave it.
+    from support.qga import HostAgent
+
+    alpha, _ = (vm_factory(disk_size="16M", extra_args=["-name", name]) for name in ("alpha", "beta"))
+    agent = HostAgent(tmp_path / "agents" / "alpha", block=["guest-fsfreeze-freeze", "guest-fsfreeze-freeze-list"],
+                      binary=qemu_build.qemu_ga).start()
+    try:
+        pattern = str(tmp_path / "agents" / "{vm}" / "qga.sock")
+        result = backup(cli, [str(tmp_path / "vm*" / "qmp.sock")], tmp_path / "b", "--freeze-try", "-a", pattern)
+        assert result.code == 0, result
+        freeze = {line["return"]["vm"]: line["return"]["freeze"] for line in map(json.loads, result.out.splitlines())}
+        assert freeze["alpha"]["frozen"] is False and "did not freeze" in freeze["alpha"]["reason"]
+        assert "disabled" in freeze["alpha"]["reason"]
+        assert freeze["beta"]["frozen"] is False
+        assert str(tmp_path / "agents" / "beta" / "qga.sock") in freeze["beta"]["reason"]
+        assert "cannot be reached" in freeze["beta"]["reason"]
+        one = backup(cli, [str(tmp_path / "vm*" / "qmp.sock")], tmp_path / "c", "--freeze", "-a", str(agent.path))
+        assert one.code == 2 and "{vm}" in one.err and not (tmp_path / "c").exists(), one
+        single = backup(cli, [str(alpha.qmp_path)], tmp_path / "d", "--freeze-try", "-a", pattern)
+        assert single.code == 0, single
+        assert "disabled" in json.loads(single.out)["return"]["freeze"]["reason"], single
+    finally:
+        agent.stop()
