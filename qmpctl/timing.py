@@ -39,6 +39,12 @@ NODE_RELEASE_GRACE = 2.0
 INTERRUPTED_UNPLUG_GRACE = 3.0
 """After Ctrl-C or SIGTERM following device_del: how long the guest may take to release the device (short:
 the user asked to stop)."""
+STREAM_CANCEL_GRACE = 30.0
+"""How long cancelling a block-stream may take on the way out: the job first finishes the copy it has in flight,
+which on a slow disk takes longer than undoing a node."""
+SNAPSHOT_CLEANUP_GRACE = 10.0
+"""How long deleting a half-made snapshot may take after a failure or Ctrl-C: a snapshot-delete job on every disk
+(the VM state is not written)."""
 FORCE_GRACE = 10.0
 """How long ``quit`` may take after a forced powerdown (the --timeout clock has often run out by then)."""
 NO_REPLY_GRACE_SECONDS = 1

@@ -19,6 +19,7 @@ from qmpctl.signals import shielded
 from qmpctl.records import TYPE_CHECKING
 from qmpctl.wire.request import Request
 from qmpctl.wire.targets import Session
+from qmpctl.timing import INTERRUPTED_UNPLUG_GRACE
 
 if TYPE_CHECKING:
     from typing import Any, Callable, Optional
@@ -29,8 +30,6 @@ PLACEMENT = ("socket-id", "die-id", "cluster-id", "module-id", "core-id", "threa
 """The properties that place a CPU, in the order free slots are filled."""
 DEFAULT_WAIT = 30.0
 """How long the guest may take to release all the vCPUs an unplug asks to go (--wait-timeout)."""
-INTERRUPTED_UNPLUG_GRACE = 3.0
-"""After Ctrl-C or SIGTERM mid-unplug: how long the guest may still take to release the vCPU asked to go."""
 PLAN_NOTE = ("a plan, not the exact requests (--dry-run connects to nothing): the run reads the VM's free vCPU slots "
              "(query-hotpluggable-cpus) and sends one device_add per slot, of the CPU type and with every "
              "property QEMU names for it, until the VM has N vCPUs")

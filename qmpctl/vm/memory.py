@@ -16,6 +16,7 @@ from qmpctl.errors import QmpctlError, UsageError, VmError
 from qmpctl.records import TYPE_CHECKING
 from qmpctl.wire.request import Request
 from qmpctl.wire.targets import Session
+from qmpctl.timing import INTERRUPTED_UNPLUG_GRACE
 
 if TYPE_CHECKING:
     from typing import Any, Optional
@@ -26,7 +27,6 @@ ALIGN = 2 * 1024 * 1024
 MEMDEV_SUFFIX = "-mem"
 ID_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*\Z")
 MAX_ID = 24
-INTERRUPTED_UNPLUG_GRACE = 3.0
 UNPLUG_PLAN_NOTE = ("a plan, not all the requests (--dry-run connects to nothing): once the guest has released the "
                     "DIMM, object-del deletes its memory backend, which the run reads from the VM first")
 

@@ -17,6 +17,7 @@ from qmpctl.errors import QmpctlError, UsageError, VmError
 from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.wire.request import Request
 from qmpctl.wire.targets import Session
+from qmpctl.timing import INTERRUPTED_UNPLUG_GRACE
 
 if TYPE_CHECKING:
     from typing import Any, Optional
@@ -29,7 +30,6 @@ MAC_PATTERN = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}\Z")
 ID_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*\Z")
 MAX_ID = 24
 NETDEV_SUFFIX = "-net"
-INTERRUPTED_UNPLUG_GRACE = 3.0
 UNPLUG_PLAN_NOTE = ("a plan, not all the requests (--dry-run connects to nothing): once the guest has released the "
                     "device, netdev_del deletes its network backend, which the run reads from the device first")
 

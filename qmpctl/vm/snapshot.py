@@ -25,6 +25,7 @@ from qmpctl.deadline import Deadline
 from qmpctl.errors import DeadlineExceeded, Interrupted, JobFailed, QmpctlError, UsageError
 from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.signals import shielded
+from qmpctl.timing import SNAPSHOT_CLEANUP_GRACE
 from qmpctl.wire.request import Request
 from qmpctl.wire.targets import Session
 
@@ -34,8 +35,6 @@ if TYPE_CHECKING:
 PERIPHERAL = "/machine/peripheral/"
 SNAPSHOT_DRIVERS = ("qcow2",)
 """Formats whose images hold internal snapshots (of those qmpctl attaches)."""
-CLEANUP_GRACE = 10.0
-"""How long deleting a half-made snapshot may take after a failure or Ctrl-C (the VM state is not written)."""
 DEFAULT_WAIT = 3600.0
 REPLACING_SUFFIX = ".qmpctl-new"
 """The temporary tag of a --force save; it names the new state until the old snapshot is gone."""
@@ -206,7 +205,7 @@ def _run_job(session: Session, deadline: Deadline, request: Request, wait: Deadl
     except BaseException:
         with shielded():
             try:
-                jobs.finish(session, identifier, Deadline(CLEANUP_GRACE))
+                jobs.finish(session, identifier, Deadline(SNAPSHOT_CLEANUP_GRACE))
             except QmpctlError:
                 pass  # the caller's cleanup says what is left
         raise
@@ -218,7 +217,7 @@ def _delete_everywhere(session: Session, tag: str, nodes: list[str]) -> Optional
     """Take a half-made ``tag`` off ``nodes`` (a missing tag is no error); a note when that failed."""
     if not nodes:
         return None
-    grace = Deadline(CLEANUP_GRACE)
+    grace = Deadline(SNAPSHOT_CLEANUP_GRACE)
     with shielded():
         try:
             error = _run_job(session, grace, delete_request(tag, nodes), grace)
@@ -337,7 +336,7 @@ def load(session: Session, deadline: Deadline, tag: str, *, exclude: list[str], 
 
 def _run_state(session: Session) -> str:
     try:
-        reply = session.execute(Request("query-status"), Deadline(CLEANUP_GRACE)).get("return") or {}
+        reply = session.execute(Request("query-status"), Deadline(SNAPSHOT_CLEANUP_GRACE)).get("return") or {}
     except QmpctlError:
         return "the VM's state is unknown"
     status = reply.get("status", "unknown")

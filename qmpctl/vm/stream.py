@@ -23,6 +23,7 @@ from qmpctl.deadline import Deadline
 from qmpctl.errors import Busy, DeadlineExceeded, Interrupted, JobFailed, ProtocolError, UsageError
 from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.signals import shielded
+from qmpctl.timing import STREAM_CANCEL_GRACE
 from qmpctl.vm.block import block_devices, device_id_of
 from qmpctl.vm.jobs import cancel_job, dismiss, failure_detail, find_job, wait_for_end
 from qmpctl.wire.request import Request
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
     from typing import Any, Optional
     from qmpctl.vm.jobs import Progress
 
-CANCEL_GRACE = 30.0
-"""How long cancelling the job may take on the way out."""
 
 
 class StreamDisk(NamedTuple):
@@ -114,7 +113,7 @@ def stream(session: Session, deadline: Deadline, name: str, *, speed: Optional[i
             final = wait_for_end(session, job_id, limit, deadline, progress, progress_every)
     except (DeadlineExceeded, KeyboardInterrupt) as exc:
         with shielded():
-            state = cancel_job(session, job_id, Deadline(CANCEL_GRACE))
+            state = cancel_job(session, job_id, Deadline(STREAM_CANCEL_GRACE))
         kept = "the VM keeps running on its overlay; run stream again to continue"
         if state is not None and state.status == "concluded" and not state.error:
             kept = "it had completed just before; run stream again to flush and check the disk"
