@@ -45,6 +45,15 @@ which on a slow disk takes longer than undoing a node."""
 SNAPSHOT_CLEANUP_GRACE = 10.0
 """How long deleting a half-made snapshot may take after a failure or Ctrl-C: a snapshot-delete job on every disk
 (the VM state is not written)."""
+CHILD_STOP_GRACE = 5.0
+"""How long a program qmpctl started (qemu-nbd, the restore drill's QEMU) may take to exit after SIGTERM before
+it is killed: both exit at once when nothing is left to write."""
+GUESTFISH_STOP_GRACE = 10.0
+"""guestfish's ``exit`` shuts its libguestfs appliance (a small VM) down cleanly, which takes seconds under TCG;
+then the appliance is killed."""
+NBD_START_TIMEOUT = 30.0
+"""How long qemu-nbd (and creating its overlay) may take to be ready to serve: it opens the point's whole backing
+chain first, and a loaded host may be slow at that."""
 FORCE_GRACE = 10.0
 """How long ``quit`` may take after a forced powerdown (the --timeout clock has often run out by then)."""
 NO_REPLY_GRACE_SECONDS = 1

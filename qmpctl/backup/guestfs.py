@@ -33,13 +33,13 @@ from qmpctl.deadline import Deadline
 from qmpctl.errors import JobFailed, NoSuchPath, UsageError, VerificationFailed
 from qmpctl.records import TYPE_CHECKING
 from qmpctl.signals import shielded
+from qmpctl.timing import GUESTFISH_STOP_GRACE
 
 if TYPE_CHECKING:
     from typing import Any, Optional
     from qmpctl.backup.point import Point
 
 MARKER = "@@qmpctl-guestfs-done@@"
-STOP_GRACE = 10.0
 GUESTFISH_MISSING = "guestfish is not installed (Debian: libguestfs-tools, and a kernel for its appliance: " \
                     "linux-image-amd64)"
 DEFAULTS = {"LIBGUESTFS_BACKEND": "direct", "LIBGUESTFS_BACKEND_SETTINGS": "force_tcg"}
@@ -125,7 +125,7 @@ class Guestfs:
                     assert child.stdin is not None
                     child.stdin.write(b"exit\n")
                     child.stdin.close()
-                    child.wait(timeout=STOP_GRACE)
+                    child.wait(timeout=GUESTFISH_STOP_GRACE)
                 except (OSError, subprocess.TimeoutExpired):
                     pass
             if child.poll() is None:

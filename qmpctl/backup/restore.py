@@ -21,6 +21,7 @@ from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectError, DeadlineExceeded, ProtocolError, QmpctlError, UsageError, VerificationFailed
 from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.signals import die_with_parent, stop_child
+from qmpctl.timing import CHILD_STOP_GRACE
 
 if TYPE_CHECKING:
     from typing import Any, Optional
@@ -30,7 +31,6 @@ CONSOLE_TAIL_LINES = 20
 FORMATS = ("qcow2", "raw")
 """What restore writes, and so what the boot check tells QEMU the image is."""
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
-STOP_GRACE = 5.0
 
 
 # -- verify -----------------------------------------------------------------------------------------
@@ -284,7 +284,7 @@ def _console_tail(path: str) -> str:
 
 
 def _stop(child: "subprocess.Popen[bytes]") -> None:
-    stop_child(child, STOP_GRACE)
+    stop_child(child, CHILD_STOP_GRACE)
 
 
 def boot_check(image: str, *, image_format: str, qemu_args: list[str], boot_timeout: float,

@@ -25,6 +25,7 @@ from qmpctl.deadline import Deadline
 from qmpctl.errors import JobFailed, UsageError
 from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.signals import die_with_parent, shielded, stop_child
+from qmpctl.timing import CHILD_STOP_GRACE, NBD_START_TIMEOUT
 
 if TYPE_CHECKING:
     from qmpctl.backup.point import Point
@@ -32,8 +33,6 @@ if TYPE_CHECKING:
 
 EXPORT = "disk"
 """The NBD export's name: nbd+unix:///disk?socket=PATH, nbd://HOST:PORT/disk."""
-START_TIMEOUT = 30.0
-STOP_GRACE = 5.0
 LOG_TAIL = 2000
 UNIX_PATH_MAX = 107
 QEMU_NBD_MISSING = "qemu-nbd is not installed (it comes with QEMU's tools, e.g. the qemu-utils package)"
@@ -158,7 +157,7 @@ class Server:
 
             self.overlay = os.path.join(self.workdir, "overlay.qcow2")
             qemu_img.run(["create", "-q", "-f", "qcow2", "-b", self.point.image, "-F", "qcow2", self.overlay],
-                         Deadline(START_TIMEOUT), f"creating the overlay {self.overlay}")
+                         Deadline(NBD_START_TIMEOUT), f"creating the overlay {self.overlay}")
             served = self.overlay
         command = [self.program, "-f", "qcow2", *([] if self.writable else ["-r"]), "-x", EXPORT,
                    "-t", "-e", "0", *self.listen.arguments(), served]
@@ -168,7 +167,7 @@ class Server:
                                               start_new_session=True, preexec_fn=die_with_parent)
             except FileNotFoundError:
                 raise UsageError(QEMU_NBD_MISSING) from None
-        self._wait_until_ready(Deadline(START_TIMEOUT))
+        self._wait_until_ready(Deadline(NBD_START_TIMEOUT))
 
     def _wait_until_ready(self, deadline: Deadline) -> None:
         """Until the server greets (NBD's first bytes are ``NBDMAGIC``), or exits, or the deadline passes."""
@@ -202,7 +201,7 @@ class Server:
     def _stop(self) -> None:
         child, self.child = self.child, None
         if child is not None:
-            stop_child(child, STOP_GRACE)
+            stop_child(child, CHILD_STOP_GRACE)
         if child is not None and self.listen.path is not None:
             try:  # qemu-nbd removes its socket when it ends cleanly; a killed one leaves it
                 if stat.S_ISSOCK(os.lstat(self.listen.path).st_mode):
