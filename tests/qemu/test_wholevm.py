@@ -167,6 +167,21 @@ def test_metrics_record_each_success_and_count_failures_without_losing_the_last_
     assert [path.name for path in prom.parent.iterdir()] == ["qmpctl.prom"]  # no temporary file left
 
 
+def test_an_estimate_of_a_whole_vm_has_the_form_of_several_disks_and_writes_no_metrics(cli, vm_factory, tmp_path):
+    vm = vm_factory(disk_size="16M")
+    write_pattern(vm, [(0x11, 0, MiB)])
+    into, prom = tmp_path / "b", tmp_path / "qmpctl.prom"
+    said = backup(cli, [str(vm.qmp_path)], into, "--estimate")
+    assert said.code == 0, said
+    estimate = json.loads(said.out)["return"]
+    assert estimate["estimate"] is True and "seconds" not in estimate, estimate  # no job ran
+    assert [(disk["device"], disk["level"]) for disk in estimate["disks"]] == [("vd0", "full")]
+    assert estimate["bytes"] == estimate["disks"][0]["bytes"] >= MiB
+    refused = backup(cli, [str(vm.qmp_path)], into, "--estimate", "--metrics", str(prom))
+    assert refused.code == 2 and "--estimate" in refused.err, refused  # it would record a backup never made
+    assert not prom.exists() and not into.exists()
+
+
 def test_metrics_never_follow_a_link(cli, vm_factory, tmp_path):
     vm = vm_factory(disk_size="16M")
     victim = tmp_path / "victim"
