@@ -432,6 +432,10 @@ def _why_not_incremental(disk: Disk, folder: ChainFolder, chain_dir: str, manife
             return (f"{disk.name} does not carry bitmap {bitmap}, which the chain's last backup added, but "
                     f"{', '.join(ours)} of the same chain: the disk was put back from an older copy (or its "
                     "bitmap removed), so an incremental would build on content it no longer has")
+        if not disk.persistent:
+            return (f"bitmap {bitmap} is not on {disk.name}: bitmaps of {disk.driver} disks live in QEMU's memory "
+                    f"only (a {disk.driver} image cannot store one), and QEMU was restarted (or the bitmap removed) "
+                    "since the chain's last backup")
         return (f"bitmap {bitmap} is not on {disk.name}: QEMU was restarted and the disk is not qcow2 (bitmaps of "
                 "raw disks live in memory only), QEMU was killed before it ever closed the disk cleanly, the disk "
                 "was put back from a copy older than the chain, or the bitmap was removed")

@@ -121,10 +121,15 @@ def select_disks(session: Session, deadline: Deadline, devices: tuple[str, ...],
 
 
 def as_disks(result: dict[str, Any]) -> dict[str, Any]:
-    """One disk's result in the form of several: ``{"disks": [...], "seconds": ...}`` and the run's members."""
+    """One disk's result in the form of several: ``{"disks": [...], "seconds": ...}`` and the run's members;
+    an estimate as several disks' estimate, ``{"estimate": true, "disks": [...], "bytes": ...}`` (it ran no
+    job, so it has no ``seconds``)."""
     if "disks" in result:
         return result
     disk = {key: value for key, value in result.items() if key in DISK_KEYS}
+    if result.get("estimate"):
+        return {"estimate": True, "disks": [disk], "bytes": disk.get("bytes") or 0,
+                **{key: value for key, value in result.items() if key not in DISK_KEYS and key != "estimate"}}
     whole: dict[str, Any] = {"disks": [disk], "seconds": result.get("seconds")}
     whole.update({key: value for key, value in result.items() if key not in DISK_KEYS})
     return whole

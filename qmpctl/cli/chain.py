@@ -116,6 +116,8 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ex
     if len(set(exclude)) != len(exclude):
         raise UsageError("each --exclude NAME may be given once")
     options = options_for(tuple(devices) or ("DISK",), into)  # checks the options before connecting
+    if metrics is not None and estimate:
+        raise UsageError("--metrics records the backups a run makes, and --estimate makes none: give one of them")
     outcomes = None
     if metrics is not None and not common.dry_run:
         from qmpctl.backup.metrics import check_path

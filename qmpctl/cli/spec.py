@@ -641,7 +641,8 @@ COMMANDS: tuple[Command, ...] = (
             Option("metrics", ("--metrics",), "text", None,
                    "With --into: update FILE, a Prometheus textfile (node_exporter's textfile collector), with "
                    "each VM's and disk's last success, level, bytes, seconds and chain length, or one more "
-                   "failure; written whole (temporary file, then rename).", metavar="FILE", show_default=False),
+                   "failure; written whole (temporary file, then rename). Not with --estimate, which backs "
+                   "nothing up.", metavar="FILE", show_default=False),
             Option("keep_chains", ("--keep-chains",), "int", None,
                    "With --into: after a successful backup, delete the oldest chains of the disk beyond N "
                    "(never the current one).", metavar="N", show_default=False),

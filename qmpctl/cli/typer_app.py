@@ -769,7 +769,8 @@ def backup(
                                           help=("With --into: update FILE, a Prometheus textfile (node_exporter's "
                                                 "textfile collector), with each VM's and disk's last success, "
                                                 'level, bytes, seconds and chain length, or one more failure; '
-                                                'written whole (temporary file, then rename).')),
+                                                'written whole (temporary file, then rename). Not with --estimate, '
+                                                'which backs nothing up.')),
     keep_chains: Optional[int] = typer.Option(None, '--keep-chains', metavar='N', show_default=False,
                                               help=('With --into: after a successful backup, delete the oldest '
                                                     'chains of the disk beyond N (never the current one).')),

@@ -61,7 +61,8 @@ WANTED_MODULES = (
 )
 # Shipped but not loaded by the module list; the kernel loads them through
 # modprobe when needed, e.g. when /init mounts the ext2 data filesystem.
-ON_DEMAND_MODULES = ("crc32c_generic", "ext4")
+# efivarfs: UEFI variables in /sys/firmware/efi/efivars, when the guest boots under OVMF.
+ON_DEMAND_MODULES = ("crc32c_generic", "ext4", "efivarfs")
 # Needed for the guest to reach the agent at all; the build fails without them.
 ESSENTIAL_MODULES = frozenset({"virtio_ring", "virtio", "virtio_pci", "virtio_console", "virtio_blk"})
 
@@ -738,7 +739,10 @@ def build_into(target: Path, kernel_package: KernelPackage, busybox_version: str
 
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         kernel_name = "vmlinux" if vmlinux else "bzImage"
-        (staging / kernel_name).write_bytes(vmlinux or bzimage)
+        # The bzImage is kept beside the vmlinux: UEFI firmware (OVMF) boots it through its EFI stub, not PVH.
+        (staging / "bzImage").write_bytes(bzimage)
+        if vmlinux:
+            (staging / "vmlinux").write_bytes(vmlinux)
         (staging / "initrd.cpio").write_bytes(initramfs)
         (staging / "manifest.json").write_text(json.dumps({
             "kernel_package": kernel_package.name,
@@ -765,6 +769,12 @@ def build_into(target: Path, kernel_package: KernelPackage, busybox_version: str
     log(f"built {kernel_format} + initramfs ({len(initramfs) // 1024} KiB) in {time.monotonic() - started:.1f}s")
 
 
+def efi_kernel(kernel: Path) -> Path:
+    """The bzImage of the build whose kernel :func:`build` returned: what ``-kernel`` takes under UEFI
+    firmware (OVMF loads it through its EFI stub; the ELF vmlinux boots only through PVH under SeaBIOS)."""
+    return kernel.with_name("bzImage")
+
+
 def mark_used(target: Path) -> None:
     """The "complete" marker's mtime records last use, so pruning drops what nobody uses."""
     try:
@@ -774,7 +784,7 @@ def mark_used(target: Path) -> None:
 
 
 def prune_cache(root: Path, keep: int) -> None:
-    """Each build is ~75 MB; keep the most recently used few (other checkouts may want older recipes)."""
+    """Each build is ~85 MB; keep the most recently used few (other checkouts may want older recipes)."""
     builds = []
     for entry in root.iterdir():
         marker = entry / "complete"

@@ -23,7 +23,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== building the lab guest (cached after the first time) ..."
-"$python" tests/lab/build.py >/dev/null
+eval "$("$python" tests/lab/build.py)"   # KERNEL=... INITRD=...: the guest boots from these
 echo "== booting it under QEMU (TCG) and waiting for its guest agent ..."
 eval "$("$python" tests/lab/guest.py up "$work")"
 qmp=$QMPCTL_QMP agent=$QMPCTL_AGENT
@@ -61,6 +61,20 @@ show qmpctl monitor-command -s "$qmp" '{"execute": "query-status"}'
 show qmpctl agent ping -a "$agent"
 show qmpctl agent interfaces -a "$agent" --pretty
 show qmpctl agent exec -a "$agent" -- uname -a
+echo
+echo "== the nightly backup: every disk of the VM into its chain, the guest's filesystems frozen as the jobs start"
+nightly=$work/nightly
+show qmpctl backup -s "$qmp" --into "$nightly" --freeze -a "$agent" --progress none --pretty
+show qmpctl agent exec -a "$agent" -- sh -c 'echo "written between two nights" > /mnt/data/today'
+show qmpctl backup -s "$qmp" --into "$nightly" --freeze -a "$agent" --progress none --pretty
+show qmpctl backup-verify "$nightly"
+# The drill: the last backup restored and booted in a throwaway QEMU (the restored disks are
+# /dev/vda and /dev/vdb there, in the order of their names), which must read today's file back.
+show qmpctl restore "$nightly" "$work/drill/" --progress none --boot-check \
+  --qemu-arg=-kernel --qemu-arg="$KERNEL" --qemu-arg=-initrd --qemu-arg="$INITRD" --qemu-arg=-m --qemu-arg=256 \
+  --qemu-arg=-append --qemu-arg='console=ttyS0 quiet panic=-1 lab.datafs=/dev/vdb' \
+  --check-command 'cat /mnt/data/today' --pretty
+
 show qmpctl agent command -a "$agent" guest-shutdown
 
 for _ in $(seq 50); do

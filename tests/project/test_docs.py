@@ -493,7 +493,8 @@ def test_help_example(name: str, line: str, world: World, tmp_path: Path, reques
 DEMO = REPO / "tests/lab/demo.sh"
 DEMO_MUST_SHOW = ["qmpctl status", "qmpctl stop", "qmpctl cont", "qmpctl block", "qmpctl hotplug-disk",
                   "qmpctl unplug-disk", "qmpctl backup", "qmpctl monitor-command", "qmpctl agent ping",
-                  "qmpctl agent interfaces", "qmpctl agent exec", "qmpctl agent command"]
+                  "qmpctl agent interfaces", "qmpctl agent exec", "qmpctl agent command", "qmpctl backup-verify",
+                  "qmpctl restore"]
 
 
 @pytest.mark.lab

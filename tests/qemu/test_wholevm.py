@@ -12,6 +12,7 @@ import pytest
 
 from support.disks import flush, hmp, images_identical, make_image, reads_pattern, write_pattern
 from support.qemu import RawQmp
+from support.uefi import OVMF_VARS, run_firmware_until_it_writes, uefi_args
 from support.waits import wait_for
 
 pytestmark = pytest.mark.qemu
@@ -167,6 +168,21 @@ def test_metrics_record_each_success_and_count_failures_without_losing_the_last_
     assert [path.name for path in prom.parent.iterdir()] == ["qmpctl.prom"]  # no temporary file left
 
 
+def test_an_estimate_of_a_whole_vm_has_the_form_of_several_disks_and_writes_no_metrics(cli, vm_factory, tmp_path):
+    vm = vm_factory(disk_size="16M")
+    write_pattern(vm, [(0x11, 0, MiB)])
+    into, prom = tmp_path / "b", tmp_path / "qmpctl.prom"
+    said = backup(cli, [str(vm.qmp_path)], into, "--estimate")
+    assert said.code == 0, said
+    estimate = json.loads(said.out)["return"]
+    assert estimate["estimate"] is True and "seconds" not in estimate, estimate  # no job ran
+    assert [(disk["device"], disk["level"]) for disk in estimate["disks"]] == [("vd0", "full")]
+    assert estimate["bytes"] == estimate["disks"][0]["bytes"] >= MiB
+    refused = backup(cli, [str(vm.qmp_path)], into, "--estimate", "--metrics", str(prom))
+    assert refused.code == 2 and "--estimate" in refused.err, refused  # it would record a backup never made
+    assert not prom.exists() and not into.exists()
+
+
 def test_metrics_never_follow_a_link(cli, vm_factory, tmp_path):
     vm = vm_factory(disk_size="16M")
     victim = tmp_path / "victim"
@@ -279,6 +295,64 @@ def test_boot_check_of_a_whole_vm_boots_every_disk_in_order_with_its_uefi_variab
     assert {name: bottom(inserted["image"]) for name, inserted in disks.items()} == {
         "restored": "vd0.qcow2", "restored1": "vd1.qcow2", "pflash0": "code.fd", "pflash1": "pflash1.qcow2"}
     assert disks["pflash0"]["ro"] and not disks["pflash1"]["ro"]
+
+
+def test_a_uefi_vm_keeps_its_disk_chain_across_a_restart_and_starts_a_new_small_one_for_its_variables(
+        cli, vm_factory, tmp_path):
+    """Real OVMF: the variables are backed up with the disk (the code is skipped), a firmware write is in the next
+    incremental, a restart of QEMU starts a new chain for the variables only, and restore gives them back."""
+    files = tmp_path / "files"
+    files.mkdir()
+    disk, variables = make_image(files / "disk.qcow2", size="16M"), files / "vars.fd"
+    args = [*uefi_args(variables), "-blockdev", f"driver=qcow2,node-name=disk0,file.driver=file,file.filename={disk}",
+            "-device", "virtio-blk-pci,drive=disk0,id=vd0"]
+    vm = vm_factory(qemu_args_disk=False, extra_args=args)
+    hmp(vm, f'qemu-io -d /machine/peripheral/vd0/virtio-backend "write -P 0x11 0 {MiB}"')
+    flush(vm)
+    into = tmp_path / "nightly"
+    first = backup(cli, [str(vm.qmp_path)], into)
+    assert first.code == 0, first
+    reply = json.loads(first.out)["return"]
+    disks = {disk["device"]: disk for disk in reply["disks"]}
+    assert {name: disk["level"] for name, disk in disks.items()} == {"vd0": "full", "pflash1": "full"}
+    assert "memory" in disks["pflash1"]["note"]
+    assert [(item["device"], "firmware" in item["reason"]) for item in reply["skipped"]] == [("pflash0", True)]
+
+    written = run_firmware_until_it_writes(vm, variables)  # OVMF's boot entries; the VM is paused again
+    hmp(vm, f'qemu-io -d /machine/peripheral/vd0/virtio-backend "write -P 0x22 {2 * MiB} {MiB}"')
+    flush(vm)
+    second = backup(cli, [str(vm.qmp_path)], into)
+    assert second.code == 0, second
+    levels = {disk["device"]: disk for disk in json.loads(second.out)["return"]["disks"]}
+    assert levels["vd0"]["level"] == "incremental" and levels["vd0"]["bytes"] == MiB
+    assert levels["pflash1"]["level"] == "incremental" and 0 < levels["pflash1"]["bytes"] < len(written)
+
+    with vm.check() as qmp:  # a clean quit: the disk's persistent bitmap is stored in its qcow2 file
+        qmp.cmd("quit")
+    vm.proc.wait(timeout=30)
+    again = vm_factory(qemu_args_disk=False, extra_args=args)
+    third = backup(cli, [str(again.qmp_path)], into)
+    assert third.code == 0, third
+    after = {disk["device"]: disk for disk in json.loads(third.out)["return"]["disks"]}
+    assert (after["vd0"]["level"], after["vd0"]["chain"]) == ("incremental", disks["vd0"]["chain"])
+    assert after["pflash1"]["level"] == "full" and after["pflash1"]["chain"] != disks["pflash1"]["chain"]
+    assert "memory only" in after["pflash1"]["reason"] and "restarted" in after["pflash1"]["reason"]
+
+    def restored(name: str, *where: str) -> Path:
+        result = cli("restore", str(into), str(tmp_path / name), "--format", "raw", "--progress", "none", *where)
+        assert result.code == 0, result
+        assert sorted(Path(disk["target"]).name for disk in json.loads(result.out)["return"]["disks"]) == [
+            "pflash1.raw", "vd0.raw"]
+        return tmp_path / name
+
+    at_first, at_second = (restored(name, "--at", started_times(disks["vd0"]["chain"])[index])
+                           for name, index in (("first", 0), ("second", 1)))
+    assert (at_first / "pflash1.raw").read_bytes() == OVMF_VARS.read_bytes()
+    assert (at_second / "pflash1.raw").read_bytes() == written
+    assert reads_pattern(at_second / "vd0.raw", 0x22, 2 * MiB, MiB)
+    assert not reads_pattern(at_first / "vd0.raw", 0x22, 2 * MiB, MiB)
+    latest = restored("latest")
+    assert (latest / "pflash1.raw").read_bytes() == written == variables.read_bytes()
 
 
 def test_a_tpm_is_named_as_skipped(cli, vm_factory, tmp_path):
