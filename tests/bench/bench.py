@@ -11,6 +11,7 @@ repository with the project's venv:
     .venv/bin/python tests/bench/bench.py --only ssh  # ssh:// against ssh HOST qmpctl (starts an sshd)
     .venv/bin/python tests/bench/bench.py --only snapshot  # snapshot load of the lab guest against a boot
     QMPCTL_BENCH_QMPBACKUP=DIR .venv/bin/python tests/bench/bench.py --only chains  # backups vs qmpbackup
+    .venv/bin/python tests/bench/bench.py --only fleet-backup  # 20 VMs' backups in one call vs a loop of calls
     .venv/bin/python tests/bench/bench.py --only instant  # restore --instant vs a full restore, to a booted guest
 
 It starts its own QEMU VMs (TCG, paused), a host qemu-ga, and a transient
@@ -253,11 +254,14 @@ def wait_for_sockets(paths: list[Path], procs: list[subprocess.Popen], timeout: 
             time.sleep(0.01)
 
 
-def start_vms(processes: Processes, folder: Path, count: int, *extra: str) -> list[Path]:
-    """``count`` paused TCG VMs started all at once; returns their QMP sockets (``folder/vmN.sock``)."""
+def start_vms(processes: Processes, folder: Path, count: int, *extra: str,
+              each: Callable[[int], list[str]] | None = None) -> list[Path]:
+    """``count`` paused TCG VMs started all at once; returns their QMP sockets (``folder/vmN.sock``).
+
+    ``extra`` goes to every VM, ``each(N)`` to VM N only (its own disk, say)."""
     folder.mkdir(parents=True, exist_ok=True)
     sockets = [folder / f"vm{index:02d}.sock" for index in range(count)]
-    procs = [processes.start(qemu_argv(path, *extra), folder / f"vm{index:02d}.log")
+    procs = [processes.start(qemu_argv(path, *extra, *(each(index) if each else [])), folder / f"vm{index:02d}.log")
              for index, path in enumerate(sockets)]
     wait_for_sockets(sockets, procs)
     return sockets
@@ -960,6 +964,66 @@ def bench_chains(ctx: Context) -> None:
                                 / samples["qmpbackup backup --level inc"].median_ms, QMPBACKUP_LIMIT))
 
 
+# --- a fleet's backups in one call next to a loop of calls ------------------------------------------------
+
+FLEET_BACKUP_VMS = 20
+FLEET_BACKUP_DISK_MIB = 64
+FLEET_BACKUP_DATA_MIB = 16
+"""Each VM's one disk: a qcow2 of 64 MiB, 16 MiB of it written (a full backup copies what is allocated)."""
+FLEET_BACKUP_JOBS = 4
+FLEET_BACKUP_LIMIT = 0.4
+"""One ``backup -s 'GLOB' --into DIR -j 4`` may take at most 0.4x a loop of one ``backup`` call per VM."""
+
+
+def bench_fleet_backup(ctx: Context) -> None:
+    """A whole-VM full backup of 20 small VMs: one fleet call with -j 4 next to 20 calls in sequence (a cron
+    script looping over its VMs), each round into fresh folders."""
+    folder = ctx.scratch / "fleet-backup"
+    folder.mkdir()
+    count = FLEET_BACKUP_VMS
+    disks = [folder / f"vm{index:02d}.qcow2" for index in range(count)]
+    for index, disk in enumerate(disks):
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), f"{FLEET_BACKUP_DISK_MIB}M"],
+                       check=True)
+        subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {0x41 + index} 0 {FLEET_BACKUP_DATA_MIB}M",
+                        str(disk)], check=True, stdout=subprocess.DEVNULL)
+    started = time.monotonic()
+    start_vms(ctx.processes, folder / "vms", count, each=lambda index: [
+        "-blockdev", f"driver=qcow2,node-name=disk0,file.driver=file,file.filename={disks[index]}",
+        "-device", "virtio-blk-pci,drive=disk0,id=vd0"])
+    print(f"\n(started {count} QEMU VMs with a {FLEET_BACKUP_DISK_MIB} MiB disk each "
+          f"({FLEET_BACKUP_DATA_MIB} MiB written) in {time.monotonic() - started:.1f}s)")
+    targets = folder / "targets"
+    targets.mkdir()
+    glob_pattern = folder / "vms" / "*.sock"
+    fleet_name = f"qmpctl backup -s 'DIR/*.sock' --into DIR -j {FLEET_BACKUP_JOBS} ({count} VMs)"
+    loop_name = f"shell loop: {count} x qmpctl backup -s SOCK --into DIR/<vm>"
+    fleet = Case(fleet_name, ["sh", "-c", f'd=$(mktemp -d {targets}/f-XXXXXX) && exec {QMPCTL} backup '
+                                          f'-s "{glob_pattern}" --into "$d" -j {FLEET_BACKUP_JOBS}'],
+                 check=expect_backed_up(count))
+    loop = Case(loop_name, ["sh", "-c", f'd=$(mktemp -d {targets}/l-XXXXXX) && for s in {glob_pattern}; do '
+                                        f'{QMPCTL} backup -s "$s" --into "$d/$(basename "$s" .sock)" '
+                                        '--progress none || exit 1; done'],
+                check=expect_backed_up(count))
+    samples = alternate([fleet, loop], max(3, ctx.args.runs // 7), folder)
+    print_table(f"fleet backup: a full of {count} VMs ({FLEET_BACKUP_DATA_MIB} MiB each, paused, TCG)", samples,
+                loop_name)
+    ctx.verdicts.append(verdict(f"fleet backup of {count} VMs with -j {FLEET_BACKUP_JOBS} vs a loop of calls",
+                                samples[fleet_name].median_ms / samples[loop_name].median_ms, FLEET_BACKUP_LIMIT))
+
+
+def expect_backed_up(count: int) -> Callable[[bytes], None]:
+    """``count`` JSON lines, each a VM's full backup (the fleet prints one per VM; the loop one per call)."""
+    def check(text: bytes) -> None:
+        lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+        good = [line for line in lines if line.get("return", {}).get("level") == "full"
+                or all(disk.get("level") == "full" for disk in line.get("return", {}).get("disks", [{}]))]
+        if len(good) != count:
+            raise SystemExit(f"bench: {len(good)} of {count} VMs backed up: {text[:1000]!r}")
+
+    return check
+
+
 # --- choosing the Typer release --------------------------------------------------------------
 
 TYPER_CANDIDATES = [
@@ -1102,10 +1166,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fleet", type=int, default=FLEET_TARGET_VMS,
                         help=f"VMs in the fleet comparison (default {FLEET_TARGET_VMS})")
     parser.add_argument("--quick", action="store_true", help="7 rounds and 20 fleet VMs: a smoke run")
-    parser.add_argument("--only", default="single,startup,fleet,agent,backup,cp,ssh,chains,snapshot",
+    parser.add_argument("--only",
+                        default="single,startup,fleet,agent,backup,cp,ssh,chains,fleet-backup,snapshot",
                         help="comma-separated subset of: single, startup, fleet, agent, backup, cp, ssh, chains, "
-                             "snapshot, instant (not in the default: it writes several GiB and boots the lab guest "
-                             "six times)")
+                             "fleet-backup, snapshot, instant (not in the default: it writes several GiB and boots "
+                             "the lab guest six times)")
     parser.add_argument("--source", action="store_true",
                         help="run qmpctl from the source tree (PYTHONPATH) instead of the installed copy")
     parser.add_argument("--typer-versions", action="store_true",
@@ -1147,8 +1212,8 @@ class Bench:
             wanted = set(self.args.only.split(","))
             for name, step in (("single", bench_single), ("startup", bench_startup), ("fleet", bench_fleet),
                                ("agent", bench_agent), ("backup", bench_backup), ("cp", bench_agent_cp),
-                               ("ssh", bench_ssh), ("chains", bench_chains), ("snapshot", bench_snapshot),
-                               ("instant", bench_instant)):
+                               ("ssh", bench_ssh), ("chains", bench_chains), ("fleet-backup", bench_fleet_backup),
+                               ("snapshot", bench_snapshot), ("instant", bench_instant)):
                 if name in wanted:
                     step(ctx)
             print(f"\n{sum(ctx.verdicts)} of {len(ctx.verdicts)} targets met")
