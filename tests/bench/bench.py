@@ -11,6 +11,7 @@ repository with the project's venv:
     .venv/bin/python tests/bench/bench.py --only ssh  # ssh:// against ssh HOST qmpctl (starts an sshd)
     .venv/bin/python tests/bench/bench.py --only snapshot  # snapshot load of the lab guest against a boot
     QMPCTL_BENCH_QMPBACKUP=DIR .venv/bin/python tests/bench/bench.py --only chains  # backups vs qmpbackup
+    .venv/bin/python tests/bench/bench.py --only chains --source --baseline OLD  # and vs the tree in OLD
     .venv/bin/python tests/bench/bench.py --only fleet-backup  # 20 VMs' backups in one call vs a loop of calls
     .venv/bin/python tests/bench/bench.py --only instant  # restore --instant vs a full restore, to a booted guest
 
@@ -840,6 +841,11 @@ COPY_LIMIT = 2.0
 """A full backup may take at most twice a plain copy of the same data made durable (qemu-img convert + sync)."""
 
 
+BASELINE = "qmpctl backup --into (full), --baseline"
+"""The same full backup by the qmpctl of another source tree (``--baseline DIR``): a change's before and after,
+side by side in one run."""
+
+
 def qmpbackup_command(ctx: Context) -> list[str] | None:
     """qmpbackup installed from a local copy of its source into a throwaway venv, or None (the comparison skips).
 
@@ -921,6 +927,8 @@ def bench_chains(ctx: Context) -> None:
                  durable_copy_case("qemu-img convert + sync", disks[:len(names)], fresh("copy"))]
         if qmpbackup:
             cases.append(Case("qmpbackup backup --level full", qmpbackup_full(names)))
+        if ctx.args.baseline:
+            cases.append(Case(BASELINE, qmpctl_full(names), env=child_env({"PYTHONPATH": ctx.args.baseline})))
         samples = alternate(cases, rounds, folder)
         shutil.rmtree(folder / "targets")
         (folder / "targets").mkdir()
@@ -931,6 +939,11 @@ def bench_chains(ctx: Context) -> None:
         if qmpbackup:
             ctx.verdicts.append(verdict(f"full of {title} vs qmpbackup",
                                         mine / samples["qmpbackup backup --level full"].median_ms, QMPBACKUP_LIMIT))
+        if ctx.args.baseline:
+            base = samples[BASELINE].median_ms
+            against = (f"; {ctx.args.baseline} / qmpbackup "
+                       f"{base / samples['qmpbackup backup --level full'].median_ms:.2f}x" if qmpbackup else "")
+            print(f"--baseline: this tree / {ctx.args.baseline} {mine / base:.2f}x{against}")
     if not qmpbackup:
         return
     chain_dir, qb_dir = fresh("chain"), fresh("qb")
@@ -1171,6 +1184,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="comma-separated subset of: single, startup, fleet, agent, backup, cp, ssh, chains, "
                              "fleet-backup, snapshot, instant (not in the default: it writes several GiB and boots "
                              "the lab guest six times)")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="chains: also time the full backups of the qmpctl in another source tree (e.g. "
+                             "`git archive HEAD~ | tar -x -C DIR`), side by side with this one")
     parser.add_argument("--source", action="store_true",
                         help="run qmpctl from the source tree (PYTHONPATH) instead of the installed copy")
     parser.add_argument("--typer-versions", action="store_true",
