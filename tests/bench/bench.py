@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""How fast qmpctl is next to virsh: start-up, fleet mode, agent exec, backup completion, agent cp, snapshot load.
+"""How fast qmpctl is: start-up and fleet mode next to virsh, agent exec, backups (chains, fleets), agent cp, snapshots.
 
 Not part of the test suite (pytest does not collect this file). Run it from the
 repository with the project's venv:
