@@ -91,3 +91,8 @@ JSON_EVERY = 1.0
 """A JSON progress line is written at most this often, and only when the reading changed."""
 RATE_WINDOW = 5.0
 """A rate is measured over the last few seconds, so it follows a --speed change or a slow patch."""
+CBW_TIMEOUT = 30
+"""Seconds a guest write may wait for its old data to reach the fleecing image (``copy-before-write``'s
+``cbw-timeout``); then the write goes through and the snapshot breaks (``on-cbw-error: break-snapshot``), so the
+backup fails instead of the guest stalling on a broken scratch disk. The image is on a fast local folder: a copy
+there takes milliseconds."""

@@ -72,3 +72,14 @@ def wait_for_job(vm, status: str = "running", job_type: str = "backup", timeout:
         return wait_for(reached, f"a {job_type} job {status}", timeout, pause=0.02)
     except TimeoutError:
         raise TimeoutError(f"no {job_type} job reached {status}: {jobs(vm)}") from None
+
+
+def throttled_vm(vm_factory, tmp_path: Path):
+    """A VM whose device vd0 reads a throttle filter ``thr0`` over its qcow2 node ``disk0``."""
+    (tmp_path / "vm0").mkdir()
+    image = make_image(tmp_path / "vm0" / "disk0.qcow2", "qcow2", "16M")
+    return vm_factory(qemu_args_disk=False, extra_args=[
+        "-object", "throttle-group,id=tg0,x-bps-total=1000000000",
+        "-blockdev", f"driver=qcow2,node-name=disk0,file.driver=file,file.filename={image}",
+        "-blockdev", "driver=throttle,node-name=thr0,throttle-group=tg0,file=disk0",
+        "-device", "virtio-blk-pci,drive=thr0,id=vd0"])
