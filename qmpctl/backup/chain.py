@@ -49,10 +49,11 @@ from qmpctl.deadline import Deadline
 from qmpctl.guest.freeze import FreezeReport
 from qmpctl.errors import (Busy, ConnectError, DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError,
                            UsageError, VmError)
-from qmpctl.vm.jobs import JobState, dismiss, failure_detail, finish, list_jobs, wait_for_end
+from qmpctl.vm.jobs import JobState, dismiss, failure_detail, find_job, finish, list_jobs, wait_for_end
 from qmpctl.records import TYPE_CHECKING
 from qmpctl.wire.request import Request
 from qmpctl.signals import shielded
+from qmpctl.timing import FLEECE_JOB_WORKERS
 from qmpctl.wire.targets import Session, Target
 from qmpctl.wire.waiting import CHECK_EVERY
 
@@ -234,6 +235,8 @@ def backup_action(job_id: str, device: str, target: str, bitmap: Optional[str], 
         data["compress"] = True
     elif copy_range:  # copy_file_range: the kernel copies, QEMU does not read and write every byte (tests/README)
         data["x-perf"] = {"use-copy-range": True}
+    if not copy_range:  # fleecing: the guest's writes need threads of QEMU's pool too (see FLEECE_JOB_WORKERS)
+        data["x-perf"] = {**data.get("x-perf", {}), "max-workers": FLEECE_JOB_WORKERS}
     data["auto-dismiss"] = False
     return {"type": "blockdev-backup", "data": data}
 
@@ -866,6 +869,26 @@ class ChainRun:
         for disk in self.disks:
             disk.started = started
 
+    def _drain_jobs(self) -> None:
+        """--fleece, after a failure: the jobs cancelled and waited for (:data:`~qmpctl.timing.FLEECE_DRAIN_GRACE`),
+        so their snapshots can go and the drives be put back within the usual grace."""
+        from qmpctl.timing import FLEECE_DRAIN_GRACE
+
+        grace = Deadline(FLEECE_DRAIN_GRACE)
+        for disk in self.disks:
+            if disk.state is not None and disk.state.concluded:
+                continue
+            try:
+                state = find_job(self.session, disk.job_id, Deadline(ROLLBACK_GRACE))
+                if state is None or state.concluded:
+                    continue
+                with contextlib.suppress(VmError):  # it ended meanwhile
+                    self.session.execute(Request("job-cancel", {"id": disk.job_id}), Deadline(ROLLBACK_GRACE))
+                wait_for_end(self.session, disk.job_id, grace, Deadline(ROLLBACK_GRACE))
+            except QmpctlError as exc:
+                self.notes.append(f"job {disk.job_id} did not end within {FLEECE_DRAIN_GRACE:g}s of its "
+                                  f"cancellation: {exc.message}")
+
     def end_fleecing(self) -> None:
         """After the jobs: snapshot nodes gone, drives back on their nodes, filters, image nodes and files gone."""
         if self.fleecing is not None:
@@ -987,6 +1010,8 @@ class ChainRun:
         The bitmap an incremental copied was never cleared (``bitmap-mode=never``): the next run copies all it
         recorded, including what this run copied.
         """
+        if self.fleecing is not None:
+            self._drain_jobs()
         self.end_jobs()
         self.end_fleecing()
         steps: list[UndoStep] = []
