@@ -130,9 +130,10 @@ class Fleecing:
         """Each disk's temporary image in DIR2, created exclusively (never over a file) and formatted by qemu-img."""
         if self.dir_fd is None:
             self.dir_fd = safe_open.open_dir(self.where, f"--fleece {self.where}")
+        self._remove_unused()
         for disk in self.disks:
             for _ in range(16):
-                name = f"qmpctl-fleece-{self.tag}-{disk.label[:64]}-{secrets.token_hex(8)}.qcow2"
+                name = f"{self._prefix(disk)}{secrets.token_hex(8)}.qcow2"
                 path = os.path.join(self.where, name)
                 try:
                     descriptor = safe_open.create_exclusive(name, path, self.dir_fd)
@@ -147,6 +148,24 @@ class Fleecing:
                 qemu_img.create(path, disk.size, self.deadline, descriptor=descriptor)
             finally:
                 os.close(descriptor)
+
+    def _prefix(self, disk: FleecedDisk) -> str:
+        return f"qmpctl-fleece-{self.tag}-{disk.label[:200]}-"
+
+    def _remove_unused(self) -> None:
+        """Temporary images of this DIR's disks in DIR2 that no node uses: a run killed between creating one and
+        adding it left them (the run holds these disks' locks in DIR: their owner is gone)."""
+        assert self.dir_fd is not None
+        prefixes = [self._prefix(disk) for disk in self.disks]
+        for name in sorted(os.listdir(self.dir_fd)):
+            if FILE_NAME.match(name) and any(name.startswith(prefix) and len(name) == len(prefix) + 22
+                                             for prefix in prefixes):
+                try:
+                    os.unlink(name, dir_fd=self.dir_fd)
+                    self.notes.append(f"removed {os.path.join(self.where, name)}: the temporary image of a run "
+                                      "that was killed before it used it")
+                except OSError:
+                    pass
 
     def add_nodes(self) -> None:
         """The temporary image and the filter over the node each device reads (not yet in its path)."""
@@ -316,5 +335,5 @@ def leftovers(session: Session, deadline: Deadline, job_id: str, name: str, qdev
         notes = fleecing.take_back()
     said = [f"took back the fleecing of {name} a qmpctl that is gone left (it held the lock in {where}): "
             f"{', '.join(found)}" + (f", the drive put back on {disk.top}" if cbw in below[:-1] else "")
-            + f", {path} removed"]
+            + ("" if disk.path else f", {path} removed")]
     return said + notes

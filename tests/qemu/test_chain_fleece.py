@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from support.disks import (flush, hmp, images_identical, make_image, reads_pattern, throttled_vm, wait_for_job,
-                           write_pattern)
+                           whole_vm_args, write_pattern)
 from support.interrupts import InterruptAfter
 from support.waits import interrupt_twice
 
@@ -267,6 +268,22 @@ def test_after_kill_9_the_next_run_takes_the_fleecing_back_and_the_chain_goes_on
     assert images_identical(vm.disk, restored(cli, again["chain"], tmp_path / "r.qcow2")).returncode == 0
 
 
+def test_a_temporary_image_a_killed_run_never_used_is_removed_and_anothers_kept(cli, vm_factory, tmp_path):
+    import hashlib
+
+    vm = vm_factory(disk_size="8M")
+    into, scratch = tmp_path / "b", tmp_path / "scratch"
+    scratch.mkdir()
+    tag = hashlib.sha256(str(into).encode()).hexdigest()[:8]
+    unused = scratch / f"qmpctl-fleece-{tag}-vd0-{'ab' * 8}.qcow2"
+    anothers = [scratch / f"qmpctl-fleece-{'0' * 8}-vd0-{'ab' * 8}.qcow2", scratch / "notes.txt"]
+    for path in (unused, *anothers):
+        path.write_bytes(b"x")
+    reply = ok(cli, vm, into, scratch)
+    assert any(f"removed {unused}" in warning for warning in reply["warnings"]), reply
+    assert sorted(scratch.iterdir()) == sorted(anothers)
+
+
 def test_after_kill_9_a_run_without_fleece_cleans_up_too(cli, vm_factory, tmp_path):
     """The killed run's filter is qmpctl's own in this DIR: not another tool's (which stays Busy)."""
     vm, into, scratch, _, child = slow_incremental(cli, vm_factory, tmp_path, 0x6C)
@@ -277,6 +294,37 @@ def test_after_kill_9_a_run_without_fleece_cleans_up_too(cli, vm_factory, tmp_pa
     result = cli("backup", "-s", str(vm.qmp_path), "vd0", "--into", str(into), "--progress", "none")
     assert result.code == 0, result
     left_nothing(vm, scratch)
+
+
+def test_the_whole_vm_with_uefi_variables_on_pflash(cli, vm_factory, tmp_path):
+    """pflash1 is a -drive (its node a name QEMU made up) on /machine/system.flash1: switched and put back too."""
+    vm = vm_factory(disk_size="16M", extra_args=whole_vm_args(tmp_path / "files"))
+    drives = {qdev: drive_of(vm, qdev) for qdev in (VD0, VD1, "/machine/system.flash1")}
+    into, scratch = tmp_path / "b", tmp_path / "scratch"
+    scratch.mkdir()
+    result = cli("backup", "-s", str(vm.qmp_path), "--into", str(into), "--fleece", str(scratch), "--progress",
+                 "none")
+    assert result.code == 0, result
+    disks = {disk["device"]: disk for disk in json.loads(result.out)["return"]["disks"]}
+    assert set(disks) == {"vd0", "vd1", "pflash1"} and all(disk["level"] == "full" for disk in disks.values())
+    out = tmp_path / "vars.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", disks["pflash1"]["image"], str(out)], check=True)
+    assert out.read_bytes() == (tmp_path / "files" / "vars.fd").read_bytes()
+    left_nothing(vm, scratch, drives)
+
+
+def test_a_fleet_gives_each_vm_its_own_temporary_files(cli, vm_factory, tmp_path):
+    vms = [vm_factory(disk_size="8M", extra_args=["-name", name], paused=False) for name in ("alpha", "beta")]
+    into, scratch = tmp_path / "nightly", tmp_path / "scratch"
+    scratch.mkdir()
+    result = cli("backup", "-s", str(tmp_path / "vm*" / "qmp.sock"), "--into", str(into), "--fleece", str(scratch),
+                 "--progress", "none")
+    assert result.code == 0, result
+    lines = [json.loads(line)["return"] for line in result.out.splitlines()]
+    assert sorted(line["vm"] for line in lines) == ["alpha", "beta"]
+    assert all(line["fleece"] == str(scratch) and line["disks"][0]["level"] == "full" for line in lines), lines
+    for vm in vms:
+        left_nothing(vm, scratch)
 
 
 def test_dry_run_shows_the_fleecing_requests(cli, tmp_path):

@@ -83,3 +83,19 @@ def throttled_vm(vm_factory, tmp_path: Path):
         "-blockdev", f"driver=qcow2,node-name=disk0,file.driver=file,file.filename={image}",
         "-blockdev", "driver=throttle,node-name=thr0,throttle-group=tg0,file=disk0",
         "-device", "virtio-blk-pci,drive=thr0,id=vd0"])
+
+
+def whole_vm_args(workdir: Path) -> list[str]:
+    """A second disk, a CD-ROM with a medium and an empty one, and a raw pflash pair (code, UEFI variables)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    disk1 = make_image(workdir / "disk1.qcow2", size="8M")
+    iso = make_image(workdir / "cd.iso", "raw", "1M")
+    code, variables = workdir / "code.fd", workdir / "vars.fd"
+    code.write_bytes(bytes(128 << 10))
+    variables.write_bytes(b"\x5a" * (64 << 10) + bytes(64 << 10))
+    return ["-drive", f"if=pflash,format=raw,readonly=on,file={code}",
+            "-drive", f"if=pflash,format=raw,file={variables}",
+            "-blockdev", f"driver=qcow2,node-name=disk1,file.driver=file,file.filename={disk1}",
+            "-device", "virtio-blk-pci,drive=disk1,id=vd1",
+            "-drive", f"if=none,id=cd0,format=raw,readonly=on,file={iso}", "-device", "ide-cd,drive=cd0,id=cdrom0",
+            "-device", "ide-cd,id=cdrom1"]
