@@ -358,3 +358,11 @@ def test_a_missing_fleece_folder_is_refused_before_connecting(cli, tmp_path):
     assert result.code == 2 and "--fleece" in result.err and "no such folder" in result.err, result
     assert not (tmp_path / "b").exists()
 
+
+
+def test_an_ssh_vm_is_refused_before_connecting(cli, tmp_path):
+    """DIR2 would have to be on the VM's host: --fleece says so, and nothing is reached or made."""
+    result = cli("backup", "-s", "ssh://root@hv1.invalid/run/vm1.sock", "vd0", "--into", "/var/backups/vms",
+                 "--fleece", str(tmp_path))
+    assert result.code == 2 and "--fleece is not supported with a VM reached over ssh://" in result.err, result
+    assert list(tmp_path.iterdir()) == []
