@@ -294,8 +294,14 @@ def cbw_options(node: str, file: str, target: str) -> dict[str, Any]:
             "on-cbw-error": "break-snapshot", "cbw-timeout": CBW_TIMEOUT}
 
 
+def qom_path(qdev: str) -> str:
+    """query-block's ``qdev`` as a QOM path: a device with an id (a ``scsi-hd``) is named by its id alone, and
+    lives under /machine/peripheral; the others by their path (a virtio-blk device's backend, a pflash)."""
+    return qdev if qdev.startswith("/") else f"/machine/peripheral/{qdev}"
+
+
 def qom_set_drive(qdev: str, node: str) -> Request:
-    return Request("qom-set", {"path": qdev, "property": "drive", "value": node})
+    return Request("qom-set", {"path": qom_path(qdev), "property": "drive", "value": node})
 
 
 def bitmap_actions(snap: str, node: str, source: str, granularity: Optional[int]) -> list[dict[str, Any]]:

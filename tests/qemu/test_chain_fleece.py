@@ -203,6 +203,22 @@ def test_a_throttle_filter_under_the_device_stays(cli, vm_factory, tmp_path):
     assert images_identical(vm.disk, restored(cli, full["chain"], tmp_path / "r.qcow2")).returncode == 0
 
 
+def test_a_scsi_disk_named_by_its_id_is_switched_and_put_back(cli, vm_factory, tmp_path):
+    """query-block names a scsi-hd with an id by the id alone ("sd0"): its QOM path is /machine/peripheral/sd0."""
+    image = make_image(tmp_path / "sd0.qcow2", "qcow2", "8M")
+    vm = vm_factory(disk_size="8M", extra_args=[
+        "-device", "virtio-scsi-pci,id=scsi0",
+        "-blockdev", f"driver=qcow2,node-name=sd0-fmt,file.driver=file,file.filename={image}",
+        "-device", "scsi-hd,bus=scsi0.0,drive=sd0-fmt,id=sd0"])
+    hmp(vm, 'qemu-io -d sd0 "write -P 0x5c 1M 1M"')
+    flush(vm, "sd0")
+    into, scratch = tmp_path / "b", tmp_path / "scratch"
+    scratch.mkdir()
+    full = ok(cli, vm, into, scratch, device=("sd0",))
+    left_nothing(vm, scratch, {VD0: "disk0", "sd0": "sd0-fmt"})
+    assert images_identical(image, restored(cli, full["chain"], tmp_path / "r.qcow2")).returncode == 0
+
+
 FAILING_DISK = ["-blockdev", json.dumps({"driver": "raw", "node-name": "bad", "file": {
     "driver": "blkdebug", "inject-error": [{"event": "read_aio", "errno": 5}],
     "image": {"driver": "null-co", "size": 8 << 20}}}), "-device", "virtio-blk-pci,drive=bad,id=vd1"]
