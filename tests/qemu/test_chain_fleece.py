@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from support.disks import (flush, hmp, images_identical, make_image, reads_pattern, throttled_vm, wait_for_job,
-                           whole_vm_args, write_pattern)
+from support.disks import (flush, hmp, images_identical, make_image, reads_pattern, scsi_hd_args, throttled_vm,
+                           wait_for_job, whole_vm_args, write_pattern)
 from support.interrupts import InterruptAfter
 from support.waits import interrupt_twice
 
@@ -206,10 +206,7 @@ def test_a_throttle_filter_under_the_device_stays(cli, vm_factory, tmp_path):
 def test_a_scsi_disk_named_by_its_id_is_switched_and_put_back(cli, vm_factory, tmp_path):
     """query-block names a scsi-hd with an id by the id alone ("sd0"): its QOM path is /machine/peripheral/sd0."""
     image = make_image(tmp_path / "sd0.qcow2", "qcow2", "8M")
-    vm = vm_factory(disk_size="8M", extra_args=[
-        "-device", "virtio-scsi-pci,id=scsi0",
-        "-blockdev", f"driver=qcow2,node-name=sd0-fmt,file.driver=file,file.filename={image}",
-        "-device", "scsi-hd,bus=scsi0.0,drive=sd0-fmt,id=sd0"])
+    vm = vm_factory(disk_size="8M", extra_args=scsi_hd_args(image, "sd0-fmt", "sd0"))
     hmp(vm, 'qemu-io -d sd0 "write -P 0x5c 1M 1M"')
     flush(vm, "sd0")
     into, scratch = tmp_path / "b", tmp_path / "scratch"

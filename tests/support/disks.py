@@ -99,3 +99,10 @@ def whole_vm_args(workdir: Path) -> list[str]:
             "-device", "virtio-blk-pci,drive=disk1,id=vd1",
             "-drive", f"if=none,id=cd0,format=raw,readonly=on,file={iso}", "-device", "ide-cd,drive=cd0,id=cdrom0",
             "-device", "ide-cd,id=cdrom1"]
+
+
+def scsi_hd_args(image: Path, node: str, device_id: str = "") -> list[str]:
+    """A qcow2 ``image`` (node ``node``) on a scsi-hd, with ``device_id`` or none, on a virtio-scsi controller."""
+    return ["-device", "virtio-scsi-pci,id=scsi0",
+            "-blockdev", f"driver=qcow2,node-name={node},file.driver=file,file.filename={image}",
+            "-device", f"scsi-hd,bus=scsi0.0,drive={node}" + (f",id={device_id}" if device_id else "")]
