@@ -155,9 +155,12 @@ class ChainOptions:
             requests.append(Request("blockdev-add", fleece.cbw_options(cbw, "TOP-NODE", image)))
             switches.append(fleece.qom_set_drive(f"/machine/peripheral/{_label(device)}/virtio-backend", cbw))
             snaps.append(Request("blockdev-add", {"driver": "snapshot-access", "node-name": snap, "file": cbw}))
-        window = [Request("stop")] if len(self.devices) > 1 else []
+        marks = [fleece.pause_mark(job_id_for(device)) for device in self.devices] if len(self.devices) > 1 else []
+        window = [Request("blockdev-add", {"driver": "null-co", "node-name": mark, "size": 0}) for mark in marks]
+        window += [Request("stop")] if marks else []
         window += [*switches, *snaps, transaction(adds, grouped=False)]
-        window += [Request("cont")] if len(self.devices) > 1 else []
+        window += [Request("cont")] if marks else []
+        window += [Request("blockdev-del", {"node-name": mark}) for mark in marks]
         return requests + window + [transaction(backups, grouped=len(self.devices) > 1)]
 
     def plan_note(self, side: Optional[str] = None) -> str:

@@ -63,6 +63,12 @@ def nodes_of(job_id: str) -> tuple[str, str, str, str]:
     return f"{job_id}-cbw", f"{job_id}-snap", f"{job_id}-fleece", f"{job_id}-fleece-file"
 
 
+def pause_mark(job_id: str) -> str:
+    """An empty node (null-co) that lives while the run has the VM paused: a run killed in that moment leaves it,
+    and the next run knows the VM is paused because of it, not by its owner."""
+    return f"{job_id}-paused"
+
+
 def prepare_dir(path: str) -> str:
     """DIR2 as an absolute path: it must exist and be a folder on this host; usage errors before connecting."""
     path = os.path.abspath(path)
@@ -188,18 +194,36 @@ class Fleecing:
             return
         started = time.monotonic()
         stopped = False
+        marks: list[str] = []
         try:
-            stopped = True  # before sending: an interrupt may come between request and reply
+            for disk in self.disks:
+                marks.append(pause_mark(disk.job_id))  # before sending: an interrupt may come before the reply
+                self.session.execute(Request("blockdev-add", {"driver": "null-co", "node-name": marks[-1],
+                                                              "size": 0}), self.deadline)
+            stopped = True
             self.session.execute(Request("stop"), self.deadline)
             yield True
         finally:
-            if stopped:
-                with shielded():  # a VM left paused is a lost VM: cont runs whatever happened, within its grace
-                    try:
-                        self.session.execute(Request("cont"), Deadline(ROLLBACK_GRACE))
-                    except QmpctlError as exc:
-                        self.notes.append(f"could not let the VM run again after the switch (cont): {exc.message}")
-                self.paused_for = round(time.monotonic() - started, 3)
+            with shielded():  # a VM left paused is a lost VM: cont runs whatever happened, within its grace
+                grace = Deadline(ROLLBACK_GRACE)
+                try:
+                    if stopped:
+                        try:
+                            self.session.execute(Request("cont"), grace)
+                        except QmpctlError as exc:
+                            self.notes.append(f"could not let the VM run again after the switch (cont): "
+                                              f"{exc.message}")
+                        self.paused_for = round(time.monotonic() - started, 3)
+                finally:
+                    self._delete_marks(marks, grace)
+
+    def _delete_marks(self, marks: list[str], grace: Deadline) -> None:
+        for mark in marks:
+            try:
+                blockdev_del(self.session, mark, grace)
+            except QmpctlError as exc:
+                if not _missing(exc):
+                    self.notes.append(f"could not delete block node {mark}: {exc.message}")
 
     def switch(self) -> None:
         """Each device's drive onto its filter (the instant), then the snapshot node over the filter."""
@@ -257,7 +281,7 @@ class Fleecing:
             try:
                 blockdev_del(self.session, node, grace)
             except VmError as exc:
-                if "not found" not in exc.message.lower() and "cannot find" not in exc.message.lower():
+                if not _missing(exc):
                     raise
             setattr(disk, flag, False)
         return step
@@ -285,6 +309,11 @@ class Fleecing:
             disk.path = ""
             return None
         return step
+
+
+def _missing(exc: QmpctlError) -> bool:
+    """QEMU's answer to blockdev-del of a node that is not there (already gone): nothing left to do."""
+    return "not found" in exc.message.lower() or "cannot find" in exc.message.lower()
 
 
 def cbw_options(node: str, file: str, target: str) -> dict[str, Any]:
@@ -324,7 +353,7 @@ def leftovers(session: Session, deadline: Deadline, job_id: str, name: str, qdev
     cbw, snap, image, file = nodes_of(job_id)
     found = [node for node in (cbw, snap, image, file) if node in nodes]
     if not found:
-        return []
+        return _paused_by(session, job_id, nodes, where)
     path = str(nodes.get(file, {}).get("file") or nodes.get(image, {}).get("file") or "")
     match = FILE_NAME.match(os.path.basename(path)) if path else None
     if match is None or match[1] not in tags:
@@ -342,4 +371,24 @@ def leftovers(session: Session, deadline: Deadline, job_id: str, name: str, qdev
     said = [f"took back the fleecing of {name} a qmpctl that is gone left (it held the lock in {where}): "
             f"{', '.join(found)}" + (f", the drive put back on {disk.top}" if cbw in below[:-1] else "")
             + ("" if disk.path else f", {path} removed")]
-    return said + notes
+    return said + notes + _paused_by(session, job_id, nodes, where)
+
+
+def _paused_by(session: Session, job_id: str, nodes: dict[str, Any], where: str) -> list[str]:
+    """A run killed while it had the VM paused left its mark: the VM runs again (if it is still paused)."""
+    mark = pause_mark(job_id)
+    if mark not in nodes:
+        return []
+    notes = []
+    with shielded():
+        grace = Deadline(ROLLBACK_GRACE)
+        try:
+            status = session.execute(Request("query-status"), grace).get("return")
+            if isinstance(status, dict) and status.get("status") == "paused":
+                session.execute(Request("cont"), grace)
+                notes.append(f"let the VM run again: a qmpctl that is gone (it held the lock in {where}) had "
+                             "paused it to switch its drives")
+            blockdev_del(session, mark, grace)
+        except QmpctlError as exc:
+            notes.append(f"could not take back {mark}, left by a qmpctl that is gone: {exc.message}")
+    return notes

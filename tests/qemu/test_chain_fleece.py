@@ -4,9 +4,11 @@ in the next incremental, and nothing of the fleecing (nodes, the drive's switch,
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -281,6 +283,54 @@ def test_after_kill_9_the_next_run_takes_the_fleecing_back_and_the_chain_goes_on
     assert images_identical(vm.disk, restored(cli, again["chain"], tmp_path / "r.qcow2")).returncode == 0
 
 
+KILLED_IN_THE_PAUSE = """
+import os, sys
+from qmpctl.backup import chain
+from qmpctl.deadline import Deadline
+from qmpctl.wire.address import parse_address
+from qmpctl.wire.qmp import QmpSession
+
+
+class KilledAfter:
+    def __init__(self, session, command):
+        self.session, self.command = session, command
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+    def execute(self, request, deadline, *args):
+        reply = self.session.execute(request, deadline, *args)
+        if request.execute == self.command:
+            os._exit(9)  # as kill -9 would: no finally, no context manager runs
+        return reply
+
+
+socket, into, scratch, command = sys.argv[1:]
+options = chain.ChainOptions(("vd0", "vd1"), into, fleece=scratch)
+with QmpSession.connect(parse_address(socket), Deadline(10)) as session:
+    chain.backup_chain(KilledAfter(session, command), Deadline(10), options)
+"""
+
+
+@pytest.mark.parametrize("command", ["stop", "qom-set"])
+def test_a_run_killed_while_the_vm_is_paused_has_the_next_run_let_it_run(cli, vm_factory, tmp_path, command):
+    second = make_image(tmp_path / "disk1.qcow2", "qcow2", "8M")
+    vm = vm_factory(disk_size="8M", extra_args=[arg.format(image=second) for arg in SECOND_DISK], paused=False)
+    into, scratch = tmp_path / "b", tmp_path / "scratch"
+    scratch.mkdir()
+    killed = subprocess.run([sys.executable, "-c", KILLED_IN_THE_PAUSE, str(vm.qmp_path), str(into), str(scratch),
+                             command], env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+                            capture_output=True, text=True, timeout=60)
+    assert killed.returncode == 9, killed.stderr
+    with vm.check() as qmp:
+        assert qmp.cmd("query-status")["status"] == "paused"  # what the killed run left
+    both = ok(cli, vm, into, scratch, device=("vd0", "vd1"))
+    assert any("let the VM run again" in warning for warning in both["warnings"]), both
+    with vm.check() as qmp:
+        assert qmp.cmd("query-status")["status"] == "running"
+    left_nothing(vm, scratch, {VD0: "disk0", VD1: "disk1"})
+
+
 def test_a_temporary_image_a_killed_run_never_used_is_removed_and_anothers_kept(cli, vm_factory, tmp_path):
     import hashlib
 
@@ -346,8 +396,9 @@ def test_dry_run_shows_the_fleecing_requests(cli, tmp_path):
     assert result.code == 0, result
     shown = json.loads(result.out)
     executes = [request["execute"] for request in shown["plan"]]
-    assert executes == ["blockdev-add"] * 4 + ["stop", "qom-set", "qom-set", "blockdev-add", "blockdev-add",
-                                               "transaction", "cont", "transaction"], executes
+    assert executes == ["blockdev-add"] * 6 + ["stop", "qom-set", "qom-set", "blockdev-add", "blockdev-add",
+                                               "transaction", "cont", "blockdev-del", "blockdev-del",
+                                               "transaction"], executes
     assert "--fleece" in shown["note"] and not (tmp_path / "b").exists()
 
 
