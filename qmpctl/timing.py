@@ -106,3 +106,18 @@ JSON_EVERY = 1.0
 """A JSON progress line is written at most this often, and only when the reading changed."""
 RATE_WINDOW = 5.0
 """A rate is measured over the last few seconds, so it follows a --speed change or a slow patch."""
+CBW_TIMEOUT = 30
+"""Seconds a guest write may wait for its old data to reach the fleecing image (``copy-before-write``'s
+``cbw-timeout``); then the write goes through and the snapshot breaks (``on-cbw-error: break-snapshot``), so the
+backup fails instead of the guest stalling on a broken scratch disk. The image is on a fast local folder: a copy
+there takes milliseconds."""
+FLEECE_DRAIN_GRACE = 120.0
+"""After a failure or Ctrl-C in a --fleece run: how long a cancelled job may take to end. It ends once the writes
+it had queued to DIR are done, which on a slow DIR (the reason for --fleece) takes seconds, not the milliseconds
+:data:`ROLLBACK_GRACE` allows; until it has ended, its snapshot cannot go and the device's drive cannot be put
+back. Measured: a job with 64 MiB queued to a DIR writing 2 MiB/s took 30 s to end."""
+FLEECE_JOB_WORKERS = 8
+"""How many requests a --fleece job keeps in flight (blockdev-backup's x-perf max-workers; QEMU's default is 64).
+Each write to DIR holds a thread of QEMU's I/O thread pool (64 threads) until DIR has taken it: with 64 of them
+queued on a slow DIR, a guest write found no free thread and waited 32 s behind them (measured, bench --only
+fleece). Eight keep a slow DIR busy and leave the pool to the guest."""

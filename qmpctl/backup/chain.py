@@ -39,6 +39,7 @@ import os
 import re
 import time
 
+from qmpctl.backup import fleece
 from qmpctl.backup.full import DEFAULT_WAIT_TIMEOUT, MAX_JOB_ID, target_nodes
 from qmpctl.vm.block import ROLLBACK_GRACE, blockdev_del, named_nodes, undo_all, with_notes
 from qmpctl.vm.disks import find_disk, list_disks
@@ -48,10 +49,11 @@ from qmpctl.deadline import Deadline
 from qmpctl.guest.freeze import FreezeReport
 from qmpctl.errors import (Busy, ConnectError, DeadlineExceeded, Interrupted, JobFailed, ProtocolError, QmpctlError,
                            UsageError, VmError)
-from qmpctl.vm.jobs import JobState, dismiss, failure_detail, finish, list_jobs, wait_for_end
+from qmpctl.vm.jobs import JobState, dismiss, failure_detail, find_job, finish, list_jobs, wait_for_end
 from qmpctl.records import TYPE_CHECKING
 from qmpctl.wire.request import Request
 from qmpctl.signals import shielded
+from qmpctl.timing import FLEECE_JOB_WORKERS
 from qmpctl.wire.targets import Session, Target
 from qmpctl.wire.waiting import CHECK_EVERY
 
@@ -82,13 +84,13 @@ class ChainOptions:
     """
 
     __slots__ = ("devices", "into", "full", "keep_chains", "speed", "wait_timeout", "freeze", "freeze_timeout",
-                 "compress", "new_chain_after", "max_incrementals", "estimate", "skip_below")
+                 "compress", "new_chain_after", "max_incrementals", "estimate", "skip_below", "fleece")
 
     def __init__(self, devices: tuple[str, ...], into: str, full: bool = False, keep_chains: Optional[int] = None,
                  speed: Optional[int] = None, wait_timeout: float = DEFAULT_WAIT_TIMEOUT, freeze: str = "no",
                  freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT, *, compress: bool = False,
                  new_chain_after: Optional[float] = None, max_incrementals: Optional[int] = None,
-                 estimate: bool = False, skip_below: Optional[int] = None) -> None:
+                 estimate: bool = False, skip_below: Optional[int] = None, fleece: Optional[str] = None) -> None:
         self.devices = devices
         self.into = into
         self.full = full
@@ -107,6 +109,9 @@ class ChainOptions:
         """Only say what the next run would copy, per disk: nothing is started, locked or written."""
         self.skip_below = skip_below
         """Bytes: an incremental with less to copy is not made this run (its bitmap keeps recording)."""
+        self.fleece = fleece
+        """DIR2 (absolute, on this host): each job reads a snapshot whose copy-before-write goes to a temporary
+        image there, not to DIR (:mod:`qmpctl.backup.fleece`)."""
         if not self.devices:
             raise UsageError("give at least one DEVICE to back up")
         if len(set(self.devices)) != len(self.devices):
@@ -128,11 +133,35 @@ class ChainOptions:
     def requests(self) -> list[Request]:
         """What --dry-run shows: the transaction of a first run (images and nodes are only known at run time)."""
         adds = [bitmap_add_action(device, f"{BITMAP_PREFIX}FOLDER-CHAIN-0001-RANDOM", True) for device in self.devices]
-        backups = [backup_action(job_id_for(device), device, target_nodes(job_id_for(device))[0], None, self.speed,
-                                 self.compress) for device in self.devices]
+        backups = [backup_action(job_id_for(device), fleece.nodes_of(job_id_for(device))[1] if self.fleece else device,
+                                 target_nodes(job_id_for(device))[0], None, self.speed, self.compress)
+                   for device in self.devices]
+        if self.fleece:
+            return self._fleece_requests(adds, backups)
         if len(self.devices) == 1:
             return [transaction(adds + backups, grouped=False)]
         return [transaction(adds, grouped=False), transaction(backups, grouped=True)]
+
+    def _fleece_requests(self, adds: list[dict[str, Any]], backups: list[dict[str, Any]]) -> list[Request]:
+        """--dry-run with --fleece: each disk's temporary image and filter, the switch (qom-set) and snapshot node,
+        then the jobs reading the snapshots."""
+        assert self.fleece is not None
+        requests, switches, snaps = [], [], []
+        for device in self.devices:
+            cbw, snap, image, file = fleece.nodes_of(job_id_for(device))
+            path = os.path.join(self.fleece, f"qmpctl-fleece-FOLDER-{_label(device)}-RANDOM.qcow2")
+            requests.append(Request("blockdev-add", {"driver": "qcow2", "node-name": image, "file": {
+                "driver": "file", "node-name": file, "filename": path}}))
+            requests.append(Request("blockdev-add", fleece.cbw_options(cbw, "TOP-NODE", image)))
+            switches.append(fleece.qom_set_drive(f"/machine/peripheral/{_label(device)}/virtio-backend", cbw))
+            snaps.append(Request("blockdev-add", {"driver": "snapshot-access", "node-name": snap, "file": cbw}))
+        marks = [fleece.pause_mark(job_id_for(device)) for device in self.devices] if len(self.devices) > 1 else []
+        window = [Request("blockdev-add", {"driver": "null-co", "node-name": mark, "size": 0}) for mark in marks]
+        window += [Request("stop")] if marks else []
+        window += [*switches, *snaps, transaction(adds, grouped=False)]
+        window += [Request("cont")] if marks else []
+        window += [Request("blockdev-del", {"node-name": mark}) for mark in marks]
+        return requests + window + [transaction(backups, grouped=len(self.devices) > 1)]
 
     def plan_note(self, side: Optional[str] = None) -> str:
         """Why --dry-run shows a plan: what the run learns from DIR and the VM first. ``side``: DIR's host."""
@@ -143,7 +172,12 @@ class ChainOptions:
                 f"exclusively and adds it (blockdev-add) before the transaction; {where}. Every run adds a new "
                 f"bitmap ({BITMAP_PREFIX}<folder>-<chain>-<image number>-<random>) with its job; a later run "
                 "copies what the previous run's bitmap recorded (sync=bitmap, bitmap-mode=never) and removes "
-                "that bitmap once its image is recorded")
+                "that bitmap once its image is recorded" + (
+                    "; --fleece: TOP-NODE stands for the node the device reads and the qom-set path for its qdev "
+                    "(query-block); the VM is paused (stop, cont) only while several disks of a running VM switch; "
+                    "an incremental adds a bitmap on the snapshot node and merges the chain's into it; afterwards "
+                    "the snapshot node goes, the drive is put back (qom-set) and the filter, the image node and "
+                    "the temporary file go" if self.fleece else ""))
 
 
 def _label(device: str) -> str:
@@ -190,7 +224,9 @@ def bitmap_add_action(device: str, bitmap: str, persistent: bool) -> dict[str, A
 
 
 def backup_action(job_id: str, device: str, target: str, bitmap: Optional[str], speed: Optional[int],
-                  compress: bool = False) -> dict[str, Any]:
+                  compress: bool = False, copy_range: bool = True) -> dict[str, Any]:
+    """``copy_range``: not from a fleecing snapshot, which QEMU cannot copy that way (it reads and writes then,
+    after a first chunk as big as copy_file_range's, which --speed cannot pace)."""
     data: dict[str, Any] = {"job-id": job_id, "device": device, "target": target}
     if bitmap is None:
         data["sync"] = "full"
@@ -200,8 +236,10 @@ def backup_action(job_id: str, device: str, target: str, bitmap: Optional[str], 
         data["speed"] = speed
     if compress:
         data["compress"] = True
-    else:  # copy_file_range: the kernel copies, QEMU does not read and write every byte (measured: tests/README)
+    elif copy_range:  # copy_file_range: the kernel copies, QEMU does not read and write every byte (tests/README)
         data["x-perf"] = {"use-copy-range": True}
+    if not copy_range:  # fleecing: the guest's writes need threads of QEMU's pool too (see FLEECE_JOB_WORKERS)
+        data["x-perf"] = {**data.get("x-perf", {}), "max-workers": FLEECE_JOB_WORKERS}
     data["auto-dismiss"] = False
     return {"type": "blockdev-backup", "data": data}
 
@@ -347,6 +385,11 @@ class Disk:
         """The bytes an incremental skipped by --skip-below would have copied; None when it runs."""
         self.leftovers: list[str] = []
         """Images a killed qmpctl created in this DIR (its job's target node named them): removed before the job."""
+        self.qdev = ""
+        """query-block's ``qdev``: the QOM path whose ``drive`` --fleece switches; empty for a node on no device."""
+        self.top = ""
+        """The node the device reads (over the format node and its filters)."""
+        self.fleeced: Optional[fleece.FleecedDisk] = None
 
     @property
     def bitmap(self) -> str:
@@ -387,6 +430,7 @@ def _find(session: Session, deadline: Deadline, name: str) -> Disk:
                 int(image.get("virtual-size") or 0), bitmaps, job_id_for(key))
     disk.key = key
     disk.filters = list(found.filters)
+    disk.qdev, disk.top = found.qdev, found.top
     return disk
 
 
@@ -492,6 +536,8 @@ class ChainRun:
         self.view = View(frozenset(), [], frozenset(), frozenset(), {})
         self.progress: Optional[Progress] = None
         self.stamp = ""
+        self.fleecing: Optional[fleece.Fleecing] = None
+        """--fleece: each disk's temporary image, filter and snapshot node, and how far they got."""
 
     # planning
 
@@ -605,6 +651,15 @@ class ChainRun:
                        f"{disk.job_id} clears a concluded one); nothing was changed")
         if left:
             self._clean_up_after(left, jobs, nodes)
+            nodes = named_nodes(self.session, self.deadline)
+        fleeced = []
+        for disk in self.disks:
+            notes = fleece.leftovers(self.session, self.deadline, disk.job_id, disk.name, disk.qdev, disk.filters,
+                                     disk.node, nodes, self.tags, self.folder.where(self.into))
+            if notes:
+                self.notes += notes
+                fleeced.append(disk)
+        self._look_again(fleeced)
         for disk in self.disks:
             fleecing = [node for node, driver in disk.filters if driver in BACKUP_FILTERS]
             if fleecing:
@@ -634,10 +689,15 @@ class ChainRun:
                     if node in nodes:
                         blockdev_del(self.session, node, Deadline(ROLLBACK_GRACE))
                         self.notes.append(f"deleted block node {node} left by a qmpctl that is gone")
-        for disk in disks:  # the job's filter node is gone from above the disk: look again
+        self._look_again(disks)  # the job's filter node is gone from above the disk
+
+    def _look_again(self, disks: list[Disk]) -> None:
+        """The disks as they are now, after nodes above them were taken away."""
+        for disk in disks:
             fresh = _find(self.session, self.deadline, disk.name)
-            disk.device, disk.node, disk.driver, disk.size, disk.bitmaps, disk.filters = (
-                fresh.device, fresh.node, fresh.driver, fresh.size, fresh.bitmaps, fresh.filters)
+            disk.device, disk.node, disk.driver, disk.size, disk.bitmaps, disk.filters, disk.qdev, disk.top = (
+                fresh.device, fresh.node, fresh.driver, fresh.size, fresh.bitmaps, fresh.filters, fresh.qdev,
+                fresh.top)
 
     def drop_broken_bitmaps(self) -> None:
         """Before the jobs: bitmaps of this DIR no chain will use (leftovers of killed runs, of deleted or
@@ -766,6 +826,9 @@ class ChainRun:
                                  self.options.compress) for disk in self.disks]
         for disk in self.disks:
             disk.bitmap_added = True  # before sending: an interrupt may come between request and reply
+        if self.fleecing is not None:
+            self._start_fleeced(self.fleecing, adds)
+            return
         if len(self.disks) == 1:
             self.session.execute(transaction(adds + backups, grouped=False), self.deadline)
         else:
@@ -774,6 +837,69 @@ class ChainRun:
         started = now_text()
         for disk in self.disks:
             disk.started = started
+
+    def set_up_fleecing(self) -> None:
+        """--fleece: each disk's temporary image in DIR2, its node and the filter over the node its device reads
+        (not yet in the device's path: nothing the guest sees changes yet)."""
+        assert self.options.fleece is not None
+        self.fleecing = fleece.Fleecing(self.session, self.deadline, self.options.fleece, folder_tag(self.into))
+        for disk in self.disks:
+            disk.fleeced = self.fleecing.add(disk.job_id, disk.qdev, disk.top, disk.size, _label(disk.key), disk.name)
+        self.fleecing.create_images()
+        self.fleecing.add_nodes()
+
+    def _start_fleeced(self, fleecing: fleece.Fleecing, adds: list[dict[str, Any]]) -> None:
+        """The switch is the instant: the new bitmaps at it (in the window of a paused VM), or just before it (one
+        disk of a running VM: a write in between is in the backup and in the new bitmap, copied once more next
+        time, never lost); an incremental's bitmap on the snapshot node merged from the chain's after it."""
+        with fleecing.instant(len(self.disks) > 1) as one_instant:
+            if not one_instant:
+                self.session.execute(transaction(adds, grouped=False), self.deadline)
+                adds = []
+            fleecing.switch()
+            started = now_text()
+            actions = list(adds)
+            for disk in self.disks:
+                if disk.source_bitmap is not None and disk.fleeced is not None:
+                    granularity = disk.bitmaps.get(disk.source_bitmap, {}).get("granularity")
+                    actions += fleece.bitmap_actions(disk.fleeced.snap, disk.device, disk.source_bitmap,
+                                                     int(granularity) if granularity else None)
+            if actions:
+                self.session.execute(transaction(actions, grouped=False), self.deadline)
+        backups = []
+        for disk in self.disks:
+            assert disk.fleeced is not None
+            source = None if disk.source_bitmap is None else fleece.SNAP_BITMAP
+            backups.append(backup_action(disk.job_id, disk.fleeced.snap, disk.target, source, self.options.speed,
+                                         self.options.compress, copy_range=False))
+        self.session.execute(transaction(backups, grouped=len(self.disks) > 1), self.deadline)
+        for disk in self.disks:
+            disk.started = started
+
+    def _drain_jobs(self) -> None:
+        """--fleece, after a failure: the jobs cancelled and waited for (:data:`~qmpctl.timing.FLEECE_DRAIN_GRACE`),
+        so their snapshots can go and the drives be put back within the usual grace."""
+        from qmpctl.timing import FLEECE_DRAIN_GRACE
+
+        grace = Deadline(FLEECE_DRAIN_GRACE)
+        for disk in self.disks:
+            if disk.state is not None and disk.state.concluded:
+                continue
+            try:
+                state = find_job(self.session, disk.job_id, Deadline(ROLLBACK_GRACE))
+                if state is None or state.concluded:
+                    continue
+                with contextlib.suppress(VmError):  # it ended meanwhile
+                    self.session.execute(Request("job-cancel", {"id": disk.job_id}), Deadline(ROLLBACK_GRACE))
+                wait_for_end(self.session, disk.job_id, grace, Deadline(ROLLBACK_GRACE))
+            except QmpctlError as exc:
+                self.notes.append(f"job {disk.job_id} did not end within {FLEECE_DRAIN_GRACE:g}s of its "
+                                  f"cancellation: {exc.message}")
+
+    def end_fleecing(self) -> None:
+        """After the jobs: snapshot nodes gone, drives back on their nodes, filters, image nodes and files gone."""
+        if self.fleecing is not None:
+            self.notes += self.fleecing.take_back()
 
     def wait(self, wait: Deadline, progress: Optional[Progress], every: float) -> None:
         self.progress = progress
@@ -891,7 +1017,10 @@ class ChainRun:
         The bitmap an incremental copied was never cleared (``bitmap-mode=never``): the next run copies all it
         recorded, including what this run copied.
         """
+        if self.fleecing is not None:
+            self._drain_jobs()
         self.end_jobs()
+        self.end_fleecing()
         steps: list[UndoStep] = []
         for disk in self.disks:
             if not disk.committed and disk.bitmap_added:
@@ -995,6 +1124,11 @@ def backup_chain(session: Session, deadline: Deadline, options: ChainOptions, *,
     """
     if folder is None:
         folder = LocalFolder(prepare_dir(options.into, is_local=True))
+    if options.fleece is not None:
+        if folder.host is not None:
+            raise UsageError(f"--fleece is not supported with a VM reached over ssh:// (DIR2 would have to be on "
+                             f"{folder.host}, where QEMU runs); nothing was changed")
+        fleece.check_qemu(session, deadline)
     disks = [_find(session, deadline, name) for name in options.devices]
     for number, disk in enumerate(disks):
         same = [other.name for other in disks[:number] if other.key == disk.key]
@@ -1018,11 +1152,14 @@ def backup_chain(session: Session, deadline: Deadline, options: ChainOptions, *,
                 run.drop_broken_bitmaps()
                 run.create_images()
                 run.add_targets()
+                if options.fleece is not None:
+                    run.set_up_fleecing()
                 with freezer.frozen():
                     run.start_jobs()
                 run.wait(wait, progress, progress_every)
                 with shielded():  # the jobs are done: record them whole, a Ctrl-C waits (the steps are bounded)
                     run.end_jobs()
+                    run.end_fleecing()
                     deleted = run.commit()
         except BaseException as exc:
             with shielded():  # a second Ctrl-C must not cut the taking back short; every step has a deadline
@@ -1039,6 +1176,10 @@ def backup_chain(session: Session, deadline: Deadline, options: ChainOptions, *,
     result: dict[str, Any] = dict(summaries[0]) if len(summaries) == 1 else {"disks": summaries, "seconds": seconds}
     if freezer.report:
         result["freeze"] = freezer.report
+    if run.fleecing is not None:
+        result["fleece"] = run.fleecing.where
+        if run.fleecing.paused_for:
+            result["paused"] = run.fleecing.paused_for
     if deleted:
         result["deleted-chains"] = deleted
     warnings = run.notes
@@ -1051,6 +1192,8 @@ def _failed(run: ChainRun, exc: BaseException, wait: Deadline, options: ChainOpt
     """Take the run back and say what happened, with the exit code of the cause."""
     if isinstance(exc, ProtocolError):
         run.discard()
+        if run.fleecing is not None:
+            run.notes += run.fleecing.discard_files()
         error: BaseException = ProtocolError(f"the VM went away during the chain backup ({exc.message})")
         return with_notes(error, run.notes)
     run.take_back()

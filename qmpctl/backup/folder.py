@@ -261,16 +261,7 @@ class LocalFolder(ChainFolder):
                 os.close(descriptor)
 
     def _owned_like_into(self, *descriptors: Optional[int]) -> None:
-        """Root backing up a VM whose QEMU runs as another user (libvirt's): the files QEMU must open
-        belong to DIR's owner, as DIR is the folder that user was given."""
-        if os.geteuid() != 0:
-            return
-        owner = os.fstat(self._dir())
-        if owner.st_uid == 0 and owner.st_gid == 0:
-            return
-        for descriptor in descriptors:
-            if descriptor is not None:
-                os.fchown(descriptor, owner.st_uid, owner.st_gid)
+        safe_open.owned_like(self._dir(), *descriptors)
 
     def measure(self, paths: list[str], deadline: Deadline) -> list[tuple[int, str]]:
         """Every image's fsync and sha256 at once, each in a thread of its own: both wait on the disk or hash

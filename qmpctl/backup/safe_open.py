@@ -66,6 +66,19 @@ def trusted_owners(dir_fd: int) -> set[int]:
     return {0, os.geteuid(), os.fstat(dir_fd).st_uid}
 
 
+def owned_like(dir_fd: int, *descriptors: Optional[int]) -> None:
+    """Root backing up a VM whose QEMU runs as another user (libvirt's): the files QEMU must open belong to the
+    owner of the folder ``dir_fd``, the folder that user was given."""
+    if os.geteuid() != 0:
+        return
+    owner = os.fstat(dir_fd)
+    if owner.st_uid == 0 and owner.st_gid == 0:
+        return
+    for descriptor in descriptors:
+        if descriptor is not None:
+            os.fchown(descriptor, owner.st_uid, owner.st_gid)
+
+
 def create_exclusive(name: str, where: str, dir_fd: int, mode: int = 0o600, flags: int = os.O_RDWR) -> int:
     """A new empty file ``name`` in ``dir_fd``: never over anything that exists there, link or not."""
     try:

@@ -100,9 +100,9 @@ def unplug_disk(common: Common, *, device_id: str, wait_timeout: float) -> int:
 def backup(common: Common, *, words: list[str], into: Optional[str], full: bool, exclude: list[str],
            metrics: Optional[str], keep_chains: Optional[int], new_chain_after: Optional[str],
            max_incrementals: Optional[int], compress: bool, estimate: bool, skip_below: Optional[str],
-           freeze: bool, freeze_try: bool, freeze_timeout: Optional[float], agent: Optional[str], sync: str,
-           image_format: str, speed: Optional[str], force: bool, wait: bool, wait_timeout: Optional[float],
-           progress: str, job_id: Optional[str]) -> int:
+           fleece: Optional[str], freeze: bool, freeze_try: bool, freeze_timeout: Optional[float],
+           agent: Optional[str], sync: str, image_format: str, speed: Optional[str], force: bool, wait: bool,
+           wait_timeout: Optional[float], progress: str, job_id: Optional[str]) -> int:
     """A full backup (DEVICE TARGET) or a chain run (DEVICE... --into DIR); help in :mod:`qmpctl.cli.spec`."""
     if into is not None:
         from qmpctl.cli.chain import backup_into
@@ -115,7 +115,7 @@ def backup(common: Common, *, words: list[str], into: Optional[str], full: bool,
         return backup_into(common, devices=words or [], into=into, full=full, exclude=exclude or [],
                            keep_chains=keep_chains, new_chain_after=new_chain_after,
                            max_incrementals=max_incrementals, compress=compress, estimate=estimate,
-                           skip_below=skip_below,
+                           skip_below=skip_below, fleece=fleece,
                            speed=speed,
                            wait=wait, wait_timeout=wait_timeout, progress=progress,
                            freeze="try" if freeze_try else "yes" if freeze else "no",
@@ -124,6 +124,7 @@ def backup(common: Common, *, words: list[str], into: Optional[str], full: bool,
                "--keep-chains": keep_chains is not None,
                "--new-chain-after": new_chain_after is not None, "--max-incrementals": max_incrementals is not None,
                "--compress": compress, "--estimate": estimate, "--skip-below": skip_below is not None,
+               "--fleece": fleece is not None,
                "--freeze": freeze,
                "--freeze-try": freeze_try, "--freeze-timeout": freeze_timeout is not None, "-a": agent is not None}
     if any(chained.values()):

@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from qmpctl.wire.session import HostFiles
 
 
+NO_REMOTE_FLEECE = ("--fleece is not supported with a VM reached over ssh://: DIR2 would have to be on the VM's "
+                    "host, where QEMU opens the temporary images; back that VM up without --fleece")
+
+
 def _printer(progress: str) -> tuple[Any, float, Any]:
     """The job-state callback for ``--progress``, how often to call it, and the printer to close."""
     from qmpctl.cli.progress import printer_for
@@ -91,7 +95,7 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ex
                 progress: str, freeze: str, freeze_timeout: Optional[float], agent: Optional[str],
                 metrics: Optional[str] = None, new_chain_after: Optional[str] = None,
                 max_incrementals: Optional[int] = None, compress: bool = False, estimate: bool = False,
-                skip_below: Optional[str] = None) -> int:
+                skip_below: Optional[str] = None, fleece: Optional[str] = None) -> int:
     """``backup [DEVICE...] --into DIR``: extend each disk's chain, or start one; no DEVICE: the whole VM."""
     from qmpctl.backup import chain
     from qmpctl.backup.full import DEFAULT_WAIT_TIMEOUT, parse_speed
@@ -105,11 +109,20 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ex
 
     new_chain_seconds = None if new_chain_after is None else parse_duration(new_chain_after, "--new-chain-after")
     skip_bytes = None if skip_below is None else parse_size(skip_below, "--skip-below", allow_zero=True)
+    if fleece is not None and not common.dry_run:
+        from qmpctl.backup.fleece import prepare_dir
+
+        fleece = prepare_dir(fleece)
+    elif fleece is not None:
+        import os
+
+        fleece = os.path.abspath(fleece)
 
     def options_for(chosen: tuple[str, ...], where: str) -> chain.ChainOptions:
         return chain.ChainOptions(chosen, where, full, keep_chains, speed_value, wait_value, freeze, freeze_value,
                                   compress=compress, new_chain_after=new_chain_seconds,
-                                  max_incrementals=max_incrementals, estimate=estimate, skip_below=skip_bytes)
+                                  max_incrementals=max_incrementals, estimate=estimate, skip_below=skip_bytes,
+                                  fleece=fleece)
 
     whole = not devices or bool(exclude)
     fleet = _is_fleet(common)
@@ -126,6 +139,8 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ex
     if fleet:
         return _backup_fleet(common, options, options_for, tuple(devices), tuple(exclude), into, agent, outcomes)
     remote = _ssh_files(common)
+    if remote is not None and fleece is not None:
+        raise UsageError(NO_REMOTE_FLEECE)
     if remote is not None:  # DIR is on the VM's host: here only its form can be checked, before connecting
         into = chain.prepare_dir(into, is_local=False, side=remote.side)
     note = options.plan_note(None if remote is None else remote.side)
@@ -193,6 +208,8 @@ def _backup_fleet(common: Common, options: Any, options_for: Any, devices: tuple
     for index, vm in enumerate(targets):  # every DIR is checked before any VM is asked
         files = vm.host_files()
         side = files.side if files.remote() is not None else None
+        if side is not None and options.fleece is not None:
+            raise UsageError(NO_REMOTE_FLEECE)
         roots[index] = chain.prepare_dir(into, is_local=files.is_local, side=side)
     local = {root for index, root in roots.items() if targets[index].host_files().remote() is None}
     for root in local:

@@ -661,6 +661,13 @@ COMMANDS: tuple[Command, ...] = (
                    "With --into: a disk with less than SIZE changed since its last backup (512K, 10M) is not "
                    "backed up this run (\"level\": \"skipped\"); its bitmap keeps recording.", metavar="SIZE",
                    show_default=False),
+            Option("fleece", ("--fleece",), "text", None,
+                   "With --into: image fleecing, so a slow DIR never slows the guest's writes: the old data a "
+                   "guest write replaces goes to a temporary image in DIR2 (a fast folder on this host, QEMU 7.1 "
+                   "or later; not for ssh:// VMs), and the jobs copy from that snapshot to DIR at their own pace. "
+                   "Several disks of a running VM are switched with the VM paused for a moment (\"paused\": "
+                   "seconds). The temporary files and nodes are removed on every path.", metavar="DIR2",
+                   show_default=False),
             Option("compress", ("--compress",), "flag", False,
                    "With --into: write compressed qcow2 images (smaller, slower to write); restore, "
                    "backup-verify, --serve and --instant read them as any other."),

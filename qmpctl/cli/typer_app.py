@@ -790,6 +790,14 @@ def backup(
                                              help=('With --into: a disk with less than SIZE changed since its last '
                                                    'backup (512K, 10M) is not backed up this run ("level": '
                                                    '"skipped"); its bitmap keeps recording.')),
+    fleece: Optional[str] = typer.Option(None, '--fleece', metavar='DIR2', show_default=False,
+                                         help=("With --into: image fleecing, so a slow DIR never slows the guest's "
+                                               'writes: the old data a guest write replaces goes to a temporary '
+                                               'image in DIR2 (a fast folder on this host, QEMU 7.1 or later; not '
+                                               'for ssh:// VMs), and the jobs copy from that snapshot to DIR at '
+                                               'their own pace. Several disks of a running VM are switched with the '
+                                               'VM paused for a moment ("paused": seconds). The temporary files and '
+                                               'nodes are removed on every path.')),
     compress: bool = typer.Option(False, '--compress', show_default=False,
                                   help=('With --into: write compressed qcow2 images (smaller, slower to write); '
                                         'restore, backup-verify, --serve and --instant read them as any other.')),

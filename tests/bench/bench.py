@@ -14,6 +14,7 @@ repository with the project's venv:
     .venv/bin/python tests/bench/bench.py --only chains --source --baseline OLD  # and vs the tree in OLD
     .venv/bin/python tests/bench/bench.py --only fleet-backup  # 20 VMs' backups in one call vs a loop of calls
     .venv/bin/python tests/bench/bench.py --only instant  # restore --instant vs a full restore, to a booted guest
+    .venv/bin/python tests/bench/bench.py --only fleece  # a guest's write latency during a backup to a slow DIR
 
 It starts its own QEMU VMs (TCG, paused), a host qemu-ga, and a transient
 libvirt domain named ``qmpctl-bench-*`` (starting virtlogd and libvirtd when
@@ -1037,6 +1038,213 @@ def expect_backed_up(count: int) -> Callable[[bytes], None]:
     return check
 
 
+# --- the guest's write latency while a full backup runs to a slow DIR, with and without --fleece ---------------
+
+FLEECE_DISK_MIB = 128
+FLEECE_SLOW_BPS = 2 * 1024 * 1024
+"""The slow DIR's write rate: a busy NFS share."""
+FLEECE_WRITES = 20
+"""Small writes per measurement, each to a cluster of its own the job has not copied yet."""
+FLEECE_PACE = 0.1
+"""Seconds between two writes: a measurement spans two seconds of the job, not its first milliseconds."""
+FLEECE_LIMIT = 2.0
+"""With --fleece, the guest's median write latency during a backup may be at most twice its latency without one."""
+VD0_BACKEND = "/machine/peripheral/vd0/virtio-backend"
+
+
+class QmpClient(EventMonitor):
+    """One QMP session kept open, so a timed command costs its own exchange and no connection set-up."""
+
+    def cmd(self, execute: str, **arguments: object) -> object:
+        self.stream.write(json.dumps({"execute": execute, "arguments": arguments}).encode() + b"\n")
+        self.stream.flush()
+        while True:
+            message = json.loads(self.stream.readline())
+            if "error" in message:
+                raise SystemExit(f"bench: {execute}: {message['error']}")
+            if "return" in message:
+                return message["return"]
+
+
+class SlowFolder:
+    """A real slow filesystem: ext4 mounted ``-o sync`` (as an NFS share exported ``sync`` writes through) on a
+    loop device over qemu-storage-daemon's FUSE export of an image behind a throttle filter.
+
+    device-mapper's ``delay`` target would do it with less, but this container has no device-mapper driver;
+    loop devices and FUSE work. Needs root."""
+
+    def __init__(self, processes: Processes, folder: Path) -> None:
+        self.processes = processes
+        self.folder = folder
+        self.export = folder / "export.raw"
+        self.mount = folder / "slow"
+        self.loop = ""
+        self.daemon: subprocess.Popen | None = None
+        self.mounted = False
+
+    def __enter__(self) -> Path:
+        try:
+            return self._make()
+        except BaseException:
+            self.__exit__()
+            raise
+
+    def _make(self) -> Path:
+        if os.geteuid() != 0:
+            raise RuntimeError("it needs root (losetup, mount)")
+        if not Path("/dev/fuse").exists() or not shutil.which("qemu-storage-daemon"):
+            raise RuntimeError("it needs /dev/fuse and qemu-storage-daemon")
+        backing = self.folder / "backing.raw"
+        with open(backing, "wb") as handle:
+            handle.truncate(512 << 20)
+        self.export.touch()
+        self.daemon = self.processes.start([
+            "qemu-storage-daemon", "--blockdev", f"driver=file,node-name=f0,filename={backing}",
+            "--object", f"throttle-group,id=tg0,x-bps-write={FLEECE_SLOW_BPS}",
+            "--blockdev", "driver=throttle,node-name=t0,throttle-group=tg0,file=f0",
+            "--export", f"type=fuse,id=e0,node-name=t0,mountpoint={self.export},writable=on"],
+            self.folder / "qsd.log")
+        deadline = time.monotonic() + 10
+        while self.export.stat().st_size != 512 << 20:
+            if self.daemon.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("qemu-storage-daemon did not export its image over FUSE: "
+                                   + (self.folder / "qsd.log").read_text(errors="replace")[-300:])
+            time.sleep(0.05)
+        for argv in (["losetup", "-f", "--show", str(self.export)], ["mkfs.ext4", "-q", "-F"],
+                     ["mount", "-o", "sync"]):
+            if argv[0] == "mkfs.ext4":
+                argv = [*argv, self.loop]
+            elif argv[0] == "mount":
+                self.mount.mkdir()
+                argv = [*argv, self.loop, str(self.mount)]
+            done = subprocess.run(argv, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
+            if argv[0] == "losetup":
+                self.loop = done.stdout.strip()
+        self.mounted = True
+        return self.mount
+
+    def __exit__(self, *exc: object) -> None:
+        if self.mounted:
+            for _ in range(50):  # a job being cancelled may still have its image open
+                if subprocess.run(["umount", str(self.mount)], capture_output=True).returncode == 0:
+                    break
+                time.sleep(0.1)
+            else:
+                subprocess.run(["umount", "-l", str(self.mount)], capture_output=True)
+        if self.loop:
+            subprocess.run(["losetup", "-d", self.loop], capture_output=True)
+            self.loop = ""
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.terminate()
+            try:
+                self.daemon.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+        if self.export.exists() and os.path.ismount(self.export):
+            subprocess.run(["fusermount", "-u", str(self.export)], capture_output=True)
+
+
+def write_latencies(client: QmpClient, pattern: int) -> list[float]:
+    """FLEECE_WRITES writes of 4 KiB through the device (HMP qemu-io, as a guest's would go), each timed."""
+    took = []
+    for number in range(FLEECE_WRITES):
+        offset = (FLEECE_DISK_MIB // 2 + number) << 20  # the second half: the job copies from the start
+        line = f'qemu-io -d {VD0_BACKEND} "write -P {pattern} {offset} 4k"'
+        started = time.perf_counter()
+        said = client.cmd("human-monitor-command", **{"command-line": line})
+        took.append(time.perf_counter() - started)
+        time.sleep(FLEECE_PACE)
+        if "failed" in str(said) or "error" in str(said).lower():
+            raise SystemExit(f"bench: {line}: {said}")
+    return took
+
+
+def bench_fleece(ctx: Context) -> None:
+    """The guest's write latency while a full backup runs to a slow DIR, without and with --fleece, next to no
+    backup at all; alternating, one round each at a time."""
+    folder = ctx.scratch / "fleece"
+    folder.mkdir()
+    disk = folder / "disk0.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), f"{FLEECE_DISK_MIB}M"], check=True)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", f"write -P 0x41 0 {FLEECE_DISK_MIB}M", str(disk)], check=True,
+                   stdout=subprocess.DEVNULL)
+    scratch2 = folder / "fleece-dir"
+    scratch2.mkdir()
+    try:
+        with SlowFolder(ctx.processes, folder) as slow:
+            writer = folder / "writer.sock"  # a second monitor: qmpctl has the first
+            vms = Processes()  # stopped before the slow folder is unmounted
+            try:
+                [sock] = start_vms(vms, folder / "vm", 1, "-qmp", f"unix:{writer},server=on,wait=off",
+                                   "-blockdev", f"driver=qcow2,node-name=disk0,file.driver=file,"
+                                   f"file.filename={disk}", "-device", "virtio-blk-pci,drive=disk0,id=vd0")
+                wait_for_sockets([writer], vms.procs)
+                client = QmpClient(writer)
+                client.sock.settimeout(600)  # a write that waits on the slow DIR may take seconds
+                try:
+                    samples = _fleece_rounds(ctx, client, sock, slow, scratch2)
+                finally:
+                    client.close()
+            finally:
+                vms.stop_all()
+    except RuntimeError as exc:
+        skip("fleece write latency", f"no slow filesystem could be made here: {exc}")
+        return
+    print(f"\n## fleece: a guest's 4 KiB writes while a full backup of {FLEECE_DISK_MIB} MiB runs to a DIR "
+          f"writing {FLEECE_SLOW_BPS >> 20} MiB/s (ext4 -o sync over a throttled FUSE export)")
+    print(f"{'':44} {'median':>10} {'p99':>10} {'max':>10} {'all writes':>11}  writes")
+    for name, took in samples.items():
+        ordered = sorted(took)
+        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+        print(f"{name:44} {statistics.median(took) * 1000:8.2f}ms {p99 * 1000:8.2f}ms "
+              f"{ordered[-1] * 1000:8.2f}ms {sum(took):10.2f}s  {len(took)}")
+    print("(a write that waits until the job has copied everything leaves the writes after it nothing to wait for: "
+          "compare the max and the time all writes took, not only the median)")
+    base = statistics.median(samples["no backup"])
+    print(f"without --fleece: {statistics.median(samples['backup --into SLOW']) / base:.1f}x the median "
+          "without a backup")
+    ctx.verdicts.append(verdict("write latency during a backup with --fleece vs none (median)",
+                                statistics.median(samples["backup --into SLOW --fleece LOCAL"]) / base,
+                                FLEECE_LIMIT))
+
+
+def _fleece_rounds(ctx: Context, client: QmpClient, sock: Path, slow: Path, local: Path) -> dict[str, list[float]]:
+    modes: dict[str, list[str] | None] = {"no backup": None, "backup --into SLOW": [],
+                                          "backup --into SLOW --fleece LOCAL": ["--fleece", str(local)]}
+    samples: dict[str, list[float]] = {name: [] for name in modes}
+    for round_number in range(max(2, ctx.args.runs // 7)):
+        order = list(modes.items())
+        if round_number % 2:
+            order.reverse()
+        for name, extra in order:
+            pattern = 0x50 + round_number % 40
+            if extra is None:
+                samples[name] += write_latencies(client, pattern)
+                continue
+            into = slow / "chains"  # one DIR: a run takes back what a cancelled one could not in its grace
+            child = subprocess.Popen([str(QMPCTL), "backup", "-s", str(sock), "vd0", "--into", str(into),
+                                      "--progress", "none", *extra], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
+            try:
+                deadline = time.monotonic() + 30
+                while not any(job.get("status") == "running" for job in client.cmd("query-jobs")):  # type: ignore
+                    if child.poll() is not None or time.monotonic() > deadline:
+                        raise SystemExit(f"bench: {name}: no job ran: {child.communicate()[1].decode()[-500:]}")
+                    time.sleep(0.01)
+                samples[name] += write_latencies(client, pattern)
+            finally:
+                child.send_signal(signal.SIGINT)  # the measurement is done: the job is cancelled, nothing kept
+                child.communicate(timeout=120)
+                deadline = time.monotonic() + 120  # writes queued on the slow DIR drain before the job ends
+                while any(job.get("status") != "concluded" for job in client.cmd("query-jobs")):  # type: ignore
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"bench: {name}: the cancelled job did not end")
+                    time.sleep(0.05)
+    return samples
+
+
 # --- choosing the Typer release --------------------------------------------------------------
 
 TYPER_CANDIDATES = [
@@ -1183,7 +1391,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         default="single,startup,fleet,agent,backup,cp,ssh,chains,fleet-backup,snapshot",
                         help="comma-separated subset of: single, startup, fleet, agent, backup, cp, ssh, chains, "
                              "fleet-backup, snapshot, instant (not in the default: it writes several GiB and boots "
-                             "the lab guest six times)")
+                             "the lab guest six times), fleece (not in the default: needs root, FUSE and a loop "
+                             "device)")
     parser.add_argument("--baseline", metavar="DIR",
                         help="chains: also time the full backups of the qmpctl in another source tree (e.g. "
                              "`git archive HEAD~ | tar -x -C DIR`), side by side with this one")
@@ -1229,7 +1438,7 @@ class Bench:
             for name, step in (("single", bench_single), ("startup", bench_startup), ("fleet", bench_fleet),
                                ("agent", bench_agent), ("backup", bench_backup), ("cp", bench_agent_cp),
                                ("ssh", bench_ssh), ("chains", bench_chains), ("fleet-backup", bench_fleet_backup),
-                               ("snapshot", bench_snapshot), ("instant", bench_instant)):
+                               ("snapshot", bench_snapshot), ("instant", bench_instant), ("fleece", bench_fleece)):
                 if name in wanted:
                     step(ctx)
             print(f"\n{sum(ctx.verdicts)} of {len(ctx.verdicts)} targets met")

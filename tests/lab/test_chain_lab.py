@@ -69,6 +69,31 @@ def test_freeze_brackets_the_job_start_and_the_image_holds_what_the_guest_had_no
     assert read_file_from(restored, "marker", tmp_path).strip() == MARKER  # the freeze flushed it first
 
 
+def fs0_drive(guest) -> str:
+    with RawQmp(guest.check_path) as qmp:
+        return next(entry["inserted"]["node-name"] for entry in qmp.cmd("query-block")
+                    if entry.get("qdev", "") == FS_DEVICE)  # a scsi-hd with an id: query-block names it by its id
+
+
+def test_a_fleeced_frozen_backup_of_a_running_guest_holds_what_it_had_not_synced(cli, guest, tmp_path):
+    """--fleece with --freeze: the guest is frozen around the switch, and thawed; nothing of the fleecing stays."""
+    into, scratch = tmp_path / "b", tmp_path / "scratch"
+    scratch.mkdir()
+    drive = fs0_drive(guest)
+    assert chain_backup(cli, guest, into, "--fleece", str(scratch)).code == 0
+    in_guest(cli, guest, f"echo '{MARKER} (fleeced)' > /mnt/data/fleeced")  # in the guest's page cache only
+    result = chain_backup(cli, guest, into, "--freeze", "-a", str(guest.agent_path), "--fleece", str(scratch))
+    assert result.code == 0, result
+    reply = json.loads(result.out)["return"]
+    assert reply["level"] == "incremental" and reply["freeze"]["frozen"] >= 1 and reply["fleece"] == str(scratch)
+    assert agent_request(guest.agent_path, "guest-fsfreeze-status") == "thawed"
+    assert list(scratch.iterdir()) == [] and fs0_drive(guest) == drive
+    in_guest(cli, guest, "echo after > /mnt/data/fleeced && sync")  # the guest writes on, through its own node
+    restored = tmp_path / "restored.qcow2"
+    assert cli("restore", reply["chain"], str(restored)).code == 0
+    assert read_file_from(restored, "fleeced", tmp_path).strip() == f"{MARKER} (fleeced)"
+
+
 def test_freeze_without_an_agent_starts_nothing_and_try_backs_up_unfrozen(cli, guest, tmp_path):
     into = tmp_path / "b"
     missing = tmp_path / "no-agent.sock"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from support.disks import (block_state, flush, hmp, images_identical, make_image, reads_pattern, wait_for_job,
-                           write_pattern)
+from support.disks import (block_state, flush, hmp, images_identical, make_image, reads_pattern, scsi_hd_args,
+                           throttled_vm, wait_for_job, write_pattern)
 from support.libvirt import domain, libvirtd  # noqa: F401 (fixtures)
 from support.qemu import wait_for_socket
 
@@ -598,10 +598,7 @@ def test_a_name_qemu_made_up_is_refused_naming_the_disks_stable_names(cli, vm_fa
 
 def test_two_names_of_one_disk_are_one_chain_and_a_qom_path_finds_a_disk_without_id(cli, vm_factory, tmp_path):
     third = make_image(tmp_path / "disk2.qcow2", "qcow2", "16M")
-    vm = vm_factory(disk_size="16M", extra_args=[
-        "-device", "virtio-scsi-pci,id=scsi0",
-        "-blockdev", f"driver=qcow2,node-name=disk2,file.driver=file,file.filename={third}",
-        "-device", "scsi-hd,drive=disk2"])
+    vm = vm_factory(disk_size="16M", extra_args=scsi_hd_args(third, "disk2"))
     into = tmp_path / "b"
     full = ok(cli, vm, into)
     for alias in ("disk0", "/machine/peripheral/vd0/virtio-backend", "/machine/peripheral/vd0"):
@@ -621,14 +618,8 @@ def test_two_names_of_one_disk_are_one_chain_and_a_qom_path_finds_a_disk_without
 
 
 def test_under_a_throttle_filter_the_bitmap_is_persistent_on_the_format_node(cli, vm_factory, tmp_path):
-    (tmp_path / "vm0").mkdir()
-    image = make_image(tmp_path / "vm0" / "disk0.qcow2", "qcow2", "16M")
-    vm = vm_factory(qemu_args_disk=False, extra_args=[
-        "-object", "throttle-group,id=tg0,x-bps-total=1000000000",
-        "-blockdev", f"driver=qcow2,node-name=disk0,file.driver=file,file.filename={image}",
-        "-blockdev", "driver=throttle,node-name=thr0,throttle-group=tg0,file=disk0",
-        "-device", "virtio-blk-pci,drive=thr0,id=vd0"])
-    assert vm.disk == image
+    vm = throttled_vm(vm_factory, tmp_path)
+    image = vm.disk
     into = tmp_path / "b"
     full = ok(cli, vm, into)
     assert [(b["name"], b["persistent"]) for b in named_node(vm, "disk0")["dirty-bitmaps"]] == [(full["bitmap"], True)]

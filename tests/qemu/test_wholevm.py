@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from support.disks import flush, hmp, images_identical, make_image, reads_pattern, write_pattern
+from support.disks import flush, hmp, images_identical, make_image, reads_pattern, whole_vm_args, write_pattern
 from support.qemu import RawQmp
 from support.uefi import OVMF_VARS, run_firmware_until_it_writes, uefi_args
 from support.waits import wait_for
@@ -19,22 +19,6 @@ pytestmark = pytest.mark.qemu
 
 MiB = 1 << 20
 VD1 = "/machine/peripheral/vd1/virtio-backend"
-
-
-def whole_vm_args(workdir: Path) -> list[str]:
-    """A second disk, a CD-ROM with a medium and an empty one, and a raw pflash pair (code, UEFI variables)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    disk1 = make_image(workdir / "disk1.qcow2", size="8M")
-    iso = make_image(workdir / "cd.iso", "raw", "1M")
-    code, variables = workdir / "code.fd", workdir / "vars.fd"
-    code.write_bytes(bytes(128 << 10))
-    variables.write_bytes(b"\x5a" * (64 << 10) + bytes(64 << 10))
-    return ["-drive", f"if=pflash,format=raw,readonly=on,file={code}",
-            "-drive", f"if=pflash,format=raw,file={variables}",
-            "-blockdev", f"driver=qcow2,node-name=disk1,file.driver=file,file.filename={disk1}",
-            "-device", "virtio-blk-pci,drive=disk1,id=vd1",
-            "-drive", f"if=none,id=cd0,format=raw,readonly=on,file={iso}", "-device", "ide-cd,drive=cd0,id=cdrom0",
-            "-device", "ide-cd,id=cdrom1"]
 
 
 def write_vd1(vm, pattern: int, offset: int, length: int) -> None:

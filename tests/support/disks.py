@@ -72,3 +72,37 @@ def wait_for_job(vm, status: str = "running", job_type: str = "backup", timeout:
         return wait_for(reached, f"a {job_type} job {status}", timeout, pause=0.02)
     except TimeoutError:
         raise TimeoutError(f"no {job_type} job reached {status}: {jobs(vm)}") from None
+
+
+def throttled_vm(vm_factory, tmp_path: Path):
+    """A VM whose device vd0 reads a throttle filter ``thr0`` over its qcow2 node ``disk0``."""
+    (tmp_path / "vm0").mkdir()
+    image = make_image(tmp_path / "vm0" / "disk0.qcow2", "qcow2", "16M")
+    return vm_factory(qemu_args_disk=False, extra_args=[
+        "-object", "throttle-group,id=tg0,x-bps-total=1000000000",
+        "-blockdev", f"driver=qcow2,node-name=disk0,file.driver=file,file.filename={image}",
+        "-blockdev", "driver=throttle,node-name=thr0,throttle-group=tg0,file=disk0",
+        "-device", "virtio-blk-pci,drive=thr0,id=vd0"])
+
+
+def whole_vm_args(workdir: Path) -> list[str]:
+    """A second disk, a CD-ROM with a medium and an empty one, and a raw pflash pair (code, UEFI variables)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    disk1 = make_image(workdir / "disk1.qcow2", size="8M")
+    iso = make_image(workdir / "cd.iso", "raw", "1M")
+    code, variables = workdir / "code.fd", workdir / "vars.fd"
+    code.write_bytes(bytes(128 << 10))
+    variables.write_bytes(b"\x5a" * (64 << 10) + bytes(64 << 10))
+    return ["-drive", f"if=pflash,format=raw,readonly=on,file={code}",
+            "-drive", f"if=pflash,format=raw,file={variables}",
+            "-blockdev", f"driver=qcow2,node-name=disk1,file.driver=file,file.filename={disk1}",
+            "-device", "virtio-blk-pci,drive=disk1,id=vd1",
+            "-drive", f"if=none,id=cd0,format=raw,readonly=on,file={iso}", "-device", "ide-cd,drive=cd0,id=cdrom0",
+            "-device", "ide-cd,id=cdrom1"]
+
+
+def scsi_hd_args(image: Path, node: str, device_id: str = "") -> list[str]:
+    """A qcow2 ``image`` (node ``node``) on a scsi-hd, with ``device_id`` or none, on a virtio-scsi controller."""
+    return ["-device", "virtio-scsi-pci,id=scsi0",
+            "-blockdev", f"driver=qcow2,node-name={node},file.driver=file,file.filename={image}",
+            "-device", f"scsi-hd,bus=scsi0.0,drive={node}" + (f",id={device_id}" if device_id else "")]
