@@ -68,6 +68,9 @@ SSH_CHECK_SECONDS = 2.0
 """How long asking a master whether it still stands may take, when a channel ended unexpectedly."""
 SSH_EXIT_SECONDS = 2.0
 """How long ``ssh -O exit`` may take at exit; a master that does not answer expires by ControlPersist."""
+SSH_START_GRACE = 2.0
+"""At exit, how long to wait for an ssh another thread is starting (fork and exec take milliseconds), so that it
+is killed and reaped rather than left running."""
 SSH_RELEASE_SECONDS = 5.0
 """How long a script holding something on the host (a lock) may take to end once told to."""
 

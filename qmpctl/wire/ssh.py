@@ -31,7 +31,8 @@ import subprocess
 import tempfile
 import threading
 
-from qmpctl.timing import CONTROL_PERSIST_SECONDS, SSH_CHECK_SECONDS, SSH_EXIT_SECONDS, SSH_RELEASE_SECONDS
+from qmpctl.timing import (CONTROL_PERSIST_SECONDS, SSH_CHECK_SECONDS, SSH_EXIT_SECONDS, SSH_RELEASE_SECONDS,
+                           SSH_START_GRACE)
 from qmpctl.wire.address import Address, SshHost
 from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectError, ConnectionClosed, Interrupted, QmpctlError, UsageError
@@ -97,22 +98,32 @@ _children: set["subprocess.Popen[Any]"] = set()
 _children_lock = threading.Lock()
 _closing = threading.Event()
 """Set by :func:`close_all`: a fleet thread still running then starts no new ssh."""
+_starting = [0]
+"""How many ssh children are being started right now (forked, not yet recorded): :func:`close_all` waits for them."""
+_started = threading.Condition(_children_lock)
 
 
 def _spawn(argv: list[str], at_exit: bool = False, **kwargs: Any) -> "subprocess.Popen[bytes]":
     """Start an ssh step, recorded until reaped; none but ``at_exit`` ones once :func:`close_all` runs."""
-    if _closing.is_set() and not at_exit:
-        raise Interrupted("qmpctl is exiting: no new SSH step")
+    with _children_lock:
+        if _closing.is_set() and not at_exit:
+            raise Interrupted("qmpctl is exiting: no new SSH step")
+        _starting[0] += 1
     kwargs.setdefault("stdin", subprocess.DEVNULL)
+    proc: Optional[subprocess.Popen[bytes]] = None
     try:
-        proc: subprocess.Popen[bytes] = subprocess.Popen(argv, **kwargs)
+        proc = subprocess.Popen(argv, **kwargs)
     except OSError as exc:
         raise ConnectError(f"cannot run {argv[0]}: {exc.strerror or exc} (install OpenSSH's client, "
                            f"or point {SSH_ENV} at it)") from exc
-    with _children_lock:
-        _children.add(proc)
-        if _closing.is_set() and not at_exit:  # close_all ran meanwhile: it did not see this one
-            proc.kill()
+    finally:
+        with _children_lock:  # recorded before close_all looks: it waits for every child being started
+            _starting[0] -= 1
+            if proc is not None:
+                _children.add(proc)
+                if _closing.is_set() and not at_exit:  # close_all is running: it kills and reaps this one
+                    proc.kill()
+            _started.notify_all()
     return proc
 
 
@@ -416,6 +427,7 @@ def _close_all() -> None:
         _registry.folder = None
     with _children_lock:
         _closing.set()
+        _started.wait_for(lambda: _starting[0] == 0, timeout=SSH_START_GRACE)  # a fleet thread's fork and exec
         children = list(_children)
     try:
         for proc in children:  # steps of fleet threads an interrupt left running
