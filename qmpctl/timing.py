@@ -21,6 +21,12 @@ POWERDOWN_WAIT = 60.0
 """``powerdown --wait``: an ACPI shutdown of an ordinary guest takes seconds; one minute before giving up."""
 GUEST_SHUTDOWN_WAIT = 60.0
 """``agent shutdown`` with -s: the same minute a guest gets to go down as for ``powerdown``."""
+BLOCK_JOB_WAIT_TIMEOUT = 86400.0
+"""--wait-timeout of a backup or a stream: copying a disk takes as long as it is big, hours for a large one on a
+slow target; a day unless told."""
+FREEZE_TIMEOUT = 10.0
+"""--freeze-timeout: how long the agent may take to freeze the guest's filesystems before they are thawed and
+nothing starts; qemu-ga freezes in milliseconds unless a filesystem has much to flush."""
 THAW_TIMEOUT = 10.0
 """How long a thaw may take once the guest must be thawed: its own deadline, whatever the call's says
 (qemu-ga thaws in milliseconds; 10 s covers a guest under load)."""
@@ -92,6 +98,9 @@ BALLOON_POLL_FIRST = 0.05
 """A guest gives memory back page by page over tens of milliseconds: a balloon wait polls from 50 ms."""
 BALLOON_POLL_MAX = 0.5
 """... up to half a second: a guest may take many seconds, and each poll is a round trip to QEMU."""
+BOOT_CHECK_POLL = 0.2
+"""How often the restore drill looks for the booted guest's agent: a boot under TCG takes seconds, and each look
+is a connect and a ping."""
 EXEC_POLL_FIRST = 0.001
 """A guest program as short as ``true`` ends within a millisecond: its status is polled that soon."""
 EXEC_POLL_MAX = 0.2

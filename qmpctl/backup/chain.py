@@ -40,7 +40,7 @@ import re
 import time
 
 from qmpctl.backup import fleece
-from qmpctl.backup.full import DEFAULT_WAIT_TIMEOUT, MAX_JOB_ID, target_nodes
+from qmpctl.backup.full import MAX_JOB_ID, target_nodes
 from qmpctl.vm.block import ROLLBACK_GRACE, blockdev_del, named_nodes, undo_all, with_notes
 from qmpctl.vm.disks import find_disk, list_disks
 from qmpctl.backup.folder import LocalFolder, NewImage, View
@@ -53,7 +53,7 @@ from qmpctl.vm.jobs import JobState, dismiss, failure_detail, find_job, finish, 
 from qmpctl.records import TYPE_CHECKING
 from qmpctl.wire.request import Request
 from qmpctl.signals import shielded
-from qmpctl.timing import FLEECE_JOB_WORKERS
+from qmpctl.timing import BLOCK_JOB_WAIT_TIMEOUT, FLEECE_JOB_WORKERS, FREEZE_TIMEOUT, THAW_TIMEOUT
 from qmpctl.wire.targets import Session, Target
 from qmpctl.wire.waiting import CHECK_EVERY
 
@@ -66,9 +66,6 @@ if TYPE_CHECKING:
 BITMAP_PREFIX = "qmpctl-"
 BITMAP_NAME = re.compile(r"qmpctl-([0-9a-f]{8})-([0-9a-f]{8})-(\d{4,})-([0-9a-f]{6})\Z")
 """A bitmap of a chain (version 2): folder tag, chain id, image number, random."""
-DEFAULT_FREEZE_TIMEOUT = 10.0
-THAW_GRACE = 10.0
-"""The thaw's own deadline: it must run even when the call's deadline is spent."""
 IMAGE_NAME = re.compile(r"\d{4}-(full|inc)\.qcow2\Z")
 CANCELLED = "Operation canceled"
 """The error of a job QEMU cancelled because another of its grouped transaction failed."""
@@ -87,8 +84,8 @@ class ChainOptions:
                  "compress", "new_chain_after", "max_incrementals", "estimate", "skip_below", "fleece")
 
     def __init__(self, devices: tuple[str, ...], into: str, full: bool = False, keep_chains: Optional[int] = None,
-                 speed: Optional[int] = None, wait_timeout: float = DEFAULT_WAIT_TIMEOUT, freeze: str = "no",
-                 freeze_timeout: float = DEFAULT_FREEZE_TIMEOUT, *, compress: bool = False,
+                 speed: Optional[int] = None, wait_timeout: float = BLOCK_JOB_WAIT_TIMEOUT, freeze: str = "no",
+                 freeze_timeout: float = FREEZE_TIMEOUT, *, compress: bool = False,
                  new_chain_after: Optional[float] = None, max_incrementals: Optional[int] = None,
                  estimate: bool = False, skip_below: Optional[int] = None, fleece: Optional[str] = None) -> None:
         self.devices = devices
@@ -319,7 +316,7 @@ class Freezer:
 
         entered = False
         try:
-            with guest_freeze.frozen(self.session, Deadline(self.timeout), thaw_timeout=THAW_GRACE) as done:
+            with guest_freeze.frozen(self.session, Deadline(self.timeout), thaw_timeout=THAW_TIMEOUT) as done:
                 entered, self.done = True, done
                 yield
         except QmpctlError as exc:

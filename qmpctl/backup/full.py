@@ -24,6 +24,7 @@ from qmpctl.vm.jobs import (JobState, cancel_job, dismiss, failure_detail, find_
 from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.wire.request import Request
 from qmpctl.signals import shielded
+from qmpctl.timing import BLOCK_JOB_WAIT_TIMEOUT
 from qmpctl.wire.targets import Session
 from qmpctl.units import parse_size
 from qmpctl.wire.waiting import CHECK_EVERY
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
     from qmpctl.vm.jobs import Progress
     from qmpctl.wire.ssh import RemoteFiles
 
-DEFAULT_WAIT_TIMEOUT = 86400.0
 MAX_JOB_ID = 19
 """Target node names add up to 12 characters to the job id, and QEMU allows 31."""
 
@@ -61,7 +61,7 @@ class BackupOptions:
 
     def __init__(self, device: str, target: str, format: str = "qcow2", sync: str = "full",
                  speed: Optional[int] = None, force: bool = False, wait: bool = True,
-                 wait_timeout: float = DEFAULT_WAIT_TIMEOUT, job_id: Optional[str] = None) -> None:
+                 wait_timeout: float = BLOCK_JOB_WAIT_TIMEOUT, job_id: Optional[str] = None) -> None:
         self.device = device
         self.target = target
         self.format = format

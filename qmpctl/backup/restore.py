@@ -21,7 +21,7 @@ from qmpctl.deadline import Deadline
 from qmpctl.errors import ConnectError, DeadlineExceeded, ProtocolError, QmpctlError, UsageError, VerificationFailed
 from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.signals import die_with_parent, stop_child
-from qmpctl.timing import CHILD_STOP_GRACE
+from qmpctl.timing import BOOT_CHECK_POLL, CHILD_STOP_GRACE
 
 if TYPE_CHECKING:
     from typing import Any, Optional
@@ -348,14 +348,14 @@ def boot_check(image: str, *, image_format: str, qemu_args: list[str], boot_time
             if boot.expired():
                 raise failed(f"the restored guest's agent did not answer within --boot-timeout {boot_timeout:g}s")
             if not os.path.exists(agent_path):
-                time.sleep(0.05)
+                time.sleep(BOOT_CHECK_POLL)
                 continue
             try:
                 attempt = AgentSession.connect(parse_address(agent_path), Deadline(min(2.0, boot_timeout)))
                 attempt.execute(Request("guest-ping", protocol="qga"), Deadline(min(2.0, boot_timeout)))
                 session = attempt
             except (ConnectError, DeadlineExceeded, ProtocolError):
-                time.sleep(0.2)
+                time.sleep(BOOT_CHECK_POLL)
         booted = round(time.monotonic() - started, 3)
         result: dict[str, Any] = {"image": image, "booted": True, "seconds": booted}
         try:

@@ -133,10 +133,11 @@ def backup(common: Common, *, words: list[str], into: Optional[str], full: bool,
         raise UsageError(f"give DEVICE TARGET (got {len(words)} word(s)), or DEVICE... --into DIR for a backup chain")
     device, target = words
     from qmpctl.backup import full as backup_lib
+    from qmpctl.timing import BLOCK_JOB_WAIT_TIMEOUT
 
     options = backup_lib.BackupOptions(
         device, target, image_format, sync, backup_lib.parse_speed(speed) if speed else None, force,
-        wait, backup_lib.DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout, job_id)
+        wait, BLOCK_JOB_WAIT_TIMEOUT if wait_timeout is None else wait_timeout, job_id)
     targets, files = _the_vm(common, "a backup writes one TARGET")
     if files.reach == OVER_SSH:  # the VM's host is checked through the session's connection
         backup_lib.check_target(target, is_local=False, force=True)  # here: only that the path is absolute

@@ -98,14 +98,15 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ex
                 skip_below: Optional[str] = None, fleece: Optional[str] = None) -> int:
     """``backup [DEVICE...] --into DIR``: extend each disk's chain, or start one; no DEVICE: the whole VM."""
     from qmpctl.backup import chain
-    from qmpctl.backup.full import DEFAULT_WAIT_TIMEOUT, parse_speed
+    from qmpctl.backup.full import parse_speed
+    from qmpctl.timing import BLOCK_JOB_WAIT_TIMEOUT, FREEZE_TIMEOUT
     from qmpctl.units import parse_duration, parse_size
 
     if not wait:
         raise UsageError("--no-wait is refused with --into: a chain is only extended by a backup qmpctl saw finish")
     speed_value = parse_speed(speed) if speed else None
-    wait_value = DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout
-    freeze_value = chain.DEFAULT_FREEZE_TIMEOUT if freeze_timeout is None else freeze_timeout
+    wait_value = BLOCK_JOB_WAIT_TIMEOUT if wait_timeout is None else wait_timeout
+    freeze_value = FREEZE_TIMEOUT if freeze_timeout is None else freeze_timeout
 
     new_chain_seconds = None if new_chain_after is None else parse_duration(new_chain_after, "--new-chain-after")
     skip_bytes = None if skip_below is None else parse_size(skip_below, "--skip-below", allow_zero=True)

@@ -12,7 +12,8 @@ if TYPE_CHECKING:
 
 def stream(common: Common, *, device: str, speed: Optional[str], wait: bool, wait_timeout: Optional[float],
            progress: str) -> int:
-    from qmpctl.backup.full import DEFAULT_WAIT_TIMEOUT, parse_speed
+    from qmpctl.backup.full import parse_speed
+    from qmpctl.timing import BLOCK_JOB_WAIT_TIMEOUT
     from qmpctl.cli.chain import _printer
     from qmpctl.vm import stream as stream_lib
 
@@ -28,7 +29,7 @@ def stream(common: Common, *, device: str, speed: Optional[str], wait: bool, wai
 
     def action(session: Any, deadline: Any, target: Any) -> dict[str, Any]:
         done = stream_lib.stream(session, deadline, device, speed=rate, wait=wait,
-                                 wait_timeout=DEFAULT_WAIT_TIMEOUT if wait_timeout is None else wait_timeout,
+                                 wait_timeout=BLOCK_JOB_WAIT_TIMEOUT if wait_timeout is None else wait_timeout,
                                  progress=show, progress_every=every)
         if done.get("standalone") and done.get("backing") and target.is_local:
             from qmpctl.backup.holds import release_for
