@@ -105,6 +105,9 @@ EXEC_POLL_FIRST = 0.001
 """A guest program as short as ``true`` ends within a millisecond: its status is polled that soon."""
 EXEC_POLL_MAX = 0.2
 """Longest pause between exec status polls: a long program costs the agent five requests a second at most."""
+SIGNAL_CHECK_SECONDS = 0.5
+"""The longest a blocking read waits before Python looks at pending signals again: a Ctrl-C that lands between
+Python's last look and the start of the read is handled within half a second, not at the deadline."""
 QUEUE_FULL_RETRY_SECONDS = 0.05
 """A unix socket whose listen queue is full refuses at once: try again after 50 ms, within the deadline."""
 EVENT_POLL_SECONDS = 0.5

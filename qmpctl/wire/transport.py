@@ -12,11 +12,11 @@ import socket
 import stat
 import time
 
-from qmpctl.timing import QUEUE_FULL_RETRY_SECONDS
+from qmpctl.timing import QUEUE_FULL_RETRY_SECONDS, SIGNAL_CHECK_SECONDS
 from qmpctl.wire import trace
 from qmpctl.wire.address import Address
 from qmpctl.deadline import Deadline
-from qmpctl.errors import ConnectError, ConnectionClosed, ProtocolError, UsageError
+from qmpctl.errors import ConnectError, ConnectionClosed, DeadlineExceeded, ProtocolError, UsageError
 from qmpctl.records import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -154,19 +154,26 @@ class Connection:
             ) from exc
 
     def _fill(self, deadline: Deadline, waiting_for: str, hint: str) -> None:
-        try:
-            self.sock.settimeout(deadline.remaining(waiting_for, hint))
-            chunk = self.sock.recv(RECV_CHUNK)
-        except socket.timeout:
-            timeout = deadline.exceeded(waiting_for, hint)
-            if self._buffer:
-                timeout.received = bytes(self._buffer[:200])  # the start of a message that never ended
-            raise timeout from None
-        except OSError as exc:
-            raise ConnectionClosed(
-                f"connection to {self.address} failed while waiting for {waiting_for}: {exc.strerror or exc}",
-                received=bytes(self._buffer[:200]) or None,
-            ) from exc
+        """Read what the peer sent next, in slices of :data:`~qmpctl.timing.SIGNAL_CHECK_SECONDS`: Python runs
+        a signal's handler between bytecodes, so a Ctrl-C that lands just before a blocking read starts would
+        otherwise wait for the peer or the deadline (a day, for ``events``)."""
+        while True:
+            try:
+                left = deadline.remaining(waiting_for, hint)
+                self.sock.settimeout(min(left, SIGNAL_CHECK_SECONDS))
+                chunk = self.sock.recv(RECV_CHUNK)
+                break
+            except socket.timeout:
+                if left > SIGNAL_CHECK_SECONDS:
+                    continue  # a slice, not the deadline, ended: a pending signal's handler runs here
+                raise self._unfinished(deadline.exceeded(waiting_for, hint)) from None
+            except DeadlineExceeded as exc:
+                raise self._unfinished(exc) from None
+            except OSError as exc:
+                raise ConnectionClosed(
+                    f"connection to {self.address} failed while waiting for {waiting_for}: {exc.strerror or exc}",
+                    received=bytes(self._buffer[:200]) or None,
+                ) from exc
         if not chunk:
             detail = f" after {len(self._buffer)} bytes of an unfinished message" if self._buffer else ""
             raise ConnectionClosed(
@@ -174,6 +181,12 @@ class Connection:
                 received=bytes(self._buffer[:200]),
             )
         self._buffer += chunk
+
+    def _unfinished(self, timeout: DeadlineExceeded) -> DeadlineExceeded:
+        """``timeout`` with the start of a message that never ended, if one had begun."""
+        if self._buffer:
+            timeout.received = bytes(self._buffer[:200])
+        return timeout
 
     def _take_until(self, delimiter: bytes, deadline: Deadline, waiting_for: str, hint: str) -> bytes:
         while True:
