@@ -27,13 +27,14 @@ import signal
 import stat
 import subprocess
 import tempfile
+import time
 
 from qmpctl.signals import die_with_parent
 from qmpctl.deadline import Deadline
 from qmpctl.errors import JobFailed, NoSuchPath, UsageError, VerificationFailed
 from qmpctl.records import TYPE_CHECKING
 from qmpctl.signals import shielded
-from qmpctl.timing import GUESTFISH_STOP_GRACE
+from qmpctl.timing import GUESTFISH_STOP_GRACE, POLL_FIRST
 
 if TYPE_CHECKING:
     from typing import Any, Optional
@@ -67,6 +68,28 @@ def child_environment(private: str) -> dict[str, str]:
     env.setdefault("LIBGUESTFS_CACHEDIR", os.environ.get("TMPDIR") or "/var/tmp")  # the appliance: built once
     env["TMPDIR"] = env["LIBGUESTFS_TMPDIR"] = private
     return env
+
+
+def _wait_until_gone(group: int, grace: Deadline) -> None:
+    """Until no process of ``group`` (the appliance's QEMU, libguestfs's recovery process) is still running:
+    SIGKILL only marks them, and a QEMU with much memory takes a moment to go. Zombies count as gone (their
+    new parent reaps them)."""
+    while not grace.expired():
+        running = False
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as handle:
+                    fields = handle.read().rpartition(b")")[2].split()
+            except OSError:
+                continue
+            if len(fields) > 2 and fields[2] == str(group).encode() and fields[0] != b"Z":
+                running = True
+                break
+        if not running:
+            return
+        time.sleep(POLL_FIRST)
 
 
 class GuestfishError(Exception):
@@ -134,6 +157,7 @@ class Guestfs:
                 except ProcessLookupError:
                     pass
                 child.wait()
+                _wait_until_gone(child.pid, Deadline(GUESTFISH_STOP_GRACE))
             for stream in (child.stdin, child.stdout):
                 if stream is not None:
                     try:
