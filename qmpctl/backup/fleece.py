@@ -38,11 +38,11 @@ import time
 
 from qmpctl.backup import qemu_img, safe_open
 from qmpctl.deadline import Deadline
-from qmpctl.errors import Busy, QmpctlError, UsageError, VmError
+from qmpctl.errors import Busy, QmpctlError, UsageError
 from qmpctl.records import TYPE_CHECKING
 from qmpctl.signals import shielded
 from qmpctl.timing import CBW_TIMEOUT, ROLLBACK_GRACE
-from qmpctl.vm.block import blockdev_del, undo_all
+from qmpctl.vm.block import blockdev_del, named_nodes, undo_all
 from qmpctl.wire.request import Request
 
 if TYPE_CHECKING:
@@ -220,10 +220,10 @@ class Fleecing:
     def _delete_marks(self, marks: list[str], grace: Deadline) -> None:
         for mark in marks:
             try:
-                blockdev_del(self.session, mark, grace)
+                if mark in named_nodes(self.session, grace):  # an interrupt may have come before it was added
+                    blockdev_del(self.session, mark, grace)
             except QmpctlError as exc:
-                if not _missing(exc):
-                    self.notes.append(f"could not delete block node {mark}: {exc.message}")
+                self.notes.append(f"could not delete block node {mark}: {exc.message}")
 
     def switch(self) -> None:
         """Each device's drive onto its filter (the instant), then the snapshot node over the filter."""
@@ -278,11 +278,8 @@ class Fleecing:
 
     def _delete(self, disk: FleecedDisk, flag: str, node: str) -> Any:
         def step(grace: Deadline) -> None:
-            try:
+            if node in named_nodes(self.session, grace):  # an interrupt may have come before it was added
                 blockdev_del(self.session, node, grace)
-            except VmError as exc:
-                if not _missing(exc):
-                    raise
             setattr(disk, flag, False)
         return step
 
@@ -309,11 +306,6 @@ class Fleecing:
             disk.path = ""
             return None
         return step
-
-
-def _missing(exc: QmpctlError) -> bool:
-    """QEMU's answer to blockdev-del of a node that is not there (already gone): nothing left to do."""
-    return "not found" in exc.message.lower() or "cannot find" in exc.message.lower()
 
 
 def cbw_options(node: str, file: str, target: str) -> dict[str, Any]:

@@ -192,6 +192,34 @@ def test_an_interrupt_in_the_switch_leaves_the_vm_running_and_nothing_behind(vm_
     assert not list(into.glob("*/chain.json"))
 
 
+class InterruptBefore(InterruptAfter):
+    """Ctrl-C after the run marked a node as added and before it sent the blockdev-add: the node never was."""
+
+    def execute(self, request, deadline, *args):
+        if request.execute == "blockdev-add" and request.arguments.get("node-name") == self.command:
+            raise KeyboardInterrupt
+        return self.session.execute(request, deadline, *args)
+
+
+def test_an_interrupt_before_a_node_was_added_takes_back_the_rest_without_a_false_alarm(vm_factory, tmp_path):
+    """Taking back skips the nodes that were never added, instead of failing to delete them."""
+    from qmpctl.backup import chain
+    from qmpctl.deadline import Deadline
+    from qmpctl.errors import Interrupted
+    from qmpctl.wire.address import parse_address
+    from qmpctl.wire.qmp import QmpSession
+
+    vm = vm_factory(disk_size="8M")
+    into, scratch = tmp_path / "b", tmp_path / "scratch"
+    scratch.mkdir()
+    options = chain.ChainOptions(("vd0",), str(into), fleece=str(scratch))
+    with QmpSession.connect(parse_address(str(vm.qmp_path)), Deadline(10)) as session:
+        with pytest.raises(Interrupted) as caught:
+            chain.backup_chain(InterruptBefore(session, chain.job_id_for("vd0") + "-cbw"), Deadline(10), options)
+    assert "could not" not in caught.value.message, caught.value.message
+    left_nothing(vm, scratch, {VD0: "disk0"})
+
+
 def test_a_throttle_filter_under_the_device_stays(cli, vm_factory, tmp_path):
     vm = throttled_vm(vm_factory, tmp_path)
     into, scratch = tmp_path / "b", tmp_path / "scratch"
