@@ -11,7 +11,7 @@ from typing import Iterator
 
 import pytest
 
-from support.lab import lab_guest_module
+from support.lab import guest_sh, lab_guest_module
 from support.qemu import RawQmp
 from support.qga import agent_request
 from support.runner import CliRunner
@@ -24,10 +24,7 @@ FS_DEVICE = "fs0"
 
 
 def in_guest(cli: CliRunner, guest, script: str) -> str:
-    result = cli("agent", "exec", "-a", str(guest.agent_path), "--wait-timeout", "120", "--", "sh", "-c", script,
-                 timeout=150)
-    assert result.code == 0, result
-    return result.out
+    return guest_sh(cli, guest, script, wait_timeout=120)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from support.guestfs import guestfs_env, need_guestfish
-from support.lab import lab_guest_module
+from support.lab import guest_sh, lab_guest_module
 from support.qga import agent_request
 from support.runner import CliRunner
 
@@ -23,10 +23,7 @@ FS_DEVICE = "fs0"
 
 
 def in_guest(cli: CliRunner, guest, script: str) -> str:
-    result = cli("agent", "exec", "-a", str(guest.agent_path), "--wait-timeout", "120", "--", "sh", "-c", script,
-                 timeout=150)
-    assert result.code == 0, result
-    return result.out
+    return guest_sh(cli, guest, script, wait_timeout=120)
 
 
 

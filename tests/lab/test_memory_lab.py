@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
-from support.lab import lab_guest
+from support.lab import guest_sh, lab_guest
 from support.qemu import RawQmp
 from support.runner import CliRunner
 
@@ -29,12 +29,6 @@ def guest(tmp_path_factory: pytest.TempPathFactory, qemu_build) -> Iterator:
     with lab_guest(tmp_path_factory.mktemp("mem"), qemu_build, data_fs=False,
                    extra_qemu_args=("-m", "256M,slots=2,maxmem=1G")) as booted:
         yield booted
-
-
-def guest_sh(cli: CliRunner, guest, script: str) -> str:
-    result = cli("agent", "exec", "-a", str(guest.agent_path), "--", "sh", "-c", script)
-    assert result.code == 0, result
-    return result.out
 
 
 def mem_total_kib(cli: CliRunner, guest) -> int:

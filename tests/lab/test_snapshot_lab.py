@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from support.lab import lab_guest
+from support.lab import guest_sh, lab_guest
 from support.qemu import RawQmp
 from support.qga import agent_request
 from support.runner import CliRunner
@@ -31,12 +31,6 @@ def guest(tmp_path_factory: pytest.TempPathFactory, qemu_build) -> Iterator:
     with lab_guest(tmp_path_factory.mktemp("snap"), qemu_build, data_fs=False,
                    extra_qemu_args=("-smp", "1,maxcpus=2")) as booted:
         yield booted
-
-
-def guest_sh(cli: CliRunner, guest, script: str) -> str:
-    result = cli("agent", "exec", "-a", str(guest.agent_path), "--", "sh", "-c", script)
-    assert result.code == 0, result
-    return result.out
 
 
 def guest_offset(guest) -> float:

@@ -30,3 +30,16 @@ def lab_guest(workdir: Path, build: QemuBuild, **kwargs: Any) -> Any:
     lab = lab_guest_module()
     kernel, initrd = lab.lab_build.build(agent=build.guest_agent)
     return lab.LabGuest(workdir, kernel=kernel, initrd=initrd, qemu_binary=build.qemu, **kwargs)
+
+
+def guest_sh(cli: Any, guest: Any, script: str, *, wait_timeout: float | None = None) -> str:
+    """``sh -c SCRIPT`` in a booted lab guest through ``qmpctl agent exec``; its output, once it exited 0.
+
+    ``wait_timeout``: for scripts that take long (syncing a filesystem under TCG); the test's own
+    limit on qmpctl is half a minute more.
+    """
+    wait = ["--wait-timeout", f"{wait_timeout:g}"] if wait_timeout is not None else []
+    limit = {"timeout": wait_timeout + 30} if wait_timeout is not None else {}
+    result = cli("agent", "exec", "-a", str(guest.agent_path), *wait, "--", "sh", "-c", script, **limit)
+    assert result.code == 0, result
+    return result.out
