@@ -14,6 +14,7 @@ import time
 import pytest
 
 from support.fakes import EVENT, GREETING, FakeServer, Peer, send_slowly
+from support.qemu import RawQmp
 
 pytestmark = pytest.mark.fault
 
@@ -46,6 +47,18 @@ def test_events_before_the_greeting_are_not_taken_for_it(cli, tmp_path):
     assert result.code == 0, result
     assert json.loads(result.out) == {"return": {"status": "paused", "running": False}}
 
+
+
+def test_the_tests_own_raw_client_skips_them_too(tmp_path):
+    """QEMU does this for real: a job's event can reach a new client of a once-negotiated monitor first."""
+    def script(peer: Peer) -> None:
+        peer.send(EVENT)
+        peer.handshake()
+        peer.reply(peer.read_request(), [])
+
+    with serve(tmp_path, script), RawQmp(tmp_path / "m.sock") as qmp:
+        assert qmp.cmd("query-jobs") == []
+        assert qmp.events == [EVENT]
 
 def test_events_before_and_between_replies_are_skipped(cli, tmp_path):
     def script(peer: Peer) -> None:

@@ -329,7 +329,8 @@ class LabGuest:
             connection.settimeout(timeout)
             connection.connect(str(self.qmp_path))
             stream = connection.makefile("rwb")
-            json.loads(stream.readline())  # greeting
+            while "event" in json.loads(stream.readline()):  # an event may come before a new client's greeting
+                pass
             request = {"execute": execute, **({"arguments": arguments} if arguments else {})}
             for message in ({"execute": "qmp_capabilities"}, request):
                 stream.write(json.dumps(message).encode() + b"\n")

@@ -111,7 +111,8 @@ class QmpClient:
         self.connection.connect(str(path))
         self.stream = self.connection.makefile("rb")
         self.events: list[dict] = []
-        greeting = self._read()
+        while "event" in (greeting := self._read()):  # an event may come before a new client's greeting
+            self.events.append(greeting)
         assert "QMP" in greeting, greeting
         self.execute("qmp_capabilities")
 

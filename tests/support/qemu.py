@@ -130,7 +130,11 @@ class RawQmp:
             raise
         self.file = self.sock.makefile("rb")
         self.events: list[dict[str, Any]] = []
-        json.loads(self.file.readline())
+        # A monitor whose last client had negotiated may send an event before the new client's greeting (QEMU
+        # emits it from the main thread while the monitor's own thread is still accepting): skip it, as qmpctl does.
+        while "event" in (greeting := json.loads(self.file.readline())):
+            self.events.append(greeting)
+        assert "QMP" in greeting, greeting
         self.cmd("qmp_capabilities")
 
     def cmd(self, execute: str, **arguments: Any) -> Any:
@@ -145,6 +149,7 @@ class RawQmp:
                 continue
             if "error" in reply:
                 raise RuntimeError(f"{execute}: {reply['error']}")
+            assert "return" in reply, reply
             return reply["return"]
 
     def close(self) -> None:
