@@ -913,6 +913,8 @@ class ChainRun:
         assert cause.state is not None
         message = (f"backup job {cause.job_id} of {cause.name} failed{failure_detail(self.session, cause.job_id)}: "
                    f"{cause.state.error}")
+        if self.fleecing is not None:
+            message += self.fleecing.explain(cause.state.error)
         others = [disk.name for disk in failed[1:]]
         if others:
             message += f" (and so the jobs of {', '.join(others)}, started with it, were cancelled)"

@@ -56,6 +56,8 @@ FILE_NAME = re.compile(r"qmpctl-fleece-([0-9a-f]{8})-[A-Za-z0-9_.-]*-[0-9a-f]{16
 """A temporary image of a run in DIR2: ``qmpctl-fleece-<DIR's folder tag>-<disk>-<random>.qcow2``."""
 SNAP_BITMAP = "fleece"
 """The bitmap an incremental's job reads, on the snapshot node (which goes with it)."""
+BROKEN_SNAPSHOT = "Permission denied"
+"""How the job's reads fail once the filter broke the snapshot: copy-before-write answers them with EACCES."""
 
 
 def nodes_of(job_id: str) -> tuple[str, str, str, str]:
@@ -121,6 +123,13 @@ class Fleecing:
         """Seconds the VM was paused to switch several disks at one instant (0: it was not)."""
         self.dir_fd: Optional[int] = None
         self.notes: list[str] = []
+
+    def explain(self, error: Optional[str]) -> str:
+        """Why a fleeced job's read was refused, which QEMU's own message ("Permission denied") does not say."""
+        if error != BROKEN_SNAPSHOT:
+            return ""
+        return (f"; the snapshot broke: the old data of a guest write could not be kept in {self.where} "
+                f"(full or failing, or slower than {CBW_TIMEOUT}s), and the guest's write went through")
 
     def add(self, job_id: str, qdev: str, top: str, size: int, label: str, name: str) -> FleecedDisk:
         if not qdev or not top:

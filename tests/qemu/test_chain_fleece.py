@@ -10,11 +10,12 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
-from support.disks import (flush, hmp, images_identical, make_image, reads_pattern, scsi_hd_args, throttled_vm,
-                           wait_for_job, whole_vm_args, write_pattern)
+from support.disks import (flush, hmp, images_identical, make_image, mounted_tmpfs, reads_pattern, scsi_hd_args,
+                           throttled_vm, wait_for_job, whole_vm_args, write_pattern)
 from support.interrupts import InterruptAfter
 from support.waits import interrupt_twice
 
@@ -274,6 +275,36 @@ def test_wait_timeout_leaves_nothing_and_the_next_run_catches_up(cli, vm_factory
     left_nothing(vm, scratch)
     assert [image["file"] for image in manifest(full["chain"])["images"]] == ["0001-full.qcow2"]
     assert ok(cli, vm, into, scratch)["bytes"] == 2 * MiB
+
+
+
+@pytest.fixture
+def small_scratch(tmp_path: Path) -> Iterator[Path]:
+    """DIR2 on a 1 MiB tmpfs."""
+    yield from mounted_tmpfs(tmp_path / "small", "1m")
+
+
+def test_a_full_fleece_folder_fails_the_job_not_the_guest_and_leaves_nothing(cli, vm_factory, tmp_path, small_scratch):
+    """Old data the guest overwrites outgrows DIR2: the guest's write still succeeds (the filter breaks the
+    snapshot instead), the job fails saying why, everything is taken back, and the next run copies the change."""
+    vm = vm_factory(disk_size="16M")
+    into = tmp_path / "b"
+    full = ok(cli, vm, into, small_scratch)
+    write_pattern(vm, [(0x22, 8 * MiB, 2 * MiB)])
+    child = popen(cli, vm, into, small_scratch, "--speed", "64K")
+    job = wait_for_job(vm, "running")
+    hmp(vm, f'qemu-io -d {VD0} "write -P 0x23 8M 2M"')  # 2 MiB of old data to keep: more than DIR2 holds
+    flush(vm)
+    assert reads_pattern(vm.disk, 0x23, 8 * MiB, 2 * MiB)  # the guest lost nothing
+    with vm.check() as qmp:
+        qmp.cmd("block-job-set-speed", device=job["id"], speed=0)
+    err = child.communicate(timeout=60)[1].decode()
+    assert child.returncode == 6, err
+    assert "the snapshot broke" in err and str(small_scratch) in err, err
+    left_nothing(vm, small_scratch)
+    assert [image["file"] for image in manifest(full["chain"])["images"]] == ["0001-full.qcow2"]
+    after = ok(cli, vm, into, tmp_path)  # DIR2 with room: the region both writes changed, in the same chain
+    assert (after["chain"], after["level"], after["bytes"]) == (full["chain"], "incremental", 2 * MiB), after
 
 
 def slow_incremental(cli, vm_factory, tmp_path: Path, pattern: int):

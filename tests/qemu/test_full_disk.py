@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from support.disks import block_state, write_pattern
+from support.disks import block_state, mounted_tmpfs, write_pattern
 from support.qga import HostAgent, have_qemu_ga
 
 pytestmark = [pytest.mark.qemu, pytest.mark.one_qemu]
@@ -27,24 +26,13 @@ DATA = [(0x5A, 0, 4 << 20), (0xA5, 16 << 20, 4 << 20)]
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs, unmounted afterwards."""
-    yield from _mounted(tmp_path / "small", "1m")
+    yield from mounted_tmpfs(tmp_path / "small", "1m")
 
 
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A 256 KiB tmpfs: less than even an idle VM's saved state (about 760 KiB at 64 MiB of RAM)."""
-    yield from _mounted(tmp_path / "tiny", "256k")
-
-
-def _mounted(mountpoint: Path, size: str) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "qmpctl-test-full", str(mountpoint)], check=True)
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+    yield from mounted_tmpfs(tmp_path / "tiny", "256k")
 
 
 def entries(folder: Path) -> list[str]:

@@ -6,9 +6,12 @@ or runs qemu-img / qemu-io, never through qmpctl.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+import pytest
 
 from support.waits import wait_for
 
@@ -18,6 +21,21 @@ VD0_BACKEND = "/machine/peripheral/vd0/virtio-backend"
 def make_image(path: Path, image_format: str = "qcow2", size: str = "16M") -> Path:
     subprocess.run(["qemu-img", "create", "-q", "-f", image_format, str(path), size], check=True)
     return path
+
+
+def mounted_tmpfs(mountpoint: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``mountpoint`` (made here), lazily unmounted afterwards: a filesystem that really fills.
+
+    Mounting needs root, which CI has; elsewhere the test is skipped.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mountpoint.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "qmpctl-test-full", str(mountpoint)], check=True)
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 def hmp(vm, command_line: str) -> str:
