@@ -305,22 +305,12 @@ class LocalFolder(ChainFolder):
         data = manifest_bytes(manifest)
         chain_fd = self._chain(chain_dir)
         path = os.path.join(chain_dir, MANIFEST)
-        name, descriptor = safe_open.temporary(MANIFEST, path, chain_fd, 0o644)
+        with safe_open.replacement(MANIFEST, path, chain_fd, 0o644) as descriptor:
+            safe_open.write_all(descriptor, data)
         try:
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(descriptor, view):]
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
-            os.replace(name, MANIFEST, src_dir_fd=chain_fd, dst_dir_fd=chain_fd)  # replaces a link, never follows
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(name, dir_fd=chain_fd)
-            raise
-        with contextlib.suppress(FileNotFoundError):
             os.unlink(NEW_CHAIN, dir_fd=chain_fd)  # the chain is born: its folder is no killed first run's
+        except FileNotFoundError:
+            return
         safe_open.fsync_dir(chain_fd)
 
     def remove_trees(self, paths: list[str], deadline: Deadline) -> list[str]:

@@ -164,21 +164,9 @@ def write(path: str, outcomes: list[Outcome]) -> None:
     folder, name = os.path.split(path)
     dir_fd = safe_open.open_dir(folder, folder)
     try:
-        partial, descriptor = safe_open.temporary(name, path, dir_fd, 0o644)
-        try:
-            try:
-                os.write(descriptor, text.encode("utf-8"))
-                os.fchmod(descriptor, 0o644)  # node_exporter runs as its own user
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
-            os.replace(partial, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # replaces a link, never follows it
-            safe_open.fsync_dir(dir_fd)
-        finally:
-            try:
-                os.unlink(partial, dir_fd=dir_fd)
-            except FileNotFoundError:
-                pass
+        with safe_open.replacement(name, path, dir_fd, 0o644) as descriptor:
+            safe_open.write_all(descriptor, text.encode("utf-8"))
+            os.fchmod(descriptor, 0o644)  # node_exporter runs as its own user; the umask must not narrow it
     finally:
         os.close(dir_fd)
 

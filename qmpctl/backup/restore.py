@@ -220,27 +220,9 @@ def restore(chain: str, target: str, deadline: Deadline, *, point: Optional[int]
     dir_fd = safe_open.open_dir(folder, folder)
     try:
         # A name of qmpctl's own, created exclusively; qemu-img writes through the open file, never the name.
-        partial, descriptor = safe_open.temporary(name, target, dir_fd)
-        try:
-            try:
-                qemu_img.convert(source, partial, target_format, deadline, progress, int(manifest.get("size") or 0),
-                                 descriptor=descriptor)
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
-            if force:
-                os.replace(partial, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)  # replaces a link, never follows
-            else:
-                try:
-                    os.link(partial, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
-                except FileExistsError:  # TARGET appeared meanwhile: never overwrite
-                    raise UsageError(f"{target} appeared while restoring; it was left alone") from None
-            safe_open.fsync_dir(dir_fd)
-        finally:
-            try:
-                os.unlink(partial, dir_fd=dir_fd)
-            except FileNotFoundError:
-                pass
+        with safe_open.replacement(name, target, dir_fd, overwrite=force) as descriptor:
+            qemu_img.convert(source, target, target_format, deadline, progress,
+                             int(manifest.get("size") or 0), descriptor=descriptor)
     finally:
         os.close(dir_fd)
     return {"chain": chain_dir, "point": number, "points": len(manifest["images"]),

@@ -11,6 +11,7 @@ trusted.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -20,7 +21,7 @@ from qmpctl.errors import UsageError, VerificationFailed
 from qmpctl.records import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from typing import Optional
+    from typing import Iterator, Optional
 
 NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
 DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | NOFOLLOW
@@ -118,3 +119,41 @@ def temporary(name: str, where: str, dir_fd: int, mode: int = 0o600) -> tuple[st
 
 def fsync_dir(dir_fd: int) -> None:
     os.fsync(dir_fd)
+
+
+@contextlib.contextmanager
+def replacement(name: str, where: str, dir_fd: int, mode: int = 0o600, *, overwrite: bool = True) -> Iterator[int]:
+    """A file that appears at ``name`` in ``dir_fd`` only whole and on disk: nobody ever sees it half-written.
+
+    The block writes to the yielded descriptor of a temporary file next to
+    ``name`` (:func:`temporary`). When it ends without an error, the file is
+    synced and renamed over ``name`` (``overwrite``: a link there is replaced,
+    never followed) or hard-linked to it (never over anything: a file that
+    appeared meanwhile is a UsageError and stays), and the folder is synced.
+    The temporary name is removed on every path.
+    """
+    partial, descriptor = temporary(name, where, dir_fd, mode)
+    try:
+        try:
+            yield descriptor
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        if overwrite:
+            os.replace(partial, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        else:
+            try:
+                os.link(partial, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            except FileExistsError:
+                raise UsageError(f"{where} appeared while qmpctl wrote it; it was left alone") from None
+        fsync_dir(dir_fd)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(partial, dir_fd=dir_fd)
+
+
+def write_all(descriptor: int, data: bytes) -> None:
+    """All of ``data``: os.write may write less than it was given."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view):]
