@@ -12,11 +12,10 @@ from __future__ import annotations
 import re
 
 from qmpctl.deadline import Deadline
-from qmpctl.errors import QmpctlError, UsageError, VmError
+from qmpctl.errors import UsageError, VmError
 from qmpctl.records import TYPE_CHECKING
 from qmpctl.wire.request import Request
 from qmpctl.wire.targets import Session
-from qmpctl.timing import INTERRUPTED_UNPLUG_GRACE
 
 if TYPE_CHECKING:
     from typing import Any, Optional
@@ -143,12 +142,6 @@ def _gone(session: Session, device_id: str, deadline: Deadline) -> Optional[bool
     return True if device_id not in _device_ids(session, deadline) else None
 
 
-def _wait_released(session: Session, device_id: str, wait: Deadline, deadline: Deadline) -> None:
-    from qmpctl.vm.unplug import wait_released
-
-    wait_released(session, device_id, lambda within: _gone(session, device_id, within), wait, deadline)
-
-
 def _remove_left_behind(session: Session, device_id: str, deadline: Deadline) -> dict[str, Any]:
     """``unplug-memory ID`` of a DIMM already gone: delete the backend hotplug-memory named after it, if it stayed."""
     memdev = memdev_of(device_id)
@@ -166,31 +159,11 @@ def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: f
     if dimm is None:
         return _remove_left_behind(session, device_id, deadline)
     memdev = str(dimm.get("memdev") or "").rsplit("/", 1)[-1] or None
-    from qmpctl.vm.unplug import interrupt_care, request_release
+    from qmpctl.vm.unplug import unplug_with_backend
 
-    stays = f"; its memory backend {memdev} stays" if memdev else ""
-    with interrupt_care(device_id, lambda: _after_interrupt(session, device_id, memdev)):
-        request_release(session, deadline, device_id, wait_seconds,
-                        gone=lambda within: _gone(session, device_id, within),
+    unplug_with_backend(session, deadline, device_id, wait_seconds, what="DIMM",
+                        gone=lambda within: _gone(session, device_id, within), backend=memdev, kind="memory backend",
+                        delete=lambda name, within: _object_del(session, name, within),
                         why_not="a guest without an OS, or one that uses the memory, does not",
-                        stays=f"the DIMM stays with its unplug request pending{stays}")
-        if memdev:
-            _object_del(session, memdev, deadline)
+                        again=f"'qmpctl unplug-memory {device_id}'")
     return {"id": device_id, "deleted-memdev": memdev}
-
-
-def _after_interrupt(session: Session, device_id: str, memdev: Optional[str]) -> str:
-    grace = Deadline(INTERRUPTED_UNPLUG_GRACE)
-    try:
-        _wait_released(session, device_id, grace, grace)
-    except QmpctlError:
-        stays = f"; its memory backend {memdev} stays with it" if memdev else ""
-        return (f"DIMM {device_id} stays with its unplug request pending{stays}; once the guest has released it, "
-                f"'qmpctl unplug-memory {device_id}' deletes what is left")
-    if not memdev:
-        return f"the guest released {device_id}"
-    try:
-        _object_del(session, memdev, grace)
-    except QmpctlError as exc:
-        return f"the guest released {device_id}, but deleting {memdev} failed ({exc.message})"
-    return f"the guest released {device_id}; deleted its memory backend {memdev}"

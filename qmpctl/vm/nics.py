@@ -13,11 +13,10 @@ from __future__ import annotations
 import re
 
 from qmpctl.deadline import Deadline
-from qmpctl.errors import QmpctlError, UsageError, VmError
+from qmpctl.errors import UsageError, VmError
 from qmpctl.records import TYPE_CHECKING, NamedTuple
 from qmpctl.wire.request import Request
 from qmpctl.wire.targets import Session
-from qmpctl.timing import INTERRUPTED_UNPLUG_GRACE
 
 if TYPE_CHECKING:
     from typing import Any, Optional
@@ -200,12 +199,6 @@ def _gone(session: Session, device_id: str, deadline: Deadline) -> Optional[bool
     return True if device_id not in _children(session, PERIPHERAL, deadline) else None
 
 
-def _wait_released(session: Session, device_id: str, wait: Deadline, deadline: Deadline) -> None:
-    from qmpctl.vm.unplug import wait_released
-
-    wait_released(session, device_id, lambda within: _gone(session, device_id, within), wait, deadline)
-
-
 def _remove_left_behind(session: Session, device_id: str, deadline: Deadline) -> dict[str, Any]:
     """``unplug-nic ID`` of a device already gone: delete the backend hotplug-nic named after it, if it stayed."""
     netdev = netdev_of(device_id)
@@ -225,33 +218,11 @@ def unplug(session: Session, deadline: Deadline, device_id: str, wait_seconds: f
     if properties is None:
         raise UsageError(f"device {device_id!r} is not a NIC ('qmpctl nics' lists them)")
     netdev = properties[1] or None
-    from qmpctl.vm.unplug import interrupt_care, request_release
+    from qmpctl.vm.unplug import unplug_with_backend
 
-    stays = f"; its network backend {netdev} stays" if netdev else ""
-    with interrupt_care(device_id, lambda: _after_interrupt(session, device_id, netdev)):
-        request_release(session, deadline, device_id, wait_seconds,
-                        gone=lambda within: _gone(session, device_id, within),
+    unplug_with_backend(session, deadline, device_id, wait_seconds, what="device",
+                        gone=lambda within: _gone(session, device_id, within), backend=netdev, kind="network backend",
+                        delete=lambda name, within: _netdev_del(session, name, within),
                         why_not="a guest without an OS, or without hotplug support, never does",
-                        stays=f"the device stays with its unplug request pending{stays}")
-        if netdev:
-            _netdev_del(session, netdev, deadline)
+                        again=f"'qmpctl unplug-nic {device_id}'")
     return {"id": device_id, "deleted-netdev": netdev}
-
-
-def _after_interrupt(session: Session, device_id: str, netdev: Optional[str]) -> str:
-    """Ctrl-C or SIGTERM after device_del: give the guest a moment, then delete the backend, or say what is left."""
-    grace = Deadline(INTERRUPTED_UNPLUG_GRACE)
-    again = f"'qmpctl unplug-nic {device_id}'"
-    try:
-        _wait_released(session, device_id, grace, grace)
-    except QmpctlError:
-        stays = f"; its network backend {netdev} stays with it" if netdev else ""
-        return (f"device {device_id} stays attached with its unplug request pending{stays}; once the guest has "
-                f"released it, {again} deletes what is left")
-    if not netdev:
-        return f"the guest released {device_id}"
-    try:
-        _netdev_del(session, netdev, grace)
-    except QmpctlError as exc:
-        return f"the guest released {device_id}, but deleting {netdev} failed ({exc.message}); {again} deletes it"
-    return f"the guest released {device_id}; deleted its network backend {netdev}"

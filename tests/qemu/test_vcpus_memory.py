@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
+from support.disks import hmp
 from support.interrupts import InterruptAfter
+from support.waits import wait_for
 
 pytestmark = pytest.mark.qemu
 
 SMP = ["-smp", "1,maxcpus=4"]
 SLOTS = ["-m", "64,slots=2,maxmem=512M"]  # after the fixture's -m 64: the last -m counts
+MEMORY_HOTPLUG_PORTS = 0xA00
+"""QEMU's ACPI memory-hotplug registers (its docs/specs/acpi_mem_hotplug.rst): the slot selector at +0, the
+selected DIMM's status (bit 2: removal asked) and control (bit 3: eject) at +0x14. A test writes them as the
+guest's ACPI code would."""
 
 
 def cpu_count(vm) -> int:
@@ -179,6 +186,66 @@ def test_unplug_memory_without_a_guest_times_out_and_deletes_nothing(cli, vm_fac
 
 
 
+def dimm_slot(vm, device_id: str) -> int:
+    with vm.check() as qmp:
+        return next(d["data"]["slot"] for d in qmp.cmd("query-memory-devices") if d["data"]["id"] == device_id)
+
+
+def removal_asked(vm, slot: int) -> bool:
+    hmp(vm, f"o /l {MEMORY_HOTPLUG_PORTS:#x} {slot}")
+    return bool(int(hmp(vm, f"i /b {MEMORY_HOTPLUG_PORTS + 0x14:#x}").split("=")[1], 16) & 0x4)
+
+
+def guest_ejects(vm, slot: int) -> None:
+    """What the guest's ACPI code does once it has emptied the DIMM."""
+    hmp(vm, f"o /l {MEMORY_HOTPLUG_PORTS:#x} {slot}")
+    hmp(vm, f"o /b {MEMORY_HOTPLUG_PORTS + 0x14:#x} 0x8")
+
+
+def unplugging(cli, vm, device_id: str = "dimm1"):
+    """A DIMM plugged, unplug-memory running and its device_del arrived: (the qmpctl process, the DIMM's slot)."""
+    assert cli("hotplug-memory", "-s", str(vm.qmp_path), "128M", "--id", device_id).code == 0
+    slot = dimm_slot(vm, device_id)
+    process = cli.popen("unplug-memory", "-s", str(vm.qmp_path), device_id, "--wait-timeout", "60")
+    wait_for(lambda: removal_asked(vm, slot), f"device_del of {device_id}", 20, pause=0.02)
+    return process, slot
+
+
+def test_unplug_memory_waits_for_the_guest_then_deletes_the_backend(cli, vm_factory):
+    vm = vm_factory(extra_args=SLOTS)
+    before = dimm_state(vm)
+    process, slot = unplugging(cli, vm)
+    guest_ejects(vm, slot)
+    out, err = process.communicate(timeout=15)
+    assert process.returncode == 0, err
+    assert json.loads(out) == {"return": {"id": "dimm1", "deleted-memdev": "dimm1-mem"}}
+    assert dimm_state(vm) == before
+
+
+def test_sigterm_twice_after_device_del_then_the_guest_lets_go_deletes_the_backend(cli, vm_factory):
+    vm = vm_factory(extra_args=SLOTS)
+    before = dimm_state(vm)
+    process, slot = unplugging(cli, vm)
+    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGTERM)
+    guest_ejects(vm, slot)
+    err = process.communicate(timeout=15)[1].decode()
+    assert process.returncode == 130, err
+    assert "interrupted while unplugging dimm1: the guest released dimm1; deleted its memory backend dimm1-mem" \
+        in err, err
+    assert dimm_state(vm) == before  # no backend left with no DIMM
+
+
+def test_ctrl_c_after_device_del_when_the_guest_keeps_it_says_what_stays(cli, vm_factory):
+    vm = vm_factory(extra_args=SLOTS)
+    process, _ = unplugging(cli, vm)
+    before = dimm_state(vm)
+    process.send_signal(signal.SIGINT)
+    err = process.communicate(timeout=15)[1].decode()
+    assert process.returncode == 130, err
+    assert ("DIMM dimm1 stays with its unplug request pending; its memory backend dimm1-mem stays with it; once the "
+            "guest has released it, 'qmpctl unplug-memory dimm1' deletes what is left") in err, err
+    assert dimm_state(vm) == before
 
 def test_an_interrupt_after_the_backend_was_added_takes_it_away(vm_factory):
     from qmpctl.deadline import Deadline
