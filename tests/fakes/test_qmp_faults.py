@@ -48,7 +48,6 @@ def test_events_before_the_greeting_are_not_taken_for_it(cli, tmp_path):
     assert json.loads(result.out) == {"return": {"status": "paused", "running": False}}
 
 
-
 def test_the_tests_own_raw_client_skips_them_too(tmp_path):
     """QEMU does this for real: a job's event can reach a new client of a once-negotiated monitor first."""
     def script(peer: Peer) -> None:
@@ -59,6 +58,7 @@ def test_the_tests_own_raw_client_skips_them_too(tmp_path):
     with serve(tmp_path, script), RawQmp(tmp_path / "m.sock") as qmp:
         assert qmp.cmd("query-jobs") == []
         assert qmp.events == [EVENT]
+
 
 def test_events_before_and_between_replies_are_skipped(cli, tmp_path):
     def script(peer: Peer) -> None:
