@@ -53,7 +53,8 @@ from qmpctl.vm.jobs import JobState, dismiss, failure_detail, find_job, finish, 
 from qmpctl.records import TYPE_CHECKING
 from qmpctl.wire.request import Request
 from qmpctl.signals import shielded
-from qmpctl.timing import BLOCK_JOB_WAIT_TIMEOUT, FLEECE_JOB_WORKERS, FREEZE_TIMEOUT, THAW_TIMEOUT
+from qmpctl.timing import (BLOCK_JOB_WAIT_TIMEOUT, FLEECE_DRAIN_GRACE, FLEECE_JOB_WORKERS, FREEZE_TIMEOUT,
+                           THAW_TIMEOUT)
 from qmpctl.wire.targets import Session, Target
 from qmpctl.wire.waiting import CHECK_EVERY
 
@@ -876,8 +877,6 @@ class ChainRun:
     def _drain_jobs(self) -> None:
         """--fleece, after a failure: the jobs cancelled and waited for (:data:`~qmpctl.timing.FLEECE_DRAIN_GRACE`),
         so their snapshots can go and the drives be put back within the usual grace."""
-        from qmpctl.timing import FLEECE_DRAIN_GRACE
-
         grace = Deadline(FLEECE_DRAIN_GRACE)
         for disk in self.disks:
             if disk.state is not None and disk.state.concluded:
