@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import time
 
 from qmpctl.backup import qemu_img, safe_open
@@ -147,20 +146,11 @@ class Fleecing:
             self.dir_fd = safe_open.open_dir(self.where, f"--fleece {self.where}")
         self._remove_unused()
         for disk in self.disks:
-            for _ in range(16):
-                name = f"{self._prefix(disk)}{secrets.token_hex(8)}.qcow2"
-                path = os.path.join(self.where, name)
-                try:
-                    descriptor = safe_open.create_exclusive(name, path, self.dir_fd)
-                except FileExistsError:
-                    continue
-                break
-            else:
-                raise safe_open.refused(self.where, "gave no new name for a temporary image")
-            disk.path = path  # before formatting: a failure must remove it
+            name, descriptor = safe_open.create_unpredictable(self._prefix(disk), ".qcow2", self.where, self.dir_fd)
+            disk.path = os.path.join(self.where, name)  # before formatting: a failure must remove it
             try:
                 safe_open.owned_like(self.dir_fd, descriptor)
-                qemu_img.create(path, disk.size, self.deadline, descriptor=descriptor)
+                qemu_img.create(disk.path, disk.size, self.deadline, descriptor=descriptor)
             finally:
                 os.close(descriptor)
 
@@ -173,7 +163,8 @@ class Fleecing:
         assert self.dir_fd is not None
         prefixes = [self._prefix(disk) for disk in self.disks]
         for name in sorted(os.listdir(self.dir_fd)):
-            if FILE_NAME.match(name) and any(name.startswith(prefix) and len(name) == len(prefix) + 22
+            if FILE_NAME.match(name) and any(name.startswith(prefix)
+                                             and len(name) == len(prefix) + safe_open.RANDOM_LENGTH + len(".qcow2")
                                              for prefix in prefixes):
                 try:
                     os.unlink(name, dir_fd=self.dir_fd)

@@ -105,16 +105,25 @@ def open_regular(name: str, where: str, dir_fd: Optional[int], flags: int = os.O
     return descriptor
 
 
-def temporary(name: str, where: str, dir_fd: int, mode: int = 0o600) -> tuple[str, int]:
-    """A new file next to ``name`` under an unpredictable name (``.NAME.RANDOM.tmp``), created exclusively."""
+RANDOM_LENGTH = 16
+"""Hex digits of the random part of :func:`create_unpredictable`'s names (64 bits)."""
+
+
+def create_unpredictable(prefix: str, suffix: str, folder: str, dir_fd: int, mode: int = 0o600) -> tuple[str, int]:
+    """A new file ``PREFIX<random>SUFFIX`` in the folder ``dir_fd`` (named ``folder`` in messages), created
+    exclusively for writing: its name and its descriptor. None is free after 16 tries: refused (exit 6)."""
     for _ in range(16):
-        candidate = f".{name}.{secrets.token_hex(8)}.tmp"
+        candidate = f"{prefix}{secrets.token_hex(RANDOM_LENGTH // 2)}{suffix}"
         try:
-            return candidate, create_exclusive(candidate, os.path.join(os.path.dirname(where), candidate), dir_fd,
-                                               mode, os.O_WRONLY)
+            return candidate, create_exclusive(candidate, os.path.join(folder, candidate), dir_fd, mode, os.O_WRONLY)
         except FileExistsError:
             continue
-    raise refused(where, "could not get a temporary name of its own next to it")
+    raise refused(os.path.join(folder, f"{prefix}*{suffix}"), "gave no new name after 16 tries")
+
+
+def temporary(name: str, where: str, dir_fd: int, mode: int = 0o600) -> tuple[str, int]:
+    """A new file next to ``name`` (at ``where``) under an unpredictable name (``.NAME.RANDOM.tmp``)."""
+    return create_unpredictable(f".{name}.", ".tmp", os.path.dirname(where), dir_fd, mode)
 
 
 def fsync_dir(dir_fd: int) -> None:
