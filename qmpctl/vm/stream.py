@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from qmpctl.vm.jobs import Progress
 
 
-
 class StreamDisk(NamedTuple):
     """The disk to stream, as query-block describes it."""
 
