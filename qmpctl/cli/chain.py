@@ -63,9 +63,14 @@ AGENT_FIELDS = ("{vm}", "{sock}")
 """What -a may hold in a fleet: each VM's name, and its socket's file name without the extension."""
 
 
+def _is_pattern(agent: Optional[str]) -> bool:
+    """-a holds a field to fill in per VM."""
+    return agent is not None and any(field in agent for field in AGENT_FIELDS)
+
+
 def _check_agent_pattern(agent: Optional[str]) -> None:
     """In a fleet, -a is a pattern for each VM's agent socket: it must name the VM, or every VM would share one."""
-    if agent is not None and not any(field in agent for field in AGENT_FIELDS):
+    if agent is not None and not _is_pattern(agent):
         raise UsageError(f"-a {agent} names one guest agent, and this run backs up several VMs: give a pattern "
                          "with {vm} (the VM's name) or {sock} (its socket's file name without the extension), "
                          "e.g. -a '/run/qemu/{vm}.qga'; a -d DOMAIN uses its own agent")
@@ -155,7 +160,7 @@ def backup_into(common: Common, *, devices: list[str], into: str, full: bool, ex
         raise UsageError(f"--into backs up one VM, not {len(targets)}: run one qmpctl per VM")
     if remote is None:
         into = chain.prepare_dir(into, is_local=targets[0].host_files().is_local)  # before connecting to anything
-    pattern = agent if agent is not None and any(field in agent for field in AGENT_FIELDS) else None
+    pattern = agent if _is_pattern(agent) else None
     agent_target = _agent_target(common, agent) if options.freeze != "no" and pattern is None else None
     show, every, printer = _printer(progress)
 
